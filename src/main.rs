@@ -1,0 +1,54 @@
+//! The `comine` binary: clap subcommands over the library.
+//!
+//! Every subcommand returns `anyhow::Result`; `main` prints the error chain on one
+//! line (`error: what failed: why`) and exits non-zero, so scripts and operators
+//! get one clear line and never a panic trace for bad input.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use comine::logging::{self, LogFormat};
+
+#[derive(Parser, Debug)]
+#[command(name = "comine", version, about = "Co-mining appliance: video transcoding on Filecoin miners' spare GPU capacity")]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// More log detail (-v: debug, -vv: trace). `RUST_LOG` overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Only warnings and errors.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Transcode one segment (or any file FFmpeg demuxes) into a rendition ladder.
+    Transcode(comine::transcode::cli::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = match (cli.quiet, cli.verbose) {
+        (true, _) => "warn",
+        (false, 0) => "info",
+        (false, 1) => "debug",
+        _ => "trace",
+    };
+    logging::init(cli.log_format, level);
+    let result = match cli.command {
+        Command::Transcode(args) => comine::transcode::cli::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            // `{:#}` joins the context chain on one line.
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

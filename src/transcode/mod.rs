@@ -1,0 +1,3 @@
+//! Transcoding engine: one decode feeding many encodes, with exact pixel accounting.
+
+pub mod cli;
