@@ -1,12 +1,127 @@
-//! `comine transcode`: placeholder while the engine lands.
+//! `comine transcode INPUT --out DIR [--profiles LIST] [--encoder auto|nvenc|x264] [--gpu N] [--json]`
+
+use std::io::Read;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use super::{
+    DecoderChoice, EncoderChoice, Input, Options, Profile, Report, Request, DEFAULT_LADDER,
+    DEFAULT_MAX_INPUT_PIXELS,
+};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Input file, or `-` for stdin.
+    /// Input segment or media file (MPEG-TS, MP4, MKV, …), or `-` for stdin.
     pub input: String,
+    /// Directory for the renditions, written as DIR/<profile>.ts (or .mp4).
+    #[arg(long, short)]
+    pub out: PathBuf,
+    /// Comma-separated Livepeer presets (P144p30fps16x9 … P1080p30fps16x9) or custom
+    /// rungs name:WxH@FPS:BITRATE[:mp4][:gop=2s|intra][:profile=high].
+    #[arg(long, default_value = DEFAULT_LADDER)]
+    pub profiles: String,
+    #[arg(long, value_enum, default_value_t = EncoderChoice::Auto)]
+    pub encoder: EncoderChoice,
+    #[arg(long, value_enum, default_value_t = DecoderChoice::Auto)]
+    pub decoder: DecoderChoice,
+    /// GPU index for NVDEC/NVENC.
+    #[arg(long, default_value_t = 0)]
+    pub gpu: u32,
+    /// Print the JSON summary on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Refuse inputs whose frames exceed this many pixels.
+    #[arg(long, default_value_t = DEFAULT_MAX_INPUT_PIXELS)]
+    pub max_input_pixels: u64,
+    /// libx264 preset.
+    #[arg(long, default_value = "veryfast")]
+    pub x264_preset: String,
+    /// Give up after this many seconds (0: no limit).
+    #[arg(long, default_value_t = 0.0)]
+    pub timeout: f64,
+    /// Largest input accepted on stdin, in bytes (it is held in memory).
+    #[arg(long, default_value_t = 2 << 30)]
+    pub max_stdin_bytes: u64,
 }
 
-pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("transcode engine not built yet")
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let profiles = Profile::parse_list(&args.profiles)?;
+    let input = if args.input == "-" {
+        let mut buf = Vec::new();
+        std::io::stdin()
+            .lock()
+            .take(args.max_stdin_bytes + 1)
+            .read_to_end(&mut buf)
+            .context("reading the segment from stdin")?;
+        if buf.len() as u64 > args.max_stdin_bytes {
+            anyhow::bail!(
+                "stdin input is larger than --max-stdin-bytes ({} bytes); pass a file path instead",
+                args.max_stdin_bytes
+            );
+        }
+        Input::Memory(buf.into())
+    } else {
+        Input::File(PathBuf::from(&args.input))
+    };
+    let deadline =
+        (args.timeout > 0.0).then(|| Instant::now() + Duration::from_secs_f64(args.timeout));
+    let request = Request {
+        input,
+        profiles,
+        out_dir: args.out,
+        options: Options {
+            encoder: args.encoder,
+            decoder: args.decoder,
+            gpu: args.gpu,
+            max_input_pixels: args.max_input_pixels,
+            x264_preset: args.x264_preset,
+            deadline,
+            ..Options::default()
+        },
+    };
+    let report = super::transcode(&request)?;
+    if let Some(reason) = &report.fallback_reason {
+        tracing::info!(%reason, "hardware path not used");
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_human(&report);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_human(r: &Report) {
+    println!(
+        "decoded {} frames {}x{} ({} px) with {} in {} ms, {:.2}x real time{}",
+        r.decoded_frames,
+        r.input_width,
+        r.input_height,
+        r.decoded_pixels,
+        r.decoder,
+        r.wall_ms,
+        r.realtime_factor,
+        if r.decode_errors > 0 {
+            format!(", {} decode errors", r.decode_errors)
+        } else {
+            String::new()
+        }
+    );
+    for x in &r.renditions {
+        println!(
+            "  {:<18} {:>4}x{:<4} {:>5} frames {:>12} px {:>9} B  {}  {}",
+            x.profile,
+            x.width,
+            x.height,
+            x.frames,
+            x.pixels,
+            x.bytes,
+            x.encoder,
+            x.path.display()
+        );
+    }
+    println!("encoded pixels: {}", r.encoded_pixels);
 }

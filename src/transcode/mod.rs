@@ -1,3 +1,225 @@
 //! Transcoding engine: one decode feeding many encodes, with exact pixel accounting.
+//!
+//! A segment is demuxed and decoded once (NVDEC when a CUDA device opens, FFmpeg's
+//! frame-threaded software decoder otherwise). Every decoded frame is shared by
+//! reference with one worker thread per rendition, which owns its own filter graph
+//! (fps → scale → yuv420p), encoder (`h264_nvenc` where NVENC opens, libx264
+//! otherwise) and muxer. Audio packets are copied through to every rendition.
+//!
+//! [`transcode`] is blocking and meant for a dedicated thread (`spawn_blocking` in
+//! the daemon); it honours a deadline and a cancellation token, and writes each
+//! rendition to a temporary name that is renamed only once the whole ladder succeeded,
+//! so a failed or cancelled segment never leaves half-written renditions behind.
 
+pub mod avlog;
 pub mod cli;
+mod encoder;
+mod engine;
+mod input;
+pub mod profile;
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+pub use engine::transcode;
+pub use profile::{
+    fit_dimensions, preset_names, Container, Gop, H264Profile, Profile, ProfileError, VideoCodec,
+    DEFAULT_LADDER,
+};
+
+/// Where the segment comes from.
+#[derive(Clone, Debug)]
+pub enum Input {
+    /// A file FFmpeg can demux (MPEG-TS first, MP4, MKV, …).
+    File(PathBuf),
+    /// An in-memory segment, as the daemon and the Livepeer client receive them.
+    Memory(bytes::Bytes),
+}
+
+/// Which video encoder to use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum EncoderChoice {
+    /// NVENC where it opens, libx264 otherwise (the reason is reported).
+    #[default]
+    Auto,
+    /// NVENC only; fail with the real cause if it cannot open.
+    Nvenc,
+    /// libx264 on the CPU only.
+    X264,
+}
+
+/// Which video decoder to use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum DecoderChoice {
+    /// NVDEC where a CUDA device opens, software otherwise.
+    #[default]
+    Auto,
+    /// NVDEC only.
+    Nvdec,
+    /// FFmpeg's software decoder only.
+    Software,
+}
+
+/// Default ceiling on input frame size: 4096×2304 (a little above DCI 4K).
+pub const DEFAULT_MAX_INPUT_PIXELS: u64 = 4096 * 2304;
+
+/// Knobs of one transcode.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub encoder: EncoderChoice,
+    pub decoder: DecoderChoice,
+    /// CUDA/NVENC device index.
+    pub gpu: u32,
+    /// Frames larger than this many pixels are refused before decoding.
+    pub max_input_pixels: u64,
+    /// libx264 preset; the same value must be given to a CLI peer for a fair comparison.
+    pub x264_preset: String,
+    /// Decoder threads; 0 lets libavcodec pick one per core.
+    pub decoder_threads: usize,
+    /// Absolute deadline; past it the transcode stops with [`TranscodeError::DeadlineExceeded`].
+    pub deadline: Option<Instant>,
+    pub cancel: CancellationToken,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            encoder: EncoderChoice::Auto,
+            decoder: DecoderChoice::Auto,
+            gpu: 0,
+            max_input_pixels: DEFAULT_MAX_INPUT_PIXELS,
+            x264_preset: "veryfast".to_string(),
+            decoder_threads: 0,
+            deadline: None,
+            cancel: CancellationToken::new(),
+        }
+    }
+}
+
+/// One transcode job.
+#[derive(Clone, Debug)]
+pub struct Request {
+    pub input: Input,
+    pub profiles: Vec<Profile>,
+    /// Renditions are written as `out_dir/<profile name>.<ts|mp4>`.
+    pub out_dir: PathBuf,
+    pub options: Options,
+}
+
+/// What one rendition came out as.
+#[derive(Clone, Debug, Serialize)]
+pub struct RenditionReport {
+    pub profile: String,
+    pub path: PathBuf,
+    pub width: u32,
+    pub height: u32,
+    /// Encoded video frames.
+    pub frames: u64,
+    /// width × height × frames: what Livepeer pays for.
+    pub pixels: u64,
+    pub bytes: u64,
+    /// `h264_nvenc` or `libx264`.
+    pub encoder: String,
+    pub format: Container,
+    pub mime: &'static str,
+}
+
+/// The outcome of a transcode (`comine transcode --json` prints it).
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    /// Σ width × height over every decoded input frame.
+    pub decoded_pixels: u64,
+    pub decoded_frames: u64,
+    /// Packets or frames the decoder rejected; non-zero on truncated or damaged input.
+    pub decode_errors: u64,
+    /// `h264` or `h264 (nvdec)`.
+    pub decoder: String,
+    pub input_width: u32,
+    pub input_height: u32,
+    /// Seconds of video decoded.
+    pub media_seconds: f64,
+    pub wall_ms: u64,
+    /// Media seconds per wall second (> 1 is faster than real time).
+    pub realtime_factor: f64,
+    /// Σ pixels over the renditions.
+    pub encoded_pixels: u64,
+    /// Why NVENC (or NVDEC) was not used under `auto`, taken from libav's own log.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fallback_reason: Option<String>,
+    pub renditions: Vec<RenditionReport>,
+}
+
+/// Every way a transcode can fail. [`TranscodeError::is_bad_input`] separates the
+/// client's fault (HTTP 4xx, Livepeer error part) from ours.
+#[derive(Debug, thiserror::Error)]
+pub enum TranscodeError {
+    #[error(transparent)]
+    Profile(#[from] ProfileError),
+    #[error("input is empty (0 bytes): nothing to transcode")]
+    EmptyInput,
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("input is not a media file FFmpeg can demux ({0})")]
+    NotMedia(String),
+    #[error("input has no video stream (found: {0}); comine transcodes video")]
+    NoVideo(String),
+    #[error("input video codec {0} cannot be decoded by this FFmpeg build")]
+    NoDecoder(String),
+    #[error("input is {width}x{height} ({pixels} pixels per frame), above the ceiling of {max} pixels; raise max_input_pixels (--max-input-pixels) if this is intended")]
+    TooLarge {
+        width: u32,
+        height: u32,
+        pixels: u64,
+        max: u64,
+    },
+    #[error("no frame could be decoded ({decode_errors} decode errors): the segment is corrupt or cut before its first complete frame")]
+    NoFrames { decode_errors: u64 },
+    #[error("profile {profile} asks for {codec:?}; comine encodes H.264 only")]
+    UnsupportedCodec { profile: String, codec: VideoCodec },
+    #[error("NVENC session limit reached on GPU {gpu}: the NVIDIA driver caps concurrent encode sessions (GeForce drivers allow 3 to 8); lower per-GPU sessions or capacity, or use --encoder auto to fall back to libx264 (libav: {detail})")]
+    NvencSessionCap { gpu: u32, detail: String },
+    #[error("NVENC cannot open on GPU {gpu}: {reason}; use --encoder auto or x264 on hosts without NVENC")]
+    NvencUnavailable { gpu: u32, reason: String },
+    #[error("NVDEC cannot open on GPU {gpu}: {reason}; use --decoder auto or software")]
+    NvdecUnavailable { gpu: u32, reason: String },
+    #[error("{encoder} could not open for profile {profile}: {reason}")]
+    EncoderOpen {
+        encoder: String,
+        profile: String,
+        reason: String,
+    },
+    #[error("transcode cancelled")]
+    Cancelled,
+    #[error("deadline exceeded after {elapsed_ms} ms")]
+    DeadlineExceeded { elapsed_ms: u64 },
+    #[error("cannot write rendition {path}: {reason}")]
+    Output { path: String, reason: String },
+    #[error("FFmpeg failed while {what}: {reason}")]
+    Ffmpeg { what: &'static str, reason: String },
+}
+
+impl TranscodeError {
+    /// True when the request itself is at fault (bad media, bad profile, too large).
+    pub fn is_bad_input(&self) -> bool {
+        matches!(
+            self,
+            TranscodeError::Profile(_)
+                | TranscodeError::EmptyInput
+                | TranscodeError::NotMedia(_)
+                | TranscodeError::NoVideo(_)
+                | TranscodeError::NoDecoder(_)
+                | TranscodeError::TooLarge { .. }
+                | TranscodeError::NoFrames { .. }
+                | TranscodeError::UnsupportedCodec { .. }
+        )
+    }
+}
