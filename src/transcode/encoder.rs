@@ -18,6 +18,8 @@ pub struct Setup<'a> {
     pub global_header: bool,
     pub gpu: u32,
     pub x264_preset: &'a str,
+    /// libx264 threads for this rendition (0: libx264's own choice).
+    pub threads: usize,
 }
 
 pub struct Opened {
@@ -143,6 +145,9 @@ fn open_named(
         opts.set("tune", "ll");
     } else {
         opts.set("preset", setup.x264_preset);
+        if setup.threads > 0 {
+            opts.set("threads", &setup.threads.to_string());
+        }
     }
     let (result, lines) = avlog::capture(|| enc.open_with(opts));
     result.map_err(|e| {

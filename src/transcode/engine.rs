@@ -21,7 +21,7 @@ use super::{
 
 /// Frames queued per rendition worker. Small: frames are large and the decoder is
 /// rarely the bottleneck, so a deep queue only costs memory.
-const QUEUE_DEPTH: usize = 6;
+const QUEUE_DEPTH: usize = 3;
 
 /// Give up on a stream that keeps failing to demux (garbage after a valid header).
 const MAX_CONSECUTIVE_READ_ERRORS: u32 = 64;
@@ -129,10 +129,26 @@ pub fn transcode(req: &Request) -> Result<Report, TranscodeError> {
         reason: e.to_string(),
     })?;
 
+    let threads = encoder_threads(
+        &req.profiles,
+        (src_w, src_h),
+        sar,
+        src_rate,
+        req.options.encode_cores,
+    );
     let mut workers = Vec::with_capacity(req.profiles.len());
     let mut fallback_reason = None;
-    for p in &req.profiles {
-        let w = Worker::open(p, req, (src_w, src_h), sar, src_rate, vtb, audio.as_ref())?;
+    for (p, &threads) in req.profiles.iter().zip(&threads) {
+        let w = Worker::open(
+            p,
+            req,
+            (src_w, src_h),
+            sar,
+            src_rate,
+            vtb,
+            audio.as_ref(),
+            threads,
+        )?;
         if fallback_reason.is_none() {
             fallback_reason = w.fallback_reason.clone();
         }
@@ -464,6 +480,16 @@ fn drain_decoder(
                 return Ok(());
             }
         }
+        // Frames the decoder had to conceal or flag corrupt count as damage too:
+        // truncated input rarely makes libavcodec return an error outright.
+        // SAFETY: reading two plain fields of a valid frame.
+        let damaged = unsafe {
+            let f = frame.as_ptr();
+            (*f).decode_error_flags != 0 || ((*f).flags & ffi::AV_FRAME_FLAG_CORRUPT as i32) != 0
+        };
+        if damaged {
+            stats.errors += 1;
+        }
         let mut frame = if frame.format() == Pixel::CUDA {
             stats.hw_frames += 1;
             download(&frame)?
@@ -582,6 +608,7 @@ impl Worker {
         src_rate: Rational,
         in_time_base: Rational,
         audio: Option<&AudioIn>,
+        threads: usize,
     ) -> Result<Worker, TranscodeError> {
         let (width, height) = profile::fit_dimensions(
             src_w,
@@ -625,6 +652,7 @@ impl Worker {
                 global_header,
                 gpu: req.options.gpu,
                 x264_preset: &req.options.x264_preset,
+                threads,
             },
         )?;
         let video_out = {
@@ -928,6 +956,41 @@ pub(crate) fn filter_spec(profile: &Profile, width: u32, height: u32) -> String 
     }
     spec.push_str(&format!("scale={width}:{height},format=yuv420p,setsar=1"));
     spec
+}
+
+/// libx264 threads per rendition, proportional to each rung's output pixel rate so the
+/// largest rung (usually half the work) is not the critical path.
+fn encoder_threads(
+    profiles: &[Profile],
+    src: (u32, u32),
+    sar: Rational,
+    src_rate: Rational,
+    cores: usize,
+) -> Vec<usize> {
+    let cores = if cores > 0 {
+        cores
+    } else {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    };
+    let src_fps = src_rate.numerator() as f64 / src_rate.denominator().max(1) as f64;
+    let rates: Vec<f64> = profiles
+        .iter()
+        .map(|p| {
+            let (w, h) = profile::fit_dimensions(
+                src.0,
+                src.1,
+                (sar.numerator(), sar.denominator()),
+                p.width,
+                p.height,
+            );
+            w as f64 * h as f64 * p.fps().unwrap_or(src_fps).min(src_fps.max(1.0))
+        })
+        .collect();
+    let total: f64 = rates.iter().sum::<f64>().max(1.0);
+    rates
+        .iter()
+        .map(|r| ((cores as f64 * r / total).round() as usize).clamp(1, cores.max(1)))
+        .collect()
 }
 
 fn temp_name(dst: &Path) -> PathBuf {

@@ -81,6 +81,11 @@ pub struct Options {
     pub x264_preset: String,
     /// Decoder threads; 0 lets libavcodec pick one per core.
     pub decoder_threads: usize,
+    /// Cores shared by the ladder's libx264 encoders; 0 uses every core. Each encoder
+    /// gets threads in proportion to its share of the output pixels: the ladder already
+    /// runs its rungs in parallel, and libx264's default of 1.5 threads per core *per
+    /// encoder* oversubscribes the CPU and multiplies the frames held in memory.
+    pub encode_cores: usize,
     /// Absolute deadline; past it the transcode stops with [`TranscodeError::DeadlineExceeded`].
     pub deadline: Option<Instant>,
     pub cancel: CancellationToken,
@@ -95,6 +100,7 @@ impl Default for Options {
             max_input_pixels: DEFAULT_MAX_INPUT_PIXELS,
             x264_preset: "veryfast".to_string(),
             decoder_threads: 0,
+            encode_cores: 0,
             deadline: None,
             cancel: CancellationToken::new(),
         }

@@ -1,0 +1,205 @@
+//! Shared test helpers: media generated on the fly with the `ffmpeg` CLI (FFmpeg's
+//! lavfi test sources with noise and motion so encoders do real work), and ffprobe
+//! readings used as the independent check of what comine wrote.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// A directory shared by every test of this binary, removed never (it is a tempdir
+/// under target/ so `cargo clean` takes it).
+pub fn media_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("media");
+        std::fs::create_dir_all(&dir).expect("create media dir");
+        dir
+    })
+}
+
+/// Generates (once per name) a clip with the given lavfi video graph and optional audio.
+/// `extra` are output options placed before the file name.
+pub fn generate(name: &str, video: &str, seconds: f64, audio: bool, extra: &[&str]) -> PathBuf {
+    let path = media_dir().join(name);
+    if path.exists() {
+        return path;
+    }
+    let tmp = media_dir().join(format!("{}.{}.part", name, std::process::id()));
+    let mut cmd = Command::new("ffmpeg");
+    cmd.args([
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-y",
+        "-f",
+        "lavfi",
+        "-i",
+        video,
+    ]);
+    if audio {
+        cmd.args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"]);
+    }
+    cmd.args(["-t", &seconds.to_string()]);
+    cmd.args(extra);
+    let ext = Path::new(name)
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("ts");
+    let fmt = match ext {
+        "ts" => "mpegts",
+        "mp4" => "mp4",
+        "mkv" => "matroska",
+        "m4a" => "ipod",
+        other => other,
+    };
+    cmd.args(["-f", fmt]).arg(&tmp);
+    let out = cmd
+        .output()
+        .expect("run ffmpeg (is the ffmpeg CLI installed?)");
+    assert!(
+        out.status.success(),
+        "ffmpeg failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::rename(&tmp, &path).expect("rename media");
+    path
+}
+
+/// Noisy moving test pattern, the default test source.
+pub fn pattern(w: u32, h: u32, rate: &str) -> String {
+    format!("testsrc2=size={w}x{h}:rate={rate},noise=alls=20:allf=t+u")
+}
+
+/// A 1 s 640x360 30 fps MPEG-TS segment with AAC audio.
+pub fn segment_360p() -> PathBuf {
+    generate(
+        "seg360.ts",
+        &pattern(640, 360, "30"),
+        1.0,
+        true,
+        &[
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-g",
+            "30",
+            "-c:a",
+            "aac",
+        ],
+    )
+}
+
+/// What ffprobe says about the first video stream of `path`.
+#[derive(Debug)]
+pub struct Probe {
+    pub width: u32,
+    pub height: u32,
+    pub frames: u64,
+    pub start_time: f64,
+    pub has_audio: bool,
+    pub first_pict_type: String,
+    pub first_key: bool,
+}
+
+pub fn probe(path: &Path) -> Probe {
+    let out = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-count_frames",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+        ])
+        .arg("stream=width,height,nb_read_frames,start_time")
+        .args(["-of", "default=nw=1"])
+        .arg(path)
+        .output()
+        .expect("run ffprobe");
+    assert!(out.status.success(), "ffprobe failed on {}", path.display());
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let get = |k: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}=")))
+            .unwrap_or_else(|| panic!("ffprobe gave no {k} for {}: {text}", path.display()))
+            .to_string()
+    };
+    let frames_out = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-select_streams",
+            "v:0",
+            "-read_intervals",
+            "%+#1",
+        ])
+        .args([
+            "-show_entries",
+            "frame=pict_type,key_frame",
+            "-of",
+            "default=nw=1",
+        ])
+        .arg(path)
+        .output()
+        .expect("run ffprobe");
+    let ftext = String::from_utf8_lossy(&frames_out.stdout).to_string();
+    let audio = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-select_streams",
+            "a",
+            "-show_entries",
+            "stream=index",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(path)
+        .output()
+        .expect("run ffprobe");
+    Probe {
+        width: get("width").parse().unwrap(),
+        height: get("height").parse().unwrap(),
+        frames: get("nb_read_frames").parse().unwrap(),
+        start_time: get("start_time").parse().unwrap_or(0.0),
+        has_audio: !String::from_utf8_lossy(&audio.stdout).trim().is_empty(),
+        first_pict_type: ftext
+            .lines()
+            .find_map(|l| l.strip_prefix("pict_type="))
+            .unwrap_or("")
+            .to_string(),
+        first_key: ftext.lines().any(|l| l == "key_frame=1"),
+    }
+}
+
+/// Runs the real binary; returns (exit success, stdout, stderr).
+pub fn comine(args: &[&str], stdin: Option<&[u8]>) -> (bool, String, String) {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_comine"))
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn comine");
+    if let Some(data) = stdin {
+        let mut pipe = child.stdin.take().unwrap();
+        let data = data.to_vec();
+        std::thread::spawn(move || {
+            let _ = pipe.write_all(&data);
+        });
+    }
+    let out = child.wait_with_output().expect("wait comine");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
