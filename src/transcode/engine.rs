@@ -485,7 +485,7 @@ fn drain_decoder(
         // SAFETY: reading two plain fields of a valid frame.
         let damaged = unsafe {
             let f = frame.as_ptr();
-            (*f).decode_error_flags != 0 || ((*f).flags & ffi::AV_FRAME_FLAG_CORRUPT as i32) != 0
+            (*f).decode_error_flags != 0 || ((*f).flags & ffi::AV_FRAME_FLAG_CORRUPT) != 0
         };
         if damaged {
             stats.errors += 1;
