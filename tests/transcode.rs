@@ -494,3 +494,42 @@ fn nvenc_failover() {
         assert!(stderr.contains("NVENC"), "{stderr}");
     }
 }
+
+/// `--log-format json` turns every stderr log line into a JSON object.
+#[test]
+fn json_logs() {
+    let seg = segment_360p();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let (ok, _, stderr) = comine(
+        &[
+            "--log-format",
+            "json",
+            "transcode",
+            seg.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--profiles",
+            "P144p30fps16x9",
+            "--encoder",
+            "auto",
+            "--x264-preset",
+            "ultrafast",
+        ],
+        None,
+    );
+    assert!(ok, "{stderr}");
+    let lines: Vec<_> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(
+        lines.iter().any(|l| l.contains("transcode done")),
+        "{stderr}"
+    );
+    for l in lines {
+        let v: serde_json::Value =
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+        assert!(
+            v.get("level").is_some() && v.get("timestamp").is_some(),
+            "{l}"
+        );
+    }
+}

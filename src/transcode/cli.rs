@@ -86,6 +86,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(reason) = &report.fallback_reason {
         tracing::info!(%reason, "hardware path not used");
     }
+    tracing::info!(
+        renditions = report.renditions.len(),
+        encoded_pixels = report.encoded_pixels,
+        decode_errors = report.decode_errors,
+        wall_ms = report.wall_ms,
+        realtime_factor = format_args!("{:.2}", report.realtime_factor),
+        "transcode done"
+    );
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
