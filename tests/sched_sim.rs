@@ -138,8 +138,9 @@ fn post_burst_drops_transcoding_to_the_floor_on_that_gpu_only() {
 #[test]
 fn thermal_throttle_holds_admission_then_recovers() {
     let mut rig = Rig::new(&["a4000"], fast_config());
-    let _seal = rig.sim.start_job(0, JobLoad::Sealing { sm_pct: 100.0 }).unwrap();
-    rig.sim.set_thermal_offset(0, 20.0);
+    // Moderate sealing (below the power cap) in a hot chassis.
+    let _seal = rig.sim.start_job(0, JobLoad::Sealing { sm_pct: 60.0 }).unwrap();
+    rig.sim.set_thermal_offset(0, 30.0);
     let mut held = None;
     for _ in 0..20 {
         let d = rig.step();
@@ -251,7 +252,7 @@ fn per_gpu_session_limit_on_a_mixed_rig() {
 
 #[test]
 fn batch_goes_last() {
-    let mut rig = Rig::new(&["rtx3090"], fast_config());
+    let mut rig = Rig::new(&["a4000"], fast_config());
     let _seal = rig.sim.start_job(0, JobLoad::Sealing { sm_pct: 70.0 }).unwrap();
     let d = rig.step();
     let dev = &d.devices[0];

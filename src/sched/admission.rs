@@ -191,7 +191,8 @@ impl Admitter {
             e.0 += j.pps;
             e.1 += j.sessions;
         }
-        let mut best: Option<(f64, &DeviceCapacity)> = None;
+        // Key: (proof running, pixel load). A GPU at its proof floor is the last resort.
+        let mut best: Option<((bool, f64), &DeviceCapacity)> = None;
         let mut why = RejectReason::Holding;
         let mut notes = Vec::new();
         for d in g.devices.iter().filter(|d| d.healthy) {
@@ -225,8 +226,9 @@ impl Admitter {
                 ));
                 continue;
             }
-            if best.is_none_or(|(l, _)| load < l) {
-                best = Some((load, d));
+            let key = (d.proof_running, load);
+            if best.is_none_or(|(k, _)| key < k) {
+                best = Some((key, d));
             }
         }
         let Some((_, d)) = best else {
