@@ -20,12 +20,23 @@ fn main() {
     println!("# comine scheduler benchmark");
     println!("## tick cost");
     for n in [1usize, 2, 8] {
-        let presets: Vec<&str> = ["rtx3090", "rtx4090", "a4000", "a5000"].iter().cycle().take(n).copied().collect();
+        let presets: Vec<&str> = ["rtx3090", "rtx4090", "a4000", "a5000"]
+            .iter()
+            .cycle()
+            .take(n)
+            .copied()
+            .collect();
         let sim = SimGpu::from_presets(&presets, 1).expect("presets");
         let _jobs: Vec<_> = (0..n as u32)
             .flat_map(|d| {
                 [
-                    sim.start_job(d, JobLoad::Transcode { pixels_per_sec: 1e8 }).ok(),
+                    sim.start_job(
+                        d,
+                        JobLoad::Transcode {
+                            pixels_per_sec: 1e8,
+                        },
+                    )
+                    .ok(),
                     sim.start_job(d, JobLoad::Sealing { sm_pct: 60.0 }).ok(),
                 ]
             })
@@ -33,7 +44,10 @@ fn main() {
         let input = TickInput {
             now_ms: 0,
             snapshot: sim.poll(),
-            demand: Demand { live_pps: 5e8, batch_pps: 1e8 },
+            demand: Demand {
+                live_pps: 5e8,
+                batch_pps: 1e8,
+            },
             load: Vec::new(),
             proof: ProofSignal::default(),
             controller: ControllerStatus::default(),
@@ -80,13 +94,20 @@ fn main() {
         black_box(std::fs::read_to_string("/proc/stat").ok());
     }
     let peer = (cpu_time() - c0) / polls;
-    for (name, per) in [("host", host_cpu), ("sim(2 gpus)", sim_cpu), ("peer read /proc/stat", peer)] {
+    for (name, per) in [
+        ("host", host_cpu),
+        ("sim(2 gpus)", sim_cpu),
+        ("peer read /proc/stat", peer),
+    ] {
         println!(
             "{name:<22} cpu/poll={:>8.1} us  at 500 ms = {:.4}% of one core (target < 1%)",
             per.as_secs_f64() * 1e6,
             per.as_secs_f64() / 0.5 * 100.0
         );
     }
-    println!("host/peer = {:.1}x", host_cpu.as_secs_f64() / peer.as_secs_f64().max(1e-12));
+    println!(
+        "host/peer = {:.1}x",
+        host_cpu.as_secs_f64() / peer.as_secs_f64().max(1e-12)
+    );
     println!("(NVML poll cost needs a GPU host; not measured here)");
 }

@@ -10,7 +10,11 @@ use clap::{Parser, Subcommand};
 use comine::logging::{self, LogFormat};
 
 #[derive(Parser, Debug)]
-#[command(name = "comine", version, about = "Co-mining appliance: video transcoding on Filecoin miners' spare GPU capacity")]
+#[command(
+    name = "comine",
+    version,
+    about = "Co-mining appliance: video transcoding on Filecoin miners' spare GPU capacity"
+)]
 struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]

@@ -12,8 +12,20 @@ fn comine(args: &[&str]) -> std::process::Output {
 
 #[test]
 fn sim_status_json_is_labelled_simulated() {
-    let out = comine(&["gpu", "status", "--json", "--backend", "sim:rtx3090,a4000", "--interval-ms", "10"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = comine(&[
+        "gpu",
+        "status",
+        "--json",
+        "--backend",
+        "sim:rtx3090,a4000",
+        "--interval-ms",
+        "10",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["source"], "simulated");
     assert_eq!(v["devices"].as_array().unwrap().len(), 2);
@@ -25,13 +37,27 @@ fn sim_status_json_is_labelled_simulated() {
 
 #[test]
 fn watch_prints_one_json_line_per_poll() {
-    let out = comine(&["gpu", "status", "--json", "--watch", "--count", "3", "--backend", "sim:rtx4090", "--interval-ms", "10"]);
+    let out = comine(&[
+        "gpu",
+        "status",
+        "--json",
+        "--watch",
+        "--count",
+        "3",
+        "--backend",
+        "sim:rtx4090",
+        "--interval-ms",
+        "10",
+    ]);
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
     assert_eq!(text.lines().count(), 3);
     let first: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
     let last: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
-    assert!(last["devices"][0]["energy_joules"].as_f64() > first["devices"][0]["energy_joules"].as_f64());
+    assert!(
+        last["devices"][0]["energy_joules"].as_f64()
+            > first["devices"][0]["energy_joules"].as_f64()
+    );
 }
 
 #[test]
@@ -40,7 +66,11 @@ fn auto_without_a_driver_says_so_and_uses_the_host() {
         return; // a real GPU host: nothing to fall back from
     }
     let out = comine(&["gpu", "status", "--json", "--interval-ms", "50"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("NVML unavailable"), "{stderr}");
     assert!(stderr.contains("using host CPU telemetry"), "{stderr}");

@@ -40,13 +40,36 @@ async fn surge_pauses_sealing_and_shutdown_restores_it() {
     let dir = tempfile::tempdir().unwrap();
     let cancel = CancellationToken::new();
     let sim = SimGpu::from_presets(&["rtx3090"], 3).unwrap();
-    let (snaps, poller) = Poller::spawn(Telemetry::Sim(sim), Duration::from_millis(20), cancel.clone());
-    let ctl: Arc<dyn Controller> = Arc::new(LotusWorker::from_api_info(&srv.api_info(TOKEN), Duration::from_secs(2)).unwrap());
-    let h = sched::start(cfg(), tasks(), snaps, ctl, dir.path().into(), cancel.clone()).await.unwrap();
+    let (snaps, poller) = Poller::spawn(
+        Telemetry::Sim(sim),
+        Duration::from_millis(20),
+        cancel.clone(),
+    );
+    let ctl: Arc<dyn Controller> =
+        Arc::new(LotusWorker::from_api_info(&srv.api_info(TOKEN), Duration::from_secs(2)).unwrap());
+    let h = sched::start(
+        cfg(),
+        tasks(),
+        snaps,
+        ctl,
+        dir.path().into(),
+        cancel.clone(),
+    )
+    .await
+    .unwrap();
     let mut cap = h.capacity();
-    assert!(wait_for(|| cap.borrow_and_update().total_pps > 0.0).await, "capacity never published");
-    h.set_demand(Demand { live_pps: 1.0e9, batch_pps: 0.0 });
-    assert!(wait_for(|| srv.state().disabled.len() == 4).await, "sealing not paused");
+    assert!(
+        wait_for(|| cap.borrow_and_update().total_pps > 0.0).await,
+        "capacity never published"
+    );
+    h.set_demand(Demand {
+        live_pps: 1.0e9,
+        batch_pps: 0.0,
+    });
+    assert!(
+        wait_for(|| srv.state().disabled.len() == 4).await,
+        "sealing not paused"
+    );
     let state_file = dir.path().join("sched-state.json");
     let on_disk: sched::state::SealingState =
         serde_json::from_slice(&std::fs::read(&state_file).unwrap()).unwrap();
@@ -59,7 +82,10 @@ async fn surge_pauses_sealing_and_shutdown_restores_it() {
     cancel.cancel();
     h.join().await;
     let _ = poller.await;
-    assert!(srv.state().disabled.is_empty(), "left disabled after shutdown");
+    assert!(
+        srv.state().disabled.is_empty(),
+        "left disabled after shutdown"
+    );
     assert!(!state_file.exists());
 }
 
@@ -83,9 +109,25 @@ async fn crash_leftovers_are_restored_at_start() {
     .unwrap();
     let cancel = CancellationToken::new();
     let sim = SimGpu::from_presets(&["a4000"], 1).unwrap();
-    let (snaps, _p) = Poller::spawn(Telemetry::Sim(sim), Duration::from_millis(20), cancel.clone());
-    let h = sched::start(cfg(), tasks(), snaps, Arc::new(w), dir.path().into(), cancel.clone()).await.unwrap();
-    assert!(srv.state().disabled.is_empty(), "crash leftovers not restored");
+    let (snaps, _p) = Poller::spawn(
+        Telemetry::Sim(sim),
+        Duration::from_millis(20),
+        cancel.clone(),
+    );
+    let h = sched::start(
+        cfg(),
+        tasks(),
+        snaps,
+        Arc::new(w),
+        dir.path().into(),
+        cancel.clone(),
+    )
+    .await
+    .unwrap();
+    assert!(
+        srv.state().disabled.is_empty(),
+        "crash leftovers not restored"
+    );
     assert!(!dir.path().join("sched-state.json").exists());
     cancel.cancel();
     h.join().await;
@@ -97,22 +139,49 @@ async fn lost_contact_never_leaves_sealing_disabled() {
     let dir = tempfile::tempdir().unwrap();
     let cancel = CancellationToken::new();
     let sim = SimGpu::from_presets(&["rtx4090"], 1).unwrap();
-    let (snaps, _p) = Poller::spawn(Telemetry::Sim(sim), Duration::from_millis(20), cancel.clone());
-    let ctl: Arc<dyn Controller> = Arc::new(LotusWorker::from_api_info(&srv.api_info(TOKEN), Duration::from_millis(500)).unwrap());
-    let h = sched::start(cfg(), tasks(), snaps, ctl, dir.path().into(), cancel.clone()).await.unwrap();
-    h.set_demand(Demand { live_pps: 2.5e9, batch_pps: 0.0 });
+    let (snaps, _p) = Poller::spawn(
+        Telemetry::Sim(sim),
+        Duration::from_millis(20),
+        cancel.clone(),
+    );
+    let ctl: Arc<dyn Controller> = Arc::new(
+        LotusWorker::from_api_info(&srv.api_info(TOKEN), Duration::from_millis(500)).unwrap(),
+    );
+    let h = sched::start(
+        cfg(),
+        tasks(),
+        snaps,
+        ctl,
+        dir.path().into(),
+        cancel.clone(),
+    )
+    .await
+    .unwrap();
+    h.set_demand(Demand {
+        live_pps: 2.5e9,
+        batch_pps: 0.0,
+    });
     assert!(wait_for(|| srv.state().disabled.len() == 4).await);
     srv.down();
     // Demand drops while the node is away; the enable fails, is retried, and succeeds once back.
     h.set_demand(Demand::default());
     assert!(
-        wait_for(|| h.last_decision().is_some_and(|d| d.sealing.reason.contains("unreachable"))).await,
+        wait_for(|| h
+            .last_decision()
+            .is_some_and(|d| d.sealing.reason.contains("unreachable")))
+        .await,
         "loss of contact not noticed"
     );
     let d = h.last_decision().unwrap();
-    assert!(d.devices[0].budget_pps <= 0.5 * 2.6e9 + 1.0, "not within safe limits");
+    assert!(
+        d.devices[0].budget_pps <= 0.5 * 2.6e9 + 1.0,
+        "not within safe limits"
+    );
     srv.up().await.unwrap();
-    assert!(wait_for(|| srv.state().disabled.is_empty()).await, "sealing left disabled after contact came back");
+    assert!(
+        wait_for(|| srv.state().disabled.is_empty()).await,
+        "sealing left disabled after contact came back"
+    );
     cancel.cancel();
     h.join().await;
 }
@@ -122,11 +191,19 @@ async fn corrupt_state_is_refused_loudly_and_kept() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("sched-state.json");
     std::fs::write(&path, b"{not json").unwrap();
-    let (_tx, rx) = tokio::sync::watch::channel(comine::gpu::Snapshot::empty(comine::gpu::Source::Simulated));
-    let e = sched::start(cfg(), tasks(), rx, Arc::new(comine::seal::NoController), dir.path().into(), CancellationToken::new())
-        .await
-        .err()
-        .expect("corrupt state accepted");
+    let (_tx, rx) =
+        tokio::sync::watch::channel(comine::gpu::Snapshot::empty(comine::gpu::Source::Simulated));
+    let e = sched::start(
+        cfg(),
+        tasks(),
+        rx,
+        Arc::new(comine::seal::NoController),
+        dir.path().into(),
+        CancellationToken::new(),
+    )
+    .await
+    .err()
+    .expect("corrupt state accepted");
     assert!(e.to_string().contains("by hand"), "{e}");
     assert!(path.exists(), "state file must not be lost");
 }

@@ -2,8 +2,8 @@
 
 use comine::gpu::{JobLoad, SimGpu, Snapshot};
 use comine::sched::{
-    Admitter, Config, ControllerStatus, Demand, JobClass, ProofSignal, RejectReason, SealAction,
-    SealMode, Scheduler, TickInput,
+    Admitter, Config, ControllerStatus, Demand, JobClass, ProofSignal, RejectReason, Scheduler,
+    SealAction, SealMode, TickInput,
 };
 
 const P720: f64 = 1280.0 * 720.0 * 30.0;
@@ -73,7 +73,11 @@ fn transcode_surge_pauses_sealing_with_hysteresis_and_dwell() {
         let d = rig.step();
         if d.sealing.action == SealAction::Disable {
             first_disable = Some(i);
-            assert!(d.sealing.reason.contains("high watermark"), "{}", d.sealing.reason);
+            assert!(
+                d.sealing.reason.contains("high watermark"),
+                "{}",
+                d.sealing.reason
+            );
             break;
         }
     }
@@ -101,7 +105,11 @@ fn transcode_surge_pauses_sealing_with_hysteresis_and_dwell() {
     // Flapping demand right after a change is held back by the dwell time.
     rig.demand.live_pps = 0.9 * 2.6e9;
     for _ in 0..10 {
-        assert_eq!(rig.step().sealing.action, SealAction::None, "dwell not respected");
+        assert_eq!(
+            rig.step().sealing.action,
+            SealAction::None,
+            "dwell not respected"
+        );
     }
 }
 
@@ -110,11 +118,18 @@ fn post_burst_drops_transcoding_to_the_floor_on_that_gpu_only() {
     let mut rig = Rig::new(&["rtx3090", "rtx3090"], fast_config());
     rig.step();
     let before = rig.step();
-    let proof = rig.sim.start_job(1, JobLoad::Proof { sm_pct: 95.0 }).unwrap();
+    let proof = rig
+        .sim
+        .start_job(1, JobLoad::Proof { sm_pct: 95.0 })
+        .unwrap();
     let during = rig.step();
     let (d0, d1) = (&during.devices[0], &during.devices[1]);
     assert!(d1.proof_running && !d0.proof_running);
-    assert!((d1.budget_pps - 0.1 * 1.1e9).abs() < 1.0, "budget {}", d1.budget_pps);
+    assert!(
+        (d1.budget_pps - 0.1 * 1.1e9).abs() < 1.0,
+        "budget {}",
+        d1.budget_pps
+    );
     assert_eq!(d1.batch_budget_pps, 0.0, "no batch work next to a proof");
     assert_eq!(d0.budget_pps, before.devices[0].budget_pps);
     // Live jobs land on the GPU without the proof.
@@ -139,7 +154,10 @@ fn post_burst_drops_transcoding_to_the_floor_on_that_gpu_only() {
 fn thermal_throttle_holds_admission_then_recovers() {
     let mut rig = Rig::new(&["a4000"], fast_config());
     // Moderate sealing (below the power cap) in a hot chassis.
-    let _seal = rig.sim.start_job(0, JobLoad::Sealing { sm_pct: 60.0 }).unwrap();
+    let _seal = rig
+        .sim
+        .start_job(0, JobLoad::Sealing { sm_pct: 60.0 })
+        .unwrap();
     rig.sim.set_thermal_offset(0, 30.0);
     let mut held = None;
     for _ in 0..20 {
@@ -151,7 +169,10 @@ fn thermal_throttle_holds_admission_then_recovers() {
     }
     let d = held.expect("a hot GPU kept admitting");
     assert!(
-        d.devices[0].reasons.iter().any(|r| r.contains("temperature") || r.contains("thermal")),
+        d.devices[0]
+            .reasons
+            .iter()
+            .any(|r| r.contains("temperature") || r.contains("thermal")),
         "{:?}",
         d.devices[0].reasons
     );
@@ -198,24 +219,42 @@ fn admission_picks_lowest_pixel_load_and_counts_pixels_not_sessions() {
     let mut rig = Rig::new(&["a4000", "a4000"], fast_config());
     rig.step();
     // One big 1080p60 job on one device, then small ones should go to the other device.
-    let big = rig.admitter.admit(JobClass::Live, 1920.0 * 1080.0 * 60.0).unwrap();
-    let small1 = rig.admitter.admit(JobClass::Live, 426.0 * 240.0 * 30.0).unwrap();
-    let small2 = rig.admitter.admit(JobClass::Live, 426.0 * 240.0 * 30.0).unwrap();
+    let big = rig
+        .admitter
+        .admit(JobClass::Live, 1920.0 * 1080.0 * 60.0)
+        .unwrap();
+    let small1 = rig
+        .admitter
+        .admit(JobClass::Live, 426.0 * 240.0 * 30.0)
+        .unwrap();
+    let small2 = rig
+        .admitter
+        .admit(JobClass::Live, 426.0 * 240.0 * 30.0)
+        .unwrap();
     assert_ne!(big.device, small1.device);
-    assert_eq!(small1.device, small2.device, "sessions were counted instead of pixels");
+    assert_eq!(
+        small1.device, small2.device,
+        "sessions were counted instead of pixels"
+    );
     // A job bigger than any device's remaining budget is refused, with a reason.
     let e = rig.admitter.admit(JobClass::Live, 5e9).unwrap_err();
     assert_eq!(e.reason, RejectReason::OverCapacity);
     assert!(e.message.contains("Mpx/s"));
     // Bad input is refused, not panicked on.
     for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
-        assert_eq!(rig.admitter.admit(JobClass::Live, bad).unwrap_err().reason, RejectReason::InvalidRequest);
+        assert_eq!(
+            rig.admitter.admit(JobClass::Live, bad).unwrap_err().reason,
+            RejectReason::InvalidRequest
+        );
     }
     // Dropping a permit gives the capacity back.
     let loads = rig.admitter.loads();
     drop(big);
     let after = rig.admitter.loads();
-    assert!(after.iter().map(|l| l.live_pps).sum::<f64>() < loads.iter().map(|l| l.live_pps).sum::<f64>());
+    assert!(
+        after.iter().map(|l| l.live_pps).sum::<f64>()
+            < loads.iter().map(|l| l.live_pps).sum::<f64>()
+    );
 }
 
 #[test]
@@ -225,7 +264,11 @@ fn per_gpu_session_limit_on_a_mixed_rig() {
     let mut rig = Rig::new(&["rtx3090", "a4000"], cfg);
     let d = rig.step();
     assert_eq!(d.devices[0].session_limit, Some(5), "GeForce driver cap");
-    assert_eq!(d.devices[1].session_limit, Some(2), "configured per-GPU limit");
+    assert_eq!(
+        d.devices[1].session_limit,
+        Some(2),
+        "configured per-GPU limit"
+    );
     let mut per_dev = [0u32; 2];
     let mut permits = Vec::new();
     loop {
@@ -244,7 +287,12 @@ fn per_gpu_session_limit_on_a_mixed_rig() {
     // The sim would have refused a 6th session: the scheduler never hit the real cap.
     for a in &permits {
         rig.sim
-            .start_job(a.device, JobLoad::Transcode { pixels_per_sec: 1e6 })
+            .start_job(
+                a.device,
+                JobLoad::Transcode {
+                    pixels_per_sec: 1e6,
+                },
+            )
             .map(std::mem::forget)
             .unwrap();
     }
@@ -253,7 +301,10 @@ fn per_gpu_session_limit_on_a_mixed_rig() {
 #[test]
 fn batch_goes_last() {
     let mut rig = Rig::new(&["a4000"], fast_config());
-    let _seal = rig.sim.start_job(0, JobLoad::Sealing { sm_pct: 70.0 }).unwrap();
+    let _seal = rig
+        .sim
+        .start_job(0, JobLoad::Sealing { sm_pct: 70.0 })
+        .unwrap();
     let d = rig.step();
     let dev = &d.devices[0];
     assert!(dev.sealing_active);
@@ -275,7 +326,13 @@ fn batch_goes_last() {
 
 #[test]
 fn unreachable_node_keeps_safe_limits_and_never_leaves_sealing_disabled() {
-    let mut rig = Rig::new(&["rtx4090"], Config { min_dwell_ms: 600_000, ..fast_config() });
+    let mut rig = Rig::new(
+        &["rtx4090"],
+        Config {
+            min_dwell_ms: 600_000,
+            ..fast_config()
+        },
+    );
     rig.demand.live_pps = 0.9 * 2.6e9;
     while rig.step().sealing.action != SealAction::Disable {}
     assert!(rig.status.sealing_disabled);
@@ -290,18 +347,34 @@ fn unreachable_node_keeps_safe_limits_and_never_leaves_sealing_disabled() {
     let d = rig.step();
     assert_eq!(d.sealing.action, SealAction::Enable, "retried");
     assert!(d.devices[0].budget_pps <= 0.5 * 2.6e9 + 1.0);
-    assert!(d.devices[0].reasons.iter().any(|r| r.contains("unreachable")));
+    assert!(d.devices[0]
+        .reasons
+        .iter()
+        .any(|r| r.contains("unreachable")));
 }
 
 #[test]
 fn coarse_controller_is_undone_when_a_proof_appears() {
-    let mut rig = Rig::new(&["rtx4090"], Config { min_dwell_ms: 600_000, ..fast_config() });
+    let mut rig = Rig::new(
+        &["rtx4090"],
+        Config {
+            min_dwell_ms: 600_000,
+            ..fast_config()
+        },
+    );
     rig.status.coarse = true;
     rig.demand.live_pps = 0.9 * 2.6e9;
     while rig.step().sealing.action != SealAction::Disable {}
-    let _p = rig.sim.start_job(0, JobLoad::Proof { sm_pct: 90.0 }).unwrap();
+    let _p = rig
+        .sim
+        .start_job(0, JobLoad::Proof { sm_pct: 90.0 })
+        .unwrap();
     let d = rig.step();
-    assert_eq!(d.sealing.action, SealAction::Enable, "cordon must not block a proof");
+    assert_eq!(
+        d.sealing.action,
+        SealAction::Enable,
+        "cordon must not block a proof"
+    );
 }
 
 #[test]
@@ -309,7 +382,15 @@ fn decisions_are_serialisable_records() {
     let mut rig = Rig::new(&["rtx3090"], fast_config());
     let d = rig.step();
     let v = serde_json::to_value(&d).unwrap();
-    for key in ["seq", "at_ms", "input", "devices", "capacity", "sealing", "demand_ratio"] {
+    for key in [
+        "seq",
+        "at_ms",
+        "input",
+        "devices",
+        "capacity",
+        "sealing",
+        "demand_ratio",
+    ] {
         assert!(v.get(key).is_some(), "missing {key}");
     }
     assert_eq!(v["source"], "simulated");

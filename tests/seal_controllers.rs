@@ -17,14 +17,21 @@ async fn lotus_worker_disables_and_restores_only_what_it_changed() {
     let w = LotusWorker::from_api_info(&srv.api_info(TOKEN), T).unwrap();
     // The operator had already disabled C2: comine must not re-enable it later.
     w.task_disable(TT_C2).await.unwrap();
-    let set = DisableSet::new(GPU_SEALING_TASKS.iter().chain(&[TT_WINDOW_POST, TT_WINNING_POST]));
+    let set = DisableSet::new(
+        GPU_SEALING_TASKS
+            .iter()
+            .chain(&[TT_WINDOW_POST, TT_WINNING_POST]),
+    );
     let changed = w.disable(&set).await.unwrap();
     assert!(!changed.contains(&TT_C2.to_string()));
     assert!(changed.contains(&TT_PC2.to_string()));
     assert_eq!(changed.len(), 3);
     {
         let st = srv.state();
-        assert!(st.proof_disable_attempts.is_empty(), "a proof task type reached the worker");
+        assert!(
+            st.proof_disable_attempts.is_empty(),
+            "a proof task type reached the worker"
+        );
         assert!(!st.disabled.contains(TT_WINDOW_POST) && !st.disabled.contains(TT_WINNING_POST));
         assert_eq!(st.disabled.len(), 4);
     }
@@ -34,11 +41,18 @@ async fn lotus_worker_disables_and_restores_only_what_it_changed() {
     assert!(!state.task_types.contains(&TT_PC2.to_string()));
     w.enable(&changed).await.unwrap();
     let st = srv.state();
-    assert_eq!(st.disabled.iter().collect::<Vec<_>>(), vec![TT_C2], "only comine's changes undone");
+    assert_eq!(
+        st.disabled.iter().collect::<Vec<_>>(),
+        vec![TT_C2],
+        "only comine's changes undone"
+    );
     let methods: Vec<String> = st.calls.iter().map(|(m, _)| m.clone()).collect();
     assert!(methods.contains(&"Filecoin.TaskTypes".to_string()));
     assert!(methods.contains(&"Filecoin.TaskEnable".to_string()));
-    assert!(!methods.contains(&"Filecoin.SetEnabled".to_string()), "SetEnabled would stop PoSt");
+    assert!(
+        !methods.contains(&"Filecoin.SetEnabled".to_string()),
+        "SetEnabled would stop PoSt"
+    );
 }
 
 #[tokio::test]
@@ -58,10 +72,18 @@ async fn bad_or_missing_token_is_refused_with_a_clear_error() {
     let srv = TestServer::start(TOKEN).await.unwrap();
     let bad = LotusWorker::from_api_info(&srv.api_info("wrong"), T).unwrap();
     let e = bad.task_types().await.unwrap_err();
-    assert!(matches!(e, SealError::Unauthorized { status: 401, .. }), "{e}");
+    assert!(
+        matches!(e, SealError::Unauthorized { status: 401, .. }),
+        "{e}"
+    );
     assert!(e.to_string().contains("admin token"));
-    let none = LotusWorker::from_api_info(&format!("/ip4/127.0.0.1/tcp/{}/http", srv.addr().port()), T).unwrap();
-    assert!(matches!(none.enabled().await, Err(SealError::Unauthorized { .. })));
+    let none =
+        LotusWorker::from_api_info(&format!("/ip4/127.0.0.1/tcp/{}/http", srv.addr().port()), T)
+            .unwrap();
+    assert!(matches!(
+        none.enabled().await,
+        Err(SealError::Unauthorized { .. })
+    ));
     let st = srv.state();
     assert_eq!(st.unauthorized, 2);
     assert!(st.calls.is_empty(), "unauthorised calls must not act");
@@ -100,7 +122,11 @@ async fn curio_cordons_and_uncordons() {
     assert!(!srv.state().cordoned);
     assert_eq!(srv.methods(), vec!["Filecoin.Cordon", "Filecoin.Uncordon"]);
     // Nothing to disable (only proofs asked for) means no cordon at all.
-    assert!(c.disable(&DisableSet::new([TT_WINDOW_POST])).await.unwrap().is_empty());
+    assert!(c
+        .disable(&DisableSet::new([TT_WINDOW_POST]))
+        .await
+        .unwrap()
+        .is_empty());
     assert!(!srv.state().cordoned);
     assert!(c.state().await.unwrap().reachable);
 }

@@ -82,7 +82,8 @@ fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn opt<T: std::fmt::Display>(v: Option<T>, unit: &str) -> String {
-    v.map(|v| format!("{v}{unit}")).unwrap_or_else(|| "-".into())
+    v.map(|v| format!("{v}{unit}"))
+        .unwrap_or_else(|| "-".into())
 }
 
 fn pct(v: Option<f64>) -> String {

@@ -97,7 +97,11 @@ pub struct HostBackend {
 
 impl HostBackend {
     pub fn new(attribution: Attribution) -> Self {
-        Self::with_roots(attribution, Path::new("/proc"), Path::new("/sys/class/powercap"))
+        Self::with_roots(
+            attribution,
+            Path::new("/proc"),
+            Path::new("/sys/class/powercap"),
+        )
     }
 
     /// Reads from other roots (tests use fixture directories).
@@ -283,8 +287,16 @@ mod tests {
         let cap = dir.path().join("powercap");
         fs::create_dir_all(&proc_root).unwrap();
         fs::create_dir_all(cap.join("intel-rapl:0")).unwrap();
-        fs::write(proc_root.join("stat"), "cpu 10 0 0 90 0 0 0 0\ncpu0 10 0 0 90\n").unwrap();
-        fs::write(proc_root.join("meminfo"), "MemTotal: 100 kB\nMemAvailable: 50 kB\n").unwrap();
+        fs::write(
+            proc_root.join("stat"),
+            "cpu 10 0 0 90 0 0 0 0\ncpu0 10 0 0 90\n",
+        )
+        .unwrap();
+        fs::write(
+            proc_root.join("meminfo"),
+            "MemTotal: 100 kB\nMemAvailable: 50 kB\n",
+        )
+        .unwrap();
         fs::write(proc_root.join("loadavg"), "1.0 2.0 3.0 1/1 1\n").unwrap();
         fs::write(cap.join("intel-rapl:0/energy_uj"), "1000000\n").unwrap();
         let mut b = HostBackend::with_roots(Attribution::default(), &proc_root, &cap);
@@ -292,7 +304,11 @@ mod tests {
         assert_eq!(s1.source, Source::Host);
         assert_eq!(s1.devices[0].source, Source::Host);
         assert_eq!(s1.devices[0].gpu_util_pct, None, "first poll has no delta");
-        fs::write(proc_root.join("stat"), "cpu 60 0 0 140 0 0 0 0\ncpu0 60 0 0 140\n").unwrap();
+        fs::write(
+            proc_root.join("stat"),
+            "cpu 60 0 0 140 0 0 0 0\ncpu0 60 0 0 140\n",
+        )
+        .unwrap();
         fs::write(cap.join("intel-rapl:0/energy_uj"), "3000000\n").unwrap();
         let s2 = b.poll();
         let d = &s2.devices[0];

@@ -305,7 +305,8 @@ pub enum Error {
 
 /// A telemetry backend. `poll` blocks (NVML calls, procfs reads): run it off the async runtime.
 pub enum Telemetry {
-    Nvml(nvml::NvmlBackend),
+    /// Boxed: NVML's symbol table is large.
+    Nvml(Box<nvml::NvmlBackend>),
     Host(host::HostBackend),
     Sim(SimGpu),
 }
@@ -337,9 +338,9 @@ pub fn nvml_fallback_message(reason: &str) -> String {
 /// Opens a backend. `auto` tries NVML and, when it cannot load, says so plainly and uses the host.
 pub fn open(choice: &BackendChoice, config: &Config) -> Result<Telemetry, Error> {
     match choice {
-        BackendChoice::Nvml => Ok(Telemetry::Nvml(nvml::NvmlBackend::open(
+        BackendChoice::Nvml => Ok(Telemetry::Nvml(Box::new(nvml::NvmlBackend::open(
             config.attribution.clone(),
-        )?)),
+        )?))),
         BackendChoice::Host => Ok(Telemetry::Host(host::HostBackend::new(
             config.attribution.clone(),
         ))),
@@ -355,7 +356,7 @@ pub fn open(choice: &BackendChoice, config: &Config) -> Result<Telemetry, Error>
             )))
         }
         BackendChoice::Auto => match nvml::NvmlBackend::open(config.attribution.clone()) {
-            Ok(b) => Ok(Telemetry::Nvml(b)),
+            Ok(b) => Ok(Telemetry::Nvml(Box::new(b))),
             Err(Error::NvmlUnavailable(reason)) => {
                 tracing::warn!("{}", nvml_fallback_message(&reason));
                 Ok(Telemetry::Host(host::HostBackend::new(

@@ -31,7 +31,8 @@ pub struct SimDevice {
 const GIB: u64 = 1 << 30;
 
 impl SimDevice {
-    pub const PRESETS: &'static [&'static str] = &["rtx3060", "rtx3090", "rtx4090", "a4000", "a5000"];
+    pub const PRESETS: &'static [&'static str] =
+        &["rtx3060", "rtx3090", "rtx4090", "a4000", "a5000"];
 
     /// A preset by name (`rtx3060`, `rtx3090`, `rtx4090`, `a4000`, `a5000`).
     pub fn preset(name: &str) -> Result<SimDevice, Error> {
@@ -187,7 +188,11 @@ impl SimGpu {
     }
 
     pub fn models(&self) -> Vec<SimDevice> {
-        lock(&self.state).devices.iter().map(|d| d.model.clone()).collect()
+        lock(&self.state)
+            .devices
+            .iter()
+            .map(|d| d.model.clone())
+            .collect()
     }
 
     /// Puts `load` on `device` until the returned guard is dropped.
@@ -240,7 +245,8 @@ impl SimGpu {
         let dt = st.step.as_secs_f64();
         st.time_ms += st.step.as_millis() as u64;
         let mut snap = Snapshot::empty(Source::Simulated);
-        let jobs: Vec<(u64, u32, JobLoad)> = st.jobs.iter().map(|(id, (d, l))| (*id, *d, *l)).collect();
+        let jobs: Vec<(u64, u32, JobLoad)> =
+            st.jobs.iter().map(|(id, (d, l))| (*id, *d, *l)).collect();
         let State { devices, rng, .. } = &mut *st;
         for (i, dev) in devices.iter_mut().enumerate() {
             let index = i as u32;
@@ -280,7 +286,9 @@ impl SimGpu {
                     JobLoad::Sealing { sm_pct } => {
                         (Role::Sealing, "lotus-worker", sm_pct, 0.0, 8 * GIB)
                     }
-                    JobLoad::Proof { sm_pct } => (Role::Proof, "lotus-worker-post", sm_pct, 0.0, 4 * GIB),
+                    JobLoad::Proof { sm_pct } => {
+                        (Role::Proof, "lotus-worker-post", sm_pct, 0.0, 4 * GIB)
+                    }
                 };
                 sm += sm_pct;
                 mem += mem_b;
@@ -299,14 +307,19 @@ impl SimGpu {
             } else {
                 0.0
             };
-            let sm_total = (sm + enc * 0.1 + if sm > 0.0 { rng.noise(1.0) } else { 0.0 }).clamp(0.0, 100.0);
+            let sm_total =
+                (sm + enc * 0.1 + if sm > 0.0 { rng.noise(1.0) } else { 0.0 }).clamp(0.0, 100.0);
             d.encoder_util_pct = Some(enc);
             d.decoder_util_pct = Some(enc * 0.5);
             d.gpu_util_pct = Some(sm_total);
             d.mem_util_pct = Some((sm_total * 0.6).min(100.0));
             d.nvenc_sessions = Some(sessions);
             d.nvenc_fps = Some((pps / (1920.0 * 1080.0)).round() as u32);
-            d.nvenc_latency_us = Some(if sessions > 0 { (2000.0 * (1.0 + enc / 50.0)) as u32 } else { 0 });
+            d.nvenc_latency_us = Some(if sessions > 0 {
+                (2000.0 * (1.0 + enc / 50.0)) as u32
+            } else {
+                0
+            });
             d.encoder_capacity_pct = Some((100.0 - enc).round().max(0.0) as u32);
             d.memory_used_bytes = Some(mem.min(m.memory_bytes));
             let busy = (sm_total.max(enc * 0.4) / 100.0).min(1.0);
@@ -340,7 +353,12 @@ mod tests {
         let run = |seed| {
             let sim = SimGpu::from_presets(&["rtx3090", "a4000"], seed).unwrap();
             let _j = sim
-                .start_job(0, JobLoad::Transcode { pixels_per_sec: 3e8 })
+                .start_job(
+                    0,
+                    JobLoad::Transcode {
+                        pixels_per_sec: 3e8,
+                    },
+                )
                 .unwrap();
             let _s = sim.start_job(1, JobLoad::Sealing { sm_pct: 80.0 }).unwrap();
             (0..5).map(|_| sim.poll().devices).collect::<Vec<_>>()
@@ -355,7 +373,12 @@ mod tests {
         let idle = sim.poll();
         assert_eq!(idle.devices[0].encoder_util_pct, Some(0.0));
         let job = sim
-            .start_job(0, JobLoad::Transcode { pixels_per_sec: 5.5e8 })
+            .start_job(
+                0,
+                JobLoad::Transcode {
+                    pixels_per_sec: 5.5e8,
+                },
+            )
             .unwrap();
         let busy = sim.poll();
         let enc = busy.devices[0].encoder_util_pct.unwrap();
@@ -370,10 +393,23 @@ mod tests {
     fn geforce_session_cap_is_enforced_and_every_output_is_labelled() {
         let sim = SimGpu::from_presets(&["rtx3090"], 1).unwrap();
         let jobs: Vec<_> = (0..5)
-            .map(|_| sim.start_job(0, JobLoad::Transcode { pixels_per_sec: 1e7 }).unwrap())
+            .map(|_| {
+                sim.start_job(
+                    0,
+                    JobLoad::Transcode {
+                        pixels_per_sec: 1e7,
+                    },
+                )
+                .unwrap()
+            })
             .collect();
         let err = sim
-            .start_job(0, JobLoad::Transcode { pixels_per_sec: 1e7 })
+            .start_job(
+                0,
+                JobLoad::Transcode {
+                    pixels_per_sec: 1e7,
+                },
+            )
             .err();
         assert_eq!(err, Some(SimError::SessionCap { device: 0, cap: 5 }));
         assert_eq!(jobs.len(), 5);
@@ -386,7 +422,9 @@ mod tests {
     #[test]
     fn heat_triggers_thermal_throttle() {
         let sim = SimGpu::from_presets(&["rtx4090"], 1).unwrap();
-        let _s = sim.start_job(0, JobLoad::Sealing { sm_pct: 100.0 }).unwrap();
+        let _s = sim
+            .start_job(0, JobLoad::Sealing { sm_pct: 100.0 })
+            .unwrap();
         sim.set_thermal_offset(0, 20.0);
         let mut last = sim.poll();
         for _ in 0..10 {

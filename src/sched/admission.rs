@@ -180,10 +180,18 @@ impl Admitter {
         }
         let retry = g.retry_after;
         if g.devices.is_empty() {
-            return Err(reject(RejectReason::NoDevices, "no devices known yet".into(), retry));
+            return Err(reject(
+                RejectReason::NoDevices,
+                "no devices known yet".into(),
+                retry,
+            ));
         }
         if g.devices.iter().all(|d| !d.healthy) {
-            return Err(reject(RejectReason::AllUnhealthy, "every device is unhealthy".into(), retry));
+            return Err(reject(
+                RejectReason::AllUnhealthy,
+                "every device is unhealthy".into(),
+                retry,
+            ));
         }
         let mut admitted: HashMap<u32, (f64, u32)> = HashMap::new();
         for j in g.jobs.values() {

@@ -47,7 +47,11 @@ impl Scheduler {
             .iter()
             .map(|d| self.device_capacity(d, input))
             .collect();
-        let rated: f64 = devices.iter().filter(|d| d.healthy).map(|d| d.rated_pps).sum();
+        let rated: f64 = devices
+            .iter()
+            .filter(|d| d.healthy)
+            .map(|d| d.rated_pps)
+            .sum();
         let admitted_live: f64 = input.load.iter().map(|l| l.live_pps).sum();
         let live = input.demand.live_pps.max(admitted_live);
         let demand_ratio = if rated > 0.0 { live / rated } else { 0.0 };
@@ -79,7 +83,10 @@ impl Scheduler {
         }
     }
 
-    fn lookup<T: Copy>(map: &std::collections::BTreeMap<String, T>, d: &DeviceSnapshot) -> Option<T> {
+    fn lookup<T: Copy>(
+        map: &std::collections::BTreeMap<String, T>,
+        d: &DeviceSnapshot,
+    ) -> Option<T> {
         map.get(&d.uuid)
             .or_else(|| map.get(&d.index.to_string()))
             .copied()
@@ -99,7 +106,9 @@ impl Scheduler {
         let rated = Self::lookup(&c.device_pixels_per_sec, d)
             .or(d.encode_pixels_per_sec)
             .unwrap_or(match d.source {
-                Source::Host => c.host_pixels_per_sec_per_core * d.cpu_cores.unwrap_or(1).max(1) as f64,
+                Source::Host => {
+                    c.host_pixels_per_sec_per_core * d.cpu_cores.unwrap_or(1).max(1) as f64
+                }
                 _ => c.default_gpu_pixels_per_sec,
             });
         let session_limit = [
@@ -129,7 +138,9 @@ impl Scheduler {
         if let Some(t) = d.temperature_c {
             if t >= c.temperature_critical_c {
                 budget = budget.min(floor);
-                reasons.push(format!("temperature {t:.0}C critical: transcoding at the floor"));
+                reasons.push(format!(
+                    "temperature {t:.0}C critical: transcoding at the floor"
+                ));
             } else if t >= c.temperature_limit_c {
                 admit = false;
                 reasons.push(format!("temperature {t:.0}C at limit: holding"));
@@ -142,13 +153,19 @@ impl Scheduler {
         if let (Some(p), Some(l)) = (d.power_watts, d.power_limit_watts) {
             if l > 0.0 && p >= l * c.power_cap_pct / 100.0 {
                 admit = false;
-                reasons.push(format!("power {p:.0}W at cap ({:.0}% of {l:.0}W): holding", c.power_cap_pct));
+                reasons.push(format!(
+                    "power {p:.0}W at cap ({:.0}% of {l:.0}W): holding",
+                    c.power_cap_pct
+                ));
             }
         }
         if let (Some(u), Some(t)) = (d.memory_used_bytes, d.memory_total_bytes) {
             if t.saturating_sub(u) < c.memory_headroom_bytes {
                 admit = false;
-                reasons.push(format!("memory headroom {} MiB left: holding", t.saturating_sub(u) >> 20));
+                reasons.push(format!(
+                    "memory headroom {} MiB left: holding",
+                    t.saturating_sub(u) >> 20
+                ));
             }
         }
         if let Some(e) = d.encoder_util_pct {
@@ -171,7 +188,11 @@ impl Scheduler {
                 d.error.as_deref().unwrap_or("device error")
             ));
         }
-        let mut batch_budget = if proof { 0.0 } else { budget * (1.0 - c.live_reserve_fraction) };
+        let mut batch_budget = if proof {
+            0.0
+        } else {
+            budget * (1.0 - c.live_reserve_fraction)
+        };
         if sealing_active && !input.controller.sealing_disabled {
             batch_budget = batch_budget.min(budget * c.batch_fraction_while_sealing);
         }
@@ -214,13 +235,15 @@ impl Scheduler {
             // Cordon/SIGSTOP would block the proof itself: undo at once, whatever the dwell.
             self.set(SealMode::Enabled, now);
             self.high_since_ms = None;
-            reason = "proof running and the controller is coarse: sealing side stays enabled".to_string();
+            reason = "proof running and the controller is coarse: sealing side stays enabled"
+                .to_string();
         } else if !ctl.reachable {
             // Never leave sealing disabled because comine lost contact.
             self.set(SealMode::Enabled, now);
             self.high_since_ms = None;
             self.low_since_ms = None;
-            reason = "filecoin node unreachable: sealing must not stay disabled; retrying".to_string();
+            reason =
+                "filecoin node unreachable: sealing must not stay disabled; retrying".to_string();
         } else {
             if ratio >= c.seal_high_watermark {
                 self.high_since_ms.get_or_insert(now);
@@ -232,9 +255,14 @@ impl Scheduler {
                 self.high_since_ms = None;
                 self.low_since_ms = None;
             }
-            let held = |since: Option<u64>| since.is_some_and(|s| now.saturating_sub(s) >= c.seal_sustain_ms);
+            let held = |since: Option<u64>| {
+                since.is_some_and(|s| now.saturating_sub(s) >= c.seal_sustain_ms)
+            };
             let pct = ratio * 100.0;
-            reason = format!("live demand {pct:.0}% of capacity, sealing {:?}", self.desired);
+            reason = format!(
+                "live demand {pct:.0}% of capacity, sealing {:?}",
+                self.desired
+            );
             match self.desired {
                 SealMode::Enabled if held(self.high_since_ms) => {
                     if dwell_ok {

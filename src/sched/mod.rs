@@ -100,7 +100,10 @@ impl Default for Config {
             min_dwell_ms: 60_000,
             unreachable_safe_fraction: 0.5,
             // 720p + 480p + 360p + 240p at 30 fps.
-            session_pixels_per_sec: (1280.0 * 720.0 + 854.0 * 480.0 + 640.0 * 360.0 + 426.0 * 240.0)
+            session_pixels_per_sec: (1280.0 * 720.0
+                + 854.0 * 480.0
+                + 640.0 * 360.0
+                + 426.0 * 240.0)
                 * 30.0,
             encodes_per_session: 4,
             decision_history: 512,

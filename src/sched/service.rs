@@ -14,8 +14,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::state::{self, SealingState, StateError};
 use super::{
-    Admitter, Capacity, Config, ControllerStatus, Decision, Demand, ProofSignal, SealAction,
-    SealMode, Scheduler, TickInput,
+    Admitter, Capacity, Config, ControllerStatus, Decision, Demand, ProofSignal, Scheduler,
+    SealAction, SealMode, TickInput,
 };
 use crate::gpu::{now_ms, Snapshot};
 use crate::seal::{Controller, DisableSet};
@@ -132,7 +132,9 @@ pub async fn start(
     let adm = admitter.clone();
     let task = tokio::spawn(async move {
         driver
-            .run(config, snapshots, demand_rx, proof_rx, adm, cap_tx, ring, cancel)
+            .run(
+                config, snapshots, demand_rx, proof_rx, adm, cap_tx, ring, cancel,
+            )
             .await
     });
     Ok(ServiceHandle {
@@ -159,7 +161,8 @@ impl Driver {
         cancel: CancellationToken,
     ) {
         let origin = Instant::now();
-        let mut ticker = tokio::time::interval(Duration::from_millis(config.tick_interval_ms.max(10)));
+        let mut ticker =
+            tokio::time::interval(Duration::from_millis(config.tick_interval_ms.max(10)));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut telemetry_open = true;
         loop {
@@ -248,7 +251,10 @@ impl Driver {
             self.reachable = false;
         }
         self.retry_at = Some(Instant::now() + self.backoff);
-        tracing::warn!("sealing controller: {what} failed: {e}; retrying in {:?}", self.backoff);
+        tracing::warn!(
+            "sealing controller: {what} failed: {e}; retrying in {:?}",
+            self.backoff
+        );
         self.backoff = (self.backoff * 2).min(Duration::from_secs(30));
     }
 
@@ -313,7 +319,9 @@ impl Driver {
     }
 
     async fn restore(&mut self) {
-        let Some(st) = self.applied.clone() else { return };
+        let Some(st) = self.applied.clone() else {
+            return;
+        };
         let types = st.to_restore();
         match self.controller.enable(&types).await {
             Ok(()) => {

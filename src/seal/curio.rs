@@ -26,11 +26,17 @@ impl Curio {
     }
 
     pub async fn cordon(&self) -> Result<(), SealError> {
-        self.rpc.call("Filecoin.Cordon", json!([])).await.map(|_| ())
+        self.rpc
+            .call("Filecoin.Cordon", json!([]))
+            .await
+            .map(|_| ())
     }
 
     pub async fn uncordon(&self) -> Result<(), SealError> {
-        self.rpc.call("Filecoin.Uncordon", json!([])).await.map(|_| ())
+        self.rpc
+            .call("Filecoin.Uncordon", json!([]))
+            .await
+            .map(|_| ())
     }
 }
 

@@ -33,7 +33,10 @@ impl LotusWorker {
         // Go encodes map[TaskType]struct{} as an object; accept a list too.
         let mut out: Vec<String> = match v {
             Value::Object(m) => m.keys().cloned().collect(),
-            Value::Array(a) => a.iter().filter_map(|x| x.as_str().map(String::from)).collect(),
+            Value::Array(a) => a
+                .iter()
+                .filter_map(|x| x.as_str().map(String::from))
+                .collect(),
             Value::Null => Vec::new(),
             other => {
                 return Err(SealError::Protocol {
@@ -47,11 +50,17 @@ impl LotusWorker {
     }
 
     pub async fn task_disable(&self, task_type: &str) -> Result<(), SealError> {
-        self.rpc.call("Filecoin.TaskDisable", json!([task_type])).await.map(|_| ())
+        self.rpc
+            .call("Filecoin.TaskDisable", json!([task_type]))
+            .await
+            .map(|_| ())
     }
 
     pub async fn task_enable(&self, task_type: &str) -> Result<(), SealError> {
-        self.rpc.call("Filecoin.TaskEnable", json!([task_type])).await.map(|_| ())
+        self.rpc
+            .call("Filecoin.TaskEnable", json!([task_type]))
+            .await
+            .map(|_| ())
     }
 
     pub async fn enabled(&self) -> Result<bool, SealError> {
@@ -65,7 +74,10 @@ impl LotusWorker {
     /// `Filecoin.SetEnabled`. Disabling the whole worker would also stop PoSt: comine never
     /// calls this with `false` itself.
     pub async fn set_enabled(&self, enabled: bool) -> Result<(), SealError> {
-        self.rpc.call("Filecoin.SetEnabled", json!([enabled])).await.map(|_| ())
+        self.rpc
+            .call("Filecoin.SetEnabled", json!([enabled]))
+            .await
+            .map(|_| ())
     }
 }
 

@@ -117,7 +117,9 @@ pub enum SealError {
     },
     #[error("unexpected reply from {url}: {reason}")]
     Protocol { url: String, reason: String },
-    #[error("bad API info {0:?}: expected TOKEN:/ip4/HOST/tcp/PORT/http (or TOKEN:http://HOST:PORT)")]
+    #[error(
+        "bad API info {0:?}: expected TOKEN:/ip4/HOST/tcp/PORT/http (or TOKEN:http://HOST:PORT)"
+    )]
     BadApiInfo(String),
     #[error("signal {signal} to pid {pid} failed: {reason}")]
     Signal {

@@ -68,7 +68,9 @@ impl ApiInfo {
 /// The token part never goes into logs or error messages.
 fn redact(s: &str) -> String {
     match s.split_once(':') {
-        Some((_, rest)) if !s.starts_with('/') && !s.starts_with("http") => format!("<token>:{rest}"),
+        Some((_, rest)) if !s.starts_with('/') && !s.starts_with("http") => {
+            format!("<token>:{rest}")
+        }
         _ => s.to_string(),
     }
 }
@@ -113,8 +115,7 @@ impl RpcClient {
             reason: e.to_string(),
         })?;
         let status = resp.status();
-        if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN
-        {
+        if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
             return Err(SealError::Unauthorized {
                 url,
                 status: status.as_u16(),
@@ -165,7 +166,13 @@ mod tests {
 
     #[test]
     fn rejects_bad_api_info_without_leaking_the_token() {
-        for bad in ["", "secret", "secret:/ip4/1.2.3.4/udp/1/http", "secret:/ip4/1.2.3.4/tcp/x/http", ":/ip4/1.2.3.4/tcp/1/http"] {
+        for bad in [
+            "",
+            "secret",
+            "secret:/ip4/1.2.3.4/udp/1/http",
+            "secret:/ip4/1.2.3.4/tcp/x/http",
+            ":/ip4/1.2.3.4/tcp/1/http",
+        ] {
             let e = ApiInfo::parse(bad).unwrap_err().to_string();
             assert!(e.contains("expected TOKEN:"), "{e}");
             assert!(!e.contains("secret:"), "token leaked: {e}");

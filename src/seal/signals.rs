@@ -64,7 +64,10 @@ impl Controller for Signals {
             }
             let mut stopped = Vec::new();
             for &pid in &self.pids {
-                tracing::warn!(pid, "SIGSTOP sent to pid {pid} (signals sealing controller)");
+                tracing::warn!(
+                    pid,
+                    "SIGSTOP sent to pid {pid} (signals sealing controller)"
+                );
                 if let Err(e) = Self::send(pid, libc::SIGSTOP, "SIGSTOP") {
                     for &p in &stopped {
                         let _ = Self::send(p, libc::SIGCONT, "SIGCONT");

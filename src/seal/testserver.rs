@@ -139,7 +139,8 @@ impl Drop for TestServer {
 }
 
 fn rpc_error(id: Value, code: i64, msg: &str) -> Response {
-    Json(json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": msg}})).into_response()
+    Json(json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": msg}}))
+        .into_response()
 }
 
 async fn handle(State(sh): State<Arc<Shared>>, headers: HeaderMap, body: Json<Value>) -> Response {
