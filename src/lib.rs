@@ -4,6 +4,9 @@
 //! intake → scheduler → [`transcode`] → store → ledger, with `bench` on top.
 //! `docs/architecture.md` says what each module owns.
 
+pub mod gpu;
 pub mod logging;
 pub mod paths;
+pub mod sched;
+pub mod seal;
 pub mod transcode;

@@ -33,6 +33,8 @@ struct Cli {
 enum Command {
     /// Transcode one segment (or any file FFmpeg demuxes) into a rendition ladder.
     Transcode(comine::transcode::cli::Args),
+    /// GPU telemetry (NVML, host CPU fallback, or simulated devices).
+    Gpu(comine::gpu::cli::Args),
 }
 
 fn main() -> ExitCode {
@@ -46,6 +48,7 @@ fn main() -> ExitCode {
     logging::init(cli.log_format, level);
     let result = match cli.command {
         Command::Transcode(args) => comine::transcode::cli::run(args),
+        Command::Gpu(args) => comine::gpu::cli::run(args),
     };
     match result {
         Ok(code) => code,

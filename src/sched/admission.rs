@@ -1,0 +1,268 @@
+//! Admission: places a transcoding job on the least-loaded healthy device, counting pixels/s.
+//!
+//! Like go-livepeer, the device with the lowest sum of w × h × fps wins, but only among devices
+//! the last decision lets take work, within their pixel budget and NVENC session limit.
+//! An [`Admission`] holds a [`Permit`]; dropping it gives the capacity back.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::{DeviceCapacity, DeviceLoad};
+
+/// Priority class of a transcoding job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobClass {
+    /// Must beat its deadline (Livepeer segments).
+    Live,
+    /// Goes last, after sealing.
+    Batch,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RejectReason {
+    /// The request itself is wrong (pixels/s not positive and finite).
+    InvalidRequest,
+    /// No decision yet, or no devices at all.
+    NoDevices,
+    /// Every device is unhealthy.
+    AllUnhealthy,
+    /// Healthy devices are holding (heat, power, memory, encoder, proof...).
+    Holding,
+    /// Not enough pixels/s left.
+    OverCapacity,
+    /// NVENC session limits reached.
+    SessionLimit,
+}
+
+/// A refusal, with what to do about it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, thiserror::Error)]
+#[error("job rejected ({reason:?}): {message}; retry after {retry_after:?}")]
+pub struct Rejected {
+    pub reason: RejectReason,
+    pub message: String,
+    pub retry_after: Duration,
+}
+
+struct Job {
+    device: u32,
+    class: JobClass,
+    pps: f64,
+    sessions: u32,
+}
+
+#[derive(Default)]
+struct Inner {
+    devices: Vec<DeviceCapacity>,
+    jobs: HashMap<u64, Job>,
+    next_id: u64,
+    retry_after: Duration,
+}
+
+/// Shared admission state; clones share it.
+#[derive(Clone)]
+pub struct Admitter {
+    inner: Arc<Mutex<Inner>>,
+}
+
+/// Capacity held by an admitted job; released on drop.
+pub struct Permit {
+    id: u64,
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        lock(&self.inner).jobs.remove(&self.id);
+    }
+}
+
+impl std::fmt::Debug for Permit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Permit({})", self.id)
+    }
+}
+
+/// A placed job: run it on `device` and keep `permit` alive while it runs.
+#[derive(Debug)]
+pub struct Admission {
+    pub device: u32,
+    pub uuid: String,
+    pub class: JobClass,
+    pub pixels_per_sec: f64,
+    pub permit: Permit,
+}
+
+fn lock(m: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Default for Admitter {
+    fn default() -> Self {
+        Self::new(Duration::from_secs(2))
+    }
+}
+
+impl Admitter {
+    pub fn new(retry_after: Duration) -> Self {
+        Admitter {
+            inner: Arc::new(Mutex::new(Inner {
+                retry_after,
+                ..Inner::default()
+            })),
+        }
+    }
+
+    /// Installs the per-device limits of the latest decision.
+    pub fn update(&self, devices: &[DeviceCapacity]) {
+        lock(&self.inner).devices = devices.to_vec();
+    }
+
+    /// What is admitted per device (known devices, plus any with jobs).
+    pub fn loads(&self) -> Vec<DeviceLoad> {
+        let g = lock(&self.inner);
+        let mut out: Vec<DeviceLoad> = g
+            .devices
+            .iter()
+            .map(|d| DeviceLoad {
+                index: d.index,
+                ..DeviceLoad::default()
+            })
+            .collect();
+        for j in g.jobs.values() {
+            let l = match out.iter_mut().find(|l| l.index == j.device) {
+                Some(l) => l,
+                None => {
+                    out.push(DeviceLoad {
+                        index: j.device,
+                        ..DeviceLoad::default()
+                    });
+                    out.last_mut().expect("just pushed")
+                }
+            };
+            match j.class {
+                JobClass::Live => l.live_pps += j.pps,
+                JobClass::Batch => l.batch_pps += j.pps,
+            }
+            l.sessions += j.sessions;
+        }
+        out
+    }
+
+    /// Admits a job using one NVENC session.
+    pub fn admit(&self, class: JobClass, pixels_per_sec: f64) -> Result<Admission, Rejected> {
+        self.admit_sessions(class, pixels_per_sec, 1)
+    }
+
+    /// Admits a job that opens `sessions` NVENC sessions (one per rendition).
+    pub fn admit_sessions(
+        &self,
+        class: JobClass,
+        pixels_per_sec: f64,
+        sessions: u32,
+    ) -> Result<Admission, Rejected> {
+        let mut g = lock(&self.inner);
+        let reject = |reason, message: String, retry_after| Rejected {
+            reason,
+            message,
+            retry_after,
+        };
+        if !pixels_per_sec.is_finite() || pixels_per_sec <= 0.0 {
+            return Err(reject(
+                RejectReason::InvalidRequest,
+                format!("pixels/s must be positive, got {pixels_per_sec}"),
+                Duration::ZERO,
+            ));
+        }
+        let retry = g.retry_after;
+        if g.devices.is_empty() {
+            return Err(reject(
+                RejectReason::NoDevices,
+                "no devices known yet".into(),
+                retry,
+            ));
+        }
+        if g.devices.iter().all(|d| !d.healthy) {
+            return Err(reject(
+                RejectReason::AllUnhealthy,
+                "every device is unhealthy".into(),
+                retry,
+            ));
+        }
+        let mut admitted: HashMap<u32, (f64, u32)> = HashMap::new();
+        for j in g.jobs.values() {
+            let e = admitted.entry(j.device).or_default();
+            e.0 += j.pps;
+            e.1 += j.sessions;
+        }
+        // Key: (proof running, pixel load). A GPU at its proof floor is the last resort.
+        let mut best: Option<((bool, f64), &DeviceCapacity)> = None;
+        let mut why = RejectReason::Holding;
+        let mut notes = Vec::new();
+        for d in g.devices.iter().filter(|d| d.healthy) {
+            if !d.admit {
+                notes.push(format!("gpu {}: {}", d.index, d.reasons.join("; ")));
+                continue;
+            }
+            let (load, ours) = admitted.get(&d.index).copied().unwrap_or_default();
+            // NVML's count includes our sessions from the last poll; take the larger view.
+            let used = ours.max(d.sessions_used);
+            if let Some(limit) = d.session_limit {
+                if used + sessions > limit {
+                    why = RejectReason::SessionLimit;
+                    notes.push(format!("gpu {}: sessions {used}/{limit}", d.index));
+                    continue;
+                }
+            }
+            let cap = match class {
+                JobClass::Live => d.budget_pps,
+                JobClass::Batch => d.batch_budget_pps,
+            };
+            if load + pixels_per_sec > cap {
+                if why != RejectReason::SessionLimit {
+                    why = RejectReason::OverCapacity;
+                }
+                notes.push(format!(
+                    "gpu {}: {:.0} of {:.0} Mpx/s used",
+                    d.index,
+                    load / 1e6,
+                    cap / 1e6
+                ));
+                continue;
+            }
+            let key = (d.proof_running, load);
+            if best.is_none_or(|(k, _)| key < k) {
+                best = Some((key, d));
+            }
+        }
+        let Some((_, d)) = best else {
+            return Err(reject(why, notes.join(", "), retry));
+        };
+        let (device, uuid) = (d.index, d.uuid.clone());
+        let id = g.next_id;
+        g.next_id += 1;
+        g.jobs.insert(
+            id,
+            Job {
+                device,
+                class,
+                pps: pixels_per_sec,
+                sessions,
+            },
+        );
+        Ok(Admission {
+            device,
+            uuid,
+            class,
+            pixels_per_sec,
+            permit: Permit {
+                id,
+                inner: self.inner.clone(),
+            },
+        })
+    }
+}

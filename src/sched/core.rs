@@ -1,0 +1,312 @@
+//! The pure decision core: one [`TickInput`] in, one [`Decision`] out, no I/O and no clock.
+
+use crate::gpu::{DeviceSnapshot, Role, Source};
+
+use super::{
+    Capacity, Config, Decision, DeviceCapacity, DeviceCapacitySummary, DeviceLoad, SealAction,
+    SealMode, SealingDecision, TickInput,
+};
+
+pub struct Scheduler {
+    config: Config,
+    seq: u64,
+    desired: SealMode,
+    last_change_ms: Option<u64>,
+    high_since_ms: Option<u64>,
+    low_since_ms: Option<u64>,
+}
+
+impl Scheduler {
+    pub fn new(config: Config) -> Self {
+        Scheduler {
+            config,
+            seq: 0,
+            desired: SealMode::Enabled,
+            last_change_ms: None,
+            high_since_ms: None,
+            low_since_ms: None,
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Starts from a sealing mode recovered after a restart (dwell counts from `now_ms`).
+    pub fn assume_sealing(&mut self, mode: SealMode, now_ms: u64) {
+        self.desired = mode;
+        self.last_change_ms = Some(now_ms);
+    }
+
+    /// Decides capacity per device and the sealing action for this instant.
+    pub fn tick(&mut self, input: &TickInput) -> Decision {
+        self.seq += 1;
+        let devices: Vec<DeviceCapacity> = input
+            .snapshot
+            .devices
+            .iter()
+            .map(|d| self.device_capacity(d, input))
+            .collect();
+        let rated: f64 = devices
+            .iter()
+            .filter(|d| d.healthy)
+            .map(|d| d.rated_pps)
+            .sum();
+        let admitted_live: f64 = input.load.iter().map(|l| l.live_pps).sum();
+        let live = input.demand.live_pps.max(admitted_live);
+        let demand_ratio = if rated > 0.0 { live / rated } else { 0.0 };
+        let sealing = self.sealing(input, demand_ratio, devices.iter().any(|d| d.proof_running));
+        let capacity = Capacity {
+            source: Some(input.snapshot.source),
+            total_pps: devices.iter().map(|d| d.budget_pps).sum(),
+            livepeer_sessions: devices.iter().map(|d| d.livepeer_sessions).sum(),
+            devices: devices
+                .iter()
+                .map(|d| DeviceCapacitySummary {
+                    index: d.index,
+                    uuid: d.uuid.clone(),
+                    healthy: d.healthy,
+                    budget_pps: d.budget_pps,
+                    livepeer_sessions: d.livepeer_sessions,
+                })
+                .collect(),
+        };
+        Decision {
+            seq: self.seq,
+            at_ms: input.snapshot.taken_at_ms,
+            source: input.snapshot.source,
+            input: input.clone(),
+            demand_ratio,
+            devices,
+            capacity,
+            sealing,
+        }
+    }
+
+    fn lookup<T: Copy>(
+        map: &std::collections::BTreeMap<String, T>,
+        d: &DeviceSnapshot,
+    ) -> Option<T> {
+        map.get(&d.uuid)
+            .or_else(|| map.get(&d.index.to_string()))
+            .copied()
+    }
+
+    fn device_capacity(&self, d: &DeviceSnapshot, input: &TickInput) -> DeviceCapacity {
+        let c = &self.config;
+        let load = input
+            .load
+            .iter()
+            .find(|l| l.index == d.index)
+            .copied()
+            .unwrap_or(DeviceLoad {
+                index: d.index,
+                ..DeviceLoad::default()
+            });
+        let rated = Self::lookup(&c.device_pixels_per_sec, d)
+            .or(d.encode_pixels_per_sec)
+            .unwrap_or(match d.source {
+                Source::Host => {
+                    c.host_pixels_per_sec_per_core * d.cpu_cores.unwrap_or(1).max(1) as f64
+                }
+                _ => c.default_gpu_pixels_per_sec,
+            });
+        let session_limit = [
+            d.session_cap,
+            Self::lookup(&c.session_limits, d),
+            c.default_session_limit,
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        // NVML counts our sessions too; trust whichever is larger (others may encode as well).
+        let sessions_used = load.sessions.max(d.nvenc_sessions.unwrap_or(0));
+        let proof = d.proof_running() || input.proof.applies_to(d.index);
+        let sealing_active = d.processes.iter().any(|p| p.role == Role::Sealing);
+        let mut reasons = Vec::new();
+        let mut admit = true;
+        let floor = rated * c.proof_floor_fraction;
+        let mut budget = rated * (c.encoder_util_threshold_pct / 100.0).clamp(0.0, 1.0);
+        if !input.controller.reachable {
+            budget = budget.min(rated * c.unreachable_safe_fraction);
+            reasons.push("filecoin node unreachable: safe transcoding limit".into());
+        }
+        if proof {
+            budget = budget.min(floor);
+            reasons.push("proof running: transcoding at the proof floor".into());
+        }
+        if let Some(t) = d.temperature_c {
+            if t >= c.temperature_critical_c {
+                budget = budget.min(floor);
+                reasons.push(format!(
+                    "temperature {t:.0}C critical: transcoding at the floor"
+                ));
+            } else if t >= c.temperature_limit_c {
+                admit = false;
+                reasons.push(format!("temperature {t:.0}C at limit: holding"));
+            }
+        }
+        if d.thermal_throttled() && admit {
+            admit = false;
+            reasons.push("thermal throttling: holding".into());
+        }
+        if let (Some(p), Some(l)) = (d.power_watts, d.power_limit_watts) {
+            if l > 0.0 && p >= l * c.power_cap_pct / 100.0 {
+                admit = false;
+                reasons.push(format!(
+                    "power {p:.0}W at cap ({:.0}% of {l:.0}W): holding",
+                    c.power_cap_pct
+                ));
+            }
+        }
+        if let (Some(u), Some(t)) = (d.memory_used_bytes, d.memory_total_bytes) {
+            if t.saturating_sub(u) < c.memory_headroom_bytes {
+                admit = false;
+                reasons.push(format!(
+                    "memory headroom {} MiB left: holding",
+                    t.saturating_sub(u) >> 20
+                ));
+            }
+        }
+        if let Some(e) = d.encoder_util_pct {
+            if e >= c.encoder_util_threshold_pct {
+                admit = false;
+                reasons.push(format!("encoder {e:.0}% at threshold: holding"));
+            }
+        }
+        if let Some(limit) = session_limit {
+            if sessions_used >= limit {
+                admit = false;
+                reasons.push(format!("NVENC sessions {sessions_used}/{limit}: holding"));
+            }
+        }
+        if !d.healthy {
+            admit = false;
+            budget = 0.0;
+            reasons.push(format!(
+                "unhealthy: {}",
+                d.error.as_deref().unwrap_or("device error")
+            ));
+        }
+        let mut batch_budget = if proof {
+            0.0
+        } else {
+            budget * (1.0 - c.live_reserve_fraction)
+        };
+        if sealing_active && !input.controller.sealing_disabled {
+            batch_budget = batch_budget.min(budget * c.batch_fraction_while_sealing);
+        }
+        let admitted = load.total_pps();
+        let by_pixels = if c.session_pixels_per_sec > 0.0 {
+            (budget / c.session_pixels_per_sec).floor() as u32
+        } else {
+            0
+        };
+        let by_sessions = session_limit.map(|l| l / c.encodes_per_session.max(1));
+        DeviceCapacity {
+            index: d.index,
+            uuid: d.uuid.clone(),
+            source: d.source,
+            healthy: d.healthy,
+            admit,
+            rated_pps: rated,
+            budget_pps: budget,
+            batch_budget_pps: batch_budget,
+            admitted_pps: admitted,
+            headroom_pps: (budget - admitted).max(0.0),
+            session_limit,
+            sessions_used,
+            proof_running: proof,
+            sealing_active,
+            livepeer_sessions: by_sessions.map_or(by_pixels, |s| s.min(by_pixels)),
+            reasons,
+        }
+    }
+
+    fn sealing(&mut self, input: &TickInput, ratio: f64, proof: bool) -> SealingDecision {
+        let c = &self.config;
+        let now = input.now_ms;
+        let ctl = input.controller;
+        let dwell_ok = self
+            .last_change_ms
+            .is_none_or(|t| now.saturating_sub(t) >= c.min_dwell_ms);
+        let mut reason;
+        if proof && ctl.coarse {
+            // Cordon/SIGSTOP would block the proof itself: undo at once, whatever the dwell.
+            self.set(SealMode::Enabled, now);
+            self.high_since_ms = None;
+            reason = "proof running and the controller is coarse: sealing side stays enabled"
+                .to_string();
+        } else if !ctl.reachable {
+            // Never leave sealing disabled because comine lost contact.
+            self.set(SealMode::Enabled, now);
+            self.high_since_ms = None;
+            self.low_since_ms = None;
+            reason =
+                "filecoin node unreachable: sealing must not stay disabled; retrying".to_string();
+        } else {
+            if ratio >= c.seal_high_watermark {
+                self.high_since_ms.get_or_insert(now);
+                self.low_since_ms = None;
+            } else if ratio <= c.seal_low_watermark {
+                self.low_since_ms.get_or_insert(now);
+                self.high_since_ms = None;
+            } else {
+                self.high_since_ms = None;
+                self.low_since_ms = None;
+            }
+            let held = |since: Option<u64>| {
+                since.is_some_and(|s| now.saturating_sub(s) >= c.seal_sustain_ms)
+            };
+            let pct = ratio * 100.0;
+            reason = format!(
+                "live demand {pct:.0}% of capacity, sealing {:?}",
+                self.desired
+            );
+            match self.desired {
+                SealMode::Enabled if held(self.high_since_ms) => {
+                    if dwell_ok {
+                        reason = format!(
+                            "live demand {pct:.0}% >= high watermark {:.0}% for {} ms: pausing GPU sealing",
+                            c.seal_high_watermark * 100.0,
+                            c.seal_sustain_ms
+                        );
+                        self.set(SealMode::Disabled, now);
+                    } else {
+                        reason += "; high demand, waiting for the minimum dwell";
+                    }
+                }
+                SealMode::Disabled if held(self.low_since_ms) => {
+                    if dwell_ok {
+                        reason = format!(
+                            "live demand {pct:.0}% <= low watermark {:.0}% for {} ms: resuming GPU sealing",
+                            c.seal_low_watermark * 100.0,
+                            c.seal_sustain_ms
+                        );
+                        self.set(SealMode::Enabled, now);
+                    } else {
+                        reason += "; low demand, waiting for the minimum dwell";
+                    }
+                }
+                _ => {}
+            }
+        }
+        let action = match (self.desired, ctl.sealing_disabled) {
+            (SealMode::Disabled, false) => SealAction::Disable,
+            (SealMode::Enabled, true) => SealAction::Enable,
+            _ => SealAction::None,
+        };
+        SealingDecision {
+            desired: self.desired,
+            action,
+            reason,
+        }
+    }
+
+    fn set(&mut self, mode: SealMode, now: u64) {
+        if self.desired != mode {
+            self.desired = mode;
+            self.last_change_ms = Some(now);
+        }
+    }
+}

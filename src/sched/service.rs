@@ -1,0 +1,338 @@
+//! The async driver: feeds [`Scheduler::tick`] with snapshots, demand and proof signals, applies
+//! sealing actions through a controller, persists what it disabled, restores it on shutdown
+//! and after a crash, publishes capacity and keeps a ring buffer of decisions.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::state::{self, SealingState, StateError};
+use super::{
+    Admitter, Capacity, Config, ControllerStatus, Decision, Demand, ProofSignal, Scheduler,
+    SealAction, SealMode, TickInput,
+};
+use crate::gpu::{now_ms, Snapshot};
+use crate::seal::{Controller, DisableSet};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("the recovered state was written by the {found:?} controller but {configured:?} is configured; re-enable {types:?} by hand or configure that controller, then restart")]
+    ControllerMismatch {
+        found: crate::seal::ControllerKind,
+        configured: crate::seal::ControllerKind,
+        types: Vec<String>,
+    },
+}
+
+/// What the daemon, intake and reports hold on to.
+pub struct ServiceHandle {
+    admitter: Admitter,
+    capacity: watch::Receiver<Capacity>,
+    decisions: Arc<Mutex<VecDeque<Decision>>>,
+    demand: watch::Sender<Demand>,
+    proof: watch::Sender<ProofSignal>,
+    task: JoinHandle<()>,
+}
+
+impl ServiceHandle {
+    /// Admission for intake: `admitter().admit(JobClass::Live, pps)`.
+    pub fn admitter(&self) -> Admitter {
+        self.admitter.clone()
+    }
+    /// Capacity changes (only published when they change).
+    pub fn capacity(&self) -> watch::Receiver<Capacity> {
+        self.capacity.clone()
+    }
+    /// Recent decisions, oldest first.
+    pub fn decisions(&self) -> Vec<Decision> {
+        lock(&self.decisions).iter().cloned().collect()
+    }
+    pub fn last_decision(&self) -> Option<Decision> {
+        lock(&self.decisions).back().cloned()
+    }
+    /// Demand requested by intake (live + batch pixels/s).
+    pub fn set_demand(&self, demand: Demand) {
+        self.demand.send_replace(demand);
+    }
+    /// A proof signal from the Filecoin node or configuration.
+    pub fn set_proof(&self, proof: ProofSignal) {
+        self.proof.send_replace(proof);
+    }
+    /// Waits for the driver to finish (after cancellation it restores sealing first).
+    pub async fn join(self) {
+        let _ = self.task.await;
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+struct Driver {
+    sched: Scheduler,
+    controller: Arc<dyn Controller>,
+    task_types: Vec<String>,
+    state_path: PathBuf,
+    /// What comine has disabled (None: nothing).
+    applied: Option<SealingState>,
+    reachable: bool,
+    retry_at: Option<Instant>,
+    backoff: Duration,
+}
+
+/// Starts the driver. Recovers and restores state left by a crash before the first tick.
+pub async fn start(
+    config: Config,
+    seal_task_types: Vec<String>,
+    snapshots: watch::Receiver<Snapshot>,
+    controller: Arc<dyn Controller>,
+    data_dir: PathBuf,
+    cancel: CancellationToken,
+) -> Result<ServiceHandle, ServiceError> {
+    let state_path = data_dir.join(state::STATE_FILE);
+    let recovered = state::load(&state_path)?;
+    if let Some(s) = &recovered {
+        if s.controller != controller.kind() {
+            return Err(ServiceError::ControllerMismatch {
+                found: s.controller,
+                configured: controller.kind(),
+                types: s.to_restore(),
+            });
+        }
+        tracing::warn!(types = ?s.to_restore(), "found sealing disabled by an earlier comine run; restoring it");
+    }
+    let admitter = Admitter::new(Duration::from_millis(config.retry_after_ms));
+    let (cap_tx, cap_rx) = watch::channel(Capacity::default());
+    let (demand_tx, demand_rx) = watch::channel(Demand::default());
+    let (proof_tx, proof_rx) = watch::channel(ProofSignal::default());
+    let decisions = Arc::new(Mutex::new(VecDeque::new()));
+    let mut driver = Driver {
+        sched: Scheduler::new(config.clone()),
+        controller,
+        task_types: seal_task_types,
+        state_path,
+        applied: recovered,
+        reachable: true,
+        retry_at: None,
+        backoff: Duration::from_millis(500),
+    };
+    if driver.applied.is_some() {
+        driver.sched.assume_sealing(SealMode::Enabled, 0);
+        driver.restore().await;
+    }
+    let ring = decisions.clone();
+    let adm = admitter.clone();
+    let task = tokio::spawn(async move {
+        driver
+            .run(
+                config, snapshots, demand_rx, proof_rx, adm, cap_tx, ring, cancel,
+            )
+            .await
+    });
+    Ok(ServiceHandle {
+        admitter,
+        capacity: cap_rx,
+        decisions,
+        demand: demand_tx,
+        proof: proof_tx,
+        task,
+    })
+}
+
+impl Driver {
+    #[allow(clippy::too_many_arguments)]
+    async fn run(
+        mut self,
+        config: Config,
+        mut snapshots: watch::Receiver<Snapshot>,
+        demand: watch::Receiver<Demand>,
+        proof: watch::Receiver<ProofSignal>,
+        admitter: Admitter,
+        cap_tx: watch::Sender<Capacity>,
+        ring: Arc<Mutex<VecDeque<Decision>>>,
+        cancel: CancellationToken,
+    ) {
+        let origin = Instant::now();
+        let mut ticker =
+            tokio::time::interval(Duration::from_millis(config.tick_interval_ms.max(10)));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut telemetry_open = true;
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                r = snapshots.changed(), if telemetry_open => {
+                    if r.is_err() {
+                        tracing::error!("telemetry stopped; devices hold until it returns");
+                        telemetry_open = false;
+                    }
+                }
+                _ = ticker.tick() => {}
+            }
+            let mut snapshot = snapshots.borrow_and_update().clone();
+            let age = now_ms().saturating_sub(snapshot.taken_at_ms);
+            if !telemetry_open || age > config.stale_after_ms {
+                for d in &mut snapshot.devices {
+                    d.healthy = false;
+                    d.error = Some(format!("telemetry stale ({age} ms old)"));
+                }
+            }
+            let input = TickInput {
+                now_ms: origin.elapsed().as_millis() as u64,
+                snapshot,
+                demand: *demand.borrow(),
+                load: admitter.loads(),
+                proof: proof.borrow().clone(),
+                controller: ControllerStatus {
+                    reachable: self.reachable,
+                    coarse: self.controller.coarse(),
+                    sealing_disabled: self.applied.is_some(),
+                },
+            };
+            let decision = self.sched.tick(&input);
+            admitter.update(&decision.devices);
+            cap_tx.send_if_modified(|c| {
+                if *c != decision.capacity {
+                    *c = decision.capacity.clone();
+                    true
+                } else {
+                    false
+                }
+            });
+            if decision.sealing.action != SealAction::None {
+                tracing::info!(
+                    seq = decision.seq,
+                    action = ?decision.sealing.action,
+                    reason = %decision.sealing.reason,
+                    "sealing decision"
+                );
+            }
+            tracing::trace!(decision = %serde_json::to_string(&decision).unwrap_or_default(), "tick");
+            self.apply(decision.sealing.action).await;
+            let mut r = lock(&ring);
+            r.push_back(decision);
+            while r.len() > config.decision_history.max(1) {
+                r.pop_front();
+            }
+        }
+        // What comine changed, it restores.
+        for attempt in 1..=3 {
+            if self.applied.is_none() {
+                break;
+            }
+            self.retry_at = None;
+            self.restore().await;
+            if self.applied.is_some() && attempt < 3 {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        }
+        if let Some(s) = &self.applied {
+            tracing::error!(
+                types = ?s.to_restore(),
+                "could not re-enable sealing on shutdown; it stays recorded in {} and is restored at the next start",
+                self.state_path.display()
+            );
+        }
+    }
+
+    fn backing_off(&self) -> bool {
+        self.retry_at.is_some_and(|t| Instant::now() < t)
+    }
+
+    fn failed(&mut self, what: &str, e: &crate::seal::SealError) {
+        if e.is_unreachable() {
+            self.reachable = false;
+        }
+        self.retry_at = Some(Instant::now() + self.backoff);
+        tracing::warn!(
+            "sealing controller: {what} failed: {e}; retrying in {:?}",
+            self.backoff
+        );
+        self.backoff = (self.backoff * 2).min(Duration::from_secs(30));
+    }
+
+    fn succeeded(&mut self) {
+        self.reachable = true;
+        self.retry_at = None;
+        self.backoff = Duration::from_millis(500);
+    }
+
+    async fn apply(&mut self, action: SealAction) {
+        if self.backing_off() {
+            return;
+        }
+        match action {
+            SealAction::Disable => self.disable().await,
+            SealAction::Enable => self.restore().await,
+            SealAction::None if !self.reachable => {
+                // Probe so that a node that came back is noticed.
+                match self.controller.state().await {
+                    Ok(_) => self.succeeded(),
+                    Err(e) => self.failed("probe", &e),
+                }
+            }
+            SealAction::None => {}
+        }
+    }
+
+    async fn disable(&mut self) {
+        let set = DisableSet::new(&self.task_types);
+        let mut st = SealingState {
+            controller: self.controller.kind(),
+            disabled: Vec::new(),
+            pending: set.as_slice().to_vec(),
+            since_ms: now_ms(),
+        };
+        // Record the intent first: a crash during the call must still restore.
+        if let Err(e) = state::save(&self.state_path, &st) {
+            tracing::error!("{e}; not disabling sealing without a record to restore from");
+            return;
+        }
+        match self.controller.disable(&set).await {
+            Ok(changed) => {
+                self.succeeded();
+                st.disabled = changed;
+                st.pending.clear();
+                if let Err(e) = state::save(&self.state_path, &st) {
+                    tracing::error!("{e}");
+                }
+                tracing::info!(types = ?st.disabled, "GPU sealing paused");
+                self.applied = Some(st);
+            }
+            Err(e) => {
+                self.failed("disable", &e);
+                // Keep `pending` on disk only if the call may have gone through.
+                if !e.is_unreachable() {
+                    let _ = state::clear(&self.state_path);
+                } else {
+                    self.applied = Some(st);
+                }
+            }
+        }
+    }
+
+    async fn restore(&mut self) {
+        let Some(st) = self.applied.clone() else {
+            return;
+        };
+        let types = st.to_restore();
+        match self.controller.enable(&types).await {
+            Ok(()) => {
+                self.succeeded();
+                if let Err(e) = state::clear(&self.state_path) {
+                    tracing::error!("{e}");
+                }
+                tracing::info!(types = ?types, "GPU sealing resumed");
+                self.applied = None;
+            }
+            Err(e) => self.failed("re-enable", &e),
+        }
+    }
+}

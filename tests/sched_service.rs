@@ -1,0 +1,219 @@
+//! The scheduler driver end to end: sim telemetry, lotus-worker double, persisted state.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use comine::gpu::{Poller, SimGpu, Telemetry};
+use comine::sched::{self, Config, Demand, SealMode};
+use comine::seal::testserver::TestServer;
+use comine::seal::{Controller, ControllerKind, LotusWorker, GPU_SEALING_TASKS, TT_C2, TT_PC2};
+use tokio_util::sync::CancellationToken;
+
+const TOKEN: &str = "tok";
+
+fn cfg() -> Config {
+    Config {
+        tick_interval_ms: 20,
+        seal_sustain_ms: 0,
+        min_dwell_ms: 0,
+        ..Config::default()
+    }
+}
+
+fn tasks() -> Vec<String> {
+    GPU_SEALING_TASKS.map(String::from).to_vec()
+}
+
+async fn wait_for(mut f: impl FnMut() -> bool) -> bool {
+    for _ in 0..250 {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn surge_pauses_sealing_and_shutdown_restores_it() {
+    let srv = TestServer::start(TOKEN).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cancel = CancellationToken::new();
+    let sim = SimGpu::from_presets(&["rtx3090"], 3).unwrap();
+    let (snaps, poller) = Poller::spawn(
+        Telemetry::Sim(sim),
+        Duration::from_millis(20),
+        cancel.clone(),
+    );
+    let ctl: Arc<dyn Controller> =
+        Arc::new(LotusWorker::from_api_info(&srv.api_info(TOKEN), Duration::from_secs(2)).unwrap());
+    let h = sched::start(
+        cfg(),
+        tasks(),
+        snaps,
+        ctl,
+        dir.path().into(),
+        cancel.clone(),
+    )
+    .await
+    .unwrap();
+    let mut cap = h.capacity();
+    assert!(
+        wait_for(|| cap.borrow_and_update().total_pps > 0.0).await,
+        "capacity never published"
+    );
+    h.set_demand(Demand {
+        live_pps: 1.0e9,
+        batch_pps: 0.0,
+    });
+    assert!(
+        wait_for(|| srv.state().disabled.len() == 4).await,
+        "sealing not paused"
+    );
+    let state_file = dir.path().join("sched-state.json");
+    // The record is finalised right after the last TaskDisable returns.
+    let read = || -> Option<sched::state::SealingState> {
+        serde_json::from_slice(&std::fs::read(&state_file).ok()?).ok()
+    };
+    assert!(wait_for(|| read().is_some_and(|s| !s.disabled.is_empty())).await);
+    let on_disk = read().unwrap();
+    assert_eq!(on_disk.controller, ControllerKind::LotusWorker);
+    assert!(on_disk.disabled.contains(&TT_C2.to_string()));
+    let decisions = h.decisions();
+    assert!(
+        decisions
+            .iter()
+            .any(|d| d.sealing.desired == SealMode::Disabled
+                && d.sealing.reason.contains("high watermark")),
+        "no recorded decision explains the pause"
+    );
+    assert!(!h.decisions().is_empty());
+    // Shutdown while paused: everything re-enabled, state file gone.
+    cancel.cancel();
+    h.join().await;
+    let _ = poller.await;
+    assert!(
+        srv.state().disabled.is_empty(),
+        "left disabled after shutdown"
+    );
+    assert!(!state_file.exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_leftovers_are_restored_at_start() {
+    let srv = TestServer::start(TOKEN).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // A previous run died after disabling PC2 and while disabling C2.
+    let w = LotusWorker::from_api_info(&srv.api_info(TOKEN), Duration::from_secs(2)).unwrap();
+    w.task_disable(TT_PC2).await.unwrap();
+    w.task_disable(TT_C2).await.unwrap();
+    sched::state::save(
+        &dir.path().join("sched-state.json"),
+        &sched::state::SealingState {
+            controller: ControllerKind::LotusWorker,
+            disabled: vec![TT_PC2.into()],
+            pending: vec![TT_C2.into()],
+            since_ms: 1,
+        },
+    )
+    .unwrap();
+    let cancel = CancellationToken::new();
+    let sim = SimGpu::from_presets(&["a4000"], 1).unwrap();
+    let (snaps, _p) = Poller::spawn(
+        Telemetry::Sim(sim),
+        Duration::from_millis(20),
+        cancel.clone(),
+    );
+    let h = sched::start(
+        cfg(),
+        tasks(),
+        snaps,
+        Arc::new(w),
+        dir.path().into(),
+        cancel.clone(),
+    )
+    .await
+    .unwrap();
+    assert!(
+        srv.state().disabled.is_empty(),
+        "crash leftovers not restored"
+    );
+    assert!(!dir.path().join("sched-state.json").exists());
+    cancel.cancel();
+    h.join().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_contact_never_leaves_sealing_disabled() {
+    let mut srv = TestServer::start(TOKEN).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cancel = CancellationToken::new();
+    let sim = SimGpu::from_presets(&["rtx4090"], 1).unwrap();
+    let (snaps, _p) = Poller::spawn(
+        Telemetry::Sim(sim),
+        Duration::from_millis(20),
+        cancel.clone(),
+    );
+    let ctl: Arc<dyn Controller> = Arc::new(
+        LotusWorker::from_api_info(&srv.api_info(TOKEN), Duration::from_millis(500)).unwrap(),
+    );
+    let h = sched::start(
+        cfg(),
+        tasks(),
+        snaps,
+        ctl,
+        dir.path().into(),
+        cancel.clone(),
+    )
+    .await
+    .unwrap();
+    h.set_demand(Demand {
+        live_pps: 2.5e9,
+        batch_pps: 0.0,
+    });
+    assert!(wait_for(|| srv.state().disabled.len() == 4).await);
+    srv.down();
+    // Demand drops while the node is away; the enable fails, is retried, and succeeds once back.
+    h.set_demand(Demand::default());
+    assert!(
+        wait_for(|| h
+            .last_decision()
+            .is_some_and(|d| d.sealing.reason.contains("unreachable")))
+        .await,
+        "loss of contact not noticed"
+    );
+    let d = h.last_decision().unwrap();
+    assert!(
+        d.devices[0].budget_pps <= 0.5 * 2.6e9 + 1.0,
+        "not within safe limits"
+    );
+    srv.up().await.unwrap();
+    assert!(
+        wait_for(|| srv.state().disabled.is_empty()).await,
+        "sealing left disabled after contact came back"
+    );
+    cancel.cancel();
+    h.join().await;
+}
+
+#[tokio::test]
+async fn corrupt_state_is_refused_loudly_and_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sched-state.json");
+    std::fs::write(&path, b"{not json").unwrap();
+    let (_tx, rx) =
+        tokio::sync::watch::channel(comine::gpu::Snapshot::empty(comine::gpu::Source::Simulated));
+    let e = sched::start(
+        cfg(),
+        tasks(),
+        rx,
+        Arc::new(comine::seal::NoController),
+        dir.path().into(),
+        CancellationToken::new(),
+    )
+    .await
+    .err()
+    .expect("corrupt state accepted");
+    assert!(e.to_string().contains("by hand"), "{e}");
+    assert!(path.exists(), "state file must not be lost");
+}
