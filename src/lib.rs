@@ -1,9 +1,10 @@
 //! comine: a co-mining appliance for Filecoin storage providers.
 //!
 //! The modules follow one segment's trip through the daemon:
-//! intake → scheduler → [`transcode`] → store → ledger, with `bench` on top.
+//! intake → scheduler → [`transcode`] → [`store`] → ledger, with `bench` on top.
 //! `docs/architecture.md` says what each module owns.
 
 pub mod logging;
 pub mod paths;
+pub mod store;
 pub mod transcode;

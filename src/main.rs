@@ -29,6 +29,8 @@ struct Cli {
 enum Command {
     /// Transcode one segment (or any file FFmpeg demuxes) into a rendition ladder.
     Transcode(comine::transcode::cli::Args),
+    /// Content-addressed storage: IPFS-identical CIDs, Kubo push, CAR, piece CID, deals.
+    Store(comine::store::cli::Args),
 }
 
 fn main() -> ExitCode {
@@ -42,6 +44,7 @@ fn main() -> ExitCode {
     logging::init(cli.log_format, level);
     let result = match cli.command {
         Command::Transcode(args) => comine::transcode::cli::run(args),
+        Command::Store(args) => comine::store::cli::run(args),
     };
     match result {
         Ok(code) => code,
