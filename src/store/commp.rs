@@ -128,11 +128,12 @@ impl CommP {
             self.pending[self.pending_len..self.pending_len + take].copy_from_slice(&data[..take]);
             self.pending_len += take;
             data = &data[take..];
-            if self.pending_len == 127 {
-                let block = self.pending;
-                self.block(&block);
-                self.pending_len = 0;
+            if self.pending_len < 127 {
+                return;
             }
+            let block = self.pending;
+            self.block(&block);
+            self.pending_len = 0;
         }
         let mut chunks = data.chunks_exact(127);
         for chunk in &mut chunks {
@@ -213,7 +214,7 @@ mod tests {
         let mut input = [0u8; 127];
         for (seed, fill) in [(1u32, 0xffu8), (7, 0), (13, 0xcc)] {
             for (i, b) in input.iter_mut().enumerate() {
-                *b = if seed == 1 { fill } else { (i as u32 * seed * 2654435761 >> 13) as u8 ^ fill };
+                *b = if seed == 1 { fill } else { ((i as u32).wrapping_mul(seed).wrapping_mul(2654435761) >> 13) as u8 ^ fill };
             }
             let mut fast = [0u8; 128];
             fr32_pad(&input, &mut fast);

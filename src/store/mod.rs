@@ -132,13 +132,15 @@ struct StoreSink<'a> {
     store: &'a Store,
     batch: sled::Batch,
     pending: usize,
+    dirty: bool,
 }
 
 impl StoreSink<'_> {
     fn flush(&mut self) -> Result<(), StoreError> {
-        if self.pending > 0 {
+        if self.dirty {
             self.store.blocks.apply_batch(std::mem::take(&mut self.batch))?;
             self.pending = 0;
+            self.dirty = false;
         }
         Ok(())
     }
@@ -148,6 +150,7 @@ impl importer::BlockSink for StoreSink<'_> {
     fn put(&mut self, cid: &Cid, block: &[u8]) -> Result<(), StoreError> {
         self.batch.insert(cid.hash().to_bytes(), block);
         self.pending += block.len();
+        self.dirty = true;
         if self.pending >= WRITE_BATCH_BYTES {
             self.flush()?;
         }
@@ -200,7 +203,7 @@ impl Store {
 
     /// Imports any reader, stores its blocks and pins the root.
     pub fn add_reader(&self, mut reader: impl Read, opts: &AddOptions, name: Option<String>) -> Result<AddResult, StoreError> {
-        let mut sink = StoreSink { store: self, batch: sled::Batch::default(), pending: 0 };
+        let mut sink = StoreSink { store: self, batch: sled::Batch::default(), pending: 0, dirty: false };
         let imported = importer::import(&mut reader, opts, &mut sink)?;
         sink.flush()?;
         let info = PinInfo {
