@@ -10,7 +10,11 @@ use clap::{Parser, Subcommand};
 use comine::logging::{self, LogFormat};
 
 #[derive(Parser, Debug)]
-#[command(name = "comine", version, about = "Co-mining appliance: video transcoding on Filecoin miners' spare GPU capacity")]
+#[command(
+    name = "comine",
+    version,
+    about = "Co-mining appliance: video transcoding on Filecoin miners' spare GPU capacity"
+)]
 struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
@@ -30,7 +34,7 @@ enum Command {
     /// Transcode one segment (or any file FFmpeg demuxes) into a rendition ladder.
     Transcode(comine::transcode::cli::Args),
     /// Content-addressed storage: IPFS-identical CIDs, Kubo push, CAR, piece CID, deals.
-    Store(comine::store::cli::Args),
+    Store(Box<comine::store::cli::Args>),
 }
 
 fn main() -> ExitCode {
@@ -44,7 +48,7 @@ fn main() -> ExitCode {
     logging::init(cli.log_format, level);
     let result = match cli.command {
         Command::Transcode(args) => comine::transcode::cli::run(args),
-        Command::Store(args) => comine::store::cli::run(args),
+        Command::Store(args) => comine::store::cli::run(*args),
     };
     match result {
         Ok(code) => code,

@@ -13,7 +13,13 @@ use comine::store::{AddOptions, Store, CHUNK_SIZE};
 fn car_round_trip_same_root_and_blocks() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
-    for opts in [AddOptions::default(), AddOptions { cid_version: 1, raw_leaves: None }] {
+    for opts in [
+        AddOptions::default(),
+        AddOptions {
+            cid_version: 1,
+            raw_leaves: None,
+        },
+    ] {
         let data = common::data(5 * CHUNK_SIZE + 11, 5);
         let added = store.add_bytes(&data, &opts).unwrap();
         let mut car = Vec::new();
@@ -21,11 +27,12 @@ fn car_round_trip_same_root_and_blocks() {
         assert_eq!(written, car.len() as u64);
 
         let mut expected = HashMap::new();
-        store.walk(&added.cid, &mut |cid, b| {
-            expected.insert(*cid, b.to_vec());
-            Ok(())
-        })
-        .unwrap();
+        store
+            .walk(&added.cid, &mut |cid, b| {
+                expected.insert(*cid, b.to_vec());
+                Ok(())
+            })
+            .unwrap();
 
         let mut reader = CarReader::new(&car[..]).unwrap();
         assert_eq!(reader.roots, vec![added.cid]);
@@ -51,7 +58,9 @@ fn car_round_trip_same_root_and_blocks() {
 fn corrupted_car_is_rejected() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
-    let added = store.add_bytes(&common::data(1000, 1), &AddOptions::default()).unwrap();
+    let added = store
+        .add_bytes(&common::data(1000, 1), &AddOptions::default())
+        .unwrap();
     let mut car = Vec::new();
     store.car_export(&added.cid, &mut car).unwrap();
     let last = car.len() - 1;
@@ -134,7 +143,15 @@ fn deal_batches_pack_and_track_state() {
     let store = Store::open(dir.path()).unwrap();
     let mut cids = Vec::new();
     for i in 0..5 {
-        cids.push(store.add_bytes(&common::data(CHUNK_SIZE + i * 1000, i as u64), &AddOptions::default()).unwrap().cid);
+        cids.push(
+            store
+                .add_bytes(
+                    &common::data(CHUNK_SIZE + i * 1000, i as u64),
+                    &AddOptions::default(),
+                )
+                .unwrap()
+                .cid,
+        );
     }
     // About two renditions per batch.
     let batches = deals::pack(&store, 2 * CHUNK_SIZE as u64 + 20_000).unwrap();
@@ -157,24 +174,49 @@ fn deal_batches_pack_and_track_state() {
     assert!(deals::pack(&store, 1 << 30).unwrap().is_empty());
 
     let id = &batches[0].id;
-    let cfg = DealConfig { provider: Some("f01000".into()), ..Default::default() };
+    let cfg = DealConfig {
+        provider: Some("f01000".into()),
+        ..Default::default()
+    };
     let cmds = deals::commands(&batches[0], &cfg);
-    assert_eq!(cmds.boost[..2], ["boost".to_string(), "offline-deal".to_string()]);
-    assert!(cmds.boost.contains(&format!("--commp={}", batches[0].piece_cid)));
-    assert!(cmds.boost.contains(&format!("--piece-size={}", batches[0].padded_size)));
-    assert!(cmds.boost.contains(&format!("--payload-cid={}", batches[0].payload_cid)));
+    assert_eq!(
+        cmds.boost[..2],
+        ["boost".to_string(), "offline-deal".to_string()]
+    );
+    assert!(cmds
+        .boost
+        .contains(&format!("--commp={}", batches[0].piece_cid)));
+    assert!(cmds
+        .boost
+        .contains(&format!("--piece-size={}", batches[0].padded_size)));
+    assert!(cmds
+        .boost
+        .contains(&format!("--payload-cid={}", batches[0].payload_cid)));
     assert!(cmds.boost.contains(&"--provider=f01000".to_string()));
     assert_eq!(cmds.boostd[1], "import-data");
 
-    assert!(deals::set_state(&store, id, BatchState::Active, None, None).is_err(), "ready cannot jump to active");
-    deals::set_state(&store, id, BatchState::Proposed, Some("9e68fb16-ff9a-488e-ad0a-1289b512d176".into()), None).unwrap();
+    assert!(
+        deals::set_state(&store, id, BatchState::Active, None, None).is_err(),
+        "ready cannot jump to active"
+    );
+    deals::set_state(
+        &store,
+        id,
+        BatchState::Proposed,
+        Some("9e68fb16-ff9a-488e-ad0a-1289b512d176".into()),
+        None,
+    )
+    .unwrap();
     deals::set_state(&store, id, BatchState::Imported, None, None).unwrap();
     deals::set_state(&store, id, BatchState::Active, None, None).unwrap();
     drop(store);
     let store = Store::open(dir.path()).unwrap();
     let b = deals::get(&store, id).unwrap();
     assert_eq!(b.state, BatchState::Active);
-    assert_eq!(deals::commands(&b, &cfg).boostd[2], "9e68fb16-ff9a-488e-ad0a-1289b512d176");
+    assert_eq!(
+        deals::commands(&b, &cfg).boostd[2],
+        "9e68fb16-ff9a-488e-ad0a-1289b512d176"
+    );
 }
 
 #[test]
@@ -198,14 +240,24 @@ fn deal_run_with_fake_boost_moves_states() {
     };
     let done = deals::run(&store, &b.id, &cfg).unwrap();
     assert_eq!(done.state, BatchState::Imported);
-    assert_eq!(done.deal_uuid.as_deref(), Some("11111111-2222-3333-4444-555555555555"));
+    assert_eq!(
+        done.deal_uuid.as_deref(),
+        Some("11111111-2222-3333-4444-555555555555")
+    );
     let args = std::fs::read_to_string(dir.path().join("boostd.args")).unwrap();
-    assert!(args.contains("import-data 11111111-2222-3333-4444-555555555555") && args.contains(".car"), "{args}");
+    assert!(
+        args.contains("import-data 11111111-2222-3333-4444-555555555555") && args.contains(".car"),
+        "{args}"
+    );
 
     // A failing boost marks the batch failed with its output.
     store.add_bytes(b"another", &AddOptions::default()).unwrap();
     let b2 = deals::pack(&store, 1 << 20).unwrap().remove(0);
-    std::fs::write(&boost, "#!/bin/sh\necho 'provider rejected deal' >&2\nexit 1\n").unwrap();
+    std::fs::write(
+        &boost,
+        "#!/bin/sh\necho 'provider rejected deal' >&2\nexit 1\n",
+    )
+    .unwrap();
     assert!(deals::run(&store, &b2.id, &cfg).is_err());
     let failed = deals::get(&store, &b2.id).unwrap();
     assert_eq!(failed.state, BatchState::Failed);

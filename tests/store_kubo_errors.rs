@@ -10,14 +10,19 @@ use comine::store::{compute_cid, parse_cid, AddOptions, KuboClient, Store};
 #[test]
 fn garbage_answers_are_clear_errors() {
     let rt = common::rt();
-    let url = common::garbage_server(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\nConnection: close\r\n\r\nnot json!");
+    let url = common::garbage_server(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\nConnection: close\r\n\r\nnot json!",
+    );
     let c = KuboClient::new(&url, Duration::from_secs(3)).unwrap();
-    let cid = compute_cid(&mut &b"x"[..], &AddOptions::default()).unwrap().cid;
+    let cid = compute_cid(&mut &b"x"[..], &AddOptions::default())
+        .unwrap()
+        .cid;
     for err in [
         rt.block_on(c.version()).unwrap_err(),
         rt.block_on(c.id()).unwrap_err(),
         rt.block_on(c.block_stat(&cid)).unwrap_err(),
-        rt.block_on(c.add(Box::new(&b"data"[..]), "f", &AddOptions::default())).unwrap_err(),
+        rt.block_on(c.add(Box::new(&b"data"[..]), "f", &AddOptions::default()))
+            .unwrap_err(),
     ] {
         assert!(matches!(err, KuboError::BadResponse { .. }), "{err}");
         assert!(err.to_string().contains("not Kubo's RPC format"), "{err}");
@@ -27,7 +32,9 @@ fn garbage_answers_are_clear_errors() {
         b"HTTP/1.1 200 OK\r\nContent-Length: 38\r\nConnection: close\r\n\r\n{\"Name\":\"f\",\"Hash\":\"zzz\",\"Size\":\"4\"}\n\n",
     );
     let c = KuboClient::new(&url, Duration::from_secs(3)).unwrap();
-    let err = rt.block_on(c.add(Box::new(&b"data"[..]), "f", &AddOptions::default())).unwrap_err();
+    let err = rt
+        .block_on(c.add(Box::new(&b"data"[..]), "f", &AddOptions::default()))
+        .unwrap_err();
     assert!(matches!(err, KuboError::BadResponse { .. }), "{err}");
 }
 
@@ -38,7 +45,9 @@ fn http_errors_carry_the_node_message() {
         b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 47\r\nConnection: close\r\n\r\n{\"Message\":\"merkledag: not found\",\"Code\":0}    ",
     );
     let c = KuboClient::new(&url, Duration::from_secs(3)).unwrap();
-    let cid = compute_cid(&mut &b"x"[..], &AddOptions::default()).unwrap().cid;
+    let cid = compute_cid(&mut &b"x"[..], &AddOptions::default())
+        .unwrap()
+        .cid;
     let err = rt.block_on(c.cat_bytes(&cid)).unwrap_err();
     assert!(matches!(err, KuboError::NotFound { .. }), "{err}");
     let err = rt.block_on(c.version()).unwrap_err();
@@ -59,7 +68,9 @@ fn silent_node_times_out() {
     });
     let rt = common::rt();
     let c = KuboClient::new(&url, Duration::from_secs(1)).unwrap();
-    let cid = compute_cid(&mut &b"x"[..], &AddOptions::default()).unwrap().cid;
+    let cid = compute_cid(&mut &b"x"[..], &AddOptions::default())
+        .unwrap()
+        .cid;
     let err = rt.block_on(c.block_stat(&cid)).unwrap_err();
     assert!(matches!(err, KuboError::NotFound { .. }), "{err}");
     let err = rt.block_on(c.version()).unwrap_err();
@@ -84,12 +95,27 @@ fn node_down_is_unreachable_and_add_still_stores_locally() {
     let bin = env!("CARGO_BIN_EXE_comine");
     let data_dir = dir.path().join("data");
     let out = std::process::Command::new(bin)
-        .args(["store", "add", "--backend", "kubo", "--json", "--timeout", "2", "--api", &dead, "--data-dir"])
+        .args([
+            "store",
+            "add",
+            "--backend",
+            "kubo",
+            "--json",
+            "--timeout",
+            "2",
+            "--api",
+            &dead,
+            "--data-dir",
+        ])
         .arg(&data_dir)
         .arg(&file)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["queued"], true);
     assert_eq!(v["pushed"], false);

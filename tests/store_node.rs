@@ -14,8 +14,14 @@ use comine::store::{compute_cid, AddOptions, KuboClient, Store, CHUNK_SIZE, MAX_
 fn opts_all() -> [AddOptions; 3] {
     [
         AddOptions::default(),
-        AddOptions { cid_version: 1, raw_leaves: None },
-        AddOptions { cid_version: 0, raw_leaves: Some(true) },
+        AddOptions {
+            cid_version: 1,
+            raw_leaves: None,
+        },
+        AddOptions {
+            cid_version: 0,
+            raw_leaves: Some(true),
+        },
     ]
 }
 
@@ -25,7 +31,15 @@ fn cids_match_the_node_for_every_size() {
     let rt = common::rt();
     // empty, one byte, one chunk exactly, one chunk + 1, a few chunks, and more than 174 chunks
     // (a second tree level appears).
-    let sizes = [0, 1, CHUNK_SIZE, CHUNK_SIZE + 1, 4 * CHUNK_SIZE + 3, MAX_LINKS * CHUNK_SIZE, (MAX_LINKS + 1) * CHUNK_SIZE + 5];
+    let sizes = [
+        0,
+        1,
+        CHUNK_SIZE,
+        CHUNK_SIZE + 1,
+        4 * CHUNK_SIZE + 3,
+        MAX_LINKS * CHUNK_SIZE,
+        (MAX_LINKS + 1) * CHUNK_SIZE + 5,
+    ];
     for (i, &len) in sizes.iter().enumerate() {
         let data = common::data(len, 100 + i as u64);
         for opts in opts_all() {
@@ -34,8 +48,14 @@ fn cids_match_the_node_for_every_size() {
                 continue;
             }
             let local = compute_cid(&mut &data[..], &opts).unwrap();
-            let remote = rt.block_on(node.add(Box::new(std::io::Cursor::new(data.clone())), "f", &opts)).unwrap();
-            assert_eq!(local.cid, remote.cid, "size {len}, {opts:?}: comine {} vs node {}", local.cid, remote.cid);
+            let remote = rt
+                .block_on(node.add(Box::new(std::io::Cursor::new(data.clone())), "f", &opts))
+                .unwrap();
+            assert_eq!(
+                local.cid, remote.cid,
+                "size {len}, {opts:?}: comine {} vs node {}",
+                local.cid, remote.cid
+            );
             eprintln!("size {len:>9} {opts:?}: {} ok", local.cid);
         }
     }
@@ -48,10 +68,21 @@ fn endpoints_round_trip() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
     let data = common::data(3 * CHUNK_SIZE + 9, 42);
-    let opts = AddOptions { cid_version: 1, raw_leaves: None };
+    let opts = AddOptions {
+        cid_version: 1,
+        raw_leaves: None,
+    };
     let added = store.add_bytes(&data, &opts).unwrap();
     rt.block_on(async {
-        let r = node.add_verified(Box::new(std::io::Cursor::new(data.clone())), "seg.ts", &opts, &added.cid).await.unwrap();
+        let r = node
+            .add_verified(
+                Box::new(std::io::Cursor::new(data.clone())),
+                "seg.ts",
+                &opts,
+                &added.cid,
+            )
+            .await
+            .unwrap();
         assert_eq!(r.cid, added.cid);
         assert_eq!(node.cat_bytes(&added.cid).await.unwrap(), data);
         node.pin_add(&added.cid).await.unwrap();
@@ -63,7 +94,9 @@ fn endpoints_round_trip() {
         assert!(!id.id.is_empty());
         assert!(!node.version().await.unwrap().is_empty());
         // A CID the node never saw is not pinned.
-        let other = compute_cid(&mut &b"not on the node"[..], &AddOptions::default()).unwrap().cid;
+        let other = compute_cid(&mut &b"not on the node"[..], &AddOptions::default())
+            .unwrap()
+            .cid;
         assert!(!node.pin_ls(&other).await.unwrap());
     });
 }
@@ -72,9 +105,16 @@ fn endpoints_round_trip() {
 fn cid_mismatch_is_an_error() {
     let Some(node) = common::node() else { return };
     let rt = common::rt();
-    let wrong = compute_cid(&mut &b"something else"[..], &AddOptions::default()).unwrap().cid;
+    let wrong = compute_cid(&mut &b"something else"[..], &AddOptions::default())
+        .unwrap()
+        .cid;
     let err = rt
-        .block_on(node.add_verified(Box::new(&b"the real content"[..]), "x", &AddOptions::default(), &wrong))
+        .block_on(node.add_verified(
+            Box::new(&b"the real content"[..]),
+            "x",
+            &AddOptions::default(),
+            &wrong,
+        ))
         .unwrap_err();
     assert!(matches!(err, KuboError::CidMismatch { .. }), "{err}");
 }
@@ -85,7 +125,9 @@ fn unknown_cid_is_not_found_within_the_timeout() {
     let api = std::env::var("COMINE_TEST_IPFS_API").unwrap();
     let short = KuboClient::new(&api, Duration::from_secs(2)).unwrap();
     let rt = common::rt();
-    let unknown = compute_cid(&mut &common::data(77, 12345)[..], &AddOptions::default()).unwrap().cid;
+    let unknown = compute_cid(&mut &common::data(77, 12345)[..], &AddOptions::default())
+        .unwrap()
+        .cid;
     let started = Instant::now();
     let err = rt.block_on(short.cat_bytes(&unknown)).unwrap_err();
     assert!(matches!(err, KuboError::NotFound { .. }), "{err}");
@@ -93,7 +135,11 @@ fn unknown_cid_is_not_found_within_the_timeout() {
     assert!(matches!(err, KuboError::NotFound { .. }), "{err}");
     // Not a timing assertion on speed: a hang would be caught by the client deadline, and
     // this bound is 10x the timeout.
-    assert!(started.elapsed() < Duration::from_secs(40), "cat hung: {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(40),
+        "cat hung: {:?}",
+        started.elapsed()
+    );
     drop(node);
 }
 
@@ -117,7 +163,11 @@ fn node_down_queues_and_a_restart_loses_nothing() {
         let report = rt.block_on(push_pending(&store, &down, true)).unwrap();
         assert!(report.pushed.is_empty());
         assert_eq!(report.failed.len(), 1);
-        assert!(report.failed[0].1.contains("unreachable"), "{:?}", report.failed);
+        assert!(
+            report.failed[0].1.contains("unreachable"),
+            "{:?}",
+            report.failed
+        );
         added.cid
     }; // store dropped: "restart"
     let store = Store::open(dir.path()).unwrap();
@@ -146,12 +196,27 @@ fn cli_add_kubo_backend_pushes_and_verifies() {
     let file = dir.path().join("rendition.ts");
     std::fs::write(&file, common::data(CHUNK_SIZE * 2 + 100, 5)).unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_comine"))
-        .args(["store", "add", "--backend", "kubo", "--cid-version", "1", "--json", "--api", &api, "--data-dir"])
+        .args([
+            "store",
+            "add",
+            "--backend",
+            "kubo",
+            "--cid-version",
+            "1",
+            "--json",
+            "--api",
+            &api,
+            "--data-dir",
+        ])
         .arg(dir.path().join("data"))
         .arg(&file)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["pushed"], true);
     assert_eq!(v["queued"], false);

@@ -135,7 +135,10 @@ enum Item {
 
 impl Cbor<'_> {
     fn byte(&mut self) -> Result<u8, CarError> {
-        let b = *self.b.get(self.p).ok_or_else(|| CarError::Format("truncated header".into()))?;
+        let b = *self
+            .b
+            .get(self.p)
+            .ok_or_else(|| CarError::Format("truncated header".into()))?;
         self.p += 1;
         Ok(b)
     }
@@ -155,7 +158,10 @@ impl Cbor<'_> {
         Ok(v)
     }
     fn take(&mut self, n: u64) -> Result<&[u8], CarError> {
-        let end = usize::try_from(n).ok().and_then(|n| self.p.checked_add(n)).filter(|&e| e <= self.b.len());
+        let end = usize::try_from(n)
+            .ok()
+            .and_then(|n| self.p.checked_add(n))
+            .filter(|&e| e <= self.b.len());
         let end = end.ok_or_else(|| CarError::Format("truncated header".into()))?;
         let s = &self.b[self.p..end];
         self.p = end;
@@ -171,7 +177,11 @@ impl Cbor<'_> {
             0 => Item::Uint(n),
             2 => Item::Bytes(self.take(n)?.to_vec()),
             3 => Item::Text(String::from_utf8_lossy(self.take(n)?).into_owned()),
-            4 => Item::Array((0..n.min(1 << 16)).map(|_| self.item(depth + 1)).collect::<Result<_, _>>()?),
+            4 => Item::Array(
+                (0..n.min(1 << 16))
+                    .map(|_| self.item(depth + 1))
+                    .collect::<Result<_, _>>()?,
+            ),
             5 => Item::Map(
                 (0..n.min(1 << 16))
                     .map(|_| Ok((self.item(depth + 1)?, self.item(depth + 1)?)))
@@ -188,12 +198,16 @@ impl<R: Read> CarReader<R> {
     pub fn new(mut inner: R) -> Result<Self, CarError> {
         let len = read_varint(&mut inner)?.ok_or_else(|| CarError::Format("empty file".into()))?;
         if len == 0 || len > 1 << 20 {
-            return Err(CarError::Format(format!("header length {len} out of range")));
+            return Err(CarError::Format(format!(
+                "header length {len} out of range"
+            )));
         }
         let mut header = vec![0u8; len as usize];
         inner.read_exact(&mut header)?;
         let item = Cbor { b: &header, p: 0 }.item(0)?;
-        let Item::Map(entries) = item else { return Err(CarError::Format("header is not a map".into())) };
+        let Item::Map(entries) = item else {
+            return Err(CarError::Format("header is not a map".into()));
+        };
         let (mut version, mut roots) = (None, Vec::new());
         for (k, v) in entries {
             match (k, v) {
@@ -202,9 +216,11 @@ impl<R: Read> CarReader<R> {
                     for it in items {
                         match it {
                             Item::Tag(42, b) => match *b {
-                                Item::Bytes(bytes) if bytes.first() == Some(&0) => roots.push(
-                                    Cid::try_from(&bytes[1..]).map_err(|e| CarError::Format(format!("bad root CID: {e}")))?,
-                                ),
+                                Item::Bytes(bytes) if bytes.first() == Some(&0) => {
+                                    roots.push(Cid::try_from(&bytes[1..]).map_err(|e| {
+                                        CarError::Format(format!("bad root CID: {e}"))
+                                    })?)
+                                }
                                 _ => return Err(CarError::Format("root is not a CID".into())),
                             },
                             _ => return Err(CarError::Format("root is not a tag-42 CID".into())),
@@ -215,23 +231,31 @@ impl<R: Read> CarReader<R> {
             }
         }
         if version != Some(1) {
-            return Err(CarError::Format(format!("version {version:?}, only CAR v1 is supported")));
+            return Err(CarError::Format(format!(
+                "version {version:?}, only CAR v1 is supported"
+            )));
         }
         Ok(CarReader { inner, roots })
     }
 
     /// Next verified block, or `None` at the end.
     pub fn next_block(&mut self) -> Result<Option<(Cid, Vec<u8>)>, CarError> {
-        let Some(len) = read_varint(&mut self.inner)? else { return Ok(None) };
+        let Some(len) = read_varint(&mut self.inner)? else {
+            return Ok(None);
+        };
         if len > 8 << 20 {
-            return Err(CarError::Format(format!("section of {len} bytes is larger than any block")));
+            return Err(CarError::Format(format!(
+                "section of {len} bytes is larger than any block"
+            )));
         }
         let mut section = vec![0u8; len as usize];
         self.inner.read_exact(&mut section)?;
         let mut cursor = io::Cursor::new(&section[..]);
-        let cid = Cid::read_bytes(&mut cursor).map_err(|e| CarError::Format(format!("bad block CID: {e}")))?;
+        let cid = Cid::read_bytes(&mut cursor)
+            .map_err(|e| CarError::Format(format!("bad block CID: {e}")))?;
         let data = section[cursor.position() as usize..].to_vec();
-        if cid.hash().code() != SHA2_256 || Sha256::digest(&data).as_slice() != cid.hash().digest() {
+        if cid.hash().code() != SHA2_256 || Sha256::digest(&data).as_slice() != cid.hash().digest()
+        {
             return Err(CarError::Corrupt { cid });
         }
         Ok(Some((cid, data)))
@@ -245,11 +269,16 @@ mod tests {
     #[test]
     fn header_matches_go_car() {
         // go-car's header for root QmbFMke… (empty file), checked by hand against the CBOR spec.
-        let root: Cid = "QmbFMke1KXqnYyBBWxB74N4c5SBnJMVAiMNRcGu6x1AwQH".parse().unwrap();
+        let root: Cid = "QmbFMke1KXqnYyBBWxB74N4c5SBnJMVAiMNRcGu6x1AwQH"
+            .parse()
+            .unwrap();
         let h = header_bytes(&[root]);
         assert_eq!(&h[..8], &[0xa2, 0x65, b'r', b'o', b'o', b't', b's', 0x81]);
         assert_eq!(&h[8..12], &[0xd8, 0x2a, 0x58, 0x23]);
-        assert_eq!(&h[h.len() - 9..], &[0x67, b'v', b'e', b'r', b's', b'i', b'o', b'n', 0x01]);
+        assert_eq!(
+            &h[h.len() - 9..],
+            &[0x67, b'v', b'e', b'r', b's', b'i', b'o', b'n', 0x01]
+        );
         let mut framed = vec![h.len() as u8];
         framed.extend_from_slice(&h);
         let r = CarReader::new(&framed[..]).unwrap();

@@ -21,7 +21,12 @@ pub struct Args {
     #[arg(long, global = true, env = "COMINE_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
     /// Kubo RPC API address (URL or multiaddr), used with `--backend kubo`, `push` and `node`.
-    #[arg(long, global = true, env = "COMINE_IPFS_API", default_value = "http://127.0.0.1:5001")]
+    #[arg(
+        long,
+        global = true,
+        env = "COMINE_IPFS_API",
+        default_value = "http://127.0.0.1:5001"
+    )]
     pub api: String,
     /// Seconds to wait for the IPFS node on reads (sent as Kubo's `timeout` option too).
     #[arg(long, global = true, default_value_t = 30)]
@@ -182,12 +187,18 @@ pub enum DealCmd {
 }
 
 fn open_store(args: &Args) -> anyhow::Result<Store> {
-    let dir = args.data_dir.clone().unwrap_or_else(crate::paths::default_data_dir);
+    let dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(crate::paths::default_data_dir);
     Store::open(&dir).with_context(|| format!("opening the store in {}", dir.display()))
 }
 
 fn client(args: &Args) -> anyhow::Result<KuboClient> {
-    Ok(KuboClient::new(&args.api, Duration::from_secs(args.timeout.max(1)))?)
+    Ok(KuboClient::new(
+        &args.api,
+        Duration::from_secs(args.timeout.max(1)),
+    )?)
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -207,18 +218,31 @@ fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     match &args.command {
-        Cmd::Add { file, cid_version, raw_leaves, backend, json } => {
-            let opts = AddOptions { cid_version: *cid_version, raw_leaves: *raw_leaves };
+        Cmd::Add {
+            file,
+            cid_version,
+            raw_leaves,
+            backend,
+            json,
+        } => {
+            let opts = AddOptions {
+                cid_version: *cid_version,
+                raw_leaves: *raw_leaves,
+            };
             add(&args, file, &opts, *backend, *json)
         }
         Cmd::Cat { cid, backend } => cat(&args, cid, *backend),
         Cmd::Car { cid, out } => car(&args, cid, out),
         Cmd::Commp { file, json } => {
-            let f = std::fs::File::open(file).with_context(|| format!("opening {} (check the path)", file.display()))?;
-            let (piece, padded, payload) = commp::piece_cid(io::BufReader::with_capacity(1 << 20, f))
-                .with_context(|| format!("reading {}", file.display()))?;
+            let f = std::fs::File::open(file)
+                .with_context(|| format!("opening {} (check the path)", file.display()))?;
+            let (piece, padded, payload) =
+                commp::piece_cid(io::BufReader::with_capacity(1 << 20, f))
+                    .with_context(|| format!("reading {}", file.display()))?;
             if *json {
-                print_json(&json!({"piece_cid": piece.to_string(), "padded_size": padded, "payload_size": payload}))?;
+                print_json(
+                    &json!({"piece_cid": piece.to_string(), "padded_size": padded, "payload_size": payload}),
+                )?;
             } else {
                 println!("{piece} padded_size={padded} payload_size={payload}");
             }
@@ -228,7 +252,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             let store = open_store(&args)?;
             let pins = store.pins()?;
             if *json {
-                let v: Vec<_> = pins.iter().map(|(c, i)| json!({"cid": c.to_string(), "info": i})).collect();
+                let v: Vec<_> = pins
+                    .iter()
+                    .map(|(c, i)| json!({"cid": c.to_string(), "info": i}))
+                    .collect();
                 print_json(&v)?;
             } else {
                 for (cid, info) in pins {
@@ -241,11 +268,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             let store = open_store(&args)?;
             let queued = store.queued()?;
             if *json {
-                let v: Vec<_> = queued.iter().map(|(c, e)| json!({"cid": c.to_string(), "entry": e})).collect();
+                let v: Vec<_> = queued
+                    .iter()
+                    .map(|(c, e)| json!({"cid": c.to_string(), "entry": e}))
+                    .collect();
                 print_json(&v)?;
             } else {
                 for (cid, e) in queued {
-                    println!("{cid} attempts={} last_error={}", e.attempts, e.last_error.unwrap_or_default());
+                    println!(
+                        "{cid} attempts={} last_error={}",
+                        e.attempts,
+                        e.last_error.unwrap_or_default()
+                    );
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -257,13 +291,24 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             if *json {
                 print_json(&report)?;
             } else {
-                println!("pushed {} failed {} remaining {}", report.pushed.len(), report.failed.len(), report.remaining);
+                println!(
+                    "pushed {} failed {} remaining {}",
+                    report.pushed.len(),
+                    report.failed.len(),
+                    report.remaining
+                );
             }
-            Ok(if report.failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(if report.failed.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Cmd::Node { json } => {
             let client = client(&args)?;
-            let (id, version) = runtime()?.block_on(async { Ok::<_, KuboError>((client.id().await?, client.version().await?)) })?;
+            let (id, version) = runtime()?.block_on(async {
+                Ok::<_, KuboError>((client.id().await?, client.version().await?))
+            })?;
             if *json {
                 print_json(&json!({"id": id, "version": version, "api": client.base_url()}))?;
             } else {
@@ -275,9 +320,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn add(args: &Args, file: &Path, opts: &AddOptions, backend: Backend, json: bool) -> anyhow::Result<ExitCode> {
+fn add(
+    args: &Args,
+    file: &Path,
+    opts: &AddOptions,
+    backend: Backend,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
     let store = open_store(args)?;
-    let added = store.add_file(file, opts).with_context(|| format!("adding {}", file.display()))?;
+    let added = store
+        .add_file(file, opts)
+        .with_context(|| format!("adding {}", file.display()))?;
     let (mut pushed, mut queued, mut push_error) = (false, false, None::<String>);
     if backend == Backend::Kubo {
         // Queue first: if we die mid-push, the next `push` finds it.
@@ -290,7 +343,11 @@ fn add(args: &Args, file: &Path, opts: &AddOptions, backend: Backend, json: bool
             }
             Err(PushError::Node(e @ KuboError::CidMismatch { .. })) => {
                 store.record_push_failure(&added.cid, &e.to_string())?;
-                return Err(e).context(format!("pushing {} to {}", file.display(), client.base_url()));
+                return Err(e).context(format!(
+                    "pushing {} to {}",
+                    file.display(),
+                    client.base_url()
+                ));
             }
             Err(e) => {
                 tracing::warn!(cid = %added.cid, error = %e, "IPFS node not reachable; stored locally and queued for `comine store push`");
@@ -327,10 +384,12 @@ fn cat(args: &Args, cid: &str, backend: Backend) -> anyhow::Result<ExitCode> {
         Backend::Local => {
             let store = open_store(args)?;
             let mut reader = store.cat(&cid)?;
-            io::copy(&mut reader, &mut out).map(|_| ()).map_err(|e| match e.into_inner() {
-                Some(inner) => anyhow::anyhow!(inner.to_string()),
-                None => anyhow::anyhow!("writing to stdout"),
-            })
+            io::copy(&mut reader, &mut out)
+                .map(|_| ())
+                .map_err(|e| match e.into_inner() {
+                    Some(inner) => anyhow::anyhow!(inner.to_string()),
+                    None => anyhow::anyhow!("writing to stdout"),
+                })
         }
         Backend::Kubo => {
             let client = client(args)?;
@@ -345,7 +404,9 @@ fn cat(args: &Args, cid: &str, backend: Backend) -> anyhow::Result<ExitCode> {
     };
     if let Err(e) = result {
         // A closed pipe (`| head`) is not an error.
-        if e.downcast_ref::<io::Error>().is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe) {
+        if e.downcast_ref::<io::Error>()
+            .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe)
+        {
             return Ok(ExitCode::SUCCESS);
         }
         return Err(e).context(format!("cat {cid}"));
@@ -365,8 +426,14 @@ fn car(args: &Args, cid: &str, out: &Path) -> anyhow::Result<ExitCode> {
     }
     // Special files (/dev/full, pipes) are written in place; regular paths via a temp + rename,
     // so a failed export never leaves a half-written CAR under the requested name.
-    let special = std::fs::metadata(out).map(|m| !m.is_file()).unwrap_or(false);
-    let target = if special { out.to_path_buf() } else { partial_path(out) };
+    let special = std::fs::metadata(out)
+        .map(|m| !m.is_file())
+        .unwrap_or(false);
+    let target = if special {
+        out.to_path_buf()
+    } else {
+        partial_path(out)
+    };
     let result = (|| -> anyhow::Result<u64> {
         let f = std::fs::OpenOptions::new()
             .write(true)
@@ -376,16 +443,20 @@ fn car(args: &Args, cid: &str, out: &Path) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("creating {}", target.display()))?;
         let mut w = io::BufWriter::with_capacity(1 << 20, f);
         let n = store.car_export(&cid, &mut w)?;
-        let f = w.into_inner().map_err(|e| super::StoreError::io("writing the CAR", e.into_error()))?;
+        let f = w
+            .into_inner()
+            .map_err(|e| super::StoreError::io("writing the CAR", e.into_error()))?;
         if !special {
-            f.sync_all().map_err(|e| super::StoreError::io("writing the CAR", e))?;
+            f.sync_all()
+                .map_err(|e| super::StoreError::io("writing the CAR", e))?;
         }
         Ok(n)
     })();
     match result {
         Ok(n) => {
             if !special {
-                std::fs::rename(&target, out).with_context(|| format!("renaming to {}", out.display()))?;
+                std::fs::rename(&target, out)
+                    .with_context(|| format!("renaming to {}", out.display()))?;
             }
             tracing::info!(%cid, bytes = n, out = %out.display(), "CAR written");
             Ok(ExitCode::SUCCESS)
@@ -400,7 +471,10 @@ fn car(args: &Args, cid: &str, out: &Path) -> anyhow::Result<ExitCode> {
 }
 
 fn partial_path(out: &Path) -> PathBuf {
-    let mut name = out.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    let mut name = out
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
     name.push(".partial");
     out.with_file_name(name)
 }
@@ -416,11 +490,23 @@ fn deal(args: &Args, cmd: &DealCmd) -> anyhow::Result<ExitCode> {
                 println!("nothing to pack: every stored rendition is already in a batch");
             } else {
                 for b in &batches {
-                    println!("{} {} {} items={} car_size={} padded_size={}", b.id, b.state, b.piece_cid, b.items.len(), b.car_size, b.padded_size);
+                    println!(
+                        "{} {} {} items={} car_size={} padded_size={}",
+                        b.id,
+                        b.state,
+                        b.piece_cid,
+                        b.items.len(),
+                        b.car_size,
+                        b.padded_size
+                    );
                 }
             }
             let failed = batches.iter().any(|b| b.state == BatchState::Failed);
-            Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+            Ok(if failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
         }
         DealCmd::List { json } => {
             let batches = deals::list(&store)?;
@@ -428,7 +514,15 @@ fn deal(args: &Args, cmd: &DealCmd) -> anyhow::Result<ExitCode> {
                 print_json(&batches)?;
             } else {
                 for b in &batches {
-                    println!("{} {} {} payload={} items={} {}", b.id, b.state, b.piece_cid, b.payload_cid, b.items.len(), b.error.clone().unwrap_or_default());
+                    println!(
+                        "{} {} {} payload={} items={} {}",
+                        b.id,
+                        b.state,
+                        b.piece_cid,
+                        b.payload_cid,
+                        b.items.len(),
+                        b.error.clone().unwrap_or_default()
+                    );
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -442,9 +536,18 @@ fn deal(args: &Args, cmd: &DealCmd) -> anyhow::Result<ExitCode> {
             if *json {
                 print_json(&cmds)?;
             } else {
-                println!("# manifest\n{}", serde_json::to_string_pretty(&cmds.manifest)?);
-                println!("# client: propose the offline deal\n{}", shell_join(&cmds.boost));
-                println!("# provider: after shipping the CAR, import it\n{}", shell_join(&cmds.boostd));
+                println!(
+                    "# manifest\n{}",
+                    serde_json::to_string_pretty(&cmds.manifest)?
+                );
+                println!(
+                    "# client: propose the offline deal\n{}",
+                    shell_join(&cmds.boost)
+                );
+                println!(
+                    "# provider: after shipping the CAR, import it\n{}",
+                    shell_join(&cmds.boostd)
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -453,11 +556,21 @@ fn deal(args: &Args, cmd: &DealCmd) -> anyhow::Result<ExitCode> {
             if *json {
                 print_json(&b)?;
             } else {
-                println!("{} {} deal_uuid={}", b.id, b.state, b.deal_uuid.unwrap_or_default());
+                println!(
+                    "{} {} deal_uuid={}",
+                    b.id,
+                    b.state,
+                    b.deal_uuid.unwrap_or_default()
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
-        DealCmd::Mark { batch, state, deal_uuid, error } => {
+        DealCmd::Mark {
+            batch,
+            state,
+            deal_uuid,
+            error,
+        } => {
             let b = deals::set_state(&store, batch, *state, deal_uuid.clone(), error.clone())?;
             println!("{} {}", b.id, b.state);
             Ok(ExitCode::SUCCESS)
@@ -468,7 +581,9 @@ fn deal(args: &Args, cmd: &DealCmd) -> anyhow::Result<ExitCode> {
 fn shell_join(argv: &[String]) -> String {
     argv.iter()
         .map(|a| {
-            if a.chars().all(|c| c.is_ascii_alphanumeric() || "-_=./:,@".contains(c)) {
+            if a.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_=./:,@".contains(c))
+            {
                 a.clone()
             } else {
                 format!("'{}'", a.replace('\'', r"'\''"))

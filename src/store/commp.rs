@@ -82,7 +82,13 @@ pub struct CommP {
 
 impl Default for CommP {
     fn default() -> Self {
-        CommP { pending: [0; 127], pending_len: 0, payload: 0, levels: Vec::new(), leaves: 0 }
+        CommP {
+            pending: [0; 127],
+            pending_len: 0,
+            payload: 0,
+            levels: Vec::new(),
+            leaves: 0,
+        }
     }
 }
 
@@ -165,7 +171,12 @@ impl CommP {
             }
             self.push(level, zeros[level]);
         }
-        let root = self.levels.iter().rev().find_map(|n| *n).unwrap_or([0u8; 32]);
+        let root = self
+            .levels
+            .iter()
+            .rev()
+            .find_map(|n| *n)
+            .unwrap_or([0u8; 32]);
         (piece_cid_from_commitment(&root), padded, self.payload)
     }
 }
@@ -214,7 +225,11 @@ mod tests {
         let mut input = [0u8; 127];
         for (seed, fill) in [(1u32, 0xffu8), (7, 0), (13, 0xcc)] {
             for (i, b) in input.iter_mut().enumerate() {
-                *b = if seed == 1 { fill } else { ((i as u32).wrapping_mul(seed).wrapping_mul(2654435761) >> 13) as u8 ^ fill };
+                *b = if seed == 1 {
+                    fill
+                } else {
+                    ((i as u32).wrapping_mul(seed).wrapping_mul(2654435761) >> 13) as u8 ^ fill
+                };
             }
             let mut fast = [0u8; 128];
             fr32_pad(&input, &mut fast);

@@ -14,7 +14,9 @@ use cid::Cid;
 
 use super::{commp, now_secs, Store, StoreError};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum BatchState {
     Packing,
@@ -27,7 +29,10 @@ pub enum BatchState {
 
 impl std::fmt::Display for BatchState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let s = serde_json::to_value(self).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+        let s = serde_json::to_value(self)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
         f.write_str(&s)
     }
 }
@@ -38,7 +43,11 @@ impl BatchState {
         use BatchState::*;
         matches!(
             (self, next),
-            (Packing, Ready) | (Ready, Proposed) | (Proposed, Imported) | (Imported, Active) | (Packing | Ready | Proposed | Imported, Failed)
+            (Packing, Ready)
+                | (Ready, Proposed)
+                | (Proposed, Imported)
+                | (Imported, Active)
+                | (Packing | Ready | Proposed | Imported, Failed)
         )
     }
 }
@@ -100,7 +109,11 @@ pub enum DealError {
     #[error("no deal batch '{0}' (see `comine store deal list`)")]
     NoBatch(String),
     #[error("batch {id} is {from}; it cannot become {to}")]
-    BadTransition { id: String, from: BatchState, to: BatchState },
+    BadTransition {
+        id: String,
+        from: BatchState,
+        to: BatchState,
+    },
     #[error("{0}")]
     NotConfigured(String),
     #[error("{cmd} failed: {detail}")]
@@ -129,7 +142,11 @@ pub fn list(store: &Store) -> Result<Vec<Batch>, StoreError> {
 }
 
 pub fn get(store: &Store, id: &str) -> Result<Batch, DealError> {
-    let v = store.batches.get(id.as_bytes()).map_err(StoreError::from)?.ok_or_else(|| DealError::NoBatch(id.into()))?;
+    let v = store
+        .batches
+        .get(id.as_bytes())
+        .map_err(StoreError::from)?
+        .ok_or_else(|| DealError::NoBatch(id.into()))?;
     serde_json::from_slice(&v).map_err(|_| DealError::NoBatch(id.into()))
 }
 
@@ -141,8 +158,11 @@ pub fn pack(store: &Store, max_size: u64) -> Result<Vec<Batch>, StoreError> {
         .filter(|b| b.state != BatchState::Failed)
         .flat_map(|b| b.items.into_iter().map(|i| i.cid))
         .collect();
-    let candidates: Vec<(Cid, super::PinInfo)> =
-        store.pins()?.into_iter().filter(|(c, _)| !taken.contains(&c.to_string())).collect();
+    let candidates: Vec<(Cid, super::PinInfo)> = store
+        .pins()?
+        .into_iter()
+        .filter(|(c, _)| !taken.contains(&c.to_string()))
+        .collect();
     // Per-block CAR framing is under 50 bytes; estimate it from the chunk count.
     let estimate = |dag: u64| dag + (dag / super::CHUNK_SIZE as u64 + 2) * 50;
     let mut groups: Vec<Vec<(Cid, super::PinInfo)>> = Vec::new();
@@ -161,18 +181,31 @@ pub fn pack(store: &Store, max_size: u64) -> Result<Vec<Batch>, StoreError> {
         groups.push(current);
     }
     let deals_dir = store.dir().join("deals");
-    std::fs::create_dir_all(&deals_dir).map_err(|e| StoreError::io(format!("creating {}", deals_dir.display()), e))?;
+    std::fs::create_dir_all(&deals_dir)
+        .map_err(|e| StoreError::io(format!("creating {}", deals_dir.display()), e))?;
     let mut out = Vec::new();
     for (n, group) in groups.into_iter().enumerate() {
         let created_at = now_secs();
         let id = format!("batch-{created_at}-{n}");
         let items: Vec<BatchItem> = group
             .iter()
-            .map(|(c, i)| BatchItem { cid: c.to_string(), name: i.name.clone().unwrap_or_else(|| c.to_string()), size: i.size })
+            .map(|(c, i)| BatchItem {
+                cid: c.to_string(),
+                name: i.name.clone().unwrap_or_else(|| c.to_string()),
+                size: i.size,
+            })
             .collect();
         // Directory entry names must be unique: prefix the CID so equal file names never clash.
-        let entries: Vec<(String, Cid, u64)> =
-            group.iter().map(|(c, i)| (format!("{c}-{}", i.name.as_deref().unwrap_or("data")), *c, i.dag_size)).collect();
+        let entries: Vec<(String, Cid, u64)> = group
+            .iter()
+            .map(|(c, i)| {
+                (
+                    format!("{c}-{}", i.name.as_deref().unwrap_or("data")),
+                    *c,
+                    i.dag_size,
+                )
+            })
+            .collect();
         let root = store.put_directory(&entries)?;
         let car_path = deals_dir.join(format!("{id}.car"));
         let mut batch = Batch {
@@ -213,11 +246,15 @@ pub fn pack(store: &Store, max_size: u64) -> Result<Vec<Batch>, StoreError> {
 fn write_batch_car(store: &Store, root: &Cid, path: &Path) -> Result<(u64, Cid, u64), StoreError> {
     let tmp = path.with_extension("car.partial");
     let result = (|| {
-        let f = std::fs::File::create(&tmp).map_err(|e| StoreError::io(format!("creating {}", tmp.display()), e))?;
+        let f = std::fs::File::create(&tmp)
+            .map_err(|e| StoreError::io(format!("creating {}", tmp.display()), e))?;
         let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
         let size = store.car_export(root, &mut w)?;
-        let f = w.into_inner().map_err(|e| StoreError::io("writing the CAR", e.into_error()))?;
-        f.sync_all().map_err(|e| StoreError::io("syncing the CAR", e))?;
+        let f = w
+            .into_inner()
+            .map_err(|e| StoreError::io("writing the CAR", e.into_error()))?;
+        f.sync_all()
+            .map_err(|e| StoreError::io("syncing the CAR", e))?;
         Ok(size)
     })();
     let size = match result {
@@ -227,10 +264,12 @@ fn write_batch_car(store: &Store, root: &Cid, path: &Path) -> Result<(u64, Cid, 
             return Err(e);
         }
     };
-    std::fs::rename(&tmp, path).map_err(|e| StoreError::io(format!("renaming to {}", path.display()), e))?;
-    let f = std::fs::File::open(path).map_err(|e| StoreError::io(format!("opening {}", path.display()), e))?;
-    let (piece, padded, payload) =
-        commp::piece_cid(std::io::BufReader::with_capacity(1 << 20, f)).map_err(|e| StoreError::io("reading the CAR", e))?;
+    std::fs::rename(&tmp, path)
+        .map_err(|e| StoreError::io(format!("renaming to {}", path.display()), e))?;
+    let f = std::fs::File::open(path)
+        .map_err(|e| StoreError::io(format!("opening {}", path.display()), e))?;
+    let (piece, padded, payload) = commp::piece_cid(std::io::BufReader::with_capacity(1 << 20, f))
+        .map_err(|e| StoreError::io("reading the CAR", e))?;
     debug_assert_eq!(payload, size);
     Ok((size, piece, padded))
 }
@@ -242,12 +281,20 @@ pub fn commands(batch: &Batch, cfg: &DealConfig) -> DealCommands {
     let mut propose = vec![
         boost,
         "offline-deal".into(),
-        format!("--provider={}", cfg.provider.clone().unwrap_or_else(|| "<PROVIDER_ID>".into())),
+        format!(
+            "--provider={}",
+            cfg.provider
+                .clone()
+                .unwrap_or_else(|| "<PROVIDER_ID>".into())
+        ),
         format!("--commp={}", batch.piece_cid),
         format!("--car-size={}", batch.car_size),
         format!("--piece-size={}", batch.padded_size),
         format!("--payload-cid={}", batch.payload_cid),
-        format!("--storage-price={}", cfg.storage_price.clone().unwrap_or_else(|| "0".into())),
+        format!(
+            "--storage-price={}",
+            cfg.storage_price.clone().unwrap_or_else(|| "0".into())
+        ),
         format!("--duration={}", cfg.duration.unwrap_or(518_400)),
         format!("--verified={}", cfg.verified),
     ];
@@ -257,10 +304,17 @@ pub fn commands(batch: &Batch, cfg: &DealConfig) -> DealCommands {
     let import = vec![
         boostd,
         "import-data".into(),
-        batch.deal_uuid.clone().unwrap_or_else(|| "<DEAL_UUID>".into()),
+        batch
+            .deal_uuid
+            .clone()
+            .unwrap_or_else(|| "<DEAL_UUID>".into()),
         batch.car_path.display().to_string(),
     ];
-    DealCommands { manifest: batch.clone(), boost: propose, boostd: import }
+    DealCommands {
+        manifest: batch.clone(),
+        boost: propose,
+        boostd: import,
+    }
 }
 
 /// Moves a batch to `state` (recording the deal UUID or error when given).
@@ -273,7 +327,11 @@ pub fn set_state(
 ) -> Result<Batch, DealError> {
     let mut batch = get(store, id)?;
     if batch.state != state && !batch.state.can_move_to(state) {
-        return Err(DealError::BadTransition { id: id.into(), from: batch.state, to: state });
+        return Err(DealError::BadTransition {
+            id: id.into(),
+            from: batch.state,
+            to: state,
+        });
     }
     batch.state = state;
     if deal_uuid.is_some() {
@@ -289,11 +347,12 @@ pub fn set_state(
 
 /// Finds a deal UUID (8-4-4-4-12 hex) in command output.
 pub fn find_uuid(text: &str) -> Option<String> {
-    text.split(|c: char| !(c.is_ascii_hexdigit() || c == '-')).find_map(|tok| {
-        let parts: Vec<&str> = tok.split('-').collect();
-        let lens: Vec<usize> = parts.iter().map(|p| p.len()).collect();
-        (lens == [8, 4, 4, 4, 12]).then(|| tok.to_ascii_lowercase())
-    })
+    text.split(|c: char| !(c.is_ascii_hexdigit() || c == '-'))
+        .find_map(|tok| {
+            let parts: Vec<&str> = tok.split('-').collect();
+            let lens: Vec<usize> = parts.iter().map(|p| p.len()).collect();
+            (lens == [8, 4, 4, 4, 12]).then(|| tok.to_ascii_lowercase())
+        })
 }
 
 fn run_cmd(argv: &[String]) -> Result<String, DealError> {
@@ -301,10 +360,20 @@ fn run_cmd(argv: &[String]) -> Result<String, DealError> {
     let out = Command::new(&argv[0])
         .args(&argv[1..])
         .output()
-        .map_err(|e| DealError::Command { cmd: cmd.clone(), detail: e.to_string() })?;
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        .map_err(|e| DealError::Command {
+            cmd: cmd.clone(),
+            detail: e.to_string(),
+        })?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     if !out.status.success() {
-        return Err(DealError::Command { cmd, detail: text.trim().to_string() });
+        return Err(DealError::Command {
+            cmd,
+            detail: text.trim().to_string(),
+        });
     }
     Ok(text)
 }
@@ -352,7 +421,10 @@ mod tests {
     #[test]
     fn uuid_is_found() {
         let out = "sent deal proposal\n  deal uuid: 9e68fb16-ff9a-488e-ad0a-1289b512d176\n  storage provider: f01000";
-        assert_eq!(find_uuid(out).as_deref(), Some("9e68fb16-ff9a-488e-ad0a-1289b512d176"));
+        assert_eq!(
+            find_uuid(out).as_deref(),
+            Some("9e68fb16-ff9a-488e-ad0a-1289b512d176")
+        );
         assert_eq!(find_uuid("nothing here"), None);
     }
 

@@ -26,18 +26,12 @@ pub const RAW: u64 = 0x55;
 pub const SHA2_256: u64 = 0x12;
 
 /// How to build the DAG; mirrors `ipfs add --cid-version N --raw-leaves`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AddOptions {
     /// 0 (Kubo's default) or 1.
     pub cid_version: u8,
     /// `None` follows Kubo: raw leaves exactly when `cid_version` is 1.
     pub raw_leaves: Option<bool>,
-}
-
-impl Default for AddOptions {
-    fn default() -> Self {
-        AddOptions { cid_version: 0, raw_leaves: None }
-    }
 }
 
 impl AddOptions {
@@ -131,7 +125,11 @@ pub fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
 }
 
 /// Imports `reader` as a UnixFS file, handing each block to `sink`.
-pub fn import(reader: &mut impl Read, opts: &AddOptions, sink: &mut impl BlockSink) -> Result<Imported, StoreError> {
+pub fn import(
+    reader: &mut impl Read,
+    opts: &AddOptions,
+    sink: &mut impl BlockSink,
+) -> Result<Imported, StoreError> {
     opts.validate()?;
     let raw_leaves = opts.raw_leaves();
     let version = opts.cid_version;
@@ -142,7 +140,8 @@ pub fn import(reader: &mut impl Read, opts: &AddOptions, sink: &mut impl BlockSi
     let mut blocks: u64 = 0;
     let mut first = true;
     loop {
-        let n = read_full(reader, &mut buf).map_err(|e| StoreError::io("reading the input file", e))?;
+        let n =
+            read_full(reader, &mut buf).map_err(|e| StoreError::io("reading the input file", e))?;
         if n == 0 && !first {
             break;
         }
@@ -153,7 +152,11 @@ pub fn import(reader: &mut impl Read, opts: &AddOptions, sink: &mut impl BlockSi
             if sink.wants_bytes() {
                 sink.put(&cid, chunk)?;
             }
-            Child { cid, tsize: n as u64, filesize: n as u64 }
+            Child {
+                cid,
+                tsize: n as u64,
+                filesize: n as u64,
+            }
         } else {
             let header = pb::leaf_header(n);
             let trailer = pb::leaf_trailer(n);
@@ -172,7 +175,11 @@ pub fn import(reader: &mut impl Read, opts: &AddOptions, sink: &mut impl BlockSi
                 h.update(&trailer);
                 make_cid(version, DAG_PB, &h.finalize())
             };
-            Child { cid, tsize: (header.len() + n + trailer.len()) as u64, filesize: n as u64 }
+            Child {
+                cid,
+                tsize: (header.len() + n + trailer.len()) as u64,
+                filesize: n as u64,
+            }
         };
         blocks += 1;
         total += n as u64;
@@ -189,7 +196,12 @@ pub fn import(reader: &mut impl Read, opts: &AddOptions, sink: &mut impl BlockSi
         let pending = std::mem::take(&mut levels[level]);
         if pending.len() == 1 && !above {
             let root = &pending[0];
-            return Ok(Imported { cid: root.cid, size: total, dag_size: root.tsize, blocks });
+            return Ok(Imported {
+                cid: root.cid,
+                size: total,
+                dag_size: root.tsize,
+                blocks,
+            });
         }
         if !pending.is_empty() {
             let node = build_node(&pending, version, sink, &mut blocks)?;
@@ -221,18 +233,33 @@ fn push(
     Ok(())
 }
 
-fn build_node(children: &[Child], version: u8, sink: &mut impl BlockSink, blocks: &mut u64) -> Result<Child, StoreError> {
+fn build_node(
+    children: &[Child],
+    version: u8,
+    sink: &mut impl BlockSink,
+    blocks: &mut u64,
+) -> Result<Child, StoreError> {
     let filesize: u64 = children.iter().map(|c| c.filesize).sum();
     let sizes: Vec<u64> = children.iter().map(|c| c.filesize).collect();
     let data = pb::encode_unixfs(UNIXFS_FILE, None, Some(filesize), &sizes);
-    let links: Vec<PbLink> =
-        children.iter().map(|c| PbLink { cid: c.cid, name: String::new(), tsize: c.tsize }).collect();
+    let links: Vec<PbLink> = children
+        .iter()
+        .map(|c| PbLink {
+            cid: c.cid,
+            name: String::new(),
+            tsize: c.tsize,
+        })
+        .collect();
     let bytes = pb::encode_node(&links, Some(&data));
     let cid = block_cid(version, DAG_PB, &bytes);
     sink.put(&cid, &bytes)?;
     *blocks += 1;
     let tsize = bytes.len() as u64 + children.iter().map(|c| c.tsize).sum::<u64>();
-    Ok(Child { cid, tsize, filesize })
+    Ok(Child {
+        cid,
+        tsize,
+        filesize,
+    })
 }
 
 /// Computes the CID `ipfs add` would give, storing nothing.
@@ -245,19 +272,37 @@ mod tests {
     use super::*;
 
     fn cid_of(data: &[u8], v: u8, raw: Option<bool>) -> String {
-        compute_cid(&mut &data[..], &AddOptions { cid_version: v, raw_leaves: raw }).unwrap().cid.to_string()
+        compute_cid(
+            &mut &data[..],
+            &AddOptions {
+                cid_version: v,
+                raw_leaves: raw,
+            },
+        )
+        .unwrap()
+        .cid
+        .to_string()
     }
 
     #[test]
     fn empty_file_matches_kubo() {
-        assert_eq!(cid_of(b"", 0, None), "QmbFMke1KXqnYyBBWxB74N4c5SBnJMVAiMNRcGu6x1AwQH");
-        assert_eq!(cid_of(b"", 1, None), "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku");
+        assert_eq!(
+            cid_of(b"", 0, None),
+            "QmbFMke1KXqnYyBBWxB74N4c5SBnJMVAiMNRcGu6x1AwQH"
+        );
+        assert_eq!(
+            cid_of(b"", 1, None),
+            "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"
+        );
     }
 
     #[test]
     fn hello_world_matches_kubo() {
         // `echo "hello world" | ipfs add` (a well-known CID).
-        assert_eq!(cid_of(b"hello world\n", 0, None), "QmT78zSuBmuS4z925WZfrqQ1qHaJ56DQaTfyMUF7F8ff5o");
+        assert_eq!(
+            cid_of(b"hello world\n", 0, None),
+            "QmT78zSuBmuS4z925WZfrqQ1qHaJ56DQaTfyMUF7F8ff5o"
+        );
     }
 
     #[test]
@@ -269,8 +314,16 @@ mod tests {
                 Ok(())
             }
         }
-        let data: Vec<u8> = (0..(CHUNK_SIZE * 3 + 5)).map(|i| (i * 31 % 251) as u8).collect();
-        for opts in [AddOptions::default(), AddOptions { cid_version: 1, raw_leaves: None }] {
+        let data: Vec<u8> = (0..(CHUNK_SIZE * 3 + 5))
+            .map(|i| (i * 31 % 251) as u8)
+            .collect();
+        for opts in [
+            AddOptions::default(),
+            AddOptions {
+                cid_version: 1,
+                raw_leaves: None,
+            },
+        ] {
             let mut keep = Keep(Vec::new());
             let a = import(&mut &data[..], &opts, &mut keep).unwrap();
             let b = compute_cid(&mut &data[..], &opts).unwrap();

@@ -22,16 +22,28 @@ pub enum KuboError {
     BadUrl(String),
     #[error("IPFS node at {url} is unreachable ({detail}); is the daemon running? Data stays in the local store and queued")]
     Unreachable { url: String, detail: String },
-    #[error("IPFS node at {url} did not answer {endpoint} within {timeout:?}; it may be overloaded")]
-    Timeout { url: String, endpoint: String, timeout: Duration },
+    #[error(
+        "IPFS node at {url} did not answer {endpoint} within {timeout:?}; it may be overloaded"
+    )]
+    Timeout {
+        url: String,
+        endpoint: String,
+        timeout: Duration,
+    },
     #[error("{cid} was not found by the IPFS node within {timeout:?} (unknown CID, or no provider reachable)")]
     NotFound { cid: Cid, timeout: Duration },
     #[error("IPFS node refused {endpoint} (HTTP {status}): {message}")]
-    Api { endpoint: String, status: u16, message: String },
-    #[error("IPFS node answered {endpoint} with something that is not Kubo's RPC format: {detail}")]
+    Api {
+        endpoint: String,
+        status: u16,
+        message: String,
+    },
+    #[error(
+        "IPFS node answered {endpoint} with something that is not Kubo's RPC format: {detail}"
+    )]
     BadResponse { endpoint: String, detail: String },
     #[error("CID mismatch: comine computed {local} but the IPFS node stored {remote}; check that the node uses the default chunker and the same --cid-version/--raw-leaves")]
-    CidMismatch { local: Cid, remote: Cid },
+    CidMismatch { local: String, remote: String },
     #[error("reading the data to upload: {0}")]
     Source(String),
 }
@@ -75,14 +87,25 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 pub fn api_base_url(api: &str) -> Result<String, KuboError> {
     let api = api.trim();
     if api.starts_with("http://") || api.starts_with("https://") {
-        let base = api.trim_end_matches('/').trim_end_matches("/api/v0").to_string();
-        return reqwest::Url::parse(&base).map(|_| base).map_err(|_| KuboError::BadUrl(api.to_string()));
+        let base = api
+            .trim_end_matches('/')
+            .trim_end_matches("/api/v0")
+            .to_string();
+        return reqwest::Url::parse(&base)
+            .map(|_| base)
+            .map_err(|_| KuboError::BadUrl(api.to_string()));
     }
     if api.starts_with('/') {
         let parts: Vec<&str> = api.split('/').filter(|p| !p.is_empty()).collect();
         if let [proto, host, "tcp", port, rest @ ..] = parts.as_slice() {
-            let port: u16 = port.parse().map_err(|_| KuboError::BadUrl(api.to_string()))?;
-            let scheme = if rest.contains(&"https") { "https" } else { "http" };
+            let port: u16 = port
+                .parse()
+                .map_err(|_| KuboError::BadUrl(api.to_string()))?;
+            let scheme = if rest.contains(&"https") {
+                "https"
+            } else {
+                "http"
+            };
             let host = match *proto {
                 "ip4" | "dns" | "dns4" | "dns6" => host.to_string(),
                 "ip6" => format!("[{host}]"),
@@ -112,12 +135,24 @@ fn as_u64(v: &Value) -> Option<u64> {
 }
 
 fn cid_field(v: &Value, key: &str, endpoint: &str) -> Result<Cid, KuboError> {
-    let bad = |detail: String| KuboError::BadResponse { endpoint: endpoint.to_string(), detail };
+    let bad = |detail: String| KuboError::BadResponse {
+        endpoint: endpoint.to_string(),
+        detail,
+    };
     let raw = match v.get(key) {
         Some(Value::String(s)) => s.clone(),
         // dag-json style {"/": "bafy…"}
-        Some(Value::Object(o)) => o.get("/").and_then(Value::as_str).unwrap_or_default().to_string(),
-        _ => return Err(bad(format!("no '{key}' field in {}", snippet(&v.to_string())))),
+        Some(Value::Object(o)) => o
+            .get("/")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string(),
+        _ => {
+            return Err(bad(format!(
+                "no '{key}' field in {}",
+                snippet(&v.to_string())
+            )))
+        }
     };
     Cid::try_from(raw.as_str()).map_err(|e| bad(format!("'{key}' is not a CID ({e}): {raw}")))
 }
@@ -152,7 +187,9 @@ fn reader_stream(
             }
         }
     });
-    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) })
+    futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    })
 }
 
 impl KuboClient {
@@ -163,7 +200,11 @@ impl KuboClient {
             .connect_timeout(Duration::from_secs(5))
             .build()
             .map_err(|e| KuboError::BadUrl(format!("{api}: {e}")))?;
-        Ok(KuboClient { base, http, timeout })
+        Ok(KuboClient {
+            base,
+            http,
+            timeout,
+        })
     }
 
     pub fn base_url(&self) -> &str {
@@ -180,11 +221,21 @@ impl KuboClient {
 
     fn map_send_error(&self, endpoint: &str, e: reqwest::Error, timeout: Duration) -> KuboError {
         if e.is_timeout() {
-            KuboError::Timeout { url: self.base.clone(), endpoint: endpoint.to_string(), timeout }
+            KuboError::Timeout {
+                url: self.base.clone(),
+                endpoint: endpoint.to_string(),
+                timeout,
+            }
         } else if e.is_connect() || e.is_request() {
-            KuboError::Unreachable { url: self.base.clone(), detail: e.to_string() }
+            KuboError::Unreachable {
+                url: self.base.clone(),
+                detail: e.to_string(),
+            }
         } else {
-            KuboError::BadResponse { endpoint: endpoint.to_string(), detail: e.to_string() }
+            KuboError::BadResponse {
+                endpoint: endpoint.to_string(),
+                detail: e.to_string(),
+            }
         }
     }
 
@@ -204,9 +255,14 @@ impl KuboClient {
         let resp = match req.send().await {
             Ok(r) => r,
             Err(e) if e.is_timeout() && cid.is_some() => {
-                return Err(KuboError::NotFound { cid: *cid.unwrap_or(&Cid::default()), timeout: self.timeout })
+                return Err(KuboError::NotFound {
+                    cid: *cid.unwrap_or(&Cid::default()),
+                    timeout: self.timeout,
+                })
             }
-            Err(e) => return Err(self.map_send_error(endpoint, e, http_timeout.unwrap_or(self.timeout))),
+            Err(e) => {
+                return Err(self.map_send_error(endpoint, e, http_timeout.unwrap_or(self.timeout)))
+            }
         };
         if resp.status().is_success() {
             return Ok(resp);
@@ -219,21 +275,35 @@ impl KuboClient {
             .unwrap_or_else(|| snippet(&body));
         if let Some(cid) = cid {
             let m = message.to_ascii_lowercase();
-            if ["not found", "timeout", "deadline", "timed out", "aborted", "could not find"]
-                .iter()
-                .any(|k| m.contains(k))
+            if [
+                "not found",
+                "timeout",
+                "deadline",
+                "timed out",
+                "aborted",
+                "could not find",
+            ]
+            .iter()
+            .any(|k| m.contains(k))
             {
-                return Err(KuboError::NotFound { cid: *cid, timeout: self.timeout });
+                return Err(KuboError::NotFound {
+                    cid: *cid,
+                    timeout: self.timeout,
+                });
             }
         }
-        Err(KuboError::Api { endpoint: endpoint.to_string(), status, message })
+        Err(KuboError::Api {
+            endpoint: endpoint.to_string(),
+            status,
+            message,
+        })
     }
 
     async fn json(&self, endpoint: &str, resp: reqwest::Response) -> Result<Value, KuboError> {
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| KuboError::BadResponse { endpoint: endpoint.to_string(), detail: e.to_string() })?;
+        let body = resp.bytes().await.map_err(|e| KuboError::BadResponse {
+            endpoint: endpoint.to_string(),
+            detail: e.to_string(),
+        })?;
         serde_json::from_slice(&body).map_err(|e| KuboError::BadResponse {
             endpoint: endpoint.to_string(),
             detail: format!("{e}: {}", snippet(&String::from_utf8_lossy(&body))),
@@ -241,7 +311,10 @@ impl KuboClient {
     }
 
     fn read_query(&self, cid: &Cid) -> Vec<(&'static str, String)> {
-        vec![("arg", cid.to_string()), ("timeout", go_duration(self.timeout))]
+        vec![
+            ("arg", cid.to_string()),
+            ("timeout", go_duration(self.timeout)),
+        ]
     }
 
     /// The HTTP deadline for reads: the node's own timeout plus slack to deliver its answer.
@@ -251,18 +324,29 @@ impl KuboClient {
 
     /// `add`: uploads `reader` as one file with Kubo's default chunker and the given CID
     /// options, pinned. The reader runs on a blocking thread.
-    pub async fn add(&self, reader: Box<dyn Read + Send>, name: &str, opts: &AddOptions) -> Result<KuboAdded, KuboError> {
+    pub async fn add(
+        &self,
+        reader: Box<dyn Read + Send>,
+        name: &str,
+        opts: &AddOptions,
+    ) -> Result<KuboAdded, KuboError> {
         let endpoint = "add";
         let boundary = format!("comine-{:016x}", rand_u64());
-        let safe_name: String = name.chars().filter(|c| !matches!(c, '"' | '\r' | '\n' | '/')).collect();
+        let safe_name: String = name
+            .chars()
+            .filter(|c| !matches!(c, '"' | '\r' | '\n' | '/'))
+            .collect();
         let head = format!(
             "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{}\"\r\nContent-Type: application/octet-stream\r\n\r\n",
             if safe_name.is_empty() { "file" } else { &safe_name }
         );
         let tail = format!("\r\n--{boundary}--\r\n");
-        let body = futures_util::stream::once(async move { Ok::<_, std::io::Error>(Bytes::from(head)) })
-            .chain(reader_stream(reader))
-            .chain(futures_util::stream::once(async move { Ok(Bytes::from(tail)) }));
+        let body =
+            futures_util::stream::once(async move { Ok::<_, std::io::Error>(Bytes::from(head)) })
+                .chain(reader_stream(reader))
+                .chain(futures_util::stream::once(
+                    async move { Ok(Bytes::from(tail)) },
+                ));
         let query = [
             ("cid-version", opts.cid_version.to_string()),
             ("raw-leaves", opts.raw_leaves().to_string()),
@@ -275,7 +359,10 @@ impl KuboClient {
             .http
             .post(self.url(endpoint))
             .query(&query)
-            .header("Content-Type", format!("multipart/form-data; boundary={boundary}"))
+            .header(
+                "Content-Type",
+                format!("multipart/form-data; boundary={boundary}"),
+            )
             .body(reqwest::Body::wrap_stream(body))
             .send()
             .await
@@ -287,12 +374,16 @@ impl KuboClient {
                 .ok()
                 .and_then(|v| v.get("Message").and_then(Value::as_str).map(str::to_string))
                 .unwrap_or_else(|| snippet(&body));
-            return Err(KuboError::Api { endpoint: endpoint.into(), status, message });
+            return Err(KuboError::Api {
+                endpoint: endpoint.into(),
+                status,
+                message,
+            });
         }
-        let text = resp
-            .text()
-            .await
-            .map_err(|e| KuboError::BadResponse { endpoint: endpoint.into(), detail: e.to_string() })?;
+        let text = resp.text().await.map_err(|e| KuboError::BadResponse {
+            endpoint: endpoint.into(),
+            detail: e.to_string(),
+        })?;
         // NDJSON: one object per line; the last one with a Hash is the root.
         let mut last = None;
         for line in text.lines().filter(|l| !l.trim().is_empty()) {
@@ -301,7 +392,11 @@ impl KuboClient {
                 detail: format!("{e}: {}", snippet(line)),
             })?;
             if let Some(msg) = v.get("Message").and_then(Value::as_str) {
-                return Err(KuboError::Api { endpoint: endpoint.into(), status: 200, message: msg.to_string() });
+                return Err(KuboError::Api {
+                    endpoint: endpoint.into(),
+                    status: 200,
+                    message: msg.to_string(),
+                });
             }
             if v.get("Hash").is_some() {
                 last = Some(v);
@@ -326,16 +421,24 @@ impl KuboClient {
     ) -> Result<KuboAdded, KuboError> {
         let added = self.add(reader, name, opts).await?;
         if !same_cid(&added.cid, expected) {
-            return Err(KuboError::CidMismatch { local: *expected, remote: added.cid });
+            return Err(KuboError::CidMismatch {
+                local: expected.to_string(),
+                remote: added.cid.to_string(),
+            });
         }
         Ok(added)
     }
 
     /// `cat`: streams the file's bytes.
-    pub async fn cat(&self, cid: &Cid) -> Result<impl Stream<Item = Result<Bytes, KuboError>>, KuboError> {
+    pub async fn cat(
+        &self,
+        cid: &Cid,
+    ) -> Result<impl Stream<Item = Result<Bytes, KuboError>>, KuboError> {
         // No overall HTTP deadline on the body (files can be large); the node's `timeout`
         // bounds finding the blocks.
-        let resp = self.call("cat", &self.read_query(cid), Some(cid), None).await?;
+        let resp = self
+            .call("cat", &self.read_query(cid), Some(cid), None)
+            .await?;
         let cid = *cid;
         let timeout = self.timeout;
         Ok(resp.bytes_stream().map(move |r| {
@@ -343,7 +446,10 @@ impl KuboClient {
                 if e.is_timeout() {
                     KuboError::NotFound { cid, timeout }
                 } else {
-                    KuboError::BadResponse { endpoint: "cat".into(), detail: e.to_string() }
+                    KuboError::BadResponse {
+                        endpoint: "cat".into(),
+                        detail: e.to_string(),
+                    }
                 }
             })
         }))
@@ -361,15 +467,31 @@ impl KuboClient {
 
     /// `pin/add` (recursive).
     pub async fn pin_add(&self, cid: &Cid) -> Result<(), KuboError> {
-        let resp = self.call("pin/add", &self.read_query(cid), Some(cid), Some(self.read_deadline())).await?;
+        let resp = self
+            .call(
+                "pin/add",
+                &self.read_query(cid),
+                Some(cid),
+                Some(self.read_deadline()),
+            )
+            .await?;
         let v = self.json("pin/add", resp).await?;
-        let pins = v.get("Pins").and_then(Value::as_array).ok_or_else(|| KuboError::BadResponse {
-            endpoint: "pin/add".into(),
-            detail: format!("no Pins list: {}", snippet(&v.to_string())),
-        })?;
-        let ok = pins.iter().filter_map(Value::as_str).any(|p| Cid::try_from(p).is_ok_and(|c| same_cid(&c, cid)));
+        let pins =
+            v.get("Pins")
+                .and_then(Value::as_array)
+                .ok_or_else(|| KuboError::BadResponse {
+                    endpoint: "pin/add".into(),
+                    detail: format!("no Pins list: {}", snippet(&v.to_string())),
+                })?;
+        let ok = pins
+            .iter()
+            .filter_map(Value::as_str)
+            .any(|p| Cid::try_from(p).is_ok_and(|c| same_cid(&c, cid)));
         if !ok {
-            return Err(KuboError::BadResponse { endpoint: "pin/add".into(), detail: format!("{cid} not in {pins:?}") });
+            return Err(KuboError::BadResponse {
+                endpoint: "pin/add".into(),
+                detail: format!("{cid} not in {pins:?}"),
+            });
         }
         Ok(())
     }
@@ -378,19 +500,24 @@ impl KuboClient {
     pub async fn pin_ls(&self, cid: &Cid) -> Result<bool, KuboError> {
         let mut q = self.read_query(cid);
         q.push(("type", "all".into()));
-        let resp = match self.call("pin/ls", &q, None, Some(self.read_deadline())).await {
+        let resp = match self
+            .call("pin/ls", &q, None, Some(self.read_deadline()))
+            .await
+        {
             Ok(r) => r,
-            Err(KuboError::Api { message, .. }) if message.to_ascii_lowercase().contains("not pinned") => {
+            Err(KuboError::Api { message, .. })
+                if message.to_ascii_lowercase().contains("not pinned") =>
+            {
                 return Ok(false)
             }
             Err(e) => return Err(e),
         };
         // Kubo answers {"Keys": {cid: {"Type": …}}}; js-ipfs (stream=true style) may answer
         // NDJSON lines {"Cid": cid, "Type": …}. Accept both.
-        let text = resp
-            .text()
-            .await
-            .map_err(|e| KuboError::BadResponse { endpoint: "pin/ls".into(), detail: e.to_string() })?;
+        let text = resp.text().await.map_err(|e| KuboError::BadResponse {
+            endpoint: "pin/ls".into(),
+            detail: e.to_string(),
+        })?;
         let mut found = false;
         let mut parsed_any = false;
         for line in text.lines().filter(|l| !l.trim().is_empty()) {
@@ -400,57 +527,96 @@ impl KuboClient {
             })?;
             if let Some(keys) = v.get("Keys").and_then(Value::as_object) {
                 parsed_any = true;
-                found |= keys.keys().any(|k| Cid::try_from(k.as_str()).is_ok_and(|c| same_cid(&c, cid)));
+                found |= keys
+                    .keys()
+                    .any(|k| Cid::try_from(k.as_str()).is_ok_and(|c| same_cid(&c, cid)));
             } else if v.get("Cid").is_some() {
                 parsed_any = true;
                 found |= cid_field(&v, "Cid", "pin/ls").is_ok_and(|c| same_cid(&c, cid));
             }
         }
         if !parsed_any {
-            return Err(KuboError::BadResponse { endpoint: "pin/ls".into(), detail: snippet(&text) });
+            return Err(KuboError::BadResponse {
+                endpoint: "pin/ls".into(),
+                detail: snippet(&text),
+            });
         }
         Ok(found)
     }
 
     /// `block/stat`.
     pub async fn block_stat(&self, cid: &Cid) -> Result<BlockStat, KuboError> {
-        let resp = self.call("block/stat", &self.read_query(cid), Some(cid), Some(self.read_deadline())).await?;
+        let resp = self
+            .call(
+                "block/stat",
+                &self.read_query(cid),
+                Some(cid),
+                Some(self.read_deadline()),
+            )
+            .await?;
         let v = self.json("block/stat", resp).await?;
         let key = cid_field(&v, "Key", "block/stat")?;
-        let size = v.get("Size").and_then(as_u64).ok_or_else(|| KuboError::BadResponse {
-            endpoint: "block/stat".into(),
-            detail: format!("no numeric Size: {}", snippet(&v.to_string())),
-        })?;
+        let size = v
+            .get("Size")
+            .and_then(as_u64)
+            .ok_or_else(|| KuboError::BadResponse {
+                endpoint: "block/stat".into(),
+                detail: format!("no numeric Size: {}", snippet(&v.to_string())),
+            })?;
         Ok(BlockStat { cid: key, size })
     }
 
     /// `id`.
     pub async fn id(&self) -> Result<NodeId, KuboError> {
-        let resp = self.call("id", &[("timeout", go_duration(self.timeout))], None, Some(self.read_deadline())).await?;
+        let resp = self
+            .call(
+                "id",
+                &[("timeout", go_duration(self.timeout))],
+                None,
+                Some(self.read_deadline()),
+            )
+            .await?;
         let v = self.json("id", resp).await?;
-        let id = v.get("ID").and_then(Value::as_str).ok_or_else(|| KuboError::BadResponse {
-            endpoint: "id".into(),
-            detail: format!("no ID field: {}", snippet(&v.to_string())),
-        })?;
+        let id = v
+            .get("ID")
+            .and_then(Value::as_str)
+            .ok_or_else(|| KuboError::BadResponse {
+                endpoint: "id".into(),
+                detail: format!("no ID field: {}", snippet(&v.to_string())),
+            })?;
         Ok(NodeId {
             id: id.to_string(),
-            agent_version: v.get("AgentVersion").and_then(Value::as_str).unwrap_or_default().to_string(),
+            agent_version: v
+                .get("AgentVersion")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
             addresses: v
                 .get("Addresses")
                 .and_then(Value::as_array)
-                .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(Value::as_str)
+                        .map(str::to_string)
+                        .collect()
+                })
                 .unwrap_or_default(),
         })
     }
 
     /// `version`: the node's version string.
     pub async fn version(&self) -> Result<String, KuboError> {
-        let resp = self.call("version", &[], None, Some(self.read_deadline())).await?;
+        let resp = self
+            .call("version", &[], None, Some(self.read_deadline()))
+            .await?;
         let v = self.json("version", resp).await?;
-        v.get("Version").and_then(Value::as_str).map(str::to_string).ok_or_else(|| KuboError::BadResponse {
-            endpoint: "version".into(),
-            detail: format!("no Version field: {}", snippet(&v.to_string())),
-        })
+        v.get("Version")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .ok_or_else(|| KuboError::BadResponse {
+                endpoint: "version".into(),
+                detail: format!("no Version field: {}", snippet(&v.to_string())),
+            })
     }
 }
 
@@ -463,7 +629,12 @@ pub fn same_cid(a: &Cid, b: &Cid) -> bool {
 fn rand_u64() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
     h.finish()
 }
 
@@ -473,19 +644,41 @@ mod tests {
 
     #[test]
     fn api_addresses() {
-        assert_eq!(api_base_url("/ip4/127.0.0.1/tcp/5001").unwrap(), "http://127.0.0.1:5001");
-        assert_eq!(api_base_url("/ip4/127.0.0.1/tcp/5001/http").unwrap(), "http://127.0.0.1:5001");
-        assert_eq!(api_base_url("http://127.0.0.1:5001/").unwrap(), "http://127.0.0.1:5001");
-        assert_eq!(api_base_url("127.0.0.1:5001").unwrap(), "http://127.0.0.1:5001");
-        assert_eq!(api_base_url("/ip6/::1/tcp/5001").unwrap(), "http://[::1]:5001");
+        assert_eq!(
+            api_base_url("/ip4/127.0.0.1/tcp/5001").unwrap(),
+            "http://127.0.0.1:5001"
+        );
+        assert_eq!(
+            api_base_url("/ip4/127.0.0.1/tcp/5001/http").unwrap(),
+            "http://127.0.0.1:5001"
+        );
+        assert_eq!(
+            api_base_url("http://127.0.0.1:5001/").unwrap(),
+            "http://127.0.0.1:5001"
+        );
+        assert_eq!(
+            api_base_url("127.0.0.1:5001").unwrap(),
+            "http://127.0.0.1:5001"
+        );
+        assert_eq!(
+            api_base_url("/ip6/::1/tcp/5001").unwrap(),
+            "http://[::1]:5001"
+        );
         assert!(api_base_url("nonsense").is_err());
         assert!(api_base_url("/ip4/1.2.3.4/udp/5").is_err());
     }
 
     #[test]
     fn cids_compare_across_bases() {
-        let b32: Cid = "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku".parse().unwrap();
-        let b36 = Cid::try_from(b32.to_string_of_base(cid::multibase::Base::Base36Lower).unwrap().as_str()).unwrap();
+        let b32: Cid = "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"
+            .parse()
+            .unwrap();
+        let b36 = Cid::try_from(
+            b32.to_string_of_base(cid::multibase::Base::Base36Lower)
+                .unwrap()
+                .as_str(),
+        )
+        .unwrap();
         assert!(same_cid(&b32, &b36));
         assert_eq!(as_u64(&Value::String("12".into())), Some(12));
         assert_eq!(as_u64(&serde_json::json!(12)), Some(12));

@@ -22,7 +22,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use cid::Cid;
 use sha2::{Digest, Sha256};
 
-pub use importer::{compute_cid, AddOptions, Imported, CHUNK_SIZE, DAG_PB, MAX_LINKS, RAW, SHA2_256};
+pub use importer::{
+    compute_cid, AddOptions, Imported, CHUNK_SIZE, DAG_PB, MAX_LINKS, RAW, SHA2_256,
+};
 pub use kubo::{KuboClient, KuboError};
 
 use pb::{UNIXFS_DIRECTORY, UNIXFS_FILE, UNIXFS_RAW};
@@ -70,16 +72,24 @@ fn sled_hint(e: &sled::Error) -> &'static str {
 
 impl StoreError {
     pub fn io(context: impl Into<String>, source: io::Error) -> StoreError {
-        StoreError::Io { context: context.into(), source }
+        StoreError::Io {
+            context: context.into(),
+            source,
+        }
     }
 }
 
 /// Parses a CID in any multibase (CIDv0 base58 or CIDv1 base32/base36/...).
 pub fn parse_cid(input: &str) -> Result<Cid, StoreError> {
     let trimmed = input.trim().trim_start_matches("/ipfs/");
-    Cid::try_from(trimmed)
-        .map_err(|e| StoreError::BadCid { input: input.to_string(), reason: e.to_string() })
+    Cid::try_from(trimmed).map_err(|e| StoreError::BadCid {
+        input: input.to_string(),
+        reason: e.to_string(),
+    })
 }
+
+/// Callback of [`Store::walk`]: sees each verified block once.
+pub type BlockVisitor<'a> = dyn FnMut(&Cid, &[u8]) -> Result<(), StoreError> + 'a;
 
 /// Result of adding a file to the embedded store.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -111,7 +121,10 @@ pub struct PinInfo {
 }
 
 pub(crate) fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// The embedded blockstore with its pin set, push queue and deal batches.
@@ -138,7 +151,9 @@ struct StoreSink<'a> {
 impl StoreSink<'_> {
     fn flush(&mut self) -> Result<(), StoreError> {
         if self.dirty {
-            self.store.blocks.apply_batch(std::mem::take(&mut self.batch))?;
+            self.store
+                .blocks
+                .apply_batch(std::mem::take(&mut self.batch))?;
             self.pending = 0;
             self.dirty = false;
         }
@@ -162,8 +177,9 @@ impl Store {
     /// Opens (or creates) the store under `<data_dir>/store/`.
     pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
         let dir = data_dir.join("store");
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| StoreError::io(format!("creating the store directory {}", dir.display()), e))?;
+        std::fs::create_dir_all(&dir).map_err(|e| {
+            StoreError::io(format!("creating the store directory {}", dir.display()), e)
+        })?;
         let db = sled::Config::new().path(dir.join("db")).open().map_err(|e| match e {
             sled::Error::Io(io) if io.kind() == io::ErrorKind::WouldBlock || io.raw_os_error() == Some(libc::EAGAIN) => {
                 StoreError::io(
@@ -190,8 +206,9 @@ impl Store {
 
     /// Imports a file, stores its blocks and pins the root.
     pub fn add_file(&self, path: &Path, opts: &AddOptions) -> Result<AddResult, StoreError> {
-        let file = std::fs::File::open(path)
-            .map_err(|e| StoreError::io(format!("opening {} (check the path)", path.display()), e))?;
+        let file = std::fs::File::open(path).map_err(|e| {
+            StoreError::io(format!("opening {} (check the path)", path.display()), e)
+        })?;
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
         self.add_reader(io::BufReader::with_capacity(CHUNK_SIZE, file), opts, name)
     }
@@ -202,8 +219,18 @@ impl Store {
     }
 
     /// Imports any reader, stores its blocks and pins the root.
-    pub fn add_reader(&self, mut reader: impl Read, opts: &AddOptions, name: Option<String>) -> Result<AddResult, StoreError> {
-        let mut sink = StoreSink { store: self, batch: sled::Batch::default(), pending: 0, dirty: false };
+    pub fn add_reader(
+        &self,
+        mut reader: impl Read,
+        opts: &AddOptions,
+        name: Option<String>,
+    ) -> Result<AddResult, StoreError> {
+        let mut sink = StoreSink {
+            store: self,
+            batch: sled::Batch::default(),
+            pending: 0,
+            dirty: false,
+        };
         let imported = importer::import(&mut reader, opts, &mut sink)?;
         sink.flush()?;
         let info = PinInfo {
@@ -216,11 +243,17 @@ impl Store {
         self.put_pin(&imported.cid, &info)?;
         // Durable before we report success: a crash after this loses nothing.
         self.db.flush()?;
-        Ok(AddResult { cid: imported.cid, size: imported.size, dag_size: imported.dag_size, blocks: imported.blocks })
+        Ok(AddResult {
+            cid: imported.cid,
+            size: imported.size,
+            dag_size: imported.dag_size,
+            blocks: imported.blocks,
+        })
     }
 
     fn put_pin(&self, cid: &Cid, info: &PinInfo) -> Result<(), StoreError> {
-        let value = serde_json::to_vec(info).map_err(|e| StoreError::io("encoding pin", e.into()))?;
+        let value =
+            serde_json::to_vec(info).map_err(|e| StoreError::io("encoding pin", e.into()))?;
         self.pins.insert(cid.to_bytes(), value)?;
         Ok(())
     }
@@ -231,8 +264,17 @@ impl Store {
             return Ok(info);
         }
         let (size, dag_size) = self.walk(cid, &mut |_, _| Ok(()))?;
-        let options = AddOptions { cid_version: cid.version() as u8, raw_leaves: None };
-        let info = PinInfo { size, dag_size, options, pinned_at: now_secs(), name: None };
+        let options = AddOptions {
+            cid_version: cid.version() as u8,
+            raw_leaves: None,
+        };
+        let info = PinInfo {
+            size,
+            dag_size,
+            options,
+            pinned_at: now_secs(),
+            name: None,
+        };
         self.put_pin(cid, &info)?;
         self.db.flush()?;
         Ok(info)
@@ -255,7 +297,9 @@ impl Store {
         let mut out = Vec::new();
         for item in self.pins.iter() {
             let (k, v) = item?;
-            if let (Ok(cid), Ok(info)) = (Cid::try_from(&k[..]), serde_json::from_slice::<PinInfo>(&v)) {
+            if let (Ok(cid), Ok(info)) =
+                (Cid::try_from(&k[..]), serde_json::from_slice::<PinInfo>(&v))
+            {
                 out.push((cid, info));
             }
         }
@@ -271,9 +315,15 @@ impl Store {
     /// Reads a block and verifies it against its hash; a corrupt block is an error, never data.
     pub fn get_block(&self, cid: &Cid) -> Result<sled::IVec, StoreError> {
         if cid.hash().code() != SHA2_256 {
-            return Err(StoreError::Unsupported { cid: *cid, reason: "only sha2-256 multihashes are stored".into() });
+            return Err(StoreError::Unsupported {
+                cid: *cid,
+                reason: "only sha2-256 multihashes are stored".into(),
+            });
         }
-        let block = self.blocks.get(cid.hash().to_bytes())?.ok_or(StoreError::NotFound { cid: *cid })?;
+        let block = self
+            .blocks
+            .get(cid.hash().to_bytes())?
+            .ok_or(StoreError::NotFound { cid: *cid })?;
         if Sha256::digest(&block).as_slice() != cid.hash().digest() {
             tracing::error!(%cid, "corrupt block in the embedded store");
             return Err(StoreError::Corrupt { cid: *cid });
@@ -283,7 +333,8 @@ impl Store {
 
     /// Stores a block after checking it hashes to `cid` (for imports from CAR/Kubo).
     pub fn put_block(&self, cid: &Cid, block: &[u8]) -> Result<(), StoreError> {
-        if cid.hash().code() != SHA2_256 || Sha256::digest(block).as_slice() != cid.hash().digest() {
+        if cid.hash().code() != SHA2_256 || Sha256::digest(block).as_slice() != cid.hash().digest()
+        {
             return Err(StoreError::Corrupt { cid: *cid });
         }
         self.blocks.insert(cid.hash().to_bytes(), block)?;
@@ -294,7 +345,12 @@ impl Store {
     pub fn cat(&self, cid: &Cid) -> Result<CatReader, StoreError> {
         // Fail early on a missing or corrupt root rather than on the first read.
         self.get_block(cid)?;
-        Ok(CatReader { store: self.clone(), stack: vec![*cid], buf: Vec::new(), pos: 0 })
+        Ok(CatReader {
+            store: self.clone(),
+            stack: vec![*cid],
+            buf: Vec::new(),
+            pos: 0,
+        })
     }
 
     /// Depth-first pre-order walk of the DAG under `root`, calling `visit` once per distinct
@@ -302,7 +358,7 @@ impl Store {
     pub fn walk(
         &self,
         root: &Cid,
-        visit: &mut dyn FnMut(&Cid, &[u8]) -> Result<(), StoreError>,
+        visit: &mut BlockVisitor<'_>,
     ) -> Result<(u64, u64), StoreError> {
         let mut seen = std::collections::HashSet::new();
         let mut stack = vec![*root];
@@ -317,7 +373,8 @@ impl Store {
             match cid.codec() {
                 RAW => size += block.len() as u64,
                 DAG_PB => {
-                    let node = pb::decode_node(&block).map_err(|source| StoreError::BadBlock { cid, source })?;
+                    let node = pb::decode_node(&block)
+                        .map_err(|source| StoreError::BadBlock { cid, source })?;
                     if let Some(data) = &node.data {
                         if let Ok(fs) = pb::decode_unixfs(data) {
                             size += fs.data.map_or(0, |d| d.len() as u64);
@@ -326,7 +383,10 @@ impl Store {
                     stack.extend(node.links.iter().rev().map(|l| l.cid));
                 }
                 other => {
-                    return Err(StoreError::Unsupported { cid, reason: format!("codec 0x{other:x} is not dag-pb or raw") })
+                    return Err(StoreError::Unsupported {
+                        cid,
+                        reason: format!("codec 0x{other:x} is not dag-pb or raw"),
+                    })
                 }
             }
         }
@@ -341,8 +401,14 @@ impl Store {
     /// Builds a UnixFS directory node linking `entries` (name, root), stores it, and returns
     /// its CID. Deal batches use it to give one payload root to several renditions.
     pub fn put_directory(&self, entries: &[(String, Cid, u64)]) -> Result<Cid, StoreError> {
-        let mut links: Vec<pb::PbLink> =
-            entries.iter().map(|(n, c, t)| pb::PbLink { cid: *c, name: n.clone(), tsize: *t }).collect();
+        let mut links: Vec<pb::PbLink> = entries
+            .iter()
+            .map(|(n, c, t)| pb::PbLink {
+                cid: *c,
+                name: n.clone(),
+                tsize: *t,
+            })
+            .collect();
         links.sort_by(|a, b| a.name.cmp(&b.name));
         let data = pb::encode_unixfs(UNIXFS_DIRECTORY, None, None, &[]);
         let bytes = pb::encode_node(&links, Some(&data));
@@ -385,10 +451,17 @@ impl CatReader {
                     return Ok(true);
                 }
                 DAG_PB => {
-                    let node = pb::decode_node(&block).map_err(|source| StoreError::BadBlock { cid, source })?;
+                    let node = pb::decode_node(&block)
+                        .map_err(|source| StoreError::BadBlock { cid, source })?;
                     let fs = match &node.data {
-                        Some(d) => pb::decode_unixfs(d).map_err(|source| StoreError::BadBlock { cid, source })?,
-                        None => return Err(StoreError::BadBlock { cid, source: pb::PbError("dag-pb node without UnixFS data") }),
+                        Some(d) => pb::decode_unixfs(d)
+                            .map_err(|source| StoreError::BadBlock { cid, source })?,
+                        None => {
+                            return Err(StoreError::BadBlock {
+                                cid,
+                                source: pb::PbError("dag-pb node without UnixFS data"),
+                            })
+                        }
                     };
                     if fs.kind != UNIXFS_FILE && fs.kind != UNIXFS_RAW {
                         return Err(StoreError::NotAFile { cid });
@@ -400,7 +473,10 @@ impl CatReader {
                     }
                 }
                 other => {
-                    return Err(StoreError::Unsupported { cid, reason: format!("codec 0x{other:x} is not dag-pb or raw") })
+                    return Err(StoreError::Unsupported {
+                        cid,
+                        reason: format!("codec 0x{other:x} is not dag-pb or raw"),
+                    })
                 }
             }
         }

@@ -71,7 +71,12 @@ fn put_varint_field(out: &mut Vec<u8>, field: u64, v: u64) {
 }
 
 /// Encodes a UnixFS `Data` message (fields in tag order, as gogo-protobuf writes them).
-pub fn encode_unixfs(kind: u64, data: Option<&[u8]>, filesize: Option<u64>, blocksizes: &[u64]) -> Vec<u8> {
+pub fn encode_unixfs(
+    kind: u64,
+    data: Option<&[u8]>,
+    filesize: Option<u64>,
+    blocksizes: &[u64],
+) -> Vec<u8> {
     let mut out = Vec::with_capacity(8 + data.map_or(0, |d| d.len() + 5) + blocksizes.len() * 4);
     put_varint_field(&mut out, 1, kind);
     if let Some(d) = data {
@@ -156,8 +161,14 @@ impl<'a> Reader<'a> {
     }
     fn bytes(&mut self) -> Result<&'a [u8], PbError> {
         let len = usize::try_from(self.varint()?).map_err(|_| PbError("length overflow"))?;
-        let end = self.pos.checked_add(len).ok_or(PbError("length overflow"))?;
-        let out = self.buf.get(self.pos..end).ok_or(PbError("truncated field"))?;
+        let end = self
+            .pos
+            .checked_add(len)
+            .ok_or(PbError("length overflow"))?;
+        let out = self
+            .buf
+            .get(self.pos..end)
+            .ok_or(PbError("truncated field"))?;
         self.pos = end;
         Ok(out)
     }
@@ -200,13 +211,19 @@ fn decode_link(buf: &[u8]) -> Result<PbLink, PbError> {
     while !r.done() {
         let key = r.varint()?;
         match (key >> 3, key & 7) {
-            (1, 2) => cid = Some(Cid::try_from(r.bytes()?).map_err(|_| PbError("bad CID in link"))?),
+            (1, 2) => {
+                cid = Some(Cid::try_from(r.bytes()?).map_err(|_| PbError("bad CID in link"))?)
+            }
             (2, 2) => name = String::from_utf8_lossy(r.bytes()?).into_owned(),
             (3, 0) => tsize = r.varint()?,
             (_, wire) => r.skip(wire)?,
         }
     }
-    Ok(PbLink { cid: cid.ok_or(PbError("link without hash"))?, name, tsize })
+    Ok(PbLink {
+        cid: cid.ok_or(PbError("link without hash"))?,
+        name,
+        tsize,
+    })
 }
 
 /// Decodes a UnixFS `Data` message.
@@ -223,7 +240,10 @@ pub fn decode_unixfs(buf: &[u8]) -> Result<UnixFs, PbError> {
             (4, 2) => {
                 // Packed encoding: accept it too (some writers use it).
                 let packed = r.bytes()?;
-                let mut pr = Reader { buf: packed, pos: 0 };
+                let mut pr = Reader {
+                    buf: packed,
+                    pos: 0,
+                };
                 while !pr.done() {
                     fs.blocksizes.push(pr.varint()?);
                 }
@@ -244,7 +264,12 @@ mod tests {
             let chunk = vec![7u8; len];
             let full = encode_node(
                 &[],
-                Some(&encode_unixfs(UNIXFS_FILE, (len > 0).then_some(&chunk[..]), Some(len as u64), &[])),
+                Some(&encode_unixfs(
+                    UNIXFS_FILE,
+                    (len > 0).then_some(&chunk[..]),
+                    Some(len as u64),
+                    &[],
+                )),
             );
             let mut pieced = leaf_header(len);
             pieced.extend_from_slice(&chunk);
@@ -260,7 +285,12 @@ mod tests {
 
     #[test]
     fn garbage_is_an_error_not_a_panic() {
-        for bad in [&[0x12u8, 0xff][..], &[0x0a, 0x05, 0x01], &[0xff; 12], &[0x0b]] {
+        for bad in [
+            &[0x12u8, 0xff][..],
+            &[0x0a, 0x05, 0x01],
+            &[0xff; 12],
+            &[0x0b],
+        ] {
             let _ = decode_node(bad);
             let _ = decode_unixfs(bad);
         }

@@ -57,7 +57,10 @@ impl Store {
         let mut out = Vec::new();
         for item in self.queue.iter() {
             let (k, v) = item?;
-            if let (Ok(cid), Ok(entry)) = (Cid::try_from(&k[..]), serde_json::from_slice::<QueueEntry>(&v)) {
+            if let (Ok(cid), Ok(entry)) = (
+                Cid::try_from(&k[..]),
+                serde_json::from_slice::<QueueEntry>(&v),
+            ) {
                 out.push((cid, entry));
             }
         }
@@ -73,14 +76,21 @@ impl Store {
 
     /// Records a failed push attempt (backoff grows with the attempts).
     pub fn record_push_failure(&self, cid: &Cid, error: &str) -> Result<(), StoreError> {
-        let Some(v) = self.queue.get(cid.to_bytes())? else { return Ok(()) };
+        let Some(v) = self.queue.get(cid.to_bytes())? else {
+            return Ok(());
+        };
         match serde_json::from_slice::<QueueEntry>(&v) {
             Ok(entry) => self.record_failure(cid, entry, error),
             Err(_) => Ok(()),
         }
     }
 
-    fn record_failure(&self, cid: &Cid, mut entry: QueueEntry, error: &str) -> Result<(), StoreError> {
+    fn record_failure(
+        &self,
+        cid: &Cid,
+        mut entry: QueueEntry,
+        error: &str,
+    ) -> Result<(), StoreError> {
         entry.attempts = entry.attempts.saturating_add(1);
         entry.last_error = Some(error.to_string());
         entry.next_attempt_at = now_secs() + backoff_secs(entry.attempts);
@@ -94,10 +104,17 @@ fn encode(entry: &QueueEntry) -> Result<Vec<u8>, StoreError> {
 }
 
 /// Pushes one locally stored root to the node, verifying the node's CID and pin.
-pub async fn push_one(store: &Store, client: &KuboClient, cid: &Cid, opts: &AddOptions) -> Result<(), PushError> {
+pub async fn push_one(
+    store: &Store,
+    client: &KuboClient,
+    cid: &Cid,
+    opts: &AddOptions,
+) -> Result<(), PushError> {
     let reader = store.cat(cid)?;
     let name = cid.to_string();
-    client.add_verified(Box::new(reader), &name, opts, cid).await?;
+    client
+        .add_verified(Box::new(reader), &name, opts, cid)
+        .await?;
     if !client.pin_ls(cid).await? {
         client.pin_add(cid).await?;
     }
@@ -115,7 +132,11 @@ pub enum PushError {
 
 /// One pass over the queue: pushes every entry that is due (all of them with `force`).
 /// Successful entries leave the queue; failures stay with backoff and their last error.
-pub async fn push_pending(store: &Store, client: &KuboClient, force: bool) -> Result<PushReport, StoreError> {
+pub async fn push_pending(
+    store: &Store,
+    client: &KuboClient,
+    force: bool,
+) -> Result<PushReport, StoreError> {
     let mut report = PushReport::default();
     let now = now_secs();
     for (cid, entry) in store.queued()? {
