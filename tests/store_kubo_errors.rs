@@ -75,6 +75,20 @@ fn silent_node_times_out() {
     assert!(matches!(err, KuboError::NotFound { .. }), "{err}");
     let err = rt.block_on(c.version()).unwrap_err();
     assert!(matches!(err, KuboError::Timeout { .. }), "{err}");
+    // The push path is bounded too: the rendition stays queued.
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let added = store
+        .add_bytes(&common::data(3000, 4), &AddOptions::default())
+        .unwrap();
+    store
+        .enqueue_push(&added.cid, &AddOptions::default())
+        .unwrap();
+    let report = rt
+        .block_on(comine::store::queue::push_pending(&store, &c, true))
+        .unwrap();
+    assert_eq!(report.failed.len(), 1, "{report:?}");
+    assert_eq!(store.queued().unwrap().len(), 1);
 }
 
 #[test]

@@ -170,7 +170,16 @@ fn node_down_queues_and_a_restart_loses_nothing() {
         );
         added.cid
     }; // store dropped: "restart"
-    let store = Store::open(dir.path()).unwrap();
+       // The upload's reader thread may still hold its store handle for a moment after the
+       // failed push (sled allows one open per process); a real restart has no such thread.
+    let store = (0..50)
+        .find_map(|_| {
+            Store::open(dir.path()).ok().or_else(|| {
+                std::thread::sleep(Duration::from_millis(100));
+                None
+            })
+        })
+        .expect("store reopens after the restart");
     let queued = store.queued().unwrap();
     assert_eq!(queued.len(), 1);
     assert_eq!(queued[0].0, cid);

@@ -198,6 +198,9 @@ impl KuboClient {
         let base = api_base_url(api)?;
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
+            // A node that stops sending (hung on a missing block, overloaded) is cut off
+            // between chunks too, not only before the first byte.
+            .read_timeout(timeout + Duration::from_secs(5))
             .build()
             .map_err(|e| KuboError::BadUrl(format!("{api}: {e}")))?;
         Ok(KuboClient {

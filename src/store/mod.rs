@@ -499,3 +499,18 @@ impl Read for CatReader {
         Ok(n)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_disk_errors_say_so() {
+        let e = StoreError::io("writing the CAR", io::Error::from_raw_os_error(libc::ENOSPC));
+        assert!(e.to_string().contains("disk is full"), "{e}");
+        let e = StoreError::from(sled::Error::Io(io::Error::from_raw_os_error(libc::ENOSPC)));
+        assert!(e.to_string().contains("disk is full"), "{e}");
+        let e = StoreError::io("x", io::Error::from_raw_os_error(libc::ENOENT));
+        assert!(!e.to_string().contains("disk is full"));
+    }
+}

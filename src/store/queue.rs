@@ -4,10 +4,16 @@
 //! a sled tree, so a crash or restart at any point loses nothing: the next `push_pending` (the
 //! daemon calls it periodically; `comine store push` calls it once) retries with backoff.
 
+use std::time::Duration;
+
 use cid::Cid;
+use tokio_util::sync::CancellationToken;
 
 use super::kubo::{KuboClient, KuboError};
 use super::{now_secs, AddOptions, Store, StoreError};
+
+/// Slowest upload we wait for (bytes/s) before queueing the rendition for later.
+pub const MIN_UPLOAD_RATE: u64 = 1 << 20;
 
 /// One queued rendition.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -112,9 +118,20 @@ pub async fn push_one(
 ) -> Result<(), PushError> {
     let reader = store.cat(cid)?;
     let name = cid.to_string();
-    client
-        .add_verified(Box::new(reader), &name, opts, cid)
-        .await?;
+    // A node that accepts the connection but stops reading would block the upload forever:
+    // bound it by the read timeout plus the size at MIN_UPLOAD_RATE.
+    let size = store.pin_info(cid)?.map_or(0, |p| p.dag_size);
+    let deadline = client.timeout() + Duration::from_secs(size / MIN_UPLOAD_RATE);
+    match tokio::time::timeout(deadline, client.add_verified(Box::new(reader), &name, opts, cid)).await {
+        Ok(result) => result?,
+        Err(_) => {
+            return Err(PushError::Node(KuboError::Timeout {
+                url: client.base_url().to_string(),
+                endpoint: "add".into(),
+                timeout: deadline,
+            }))
+        }
+    };
     if !client.pin_ls(cid).await? {
         client.pin_add(cid).await?;
     }
@@ -165,4 +182,19 @@ pub async fn push_pending(
         }
     }
     Ok(report)
+}
+
+/// Background pusher for the daemon: a `push_pending` pass every `interval` until `cancel`.
+pub async fn run_pusher(store: Store, client: KuboClient, interval: Duration, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = push_pending(&store, &client, false).await {
+            tracing::warn!(error = %e, "push queue pass failed");
+        }
+    }
 }
