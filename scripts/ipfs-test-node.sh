@@ -7,6 +7,7 @@
 #   scripts/ipfs-test-node.sh env       # prints: export COMINE_TEST_IPFS_API=http://127.0.0.1:PORT
 #   scripts/ipfs-test-node.sh stop      # kills that PID, removes the temp repo
 #   scripts/ipfs-test-node.sh cli ARGS  # runs jsipfs against the running node's repo (benchmarks)
+#   scripts/ipfs-test-node.sh run CMD…  # install + start, run CMD with the env exported, stop; exits with CMD's status
 #
 # Typical test run:
 #   scripts/ipfs-test-node.sh install && scripts/ipfs-test-node.sh start
@@ -128,11 +129,23 @@ cli() {
   IPFS_PATH="$(cat "$RUN/repo")" exec "$JSIPFS" --api "$(cat "$RUN/api")" "$@"
 }
 
+run_cmd() {
+  [[ $# -gt 0 ]] || die "usage: $0 run COMMAND [ARGS…]"
+  install
+  start
+  trap stop EXIT
+  eval "$(env_cmd)"
+  local rc=0
+  "$@" || rc=$?
+  exit "$rc"
+}
+
 case "${1:-}" in
   install) install ;;
   start) start ;;
   stop) stop ;;
   env) env_cmd ;;
   cli) shift; cli "$@" ;;
-  *) die "usage: $0 install|start|stop|env|cli ARGS" ;;
+  run) shift; run_cmd "$@" ;;
+  *) die "usage: $0 install|start|stop|env|cli ARGS|run CMD" ;;
 esac
