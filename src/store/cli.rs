@@ -386,9 +386,15 @@ fn cat(args: &Args, cid: &str, backend: Backend) -> anyhow::Result<ExitCode> {
             let mut reader = store.cat(&cid)?;
             io::copy(&mut reader, &mut out)
                 .map(|_| ())
-                .map_err(|e| match e.into_inner() {
-                    Some(inner) => anyhow::anyhow!(inner.to_string()),
-                    None => anyhow::anyhow!("writing to stdout"),
+                .map_err(|e| {
+                    if e.kind() == io::ErrorKind::BrokenPipe {
+                        return anyhow::Error::from(e);
+                    }
+                    // Store errors (corrupt, missing block) travel inside the io::Error.
+                    match e.into_inner() {
+                        Some(inner) => anyhow::anyhow!(inner.to_string()),
+                        None => anyhow::anyhow!("writing to stdout"),
+                    }
                 })
         }
         Backend::Kubo => {
