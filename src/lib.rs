@@ -1,7 +1,7 @@
 //! comine: a co-mining appliance for Filecoin storage providers.
 //!
 //! The modules follow one segment's trip through the daemon:
-//! intake → scheduler → [`transcode`] → store → ledger, with `bench` on top.
+//! intake → scheduler → [`transcode`] → [`store`] → ledger, with `bench` on top.
 //! `docs/architecture.md` says what each module owns.
 
 pub mod gpu;
@@ -9,4 +9,5 @@ pub mod logging;
 pub mod paths;
 pub mod sched;
 pub mod seal;
+pub mod store;
 pub mod transcode;

@@ -35,6 +35,8 @@ enum Command {
     Transcode(comine::transcode::cli::Args),
     /// GPU telemetry (NVML, host CPU fallback, or simulated devices).
     Gpu(comine::gpu::cli::Args),
+    /// Content-addressed storage: IPFS-identical CIDs, Kubo push, CAR, piece CID, deals.
+    Store(Box<comine::store::cli::Args>),
 }
 
 fn main() -> ExitCode {
@@ -49,6 +51,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Transcode(args) => comine::transcode::cli::run(args),
         Command::Gpu(args) => comine::gpu::cli::run(args),
+        Command::Store(args) => comine::store::cli::run(*args),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,600 @@
+//! `comine store ...`: add, cat, car, commp, the Kubo push queue and deal batches.
+
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args as ClapArgs, Subcommand, ValueEnum};
+use futures_util::StreamExt;
+use serde_json::json;
+
+use super::deals::{self, BatchState, DealConfig};
+use super::kubo::{KuboClient, KuboError};
+use super::queue::{self, PushError};
+use super::{commp, parse_cid, AddOptions, Store};
+
+#[derive(ClapArgs, Debug)]
+pub struct Args {
+    /// comine's data directory (the store lives in <DIR>/store).
+    #[arg(long, global = true, env = "COMINE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Kubo RPC API address (URL or multiaddr), used with `--backend kubo`, `push` and `node`.
+    #[arg(
+        long,
+        global = true,
+        env = "COMINE_IPFS_API",
+        default_value = "http://127.0.0.1:5001"
+    )]
+    pub api: String,
+    /// Seconds to wait for the IPFS node on reads (sent as Kubo's `timeout` option too).
+    #[arg(long, global = true, default_value_t = 30)]
+    pub timeout: u64,
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Backend {
+    /// Embedded blockstore only.
+    Local,
+    /// Embedded blockstore, then pushed to the Kubo node (queued while it is unreachable).
+    Kubo,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Import a file as a UnixFS DAG (Kubo-identical CIDs), store and pin it.
+    Add {
+        file: PathBuf,
+        /// CID version: 0 (default, like Kubo) or 1 (implies raw leaves, like Kubo).
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=1))]
+        cid_version: u8,
+        /// Raw leaves (default: on with --cid-version 1, off with 0). `--raw-leaves=false` forces off.
+        #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+        raw_leaves: Option<bool>,
+        #[arg(long, value_enum, default_value_t = Backend::Local)]
+        backend: Backend,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stream a stored file to stdout (every block verified).
+    Cat {
+        cid: String,
+        /// Read from the embedded store (default) or from the Kubo node.
+        #[arg(long, value_enum, default_value_t = Backend::Local)]
+        backend: Backend,
+    },
+    /// Write a CAR v1 of the whole DAG.
+    Car {
+        cid: String,
+        /// Output file (`-` for stdout). Written to FILE.partial, then renamed.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Piece CID (CommP) of a file, as a Filecoin deal would see it.
+    Commp {
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Pinned roots in the embedded store.
+    Pins {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Renditions waiting for the Kubo node.
+    Queue {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Push every queued rendition to the Kubo node now.
+    Push {
+        #[arg(long)]
+        json: bool,
+    },
+    /// The Kubo node's id and version.
+    Node {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Filecoin deal batches (Boost offline deals).
+    #[command(subcommand)]
+    Deal(DealCmd),
+}
+
+#[derive(ClapArgs, Debug, Clone)]
+pub struct DealOpts {
+    /// Storage provider actor (f0…); a placeholder is printed when unset.
+    #[arg(long, env = "COMINE_DEAL_PROVIDER")]
+    pub provider: Option<String>,
+    /// Client wallet for `boost offline-deal --wallet`.
+    #[arg(long, env = "COMINE_DEAL_WALLET")]
+    pub wallet: Option<String>,
+    /// Deal duration in epochs.
+    #[arg(long)]
+    pub duration: Option<u64>,
+    /// Storage price (attoFIL per epoch per GiB).
+    #[arg(long)]
+    pub storage_price: Option<String>,
+    /// Verified (DataCap) deal.
+    #[arg(long)]
+    pub verified: bool,
+    /// Path of the `boost` binary (default: `boost` on PATH).
+    #[arg(long, env = "COMINE_BOOST_BIN")]
+    pub boost_bin: Option<String>,
+    /// Path of `boostd`; when set, `deal run` also imports the CAR on this machine.
+    #[arg(long, env = "COMINE_BOOSTD_BIN")]
+    pub boostd_bin: Option<String>,
+}
+
+impl From<&DealOpts> for DealConfig {
+    fn from(o: &DealOpts) -> Self {
+        DealConfig {
+            provider: o.provider.clone(),
+            wallet: o.wallet.clone(),
+            duration: o.duration,
+            storage_price: o.storage_price.clone(),
+            verified: o.verified,
+            boost_bin: o.boost_bin.clone(),
+            boostd_bin: o.boostd_bin.clone(),
+        }
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DealCmd {
+    /// Pack stored renditions not yet in a batch into CAR files with piece CIDs.
+    Pack {
+        /// Largest CAR per batch, in bytes.
+        #[arg(long, default_value_t = deals::DEFAULT_MAX_SIZE)]
+        max_size: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Batches and their states.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Manifest and exact `boost offline-deal` / `boostd import-data` commands for a batch.
+    Commands {
+        batch: String,
+        #[command(flatten)]
+        opts: DealOpts,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the Boost commands for a ready batch (needs --provider).
+    Run {
+        batch: String,
+        #[command(flatten)]
+        opts: DealOpts,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Record a state change made outside comine (e.g. `active` once the sector is proven).
+    Mark {
+        batch: String,
+        #[arg(value_enum)]
+        state: BatchState,
+        #[arg(long)]
+        deal_uuid: Option<String>,
+        #[arg(long)]
+        error: Option<String>,
+    },
+}
+
+fn open_store(args: &Args) -> anyhow::Result<Store> {
+    let dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(crate::paths::default_data_dir);
+    Store::open(&dir).with_context(|| format!("opening the store in {}", dir.display()))
+}
+
+fn client(args: &Args) -> anyhow::Result<KuboClient> {
+    Ok(KuboClient::new(
+        &args.api,
+        Duration::from_secs(args.timeout.max(1)),
+    )?)
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {
+    let mut out = io::stdout().lock();
+    serde_json::to_writer(&mut out, v)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    match &args.command {
+        Cmd::Add {
+            file,
+            cid_version,
+            raw_leaves,
+            backend,
+            json,
+        } => {
+            let opts = AddOptions {
+                cid_version: *cid_version,
+                raw_leaves: *raw_leaves,
+            };
+            add(&args, file, &opts, *backend, *json)
+        }
+        Cmd::Cat { cid, backend } => cat(&args, cid, *backend),
+        Cmd::Car { cid, out } => car(&args, cid, out),
+        Cmd::Commp { file, json } => {
+            let f = std::fs::File::open(file)
+                .with_context(|| format!("opening {} (check the path)", file.display()))?;
+            let (piece, padded, payload) =
+                commp::piece_cid(io::BufReader::with_capacity(1 << 20, f))
+                    .with_context(|| format!("reading {}", file.display()))?;
+            if *json {
+                print_json(
+                    &json!({"piece_cid": piece.to_string(), "padded_size": padded, "payload_size": payload}),
+                )?;
+            } else {
+                println!("{piece} padded_size={padded} payload_size={payload}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Pins { json } => {
+            let store = open_store(&args)?;
+            let pins = store.pins()?;
+            if *json {
+                let v: Vec<_> = pins
+                    .iter()
+                    .map(|(c, i)| json!({"cid": c.to_string(), "info": i}))
+                    .collect();
+                print_json(&v)?;
+            } else {
+                for (cid, info) in pins {
+                    println!("{cid} {} {}", info.size, info.name.unwrap_or_default());
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Queue { json } => {
+            let store = open_store(&args)?;
+            let queued = store.queued()?;
+            if *json {
+                let v: Vec<_> = queued
+                    .iter()
+                    .map(|(c, e)| json!({"cid": c.to_string(), "entry": e}))
+                    .collect();
+                print_json(&v)?;
+            } else {
+                for (cid, e) in queued {
+                    println!(
+                        "{cid} attempts={} last_error={}",
+                        e.attempts,
+                        e.last_error.unwrap_or_default()
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Push { json } => {
+            let store = open_store(&args)?;
+            let client = client(&args)?;
+            let report = runtime()?.block_on(queue::push_pending(&store, &client, true))?;
+            if *json {
+                print_json(&report)?;
+            } else {
+                println!(
+                    "pushed {} failed {} remaining {}",
+                    report.pushed.len(),
+                    report.failed.len(),
+                    report.remaining
+                );
+            }
+            Ok(if report.failed.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Cmd::Node { json } => {
+            let client = client(&args)?;
+            let (id, version) = runtime()?.block_on(async {
+                Ok::<_, KuboError>((client.id().await?, client.version().await?))
+            })?;
+            if *json {
+                print_json(&json!({"id": id, "version": version, "api": client.base_url()}))?;
+            } else {
+                println!("{} {} {}", id.id, version, id.agent_version);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Deal(cmd) => deal(&args, cmd),
+    }
+}
+
+fn add(
+    args: &Args,
+    file: &Path,
+    opts: &AddOptions,
+    backend: Backend,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let store = open_store(args)?;
+    let added = store
+        .add_file(file, opts)
+        .with_context(|| format!("adding {}", file.display()))?;
+    let (mut pushed, mut queued, mut push_error) = (false, false, None::<String>);
+    if backend == Backend::Kubo {
+        // Queue first: if we die mid-push, the next `push` finds it.
+        store.enqueue_push(&added.cid, opts)?;
+        let client = client(args)?;
+        match runtime()?.block_on(queue::push_one(&store, &client, &added.cid, opts)) {
+            Ok(()) => {
+                store.dequeue_push(&added.cid)?;
+                pushed = true;
+            }
+            Err(PushError::Node(e @ KuboError::CidMismatch { .. })) => {
+                store.record_push_failure(&added.cid, &e.to_string())?;
+                return Err(e).context(format!(
+                    "pushing {} to {}",
+                    file.display(),
+                    client.base_url()
+                ));
+            }
+            Err(e) => {
+                tracing::warn!(cid = %added.cid, error = %e, "IPFS node not reachable; stored locally and queued for `comine store push`");
+                store.record_push_failure(&added.cid, &e.to_string())?;
+                queued = true;
+                push_error = Some(e.to_string());
+            }
+        }
+    }
+    if json {
+        print_json(&json!({
+            "cid": added.cid.to_string(),
+            "size": added.size,
+            "dag_size": added.dag_size,
+            "blocks": added.blocks,
+            "cid_version": opts.cid_version,
+            "raw_leaves": opts.raw_leaves(),
+            "backend": if backend == Backend::Kubo { "kubo" } else { "local" },
+            "pushed": pushed,
+            "queued": queued,
+            "push_error": push_error,
+        }))?;
+    } else {
+        println!("added {} {}", added.cid, file.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cat(args: &Args, cid: &str, backend: Backend) -> anyhow::Result<ExitCode> {
+    let cid = parse_cid(cid)?;
+    let stdout = io::stdout();
+    let mut out = stdout.lock();
+    let result: anyhow::Result<()> = match backend {
+        Backend::Local => {
+            let store = open_store(args)?;
+            let mut reader = store.cat(&cid)?;
+            io::copy(&mut reader, &mut out)
+                .map(|_| ())
+                .map_err(|e| {
+                    if e.kind() == io::ErrorKind::BrokenPipe {
+                        return anyhow::Error::from(e);
+                    }
+                    // Store errors (corrupt, missing block) travel inside the io::Error.
+                    match e.into_inner() {
+                        Some(inner) => anyhow::anyhow!(inner.to_string()),
+                        None => anyhow::anyhow!("writing to stdout"),
+                    }
+                })
+        }
+        Backend::Kubo => {
+            let client = client(args)?;
+            runtime()?.block_on(async {
+                let mut stream = Box::pin(client.cat(&cid).await?);
+                while let Some(chunk) = stream.next().await {
+                    out.write_all(&chunk?)?;
+                }
+                Ok(())
+            })
+        }
+    };
+    if let Err(e) = result {
+        // A closed pipe (`| head`) is not an error.
+        if e.downcast_ref::<io::Error>()
+            .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe)
+        {
+            return Ok(ExitCode::SUCCESS);
+        }
+        return Err(e).context(format!("cat {cid}"));
+    }
+    out.flush().ok();
+    Ok(ExitCode::SUCCESS)
+}
+
+fn car(args: &Args, cid: &str, out: &Path) -> anyhow::Result<ExitCode> {
+    let cid = parse_cid(cid)?;
+    let store = open_store(args)?;
+    if out == Path::new("-") {
+        let stdout = io::stdout();
+        let mut w = io::BufWriter::new(stdout.lock());
+        store.car_export(&cid, &mut w)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    // Special files (/dev/full, pipes) are written in place; regular paths via a temp + rename,
+    // so a failed export never leaves a half-written CAR under the requested name.
+    let special = std::fs::metadata(out)
+        .map(|m| !m.is_file())
+        .unwrap_or(false);
+    let target = if special {
+        out.to_path_buf()
+    } else {
+        partial_path(out)
+    };
+    let result = (|| -> anyhow::Result<u64> {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&target)
+            .with_context(|| format!("creating {}", target.display()))?;
+        let mut w = io::BufWriter::with_capacity(1 << 20, f);
+        let n = store.car_export(&cid, &mut w)?;
+        let f = w
+            .into_inner()
+            .map_err(|e| super::StoreError::io("writing the CAR", e.into_error()))?;
+        if !special {
+            f.sync_all()
+                .map_err(|e| super::StoreError::io("writing the CAR", e))?;
+        }
+        Ok(n)
+    })();
+    match result {
+        Ok(n) => {
+            if !special {
+                std::fs::rename(&target, out)
+                    .with_context(|| format!("renaming to {}", out.display()))?;
+            }
+            tracing::info!(%cid, bytes = n, out = %out.display(), "CAR written");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            if !special {
+                let _ = std::fs::remove_file(&target);
+            }
+            Err(e).context(format!("exporting {cid} to {}", out.display()))
+        }
+    }
+}
+
+fn partial_path(out: &Path) -> PathBuf {
+    let mut name = out
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    name.push(".partial");
+    out.with_file_name(name)
+}
+
+fn deal(args: &Args, cmd: &DealCmd) -> anyhow::Result<ExitCode> {
+    let store = open_store(args)?;
+    match cmd {
+        DealCmd::Pack { max_size, json } => {
+            let batches = deals::pack(&store, *max_size)?;
+            if *json {
+                print_json(&batches)?;
+            } else if batches.is_empty() {
+                println!("nothing to pack: every stored rendition is already in a batch");
+            } else {
+                for b in &batches {
+                    println!(
+                        "{} {} {} items={} car_size={} padded_size={}",
+                        b.id,
+                        b.state,
+                        b.piece_cid,
+                        b.items.len(),
+                        b.car_size,
+                        b.padded_size
+                    );
+                }
+            }
+            let failed = batches.iter().any(|b| b.state == BatchState::Failed);
+            Ok(if failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        DealCmd::List { json } => {
+            let batches = deals::list(&store)?;
+            if *json {
+                print_json(&batches)?;
+            } else {
+                for b in &batches {
+                    println!(
+                        "{} {} {} payload={} items={} {}",
+                        b.id,
+                        b.state,
+                        b.piece_cid,
+                        b.payload_cid,
+                        b.items.len(),
+                        b.error.clone().unwrap_or_default()
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        DealCmd::Commands { batch, opts, json } => {
+            let b = deals::get(&store, batch)?;
+            if b.state == BatchState::Packing || b.state == BatchState::Failed {
+                anyhow::bail!("batch {batch} is {}; only a packed batch has deal commands (run `deal pack` again)", b.state);
+            }
+            let cmds = deals::commands(&b, &DealConfig::from(opts));
+            if *json {
+                print_json(&cmds)?;
+            } else {
+                println!(
+                    "# manifest\n{}",
+                    serde_json::to_string_pretty(&cmds.manifest)?
+                );
+                println!(
+                    "# client: propose the offline deal\n{}",
+                    shell_join(&cmds.boost)
+                );
+                println!(
+                    "# provider: after shipping the CAR, import it\n{}",
+                    shell_join(&cmds.boostd)
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        DealCmd::Run { batch, opts, json } => {
+            let b = deals::run(&store, batch, &DealConfig::from(opts))?;
+            if *json {
+                print_json(&b)?;
+            } else {
+                println!(
+                    "{} {} deal_uuid={}",
+                    b.id,
+                    b.state,
+                    b.deal_uuid.unwrap_or_default()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        DealCmd::Mark {
+            batch,
+            state,
+            deal_uuid,
+            error,
+        } => {
+            let b = deals::set_state(&store, batch, *state, deal_uuid.clone(), error.clone())?;
+            println!("{} {}", b.id, b.state);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn shell_join(argv: &[String]) -> String {
+    argv.iter()
+        .map(|a| {
+            if a.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_=./:,@".contains(c))
+            {
+                a.clone()
+            } else {
+                format!("'{}'", a.replace('\'', r"'\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
