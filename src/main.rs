@@ -33,6 +33,12 @@ struct Cli {
 enum Command {
     /// Transcode one segment (or any file FFmpeg demuxes) into a rendition ladder.
     Transcode(comine::transcode::cli::Args),
+    /// Run the daemon: HTTP API, queue, workers, ledger and metrics.
+    Run(comine::daemon::cli::RunArgs),
+    /// Human summary of a running daemon (read from its API).
+    Status(comine::daemon::cli::StatusArgs),
+    /// The pixel and earnings ledger.
+    Ledger(comine::ledger::cli::Args),
 }
 
 fn main() -> ExitCode {
@@ -46,6 +52,9 @@ fn main() -> ExitCode {
     logging::init(cli.log_format, level);
     let result = match cli.command {
         Command::Transcode(args) => comine::transcode::cli::run(args),
+        Command::Run(args) => comine::daemon::cli::run(args),
+        Command::Status(args) => comine::daemon::cli::status(args),
+        Command::Ledger(args) => comine::ledger::cli::run(args),
     };
     match result {
         Ok(code) => code,
