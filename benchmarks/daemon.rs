@@ -34,9 +34,19 @@ fn rss_kib(pid: u32) -> u64 {
 fn make_segment(dir: &Path, size: &str) -> std::path::PathBuf {
     let out = dir.join("seg.ts");
     let ok = Command::new("ffmpeg")
-        .args(["-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i"])
+        .args([
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+        ])
         .arg(format!("testsrc2=size={size}:rate=30"))
-        .args(["-t", "2", "-c:v", "libx264", "-preset", "veryfast", "-g", "30", "-f", "mpegts"])
+        .args([
+            "-t", "2", "-c:v", "libx264", "-preset", "veryfast", "-g", "30", "-f", "mpegts",
+        ])
         .arg(&out)
         .status()
         .map(|s| s.success())
@@ -46,7 +56,10 @@ fn make_segment(dir: &Path, size: &str) -> std::path::PathBuf {
 }
 
 fn main() {
-    let n: usize = std::env::var("BENCH_N").ok().and_then(|v| v.parse().ok()).unwrap_or(30);
+    let n: usize = std::env::var("BENCH_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30);
     let size = std::env::var("BENCH_SIZE").unwrap_or_else(|_| "640x360".into());
     let preset = std::env::var("BENCH_PRESET").unwrap_or_else(|_| "veryfast".into());
     let tmp = tempfile::tempdir().unwrap();
@@ -74,14 +87,23 @@ fn main() {
         if let Ok(a) = std::fs::read_to_string(data.join("api.addr")) {
             break a.trim().to_string();
         }
-        assert!(start.elapsed() < Duration::from_secs(60), "daemon did not start");
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "daemon did not start"
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
     std::thread::sleep(Duration::from_secs(1));
     let idle_rss = rss_kib(child.id());
-    let token = std::fs::read_to_string(data.join("api-token")).unwrap().trim().to_string();
+    let token = std::fs::read_to_string(data.join("api-token"))
+        .unwrap()
+        .trim()
+        .to_string();
 
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let http = reqwest::Client::new();
     let profiles = Profile::parse_list(LADDER).unwrap();
     let mut direct = Vec::new();
@@ -120,7 +142,11 @@ fn main() {
         assert_eq!(resp.status(), 200);
         let v: serde_json::Value = rt.block_on(resp.json()).unwrap();
         let daemon_ms = t.elapsed().as_secs_f64() * 1000.0;
-        assert_eq!(v["encoded_pixels"].as_u64(), Some(report.encoded_pixels), "same pixels both ways");
+        assert_eq!(
+            v["encoded_pixels"].as_u64(),
+            Some(report.encoded_pixels),
+            "same pixels both ways"
+        );
         pixels = report.encoded_pixels;
         if i > 0 {
             direct.push(direct_ms);
@@ -139,8 +165,18 @@ fn main() {
     deltas.sort_by(f64::total_cmp);
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
     println!("daemon benchmark: {n} segments of {size} 2 s H.264 → {LADDER} (libx264 {preset}), {pixels} encoded pixels each");
-    println!("  engine direct      p50 {:8.1} ms  p99 {:8.1} ms  mean {:8.1} ms", pct(&direct, 0.5), pct(&direct, 0.99), mean(&direct));
-    println!("  daemon (HTTP sync) p50 {:8.1} ms  p99 {:8.1} ms  mean {:8.1} ms", pct(&daemon, 0.5), pct(&daemon, 0.99), mean(&daemon));
+    println!(
+        "  engine direct      p50 {:8.1} ms  p99 {:8.1} ms  mean {:8.1} ms",
+        pct(&direct, 0.5),
+        pct(&direct, 0.99),
+        mean(&direct)
+    );
+    println!(
+        "  daemon (HTTP sync) p50 {:8.1} ms  p99 {:8.1} ms  mean {:8.1} ms",
+        pct(&daemon, 0.5),
+        pct(&daemon, 0.99),
+        mean(&daemon)
+    );
     println!(
         "  overhead per segment: median {:.1} ms = {:.1}% of the engine's median (target < 5%); mean {:.1}%",
         pct(&deltas, 0.5),

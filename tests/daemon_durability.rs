@@ -33,7 +33,11 @@ async fn check_source(d: &Daemon, manifest: &str, ids: &[String]) {
         assert_eq!(j["encoded_pixels"].as_u64().unwrap(), PIXELS);
     }
     let st: serde_json::Value = serde_json::from_str(
-        &d.get("/v1/ledger/export?format=json").await.text().await.unwrap(),
+        &d.get("/v1/ledger/export?format=json")
+            .await
+            .text()
+            .await
+            .unwrap(),
     )
     .unwrap();
     let jobs: Vec<&serde_json::Value> = st["jobs"]
@@ -45,9 +49,15 @@ async fn check_source(d: &Daemon, manifest: &str, ids: &[String]) {
     // Exactly once: each id once in the statement, pixel totals exact.
     assert_eq!(jobs.len(), ids.len(), "{st}");
     for id in ids {
-        assert_eq!(jobs.iter().filter(|j| j["job_id"] == id.as_str()).count(), 1);
+        assert_eq!(
+            jobs.iter().filter(|j| j["job_id"] == id.as_str()).count(),
+            1
+        );
     }
-    assert_eq!(st["totals"]["encoded_pixels"].as_u64().unwrap(), PIXELS * ids.len() as u64);
+    assert_eq!(
+        st["totals"]["encoded_pixels"].as_u64().unwrap(),
+        PIXELS * ids.len() as u64
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -60,14 +70,19 @@ async fn kill_9_mid_batch_then_restart_completes_each_accepted_job_exactly_once(
     // Let some finish, then kill while others are queued or transcoding.
     d.wait_job(&ids[1]).await;
     d.kill9();
-    let spooled = std::fs::read_dir(root.path().join("data/spool")).unwrap().count();
+    let spooled = std::fs::read_dir(root.path().join("data/spool"))
+        .unwrap()
+        .count();
     assert!(spooled > 0, "the kill left accepted work behind to resume");
 
     let d = Daemon::start(root.path(), &cfg);
     check_source(&d, "k", &ids).await;
     // A resubmission after the crash is still the same job.
     let r = d
-        .submit(&format!("profiles={PROFILE}&manifest_id=k&seq=3"), seg.clone())
+        .submit(
+            &format!("profiles={PROFILE}&manifest_id=k&seq=3"),
+            seg.clone(),
+        )
         .await;
     assert_eq!(r.status(), 200);
     let v: serde_json::Value = r.json().await.unwrap();
@@ -75,7 +90,9 @@ async fn kill_9_mid_batch_then_restart_completes_each_accepted_job_exactly_once(
     let status = d.get_json("/v1/status").await;
     assert_eq!(status["jobs"]["done"], 10, "{status}");
     assert_eq!(
-        std::fs::read_dir(root.path().join("data/spool")).unwrap().count(),
+        std::fs::read_dir(root.path().join("data/spool"))
+            .unwrap()
+            .count(),
         0,
         "spool files are removed once done"
     );
@@ -109,7 +126,10 @@ async fn sigterm_checkpoints_running_jobs_and_they_resume() {
     let ids = submit_batch(&d, "t", 5, &seg).await;
     assert!(d.terminate(), "clean exit on SIGTERM:\n{}", d.log());
     assert!(d.log().contains("SIGTERM received"));
-    assert!(!d.data.join("api.addr").exists(), "api.addr is removed on clean exit");
+    assert!(
+        !d.data.join("api.addr").exists(),
+        "api.addr is removed on clean exit"
+    );
     let d = Daemon::start(root.path(), &cfg);
     check_source(&d, "t", &ids).await;
 }

@@ -11,12 +11,18 @@ const LADDER: &str = "P144p30fps16x9,P240p30fps16x9";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sync_transcode_stores_renditions_and_counts_pixels_once() {
     let root = tempfile::tempdir().unwrap();
-    let cfg = write_config(root.path(), "[ledger]\nprice_per_unit_wei = 3\npixels_per_unit = 2\n");
+    let cfg = write_config(
+        root.path(),
+        "[ledger]\nprice_per_unit_wei = 3\npixels_per_unit = 2\n",
+    );
     let mut d = Daemon::start(root.path(), &cfg);
     let seg = segment(root.path(), "a.ts", "testsrc");
 
     let r = d
-        .submit(&format!("profiles={LADDER}&manifest_id=abc&seq=7"), seg.clone())
+        .submit(
+            &format!("profiles={LADDER}&manifest_id=abc&seq=7"),
+            seg.clone(),
+        )
         .await;
     assert_eq!(r.status(), 200, "{}", d.log());
     let job: serde_json::Value = r.json().await.unwrap();
@@ -28,7 +34,10 @@ async fn sync_transcode_stores_renditions_and_counts_pixels_once() {
     let mut sum = 0u64;
     for (r, (w, h)) in renditions.iter().zip([(256u64, 144u64), (320, 180)]) {
         // 320x180 fits inside 426x240 without upscaling: it stays 320x180.
-        assert_eq!((r["width"].as_u64().unwrap(), r["height"].as_u64().unwrap()), (w, h));
+        assert_eq!(
+            (r["width"].as_u64().unwrap(), r["height"].as_u64().unwrap()),
+            (w, h)
+        );
         assert_eq!(r["frames"], 30);
         let pixels = r["pixels"].as_u64().unwrap();
         assert_eq!(pixels, w * h * 30);
@@ -50,7 +59,10 @@ async fn sync_transcode_stores_renditions_and_counts_pixels_once() {
 
     // The same (manifest_id, seq, profiles) is the same job and counts nothing.
     let again = d
-        .submit(&format!("profiles={LADDER}&manifest_id=abc&seq=7"), seg.clone())
+        .submit(
+            &format!("profiles={LADDER}&manifest_id=abc&seq=7"),
+            seg.clone(),
+        )
         .await;
     assert_eq!(again.status(), 200);
     let again: serde_json::Value = again.json().await.unwrap();
@@ -85,7 +97,10 @@ async fn sync_transcode_stores_renditions_and_counts_pixels_once() {
     );
 
     let metrics = d.get("/metrics").await.text().await.unwrap();
-    assert!(metrics.contains("comine_segments_total{result=\"ok\"} 2"), "{metrics}");
+    assert!(
+        metrics.contains("comine_segments_total{result=\"ok\"} 2"),
+        "{metrics}"
+    );
     assert!(
         metrics.contains(&format!(
             "comine_encoded_pixels_total{{profile=\"P144p30fps16x9\"}} {}",
@@ -99,13 +114,27 @@ async fn sync_transcode_stores_renditions_and_counts_pixels_once() {
     let (ok, out, err) = d.cli(&["status"]);
     assert!(ok, "{err}");
     assert!(out.contains("done 2"), "{out}");
-    let (ok, csv, err) = d.cli(&["ledger", "export", "--since", "2000-01-01", "--format", "csv"]);
+    let (ok, csv, err) = d.cli(&[
+        "ledger",
+        "export",
+        "--since",
+        "2000-01-01",
+        "--format",
+        "csv",
+    ]);
     assert!(ok, "{err}");
     assert_eq!(csv.lines().count(), 3, "{csv}");
 
     // Stopped: the export reads the ledger directly and agrees.
     assert!(d.terminate(), "clean exit on SIGTERM:\n{}", d.log());
-    let (ok, json, err) = d.cli(&["ledger", "export", "--since", "2000-01-01", "--format", "json"]);
+    let (ok, json, err) = d.cli(&[
+        "ledger",
+        "export",
+        "--since",
+        "2000-01-01",
+        "--format",
+        "json",
+    ]);
     assert!(ok, "{err}");
     let st: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(st["totals"]["segments"], 2);
@@ -125,7 +154,11 @@ async fn auth_no_token_or_wrong_token_is_401() {
     let d = Daemon::start(root.path(), &cfg);
     let mode = {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::metadata(d.data.join("api-token")).unwrap().permissions().mode() & 0o777
+        std::fs::metadata(d.data.join("api-token"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
     };
     assert_eq!(mode, 0o600);
     for path in ["/v1/status", "/v1/jobs/x", "/metrics", "/v1/renditions/x"] {
@@ -142,12 +175,21 @@ async fn auth_no_token_or_wrong_token_is_401() {
         let body: serde_json::Value = r.json().await.unwrap();
         assert_eq!(body["code"], "unauthorized");
     }
-    let r = d.http.post(d.url("/v1/transcode")).body("x").send().await.unwrap();
+    let r = d
+        .http
+        .post(d.url("/v1/transcode"))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
     let r = d.http.get(d.url("/healthz")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(d.get("/v1/status").await.status(), 200);
-    assert!(d.log().contains("api-token"), "the log says where the token is");
+    assert!(
+        d.log().contains("api-token"),
+        "the log says where the token is"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -160,28 +202,41 @@ async fn bad_input_gives_422_413_400_with_reasons_and_loses_nothing() {
 
     // Garbage: 422 with the engine's reason; the job is recorded as failed.
     let r = d
-        .submit("profiles=P144p30fps16x9", b"this is not video at all".repeat(100))
+        .submit(
+            "profiles=P144p30fps16x9",
+            b"this is not video at all".repeat(100),
+        )
         .await;
     assert_eq!(r.status(), 422);
     let e: serde_json::Value = r.json().await.unwrap();
     assert_eq!(e["code"], "bad_input");
-    assert!(e["error"].as_str().unwrap().contains("not a media file"), "{e}");
-    let failed = d.get_json(&format!("/v1/jobs/{}", e["job_id"].as_str().unwrap())).await;
+    assert!(
+        e["error"].as_str().unwrap().contains("not a media file"),
+        "{e}"
+    );
+    let failed = d
+        .get_json(&format!("/v1/jobs/{}", e["job_id"].as_str().unwrap()))
+        .await;
     assert_eq!(failed["state"], "failed");
     let r = d.submit("profiles=P144p30fps16x9", Vec::new()).await;
     assert_eq!(r.status(), 422);
 
     // Oversized: 413 (declared length and streamed without length).
-    let r = d.submit("profiles=P144p30fps16x9", vec![0u8; 300_000]).await;
+    let r = d
+        .submit("profiles=P144p30fps16x9", vec![0u8; 300_000])
+        .await;
     assert_eq!(r.status(), 413);
     let e: serde_json::Value = r.json().await.unwrap();
     assert_eq!(e["code"], "body_too_large");
-    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = (0..30).map(|_| Ok(vec![0u8; 10_000])).collect();
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        (0..30).map(|_| Ok(vec![0u8; 10_000])).collect();
     let r = d
         .http
         .post(d.url("/v1/transcode?profiles=P144p30fps16x9"))
         .bearer_auth(&d.token)
-        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(chunks)))
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
         .send()
         .await
         .unwrap();
@@ -193,7 +248,10 @@ async fn bad_input_gives_422_413_400_with_reasons_and_loses_nothing() {
     let e: serde_json::Value = r.json().await.unwrap();
     assert_eq!(e["code"], "bad_profiles");
     let msg = e["error"].as_str().unwrap();
-    assert!(msg.contains("P999p") && msg.contains("P720p30fps16x9"), "{msg}");
+    assert!(
+        msg.contains("P999p") && msg.contains("P720p30fps16x9"),
+        "{msg}"
+    );
 
     // Malformed headers: 400.
     for (name, value) in [("X-Comine-Seq", "seven"), ("X-Comine-Duration-Ms", "-5")] {

@@ -15,13 +15,17 @@ pub enum TokenError {
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot create the API token file {path}: {source}; check the data directory's permissions")]
+    #[error(
+        "cannot create the API token file {path}: {source}; check the data directory's permissions"
+    )]
     Write {
         path: String,
         #[source]
         source: std::io::Error,
     },
-    #[error("API token file {0} is empty or malformed; delete it and restart to generate a new one")]
+    #[error(
+        "API token file {0} is empty or malformed; delete it and restart to generate a new one"
+    )]
     Malformed(String),
     #[error("no system randomness for the API token: {0}")]
     Random(String),

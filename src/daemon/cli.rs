@@ -62,7 +62,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         ),
     };
     if !config.scheduler.is_empty() {
-        tracing::warn!("[scheduler] settings are not applied by this build; using fixed concurrency");
+        tracing::warn!(
+            "[scheduler] settings are not applied by this build; using fixed concurrency"
+        );
     }
     let admission: Arc<dyn Admission> = Arc::new(SemaphoreAdmission::new(config.concurrency()));
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -186,7 +188,10 @@ fn print_status(v: &serde_json::Value) {
                 );
             }
         }
-        _ => println!("devices: none reported (scheduler: {})", s("/scheduler").as_str().unwrap_or("?")),
+        _ => println!(
+            "devices: none reported (scheduler: {})",
+            s("/scheduler").as_str().unwrap_or("?")
+        ),
     }
     if let Some(sealing) = v.pointer("/sealing").and_then(|x| x.as_object()) {
         if !sealing.is_empty() {

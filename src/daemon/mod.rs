@@ -47,7 +47,9 @@ pub fn resolve_data_dir(flag: Option<PathBuf>, config: &Config) -> PathBuf {
 pub enum DaemonError {
     #[error(transparent)]
     Ledger(#[from] ledger::LedgerError),
-    #[error("cannot spool the segment to {path}: {source}; check free space in the data directory")]
+    #[error(
+        "cannot spool the segment to {path}: {source}; check free space in the data directory"
+    )]
     Spool {
         path: String,
         #[source]
@@ -343,9 +345,18 @@ impl Daemon {
         self.intake_stop.cancel();
         self.tracker.close();
         let running = self.metrics.jobs_running.get();
-        tracing::info!(running, grace_secs = grace.as_secs(), "shutting down: intake stopped, waiting for running jobs");
-        if tokio::time::timeout(grace, self.tracker.wait()).await.is_err() {
-            tracing::warn!("grace period over: checkpointing running jobs, they resume at next start");
+        tracing::info!(
+            running,
+            grace_secs = grace.as_secs(),
+            "shutting down: intake stopped, waiting for running jobs"
+        );
+        if tokio::time::timeout(grace, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "grace period over: checkpointing running jobs, they resume at next start"
+            );
             self.hard_stop.cancel();
             let _ = tokio::time::timeout(Duration::from_secs(15), self.tracker.wait()).await;
         }
@@ -354,7 +365,10 @@ impl Daemon {
         if let Err(err) = self.ledger.flush().await {
             tracing::error!(%err, "ledger flush at shutdown failed");
         }
-        tracing::info!(queued = self.queue_len(), "stopped; queued jobs resume at next start");
+        tracing::info!(
+            queued = self.queue_len(),
+            "stopped; queued jobs resume at next start"
+        );
     }
 
     fn record_latency(&self, ms: u64) {

@@ -102,9 +102,7 @@ pub fn raw_cid(digest: &[u8; 32]) -> String {
 }
 
 fn valid_cid(cid: &str) -> bool {
-    cid.len() == 59
-        && cid.starts_with("bafkrei")
-        && cid.bytes().all(|c| BASE32.contains(&c))
+    cid.len() == 59 && cid.starts_with("bafkrei") && cid.bytes().all(|c| BASE32.contains(&c))
 }
 
 impl FileStore {

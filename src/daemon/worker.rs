@@ -119,8 +119,7 @@ async fn execute(d: &Arc<Daemon>, job: JobRecord, received: Instant) -> anyhow::
                 })
                 .inc_by(r.pixels);
         }
-        m.segment_latency
-            .observe(received.elapsed().as_secs_f64());
+        m.segment_latency.observe(received.elapsed().as_secs_f64());
         if done.transcode_ms > 0 {
             m.realtime_ratio
                 .set(done.media_seconds * 1000.0 / done.transcode_ms as f64);

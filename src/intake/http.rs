@@ -61,6 +61,11 @@ impl IntoResponse for ApiError {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
+        if self.status == StatusCode::PAYLOAD_TOO_LARGE {
+            // The rest of an oversized body may be unread: do not reuse the connection.
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             resp.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -73,13 +78,19 @@ impl From<DaemonError> for ApiError {
     fn from(e: DaemonError) -> Self {
         match e {
             DaemonError::ShuttingDown => {
-                let mut err = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", e.to_string());
+                let mut err = ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "shutting_down",
+                    e.to_string(),
+                );
                 err.retry_after = Some(5);
                 err
             }
-            DaemonError::Spool { .. } => {
-                ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "spool_failed", e.to_string())
-            }
+            DaemonError::Spool { .. } => ApiError::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "spool_failed",
+                e.to_string(),
+            ),
             DaemonError::Ledger(_) => ApiError::internal(e),
         }
     }
@@ -131,7 +142,11 @@ async fn healthz() -> &'static str {
 }
 
 async fn not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route; see docs/api.md")
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such route; see docs/api.md",
+    )
 }
 
 /// Submission parameters from the query string and `X-Comine-*` headers (query wins).
@@ -175,8 +190,10 @@ fn parse_submission(
     query: Option<&str>,
     headers: &HeaderMap,
 ) -> Result<Submission, ApiError> {
-    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query.unwrap_or(""))
-        .map_err(|e| ApiError::bad_request("bad_parameter", format!("malformed query string: {e}")))?;
+    let pairs: Vec<(String, String)> =
+        serde_urlencoded::from_str(query.unwrap_or("")).map_err(|e| {
+            ApiError::bad_request("bad_parameter", format!("malformed query string: {e}"))
+        })?;
     let q = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.trim());
     for (k, _) in &pairs {
         if !matches!(
@@ -286,6 +303,34 @@ async fn drain(body: Body) {
     .await;
 }
 
+/// Collects the body up to `max` bytes. Past it, the rest is read and discarded
+/// (bounded) so the client receives the 413 rather than a reset.
+async fn read_limited(mut body: Body, max: usize) -> Result<bytes::Bytes, ApiError> {
+    const DRAIN_CAP: usize = 8 << 20;
+    let mut buf = bytes::BytesMut::new();
+    let mut over = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            ApiError::bad_request("body_read", format!("could not read the request body: {e}"))
+        })?;
+        let Some(data) = frame.data_ref() else {
+            continue;
+        };
+        if over == 0 && buf.len() + data.len() <= max {
+            buf.extend_from_slice(data);
+        } else {
+            over += data.len();
+            if over > DRAIN_CAP {
+                break;
+            }
+        }
+    }
+    if over > 0 {
+        return Err(too_large(max as u64));
+    }
+    Ok(buf.freeze())
+}
+
 fn too_large(max: u64) -> ApiError {
     ApiError::new(
         StatusCode::PAYLOAD_TOO_LARGE,
@@ -328,16 +373,7 @@ async fn transcode(
             return Err(e);
         }
     };
-    let bytes = match http_body_util::Limited::new(body, max as usize).collect().await {
-        Ok(c) => c.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large(max)),
-        Err(e) => {
-            return Err(ApiError::bad_request(
-                "body_read",
-                format!("could not read the request body: {e}"),
-            ))
-        }
-    };
+    let bytes = read_limited(body, max as usize).await?;
     if bytes.is_empty() {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -459,10 +495,16 @@ async fn rendition(State(d): Shared, Path(cid): Path<String>) -> Result<Response
                 format!("no content {cid} in the store"),
             ))
         }
-        Err(e @ StoreError::BadCid(_)) => return Err(ApiError::bad_request("bad_cid", e.to_string())),
+        Err(e @ StoreError::BadCid(_)) => {
+            return Err(ApiError::bad_request("bad_cid", e.to_string()))
+        }
         Err(e) => {
             d.metrics.store_errors.inc();
-            return Err(ApiError::new(StatusCode::BAD_GATEWAY, "store_error", e.to_string()));
+            return Err(ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "store_error",
+                e.to_string(),
+            ));
         }
     };
     let mime = d
@@ -524,15 +566,19 @@ async fn status(State(d): Shared) -> Result<Json<Value>, ApiError> {
 }
 
 async fn ledger_export(State(d): Shared, RawQuery(query): RawQuery) -> Result<Response, ApiError> {
-    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query.as_deref().unwrap_or(""))
-        .map_err(|e| ApiError::bad_request("bad_parameter", e.to_string()))?;
+    let pairs: Vec<(String, String)> =
+        serde_urlencoded::from_str(query.as_deref().unwrap_or(""))
+            .map_err(|e| ApiError::bad_request("bad_parameter", e.to_string()))?;
     let q = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
     let since = match q("since") {
         None => 0,
         Some(s) => match s.parse::<u64>() {
             Ok(secs) => secs * 1000,
             Err(_) => time::parse_date(s).ok_or_else(|| {
-                ApiError::bad_request("bad_parameter", format!("since = {s:?} is not a date (YYYY-MM-DD) or Unix seconds"))
+                ApiError::bad_request(
+                    "bad_parameter",
+                    format!("since = {s:?} is not a date (YYYY-MM-DD) or Unix seconds"),
+                )
             })?,
         },
     };
@@ -540,7 +586,10 @@ async fn ledger_export(State(d): Shared, RawQuery(query): RawQuery) -> Result<Re
         None | Some("json") => export::Format::Json,
         Some("csv") => export::Format::Csv,
         Some(other) => {
-            return Err(ApiError::bad_request("bad_parameter", format!("format {other:?}: use csv or json")))
+            return Err(ApiError::bad_request(
+                "bad_parameter",
+                format!("format {other:?}: use csv or json"),
+            ))
         }
     };
     let ledger = d.ledger.clone();
@@ -552,7 +601,11 @@ async fn ledger_export(State(d): Shared, RawQuery(query): RawQuery) -> Result<Re
         export::Format::Csv => "text/csv; charset=utf-8",
         export::Format::Json => "application/json",
     };
-    Ok(([(header::CONTENT_TYPE, ctype)], export::render(&statement, format)).into_response())
+    Ok((
+        [(header::CONTENT_TYPE, ctype)],
+        export::render(&statement, format),
+    )
+        .into_response())
 }
 
 async fn metrics(State(d): Shared) -> Response {

@@ -79,8 +79,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     };
     match args.out {
-        Some(path) => std::fs::write(&path, text)
-            .with_context(|| format!("writing {}", path.display()))?,
+        Some(path) => {
+            std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?
+        }
         None => print!("{text}"),
     }
     Ok(ExitCode::SUCCESS)

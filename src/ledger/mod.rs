@@ -246,7 +246,11 @@ fn abort(e: LedgerError) -> ConflictableTransactionError<LedgerError> {
 }
 
 /// The idempotency key; `None` when the submission names no manifest.
-pub fn idem_key(manifest_id: Option<&str>, seq: Option<u64>, profiles: &[String]) -> Option<Vec<u8>> {
+pub fn idem_key(
+    manifest_id: Option<&str>,
+    seq: Option<u64>,
+    profiles: &[String],
+) -> Option<Vec<u8>> {
     let m = manifest_id?;
     let mut k = Vec::with_capacity(m.len() + 32);
     k.extend_from_slice(m.as_bytes());
@@ -652,8 +656,14 @@ mod tests {
         // A replay adds nothing.
         assert!(l.complete(&job.job_id).unwrap().is_none());
         let c = l.source("m1").unwrap().unwrap();
-        assert_eq!((c.segments, c.encoded_pixels, c.decoded_pixels), (1, 1001, 7));
-        assert_eq!(l.days_since("1970-01-01").unwrap()[0].1.encoded_pixels, 1001);
+        assert_eq!(
+            (c.segments, c.encoded_pixels, c.decoded_pixels),
+            (1, 1001, 7)
+        );
+        assert_eq!(
+            l.days_since("1970-01-01").unwrap()[0].1.encoded_pixels,
+            1001
+        );
         assert_eq!(l.rendition("bafy1").unwrap().unwrap().job_id, job.job_id);
         assert_eq!(l.done_since(0).unwrap().len(), 1);
         assert!(l.unfinished().unwrap().is_empty());

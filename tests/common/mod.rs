@@ -14,11 +14,29 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_comine");
 pub fn segment(dir: &Path, name: &str, pattern: &str) -> Vec<u8> {
     let out = dir.join(name);
     let status = Command::new("ffmpeg")
-        .args(["-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i"])
+        .args([
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+        ])
         .arg(format!("{pattern}=size=320x180:rate=30"))
         .args([
-            "-t", "1", "-c:v", "libx264", "-preset", "ultrafast", "-g", "30", "-pix_fmt",
-            "yuv420p", "-f", "mpegts",
+            "-t",
+            "1",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-g",
+            "30",
+            "-pix_fmt",
+            "yuv420p",
+            "-f",
+            "mpegts",
         ])
         .arg(&out)
         .status()
@@ -140,7 +158,10 @@ impl Daemon {
             if j["state"] == "done" || j["state"] == "failed" {
                 return j;
             }
-            assert!(start.elapsed() < Duration::from_secs(180), "job {id} stuck: {j}");
+            assert!(
+                start.elapsed() < Duration::from_secs(180),
+                "job {id} stuck: {j}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
