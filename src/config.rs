@@ -69,7 +69,7 @@ pub struct ApiConfig {
 impl Default for ApiConfig {
     fn default() -> Self {
         ApiConfig {
-            listen: "127.0.0.1:7935".into(),
+            listen: "127.0.0.1:9470".into(),
             max_body_bytes: 64 << 20,
             queue_depth: 32,
             concurrency: 0,
@@ -245,7 +245,7 @@ mod tests {
     #[test]
     fn empty_config_is_the_defaults() {
         let c = Config::parse("", "test").unwrap();
-        assert_eq!(c.api.listen, "127.0.0.1:7935");
+        assert_eq!(c.api.listen, "127.0.0.1:9470");
         assert_eq!(c.store.backend, "embedded");
     }
 

@@ -278,3 +278,39 @@ async fn bad_input_gives_422_413_400_with_reasons_and_loses_nothing() {
     assert_eq!(status["jobs"]["done"], 1, "{status}");
     assert_eq!(status["jobs"]["failed"], 1, "{status}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_segment_past_four_times_its_duration_fails_with_504() {
+    let root = tempfile::tempdir().unwrap();
+    let cfg = write_config(root.path(), "");
+    let d = Daemon::start(root.path(), &cfg);
+    let seg = segment(root.path(), "live.ts", "testsrc");
+    // A 1 ms "duration" leaves a 4 ms budget: the transcode cannot make it.
+    let r = d
+        .submit(
+            "profiles=P144p30fps16x9&manifest_id=live&seq=1&class=live&duration_ms=1",
+            seg.clone(),
+        )
+        .await;
+    assert_eq!(r.status(), 504);
+    let e: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(e["code"], "deadline_exceeded");
+    let job = d
+        .get_json(&format!("/v1/jobs/{}", e["job_id"].as_str().unwrap()))
+        .await;
+    assert_eq!(job["state"], "failed");
+    assert_eq!(job["encoded_pixels"], 0, "a missed segment is not counted");
+    // With its real duration (4 s budget) the same segment goes through.
+    let r = d
+        .submit(
+            "profiles=P144p30fps16x9&manifest_id=live&seq=2&class=live&duration_ms=1000",
+            seg,
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let metrics = d.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains("comine_segments_total{result=\"deadline\"} 1"),
+        "{metrics}"
+    );
+}

@@ -163,7 +163,12 @@ fn print_status(v: &serde_json::Value) {
     );
     if let Some(jobs) = v.pointer("/jobs").and_then(|j| j.as_object()) {
         let parts: Vec<String> = jobs.iter().map(|(k, n)| format!("{k} {n}")).collect();
-        println!("jobs: {}", parts.join(", "));
+        let parts = if parts.is_empty() {
+            "none yet".to_string()
+        } else {
+            parts.join(", ")
+        };
+        println!("jobs: {parts}");
     }
     println!(
         "today: {} segments, {} encoded pixels, {} wei estimated",

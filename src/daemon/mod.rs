@@ -84,8 +84,9 @@ pub struct Daemon {
     pub token: String,
     /// Free intake slots (jobs accepted and waiting for a worker).
     pub queue_slots: Arc<Semaphore>,
-    queue_tx: mpsc::UnboundedSender<Queued>,
-    queue_rx: Mutex<Option<mpsc::UnboundedReceiver<Queued>>>,
+    /// Two lanes so live segments overtake batch jobs waiting for a worker.
+    queue_tx: [mpsc::UnboundedSender<Queued>; 2],
+    queue_rx: Mutex<Option<[mpsc::UnboundedReceiver<Queued>; 2]>>,
     queued: AtomicUsize,
     waiters: Mutex<HashMap<String, Arc<Notify>>>,
     /// SIGTERM: stop intake and dispatch.
@@ -128,7 +129,8 @@ impl Daemon {
                 data_dir.join("ledger").display()
             )
         })?;
-        let (queue_tx, queue_rx) = mpsc::unbounded_channel();
+        let (live_tx, live_rx) = mpsc::unbounded_channel();
+        let (batch_tx, batch_rx) = mpsc::unbounded_channel();
         let metrics = Metrics::new();
         metrics.capacity.set(*admission.capacity().borrow() as i64);
         Ok(Arc::new(Daemon {
@@ -140,8 +142,8 @@ impl Daemon {
             admission,
             metrics,
             token,
-            queue_tx,
-            queue_rx: Mutex::new(Some(queue_rx)),
+            queue_tx: [live_tx, batch_tx],
+            queue_rx: Mutex::new(Some([live_rx, batch_rx])),
             queued: AtomicUsize::new(0),
             waiters: Mutex::new(HashMap::new()),
             intake_stop: CancellationToken::new(),
@@ -182,7 +184,11 @@ impl Daemon {
         self.metrics.queue_depth.set(self.queue_len() as i64);
         // The receiver lives as long as the daemon; a send error only happens after the
         // dispatcher stopped, and the job stays queued in the ledger for the next start.
-        let _ = self.queue_tx.send(q);
+        let lane = match q.job.class {
+            ledger::JobClass::Live => 0,
+            ledger::JobClass::Batch => 1,
+        };
+        let _ = self.queue_tx[lane].send(q);
     }
 
     /// Persists a submission (ledger + fsynced spool) and queues it. When this returns

@@ -13,13 +13,17 @@ use crate::metrics::ProfileLabel;
 use crate::transcode::{self, Input, Options, Profile, TranscodeError};
 
 /// Pulls queued jobs in order and starts each one when the scheduler admits it.
-pub(super) async fn dispatch(d: Arc<Daemon>, mut rx: mpsc::UnboundedReceiver<Queued>) {
+/// Live jobs first: the live lane is polled before the batch lane.
+pub(super) async fn dispatch(d: Arc<Daemon>, rx: [mpsc::UnboundedReceiver<Queued>; 2]) {
+    let [mut live, mut batch] = rx;
     let mut capacity = d.admission.capacity();
     loop {
         let q = tokio::select! {
             biased;
             _ = d.intake_stop.cancelled() => break,
-            q = rx.recv() => match q { Some(q) => q, None => break },
+            Some(q) = live.recv() => q,
+            Some(q) = batch.recv() => q,
+            else => break,
         };
         let pps = pixels_per_sec(&q.job);
         let permit = loop {

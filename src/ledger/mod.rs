@@ -153,13 +153,24 @@ pub struct JobRecord {
 }
 
 /// Per-day or per-source totals.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counters {
     pub segments: u64,
     pub decoded_pixels: u64,
     pub encoded_pixels: u64,
     /// Decimal wei.
     pub earnings_wei: String,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Counters {
+            segments: 0,
+            decoded_pixels: 0,
+            encoded_pixels: 0,
+            earnings_wei: "0".into(),
+        }
+    }
 }
 
 impl Counters {
