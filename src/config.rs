@@ -54,6 +54,9 @@ pub struct ApiConfig {
     pub listen: String,
     /// Largest segment accepted, in bytes (413 above).
     pub max_body_bytes: u64,
+    /// Seconds a client may take to upload one segment (408 after), so a slow client
+    /// cannot hold a queue slot forever.
+    pub body_timeout_secs: u64,
     /// Accepted jobs waiting for a worker; beyond it intake answers 503 with Retry-After.
     pub queue_depth: usize,
     /// Concurrent transcodes when no scheduler steers capacity; 0 = half the CPU cores (at least 1).
@@ -71,6 +74,7 @@ impl Default for ApiConfig {
         ApiConfig {
             listen: "127.0.0.1:9470".into(),
             max_body_bytes: 64 << 20,
+            body_timeout_secs: 60,
             queue_depth: 32,
             concurrency: 0,
             metrics_public: false,

@@ -195,7 +195,10 @@ async fn auth_no_token_or_wrong_token_is_401() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gives_422_413_400_with_reasons_and_loses_nothing() {
     let root = tempfile::tempdir().unwrap();
-    let cfg = write_config(root.path(), "[api]\nmax_body_bytes = 200000\n");
+    let cfg = write_config(
+        root.path(),
+        "[api]\nmax_body_bytes = 200000\nbody_timeout_secs = 1\n",
+    );
     let d = Daemon::start(root.path(), &cfg);
     let seg = segment(root.path(), "b.ts", "testsrc2");
     assert!(seg.len() < 200_000);
@@ -241,6 +244,23 @@ async fn bad_input_gives_422_413_400_with_reasons_and_loses_nothing() {
         .await
         .unwrap();
     assert_eq!(r.status(), 413);
+
+    // A stalled upload: 408 after body_timeout_secs, and its queue slot is freed.
+    let stalled = futures_util::stream::unfold(0u8, |n| async move {
+        if n > 0 {
+            tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+        }
+        (n < 2).then(|| (Ok::<_, std::io::Error>(vec![0u8; 100]), n + 1))
+    });
+    let r = d
+        .http
+        .post(d.url("/v1/transcode?profiles=P144p30fps16x9"))
+        .bearer_auth(&d.token)
+        .body(reqwest::Body::wrap_stream(stalled))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 408);
 
     // Unknown profile: 400 listing the valid ones.
     let r = d.submit("profiles=P240p30fps16x9,P999p", seg.clone()).await;

@@ -373,7 +373,20 @@ async fn transcode(
             return Err(e);
         }
     };
-    let bytes = read_limited(body, max as usize).await?;
+    let upload = std::time::Duration::from_secs(d.config.api.body_timeout_secs.max(1));
+    let bytes = match tokio::time::timeout(upload, read_limited(body, max as usize)).await {
+        Ok(read) => read?,
+        Err(_) => {
+            return Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                format!(
+                    "the segment upload took longer than {} s ([api] body_timeout_secs)",
+                    upload.as_secs()
+                ),
+            ))
+        }
+    };
     if bytes.is_empty() {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
