@@ -181,13 +181,17 @@ async fn transcode_and_store(
             return Ok(Err(Outcome::Checkpointed));
         }
         Err(e) => {
-            let (code, result) = if e.is_bad_input() {
-                ("bad_input", "bad_input")
-            } else if matches!(e, TranscodeError::DeadlineExceeded { .. }) {
-                ("deadline_exceeded", "deadline")
-            } else {
-                ("transcode_failed", "failed")
-            };
+            // The engine's deadline can cut demuxing short, which then reads as bad
+            // media; past the deadline, the deadline is the reason.
+            let past_deadline = deadline.is_some_and(|dl| Instant::now() >= dl);
+            let (code, result) =
+                if matches!(e, TranscodeError::DeadlineExceeded { .. }) || past_deadline {
+                    ("deadline_exceeded", "deadline")
+                } else if e.is_bad_input() {
+                    ("bad_input", "bad_input")
+                } else {
+                    ("transcode_failed", "failed")
+                };
             tracing::warn!(job = %id, code, error = %e, "transcode failed");
             d.ledger.fail(id, code, &e.to_string())?;
             return Ok(Err(Outcome::Failed(result)));
