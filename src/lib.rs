@@ -4,8 +4,13 @@
 //! intake → scheduler → [`transcode`] → [`store`] → ledger, with `bench` on top.
 //! `docs/architecture.md` says what each module owns.
 
+pub mod config;
+pub mod daemon;
 pub mod gpu;
+pub mod intake;
+pub mod ledger;
 pub mod logging;
+pub mod metrics;
 pub mod paths;
 pub mod sched;
 pub mod seal;

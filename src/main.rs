@@ -37,6 +37,12 @@ enum Command {
     Gpu(comine::gpu::cli::Args),
     /// Content-addressed storage: IPFS-identical CIDs, Kubo push, CAR, piece CID, deals.
     Store(Box<comine::store::cli::Args>),
+    /// Run the daemon: HTTP API, queue, workers, ledger and metrics.
+    Run(comine::daemon::cli::RunArgs),
+    /// Human summary of a running daemon (read from its API).
+    Status(comine::daemon::cli::StatusArgs),
+    /// The pixel and earnings ledger.
+    Ledger(comine::ledger::cli::Args),
 }
 
 fn main() -> ExitCode {
@@ -52,6 +58,9 @@ fn main() -> ExitCode {
         Command::Transcode(args) => comine::transcode::cli::run(args),
         Command::Gpu(args) => comine::gpu::cli::run(args),
         Command::Store(args) => comine::store::cli::run(*args),
+        Command::Run(args) => comine::daemon::cli::run(args),
+        Command::Status(args) => comine::daemon::cli::status(args),
+        Command::Ledger(args) => comine::ledger::cli::run(args),
     };
     match result {
         Ok(code) => code,

@@ -293,7 +293,8 @@ fn parse_fps(s: &str) -> Option<(u32, u32)> {
         Some((n, d)) => (n.parse().ok()?, d.parse().ok()?),
         None => (s.parse().ok()?, 1),
     };
-    (d > 0 && n <= 240).then_some((n, d))
+    // The cap is on the rate itself (30000/1001 is ~29.97 fps), not on the numerator.
+    (d > 0 && n / d <= 240).then_some((n, d))
 }
 
 fn parse_bitrate(s: &str) -> Option<u64> {

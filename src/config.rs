@@ -1,0 +1,284 @@
+//! `comine run` configuration: TOML with a documented default for every key.
+//!
+//! `comine run` works with no file at all. Unknown keys are refused with the key's
+//! name and line (`deny_unknown_fields`), because a misspelt limit that silently falls
+//! back to its default is worse than a refusal. Every key is documented in
+//! `deploy/comine.example.toml`; `config::tests` checks that file parses.
+//! `[scheduler]`, `[livepeer]` and `[store.kubo]` are kept as opaque tables here: their
+//! owners type them.
+
+use std::path::{Path, PathBuf};
+
+use clap::ValueEnum;
+use serde::{Deserialize, Serialize};
+
+use crate::transcode::{DecoderChoice, EncoderChoice, Profile, DEFAULT_MAX_INPUT_PIXELS};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path} is invalid: {message}")]
+    Parse { path: String, message: String },
+    #[error("config key {key} = {value:?} is invalid: {why}")]
+    Value {
+        key: &'static str,
+        value: String,
+        why: String,
+    },
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Data directory; `--data-dir`, then `$COMINE_DATA_DIR`, then the platform default win over nothing.
+    pub data_dir: Option<PathBuf>,
+    pub api: ApiConfig,
+    pub transcode: TranscodeConfig,
+    pub ledger: LedgerConfig,
+    pub store: StoreConfig,
+    /// Typed by the scheduler module at merge; kept verbatim here.
+    pub scheduler: toml::Table,
+    /// Typed by the Livepeer client at merge; kept verbatim here.
+    pub livepeer: toml::Table,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Address the HTTP API binds; port 0 picks a free one (written to `<data>/api.addr`).
+    pub listen: String,
+    /// Largest segment accepted, in bytes (413 above).
+    pub max_body_bytes: u64,
+    /// Seconds a client may take to upload one segment (408 after), so a slow client
+    /// cannot hold a queue slot forever.
+    pub body_timeout_secs: u64,
+    /// Accepted jobs waiting for a worker; beyond it intake answers 503 with Retry-After.
+    pub queue_depth: usize,
+    /// Concurrent transcodes when no scheduler steers capacity; 0 = half the CPU cores (at least 1).
+    pub concurrency: usize,
+    /// Serve `/metrics` without the bearer token (for scrapers on a trusted network).
+    pub metrics_public: bool,
+    /// Seconds running jobs get to finish on SIGTERM before they are checkpointed.
+    pub shutdown_grace_secs: u64,
+    /// Token file; default `<data>/api-token`.
+    pub token_file: Option<PathBuf>,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            listen: "127.0.0.1:9470".into(),
+            max_body_bytes: 64 << 20,
+            body_timeout_secs: 60,
+            queue_depth: 32,
+            concurrency: 0,
+            metrics_public: false,
+            shutdown_grace_secs: 20,
+            token_file: None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TranscodeConfig {
+    /// `auto`, `nvenc` or `x264`.
+    pub encoder: String,
+    /// `auto`, `nvdec` or `software`.
+    pub decoder: String,
+    pub gpu: u32,
+    pub x264_preset: String,
+    pub max_input_pixels: u64,
+    /// Ladder used when a request names no profiles.
+    pub default_profiles: String,
+    /// Segment duration assumed when the request does not say (ms); live deadline = 4 × duration.
+    pub default_segment_ms: u64,
+    /// Deadline for batch jobs, in seconds (0: none).
+    pub batch_deadline_secs: u64,
+    /// Store attempts per rendition before a job fails with `store_error`.
+    pub store_attempts: u32,
+}
+
+impl Default for TranscodeConfig {
+    fn default() -> Self {
+        TranscodeConfig {
+            encoder: "auto".into(),
+            decoder: "auto".into(),
+            gpu: 0,
+            x264_preset: "veryfast".into(),
+            max_input_pixels: DEFAULT_MAX_INPUT_PIXELS,
+            default_profiles: "P240p30fps16x9,P360p30fps16x9".into(),
+            default_segment_ms: 2000,
+            batch_deadline_secs: 600,
+            store_attempts: 3,
+        }
+    }
+}
+
+impl TranscodeConfig {
+    pub fn encoder_choice(&self) -> Result<EncoderChoice, ConfigError> {
+        EncoderChoice::from_str(&self.encoder, true).map_err(|why| ConfigError::Value {
+            key: "transcode.encoder",
+            value: self.encoder.clone(),
+            why: format!("{why}; use auto, nvenc or x264"),
+        })
+    }
+    pub fn decoder_choice(&self) -> Result<DecoderChoice, ConfigError> {
+        DecoderChoice::from_str(&self.decoder, true).map_err(|why| ConfigError::Value {
+            key: "transcode.decoder",
+            value: self.decoder.clone(),
+            why: format!("{why}; use auto, nvdec or software"),
+        })
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LedgerConfig {
+    /// Price in wei per `pixels_per_unit` encoded pixels (Livepeer's `PriceInfo`).
+    pub price_per_unit_wei: u64,
+    pub pixels_per_unit: u64,
+    /// sled page cache, MiB.
+    pub cache_mib: u64,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        LedgerConfig {
+            price_per_unit_wei: 0,
+            pixels_per_unit: 1,
+            cache_mib: 16,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `embedded` (in the data directory) or `kubo` (typed by the store module at merge).
+    pub backend: String,
+    /// Kubo RPC settings; typed by the store module at merge.
+    pub kubo: toml::Table,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            backend: "embedded".into(),
+            kubo: toml::Table::new(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads `path`, or the defaults when `None`.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let Some(path) = path else {
+            return Ok(Config::default());
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::parse(&text, &path.display().to_string())
+    }
+
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_string(),
+            message: e.to_string().trim().replace('\n', " "),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values serde cannot (enums kept as strings, ladders, limits).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.transcode.encoder_choice()?;
+        self.transcode.decoder_choice()?;
+        Profile::parse_list(&self.transcode.default_profiles).map_err(|e| ConfigError::Value {
+            key: "transcode.default_profiles",
+            value: self.transcode.default_profiles.clone(),
+            why: e.to_string(),
+        })?;
+        if self.ledger.pixels_per_unit == 0 {
+            return Err(ConfigError::Value {
+                key: "ledger.pixels_per_unit",
+                value: "0".into(),
+                why: "must be at least 1".into(),
+            });
+        }
+        if self.api.queue_depth == 0 {
+            return Err(ConfigError::Value {
+                key: "api.queue_depth",
+                value: "0".into(),
+                why: "must be at least 1".into(),
+            });
+        }
+        if !matches!(self.store.backend.as_str(), "embedded" | "kubo") {
+            return Err(ConfigError::Value {
+                key: "store.backend",
+                value: self.store.backend.clone(),
+                why: "use embedded or kubo".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Worker count when no scheduler steers it.
+    pub fn concurrency(&self) -> usize {
+        if self.api.concurrency > 0 {
+            return self.api.concurrency;
+        }
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
+        (cores / 2).max(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_config_is_the_defaults() {
+        let c = Config::parse("", "test").unwrap();
+        assert_eq!(c.api.listen, "127.0.0.1:9470");
+        assert_eq!(c.store.backend, "embedded");
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = Config::parse("[api]\nlisen = \"x\"\n", "test")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("lisen"), "{err}");
+        let err = Config::parse("[transcode]\nencoder = \"vp9\"\n", "test")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("transcode.encoder"), "{err}");
+    }
+
+    #[test]
+    fn example_config_parses_and_documents_every_key() {
+        let text = include_str!("../deploy/comine.example.toml");
+        let c = Config::parse(text, "deploy/comine.example.toml").unwrap();
+        // Every default key appears in the example (commented or not).
+        let defaults = toml::to_string(&Config::default()).unwrap();
+        for line in defaults.lines() {
+            if let Some((key, _)) = line.split_once(" = ") {
+                assert!(
+                    text.contains(&format!("{key} =")),
+                    "deploy/comine.example.toml does not document {key}"
+                );
+            }
+        }
+        assert!(c.api.queue_depth > 0);
+    }
+}

@@ -1,0 +1,208 @@
+//! `comine run [--config FILE] [--data-dir DIR] [--listen ADDR]` and
+//! `comine status [--json] [--url URL]`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use super::seams::{self, Admission, FileStore, RenditionStore, SemaphoreAdmission};
+use super::{auth, client, resolve_data_dir, Daemon};
+use crate::config::Config;
+
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// TOML config (every key: deploy/comine.example.toml). Without it, defaults.
+    #[arg(long, env = "COMINE_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[arg(long, env = crate::paths::DATA_DIR_ENV)]
+    pub data_dir: Option<PathBuf>,
+    /// Override `[api] listen`, e.g. 127.0.0.1:0 for a free port (see <data>/api.addr).
+    #[arg(long)]
+    pub listen: Option<String>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct StatusArgs {
+    /// Print the raw JSON of GET /v1/status.
+    #[arg(long)]
+    pub json: bool,
+    /// Daemon URL; default: the address in <data>/api.addr.
+    #[arg(long)]
+    pub url: Option<String>,
+    #[arg(long, env = "COMINE_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[arg(long, env = crate::paths::DATA_DIR_ENV)]
+    pub data_dir: Option<PathBuf>,
+}
+
+pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let mut config = Config::load(args.config.as_deref())?;
+    if let Some(listen) = args.listen {
+        config.api.listen = listen;
+    }
+    let data_dir = resolve_data_dir(args.data_dir, &config);
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
+    let token_path = client::token_file(&data_dir, &config);
+    let (token, created) = auth::load_or_create(&token_path)?;
+    if created {
+        tracing::info!(path = %token_path.display(), "generated a new API bearer token (mode 0600)");
+    } else {
+        tracing::info!(path = %token_path.display(), "API bearer token");
+    }
+    // Seams: the placeholder store and fixed-concurrency admission until the real
+    // store and scheduler are wired (see docs/architecture/daemon.md).
+    let store: Arc<dyn RenditionStore> = match config.store.backend.as_str() {
+        "embedded" => Arc::new(FileStore::open(&data_dir.join("filestore"))?),
+        other => anyhow::bail!(
+            "store backend {other:?} is not available in this build yet; use backend = \"embedded\""
+        ),
+    };
+    if !config.scheduler.is_empty() {
+        tracing::warn!(
+            "[scheduler] settings are not applied by this build; using fixed concurrency"
+        );
+    }
+    let admission: Arc<dyn Admission> = Arc::new(SemaphoreAdmission::new(config.concurrency()));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(serve(config, data_dir, store, admission, token))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs the daemon until SIGTERM/SIGINT, then shuts down gracefully.
+pub async fn serve(
+    config: Config,
+    data_dir: PathBuf,
+    store: Arc<dyn RenditionStore>,
+    admission: Arc<dyn Admission>,
+    token: String,
+) -> anyhow::Result<()> {
+    let grace = Duration::from_secs(config.api.shutdown_grace_secs);
+    let listen = config.api.listen.clone();
+    let d = Daemon::open(config, data_dir.clone(), store, admission, token)?;
+    let resumed = d.resume()?;
+    if resumed > 0 {
+        tracing::info!(resumed, "resuming accepted jobs from the spool");
+    }
+    let listener = tokio::net::TcpListener::bind(&listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}; set [api] listen or --listen"))?;
+    let addr = listener.local_addr()?;
+    let _ = d.listen_addr.set(addr);
+    let addr_file = client::api_addr_file(&data_dir);
+    seams::write_durable(&addr_file, addr.to_string().as_bytes())?;
+    tracing::info!(%addr, data_dir = %data_dir.display(), addr_file = %addr_file.display(), "comine API listening");
+    let dispatcher = d.spawn_dispatcher();
+    let app = crate::intake::http::router(d.clone());
+    let stop = d.intake_stop.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await
+    });
+    wait_for_signal().await;
+    d.shutdown(grace).await;
+    let _ = dispatcher.await;
+    match tokio::time::timeout(Duration::from_secs(10), server).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "HTTP server ended with an error"),
+        _ => tracing::warn!("HTTP connections did not close in time"),
+    }
+    let _ = std::fs::remove_file(&addr_file);
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM received"),
+                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    let config = Config::load(args.config.as_deref())?;
+    let data_dir = resolve_data_dir(args.data_dir, &config);
+    let text = client::get_text_at(&data_dir, &config, args.url.as_deref(), "/v1/status")?;
+    if args.json {
+        println!("{text}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let v: serde_json::Value = serde_json::from_str(&text).context("status is not JSON")?;
+    print_status(&v);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_status(v: &serde_json::Value) {
+    let s = |p: &str| v.pointer(p).cloned().unwrap_or(serde_json::Value::Null);
+    println!(
+        "comine {} on {}, up {}s, data {}",
+        s("/version").as_str().unwrap_or("?"),
+        s("/listen").as_str().unwrap_or("?"),
+        s("/uptime_secs"),
+        s("/data_dir").as_str().unwrap_or("?")
+    );
+    println!(
+        "queue: {} waiting (max {}), {} running, capacity {}",
+        s("/queue/depth"),
+        s("/queue/max"),
+        s("/queue/running"),
+        s("/queue/capacity")
+    );
+    if let Some(jobs) = v.pointer("/jobs").and_then(|j| j.as_object()) {
+        let parts: Vec<String> = jobs.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        let parts = if parts.is_empty() {
+            "none yet".to_string()
+        } else {
+            parts.join(", ")
+        };
+        println!("jobs: {parts}");
+    }
+    println!(
+        "today: {} segments, {} encoded pixels, {} wei estimated",
+        s("/pixels_today/segments"),
+        s("/pixels_today/encoded_pixels"),
+        s("/pixels_today/earnings_wei").as_str().unwrap_or("0")
+    );
+    let devices = s("/devices");
+    match devices.as_array() {
+        Some(d) if !d.is_empty() => {
+            for g in d {
+                println!(
+                    "gpu {}: {} util {:.0}% enc {:.0}% dec {:.0}% {} W {} °C {} sessions",
+                    g["index"],
+                    g["name"].as_str().unwrap_or(""),
+                    g["utilization"].as_f64().unwrap_or(0.0) * 100.0,
+                    g["encoder_utilization"].as_f64().unwrap_or(0.0) * 100.0,
+                    g["decoder_utilization"].as_f64().unwrap_or(0.0) * 100.0,
+                    g["power_watts"],
+                    g["temperature_celsius"],
+                    g["encoder_sessions"]
+                );
+            }
+        }
+        _ => println!(
+            "devices: none reported (scheduler: {})",
+            s("/scheduler").as_str().unwrap_or("?")
+        ),
+    }
+    if let Some(sealing) = v.pointer("/sealing").and_then(|x| x.as_object()) {
+        if !sealing.is_empty() {
+            let parts: Vec<String> = sealing.iter().map(|(k, n)| format!("{k} {n}")).collect();
+            println!("sealing: {}", parts.join(", "));
+        }
+    }
+    println!("store: {}", s("/store"));
+}

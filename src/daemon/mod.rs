@@ -1,0 +1,394 @@
+//! `comine run`: the service that joins intake, scheduler, transcode, store and ledger.
+//!
+//! A segment's life in the daemon:
+//! 1. intake (`intake::http`) parses profiles and headers, takes a queue slot (503 with
+//!    Retry-After when none is free) and reads the body under the size limit;
+//! 2. [`Daemon::accept`] reserves the job in the ledger (`received`; a duplicate
+//!    `(manifest_id, seq, profiles)` returns the existing job), writes the segment to
+//!    `<data>/spool/<job>.seg` with fsync, marks it `queued` and flushes the ledger —
+//!    only then does the client get its 2xx;
+//! 3. the dispatcher (`worker`) hands it to a worker when the scheduler admits it;
+//! 4. the worker transcodes, stores the renditions, and moves the job to `done` with
+//!    its pixel counters in one transaction, then deletes the spool file.
+//!
+//! On start every job not `done`/`failed` is resumed from its spool file; on SIGTERM
+//! intake stops, running jobs get a grace period and are otherwise left to resume.
+
+pub mod auth;
+pub mod cli;
+pub mod client;
+pub mod seams;
+mod worker;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::ledger::{self, Admitted, JobRecord, JobState, Ledger, NewJob, Price};
+use crate::metrics::Metrics;
+use seams::{Admission, RenditionStore};
+
+/// `--data-dir`, else `data_dir` in the config, else `$COMINE_DATA_DIR` / the platform default.
+pub fn resolve_data_dir(flag: Option<PathBuf>, config: &Config) -> PathBuf {
+    flag.or_else(|| config.data_dir.clone())
+        .unwrap_or_else(crate::paths::default_data_dir)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Ledger(#[from] ledger::LedgerError),
+    #[error(
+        "cannot spool the segment to {path}: {source}; check free space in the data directory"
+    )]
+    Spool {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the daemon is shutting down; retry against the restarted daemon")]
+    ShuttingDown,
+}
+
+/// A job on its way to a worker.
+pub(crate) struct Queued {
+    pub job: JobRecord,
+    /// The intake queue slot; `None` for jobs resumed at start.
+    pub slot: Option<OwnedSemaphorePermit>,
+    pub received: Instant,
+}
+
+/// What [`Daemon::accept`] made of a submission.
+pub enum Accepted {
+    New(JobRecord),
+    Duplicate(JobRecord),
+}
+
+/// Shared state of a running daemon.
+pub struct Daemon {
+    pub config: Config,
+    pub data_dir: PathBuf,
+    pub ledger: Ledger,
+    pub store: Arc<dyn RenditionStore>,
+    pub admission: Arc<dyn Admission>,
+    pub metrics: Metrics,
+    pub token: String,
+    /// Free intake slots (jobs accepted and waiting for a worker).
+    pub queue_slots: Arc<Semaphore>,
+    /// Two lanes so live segments overtake batch jobs waiting for a worker.
+    queue_tx: [mpsc::UnboundedSender<Queued>; 2],
+    queue_rx: Mutex<Option<[mpsc::UnboundedReceiver<Queued>; 2]>>,
+    queued: AtomicUsize,
+    waiters: Mutex<HashMap<String, Arc<Notify>>>,
+    /// SIGTERM: stop intake and dispatch.
+    pub intake_stop: CancellationToken,
+    /// Grace period over: cancel running transcodes (they resume on restart).
+    pub hard_stop: CancellationToken,
+    slot_freed: Notify,
+    tracker: TaskTracker,
+    started: Instant,
+    /// EWMA of segment latency, ms (for Retry-After).
+    latency_ewma_ms: AtomicU64,
+    pub listen_addr: OnceLock<SocketAddr>,
+}
+
+impl Daemon {
+    /// Opens the ledger and prepares the data directory. Call [`Daemon::resume`] and
+    /// start the dispatcher ([`Daemon::spawn_dispatcher`]) before serving.
+    pub fn open(
+        config: Config,
+        data_dir: PathBuf,
+        store: Arc<dyn RenditionStore>,
+        admission: Arc<dyn Admission>,
+        token: String,
+    ) -> anyhow::Result<Arc<Daemon>> {
+        for sub in ["spool", "work"] {
+            std::fs::create_dir_all(data_dir.join(sub))?;
+        }
+        let price = Price {
+            per_unit_wei: config.ledger.price_per_unit_wei,
+            pixels_per_unit: config.ledger.pixels_per_unit,
+        };
+        let ledger = Ledger::open(
+            &data_dir.join("ledger"),
+            config.ledger.cache_mib << 20,
+            price,
+        )
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "{e} (ledger at {}: is another `comine run` using this data directory?)",
+                data_dir.join("ledger").display()
+            )
+        })?;
+        let (live_tx, live_rx) = mpsc::unbounded_channel();
+        let (batch_tx, batch_rx) = mpsc::unbounded_channel();
+        let metrics = Metrics::new();
+        metrics.capacity.set(*admission.capacity().borrow() as i64);
+        Ok(Arc::new(Daemon {
+            queue_slots: Arc::new(Semaphore::new(config.api.queue_depth)),
+            config,
+            data_dir,
+            ledger,
+            store,
+            admission,
+            metrics,
+            token,
+            queue_tx: [live_tx, batch_tx],
+            queue_rx: Mutex::new(Some([live_rx, batch_rx])),
+            queued: AtomicUsize::new(0),
+            waiters: Mutex::new(HashMap::new()),
+            intake_stop: CancellationToken::new(),
+            hard_stop: CancellationToken::new(),
+            slot_freed: Notify::new(),
+            tracker: TaskTracker::new(),
+            started: Instant::now(),
+            latency_ewma_ms: AtomicU64::new(0),
+            listen_addr: OnceLock::new(),
+        }))
+    }
+
+    pub fn spool_path(&self, id: &str) -> PathBuf {
+        self.data_dir.join("spool").join(format!("{id}.seg"))
+    }
+
+    pub fn work_dir(&self, id: &str) -> PathBuf {
+        self.data_dir.join("work").join(id)
+    }
+
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    pub fn queue_len(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
+
+    /// Seconds a refused client should wait: the queue ahead divided by capacity, ≥ 1 s.
+    pub fn retry_after_secs(&self) -> u64 {
+        let cap = (*self.admission.capacity().borrow()).max(1) as u64;
+        let ewma = self.latency_ewma_ms.load(Ordering::Relaxed).max(500);
+        (self.queue_len() as u64 * ewma / cap / 1000).clamp(1, 300)
+    }
+
+    fn enqueue(&self, q: Queued) {
+        self.queued.fetch_add(1, Ordering::Relaxed);
+        self.metrics.queue_depth.set(self.queue_len() as i64);
+        // The receiver lives as long as the daemon; a send error only happens after the
+        // dispatcher stopped, and the job stays queued in the ledger for the next start.
+        let lane = match q.job.class {
+            ledger::JobClass::Live => 0,
+            ledger::JobClass::Batch => 1,
+        };
+        let _ = self.queue_tx[lane].send(q);
+    }
+
+    /// Persists a submission (ledger + fsynced spool) and queues it. When this returns
+    /// `Ok(Accepted::New)`, the job survives a crash.
+    pub async fn accept(
+        &self,
+        new: NewJob,
+        body: Bytes,
+        slot: OwnedSemaphorePermit,
+        received: Instant,
+    ) -> Result<Accepted, DaemonError> {
+        if self.intake_stop.is_cancelled() {
+            return Err(DaemonError::ShuttingDown);
+        }
+        let job = match self.ledger.admit(new)? {
+            Admitted::Duplicate(rec) => return Ok(Accepted::Duplicate(rec)),
+            Admitted::New(rec) => rec,
+        };
+        let path = self.spool_path(&job.job_id);
+        let spool = {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || seams::write_durable(&path, &body))
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
+        };
+        if let Err(source) = spool {
+            let _ = self.ledger.abandon_received(&job.job_id);
+            let _ = std::fs::remove_file(&path);
+            return Err(DaemonError::Spool {
+                path: path.display().to_string(),
+                source,
+            });
+        }
+        let job = self.ledger.mark_queued(&job.job_id)?;
+        self.ledger.flush().await?;
+        self.enqueue(Queued {
+            job: job.clone(),
+            slot: Some(slot),
+            received,
+        });
+        Ok(Accepted::New(job))
+    }
+
+    /// Waits until the job is done or failed. `None` when the daemon stops first (the
+    /// job then resumes on restart).
+    pub async fn wait_final(&self, id: &str) -> Result<Option<JobRecord>, DaemonError> {
+        loop {
+            let notify = {
+                let mut w = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
+                w.entry(id.to_string()).or_default().clone()
+            };
+            let notified = notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(rec) = self.ledger.get(id)? {
+                if rec.state.is_final() {
+                    return Ok(Some(rec));
+                }
+            } else {
+                return Ok(None);
+            }
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = self.hard_stop.cancelled() => return Ok(None),
+                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            }
+        }
+    }
+
+    fn notify_final(&self, id: &str) {
+        let n = self
+            .waiters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+        if let Some(n) = n {
+            n.notify_waiters();
+        }
+    }
+
+    /// Re-queues every job that got its 2xx but did not finish; fails jobs that never
+    /// got one; removes spool and work files nobody owns. Returns how many resume.
+    pub fn resume(&self) -> anyhow::Result<usize> {
+        let mut resumed = 0;
+        let mut keep = std::collections::HashSet::new();
+        for job in self.ledger.unfinished()? {
+            match job.state {
+                JobState::Received => {
+                    tracing::warn!(job = %job.job_id, "segment was not fully accepted before the last stop; marking failed");
+                    self.ledger.abandon_received(&job.job_id)?;
+                }
+                JobState::Stored => {
+                    keep.insert(job.job_id.clone());
+                    self.enqueue(Queued {
+                        job,
+                        slot: None,
+                        received: Instant::now(),
+                    });
+                    resumed += 1;
+                }
+                _ if !self.spool_path(&job.job_id).exists() => {
+                    tracing::error!(job = %job.job_id, "spooled segment is missing; failing the job");
+                    self.ledger.fail(
+                        &job.job_id,
+                        "spool_lost",
+                        "the spooled segment disappeared from the data directory",
+                    )?;
+                }
+                _ => {
+                    keep.insert(job.job_id.clone());
+                    tracing::info!(job = %job.job_id, state = job.state.as_str(), "resuming job");
+                    self.enqueue(Queued {
+                        job,
+                        slot: None,
+                        received: Instant::now(),
+                    });
+                    resumed += 1;
+                }
+            }
+        }
+        // Orphans: spool files whose job is final, and stale work dirs.
+        for (sub, strip) in [("spool", ".seg"), ("work", "")] {
+            if let Ok(entries) = std::fs::read_dir(self.data_dir.join(sub)) {
+                for e in entries.flatten() {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    let id = name.strip_suffix(strip).unwrap_or(&name);
+                    if sub == "work" || !keep.contains(id) {
+                        let p = e.path();
+                        let _ = if p.is_dir() {
+                            std::fs::remove_dir_all(&p)
+                        } else {
+                            std::fs::remove_file(&p)
+                        };
+                    }
+                }
+            }
+        }
+        self.ledger.flush_blocking()?;
+        Ok(resumed)
+    }
+
+    /// Starts the dispatcher that feeds admitted jobs to workers.
+    pub fn spawn_dispatcher(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let rx = self
+            .queue_rx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let me = self.clone();
+        tokio::spawn(async move {
+            if let Some(rx) = rx {
+                worker::dispatch(me, rx).await;
+            }
+        })
+    }
+
+    /// Graceful stop: intake closed, running jobs get `grace`, then are cancelled (they
+    /// stay `transcoding` and resume on restart); scheduler restored; ledger flushed.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.intake_stop.cancel();
+        self.tracker.close();
+        let running = self.metrics.jobs_running.get();
+        tracing::info!(
+            running,
+            grace_secs = grace.as_secs(),
+            "shutting down: intake stopped, waiting for running jobs"
+        );
+        if tokio::time::timeout(grace, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "grace period over: checkpointing running jobs, they resume at next start"
+            );
+            self.hard_stop.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(15), self.tracker.wait()).await;
+        }
+        self.hard_stop.cancel();
+        self.admission.restore().await;
+        if let Err(err) = self.ledger.flush().await {
+            tracing::error!(%err, "ledger flush at shutdown failed");
+        }
+        tracing::info!(
+            queued = self.queue_len(),
+            "stopped; queued jobs resume at next start"
+        );
+    }
+
+    fn record_latency(&self, ms: u64) {
+        let old = self.latency_ewma_ms.load(Ordering::Relaxed);
+        let new = if old == 0 { ms } else { (old * 7 + ms) / 8 };
+        self.latency_ewma_ms.store(new, Ordering::Relaxed);
+    }
+}
+
+/// Removes a file or directory, ignoring "not found".
+fn remove_quiet(p: &Path) {
+    let _ = if p.is_dir() {
+        std::fs::remove_dir_all(p)
+    } else {
+        std::fs::remove_file(p)
+    };
+}

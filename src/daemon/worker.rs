@@ -1,0 +1,242 @@
+//! Dispatcher and workers: admitted jobs run the transcode on a blocking thread, store
+//! their renditions and close the job in the ledger.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use super::{remove_quiet, Daemon, Queued};
+use crate::ledger::{JobClass, JobRecord, JobState, RenditionRecord};
+use crate::metrics::ProfileLabel;
+use crate::transcode::{self, Input, Options, Profile, TranscodeError};
+
+/// Pulls queued jobs in order and starts each one when the scheduler admits it.
+/// Live jobs first: the live lane is polled before the batch lane.
+pub(super) async fn dispatch(d: Arc<Daemon>, rx: [mpsc::UnboundedReceiver<Queued>; 2]) {
+    let [mut live, mut batch] = rx;
+    let mut capacity = d.admission.capacity();
+    loop {
+        let q = tokio::select! {
+            biased;
+            _ = d.intake_stop.cancelled() => break,
+            Some(q) = live.recv() => q,
+            Some(q) = batch.recv() => q,
+            else => break,
+        };
+        let pps = pixels_per_sec(&q.job);
+        let permit = loop {
+            match d.admission.try_admit(q.job.class, pps) {
+                Ok(p) => break Some(p),
+                Err(rejected) => {
+                    tokio::select! {
+                        _ = d.intake_stop.cancelled() => break None,
+                        _ = d.slot_freed.notified() => {}
+                        _ = capacity.changed() => {
+                            d.metrics.capacity.set(*capacity.borrow_and_update() as i64);
+                        }
+                        _ = tokio::time::sleep(rejected.retry_after.min(Duration::from_millis(500))) => {}
+                    }
+                }
+            }
+        };
+        let Some(permit) = permit else { break };
+        d.queued.fetch_sub(1, Ordering::Relaxed);
+        d.metrics.queue_depth.set(d.queue_len() as i64);
+        drop(q.slot);
+        let me = d.clone();
+        d.metrics.jobs_running.inc();
+        d.tracker.spawn(async move {
+            let id = q.job.job_id.clone();
+            if let Err(err) = run(&me, q.job, q.received).await {
+                tracing::error!(job = %id, error = %format!("{err:#}"), "job could not be recorded; it resumes at next start");
+            }
+            drop(permit);
+            me.metrics.jobs_running.dec();
+            me.slot_freed.notify_one();
+            me.notify_final(&id);
+        });
+    }
+    tracing::debug!("dispatcher stopped");
+}
+
+/// Σ w × h × fps over the ladder (30 fps when a rung keeps the source's rate).
+fn pixels_per_sec(job: &JobRecord) -> f64 {
+    job.profiles
+        .iter()
+        .filter_map(|p| Profile::parse(p).ok())
+        .map(|p| p.width.max(1) as f64 * p.height.max(1) as f64 * p.fps().unwrap_or(30.0))
+        .sum()
+}
+
+enum Outcome {
+    Done,
+    Failed(&'static str),
+    /// Stopped by shutdown; stays in the ledger to resume.
+    Checkpointed,
+}
+
+async fn run(d: &Arc<Daemon>, job: JobRecord, received: Instant) -> anyhow::Result<()> {
+    let id = job.job_id.clone();
+    let outcome = execute(d, job, received).await?;
+    match outcome {
+        Outcome::Done => {
+            let ms = received.elapsed().as_millis() as u64;
+            d.record_latency(ms);
+            remove_quiet(&d.spool_path(&id));
+        }
+        Outcome::Failed(result) => {
+            d.metrics.segment(result);
+            remove_quiet(&d.spool_path(&id));
+        }
+        Outcome::Checkpointed => {
+            tracing::info!(job = %id, "transcode interrupted by shutdown; resumes at next start");
+        }
+    }
+    remove_quiet(&d.work_dir(&id));
+    Ok(())
+}
+
+async fn execute(d: &Arc<Daemon>, job: JobRecord, received: Instant) -> anyhow::Result<Outcome> {
+    let id = job.job_id.clone();
+    let current = d.ledger.get(&id)?.unwrap_or(job);
+    if current.state.is_final() {
+        return Ok(Outcome::Done);
+    }
+    if current.state != JobState::Stored {
+        let job = d.ledger.mark_transcoding(&id)?;
+        match transcode_and_store(d, &job, received).await? {
+            Ok(()) => {}
+            Err(outcome) => return Ok(outcome),
+        }
+    }
+    if let Some(done) = d.ledger.complete(&id)? {
+        d.ledger.flush().await?;
+        let m = &d.metrics;
+        m.segment("ok");
+        m.decoded_pixels.inc_by(done.decoded_pixels);
+        for r in &done.renditions {
+            m.encoded_pixels
+                .get_or_create(&ProfileLabel {
+                    profile: r.profile.clone(),
+                })
+                .inc_by(r.pixels);
+        }
+        m.segment_latency.observe(received.elapsed().as_secs_f64());
+        if done.transcode_ms > 0 {
+            m.realtime_ratio
+                .set(done.media_seconds * 1000.0 / done.transcode_ms as f64);
+        }
+        tracing::info!(job = %id, encoded_pixels = done.encoded_pixels, renditions = done.renditions.len(), "job done");
+    }
+    Ok(Outcome::Done)
+}
+
+/// Transcodes the spooled segment and stores every rendition; `Err(outcome)` when the
+/// job ends otherwise (failed or checkpointed), already recorded.
+async fn transcode_and_store(
+    d: &Arc<Daemon>,
+    job: &JobRecord,
+    received: Instant,
+) -> anyhow::Result<Result<(), Outcome>> {
+    let id = &job.job_id;
+    let cfg = &d.config.transcode;
+    let profiles = match Profile::parse_list(&job.profiles.join(",")) {
+        Ok(p) => p,
+        Err(e) => {
+            d.ledger.fail(id, "bad_profiles", &e.to_string())?;
+            return Ok(Err(Outcome::Failed("bad_input")));
+        }
+    };
+    let out_dir = d.work_dir(id);
+    remove_quiet(&out_dir);
+    std::fs::create_dir_all(&out_dir)?;
+    let deadline = match job.class {
+        JobClass::Live => Some(received + Duration::from_millis(4 * job.duration_ms.max(1))),
+        JobClass::Batch if cfg.batch_deadline_secs > 0 => {
+            Some(Instant::now() + Duration::from_secs(cfg.batch_deadline_secs))
+        }
+        JobClass::Batch => None,
+    };
+    let request = transcode::Request {
+        input: Input::File(d.spool_path(id)),
+        profiles,
+        out_dir: out_dir.clone(),
+        options: Options {
+            encoder: cfg.encoder_choice()?,
+            decoder: cfg.decoder_choice()?,
+            gpu: cfg.gpu,
+            max_input_pixels: cfg.max_input_pixels,
+            x264_preset: cfg.x264_preset.clone(),
+            deadline,
+            cancel: d.hard_stop.child_token(),
+            ..Options::default()
+        },
+    };
+    let result = tokio::task::spawn_blocking(move || transcode::transcode(&request)).await?;
+    let report = match result {
+        Ok(r) => r,
+        Err(TranscodeError::Cancelled) if d.hard_stop.is_cancelled() => {
+            return Ok(Err(Outcome::Checkpointed));
+        }
+        Err(e) => {
+            // The engine's deadline can cut demuxing short, which then reads as bad
+            // media; past the deadline, the deadline is the reason.
+            let past_deadline = deadline.is_some_and(|dl| Instant::now() >= dl);
+            let (code, result) =
+                if matches!(e, TranscodeError::DeadlineExceeded { .. }) || past_deadline {
+                    ("deadline_exceeded", "deadline")
+                } else if e.is_bad_input() {
+                    ("bad_input", "bad_input")
+                } else {
+                    ("transcode_failed", "failed")
+                };
+            tracing::warn!(job = %id, code, error = %e, "transcode failed");
+            d.ledger.fail(id, code, &e.to_string())?;
+            return Ok(Err(Outcome::Failed(result)));
+        }
+    };
+    if let Some(reason) = &report.fallback_reason {
+        tracing::debug!(job = %id, %reason, "hardware path not used");
+    }
+    let mut renditions = Vec::with_capacity(report.renditions.len());
+    for r in &report.renditions {
+        let mut attempt = 0;
+        let stored = loop {
+            attempt += 1;
+            match d.store.put(&r.path).await {
+                Ok(s) => break s,
+                Err(e) => {
+                    d.metrics.store_errors.inc();
+                    tracing::warn!(job = %id, attempt, error = %e, "storing rendition failed");
+                    if attempt >= cfg.store_attempts.max(1) {
+                        d.ledger.fail(id, "store_error", &e.to_string())?;
+                        return Ok(Err(Outcome::Failed("store_error")));
+                    }
+                    tokio::time::sleep(Duration::from_millis(200 * attempt as u64)).await;
+                }
+            }
+        };
+        renditions.push(RenditionRecord {
+            profile: r.profile.clone(),
+            cid: stored.cid,
+            pixels: r.pixels,
+            bytes: stored.bytes,
+            width: r.width,
+            height: r.height,
+            frames: r.frames,
+            encoder: r.encoder.clone(),
+            mime: r.mime.to_string(),
+            job_id: id.clone(),
+        });
+    }
+    d.ledger.mark_stored(
+        id,
+        report.decoded_pixels,
+        report.media_seconds,
+        report.wall_ms,
+        renditions,
+    )?;
+    Ok(Ok(()))
+}

@@ -1,0 +1,164 @@
+//! The daemon assembled in-process with stand-ins behind its two seams: concurrency
+//! follows the scheduler's capacity, shutdown restores the scheduler, and a store
+//! error is retried and counted.
+
+mod common;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use comine::config::Config;
+use comine::daemon::seams::{
+    Admission, Content, FileStore, Permit, Rejected, RenditionStore, SchedulerStatus,
+    SemaphoreAdmission, StoreError, StoredRef,
+};
+use comine::daemon::Daemon;
+use comine::ledger::JobClass;
+use futures_util::future::BoxFuture;
+use tokio::sync::watch;
+
+/// A scheduler stand-in: capacity set by the test, restore() counted.
+struct TestScheduler {
+    inner: SemaphoreAdmission,
+    restored: AtomicUsize,
+}
+
+impl Admission for TestScheduler {
+    fn try_admit(&self, class: JobClass, pps: f64) -> Result<Permit, Rejected> {
+        self.inner.try_admit(class, pps)
+    }
+    fn capacity(&self) -> watch::Receiver<usize> {
+        self.inner.capacity()
+    }
+    fn status(&self) -> SchedulerStatus {
+        let mut s = self.inner.status();
+        s.sealing.insert("disabled".into(), 1);
+        s
+    }
+    fn restore(&self) -> BoxFuture<'_, ()> {
+        self.restored.fetch_add(1, Ordering::SeqCst);
+        Box::pin(async {})
+    }
+}
+
+/// A store whose first put fails.
+struct FlakyStore {
+    inner: FileStore,
+    calls: AtomicUsize,
+}
+
+impl RenditionStore for FlakyStore {
+    fn put<'a>(&'a self, path: &'a Path) -> BoxFuture<'a, Result<StoredRef, StoreError>> {
+        Box::pin(async move {
+            if self.calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                return Err(StoreError::Other("injected failure".into()));
+            }
+            self.inner.put(path).await
+        })
+    }
+    fn open<'a>(&'a self, cid: &'a str) -> BoxFuture<'a, Result<Option<Content>, StoreError>> {
+        self.inner.open(cid)
+    }
+    fn describe(&self) -> serde_json::Value {
+        serde_json::json!({"backend": "flaky-test"})
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrency_follows_capacity_and_shutdown_restores_the_scheduler() {
+    let root = tempfile::tempdir().unwrap();
+    let seg = common::segment(root.path(), "s.ts", "testsrc");
+    let data = root.path().join("data");
+    let mut config = Config::default();
+    config.transcode.encoder = "x264".into();
+    config.transcode.decoder = "software".into();
+    config.transcode.x264_preset = "ultrafast".into();
+    let sched = Arc::new(TestScheduler {
+        inner: SemaphoreAdmission::new(0),
+        restored: AtomicUsize::new(0),
+    });
+    let store = Arc::new(FlakyStore {
+        inner: FileStore::open(&data.join("filestore")).unwrap(),
+        calls: AtomicUsize::new(0),
+    });
+    let d = Daemon::open(config, data, store.clone(), sched.clone(), "t".repeat(32)).unwrap();
+    d.resume().unwrap();
+    d.spawn_dispatcher();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let app = comine::intake::http::router(d.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let http = reqwest::Client::new();
+    let token = "t".repeat(32);
+    let mut ids = Vec::new();
+    for seq in 0..3 {
+        let r = http
+            .post(format!(
+                "{base}/v1/transcode?profiles=P144p30fps16x9&manifest_id=s&seq={seq}&async=1"
+            ))
+            .bearer_auth(&token)
+            .body(seg.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+        let v: serde_json::Value = r.json().await.unwrap();
+        ids.push(v["job_id"].as_str().unwrap().to_string());
+    }
+    // Capacity 0: nothing runs.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let st: serde_json::Value = http
+        .get(format!("{base}/v1/status"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(st["queue"]["depth"], 3, "{st}");
+    assert_eq!(st["queue"]["capacity"], 0);
+    assert_eq!(st["sealing"]["disabled"], 1);
+    // The scheduler opens capacity: the queue drains.
+    sched.inner.set_capacity(1);
+    for id in &ids {
+        let job = loop {
+            let j: serde_json::Value = http
+                .get(format!("{base}/v1/jobs/{id}"))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if j["state"] == "done" || j["state"] == "failed" {
+                break j;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(job["state"], "done", "{job}");
+    }
+    // The injected store failure was retried and counted.
+    assert_eq!(store.calls.load(Ordering::SeqCst), 4);
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("comine_store_errors_total 1"), "{metrics}");
+    assert!(metrics.contains("comine_capacity 1"), "{metrics}");
+    assert!(
+        metrics.contains("comine_sealing_tasks{state=\"disabled\"} 1"),
+        "{metrics}"
+    );
+    d.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(sched.restored.load(Ordering::SeqCst), 1);
+}
