@@ -33,6 +33,9 @@ struct Cli {
 enum Command {
     /// Transcode one segment (or any file FFmpeg demuxes) into a rendition ladder.
     Transcode(comine::transcode::cli::Args),
+    /// Attach to a Livepeer orchestrator as a remote transcoder (standalone; `comine run`
+    /// will carry the same flags).
+    Livepeer(comine::intake::livepeer::cli::Args),
 }
 
 fn main() -> ExitCode {
@@ -46,6 +49,7 @@ fn main() -> ExitCode {
     logging::init(cli.log_format, level);
     let result = match cli.command {
         Command::Transcode(args) => comine::transcode::cli::run(args),
+        Command::Livepeer(args) => comine::intake::livepeer::cli::run(args),
     };
     match result {
         Ok(code) => code,
