@@ -291,7 +291,7 @@ async fn connection(
         }),
         ethereum_address: cfg.eth_address.map(|a| a.to_vec()).unwrap_or_default(),
     };
-    tracing::info!(orch = %cfg.orch_addr, capacity = cap, version = %cfg.version, eth_address = ?cfg.eth_address, "registering as a remote transcoder");
+    tracing::info!(orch = %cfg.orch_addr, capacity = cap, version = %cfg.version, eth_address = ?cfg.eth_address, "registering as a remote transcoder; go-livepeer answers with the first segment");
     let mut client = TranscoderClient::new(channel);
     let change = wait_capacity_change(capacity, cap, cfg.capacity_dwell);
     tokio::pin!(change);
@@ -306,7 +306,7 @@ async fn connection(
         new = &mut change => return Ended::Recapacity(new),
         _ = shared.shutdown.cancelled() => return Ended::Shutdown,
     };
-    tracing::info!(orch = %cfg.orch_addr, capacity = cap, "registered; waiting for segments");
+    tracing::info!(orch = %cfg.orch_addr, capacity = cap, "notification stream open");
     loop {
         tokio::select! {
             msg = stream.message() => match msg {

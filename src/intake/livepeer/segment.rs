@@ -1,7 +1,7 @@
 //! One task: fetch the segment, transcode it within the orchestrator's deadline, post the
 //! renditions (or an error part) to `/transcodeResults`, then hand it to the sink.
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -169,7 +169,7 @@ async fn work(
     http: &reqwest::Client,
     session_id: &str,
     deadline: Instant,
-    work_dir: &PathBuf,
+    work_dir: &Path,
 ) -> Result<Done, Failure> {
     let cfg = &shared.cfg;
     let seg = n.seg_data.clone().unwrap_or_default();
@@ -211,7 +211,7 @@ async fn work(
     let request = Request {
         input: Input::Memory(data),
         profiles: engine_profiles,
-        out_dir: work_dir.clone(),
+        out_dir: work_dir.to_path_buf(),
         options: Options {
             encoder: cfg.encoder,
             x264_preset: cfg.x264_preset.clone(),
