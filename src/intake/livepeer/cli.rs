@@ -230,7 +230,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let signal = shutdown.clone();
         tokio::spawn(async move {
             if tokio::signal::ctrl_c().await.is_ok() {
-                tracing::info!("interrupt: finishing segments in flight, then exiting");
+                tracing::info!("interrupt: cancelling segments in flight (the orchestrator gets error parts and retries elsewhere), then exiting");
                 signal.cancel();
             }
         });

@@ -102,7 +102,8 @@ pub(super) async fn run(
             }
         }
     };
-    // Tasks in flight finish (each is bounded by its deadline) and post their results.
+    // On shutdown the engine cancels tasks in flight at once; each still posts an error
+    // part, so the orchestrator can hand the segment to another transcoder right away.
     tracker.close();
     tracker.wait().await;
     result

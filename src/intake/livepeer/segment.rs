@@ -122,6 +122,7 @@ pub(super) async fn handle(
                 download_ms: done.download_ms,
                 transcode_ms: done.transcode_ms,
                 upload_ms,
+                total_ms: received.elapsed().as_millis() as u64,
                 accepted: posted.is_ok(),
             };
             if let Err(e) = shared.sink.segment_transcoded(&record).await {

@@ -44,6 +44,8 @@ pub struct SegmentRecord {
     pub download_ms: u64,
     pub transcode_ms: u64,
     pub upload_ms: u64,
+    /// From the notification's arrival to the upload's answer: the client's end-to-end.
+    pub total_ms: u64,
     /// The orchestrator answered the upload with 2xx.
     pub accepted: bool,
 }
