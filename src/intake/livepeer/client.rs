@@ -197,13 +197,15 @@ pub(super) fn chain(err: &(dyn std::error::Error + 'static)) -> String {
     s
 }
 
-fn classify(shared: &Shared, status: tonic::Status, capacity: u32) -> Ended {
+/// go-livepeer refuses with plain errors ("invalid secret", "zero capacity"), which gRPC
+/// carries as code Unknown; those two are fatal, anything else is a fault to retry.
+fn classify(addr: &str, status: tonic::Status, capacity: u32) -> Ended {
     match status.message() {
         "invalid secret" => Ended::Fatal(LivepeerError::InvalidSecret {
-            addr: shared.cfg.orch_addr.clone(),
+            addr: addr.to_string(),
         }),
         "zero capacity" => Ended::Fatal(LivepeerError::ZeroCapacity {
-            addr: shared.cfg.orch_addr.clone(),
+            addr: addr.to_string(),
             capacity,
         }),
         _ => {
@@ -302,7 +304,7 @@ async fn connection(
     let mut stream = tokio::select! {
         r = client.register_transcoder(request) => match r {
             Ok(resp) => resp.into_inner(),
-            Err(status) => return classify(shared, status, cap),
+            Err(status) => return classify(&cfg.orch_addr, status, cap),
         },
         new = &mut change => return Ended::Recapacity(new),
         _ = shared.shutdown.cancelled() => return Ended::Shutdown,
@@ -313,7 +315,7 @@ async fn connection(
             msg = stream.message() => match msg {
                 Ok(Some(n)) => dispatch(shared, n, &http, tracker),
                 Ok(None) => return Ended::Fault("the orchestrator ended the stream".into()),
-                Err(status) => return classify(shared, status, cap),
+                Err(status) => return classify(&cfg.orch_addr, status, cap),
             },
             new = &mut change => return Ended::Recapacity(new),
             _ = shared.shutdown.cancelled() => return Ended::Shutdown,
@@ -360,6 +362,26 @@ mod tests {
             let err = server_name(bad).unwrap_err().to_string();
             assert!(err.contains("HOST:PORT"), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn refusals_are_fatal_with_what_to_fix_and_the_rest_is_retried() {
+        match classify("o:8935", tonic::Status::unknown("zero capacity"), 0) {
+            Ended::Fatal(e @ LivepeerError::ZeroCapacity { .. }) => {
+                assert!(e.to_string().contains("--capacity"), "{e}")
+            }
+            _ => panic!("zero capacity must be fatal"),
+        }
+        match classify("o:8935", tonic::Status::unknown("invalid secret"), 1) {
+            Ended::Fatal(e @ LivepeerError::InvalidSecret { .. }) => {
+                assert!(e.to_string().contains("--orch-secret"), "{e}")
+            }
+            _ => panic!("invalid secret must be fatal"),
+        }
+        assert!(matches!(
+            classify("o:8935", tonic::Status::unavailable("connection reset"), 1),
+            Ended::Fault(_)
+        ));
     }
 
     #[tokio::test(start_paused = true)]
