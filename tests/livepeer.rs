@@ -648,3 +648,28 @@ async fn cli_reports_invalid_secret_zero_capacity_and_bad_address() {
     .await;
     assert!(!ok && err.contains("checksum"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ca_file_verifies_the_orchestrator_certificate() {
+    let o = orchestrator().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, o.cert_pem()).unwrap();
+    let good = Client::start(&o, 1, |cfg| cfg.tls = TlsPolicy::CaFile(ca.clone()));
+    o.wait_for_transcoders(1, WAIT).await.unwrap();
+    expect_done(
+        o.transcode(SegmentJob::new("ca", 0, segment(), ladder()[..1].to_vec()))
+            .await,
+    );
+    good.stop().await.unwrap();
+
+    // Another orchestrator's certificate does not chain to that CA.
+    let other = orchestrator().await;
+    let wrong = Client::start(&other, 1, |cfg| cfg.tls = TlsPolicy::CaFile(ca.clone()));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        other.registrations().is_empty(),
+        "an unverifiable certificate never registers"
+    );
+    wrong.stop().await.unwrap();
+}

@@ -423,6 +423,7 @@ struct Server {
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<()>,
     cert_der: Vec<u8>,
+    cert_pem: String,
 }
 
 /// The test orchestrator. See the module documentation.
@@ -464,6 +465,14 @@ impl TestOrchestrator {
                 .map(|s| s.cert_der.as_slice())
                 .unwrap_or_default(),
         )
+    }
+
+    /// The current certificate in PEM (for `--orch-ca-file`: it is its own issuer).
+    pub fn cert_pem(&self) -> String {
+        self.server
+            .as_ref()
+            .map(|s| s.cert_pem.clone())
+            .unwrap_or_default()
     }
 
     /// Every `RegisterRequest` this incarnation received, refused ones included.
@@ -705,6 +714,7 @@ fn serve(listener: tokio::net::TcpListener, inner: Arc<Inner>) -> std::io::Resul
             .and_then(|p| p.self_signed(&key))
             .map_err(std::io::Error::other)?;
     let cert_der = cert.der().to_vec();
+    let cert_pem = cert.pem();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -748,6 +758,7 @@ fn serve(listener: tokio::net::TcpListener, inner: Arc<Inner>) -> std::io::Resul
         shutdown,
         task,
         cert_der,
+        cert_pem,
     })
 }
 
