@@ -43,6 +43,9 @@ enum Command {
     Status(comine::daemon::cli::StatusArgs),
     /// The pixel and earnings ledger.
     Ledger(comine::ledger::cli::Args),
+    /// Attach to a Livepeer orchestrator as a remote transcoder (standalone; `comine run`
+    /// will carry the same flags).
+    Livepeer(comine::intake::livepeer::cli::Args),
 }
 
 fn main() -> ExitCode {
@@ -61,6 +64,7 @@ fn main() -> ExitCode {
         Command::Run(args) => comine::daemon::cli::run(args),
         Command::Status(args) => comine::daemon::cli::status(args),
         Command::Ledger(args) => comine::ledger::cli::run(args),
+        Command::Livepeer(args) => comine::intake::livepeer::cli::run(args),
     };
     match result {
         Ok(code) => code,

@@ -1,4 +1,5 @@
-//! Intake: how segments reach the daemon. `http` is the local HTTP API; the Livepeer
-//! remote-transcoder client lives beside it (another branch).
+//! Intake: how segments reach comine. [`http`] is the daemon's local HTTP API;
+//! [`livepeer`] joins a Livepeer orchestrator as a remote transcoder.
 
 pub mod http;
+pub mod livepeer;

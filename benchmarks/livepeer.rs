@@ -1,0 +1,256 @@
+//! `cargo bench --bench livepeer`: the remote transcoder against the in-repo test
+//! orchestrator on this machine.
+//!
+//! 1. Per-segment overhead beyond transcoding: the orchestrator's end-to-end latency
+//!    (notify → results received) against the transcode time the client measured, and
+//!    against the same transcode run directly on the engine in the same run (the peer).
+//! 2. Concurrent sessions held at real time: k sessions each submit 2 s segments back to
+//!    back; the largest k whose every segment finished within 0.8 × its duration
+//!    (Livepeer's sizing rule) is reported.
+//!
+//! Env: `COMINE_BENCH_ENCODER` = auto (default) | nvenc | x264; `COMINE_BENCH_SEGMENTS`
+//! (segments for part 1, default 8); `COMINE_BENCH_MAX_SESSIONS` (default 16).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use comine::intake::livepeer::proto::{H264Profile, VideoProfile};
+use comine::intake::livepeer::test_orchestrator::{
+    SegmentJob, TaskOutcome, TestOrchestrator, TestOrchestratorConfig,
+};
+use comine::intake::livepeer::{run_transcoder, MemorySink, TranscoderConfig};
+use comine::transcode::{self, EncoderChoice, Input, Options, Profile, Request};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+const SEGMENT_SECONDS: f64 = 2.0;
+const REALTIME_RATIO: f64 = 0.8;
+
+fn segment() -> Bytes {
+    let out = std::process::Command::new("ffmpeg")
+        .args([
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=640x360:rate=30,noise=alls=20:allf=t+u",
+            "-t",
+            "2",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "veryfast",
+            "-g",
+            "60",
+            "-f",
+            "mpegts",
+            "pipe:1",
+        ])
+        .output()
+        .expect("the ffmpeg CLI is needed to generate the test segment");
+    assert!(
+        out.status.success(),
+        "ffmpeg failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Bytes::from(out.stdout)
+}
+
+/// Livepeer's benchmark ladder below the source: 240p and 360p, constrained high, 1 s GOP.
+fn ladder() -> Vec<VideoProfile> {
+    [
+        ("P240p30fps16x9", 426, 240, 250_000),
+        ("P360p30fps16x9", 640, 360, 800_000),
+    ]
+    .into_iter()
+    .map(|(name, w, h, bps)| VideoProfile {
+        name: name.into(),
+        width: w,
+        height: h,
+        bitrate: bps,
+        fps: 0,
+        fps_den: 1,
+        gop: 1000,
+        profile: H264Profile::H264ConstrainedHigh as i32,
+        ..Default::default()
+    })
+    .collect()
+}
+
+fn encoder() -> EncoderChoice {
+    match std::env::var("COMINE_BENCH_ENCODER").as_deref() {
+        Ok("nvenc") => EncoderChoice::Nvenc,
+        Ok("x264") => EncoderChoice::X264,
+        _ => EncoderChoice::Auto,
+    }
+}
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v[v.len() / 2]
+}
+
+/// The peer: the same segment and ladder straight through the engine, no network.
+fn direct_ms(seg: &Bytes, runs: usize) -> (f64, String) {
+    let profiles: Vec<Profile> =
+        comine::intake::livepeer::profiles::to_engine(&ladder()).expect("ladder maps");
+    let mut times = Vec::new();
+    let mut encoder_name = String::new();
+    for _ in 0..runs {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let t = Instant::now();
+        let report = transcode::transcode(&Request {
+            input: Input::Memory(seg.clone()),
+            profiles: profiles.clone(),
+            out_dir: dir.path().to_path_buf(),
+            options: Options {
+                encoder: encoder(),
+                ..Options::default()
+            },
+        })
+        .expect("direct transcode");
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+        encoder_name = report
+            .renditions
+            .first()
+            .map(|r| r.encoder.clone())
+            .unwrap_or_default();
+    }
+    (median(times), encoder_name)
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(bench());
+}
+
+async fn bench() {
+    let seg = segment();
+    let segments = env_usize("COMINE_BENCH_SEGMENTS", 8).max(1);
+    let max_sessions = env_usize("COMINE_BENCH_MAX_SESSIONS", 16).max(1);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+
+    let (direct, encoder_name) = tokio::task::spawn_blocking({
+        let seg = seg.clone();
+        move || direct_ms(&seg, segments.min(5))
+    })
+    .await
+    .expect("direct runs");
+
+    let o = TestOrchestrator::start(TestOrchestratorConfig::default())
+        .await
+        .expect("test orchestrator");
+    let work = tempfile::tempdir().expect("tempdir");
+    let mut cfg = TranscoderConfig::new(o.addr(), o.secret());
+    cfg.encoder = encoder();
+    cfg.work_dir = work.path().to_path_buf();
+    cfg.capacity_dwell = Duration::from_millis(100);
+    let (cap_tx, cap_rx) = watch::channel(1u32);
+    let sink = Arc::new(MemorySink::default());
+    let shutdown = CancellationToken::new();
+    let client = tokio::spawn(run_transcoder(cfg, cap_rx, sink.clone(), shutdown.clone()));
+    o.wait_for_transcoders(1, Duration::from_secs(30))
+        .await
+        .expect("registration");
+
+    println!(
+        "livepeer bench: {SEGMENT_SECONDS} s 640x360@30 segment ({} KiB), ladder P240p+P360p, encoder {encoder_name}, {cores} cores",
+        seg.len() / 1024
+    );
+
+    // 1. Sequential segments: overhead beyond transcoding.
+    let mut e2e = Vec::new();
+    for seq in 0..segments as i64 {
+        let t = Instant::now();
+        match o
+            .transcode(SegmentJob::new("overhead", seq, seg.clone(), ladder()))
+            .await
+        {
+            TaskOutcome::Done { .. } => e2e.push(t.elapsed().as_secs_f64() * 1e3),
+            other => panic!("segment {seq} failed: {other:?}"),
+        }
+    }
+    let records = sink.transcoded.lock().expect("sink").clone();
+    let tc = median(records.iter().map(|r| r.transcode_ms as f64).collect());
+    let dl = median(records.iter().map(|r| r.download_ms as f64).collect());
+    let ul = median(records.iter().map(|r| r.upload_ms as f64).collect());
+    let total = median(records.iter().map(|r| r.total_ms as f64).collect());
+    let end_to_end = median(e2e);
+    let overhead = total - tc;
+    println!(
+        "per-segment (median of {segments}): client total {total:.0} ms = transcode {tc:.0} ms + overhead {overhead:.0} ms (download {dl:.0} ms, upload {ul:.0} ms, rest: session, reading renditions, multipart)"
+    );
+    println!(
+        "  overhead / transcode = {:.3}; orchestrator's end-to-end {end_to_end:.0} ms (adds the test O's own parsing); end-to-end / direct engine (peer, same run: {direct:.0} ms) = {:.3}",
+        overhead / tc,
+        end_to_end / direct
+    );
+
+    // 2. Concurrent sessions at real time: per session, Livepeer's duration ratio is the
+    // sum of its segments' latencies over the media they hold; the worst session counts.
+    let o = Arc::new(o);
+    let rounds = 3;
+    let mut held = 0usize;
+    for k in 1..=max_sessions {
+        cap_tx.send(k as u32).expect("capacity");
+        o.wait_for_capacity(k as i64, Duration::from_secs(30))
+            .await
+            .expect("re-registration");
+        let mut jobs = tokio::task::JoinSet::new();
+        for s in 0..k {
+            let (o, seg) = (o.clone(), seg.clone());
+            jobs.spawn(async move {
+                let mut busy = 0.0;
+                for seq in 0..rounds {
+                    let t = Instant::now();
+                    let job = SegmentJob::new(&format!("rt-{k}-{s}"), seq, seg.clone(), ladder());
+                    match o.transcode(job).await {
+                        TaskOutcome::Done { .. } => busy += t.elapsed().as_secs_f64(),
+                        // A failed or late segment is as bad as an infinitely slow one.
+                        _ => busy += f64::INFINITY,
+                    }
+                }
+                busy / (rounds as f64 * SEGMENT_SECONDS)
+            });
+        }
+        let mut worst = 0.0f64;
+        let mut ratios = Vec::new();
+        while let Some(r) = jobs.join_next().await {
+            let r = r.unwrap_or(f64::INFINITY);
+            worst = worst.max(r);
+            ratios.push(r);
+        }
+        println!(
+            "  {k} concurrent session(s): duration ratio worst {worst:.3}, median {:.3}",
+            median(ratios)
+        );
+        if worst > REALTIME_RATIO {
+            break;
+        }
+        held = k;
+    }
+    println!(
+        "concurrent sessions held at real time (duration ratio <= {REALTIME_RATIO}): {held} on this machine ({cores} cores, encoder {encoder_name})"
+    );
+
+    shutdown.cancel();
+    let _ = client.await;
+}

@@ -1,0 +1,133 @@
+//! Livepeer remote transcoder: comine joins a pool's go-livepeer orchestrator exactly as a
+//! stock `livepeer -transcoder` does.
+//!
+//! [`run_transcoder`] dials the orchestrator's TLS port, calls `RegisterTranscoder` with the
+//! secret, the capacity the scheduler grants and our capabilities, and then serves the
+//! `NotifySegment` stream: every task is fetched over HTTPS, transcoded by
+//! [`crate::transcode`] on a blocking thread within the orchestrator's deadline, and posted
+//! back to `/transcodeResults` as `multipart/mixed`; then handed to a [`SegmentSink`].
+//! Capacity changes that last longer than a dwell time re-register; connection faults
+//! reconnect with capped exponential backoff; "invalid secret" and "zero capacity" stop.
+//!
+//! [`test_orchestrator`] is an in-repo test double of the orchestrator side.
+
+pub mod cli;
+mod client;
+pub mod multipart;
+pub mod profiles;
+pub mod proto;
+mod segment;
+mod sessions;
+pub mod sink;
+pub mod test_orchestrator;
+pub mod tls;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use alloy_primitives::Address;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::transcode::EncoderChoice;
+
+pub use cli::LivepeerArgs;
+pub use sink::{LoggingSink, MemorySink, SegmentFailure, SegmentRecord, SegmentSink};
+pub use tls::TlsPolicy;
+
+/// The version we announce in `Capabilities.version`. Gateways compare it with *go-livepeer*
+/// releases (`-orchMinLivepeerVersion`), so it names the go-livepeer protocol level comine
+/// implements, not comine's own version.
+pub const LIVEPEER_COMPAT_VERSION: &str = "0.8.0";
+
+/// Capabilities we advertise (go-livepeer `core/capabilities.go` numbering): H.264,
+/// MPEG-TS, MP4, fractional frame rates, the three storage kinds (the O stores, not us),
+/// the four H.264 profiles, GOP and auth tokens. Not MPEG-7 signatures (14) or HEVC (15, 16).
+pub const CAPABILITIES: &[u32] = &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12];
+
+/// Everything the client needs; [`cli::LivepeerArgs::to_config`] builds it from flags.
+#[derive(Clone, Debug)]
+pub struct TranscoderConfig {
+    /// `HOST:PORT` of the orchestrator's TLS port (gRPC and HTTPS).
+    pub orch_addr: String,
+    pub secret: String,
+    /// Sent as `RegisterRequest.ethereum_address` (field 4) for pools that pay by address.
+    pub eth_address: Option<Address>,
+    pub tls: TlsPolicy,
+    pub encoder: EncoderChoice,
+    pub x264_preset: String,
+    pub gpu: u32,
+    /// Scratch space for renditions; each task gets its own subdirectory, removed after.
+    pub work_dir: PathBuf,
+    /// A capacity change must hold this long before we re-register.
+    pub capacity_dwell: Duration,
+    /// The orchestrator's deadline is max(this, 4 × segment duration); 8 s in go-livepeer.
+    pub deadline_floor: Duration,
+    /// HTTP/2 PING interval and timeout on the gRPC connection: detects a dead stream.
+    pub keepalive_interval: Duration,
+    pub keepalive_timeout: Duration,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    pub version: String,
+    /// Largest segment we download.
+    pub max_segment_bytes: u64,
+    /// Session state not used for this long is dropped (the O may never send a teardown).
+    pub session_idle_timeout: Duration,
+    /// Tasks in flight beyond this are answered with an error part at once.
+    pub max_in_flight: usize,
+}
+
+impl TranscoderConfig {
+    pub fn new(orch_addr: impl Into<String>, secret: impl Into<String>) -> Self {
+        TranscoderConfig {
+            orch_addr: orch_addr.into(),
+            secret: secret.into(),
+            eth_address: None,
+            tls: TlsPolicy::AcceptSelfSigned,
+            encoder: EncoderChoice::Auto,
+            x264_preset: "veryfast".into(),
+            gpu: 0,
+            work_dir: std::env::temp_dir().join("comine-livepeer"),
+            capacity_dwell: Duration::from_secs(10),
+            deadline_floor: Duration::from_secs(8),
+            keepalive_interval: Duration::from_secs(20),
+            keepalive_timeout: Duration::from_secs(20),
+            backoff_initial: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(60),
+            version: LIVEPEER_COMPAT_VERSION.into(),
+            max_segment_bytes: 64 << 20,
+            session_idle_timeout: Duration::from_secs(120),
+            max_in_flight: 64,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LivepeerError {
+    #[error("the orchestrator at {addr} rejected our secret (\"invalid secret\"): pass the orchestrator's -orchSecret value with --orch-secret SECRET or --orch-secret @FILE")]
+    InvalidSecret { addr: String },
+    #[error("the orchestrator at {addr} refused capacity {capacity} (\"zero capacity\"): give --capacity a number above 0, or let the scheduler grant some GPU time (--capacity auto)")]
+    ZeroCapacity { addr: String, capacity: u32 },
+    #[error("{0}")]
+    Config(String),
+    #[error("cannot create the work directory {path}: {source}")]
+    WorkDir {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Runs the remote transcoder until `shutdown` fires (then `Ok`) or a fatal refusal.
+///
+/// `capacity` is the scheduler's grant (a fixed channel for `--capacity N`); 0 means "give
+/// the GPU back": we unregister and wait. `sink` receives every finished task.
+pub async fn run_transcoder(
+    cfg: TranscoderConfig,
+    capacity: watch::Receiver<u32>,
+    sink: Arc<dyn SegmentSink>,
+    shutdown: CancellationToken,
+) -> Result<(), LivepeerError> {
+    client::run(cfg, capacity, sink, shutdown).await
+}
