@@ -4,6 +4,8 @@
 //! intake → scheduler → [`transcode`] → store → ledger, with `bench` on top.
 //! `docs/architecture.md` says what each module owns.
 
+pub mod bench;
 pub mod logging;
 pub mod paths;
+pub mod report;
 pub mod transcode;

@@ -33,6 +33,10 @@ struct Cli {
 enum Command {
     /// Transcode one segment (or any file FFmpeg demuxes) into a rendition ladder.
     Transcode(comine::transcode::cli::Args),
+    /// Co-mining benchmark: sealing throughput and power lost to transcoding, streams gained.
+    Bench(comine::bench::cli::Args),
+    /// Work with benchmark reports (compare several machines).
+    Report(comine::report::cli::Args),
 }
 
 fn main() -> ExitCode {
@@ -46,6 +50,8 @@ fn main() -> ExitCode {
     logging::init(cli.log_format, level);
     let result = match cli.command {
         Command::Transcode(args) => comine::transcode::cli::run(args),
+        Command::Bench(args) => comine::bench::cli::run(args),
+        Command::Report(args) => comine::report::cli::run(args),
     };
     match result {
         Ok(code) => code,
