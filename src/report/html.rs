@@ -8,7 +8,7 @@ const CSS: &str = "body{font-family:sans-serif;max-width:960px;margin:2em auto;c
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}\
 th:first-child,td:first-child{text-align:left}.sim{color:#1565c0;font-weight:bold}\
 .warn{background:#fff3e0;border-left:4px solid #fb8c00;padding:.5em 1em}figure{margin:1.5em 0}\
-figcaption{font-size:.9em;color:#555}";
+figcaption{font-size:.9em;color:#555}#hw td{text-align:left}";
 
 pub fn render(r: &BenchReport) -> String {
     let f = &r.fingerprint;
@@ -29,7 +29,7 @@ pub fn render(r: &BenchReport) -> String {
     if r.power.simulated {
         h.push_str("<p class=\"warn\" id=\"simulated-notice\">This machine has no GPU telemetry: every figure marked <span class=\"sim\">[simulated]</span> comes from comine's GPU model, not from hardware. Measured and simulated figures are never added together.</p>");
     }
-    h.push_str("<h2>Hardware</h2><table>");
+    h.push_str("<h2>Hardware</h2><table id=\"hw\">");
     for (k, v) in [
         ("Host", f.hostname.clone()),
         ("CPU", format!("{} ({} cores)", f.cpu_model, f.cpu_cores)),
