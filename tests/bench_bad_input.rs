@@ -176,3 +176,71 @@ fn compare_rejects_non_reports() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("not a comine bench report"));
 }
+
+#[test]
+fn input_file_is_cut_into_segments_and_missing_input_is_clear() {
+    let dir = tempfile::tempdir().unwrap();
+    let media = dir.path().join("in.mp4");
+    let ok = Command::new("ffmpeg")
+        .args([
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=320x180:rate=25",
+            "-t",
+            "3",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+        ])
+        .arg(&media)
+        .status()
+        .expect("ffmpeg CLI");
+    assert!(ok.success());
+    let out = dir.path().join("o");
+    let o = bench(
+        &[
+            "--seal",
+            "none",
+            "--input",
+            media.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        Some((&dir.path().join("s.toml"), SMALL)),
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r = comine::report::schema::load(&out.join("report.json")).unwrap();
+    assert!(r.config.input.contains("in.mp4"), "{}", r.config.input);
+    assert!(r
+        .segments
+        .iter()
+        .any(|s| s.error.is_none() && s.decoded_pixels > 0));
+    assert_eq!(r.config.seal_mode, "none");
+    assert!(r
+        .phases
+        .iter()
+        .find(|p| p.name == "seal")
+        .unwrap()
+        .reps
+        .is_empty());
+
+    let o = bench(
+        &[
+            "--seal",
+            "none",
+            "--input",
+            "/nonexistent/clip.mp4",
+            "--out",
+            dir.path().join("o2").to_str().unwrap(),
+        ],
+        Some((&dir.path().join("s.toml"), SMALL)),
+    );
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("does not exist"));
+}

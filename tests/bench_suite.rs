@@ -170,7 +170,7 @@ fn tiny_suite_report_is_valid_and_consistent() {
             }
         }
         for (k, vals) in by_key {
-            let s = Stat::of(&vals).unwrap();
+            let s = Stat::for_metric(k, &vals).unwrap();
             assert!(close(p.stats[k].median, s.median), "{}.{k}", p.name);
             assert_eq!(p.stats[k].noisy, s.noisy);
         }

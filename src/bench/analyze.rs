@@ -166,7 +166,7 @@ pub fn analyze(inp: &Inputs<'_>) -> Analysis {
                 .iter()
                 .filter_map(|r| r.metrics.get(&k).copied())
                 .collect();
-            if let Some(s) = Stat::of(&vals) {
+            if let Some(s) = Stat::for_metric(&k, &vals) {
                 if s.noisy && WATCHED.contains(&k.as_str()) {
                     warnings.push(format!(
                         "{label}: {k} varies {:.0}% across {} repetitions (> 10%); results are noisy, re-run on a quieter machine or with longer phases",

@@ -225,6 +225,10 @@ pub fn run(mut opts: RunOptions) -> Result<BenchReport, BenchError> {
         None => load::generate(&suite.transcode, &work.join("segments"))?,
     };
 
+    // Probe the encoder once: under `auto` without NVENC every segment would otherwise
+    // retry NVENC and log the fallback; the probe also warms FFmpeg up before measuring.
+    let (encoder, encoder_note) = probe_encoder(encoder, &segments, &profiles, &suite, &work);
+
     let shared = Arc::new(Shared {
         tag: Mutex::new(Tag {
             phase: "between".into(),
@@ -532,6 +536,9 @@ pub fn run(mut opts: RunOptions) -> Result<BenchReport, BenchError> {
         sealing,
     });
     let mut warnings = analysis.warnings;
+    if let Some(note) = encoder_note {
+        warnings.push(note);
+    }
     if cancel.is_cancelled() {
         warnings.insert(
             0,
@@ -616,6 +623,40 @@ pub fn run(mut opts: RunOptions) -> Result<BenchReport, BenchError> {
         results: analysis.results,
         warnings,
     })
+}
+
+fn probe_encoder(
+    choice: EncoderChoice,
+    segments: &Segments,
+    profiles: &[Profile],
+    suite: &Suite,
+    work: &Path,
+) -> (EncoderChoice, Option<String>) {
+    if choice != EncoderChoice::Auto {
+        return (choice, None);
+    }
+    let req = crate::transcode::Request {
+        input: crate::transcode::Input::Memory(segments.items[0].clone()),
+        profiles: profiles.to_vec(),
+        out_dir: work.join("probe"),
+        options: crate::transcode::Options {
+            encoder: choice,
+            x264_preset: suite.transcode.x264_preset.clone(),
+            ..Default::default()
+        },
+    };
+    let _ = std::fs::create_dir_all(work.join("probe"));
+    match crate::transcode::transcode(&req) {
+        Ok(rep) if rep.renditions.iter().all(|r| r.encoder == "libx264") => (
+            EncoderChoice::X264,
+            Some(format!(
+                "NVENC is not available, transcoding measured with libx264 on the CPU ({})",
+                rep.fallback_reason
+                    .unwrap_or_else(|| "no reason given".into())
+            )),
+        ),
+        _ => (choice, None),
+    }
 }
 
 fn sleep(cancel: &CancellationToken, d: Duration) {

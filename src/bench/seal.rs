@@ -212,6 +212,7 @@ pub fn piece_cid(commitment: [u8; 32]) -> Result<cid::Cid, SealError> {
     Ok(cid::Cid::new_v1(0xf101, mh))
 }
 
+#[cfg_attr(not(feature = "seal-builtin"), allow(dead_code))]
 fn phase_line(sector: u64, phase: &str, t: Instant) -> WorkerLine {
     WorkerLine::Phase {
         sector,
@@ -259,8 +260,10 @@ pub fn worker_main(size: &str, dir: &Path, max_sectors: Option<u64>) -> Result<(
 }
 
 /// xorshift64* stream: cheap incompressible bytes for the piece payload.
+#[cfg_attr(not(feature = "seal-builtin"), allow(dead_code))]
 struct Noise(u64);
 
+#[cfg_attr(not(feature = "seal-builtin"), allow(dead_code))]
 impl Noise {
     fn new(seed: u64) -> Self {
         Noise(seed | 1)

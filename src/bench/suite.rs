@@ -194,14 +194,14 @@ x264_preset = "veryfast"
 seconds = 5.0
 repeats = 3
 [phases.seal]
-seconds = 25.0
+seconds = 35.0
 repeats = 2
 [phases.transcode]
 step_seconds = 8.0
-max_streams = 8
+max_streams = 6
 repeats = 2
 [phases.combined]
-seconds = 25.0
+seconds = 30.0
 repeats = 2
 "#;
 
@@ -440,14 +440,14 @@ mod tests {
 
     #[test]
     fn unknown_key_is_named() {
-        let text = QUICK.replace("max_streams = 8", "max_streams = 8\nmax_stream = 3");
+        let text = QUICK.replace("max_streams = 6", "max_streams = 6\nmax_stream = 3");
         let err = Suite::parse(&text, "t.toml").unwrap_err().to_string();
         assert!(err.contains("max_stream"), "{err}");
     }
 
     #[test]
     fn impossible_value_is_named() {
-        let text = QUICK.replace("max_streams = 8", "max_streams = 0");
+        let text = QUICK.replace("max_streams = 6", "max_streams = 0");
         let err = Suite::parse(&text, "t.toml").unwrap_err().to_string();
         assert!(
             err.contains("phases.transcode.max_streams must be >= 1"),

@@ -138,7 +138,8 @@ pub struct Stat {
     pub median: f64,
     pub min: f64,
     pub max: f64,
-    /// (max − min) / |median| in percent.
+    /// (max − min) / |median| in percent; for metrics that are themselves percentages
+    /// (names ending in `_pct`) it is max − min in percentage points.
     pub spread_pct: f64,
     pub n: u32,
     /// Spread above 10 %: repeat on a quieter machine or with longer phases.
@@ -146,6 +147,16 @@ pub struct Stat {
 }
 
 impl Stat {
+    /// The statistic for metric `key`: relative spread, or points for `*_pct` metrics.
+    pub fn for_metric(key: &str, values: &[f64]) -> Option<Stat> {
+        let mut s = Stat::of(values)?;
+        if key.ends_with("_pct") {
+            s.spread_pct = s.max - s.min;
+            s.noisy = s.n > 1 && s.spread_pct > 10.0;
+        }
+        Some(s)
+    }
+
     pub fn of(values: &[f64]) -> Option<Stat> {
         let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
         if v.is_empty() {
