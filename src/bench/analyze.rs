@@ -31,11 +31,18 @@ pub const PHASES: &[(&str, &str)] = &[
 /// successful runs, observed nodes finished jobs.
 pub struct SealAccounting {
     weights: BTreeMap<String, f64>,
+    whole_sectors_only: bool,
 }
 
 impl SealAccounting {
+    /// Weights from the phases timed in the seal-only warm-up and windows. A phase set
+    /// is complete when every phase of a sector (every phase seen anywhere, at least
+    /// AP, PC1, PC2 and C1) was timed there; otherwise only whole sectors count.
     pub fn new(events: &[SealEvent], windows: &[WindowSpan]) -> Self {
-        let seal_windows: Vec<&WindowSpan> = windows.iter().filter(|w| w.phase == "seal").collect();
+        let seal_windows: Vec<&WindowSpan> = windows
+            .iter()
+            .filter(|w| w.phase == "seal" || w.phase == "seal_warmup")
+            .collect();
         let mut sum: BTreeMap<String, (f64, u32)> = BTreeMap::new();
         for e in events.iter().filter(|e| e.kind == "phase") {
             if !seal_windows
@@ -50,15 +57,23 @@ impl SealAccounting {
                 s.1 += 1;
             }
         }
-        // Fallback when seal-only saw no phase: any phase events at all.
-        if sum.is_empty() {
-            for e in events.iter().filter(|e| e.kind == "phase") {
-                if let (Some(p), Some(ms)) = (&e.phase, e.ms) {
-                    let s = sum.entry(p.clone()).or_default();
-                    s.0 += ms as f64;
-                    s.1 += 1;
-                }
-            }
+        let mut needed: std::collections::BTreeSet<String> = ["ap", "pc1", "pc2", "c1"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        needed.extend(
+            events
+                .iter()
+                .filter(|e| e.kind == "phase")
+                .filter_map(|e| e.phase.clone()),
+        );
+        let complete = needed.iter().all(|p| sum.contains_key(p));
+        let any_phase = events.iter().any(|e| e.kind == "phase");
+        if !complete || !any_phase {
+            return SealAccounting {
+                weights: BTreeMap::new(),
+                whole_sectors_only: any_phase,
+            };
         }
         let means: BTreeMap<String, f64> = sum
             .into_iter()
@@ -66,7 +81,16 @@ impl SealAccounting {
             .collect();
         let total: f64 = means.values().sum();
         let weights = means.into_iter().map(|(k, m)| (k, m / total)).collect();
-        SealAccounting { weights }
+        SealAccounting {
+            weights,
+            whole_sectors_only: false,
+        }
+    }
+
+    /// True when built-in sealing never timed a whole sector in seal-only, so only
+    /// finished sectors count (coarse: a window may show 0).
+    pub fn whole_sectors_only(&self) -> bool {
+        self.whole_sectors_only
     }
 
     /// Work units completed within [start, end].
@@ -82,9 +106,12 @@ impl SealAccounting {
                     .copied()
                     .unwrap_or(0.0),
                 "run" | "job" => 1.0,
+                "sector" if self.whole_sectors_only => 1.0,
                 _ => 0.0,
             })
-            .sum()
+            .sum::<f64>()
+            // An empty f64 sum is -0.0; report 0.
+            + 0.0
     }
 
     pub fn weights(&self) -> &BTreeMap<String, f64> {
@@ -249,6 +276,9 @@ pub fn analyze(inp: &Inputs<'_>) -> Analysis {
         steered: combined("combined_steered"),
         unsteered: combined("combined_unsteered"),
     };
+    if acct.whole_sectors_only() {
+        warnings.push("built-in sealing never completed a whole sector during the seal-only phase, so phase weights are unknown and only whole sectors count: throughput is coarse (raise phases.seal.seconds or use a smaller sector)".into());
+    }
     if streams_at_realtime == 0 && !steps.is_empty() {
         warnings.push(format!(
             "not even one stream stayed at or below realtime ratio {}: this ladder is too heavy for this machine's encoder; the combined phase ran 1 stream anyway",
@@ -495,13 +525,40 @@ mod tests {
             streams: 0,
         }];
         let events = vec![
-            ev(1.0, "phase", Some("pc1"), 3000),
-            ev(2.0, "phase", Some("pc2"), 1000),
-            ev(3.0, "sector", None, 4000),
+            ev(0.5, "phase", Some("ap"), 500),
+            ev(1.0, "phase", Some("pc1"), 2500),
+            ev(2.0, "phase", Some("pc2"), 1500),
+            ev(2.5, "phase", Some("c1"), 500),
+            ev(3.0, "sector", None, 5000),
         ];
         let a = SealAccounting::new(&events, &windows);
+        assert!(!a.whole_sectors_only());
         assert!((a.units(&events, 0.0, 10.0) - 1.0).abs() < 1e-9);
-        assert!((a.units(&events, 0.0, 1.5) - 0.75).abs() < 1e-9);
+        assert!((a.units(&events, 0.0, 1.5) - 0.6).abs() < 1e-9);
+        assert_eq!(a.units(&events, 50.0, 60.0).to_string(), "0");
+    }
+
+    #[test]
+    fn incomplete_sector_counts_whole_sectors_only() {
+        let windows = vec![WindowSpan {
+            phase: "seal".into(),
+            rep: 0,
+            start_s: 0.0,
+            end_s: 10.0,
+            streams: 0,
+        }];
+        // PC2 never finished inside seal-only: PC1 alone must not count as a sector.
+        let events = vec![
+            ev(1.0, "phase", Some("ap"), 100),
+            ev(5.0, "phase", Some("pc1"), 4000),
+            ev(20.0, "phase", Some("pc2"), 9000),
+            ev(21.0, "phase", Some("c1"), 900),
+            ev(21.0, "sector", None, 14000),
+        ];
+        let a = SealAccounting::new(&events, &windows);
+        assert!(a.whole_sectors_only());
+        assert_eq!(a.units(&events, 0.0, 10.0), 0.0);
+        assert_eq!(a.units(&events, 0.0, 30.0), 1.0);
     }
 
     #[test]

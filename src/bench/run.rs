@@ -292,6 +292,35 @@ pub fn run(mut opts: RunOptions) -> Result<BenchReport, BenchError> {
         shared.set(|t| {
             t.seal_pid = runner.pid();
             t.sealing = "running";
+            t.phase = "seal_warmup".into();
+        });
+        // Warm-up: seal until one whole sector is done (SDR parent cache, page cache,
+        // and the per-phase times that weight partial progress), capped at 4 windows.
+        pb.set_prefix("seal warm-up (one sector)");
+        let start = now_s();
+        let cap = Instant::now() + Duration::from_secs_f64(4.0 * suite.phases.seal.seconds);
+        let sectors_done = || {
+            seal_events
+                .lock()
+                .map(|ev| {
+                    ev.iter().any(|e| {
+                        e.kind == "sector"
+                            || e.kind == "run"
+                            || e.kind == "job"
+                            || e.kind == "failed"
+                    })
+                })
+                .unwrap_or(true)
+        };
+        while !cancel.is_cancelled() && Instant::now() < cap && !sectors_done() {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        windows.push(WindowSpan {
+            phase: "seal_warmup".into(),
+            rep: 0,
+            start_s: start,
+            end_s: now_s(),
+            streams: 0,
         });
         for rep in 0..suite.phases.seal.repeats {
             pb.set_prefix(format!("seal {}/{}", rep + 1, suite.phases.seal.repeats));

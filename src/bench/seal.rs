@@ -244,6 +244,8 @@ pub fn worker_main(size: &str, dir: &Path, max_sectors: Option<u64>) -> Result<(
     let mut sector = 1u64;
     loop {
         let sector_dir: PathBuf = dir.join(format!("s-{sector}"));
+        // Never seal on top of a previous run's layers (it would skip real work).
+        let _ = std::fs::remove_dir_all(&sector_dir);
         let result = seal_sector(size, &sector_dir, sector, with_c2, &mut emit);
         let _ = std::fs::remove_dir_all(&sector_dir);
         if let Err(e) = result {

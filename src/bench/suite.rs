@@ -194,14 +194,14 @@ x264_preset = "veryfast"
 seconds = 5.0
 repeats = 3
 [phases.seal]
-seconds = 35.0
+seconds = 30.0
 repeats = 2
 [phases.transcode]
 step_seconds = 8.0
 max_streams = 6
 repeats = 2
 [phases.combined]
-seconds = 30.0
+seconds = 25.0
 repeats = 2
 "#;
 

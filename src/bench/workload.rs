@@ -96,6 +96,8 @@ impl SealRunner {
         let pgid = Arc::new(AtomicI32::new(0));
         let paused = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
+        // A killed worker leaves its sector's layers behind; PC1 would reuse them.
+        let _ = std::fs::remove_dir_all(work_dir);
         std::fs::create_dir_all(work_dir)?;
         let push = {
             let events = events.clone();

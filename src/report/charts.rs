@@ -13,6 +13,7 @@ fn phase_color(name: &str) -> RGBColor {
     match name {
         "idle" => RGBColor(230, 230, 230),
         "seal" => RGBColor(255, 224, 178),
+        "seal_warmup" => RGBColor(255, 243, 224),
         "transcode_step" | "transcode" => RGBColor(187, 222, 251),
         "combined_steered" => RGBColor(200, 230, 201),
         "combined_unsteered" => RGBColor(248, 187, 208),
