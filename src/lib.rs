@@ -4,6 +4,7 @@
 //! intake → scheduler → [`transcode`] → [`store`] → ledger, with `bench` on top.
 //! `docs/architecture.md` says what each module owns.
 
+pub mod bench;
 pub mod config;
 pub mod daemon;
 pub mod gpu;
@@ -12,6 +13,7 @@ pub mod ledger;
 pub mod logging;
 pub mod metrics;
 pub mod paths;
+pub mod report;
 pub mod sched;
 pub mod seal;
 pub mod store;

@@ -46,6 +46,10 @@ enum Command {
     /// Attach to a Livepeer orchestrator as a remote transcoder (standalone; `comine run`
     /// will carry the same flags).
     Livepeer(comine::intake::livepeer::cli::Args),
+    /// Co-mining benchmark: sealing throughput and power lost to transcoding, streams gained.
+    Bench(comine::bench::cli::Args),
+    /// Work with benchmark reports (compare several machines).
+    Report(comine::report::cli::Args),
 }
 
 fn main() -> ExitCode {
@@ -65,6 +69,8 @@ fn main() -> ExitCode {
         Command::Status(args) => comine::daemon::cli::status(args),
         Command::Ledger(args) => comine::ledger::cli::run(args),
         Command::Livepeer(args) => comine::intake::livepeer::cli::run(args),
+        Command::Bench(args) => comine::bench::cli::run(args),
+        Command::Report(args) => comine::report::cli::run(args),
     };
     match result {
         Ok(code) => code,

@@ -384,18 +384,16 @@ fn cat(args: &Args, cid: &str, backend: Backend) -> anyhow::Result<ExitCode> {
         Backend::Local => {
             let store = open_store(args)?;
             let mut reader = store.cat(&cid)?;
-            io::copy(&mut reader, &mut out)
-                .map(|_| ())
-                .map_err(|e| {
-                    if e.kind() == io::ErrorKind::BrokenPipe {
-                        return anyhow::Error::from(e);
-                    }
-                    // Store errors (corrupt, missing block) travel inside the io::Error.
-                    match e.into_inner() {
-                        Some(inner) => anyhow::anyhow!(inner.to_string()),
-                        None => anyhow::anyhow!("writing to stdout"),
-                    }
-                })
+            io::copy(&mut reader, &mut out).map(|_| ()).map_err(|e| {
+                if e.kind() == io::ErrorKind::BrokenPipe {
+                    return anyhow::Error::from(e);
+                }
+                // Store errors (corrupt, missing block) travel inside the io::Error.
+                match e.into_inner() {
+                    Some(inner) => anyhow::anyhow!(inner.to_string()),
+                    None => anyhow::anyhow!("writing to stdout"),
+                }
+            })
         }
         Backend::Kubo => {
             let client = client(args)?;

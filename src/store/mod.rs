@@ -355,11 +355,7 @@ impl Store {
 
     /// Depth-first pre-order walk of the DAG under `root`, calling `visit` once per distinct
     /// block. Returns (file bytes, cumulative DAG bytes).
-    pub fn walk(
-        &self,
-        root: &Cid,
-        visit: &mut BlockVisitor<'_>,
-    ) -> Result<(u64, u64), StoreError> {
+    pub fn walk(&self, root: &Cid, visit: &mut BlockVisitor<'_>) -> Result<(u64, u64), StoreError> {
         let mut seen = std::collections::HashSet::new();
         let mut stack = vec![*root];
         let (mut size, mut dag_size) = (0u64, 0u64);
@@ -506,7 +502,10 @@ mod tests {
 
     #[test]
     fn full_disk_errors_say_so() {
-        let e = StoreError::io("writing the CAR", io::Error::from_raw_os_error(libc::ENOSPC));
+        let e = StoreError::io(
+            "writing the CAR",
+            io::Error::from_raw_os_error(libc::ENOSPC),
+        );
         assert!(e.to_string().contains("disk is full"), "{e}");
         let e = StoreError::from(sled::Error::Io(io::Error::from_raw_os_error(libc::ENOSPC)));
         assert!(e.to_string().contains("disk is full"), "{e}");

@@ -122,7 +122,12 @@ pub async fn push_one(
     // bound it by the read timeout plus the size at MIN_UPLOAD_RATE.
     let size = store.pin_info(cid)?.map_or(0, |p| p.dag_size);
     let deadline = client.timeout() + Duration::from_secs(size / MIN_UPLOAD_RATE);
-    match tokio::time::timeout(deadline, client.add_verified(Box::new(reader), &name, opts, cid)).await {
+    match tokio::time::timeout(
+        deadline,
+        client.add_verified(Box::new(reader), &name, opts, cid),
+    )
+    .await
+    {
         Ok(result) => result?,
         Err(_) => {
             return Err(PushError::Node(KuboError::Timeout {
@@ -185,7 +190,12 @@ pub async fn push_pending(
 }
 
 /// Background pusher for the daemon: a `push_pending` pass every `interval` until `cancel`.
-pub async fn run_pusher(store: Store, client: KuboClient, interval: Duration, cancel: CancellationToken) {
+pub async fn run_pusher(
+    store: Store,
+    client: KuboClient,
+    interval: Duration,
+    cancel: CancellationToken,
+) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -210,7 +210,6 @@ pub fn comine(args: &[&str], stdin: Option<&[u8]>) -> (bool, String, String) {
 
 // ---- storage helpers ----
 
-
 /// Deterministic, incompressible-looking test data (xorshift).
 pub fn data(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;

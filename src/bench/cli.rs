@@ -1,0 +1,148 @@
+//! `comine bench [--suite quick|standard|tiny|PATH.toml] [--out DIR] [--seal builtin|cmd:'…'|observe|none] [--input MEDIA]`
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+
+use super::run::{self, RunOptions};
+use super::suite::Suite;
+use super::workload::SealMode;
+
+#[derive(clap::Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct Args {
+    /// Built-in suite (quick, standard, tiny) or a suite TOML file.
+    #[arg(long, default_value = "quick")]
+    pub suite: String,
+    /// Directory for report.json, report.html and report.md
+    /// (default: DATA_DIR/bench/<unix time>).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Sealing workload: builtin (real sealing on the CPU), cmd:'COMMAND' (run repeatedly),
+    /// observe (watch lotus-miner's WorkerJobs via MINER_API_INFO) or none.
+    #[arg(long, default_value = "builtin", value_parser = parse_seal)]
+    pub seal: SealMode,
+    /// Media file, .m3u8 playlist or HLS directory to cut into segments instead of the
+    /// generated test pattern.
+    #[arg(long)]
+    pub input: Option<PathBuf>,
+    /// Data directory (default: $COMINE_DATA_DIR or the platform data dir).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Print report.json on stdout instead of the Markdown summary.
+    #[arg(long)]
+    pub json: bool,
+    /// Progress bars: auto (when stderr is a terminal), always or never.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "always", "never"])]
+    pub progress: String,
+    #[command(subcommand)]
+    pub worker: Option<Worker>,
+}
+
+fn parse_seal(s: &str) -> Result<SealMode, String> {
+    s.parse()
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum Worker {
+    /// Internal: the sealing child process the suite starts, steers and kills.
+    #[command(hide = true)]
+    SealWorker {
+        #[arg(long)]
+        sector_size: String,
+        #[arg(long)]
+        dir: PathBuf,
+        /// Stop after this many sectors (default: until killed).
+        #[arg(long)]
+        max_sectors: Option<u64>,
+    },
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if let Some(Worker::SealWorker {
+        sector_size,
+        dir,
+        max_sectors,
+    }) = args.worker
+    {
+        // Die with the parent: an orphaned sealer would skew every later benchmark.
+        // SAFETY: prctl with PR_SET_PDEATHSIG only sets a flag on this process.
+        unsafe {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        }
+        super::seal::worker_main(&sector_size, &dir, max_sectors)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let (suite, text) = Suite::load(&args.suite)?;
+    let out = match args.out {
+        Some(o) => o,
+        None => {
+            let secs = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            args.data_dir
+                .unwrap_or_else(crate::paths::default_data_dir)
+                .join("bench")
+                .join(secs.to_string())
+        }
+    };
+    let cancel = CancellationToken::new();
+    // Ctrl-C stops the phases early; the report is still written and says so.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let c = cancel.clone();
+    let signal_thread = std::thread::spawn(move || {
+        rt.block_on(async {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {
+                    tracing::warn!("interrupted: finishing the current window and writing a partial report");
+                    c.cancel();
+                }
+                _ = c.cancelled() => {}
+            }
+        })
+    });
+    let progress = match args.progress.as_str() {
+        "always" => true,
+        "never" => false,
+        _ => std::io::stderr().is_terminal(),
+    };
+    tracing::info!(suite = %suite.name, out = %out.display(), "running the co-mining benchmark");
+    let result = run::run(RunOptions {
+        suite,
+        suite_text: text,
+        out: out.clone(),
+        seal: args.seal,
+        input: args.input,
+        progress,
+        cancel: cancel.clone(),
+        gpu: None,
+        power: None,
+    });
+    let interrupted = cancel.is_cancelled();
+    cancel.cancel();
+    let _ = signal_thread.join();
+    let report = result?;
+    let files = crate::report::write_all(&report, &out).context("writing the report")?;
+    for w in &report.warnings {
+        tracing::warn!("{w}");
+    }
+    for f in &files {
+        tracing::info!("wrote {}", f.display());
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", crate::report::markdown::render(&report));
+    }
+    Ok(if interrupted {
+        ExitCode::from(130)
+    } else {
+        ExitCode::SUCCESS
+    })
+}

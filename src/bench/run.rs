@@ -1,0 +1,907 @@
+//! The suite runner: idle → seal only → transcode step-up → combined (steered and
+//! unsteered), with a sampler thread tagging every sample with the current phase.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use tokio_util::sync::CancellationToken;
+
+use super::analyze::{self, Inputs};
+use super::load::{self, PixelCounters, Segments, Window};
+use super::sampler::{self, GpuSampler, HostCpu, LoadHint, PowerSampler, RaplSampler};
+use super::steering::{Action, Hysteresis, Steering};
+use super::suite::Suite;
+use super::workload::{SealEvent, SealMode, SealRunner};
+use crate::report::schema::{
+    BenchReport, Fingerprint, PowerSources, RunConfig, Sample, SteeringEvent, WindowSpan,
+    SCHEMA_ID, SCHEMA_VERSION,
+};
+use crate::transcode::{EncoderChoice, Profile};
+
+/// Why the suite could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("output directory {path} is not usable: {why}")]
+    OutDir { path: String, why: String },
+    #[error("output directory {path} already holds a report (report.json); pick another --out or remove it")]
+    OutDirTaken { path: String },
+    #[error("output directory {path} has {free_mib} MiB free; this suite needs about {need_mib} MiB (sealing scratch for {sector} sectors plus segments); free space or pick another --out")]
+    OutDirFull {
+        path: String,
+        free_mib: u64,
+        need_mib: u64,
+        sector: String,
+    },
+    #[error("cannot write {path}: {source}{hint}")]
+    Write {
+        path: String,
+        #[source]
+        source: std::io::Error,
+        hint: &'static str,
+    },
+    #[error(transparent)]
+    Load(#[from] load::LoadError),
+    #[error("transcode ladder: {0}")]
+    Ladder(String),
+    #[error("cannot start the sealing workload: {0}")]
+    Seal(std::io::Error),
+}
+
+/// Everything a run needs. The two sampler fields are the seam for the `gpu` module.
+pub struct RunOptions {
+    pub suite: Suite,
+    pub suite_text: String,
+    pub out: PathBuf,
+    pub seal: SealMode,
+    pub input: Option<PathBuf>,
+    pub progress: bool,
+    pub cancel: CancellationToken,
+    /// GPU telemetry; `None` uses [`default_gpu_sampler`].
+    pub gpu: Option<Box<dyn GpuSampler>>,
+    /// Host energy; `None` tries RAPL.
+    pub power: Option<Box<dyn PowerSampler>>,
+}
+
+/// Until the `gpu` module is merged: no NVML here, so the labelled simulation.
+pub fn default_gpu_sampler() -> Box<dyn GpuSampler> {
+    Box::new(sampler::SimGpu::generic())
+}
+
+/// Scratch space a suite needs in `--out`.
+pub fn needed_bytes(suite: &Suite, seal: &SealMode) -> u64 {
+    let seg = 64 << 20;
+    match seal {
+        // PC1 layers (2 at ≤ 512 MiB, 11 at 32 GiB) + staged + sealed + trees.
+        SealMode::Builtin => {
+            suite
+                .sector_bytes()
+                .saturating_mul(if suite.sector_bytes() > (1 << 30) {
+                    16
+                } else {
+                    8
+                })
+                + seg
+        }
+        _ => seg,
+    }
+}
+
+/// Refuse an output directory that is a file, already holds a report or lacks space.
+pub fn check_out_dir(out: &Path, need: u64) -> Result<(), BenchError> {
+    let path = out.display().to_string();
+    if out.exists() && !out.is_dir() {
+        return Err(BenchError::OutDir {
+            path,
+            why: "it exists and is not a directory".into(),
+        });
+    }
+    std::fs::create_dir_all(out).map_err(|e| BenchError::OutDir {
+        path: path.clone(),
+        why: e.to_string(),
+    })?;
+    if out.join("report.json").exists() {
+        return Err(BenchError::OutDirTaken { path });
+    }
+    let free = free_bytes(out).unwrap_or(u64::MAX);
+    if free < need {
+        return Err(BenchError::OutDirFull {
+            path,
+            free_mib: free >> 20,
+            need_mib: need.div_ceil(1 << 20),
+            sector: String::new(),
+        });
+    }
+    Ok(())
+}
+
+fn free_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs writes into a zeroed struct we own; the path is NUL-terminated.
+    unsafe {
+        let mut st: libc::statvfs = std::mem::zeroed();
+        if libc::statvfs(c.as_ptr(), &mut st) != 0 {
+            return None;
+        }
+        Some(st.f_bavail as u64 * st.f_frsize as u64)
+    }
+}
+
+/// Write a file, turning "disk full" into advice.
+pub fn write_file(path: &Path, data: &[u8]) -> Result<(), BenchError> {
+    std::fs::write(path, data).map_err(|source| {
+        let hint = if source.raw_os_error() == Some(libc::ENOSPC) {
+            " (the disk is full: free space or pick another --out)"
+        } else {
+            ""
+        };
+        BenchError::Write {
+            path: path.display().to_string(),
+            source,
+            hint,
+        }
+    })
+}
+
+/// What the sampler tags samples with.
+#[derive(Clone)]
+struct Tag {
+    phase: String,
+    rep: u32,
+    streams: u32,
+    seal_pid: Option<u32>,
+    sealing: &'static str,
+}
+
+struct Shared {
+    tag: Mutex<Tag>,
+    samples: Mutex<Vec<Sample>>,
+    stop: AtomicBool,
+}
+
+impl Shared {
+    fn set(&self, f: impl FnOnce(&mut Tag)) {
+        if let Ok(mut t) = self.tag.lock() {
+            f(&mut t);
+        }
+    }
+}
+
+/// Run the whole suite and return the report (files are written by the caller).
+pub fn run(mut opts: RunOptions) -> Result<BenchReport, BenchError> {
+    let suite = opts.suite.clone();
+    check_out_dir(&opts.out, needed_bytes(&suite, &opts.seal)).map_err(|e| match e {
+        BenchError::OutDirFull {
+            path,
+            free_mib,
+            need_mib,
+            ..
+        } => BenchError::OutDirFull {
+            path,
+            free_mib,
+            need_mib,
+            sector: suite.seal.sector_size.clone(),
+        },
+        e => e,
+    })?;
+    let profiles = Profile::parse_list(&suite.transcode.ladder)
+        .map_err(|e| BenchError::Ladder(e.to_string()))?;
+    let encoder = match suite.transcode.encoder.as_str() {
+        "nvenc" => EncoderChoice::Nvenc,
+        "x264" => EncoderChoice::X264,
+        _ => EncoderChoice::Auto,
+    };
+    let work = opts.out.join("work");
+    let _ = std::fs::remove_dir_all(&work);
+    let clock = Instant::now();
+    let created = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+
+    let (power_sampler, cpu_power_label): (Option<Box<dyn PowerSampler>>, String) =
+        match opts.power.take() {
+            Some(p) => {
+                let l = p.source().to_string();
+                (Some(p), l)
+            }
+            None => match RaplSampler::open() {
+                Ok(r) => (Some(Box::new(r) as Box<dyn PowerSampler>), "rapl".into()),
+                Err(why) => (None, format!("not measured: {why}")),
+            },
+        };
+    let gpu_sampler = opts.gpu.take().unwrap_or_else(default_gpu_sampler);
+    let gpu_info = gpu_sampler.info();
+    let fingerprint = fingerprint(gpu_info.clone());
+
+    let pb = progress_bar(&suite, opts.progress);
+    pb.set_message("preparing segments");
+    let segments: Segments = match &opts.input {
+        Some(p) => load::from_input(p, &suite.transcode, &work.join("segments"))?,
+        None => load::generate(&suite.transcode, &work.join("segments"))?,
+    };
+
+    // Probe the encoder once: under `auto` without NVENC every segment would otherwise
+    // retry NVENC and log the fallback; the probe also warms FFmpeg up before measuring.
+    let (encoder, encoder_note) = probe_encoder(encoder, &segments, &profiles, &suite, &work);
+
+    let shared = Arc::new(Shared {
+        tag: Mutex::new(Tag {
+            phase: "between".into(),
+            rep: 0,
+            streams: 0,
+            seal_pid: None,
+            sealing: "off",
+        }),
+        samples: Mutex::new(Vec::new()),
+        stop: AtomicBool::new(false),
+    });
+    let counters = Arc::new(PixelCounters::default());
+    let sampler_thread = spawn_sampler(
+        shared.clone(),
+        counters.clone(),
+        power_sampler,
+        gpu_sampler,
+        Duration::from_millis(suite.sample_interval_ms),
+        clock,
+        pb.clone(),
+    );
+
+    let seal_events: Arc<Mutex<Vec<SealEvent>>> = Arc::new(Mutex::new(Vec::new()));
+    let mut windows: Vec<WindowSpan> = Vec::new();
+    let mut segs_all = Vec::new();
+    let steering_log: Arc<Mutex<Vec<SteeringEvent>>> = Arc::new(Mutex::new(Vec::new()));
+    let cancel = opts.cancel.clone();
+    let now_s = || clock.elapsed().as_secs_f64();
+    let mut policy_name = String::new();
+
+    // 1. Idle baseline.
+    for rep in 0..suite.phases.idle.repeats {
+        pb.set_prefix(format!("idle {}/{}", rep + 1, suite.phases.idle.repeats));
+        shared.set(|t| {
+            t.phase = "idle".into();
+            t.rep = rep;
+        });
+        let start = now_s();
+        sleep(&cancel, Duration::from_secs_f64(suite.phases.idle.seconds));
+        windows.push(WindowSpan {
+            phase: "idle".into(),
+            rep,
+            start_s: start,
+            end_s: now_s(),
+            streams: 0,
+        });
+    }
+    shared.set(|t| t.phase = "between".into());
+
+    // 2. Seal only.
+    let sealing = opts.seal != SealMode::None;
+    if sealing && !cancel.is_cancelled() {
+        let runner = SealRunner::start(
+            &opts.seal,
+            &suite.seal.sector_size,
+            &work.join("seal"),
+            clock,
+            seal_events.clone(),
+        )
+        .map_err(BenchError::Seal)?;
+        shared.set(|t| {
+            t.seal_pid = runner.pid();
+            t.sealing = "running";
+            t.phase = "seal_warmup".into();
+        });
+        // Warm-up: seal until one whole sector is done (SDR parent cache, page cache,
+        // and the per-phase times that weight partial progress), capped at 4 windows.
+        pb.set_prefix("seal warm-up (one sector)");
+        let start = now_s();
+        let cap = Instant::now() + Duration::from_secs_f64(4.0 * suite.phases.seal.seconds);
+        let sectors_done = || {
+            seal_events
+                .lock()
+                .map(|ev| {
+                    ev.iter().any(|e| {
+                        e.kind == "sector"
+                            || e.kind == "run"
+                            || e.kind == "job"
+                            || e.kind == "failed"
+                    })
+                })
+                .unwrap_or(true)
+        };
+        while !cancel.is_cancelled() && Instant::now() < cap && !sectors_done() {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        windows.push(WindowSpan {
+            phase: "seal_warmup".into(),
+            rep: 0,
+            start_s: start,
+            end_s: now_s(),
+            streams: 0,
+        });
+        for rep in 0..suite.phases.seal.repeats {
+            pb.set_prefix(format!("seal {}/{}", rep + 1, suite.phases.seal.repeats));
+            shared.set(|t| {
+                t.phase = "seal".into();
+                t.rep = rep;
+                t.seal_pid = runner.pid();
+            });
+            let start = now_s();
+            sleep(&cancel, Duration::from_secs_f64(suite.phases.seal.seconds));
+            windows.push(WindowSpan {
+                phase: "seal".into(),
+                rep,
+                start_s: start,
+                end_s: now_s(),
+                streams: 0,
+            });
+        }
+        shared.set(|t| {
+            t.phase = "between".into();
+            t.sealing = "off";
+            t.seal_pid = None;
+        });
+        runner.stop();
+    }
+
+    // 3. Transcode only: step up streams until the ratio passes the target.
+    let tp = &suite.phases.transcode;
+    let mk_window =
+        |phase: &'static str, rep: u32, streams: u32, secs: f64| -> (String, u32, u32, f64) {
+            (phase.to_string(), rep, streams, secs)
+        };
+    let run_load = |spec: (String, u32, u32, f64),
+                    on_done: &(dyn Fn(&load::SegmentRecord) + Sync)| {
+        let (phase, rep, streams, secs) = spec;
+        shared.set(|t| {
+            t.phase = phase.clone();
+            t.rep = rep;
+            t.streams = streams;
+        });
+        let start = now_s();
+        let w = Window {
+            phase: &phase,
+            rep,
+            streams,
+            duration: Duration::from_secs_f64(secs),
+            segments: &segments,
+            profiles: &profiles,
+            encoder,
+            x264_preset: &suite.transcode.x264_preset,
+            work_dir: &work.join("transcode"),
+            clock,
+            cancel: &cancel,
+            counters: &counters,
+        };
+        let recs = load::run_window(&w, on_done);
+        let span = WindowSpan {
+            phase: phase.clone(),
+            rep,
+            start_s: start,
+            end_s: now_s(),
+            streams,
+        };
+        shared.set(|t| {
+            t.phase = "between".into();
+            t.streams = 0;
+        });
+        (span, recs)
+    };
+    let mut best = 0u32;
+    for n in 1..=tp.max_streams {
+        if cancel.is_cancelled() {
+            break;
+        }
+        pb.set_prefix(format!("transcode step {n} streams"));
+        let (span, recs) = run_load(mk_window("transcode_step", n, n, tp.step_seconds), &|_| {});
+        let ok: Vec<f64> = recs
+            .iter()
+            .filter(|r| r.error.is_none())
+            .map(|r| r.ratio)
+            .collect();
+        let ratio = if ok.is_empty() {
+            f64::INFINITY
+        } else {
+            ok.iter().sum::<f64>() / ok.len() as f64
+        };
+        if let Some(err) = recs
+            .iter()
+            .find_map(|r| r.error.clone())
+            .filter(|_| ok.is_empty())
+        {
+            tracing::warn!("transcoding failed at {n} streams: {err}");
+        }
+        windows.push(span);
+        segs_all.extend(recs);
+        pb.set_message(format!("{n} streams: realtime ratio {ratio:.2}"));
+        if ratio <= tp.target_ratio {
+            best = n;
+        } else {
+            break;
+        }
+    }
+    let streams = best.max(1);
+    for rep in 0..tp.repeats {
+        if cancel.is_cancelled() {
+            break;
+        }
+        pb.set_prefix(format!(
+            "transcode {streams} streams {}/{}",
+            rep + 1,
+            tp.repeats
+        ));
+        let (span, recs) = run_load(
+            mk_window("transcode", rep, streams, tp.step_seconds),
+            &|_| {},
+        );
+        windows.push(span);
+        segs_all.extend(recs);
+    }
+
+    // 4. Combined: sealing + transcoding at that stream count, steered then unsteered.
+    if sealing {
+        for steered in [true, false] {
+            if cancel.is_cancelled() {
+                break;
+            }
+            let phase: &'static str = if steered {
+                "combined_steered"
+            } else {
+                "combined_unsteered"
+            };
+            let runner = SealRunner::start(
+                &opts.seal,
+                &suite.seal.sector_size,
+                &work.join("seal"),
+                clock,
+                seal_events.clone(),
+            )
+            .map_err(BenchError::Seal)?;
+            let steer_on = steered && opts.seal.steerable();
+            let policy: Mutex<Box<dyn Steering>> = Mutex::new(Box::new(Hysteresis::new(
+                suite.phases.combined.pause_above,
+                suite.phases.combined.resume_below,
+            )));
+            if steer_on {
+                policy_name = policy
+                    .lock()
+                    .map(|p| p.name().to_string())
+                    .unwrap_or_default();
+            }
+            let recent: Mutex<VecDeque<f64>> = Mutex::new(VecDeque::new());
+            shared.set(|t| {
+                t.seal_pid = runner.pid();
+                t.sealing = "running";
+            });
+            for rep in 0..suite.phases.combined.repeats {
+                if cancel.is_cancelled() {
+                    break;
+                }
+                pb.set_prefix(format!(
+                    "{phase} {}/{}",
+                    rep + 1,
+                    suite.phases.combined.repeats
+                ));
+                shared.set(|t| t.seal_pid = runner.pid());
+                let on_done = |r: &load::SegmentRecord| {
+                    if !steer_on || r.error.is_some() {
+                        return;
+                    }
+                    let avg = {
+                        let Ok(mut q) = recent.lock() else { return };
+                        q.push_back(r.ratio);
+                        while q.len() > streams.max(2) as usize {
+                            q.pop_front();
+                        }
+                        q.iter().sum::<f64>() / q.len() as f64
+                    };
+                    let action = policy
+                        .lock()
+                        .map(|mut p| p.on_tick(avg))
+                        .unwrap_or(Action::None);
+                    let label = match action {
+                        Action::None => return,
+                        Action::PauseSealing => {
+                            runner.pause();
+                            shared.set(|t| t.sealing = "paused");
+                            "pause_sealing"
+                        }
+                        Action::ResumeSealing => {
+                            runner.resume();
+                            shared.set(|t| t.sealing = "running");
+                            "resume_sealing"
+                        }
+                    };
+                    if let Ok(mut log) = steering_log.lock() {
+                        log.push(SteeringEvent {
+                            t_s: now_s(),
+                            action: label.into(),
+                            realtime_ratio: avg,
+                        });
+                    }
+                };
+                let (span, recs) = run_load(
+                    mk_window(phase, rep, streams, suite.phases.combined.seconds),
+                    &on_done,
+                );
+                windows.push(span);
+                segs_all.extend(recs);
+            }
+            if runner.is_paused() {
+                runner.resume();
+                if let Ok(mut log) = steering_log.lock() {
+                    log.push(SteeringEvent {
+                        t_s: now_s(),
+                        action: "resume_sealing".into(),
+                        realtime_ratio: 0.0,
+                    });
+                }
+            }
+            shared.set(|t| {
+                t.sealing = "off";
+                t.seal_pid = None;
+            });
+            runner.stop();
+        }
+    }
+
+    shared.stop.store(true, Ordering::SeqCst);
+    let _ = sampler_thread.join();
+    pb.finish_and_clear();
+    let samples = shared.samples.lock().map(|s| s.clone()).unwrap_or_default();
+    let seal_events = seal_events.lock().map(|s| s.clone()).unwrap_or_default();
+    let steering = steering_log.lock().map(|s| s.clone()).unwrap_or_default();
+
+    let analysis = analyze::analyze(&Inputs {
+        windows: &windows,
+        samples: &samples,
+        seal_events: &seal_events,
+        segments: &segs_all,
+        steering: &steering,
+        target_ratio: tp.target_ratio,
+        sealing,
+    });
+    let mut warnings = analysis.warnings;
+    if let Some(note) = encoder_note {
+        warnings.push(note);
+    }
+    if cancel.is_cancelled() {
+        warnings.insert(
+            0,
+            "the run was interrupted: phases after the interruption are missing or short".into(),
+        );
+    }
+    if !cpu_power_label.starts_with("rapl") && gpu_info.source != "nvml" {
+        warnings.push(format!("no power was measured on this machine (CPU: {cpu_power_label}; no NVML GPU); simulated GPU figures are shown separately and labelled"));
+    }
+    let c2 = seal_events
+        .iter()
+        .find(|e| e.kind == "note" && e.message.as_deref().is_some_and(|m| m.starts_with("C2")))
+        .and_then(|e| e.message.clone())
+        .unwrap_or_else(|| {
+            if seal_events.iter().any(|e| e.phase.as_deref() == Some("c2")) {
+                "ran".into()
+            } else if opts.seal == SealMode::Builtin {
+                "not reached".into()
+            } else {
+                "n/a".into()
+            }
+        });
+    let seal_unit = match &opts.seal {
+        SealMode::Builtin => format!(
+            "{} sectors/h (sector-equivalents: AP+PC1+PC2+C1{})",
+            suite.seal.sector_size,
+            if c2 == "ran" { "+C2" } else { "" }
+        ),
+        SealMode::Cmd(_) => "runs/h".into(),
+        SealMode::Observe => "jobs/h".into(),
+        SealMode::None => "none".into(),
+    };
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(BenchReport {
+        schema: SCHEMA_ID.into(),
+        schema_version: SCHEMA_VERSION,
+        created_unix_s: created,
+        duration_s: clock.elapsed().as_secs_f64(),
+        fingerprint,
+        suite_hash: Suite::hash(&opts.suite_text),
+        suite,
+        config: RunConfig {
+            seal_mode: opts.seal.label().into(),
+            seal_detail: match &opts.seal {
+                SealMode::Cmd(c) => c.clone(),
+                SealMode::Builtin => format!(
+                    "filecoin-proofs-api on the CPU, {} sectors",
+                    opts.suite.seal.sector_size
+                ),
+                SealMode::Observe => "lotus-miner WorkerJobs via MINER_API_INFO".into(),
+                SealMode::None => "no sealing".into(),
+            },
+            seal_unit,
+            sector_size: opts.suite.seal.sector_size.clone(),
+            c2,
+            input: segments.origin.clone(),
+            ladder: opts.suite.transcode.ladder.clone(),
+            encoder: segs_all
+                .iter()
+                .find(|s| !s.encoder.is_empty())
+                .map(|s| s.encoder.clone())
+                .unwrap_or_default(),
+            steering_policy: if policy_name.is_empty() {
+                "none".into()
+            } else {
+                policy_name
+            },
+        },
+        power: PowerSources {
+            measured: cpu_power_label == "rapl" || gpu_info.source == "nvml",
+            simulated: gpu_info.source == "simulated",
+            cpu: cpu_power_label,
+            gpu: gpu_info.source.clone(),
+        },
+        samples,
+        seal_events,
+        segments: segs_all,
+        steering,
+        windows,
+        phases: analysis.phases,
+        transcode_steps: analysis.steps,
+        results: analysis.results,
+        warnings,
+    })
+}
+
+fn probe_encoder(
+    choice: EncoderChoice,
+    segments: &Segments,
+    profiles: &[Profile],
+    suite: &Suite,
+    work: &Path,
+) -> (EncoderChoice, Option<String>) {
+    if choice != EncoderChoice::Auto {
+        return (choice, None);
+    }
+    let req = crate::transcode::Request {
+        input: crate::transcode::Input::Memory(segments.items[0].clone()),
+        profiles: profiles.to_vec(),
+        out_dir: work.join("probe"),
+        options: crate::transcode::Options {
+            encoder: choice,
+            x264_preset: suite.transcode.x264_preset.clone(),
+            ..Default::default()
+        },
+    };
+    let _ = std::fs::create_dir_all(work.join("probe"));
+    match crate::transcode::transcode(&req) {
+        Ok(rep) if rep.renditions.iter().all(|r| r.encoder == "libx264") => (
+            EncoderChoice::X264,
+            Some(format!(
+                "NVENC is not available, transcoding measured with libx264 on the CPU ({})",
+                rep.fallback_reason
+                    .unwrap_or_else(|| "no reason given".into())
+            )),
+        ),
+        _ => (choice, None),
+    }
+}
+
+fn sleep(cancel: &CancellationToken, d: Duration) {
+    let end = Instant::now() + d;
+    while !cancel.is_cancelled() {
+        let now = Instant::now();
+        if now >= end {
+            break;
+        }
+        std::thread::sleep((end - now).min(Duration::from_millis(100)));
+    }
+}
+
+fn progress_bar(suite: &Suite, show: bool) -> ProgressBar {
+    let p = &suite.phases;
+    let planned = p.idle.seconds * p.idle.repeats as f64
+        + p.seal.seconds * p.seal.repeats as f64
+        + p.transcode.step_seconds * (3 + p.transcode.repeats) as f64
+        + 2.0 * p.combined.seconds * p.combined.repeats as f64;
+    let pb = if show {
+        ProgressBar::new(planned.ceil() as u64)
+    } else {
+        ProgressBar::hidden()
+    };
+    pb.set_style(
+        ProgressStyle::with_template("{prefix:.bold} [{bar:30}] {pos}/{len}s ETA {eta} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    pb
+}
+
+#[allow(clippy::too_many_arguments)]
+fn spawn_sampler(
+    shared: Arc<Shared>,
+    counters: Arc<PixelCounters>,
+    mut power: Option<Box<dyn PowerSampler>>,
+    mut gpu: Box<dyn GpuSampler>,
+    interval: Duration,
+    clock: Instant,
+    pb: ProgressBar,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut host = HostCpu::default();
+        host.sample();
+        let me = std::process::id();
+        let mut last_t = Instant::now();
+        let mut last_self = sampler::process_cpu_seconds(me).unwrap_or(0.0);
+        let mut last_seal: Option<(u32, f64)> = None;
+        let mut last_energy = power.as_mut().and_then(|p| p.energy_joules());
+        let mut last_px = (0u64, 0u64);
+        let mut next = Instant::now() + interval;
+        while !shared.stop.load(Ordering::SeqCst) {
+            let now = Instant::now();
+            if now < next {
+                std::thread::sleep((next - now).min(Duration::from_millis(50)));
+                continue;
+            }
+            next += interval;
+            let dt = last_t.elapsed().as_secs_f64().max(1e-3);
+            last_t = Instant::now();
+            let tag = shared.tag.lock().map(|t| t.clone()).ok();
+            let Some(tag) = tag else { break };
+            let cpu = host.sample().unwrap_or(0.0);
+            let self_cpu = sampler::process_cpu_seconds(me).unwrap_or(last_self);
+            let bench_pct = 100.0 * (self_cpu - last_self).max(0.0) / dt;
+            last_self = self_cpu;
+            let seal_pct = tag.seal_pid.and_then(|pid| {
+                let now_cpu = group_cpu_seconds(pid)?;
+                let pct = match last_seal {
+                    Some((p, before)) if p == pid => 100.0 * (now_cpu - before).max(0.0) / dt,
+                    _ => 0.0,
+                };
+                last_seal = Some((pid, now_cpu));
+                Some(pct)
+            });
+            let energy = power.as_mut().and_then(|p| p.energy_joules());
+            let cpu_power = match (energy, last_energy) {
+                (Some(e), Some(l)) => Some((e - l).max(0.0) / dt),
+                _ => None,
+            };
+            last_energy = energy;
+            let px = (
+                counters.encoded.load(Ordering::Relaxed),
+                counters.decoded.load(Ordering::Relaxed),
+            );
+            let hint = LoadHint {
+                streams: tag.streams,
+                encode_pixels_per_s: (px.0 - last_px.0) as f64 / dt,
+                decode_pixels_per_s: (px.1 - last_px.1) as f64 / dt,
+                sealing: tag.sealing == "running",
+            };
+            last_px = px;
+            let snap = gpu.snapshot(&hint);
+            let gpu_power: Option<f64> = snap
+                .as_ref()
+                .map(|s| s.devices.iter().map(|d| d.power_w).sum());
+            let measured_gpu = snap.as_ref().is_some_and(|s| s.source == "nvml");
+            let power_w = match (cpu_power, measured_gpu) {
+                (Some(c), true) => Some(c + gpu_power.unwrap_or(0.0)),
+                (Some(c), false) => Some(c),
+                (None, true) => gpu_power,
+                (None, false) => None,
+            };
+            let sim_power_w = if snap.as_ref().is_some_and(|s| s.source == "simulated") {
+                gpu_power
+            } else {
+                None
+            };
+            let sample = Sample {
+                t_s: clock.elapsed().as_secs_f64(),
+                phase: tag.phase.clone(),
+                rep: tag.rep,
+                cpu_util_pct: cpu,
+                bench_cpu_pct: bench_pct,
+                seal_cpu_pct: seal_pct,
+                cpu_power_w: cpu_power,
+                gpu: snap,
+                power_w,
+                sim_power_w,
+                streams: tag.streams,
+                sealing: tag.sealing.to_string(),
+            };
+            pb.set_position(clock.elapsed().as_secs());
+            pb.set_message(format!(
+                "cpu {cpu:.0}% · transcode {bench_pct:.0}% · seal {}% · power {}{}",
+                seal_pct.map_or("-".into(), |s| format!("{s:.0}")),
+                power_w.map_or("not measured".into(), |p| format!("{p:.0} W")),
+                sim_power_w.map_or(String::new(), |p| format!(" · GPU {p:.0} W (simulated)")),
+            ));
+            if let Ok(mut s) = shared.samples.lock() {
+                s.push(sample);
+            }
+        }
+    })
+}
+
+/// CPU seconds of a process group leader plus its live threads' children: the seal
+/// worker is one process, an external command is `sh` plus descendants we sum.
+fn group_cpu_seconds(pgid: u32) -> Option<f64> {
+    let mut total = sampler::process_cpu_seconds(pgid)?;
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for e in dir.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            if pid == pgid {
+                continue;
+            }
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
+                continue;
+            };
+            // pgrp is field 5 → index 2 after comm.
+            if rest
+                .split_whitespace()
+                .nth(2)
+                .and_then(|g| g.parse::<u32>().ok())
+                == Some(pgid)
+            {
+                total += sampler::process_cpu_seconds(pid).unwrap_or(0.0);
+            }
+        }
+    }
+    Some(total)
+}
+
+/// CPU, RAM, GPU and software versions for the report.
+pub fn fingerprint(gpu: sampler::GpuInfo) -> Fingerprint {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu_model = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, v)| v.trim().to_string())
+        .unwrap_or_else(|| "unknown".into());
+    let ram_bytes = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024);
+    let read = |p: &str| {
+        std::fs::read_to_string(p)
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default()
+    };
+    Fingerprint {
+        hostname: read("/proc/sys/kernel/hostname"),
+        cpu_model,
+        cpu_cores: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+        ram_bytes,
+        kernel: read("/proc/sys/kernel/osrelease"),
+        gpu,
+        comine_version: env!("CARGO_PKG_VERSION").to_string(),
+        ffmpeg_version: ffmpeg_version(),
+        filecoin_proofs_api: if cfg!(feature = "seal-builtin") {
+            "19.1.0".into()
+        } else {
+            "not built".into()
+        },
+    }
+}
+
+fn ffmpeg_version() -> String {
+    // SAFETY: av_version_info returns a static NUL-terminated string.
+    unsafe {
+        let p = ffmpeg_next::ffi::av_version_info();
+        if p.is_null() {
+            return "unknown".into();
+        }
+        std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned()
+    }
+}

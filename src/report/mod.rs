@@ -1,0 +1,51 @@
+//! Benchmark reports: the versioned `report.json` schema, a self-contained
+//! `report.html` with inline SVG charts, a Markdown summary for forum posts, and
+//! `comine report compare` for putting several machines side by side.
+
+pub mod charts;
+pub mod cli;
+pub mod compare;
+pub mod html;
+pub mod markdown;
+pub mod schema;
+
+use std::path::{Path, PathBuf};
+
+use crate::bench::run::{write_file, BenchError};
+use schema::BenchReport;
+
+/// Write `report.json`, `report.html` and `report.md` into `out`.
+pub fn write_all(report: &BenchReport, out: &Path) -> Result<Vec<PathBuf>, BenchError> {
+    let json = serde_json::to_vec_pretty(report).map_err(|e| BenchError::Write {
+        path: out.join("report.json").display().to_string(),
+        source: std::io::Error::other(e),
+        hint: "",
+    })?;
+    let files = [
+        (out.join("report.json"), json),
+        (out.join("report.html"), html::render(report).into_bytes()),
+        (out.join("report.md"), markdown::render(report).into_bytes()),
+    ];
+    let mut written = Vec::new();
+    for (path, data) in files {
+        write_file(&path, &data)?;
+        written.push(path);
+    }
+    Ok(written)
+}
+
+/// Format an optional figure, or the words "not measured".
+pub fn fmt_opt(v: Option<f64>, digits: usize, unit: &str) -> String {
+    match v {
+        Some(v) if v.is_finite() => format!("{v:.digits$}{unit}"),
+        _ => "not measured".into(),
+    }
+}
+
+/// Minimal HTML escaping for text we did not write ourselves (paths, commands, models).
+pub fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}

@@ -1,0 +1,314 @@
+//! The versioned `report.json` schema shared by `comine bench` and `comine report`.
+//!
+//! Bump [`SCHEMA_VERSION`] on any incompatible change; readers refuse other versions
+//! with a message rather than misreading them.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::bench::load::SegmentRecord;
+use crate::bench::sampler::{GpuInfo, GpuSnapshot};
+use crate::bench::suite::Suite;
+use crate::bench::workload::SealEvent;
+
+pub const SCHEMA_ID: &str = "comine.bench.report";
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Everything one `comine bench` run measured.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BenchReport {
+    pub schema: String,
+    pub schema_version: u32,
+    pub created_unix_s: u64,
+    pub duration_s: f64,
+    pub fingerprint: Fingerprint,
+    pub suite: Suite,
+    /// SHA-256 of the suite text: reports are comparable when this matches.
+    pub suite_hash: String,
+    pub config: RunConfig,
+    pub power: PowerSources,
+    /// Every sample, in time order.
+    pub samples: Vec<Sample>,
+    pub seal_events: Vec<SealEvent>,
+    pub segments: Vec<SegmentRecord>,
+    pub steering: Vec<SteeringEvent>,
+    /// Measurement windows: one per phase repetition.
+    pub windows: Vec<WindowSpan>,
+    pub phases: Vec<PhaseSummary>,
+    pub transcode_steps: Vec<StepSummary>,
+    pub results: Results,
+    pub warnings: Vec<String>,
+}
+
+/// The machine, so reports from different rigs can be told apart and compared.
+#[derive(Clone, Debug, Serialize, Deserialize, Default)]
+pub struct Fingerprint {
+    pub hostname: String,
+    pub cpu_model: String,
+    pub cpu_cores: u32,
+    pub ram_bytes: u64,
+    pub kernel: String,
+    pub gpu: GpuInfo,
+    pub comine_version: String,
+    pub ffmpeg_version: String,
+    pub filecoin_proofs_api: String,
+}
+
+/// How the run was set up.
+#[derive(Clone, Debug, Serialize, Deserialize, Default)]
+pub struct RunConfig {
+    /// `builtin`, `cmd`, `observe` or `none`.
+    pub seal_mode: String,
+    pub seal_detail: String,
+    /// What one unit of sealing throughput is.
+    pub seal_unit: String,
+    pub sector_size: String,
+    /// `ran` or why C2 was skipped.
+    pub c2: String,
+    pub input: String,
+    pub ladder: String,
+    pub encoder: String,
+    pub steering_policy: String,
+}
+
+/// Where power figures come from.
+#[derive(Clone, Debug, Serialize, Deserialize, Default)]
+pub struct PowerSources {
+    /// `rapl`, or `not measured: <why>`.
+    pub cpu: String,
+    /// `nvml`, `simulated` or `none`.
+    pub gpu: String,
+    /// True when `power_w` figures exist (RAPL and/or NVML).
+    pub measured: bool,
+    /// True when simulated GPU figures are present (always labelled as such).
+    pub simulated: bool,
+}
+
+/// One sampler tick.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Sample {
+    pub t_s: f64,
+    /// `idle`, `seal`, `transcode`, `combined_steered`, `combined_unsteered` or `between`.
+    pub phase: String,
+    pub rep: u32,
+    pub cpu_util_pct: f64,
+    /// CPU used by the benchmark process itself (the transcoder), in % of one core.
+    pub bench_cpu_pct: f64,
+    /// CPU used by the sealing process group leader and its reaped children, % of one core.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seal_cpu_pct: Option<f64>,
+    /// CPU package power from RAPL.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_power_w: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gpu: Option<GpuSnapshot>,
+    /// Measured power: RAPL + NVML where present; absent when nothing is measured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub power_w: Option<f64>,
+    /// Simulated GPU power; never added to `power_w`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sim_power_w: Option<f64>,
+    pub streams: u32,
+    /// `running`, `paused` or `off`.
+    pub sealing: String,
+}
+
+/// A steering decision.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct SteeringEvent {
+    pub t_s: f64,
+    pub action: String,
+    pub realtime_ratio: f64,
+}
+
+/// One measurement window (phase repetition).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct WindowSpan {
+    pub phase: String,
+    pub rep: u32,
+    pub start_s: f64,
+    pub end_s: f64,
+    pub streams: u32,
+}
+
+/// Median and spread of one metric over a phase's repetitions.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Stat {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+    /// (max − min) / |median| in percent; for metrics that are themselves percentages
+    /// (names ending in `_pct`) it is max − min in percentage points.
+    pub spread_pct: f64,
+    pub n: u32,
+    /// Spread above 10 %: repeat on a quieter machine or with longer phases.
+    pub noisy: bool,
+}
+
+impl Stat {
+    /// The statistic for metric `key`: relative spread, or points for `*_pct` metrics.
+    pub fn for_metric(key: &str, values: &[f64]) -> Option<Stat> {
+        let mut s = Stat::of(values)?;
+        if key.ends_with("_pct") {
+            s.spread_pct = s.max - s.min;
+            s.noisy = s.n > 1 && s.spread_pct > 10.0;
+        }
+        Some(s)
+    }
+
+    pub fn of(values: &[f64]) -> Option<Stat> {
+        let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        let median = if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        };
+        let (min, max) = (v[0], v[n - 1]);
+        let spread_pct = if median.abs() > 1e-12 {
+            100.0 * (max - min) / median.abs()
+        } else if max - min > 1e-12 {
+            100.0
+        } else {
+            0.0
+        };
+        Some(Stat {
+            median,
+            min,
+            max,
+            spread_pct,
+            n: n as u32,
+            noisy: n > 1 && spread_pct > 10.0,
+        })
+    }
+}
+
+/// One repetition's figures.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct RepSummary {
+    pub rep: u32,
+    pub start_s: f64,
+    pub end_s: f64,
+    /// Metric name → value; a metric that could not be measured is absent.
+    pub metrics: BTreeMap<String, f64>,
+}
+
+/// A phase: its repetitions and the median/spread of each metric.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct PhaseSummary {
+    pub name: String,
+    pub label: String,
+    pub reps: Vec<RepSummary>,
+    pub stats: BTreeMap<String, Stat>,
+}
+
+/// One step of the stream step-up.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct StepSummary {
+    pub streams: u32,
+    pub realtime_ratio: f64,
+    pub segments: u64,
+    pub missed: u64,
+    pub pixels_per_s: f64,
+    pub within_target: bool,
+}
+
+/// Headline figures (medians over repetitions); `None` means not measured.
+#[derive(Clone, Debug, Serialize, Deserialize, Default, PartialEq)]
+pub struct Results {
+    pub idle_power_w: Option<f64>,
+    pub seal_throughput_per_h: Option<f64>,
+    pub seal_power_w: Option<f64>,
+    pub streams_at_realtime: u32,
+    pub transcode_realtime_ratio: Option<f64>,
+    pub transcode_pixels_per_s: Option<f64>,
+    pub transcode_power_w: Option<f64>,
+    pub steered: Option<CombinedResult>,
+    pub unsteered: Option<CombinedResult>,
+}
+
+/// What co-mining cost, for one combined variant.
+#[derive(Clone, Debug, Serialize, Deserialize, Default, PartialEq)]
+pub struct CombinedResult {
+    pub streams: u32,
+    pub seal_throughput_per_h: Option<f64>,
+    pub seal_drop_pct: Option<f64>,
+    pub realtime_ratio: Option<f64>,
+    pub missed_deadlines: u64,
+    pub segments: u64,
+    pub power_w: Option<f64>,
+    pub power_delta_pct: Option<f64>,
+    pub energy_per_segment_j: Option<f64>,
+    pub energy_per_sector_j: Option<f64>,
+    /// Simulated GPU figures, kept apart from measured ones.
+    pub sim_power_delta_pct: Option<f64>,
+    pub sim_energy_per_segment_j: Option<f64>,
+    pub sealing_paused_s: f64,
+}
+
+/// Why a report file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is not a comine bench report: {why}")]
+    NotReport { path: String, why: String },
+    #[error("{path} uses report schema version {found}; this comine reads version {SCHEMA_VERSION}; use the comine that wrote it or re-run the suite")]
+    Version { path: String, found: u64 },
+}
+
+/// Read and check a `report.json`.
+pub fn load(path: &std::path::Path) -> Result<BenchReport, SchemaError> {
+    let p = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| SchemaError::Read {
+        path: p.clone(),
+        source,
+    })?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| SchemaError::NotReport {
+        path: p.clone(),
+        why: e.to_string(),
+    })?;
+    if v.get("schema").and_then(|s| s.as_str()) != Some(SCHEMA_ID) {
+        return Err(SchemaError::NotReport {
+            path: p,
+            why: format!("missing \"schema\": \"{SCHEMA_ID}\""),
+        });
+    }
+    let found = v
+        .get("schema_version")
+        .and_then(|s| s.as_u64())
+        .unwrap_or(0);
+    if found != SCHEMA_VERSION as u64 {
+        return Err(SchemaError::Version { path: p, found });
+    }
+    serde_json::from_value(v).map_err(|e| SchemaError::NotReport {
+        path: p,
+        why: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_median_and_spread() {
+        let s = Stat::of(&[10.0, 12.0, 11.0]).unwrap();
+        assert_eq!(s.median, 11.0);
+        assert!((s.spread_pct - 18.18).abs() < 0.01);
+        assert!(s.noisy);
+        let s = Stat::of(&[10.0, 10.5]).unwrap();
+        assert_eq!(s.median, 10.25);
+        assert!(!s.noisy);
+        assert!(Stat::of(&[f64::NAN]).is_none());
+    }
+}
