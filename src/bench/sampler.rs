@@ -4,7 +4,7 @@
 //! counters and [`GpuSampler`] for per-GPU telemetry. This module ships the RAPL
 //! reader and a small labelled simulation so the suite runs on any machine; NVML and
 //! the `gpu` module's `sim` presets plug in by implementing [`GpuSampler`] (see
-//! `docs/architecture/bench.md`).
+//! `docs/architecture.md (bench)`).
 
 use std::path::{Path, PathBuf};
 

@@ -2,7 +2,7 @@
 //! sealing should pause so transcoding keeps real time.
 //!
 //! [`Hysteresis`] is a stand-in; the `sched` module's policy replaces it by implementing
-//! [`Steering`] (see `docs/architecture/bench.md`).
+//! [`Steering`] (see `docs/architecture.md (bench)`).
 
 use serde::Serialize;
 
