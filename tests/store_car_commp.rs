@@ -133,9 +133,20 @@ fn commp_streaming_equals_one_shot_on_large_input() {
     assert!(one.0.to_string().starts_with("baga6ea4sea"));
 }
 
-// TODO(filecoin-proofs): cross-check against filecoin_proofs_api::seal::generate_piece_commitment
-// once the bench feature brings filecoin-proofs-api in; the Lotus vectors above come from the
-// same FFI function today.
+/// Our streaming CommP against filecoin-proofs' own `generate_piece_commitment` (through
+/// filecoin-proofs-api, which the default `seal-builtin` feature brings in).
+#[cfg(feature = "seal-builtin")]
+#[test]
+fn commp_matches_filecoin_proofs() {
+    for (len, seed) in [(1usize, 1u64), (127, 2), (128, 3), (1000, 4), (4064, 5), (70_000, 6)] {
+        let bytes = common::data(len, seed);
+        let (ours, padded, payload) = commp::piece_cid(&bytes[..]).unwrap();
+        let reference = comine::bench::commp_reference(&bytes).unwrap();
+        assert_eq!(ours, reference, "piece CID of {len} bytes");
+        assert_eq!(payload, len as u64);
+        assert!(padded.is_power_of_two() && padded >= 128 && padded * 127 / 128 >= len as u64);
+    }
+}
 
 #[test]
 fn deal_batches_pack_and_track_state() {

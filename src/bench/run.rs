@@ -66,9 +66,16 @@ pub struct RunOptions {
     pub power: Option<Box<dyn PowerSampler>>,
 }
 
-/// Until the `gpu` module is merged: no NVML here, so the labelled simulation.
+/// NVML when a driver and a GPU answer; otherwise the labelled simulation, and the
+/// report says so on every figure it feeds.
 pub fn default_gpu_sampler() -> Box<dyn GpuSampler> {
-    Box::new(sampler::SimGpu::generic())
+    match sampler::NvmlGpu::open() {
+        Ok(nvml) => Box::new(nvml),
+        Err(why) => {
+            tracing::info!(reason = %why, "no NVML GPU; GPU figures in this report are simulated");
+            Box::new(sampler::SimGpu::generic())
+        }
+    }
 }
 
 /// Scratch space a suite needs in `--out`.

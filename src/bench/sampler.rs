@@ -307,3 +307,67 @@ mod tests {
         assert!(busy.devices[0].power_w > idle.devices[0].power_w);
     }
 }
+
+/// Real GPU telemetry through the `gpu` module's NVML backend: measured power, the
+/// board energy counter, utilisation, encoder and decoder load and temperature.
+pub struct NvmlGpu {
+    telemetry: crate::gpu::Telemetry,
+    info: GpuInfo,
+}
+
+impl NvmlGpu {
+    /// Opens NVML, or says why not (no driver, no device).
+    pub fn open() -> Result<NvmlGpu, String> {
+        let mut telemetry = crate::gpu::open(
+            &crate::gpu::BackendChoice::Nvml,
+            &crate::gpu::Config::default(),
+        )
+        .map_err(|e| e.to_string())?;
+        let first = telemetry.poll();
+        let dev = first
+            .devices
+            .first()
+            .ok_or_else(|| "NVML loaded but reports no GPU".to_string())?;
+        let mut model = dev.name.clone();
+        if first.devices.len() > 1 {
+            model = format!("{} x{}", model, first.devices.len());
+        }
+        let info = GpuInfo {
+            model,
+            driver: dev.driver.clone().unwrap_or_default(),
+            vbios: String::new(),
+            source: "nvml".into(),
+        };
+        Ok(NvmlGpu { telemetry, info })
+    }
+}
+
+impl GpuSampler for NvmlGpu {
+    fn info(&self) -> GpuInfo {
+        self.info.clone()
+    }
+
+    fn snapshot(&mut self, _load: &LoadHint) -> Option<GpuSnapshot> {
+        let snap = self.telemetry.poll();
+        let devices: Vec<GpuReading> = snap
+            .devices
+            .iter()
+            .filter(|d| d.healthy)
+            .map(|d| GpuReading {
+                index: d.index,
+                power_w: d.power_watts.unwrap_or(0.0),
+                energy_j: d.energy_joules,
+                util_pct: d.gpu_util_pct.unwrap_or(0.0),
+                encoder_pct: d.encoder_util_pct.unwrap_or(0.0),
+                decoder_pct: d.decoder_util_pct.unwrap_or(0.0),
+                temperature_c: d.temperature_c.unwrap_or(0.0),
+                sm_clock_mhz: 0,
+                mem_clock_mhz: 0,
+            })
+            .collect();
+        (!devices.is_empty()).then(|| GpuSnapshot {
+            source: "nvml".into(),
+            devices,
+        })
+    }
+}
