@@ -160,17 +160,39 @@ impl Default for LedgerConfig {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
-    /// `embedded` (in the data directory) or `kubo` (typed by the store module at merge).
+    /// `embedded` (UnixFS blockstore in the data directory) or `kubo` (embedded, and every
+    /// rendition also pushed to a Kubo node through the persistent retry queue).
     pub backend: String,
-    /// Kubo RPC settings; typed by the store module at merge.
-    pub kubo: toml::Table,
+    /// Kubo RPC settings, used with `backend = "kubo"`.
+    pub kubo: KuboConfig,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KuboConfig {
+    /// Kubo RPC API address (URL or multiaddr).
+    pub api: String,
+    /// Per-request timeout, seconds.
+    pub timeout_secs: u64,
+    /// Seconds between push-queue passes.
+    pub push_interval_secs: u64,
+}
+
+impl Default for KuboConfig {
+    fn default() -> Self {
+        KuboConfig {
+            api: "http://127.0.0.1:5001".into(),
+            timeout_secs: 30,
+            push_interval_secs: 10,
+        }
+    }
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
             backend: "embedded".into(),
-            kubo: toml::Table::new(),
+            kubo: KuboConfig::default(),
         }
     }
 }

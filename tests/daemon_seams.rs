@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use comine::config::Config;
 use comine::daemon::seams::{
-    Admission, Content, FileStore, Permit, Rejected, RenditionStore, SchedulerStatus,
+    Admission, Content, EmbeddedStore, Permit, Rejected, RenditionStore, SchedulerStatus,
     SemaphoreAdmission, StoreError, StoredRef,
 };
 use comine::daemon::Daemon;
@@ -45,7 +45,7 @@ impl Admission for TestScheduler {
 
 /// A store whose first put fails.
 struct FlakyStore {
-    inner: FileStore,
+    inner: EmbeddedStore,
     calls: AtomicUsize,
 }
 
@@ -80,7 +80,7 @@ async fn concurrency_follows_capacity_and_shutdown_restores_the_scheduler() {
         restored: AtomicUsize::new(0),
     });
     let store = Arc::new(FlakyStore {
-        inner: FileStore::open(&data.join("filestore")).unwrap(),
+        inner: EmbeddedStore::open(&data, None).unwrap(),
         calls: AtomicUsize::new(0),
     });
     let d = Daemon::open(config, data, store.clone(), sched.clone(), "t".repeat(32)).unwrap();

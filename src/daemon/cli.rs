@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use super::seams::{self, Admission, FileStore, RenditionStore, SemaphoreAdmission};
+use super::seams::{self, Admission, EmbeddedStore, RenditionStore, SemaphoreAdmission};
 use super::{auth, client, resolve_data_dir, Daemon};
 use crate::config::Config;
 
@@ -53,14 +53,30 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     } else {
         tracing::info!(path = %token_path.display(), "API bearer token");
     }
-    // Seams: the placeholder store and fixed-concurrency admission until the real
-    // store and scheduler are wired (see docs/architecture/daemon.md).
-    let store: Arc<dyn RenditionStore> = match config.store.backend.as_str() {
-        "embedded" => Arc::new(FileStore::open(&data_dir.join("filestore"))?),
-        other => anyhow::bail!(
-            "store backend {other:?} is not available in this build yet; use backend = \"embedded\""
-        ),
+    // The embedded UnixFS store always holds renditions; with `backend = "kubo"` they are
+    // also queued for the node and a background pusher drains the queue with retries.
+    let pusher = match config.store.backend.as_str() {
+        "kubo" => {
+            let k = &config.store.kubo;
+            let client =
+                crate::store::KuboClient::new(&k.api, Duration::from_secs(k.timeout_secs.max(1)))
+                    .with_context(|| {
+                    format!(
+                        "[store.kubo] api = {:?} is not a usable Kubo RPC address",
+                        k.api
+                    )
+                })?;
+            Some((client, Duration::from_secs(k.push_interval_secs.max(1))))
+        }
+        _ => None,
     };
+    let embedded = EmbeddedStore::open(
+        &data_dir,
+        pusher.as_ref().map(|(c, _)| c.base_url().to_string()),
+    )
+    .with_context(|| format!("cannot open the store under {}", data_dir.display()))?;
+    let inner = embedded.inner().clone();
+    let store: Arc<dyn RenditionStore> = Arc::new(embedded);
     if !config.scheduler.is_empty() {
         tracing::warn!(
             "[scheduler] settings are not applied by this build; using fixed concurrency"
@@ -70,7 +86,25 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    rt.block_on(serve(config, data_dir, store, admission, token))?;
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let push_task = pusher.map(|(client, every)| {
+        tracing::info!(
+            api = client.base_url(),
+            "pushing renditions to the Kubo node"
+        );
+        rt.spawn(crate::store::queue::run_pusher(
+            inner,
+            client,
+            every,
+            cancel.clone(),
+        ))
+    });
+    let served = rt.block_on(serve(config, data_dir, store, admission, token));
+    cancel.cancel();
+    if let Some(task) = push_task {
+        let _ = rt.block_on(task);
+    }
+    served?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -4,13 +4,13 @@
 //! other branches; the lead plugs them in behind [`RenditionStore`] and [`Admission`].
 //! The implementations here are the minimal ones the daemon needs to run and be tested
 //! alone, and are named so nobody mistakes them for the real thing:
-//! - [`FileStore`]: PLACEHOLDER content store, one file per CIDv1 (raw, sha2-256) —
-//!   not UnixFS, so its CIDs differ from Kubo's for the same bytes;
+//! - [`EmbeddedStore`]: the real store (`src/store`, Kubo-identical UnixFS CIDs), with
+//!   an optional push queue to a Kubo node;
 //! - [`SemaphoreAdmission`]: fixed concurrency on a tokio semaphore, no GPU telemetry.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -19,7 +19,6 @@ use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 use tokio::sync::{watch, Semaphore};
 
 use crate::ledger::JobClass;
@@ -69,85 +68,119 @@ pub trait RenditionStore: Send + Sync + 'static {
     fn describe(&self) -> serde_json::Value;
 }
 
-/// PLACEHOLDER store: `<dir>/<cid>` files, CIDv1 raw + sha2-256. The lead replaces it
-/// with the real UnixFS store at merge.
-pub struct FileStore {
-    dir: PathBuf,
+/// The real rendition store: the embedded UnixFS blockstore (`store::Store`, Kubo-identical
+/// CIDv0 with Kubo's default `ipfs add` options), every rendition pinned. With `push`, each
+/// rendition is also queued for the Kubo node; `store::queue::run_pusher` drains the queue
+/// with retries, so a node outage never fails a job.
+pub struct EmbeddedStore {
+    store: crate::store::Store,
+    opts: crate::store::AddOptions,
+    push: Option<String>,
 }
 
-const BASE32: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
-
-fn base32_lower(data: &[u8]) -> String {
-    let mut out = String::with_capacity(data.len() * 8 / 5 + 1);
-    let (mut buf, mut bits) = (0u32, 0u32);
-    for &b in data {
-        buf = (buf << 8) | b as u32;
-        bits += 8;
-        while bits >= 5 {
-            bits -= 5;
-            out.push(BASE32[((buf >> bits) & 31) as usize] as char);
-        }
-    }
-    if bits > 0 {
-        out.push(BASE32[((buf << (5 - bits)) & 31) as usize] as char);
-    }
-    out
-}
-
-/// CIDv1, codec raw (0x55), multihash sha2-256, multibase base32 (`b…`).
-pub fn raw_cid(digest: &[u8; 32]) -> String {
-    let mut bytes = vec![0x01, 0x55, 0x12, 0x20];
-    bytes.extend_from_slice(digest);
-    format!("b{}", base32_lower(&bytes))
-}
-
-fn valid_cid(cid: &str) -> bool {
-    cid.len() == 59 && cid.starts_with("bafkrei") && cid.bytes().all(|c| BASE32.contains(&c))
-}
-
-impl FileStore {
-    pub fn open(dir: &Path) -> std::io::Result<FileStore> {
-        std::fs::create_dir_all(dir)?;
-        Ok(FileStore {
-            dir: dir.to_path_buf(),
+impl EmbeddedStore {
+    /// Opens `<data_dir>/store`. `push_to` is the Kubo API URL renditions are queued for.
+    pub fn open(data_dir: &Path, push_to: Option<String>) -> Result<EmbeddedStore, StoreError> {
+        let store = crate::store::Store::open(data_dir).map_err(other)?;
+        Ok(EmbeddedStore {
+            store,
+            opts: crate::store::AddOptions::default(),
+            push: push_to,
         })
     }
 
-    fn put_blocking(&self, path: &Path) -> Result<StoredRef, StoreError> {
-        let io = |p: &Path| {
-            let path = p.display().to_string();
-            move |source| StoreError::Io { path, source }
-        };
-        let mut file = std::fs::File::open(path).map_err(io(path))?;
-        let mut hasher = Sha256::new();
-        let mut buf = vec![0u8; 256 << 10];
-        let mut len = 0u64;
-        loop {
-            let n = file.read(&mut buf).map_err(io(path))?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-            len += n as u64;
-        }
-        let cid = raw_cid(&hasher.finalize().into());
-        let target = self.dir.join(&cid);
-        if !target.exists() {
-            // Hard link when on the same file system (no copy), else copy; then fsync so
-            // the object is durable before the ledger says "stored".
-            let tmp = self.dir.join(format!(".{cid}.tmp"));
-            let _ = std::fs::remove_file(&tmp);
-            if std::fs::hard_link(path, &tmp).is_err() {
-                std::fs::copy(path, &tmp).map_err(io(&tmp))?;
-            }
-            std::fs::File::open(&tmp)
-                .and_then(|f| f.sync_all())
-                .map_err(io(&tmp))?;
-            std::fs::rename(&tmp, &target).map_err(io(&target))?;
-            sync_dir(&self.dir).map_err(io(&self.dir))?;
-        }
-        Ok(StoredRef { cid, bytes: len })
+    /// The underlying store (for the push queue task).
+    pub fn inner(&self) -> &crate::store::Store {
+        &self.store
     }
+}
+
+fn other(e: crate::store::StoreError) -> StoreError {
+    StoreError::Other(e.to_string())
+}
+
+fn join_err(e: tokio::task::JoinError) -> StoreError {
+    StoreError::Other(format!("store task failed: {e}"))
+}
+
+impl RenditionStore for EmbeddedStore {
+    fn put<'a>(&'a self, path: &'a Path) -> BoxFuture<'a, Result<StoredRef, StoreError>> {
+        Box::pin(async move {
+            let (store, opts, push) = (self.store.clone(), self.opts, self.push.is_some());
+            let path = path.to_path_buf();
+            tokio::task::spawn_blocking(move || {
+                // add_file pins the root and flushes before it returns: durable.
+                let added = store.add_file(&path, &opts).map_err(other)?;
+                if push {
+                    store.enqueue_push(&added.cid, &opts).map_err(other)?;
+                }
+                Ok(StoredRef {
+                    cid: added.cid.to_string(),
+                    bytes: added.size,
+                })
+            })
+            .await
+            .map_err(join_err)?
+        })
+    }
+
+    fn open<'a>(&'a self, cid: &'a str) -> BoxFuture<'a, Result<Option<Content>, StoreError>> {
+        Box::pin(async move {
+            let cid = crate::store::parse_cid(cid).map_err(|_| StoreError::BadCid(cid.into()))?;
+            let store = self.store.clone();
+            let opened = tokio::task::spawn_blocking(move || {
+                let len = store.pin_info(&cid).map_err(other)?.map(|p| p.size);
+                match store.cat(&cid) {
+                    Ok(r) => Ok(Some((len, r))),
+                    Err(crate::store::StoreError::NotFound { .. }) => Ok(None),
+                    Err(e) => Err(other(e)),
+                }
+            })
+            .await
+            .map_err(join_err)??;
+            let Some((len, reader)) = opened else {
+                return Ok(None);
+            };
+            // CatReader is blocking (sled reads, hash checks): pump it on a blocking
+            // thread into a small bounded channel.
+            let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
+            tokio::task::spawn_blocking(move || {
+                let mut reader = reader;
+                loop {
+                    let mut buf = vec![0u8; 256 << 10];
+                    let item = match reader.read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(n) => {
+                            buf.truncate(n);
+                            Ok(Bytes::from(buf))
+                        }
+                        Err(e) => Err(e),
+                    };
+                    let stop = item.is_err();
+                    if tx.blocking_send(item).is_err() || stop {
+                        break;
+                    }
+                }
+            });
+            let stream = tokio_stream_from(rx);
+            Ok(Some(Content { len, stream }))
+        })
+    }
+
+    fn describe(&self) -> serde_json::Value {
+        let queued = self.store.queued().map(|q| q.len()).ok();
+        serde_json::json!({
+            "backend": if self.push.is_some() { "kubo" } else { "embedded" },
+            "dir": self.store.dir().display().to_string(),
+            "kubo_api": self.push,
+            "push_queue": queued,
+        })
+    }
+}
+
+fn tokio_stream_from(rx: tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>) -> ByteStream {
+    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|v| (v, rx)) })
+        .boxed()
 }
 
 /// fsync a directory so a rename or create in it survives a crash.
@@ -168,49 +201,6 @@ pub fn write_durable(path: &Path, data: &[u8]) -> std::io::Result<()> {
         sync_dir(dir)?;
     }
     Ok(())
-}
-
-impl RenditionStore for FileStore {
-    fn put<'a>(&'a self, path: &'a Path) -> BoxFuture<'a, Result<StoredRef, StoreError>> {
-        Box::pin(async move {
-            let me = FileStore {
-                dir: self.dir.clone(),
-            };
-            let path = path.to_path_buf();
-            tokio::task::spawn_blocking(move || me.put_blocking(&path))
-                .await
-                .map_err(|e| StoreError::Other(format!("store task failed: {e}")))?
-        })
-    }
-
-    fn open<'a>(&'a self, cid: &'a str) -> BoxFuture<'a, Result<Option<Content>, StoreError>> {
-        Box::pin(async move {
-            if !valid_cid(cid) {
-                return Err(StoreError::BadCid(cid.to_string()));
-            }
-            let path = self.dir.join(cid);
-            let file = match tokio::fs::File::open(&path).await {
-                Ok(f) => f,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-                Err(source) => {
-                    return Err(StoreError::Io {
-                        path: path.display().to_string(),
-                        source,
-                    })
-                }
-            };
-            let len = file.metadata().await.ok().map(|m| m.len());
-            let stream = tokio_util::io::ReaderStream::new(file).boxed();
-            Ok(Some(Content { len, stream }))
-        })
-    }
-
-    fn describe(&self) -> serde_json::Value {
-        serde_json::json!({
-            "backend": "filestore-placeholder",
-            "dir": self.dir.display().to_string(),
-        })
-    }
 }
 
 // ---------------------------------------------------------------------------------
@@ -333,32 +323,29 @@ impl Admission for SemaphoreAdmission {
 mod tests {
     use super::*;
 
-    #[test]
-    fn raw_cid_matches_ipfs() {
-        // `ipfs add --raw-leaves --cid-version 1` of the empty file.
-        let d: [u8; 32] = Sha256::digest(b"").into();
-        assert_eq!(
-            raw_cid(&d),
-            "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"
-        );
-        assert!(valid_cid(&raw_cid(&d)));
-        assert!(!valid_cid("../../etc/passwd"));
-    }
-
     #[tokio::test]
-    async fn filestore_round_trip() {
+    async fn embedded_store_round_trip_matches_kubo() {
         let dir = tempfile::tempdir().unwrap();
-        let store = FileStore::open(&dir.path().join("s")).unwrap();
+        let store = EmbeddedStore::open(&dir.path().join("d"), None).unwrap();
         let src = dir.path().join("x.ts");
         std::fs::write(&src, b"hello").unwrap();
         let r = store.put(&src).await.unwrap();
         assert_eq!(r.bytes, 5);
+        // `echo -n hello | ipfs add` (Kubo defaults: CIDv0, dag-pb leaves).
+        assert_eq!(r.cid, "QmWfVY9y3xjsixTgbd9AorQxH7VtMpzfx2HaWtsoUYecaX");
         let mut c = store.open(&r.cid).await.unwrap().unwrap();
+        assert_eq!(c.len, Some(5));
         let mut got = Vec::new();
         while let Some(chunk) = c.stream.next().await {
             got.extend_from_slice(&chunk.unwrap());
         }
         assert_eq!(got, b"hello");
+        assert!(matches!(
+            store.open("../../etc/passwd").await,
+            Err(StoreError::BadCid(_))
+        ));
+        let unknown = "QmdfTbBqBPQ7VNxZEYEj14VmRuZBkqFbiwReogJgS1zR1n";
+        assert!(store.open(unknown).await.unwrap().is_none());
     }
 
     #[test]
