@@ -348,6 +348,19 @@ mod tests {
         assert!(store.open(unknown).await.unwrap().is_none());
     }
 
+    #[tokio::test]
+    async fn kubo_backend_queues_every_rendition_for_the_node() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path(), Some("http://127.0.0.1:9".into())).unwrap();
+        let src = dir.path().join("x.ts");
+        std::fs::write(&src, b"hello").unwrap();
+        let r = store.put(&src).await.unwrap();
+        let queued = store.inner().queued().unwrap();
+        assert_eq!(queued.len(), 1);
+        assert_eq!(queued[0].0.to_string(), r.cid);
+        assert_eq!(store.describe()["push_queue"], 1);
+    }
+
     #[test]
     fn semaphore_admission_follows_capacity() {
         let a = SemaphoreAdmission::new(1);
