@@ -138,7 +138,14 @@ fn commp_streaming_equals_one_shot_on_large_input() {
 #[cfg(feature = "seal-builtin")]
 #[test]
 fn commp_matches_filecoin_proofs() {
-    for (len, seed) in [(1usize, 1u64), (127, 2), (128, 3), (1000, 4), (4064, 5), (70_000, 6)] {
+    for (len, seed) in [
+        (1usize, 1u64),
+        (127, 2),
+        (128, 3),
+        (1000, 4),
+        (4064, 5),
+        (70_000, 6),
+    ] {
         let bytes = common::data(len, seed);
         let (ours, padded, payload) = commp::piece_cid(&bytes[..]).unwrap();
         let reference = comine::bench::commp_reference(&bytes).unwrap();

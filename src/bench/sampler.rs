@@ -258,56 +258,6 @@ pub fn process_cpu_seconds(pid: u32) -> Option<f64> {
     Some(ticks as f64 / hz)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rapl_reads_and_wraps() {
-        let dir = tempfile::tempdir().unwrap();
-        let zone = dir.path().join("intel-rapl:0");
-        std::fs::create_dir_all(&zone).unwrap();
-        std::fs::write(zone.join("energy_uj"), "900000\n").unwrap();
-        std::fs::write(zone.join("max_energy_range_uj"), "1000000\n").unwrap();
-        let mut s = RaplSampler::open_at(dir.path()).unwrap();
-        std::fs::write(zone.join("energy_uj"), "950000\n").unwrap();
-        assert!((s.energy_joules().unwrap() - 0.05).abs() < 1e-9);
-        // Wraps: 50 000 to the top, then 100 000 more.
-        std::fs::write(zone.join("energy_uj"), "100000\n").unwrap();
-        assert!((s.energy_joules().unwrap() - 0.2).abs() < 1e-9);
-    }
-
-    #[test]
-    fn rapl_missing_says_why() {
-        let dir = tempfile::tempdir().unwrap();
-        let err = RaplSampler::open_at(&dir.path().join("nope"))
-            .err()
-            .unwrap();
-        assert!(err.contains("unreadable"), "{err}");
-    }
-
-    #[test]
-    fn own_cpu_time_is_readable() {
-        assert!(process_cpu_seconds(std::process::id()).is_some());
-        let mut h = HostCpu::default();
-        assert!(h.sample().is_some());
-    }
-
-    #[test]
-    fn sim_is_labelled_and_monotonic() {
-        let mut g = SimGpu::generic();
-        let idle = g.snapshot(&LoadHint::default()).unwrap();
-        let busy = g
-            .snapshot(&LoadHint {
-                encode_pixels_per_s: 1e9,
-                ..Default::default()
-            })
-            .unwrap();
-        assert_eq!(idle.source, "simulated");
-        assert!(busy.devices[0].power_w > idle.devices[0].power_w);
-    }
-}
-
 /// Real GPU telemetry through the `gpu` module's NVML backend: measured power, the
 /// board energy counter, utilisation, encoder and decoder load and temperature.
 pub struct NvmlGpu {
@@ -369,5 +319,55 @@ impl GpuSampler for NvmlGpu {
             source: "nvml".into(),
             devices,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rapl_reads_and_wraps() {
+        let dir = tempfile::tempdir().unwrap();
+        let zone = dir.path().join("intel-rapl:0");
+        std::fs::create_dir_all(&zone).unwrap();
+        std::fs::write(zone.join("energy_uj"), "900000\n").unwrap();
+        std::fs::write(zone.join("max_energy_range_uj"), "1000000\n").unwrap();
+        let mut s = RaplSampler::open_at(dir.path()).unwrap();
+        std::fs::write(zone.join("energy_uj"), "950000\n").unwrap();
+        assert!((s.energy_joules().unwrap() - 0.05).abs() < 1e-9);
+        // Wraps: 50 000 to the top, then 100 000 more.
+        std::fs::write(zone.join("energy_uj"), "100000\n").unwrap();
+        assert!((s.energy_joules().unwrap() - 0.2).abs() < 1e-9);
+    }
+
+    #[test]
+    fn rapl_missing_says_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = RaplSampler::open_at(&dir.path().join("nope"))
+            .err()
+            .unwrap();
+        assert!(err.contains("unreadable"), "{err}");
+    }
+
+    #[test]
+    fn own_cpu_time_is_readable() {
+        assert!(process_cpu_seconds(std::process::id()).is_some());
+        let mut h = HostCpu::default();
+        assert!(h.sample().is_some());
+    }
+
+    #[test]
+    fn sim_is_labelled_and_monotonic() {
+        let mut g = SimGpu::generic();
+        let idle = g.snapshot(&LoadHint::default()).unwrap();
+        let busy = g
+            .snapshot(&LoadHint {
+                encode_pixels_per_s: 1e9,
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(idle.source, "simulated");
+        assert!(busy.devices[0].power_w > idle.devices[0].power_w);
     }
 }
