@@ -354,7 +354,8 @@ pub struct SchedAdmission {
 
 /// Held in the daemon's [`Permit`]: sched's permit plus our running count.
 struct SchedGuard {
-    _permit: crate::sched::Permit,
+    /// `None` for a job admitted alone on a CPU host (see `admit_alone`).
+    _permit: Option<crate::sched::Permit>,
     running: Arc<std::sync::atomic::AtomicUsize>,
 }
 
@@ -421,6 +422,39 @@ impl SchedAdmission {
         })
     }
 
+    /// Nothing of ours runs and the scheduler still says no. A job larger than a whole idle
+    /// device's budget (1080p on a small CPU host) would wait forever: it runs alone,
+    /// counted at that budget. On a CPU-only host the "encoder" utilisation is the CPU's,
+    /// which other work (or our last job) keeps high: one job at a time always runs there,
+    /// so the daemon works; GPUs that hold (heat, power, memory, proofs) are respected.
+    fn admit_alone(
+        &self,
+        class: crate::sched::JobClass,
+        pps: f64,
+        rejected: crate::sched::Rejected,
+    ) -> Result<Option<crate::sched::Permit>, crate::sched::Rejected> {
+        if rejected.reason == crate::sched::RejectReason::OverCapacity {
+            let budget = self.largest_budget(class);
+            if budget > 0.0 {
+                if let Ok(a) = self.admitter.admit(class, pps.min(budget)) {
+                    return Ok(Some(a.permit));
+                }
+            }
+        }
+        let host = self.snapshots.borrow().source == crate::gpu::Source::Host;
+        let fixable = matches!(
+            rejected.reason,
+            crate::sched::RejectReason::Holding
+                | crate::sched::RejectReason::OverCapacity
+                | crate::sched::RejectReason::NoDevices
+        );
+        if host && fixable {
+            tracing::debug!(reason = %rejected, "CPU host idle: admitting one job alone");
+            return Ok(None);
+        }
+        Err(rejected)
+    }
+
     /// The largest budget a device that admits work offers `class` now (0: none).
     fn largest_budget(&self, class: crate::sched::JobClass) -> f64 {
         let Ok(g) = self.handle.lock() else {
@@ -465,27 +499,17 @@ impl Admission for SchedAdmission {
         } else {
             1.0
         };
-        let admitted = match self.admitter.admit(class, pps) {
-            Err(r)
-                if r.reason == crate::sched::RejectReason::OverCapacity
-                    && self.running.load(Ordering::SeqCst) == 0 =>
-            {
-                // A job larger than a whole idle device's budget (1080p on a small CPU host)
-                // would otherwise wait forever: run it alone, counted at the budget.
-                let budget = self.largest_budget(class);
-                if budget > 0.0 {
-                    self.admitter.admit(class, pps.min(budget))
-                } else {
-                    Err(r)
-                }
+        let mut admitted = self.admitter.admit(class, pps).map(|a| Some(a.permit));
+        if let Err(r) = &admitted {
+            if self.running.load(Ordering::SeqCst) == 0 {
+                admitted = self.admit_alone(class, pps, r.clone());
             }
-            other => other,
-        };
+        }
         match admitted {
-            Ok(a) => {
+            Ok(permit) => {
                 self.running.fetch_add(1, Ordering::SeqCst);
                 Ok(Permit::new(SchedGuard {
-                    _permit: a.permit,
+                    _permit: permit,
                     running: self.running.clone(),
                 }))
             }
