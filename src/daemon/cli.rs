@@ -222,7 +222,7 @@ fn print_status(v: &serde_json::Value) {
         Some(d) if !d.is_empty() => {
             for g in d {
                 println!(
-                    "gpu {}: {} util {:.0}% enc {:.0}% dec {:.0}% {} W {} °C {} sessions",
+                    "gpu {}: {} util {:.0}% enc {:.0}% dec {:.0}% {} W {} °C {} sessions ({})",
                     g["index"],
                     g["name"].as_str().unwrap_or(""),
                     g["utilization"].as_f64().unwrap_or(0.0) * 100.0,
@@ -230,7 +230,8 @@ fn print_status(v: &serde_json::Value) {
                     g["decoder_utilization"].as_f64().unwrap_or(0.0) * 100.0,
                     g["power_watts"],
                     g["temperature_celsius"],
-                    g["encoder_sessions"]
+                    g["encoder_sessions"],
+                    g["source"].as_str().unwrap_or("telemetry")
                 );
             }
         }

@@ -629,6 +629,56 @@ mod tests {
         assert_eq!(store.describe()["push_queue"], 1);
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sched_admission_places_jobs_and_reports_simulated_devices() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = crate::config::Config::default();
+        config.gpu.backend = "sim:rtx3090".into();
+        config.gpu.poll_interval_ms = 20;
+        config.scheduler.tick_interval_ms = 20;
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let a = SchedAdmission::start(&config, dir.path(), 4, cancel.clone())
+            .await
+            .unwrap();
+        // Wait for the first decision (no timing assertion: just until it exists).
+        let mut permit = None;
+        for _ in 0..500 {
+            if let Ok(p) = a.try_admit(JobClass::Live, 10e6) {
+                permit = Some(p);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let permit = permit.expect("the simulated GPU admits a 10 Mpx/s live job");
+        let cap = *a.capacity().borrow();
+        assert!((1..=4).contains(&cap), "capacity {cap}");
+        let st = a.status();
+        assert_eq!(st.backend, "sched/simulated");
+        assert_eq!(st.devices.len(), 1);
+        assert_eq!(st.devices[0].source, "simulated");
+        assert!(!st.decisions.is_empty());
+        assert_eq!(st.sealing.get("enabled"), Some(&4));
+        // Far beyond the device with one job running: refused, with a reason.
+        let err = a.try_admit(JobClass::Live, 1e15).err().unwrap();
+        assert!(!err.reason.is_empty());
+        drop(permit);
+        a.restore().await;
+        assert!(cancel.is_cancelled());
+    }
+
+    #[tokio::test]
+    async fn sched_admission_refuses_a_bad_backend() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = crate::config::Config::default();
+        config.gpu.backend = "cuda".into();
+        let err = SchedAdmission::start(&config, dir.path(), 1, Default::default())
+            .await
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("cuda") && err.contains("host"), "{err}");
+    }
+
     #[test]
     fn semaphore_admission_follows_capacity() {
         let a = SemaphoreAdmission::new(1);
