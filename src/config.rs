@@ -4,8 +4,8 @@
 //! name and line (`deny_unknown_fields`), because a misspelt limit that silently falls
 //! back to its default is worse than a refusal. Every key is documented in
 //! `deploy/comine.example.toml`; `config::tests` checks that file parses.
-//! `[scheduler]`, `[livepeer]` and `[store.kubo]` are kept as opaque tables here: their
-//! owners type them.
+//! `[scheduler]`, `[gpu]` and `[seal]` are the scheduler's, telemetry's and sealing
+//! controller's own config types; `[livepeer]` is kept as an opaque table for its owner.
 
 use std::path::{Path, PathBuf};
 
@@ -41,8 +41,12 @@ pub struct Config {
     pub transcode: TranscodeConfig,
     pub ledger: LedgerConfig,
     pub store: StoreConfig,
-    /// Typed by the scheduler module at merge; kept verbatim here.
-    pub scheduler: toml::Table,
+    /// Admission thresholds and sealing watermarks (`sched::Config`).
+    pub scheduler: crate::sched::Config,
+    /// GPU telemetry: backend (`auto` = NVML, else host CPU) and poll interval.
+    pub gpu: crate::gpu::Config,
+    /// Sealing controller (default `none`: comine only shapes its own load).
+    pub seal: crate::seal::Config,
     /// Typed by the Livepeer client at merge; kept verbatim here.
     pub livepeer: toml::Table,
 }
@@ -302,5 +306,34 @@ mod tests {
             }
         }
         assert!(c.api.queue_depth > 0);
+        // The scheduler sections document the real defaults, not stale copies.
+        let d = Config::default();
+        assert_eq!(c.scheduler, d.scheduler);
+        assert_eq!(c.gpu, d.gpu);
+        assert_eq!(c.seal, d.seal);
+    }
+
+    #[test]
+    fn scheduler_sections_refuse_unknown_keys() {
+        for text in [
+            "[scheduler]\nseal_high_watermak = 0.5\n",
+            "[gpu]\nbakend = \"host\"\n",
+            "[seal]\ncontroler = \"curio\"\n",
+        ] {
+            let err = Config::parse(text, "test").unwrap_err().to_string();
+            let key = text
+                .lines()
+                .nth(1)
+                .and_then(|l| l.split(' ').next())
+                .unwrap();
+            assert!(err.contains(key), "{err}");
+        }
+        let c = Config::parse(
+            "[gpu]\nbackend = \"host\"\n[seal]\ncontroller = \"none\"\n",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(c.gpu.backend, "host");
+        assert_eq!(c.seal.controller, crate::seal::ControllerKind::None);
     }
 }

@@ -40,6 +40,9 @@ type FGauge = Gauge<f64, AtomicU64>;
 pub struct GpuSample {
     pub index: u32,
     pub name: String,
+    /// Where the reading came from: `nvml`, `host` or `simulated`.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub source: String,
     /// 0..1
     pub utilization: f64,
     pub encoder_utilization: f64,

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use super::seams::{self, Admission, EmbeddedStore, RenditionStore, SemaphoreAdmission};
+use super::seams::{self, Admission, EmbeddedStore, RenditionStore, SchedAdmission};
 use super::{auth, client, resolve_data_dir, Daemon};
 use crate::config::Config;
 
@@ -77,16 +77,23 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     .with_context(|| format!("cannot open the store under {}", data_dir.display()))?;
     let inner = embedded.inner().clone();
     let store: Arc<dyn RenditionStore> = Arc::new(embedded);
-    if !config.scheduler.is_empty() {
-        tracing::warn!(
-            "[scheduler] settings are not applied by this build; using fixed concurrency"
-        );
-    }
-    let admission: Arc<dyn Admission> = Arc::new(SemaphoreAdmission::new(config.concurrency()));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     let cancel = tokio_util::sync::CancellationToken::new();
+    // The real scheduler: `[gpu]` telemetry, `[scheduler]` thresholds, `[seal]` controller.
+    // It stops (and re-enables sealing) in `Admission::restore` at shutdown.
+    // Demand (`set_demand`) is not fed yet: the scheduler sees admitted load only, which
+    // is what it steers sealing on when no demand is requested.
+    let admission: Arc<dyn Admission> = Arc::new(
+        rt.block_on(SchedAdmission::start(
+            &config,
+            &data_dir,
+            config.concurrency(),
+            cancel.child_token(),
+        ))
+        .context("cannot start the scheduler (see [gpu], [seal] and [scheduler] in the config)")?,
+    );
     let push_task = pusher.map(|(client, every)| {
         tracing::info!(
             api = client.base_url(),
@@ -215,7 +222,7 @@ fn print_status(v: &serde_json::Value) {
         Some(d) if !d.is_empty() => {
             for g in d {
                 println!(
-                    "gpu {}: {} util {:.0}% enc {:.0}% dec {:.0}% {} W {} °C {} sessions",
+                    "gpu {}: {} util {:.0}% enc {:.0}% dec {:.0}% {} W {} °C {} sessions ({})",
                     g["index"],
                     g["name"].as_str().unwrap_or(""),
                     g["utilization"].as_f64().unwrap_or(0.0) * 100.0,
@@ -223,7 +230,8 @@ fn print_status(v: &serde_json::Value) {
                     g["decoder_utilization"].as_f64().unwrap_or(0.0) * 100.0,
                     g["power_watts"],
                     g["temperature_celsius"],
-                    g["encoder_sessions"]
+                    g["encoder_sessions"],
+                    g["source"].as_str().unwrap_or("telemetry")
                 );
             }
         }

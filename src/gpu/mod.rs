@@ -179,7 +179,7 @@ pub fn now_ms() -> u64 {
 
 /// How processes are attributed to proofs, sealing or comine (NVML and host backends).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct Attribution {
     /// Process names (as in `/proc/PID/comm`, or NVML's name) that run WindowPoSt/WinningPoSt,
     /// e.g. a dedicated `lotus-worker --windowpost` renamed or wrapped.
@@ -220,7 +220,7 @@ impl Attribution {
 
 /// Telemetry settings, embeddable in the daemon's TOML config as `[gpu]`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// `auto`, `nvml`, `host` or `sim:PRESET[,PRESET...]`.
     pub backend: String,

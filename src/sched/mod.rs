@@ -24,7 +24,7 @@ use crate::gpu::{Snapshot, Source};
 
 /// Scheduler thresholds, embeddable in the daemon's TOML config as `[sched]`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// How often the driver decides even without a new snapshot, ms.
     pub tick_interval_ms: u64,

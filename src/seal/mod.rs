@@ -188,7 +188,7 @@ impl Controller for NoController {
 
 /// Controller settings, embeddable in the daemon's TOML config as `[seal]`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub controller: ControllerKind,
     /// `TOKEN:/ip4/127.0.0.1/tcp/3456/http`; falls back to `$WORKER_API_INFO` / `$CURIO_API_INFO`.
