@@ -66,9 +66,11 @@ async fn kill_9_mid_batch_then_restart_completes_each_accepted_job_exactly_once(
     let cfg = write_config(root.path(), "[api]\nconcurrency = 1\nqueue_depth = 64\n");
     let seg = segment(root.path(), "k.ts", "testsrc");
     let mut d = Daemon::start(root.path(), &cfg);
-    let ids = submit_batch(&d, "k", 10, &seg).await;
-    // Let some finish, then kill while others are queued or transcoding.
-    d.wait_job(&ids[1]).await;
+    // Enough jobs that a fast machine cannot drain the queue between the first
+    // completion and the kill.
+    let ids = submit_batch(&d, "k", 40, &seg).await;
+    // Let one finish, then kill while others are queued or transcoding.
+    d.wait_job(&ids[0]).await;
     d.kill9();
     let spooled = std::fs::read_dir(root.path().join("data/spool"))
         .unwrap()
@@ -88,7 +90,7 @@ async fn kill_9_mid_batch_then_restart_completes_each_accepted_job_exactly_once(
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["job_id"], ids[3].as_str());
     let status = d.get_json("/v1/status").await;
-    assert_eq!(status["jobs"]["done"], 10, "{status}");
+    assert_eq!(status["jobs"]["done"], 40, "{status}");
     assert_eq!(
         std::fs::read_dir(root.path().join("data/spool"))
             .unwrap()
