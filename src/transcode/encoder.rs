@@ -27,6 +27,9 @@ pub struct Opened {
     pub name: &'static str,
     /// Set when `auto` wanted NVENC and fell back to libx264.
     pub fallback_reason: Option<String>,
+    /// The fallback happened because NVENC cannot open on this host at all (as opposed
+    /// to the driver's session cap), so further rungs need not try it.
+    pub nvenc_unavailable: bool,
 }
 
 /// Opens the encoder `choice` asks for.
@@ -42,19 +45,24 @@ pub fn open(choice: EncoderChoice, setup: &Setup) -> Result<Opened, TranscodeErr
             encoder,
             name: X264,
             fallback_reason: None,
+            nvenc_unavailable: false,
         }),
         EncoderChoice::Nvenc => open_nvenc(setup).map(|encoder| Opened {
             encoder,
             name: NVENC,
             fallback_reason: None,
+            nvenc_unavailable: false,
         }),
         EncoderChoice::Auto => match open_nvenc(setup) {
             Ok(encoder) => Ok(Opened {
                 encoder,
                 name: NVENC,
                 fallback_reason: None,
+                nvenc_unavailable: false,
             }),
             Err(nvenc_err) => {
+                let nvenc_unavailable =
+                    !matches!(nvenc_err, TranscodeError::NvencSessionCap { .. });
                 let reason = nvenc_err.to_string();
                 tracing::info!(profile = %setup.profile.name, %reason, "NVENC unavailable, encoding with libx264");
                 let encoder = open_named(X264, setup)?;
@@ -62,6 +70,7 @@ pub fn open(choice: EncoderChoice, setup: &Setup) -> Result<Opened, TranscodeErr
                     encoder,
                     name: X264,
                     fallback_reason: Some(reason),
+                    nvenc_unavailable,
                 })
             }
         },

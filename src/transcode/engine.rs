@@ -129,21 +129,29 @@ pub fn transcode(req: &Request) -> Result<Report, TranscodeError> {
         reason: e.to_string(),
     })?;
 
-    let threads = encoder_threads(
-        &req.profiles,
-        (src_w, src_h),
-        sar,
-        src_rate,
-        req.options.encode_cores,
-    );
+    let dims: Vec<(u32, u32)> = req
+        .profiles
+        .iter()
+        .map(|p| {
+            profile::fit_dimensions(
+                src_w,
+                src_h,
+                (sar.numerator(), sar.denominator()),
+                p.width,
+                p.height,
+            )
+        })
+        .collect();
+    let threads = encoder_threads(&req.profiles, &dims, src_rate, req.options.encode_cores);
     let mut workers = Vec::with_capacity(req.profiles.len());
     let mut fallback_reason = None;
-    for (p, &threads) in req.profiles.iter().zip(&threads) {
+    let mut encoder_choice = req.options.encoder;
+    for ((p, &size), &threads) in req.profiles.iter().zip(&dims).zip(&threads) {
         let w = Worker::open(
             p,
             req,
-            (src_w, src_h),
-            sar,
+            encoder_choice,
+            size,
             src_rate,
             vtb,
             audio.as_ref(),
@@ -151,6 +159,11 @@ pub fn transcode(req: &Request) -> Result<Report, TranscodeError> {
         )?;
         if fallback_reason.is_none() {
             fallback_reason = w.fallback_reason.clone();
+        }
+        // NVENC that cannot load at all will not load for the next rung either; a
+        // session cap, by contrast, may still leave room for a smaller rung's retry.
+        if w.nvenc_unavailable {
+            encoder_choice = super::EncoderChoice::X264;
         }
         workers.push(w);
     }
@@ -558,10 +571,13 @@ struct Worker {
     encoder: ffmpeg_next::encoder::video::Encoder,
     encoder_name: &'static str,
     fallback_reason: Option<String>,
+    /// `auto` found NVENC absent on this host (not merely out of sessions).
+    nvenc_unavailable: bool,
     enc_time_base: Rational,
     octx: format::context::Output,
     video_out: usize,
-    audio: Option<(usize, Rational)>,
+    video_out_time_base: Rational,
+    audio: Option<AudioOut>,
     graph: Option<Graph>,
     /// Latest input pts and one source frame's duration, both in `in_time_base`.
     last_in_pts: Option<i64>,
@@ -571,6 +587,13 @@ struct Worker {
     /// Packets out of the encoder, one per encoded frame: the pixel count's basis.
     frames: u64,
     output: TempOutput,
+}
+
+/// Where copied audio packets go in this rendition's muxer.
+struct AudioOut {
+    index: usize,
+    in_time_base: Rational,
+    out_time_base: Rational,
 }
 
 struct Graph {
@@ -603,20 +626,13 @@ impl Worker {
     fn open(
         profile: &Profile,
         req: &Request,
-        (src_w, src_h): (u32, u32),
-        sar: Rational,
+        encoder_choice: super::EncoderChoice,
+        (width, height): (u32, u32),
         src_rate: Rational,
         in_time_base: Rational,
         audio: Option<&AudioIn>,
         threads: usize,
     ) -> Result<Worker, TranscodeError> {
-        let (width, height) = profile::fit_dimensions(
-            src_w,
-            src_h,
-            (sar.numerator(), sar.denominator()),
-            profile.width,
-            profile.height,
-        );
         let dst = req.out_dir.join(profile.file_name());
         let tmp = temp_name(&dst);
         let output = TempOutput {
@@ -642,7 +658,7 @@ impl Worker {
             None => (in_time_base, src_rate),
         };
         let opened = encoder::open(
-            req.options.encoder,
+            encoder_choice,
             &Setup {
                 profile,
                 width,
@@ -685,7 +701,17 @@ impl Worker {
                 profile.format.muxer()
             )));
         }
-        let audio = audio_out;
+        // The muxer fixes its streams' time bases in write_header; read them once here
+        // instead of per packet.
+        let out_tb = |idx: usize, fallback: Rational| {
+            octx.stream(idx).map(|s| s.time_base()).unwrap_or(fallback)
+        };
+        let video_out_time_base = out_tb(video_out, enc_time_base);
+        let audio = audio_out.map(|(idx, in_tb)| AudioOut {
+            index: idx,
+            in_time_base: in_tb,
+            out_time_base: out_tb(idx, in_tb),
+        });
         Ok(Worker {
             profile: profile.clone(),
             width,
@@ -694,9 +720,11 @@ impl Worker {
             encoder: opened.encoder,
             encoder_name: opened.name,
             fallback_reason: opened.fallback_reason,
+            nvenc_unavailable: opened.nvenc_unavailable,
             enc_time_base,
             octx,
             video_out,
+            video_out_time_base,
             audio,
             graph: None,
             last_in_pts: None,
@@ -898,12 +926,7 @@ impl Worker {
                 Ok(()) => {
                     self.frames += 1;
                     packet.set_stream(self.video_out);
-                    let ost_tb = self
-                        .octx
-                        .stream(self.video_out)
-                        .map(|s| s.time_base())
-                        .unwrap_or(self.enc_time_base);
-                    packet.rescale_ts(self.enc_time_base, ost_tb);
+                    packet.rescale_ts(self.enc_time_base, self.video_out_time_base);
                     packet
                         .write_interleaved(&mut self.octx)
                         .map_err(|e| self.write_err(e.to_string()))?;
@@ -916,16 +939,11 @@ impl Worker {
     }
 
     fn push_audio(&mut self, mut packet: Packet) {
-        let Some((idx, in_tb)) = self.audio else {
+        let Some(a) = &self.audio else {
             return;
         };
-        let out_tb = self
-            .octx
-            .stream(idx)
-            .map(|s| s.time_base())
-            .unwrap_or(in_tb);
-        packet.set_stream(idx);
-        packet.rescale_ts(in_tb, out_tb);
+        packet.set_stream(a.index);
+        packet.rescale_ts(a.in_time_base, a.out_time_base);
         packet.set_position(-1);
         // Audio is passed through untouched; a packet the muxer refuses (damaged
         // timestamps in a truncated segment) is dropped rather than failing the video.
@@ -962,8 +980,7 @@ pub(crate) fn filter_spec(profile: &Profile, width: u32, height: u32) -> String 
 /// largest rung (usually half the work) is not the critical path.
 fn encoder_threads(
     profiles: &[Profile],
-    src: (u32, u32),
-    sar: Rational,
+    dims: &[(u32, u32)],
     src_rate: Rational,
     cores: usize,
 ) -> Vec<usize> {
@@ -975,16 +992,8 @@ fn encoder_threads(
     let src_fps = src_rate.numerator() as f64 / src_rate.denominator().max(1) as f64;
     let rates: Vec<f64> = profiles
         .iter()
-        .map(|p| {
-            let (w, h) = profile::fit_dimensions(
-                src.0,
-                src.1,
-                (sar.numerator(), sar.denominator()),
-                p.width,
-                p.height,
-            );
-            w as f64 * h as f64 * p.fps().unwrap_or(src_fps).min(src_fps.max(1.0))
-        })
+        .zip(dims)
+        .map(|(p, &(w, h))| w as f64 * h as f64 * p.fps().unwrap_or(src_fps).min(src_fps.max(1.0)))
         .collect();
     let total: f64 = rates.iter().sum::<f64>().max(1.0);
     rates
