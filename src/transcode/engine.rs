@@ -1002,11 +1002,15 @@ fn encoder_threads(
         .collect()
 }
 
+/// A temporary name beside `dst`, unique per process *and* per call, so two
+/// transcodes of one process writing into the same directory never share a file.
 fn temp_name(dst: &Path) -> PathBuf {
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut name = dst
         .file_name()
         .map(|n| n.to_os_string())
         .unwrap_or_default();
-    name.push(format!(".{}.tmp", std::process::id()));
+    name.push(format!(".{}.{seq}.tmp", std::process::id()));
     dst.with_file_name(name)
 }

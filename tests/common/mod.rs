@@ -24,7 +24,16 @@ pub fn media_dir() -> &'static Path {
 
 /// Generates (once per name) a clip with the given lavfi video graph and optional audio.
 /// `extra` are output options placed before the file name.
+///
+/// Tests of one binary run on parallel threads and often ask for the same clip, so
+/// generation is serialised by a process-wide lock: without it two threads wrote the
+/// same temporary file and one test read a clip the other was still writing. The
+/// temporary name carries the pid as well, for test binaries run side by side.
 pub fn generate(name: &str, video: &str, seconds: f64, audio: bool, extra: &[&str]) -> PathBuf {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    // A test that panicked while holding the lock left no half-written clip behind
+    // (the rename is the last step), so a poisoned lock is safe to take over.
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let path = media_dir().join(name);
     if path.exists() {
         return path;
