@@ -32,6 +32,9 @@ impl Admission for TestScheduler {
     fn capacity(&self) -> watch::Receiver<usize> {
         self.inner.capacity()
     }
+    fn livepeer_sessions(&self) -> watch::Receiver<u32> {
+        self.inner.livepeer_sessions()
+    }
     fn status(&self) -> SchedulerStatus {
         let mut s = self.inner.status();
         s.sealing.insert("disabled".into(), 1);

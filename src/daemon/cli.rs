@@ -22,6 +22,9 @@ pub struct RunArgs {
     /// Override `[api] listen`, e.g. 127.0.0.1:0 for a free port (see <data>/api.addr).
     #[arg(long)]
     pub listen: Option<String>,
+    /// Attach to a go-livepeer orchestrator as a remote transcoder (`--orch-addr` …).
+    #[command(flatten)]
+    pub livepeer: crate::intake::livepeer::LivepeerArgs,
 }
 
 #[derive(clap::Args, Debug)]
@@ -44,6 +47,25 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         config.api.listen = listen;
     }
     let data_dir = resolve_data_dir(args.data_dir, &config);
+    // Flags are checked before anything starts: a bad secret file or address checksum
+    // is a start-up error, not a log line an hour later.
+    let attach = if args.livepeer.enabled() {
+        let mut cfg = args.livepeer.to_config()?;
+        let t = &config.transcode;
+        cfg.encoder = t.encoder_choice()?;
+        cfg.x264_preset = t.x264_preset.clone();
+        cfg.gpu = t.gpu;
+        cfg.work_dir = data_dir.join("livepeer").join("work");
+        Some(super::livepeer::Attach {
+            config: cfg,
+            capacity: args.livepeer.capacity,
+        })
+    } else {
+        if args.livepeer.orch_secret.is_some() && std::env::var_os("COMINE_ORCH_SECRET").is_none() {
+            anyhow::bail!("--orch-secret was given without --orch-addr HOST:PORT; add the orchestrator's address to attach to it");
+        }
+        None
+    };
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
     let token_path = client::token_file(&data_dir, &config);
@@ -106,7 +128,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             cancel.clone(),
         ))
     });
-    let served = rt.block_on(serve(config, data_dir, store, admission, token));
+    let served = rt.block_on(serve(config, data_dir, store, admission, token, attach));
     cancel.cancel();
     if let Some(task) = push_task {
         let _ = rt.block_on(task);
@@ -122,6 +144,7 @@ pub async fn serve(
     store: Arc<dyn RenditionStore>,
     admission: Arc<dyn Admission>,
     token: String,
+    attach: Option<super::livepeer::Attach>,
 ) -> anyhow::Result<()> {
     let grace = Duration::from_secs(config.api.shutdown_grace_secs);
     let listen = config.api.listen.clone();
@@ -139,6 +162,12 @@ pub async fn serve(
     seams::write_durable(&addr_file, addr.to_string().as_bytes())?;
     tracing::info!(%addr, data_dir = %data_dir.display(), addr_file = %addr_file.display(), "comine API listening");
     let dispatcher = d.spawn_dispatcher();
+    let lp_stop = tokio_util::sync::CancellationToken::new();
+    let mut lp_task = attach.map(|a| {
+        tracing::info!(orch = %a.config.orch_addr, capacity = ?a.capacity, "attaching to the Livepeer orchestrator");
+        let sessions = d.admission.livepeer_sessions();
+        super::livepeer::start(&d, a, sessions, lp_stop.clone())
+    });
     let app = crate::intake::http::router(d.clone());
     let stop = d.intake_stop.clone();
     let server = tokio::spawn(async move {
@@ -146,7 +175,34 @@ pub async fn serve(
             .with_graceful_shutdown(async move { stop.cancelled().await })
             .await
     });
-    wait_for_signal().await;
+    // A fatal refusal from the orchestrator (bad secret, zero capacity) stops the daemon
+    // with its message, so a supervisor shows the misconfiguration instead of a daemon
+    // that runs but never earns.
+    let mut fatal = None;
+    match lp_task.as_mut() {
+        Some(task) => tokio::select! {
+            _ = wait_for_signal() => {}
+            r = task => {
+                lp_task = None;
+                match r {
+                    Ok(Err(e)) => fatal = Some(anyhow::Error::new(e)),
+                    Ok(Ok(())) => {}
+                    Err(e) => fatal = Some(anyhow::anyhow!("the Livepeer client task failed: {e}")),
+                }
+            }
+        },
+        None => wait_for_signal().await,
+    }
+    // Livepeer first: segments in flight are cancelled and answered with error parts, so
+    // the orchestrator hands them to another transcoder at once instead of waiting.
+    lp_stop.cancel();
+    if let Some(task) = lp_task {
+        match tokio::time::timeout(Duration::from_secs(15), task).await {
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "Livepeer client ended with an error"),
+            Err(_) => tracing::warn!("Livepeer client did not stop in time"),
+            _ => {}
+        }
+    }
     d.shutdown(grace).await;
     let _ = dispatcher.await;
     match tokio::time::timeout(Duration::from_secs(10), server).await {
@@ -155,7 +211,10 @@ pub async fn serve(
         _ => tracing::warn!("HTTP connections did not close in time"),
     }
     let _ = std::fs::remove_file(&addr_file);
-    Ok(())
+    match fatal {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
 
 async fn wait_for_signal() {
@@ -247,4 +306,21 @@ fn print_status(v: &serde_json::Value) {
         }
     }
     println!("store: {}", s("/store"));
+    if let Some(lp) = v.pointer("/livepeer").filter(|l| !l.is_null()) {
+        let g = |p: &str| lp.pointer(p).cloned().unwrap_or(serde_json::Value::Null);
+        println!(
+            "livepeer: {} {} (capacity {} [{}]); segments {} accounted, {} failed; {} encoded pixels{}",
+            g("/orch_addr").as_str().unwrap_or("?"),
+            g("/link/state").as_str().unwrap_or("?"),
+            g("/capacity"),
+            g("/capacity_mode").as_str().unwrap_or("?"),
+            g("/segments/accounted"),
+            g("/segments/failed"),
+            g("/segments/encoded_pixels"),
+            g("/link/last_fault")
+                .as_str()
+                .map(|f| format!("; last fault: {f}"))
+                .unwrap_or_default(),
+        );
+    }
 }

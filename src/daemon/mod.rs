@@ -17,6 +17,7 @@
 pub mod auth;
 pub mod cli;
 pub mod client;
+pub mod livepeer;
 pub mod seams;
 mod worker;
 
@@ -99,6 +100,8 @@ pub struct Daemon {
     /// EWMA of segment latency, ms (for Retry-After).
     latency_ewma_ms: AtomicU64,
     pub listen_addr: OnceLock<SocketAddr>,
+    /// Set when `comine run` attached to a Livepeer orchestrator.
+    pub livepeer: OnceLock<livepeer::LivepeerState>,
 }
 
 impl Daemon {
@@ -153,6 +156,7 @@ impl Daemon {
             started: Instant::now(),
             latency_ewma_ms: AtomicU64::new(0),
             listen_addr: OnceLock::new(),
+            livepeer: OnceLock::new(),
         }))
     }
 
@@ -288,6 +292,20 @@ impl Daemon {
                         received: Instant::now(),
                     });
                     resumed += 1;
+                }
+                // A Livepeer segment has no spool: its download lived in the client, and the
+                // orchestrator has long retried it elsewhere. Nothing was counted.
+                _ if job
+                    .manifest_id
+                    .as_deref()
+                    .is_some_and(|m| m.starts_with(livepeer::MANIFEST_PREFIX)) =>
+                {
+                    tracing::warn!(job = %job.job_id, "Livepeer segment interrupted by the last stop before it was stored; marking failed (not counted)");
+                    self.ledger.fail(
+                        &job.job_id,
+                        "interrupted",
+                        "the daemon stopped before this Livepeer segment's renditions were stored",
+                    )?;
                 }
                 _ if !self.spool_path(&job.job_id).exists() => {
                     tracing::error!(job = %job.job_id, "spooled segment is missing; failing the job");

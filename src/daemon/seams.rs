@@ -243,6 +243,9 @@ pub trait Admission: Send + Sync + 'static {
     fn try_admit(&self, class: JobClass, pixels_per_sec: f64) -> Result<Permit, Rejected>;
     /// Concurrent jobs allowed now; changes as the scheduler steers capacity.
     fn capacity(&self) -> watch::Receiver<usize>;
+    /// Livepeer sessions to offer an orchestrator now (`--capacity auto`); 0 means
+    /// "none": the remote transcoder unregisters until the scheduler grants some.
+    fn livepeer_sessions(&self) -> watch::Receiver<u32>;
     fn status(&self) -> SchedulerStatus;
     /// On shutdown: re-enable anything the scheduler disabled (sealing tasks).
     fn restore(&self) -> BoxFuture<'_, ()>;
@@ -252,6 +255,7 @@ pub trait Admission: Send + Sync + 'static {
 pub struct SemaphoreAdmission {
     sem: Arc<Semaphore>,
     capacity: watch::Sender<usize>,
+    sessions: watch::Sender<u32>,
     decisions: Mutex<VecDeque<serde_json::Value>>,
 }
 
@@ -260,6 +264,7 @@ impl SemaphoreAdmission {
         SemaphoreAdmission {
             sem: Arc::new(Semaphore::new(n)),
             capacity: watch::channel(n).0,
+            sessions: watch::channel(u32::try_from(n).unwrap_or(u32::MAX)).0,
             decisions: Mutex::new(VecDeque::new()),
         }
     }
@@ -273,6 +278,8 @@ impl SemaphoreAdmission {
             self.sem.forget_permits(cur - n);
         }
         self.capacity.send_replace(n);
+        self.sessions
+            .send_replace(u32::try_from(n).unwrap_or(u32::MAX));
     }
 
     fn record(&self, v: serde_json::Value) {
@@ -302,6 +309,10 @@ impl Admission for SemaphoreAdmission {
 
     fn capacity(&self) -> watch::Receiver<usize> {
         self.capacity.subscribe()
+    }
+
+    fn livepeer_sessions(&self) -> watch::Receiver<u32> {
+        self.sessions.subscribe()
     }
 
     fn status(&self) -> SchedulerStatus {
@@ -345,6 +356,7 @@ pub struct SchedAdmission {
     admitter: crate::sched::Admitter,
     snapshots: watch::Receiver<crate::gpu::Snapshot>,
     capacity: watch::Receiver<usize>,
+    sessions: watch::Receiver<u32>,
     /// Jobs holding a permit now (the guard decrements it on drop).
     running: Arc<std::sync::atomic::AtomicUsize>,
     task_types: usize,
@@ -399,6 +411,7 @@ impl SchedAdmission {
         let max = max_concurrency.max(1);
         let mut sched_cap = handle.capacity();
         let (cap_tx, cap_rx) = watch::channel(concurrency_for(&sched_cap.borrow(), max));
+        let (sessions_tx, sessions_rx) = watch::channel(sched_cap.borrow().livepeer_sessions);
         let stop = cancel.clone();
         tokio::spawn(async move {
             loop {
@@ -406,8 +419,12 @@ impl SchedAdmission {
                     _ = stop.cancelled() => break,
                     changed = sched_cap.changed() => if changed.is_err() { break },
                 }
-                let n = concurrency_for(&sched_cap.borrow_and_update(), max);
+                let c = sched_cap.borrow_and_update().clone();
+                let n = concurrency_for(&c, max);
                 cap_tx.send_if_modified(|cur| std::mem::replace(cur, n) != n);
+                // Unclamped: 0 sessions is a real answer (the GPU is needed elsewhere).
+                let s = c.livepeer_sessions;
+                sessions_tx.send_if_modified(|cur| std::mem::replace(cur, s) != s);
             }
         });
         Ok(SchedAdmission {
@@ -415,6 +432,7 @@ impl SchedAdmission {
             handle: Mutex::new(Some(handle)),
             snapshots,
             capacity: cap_rx,
+            sessions: sessions_rx,
             running: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             task_types: task_types.len(),
             history: 32,
@@ -522,6 +540,10 @@ impl Admission for SchedAdmission {
 
     fn capacity(&self) -> watch::Receiver<usize> {
         self.capacity.clone()
+    }
+
+    fn livepeer_sessions(&self) -> watch::Receiver<u32> {
+        self.sessions.clone()
     }
 
     fn status(&self) -> SchedulerStatus {

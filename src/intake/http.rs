@@ -575,6 +575,8 @@ async fn status(State(d): Shared) -> Result<Json<Value>, ApiError> {
         "sealing": sched.sealing,
         "deals": deals,
         "store": d.store.describe(),
+        // null when `comine run` was not given --orch-addr.
+        "livepeer": d.livepeer.get().map(|l| l.to_json()),
     })))
 }
 

@@ -335,6 +335,11 @@ pub fn write_config(root: &Path, extra: &str) -> PathBuf {
 
 impl Daemon {
     pub fn start(root: &Path, config: &Path) -> Daemon {
+        Self::start_with(root, config, &[])
+    }
+
+    /// `comine run` with extra flags (e.g. `--orch-addr …`).
+    pub fn start_with(root: &Path, config: &Path, extra: &[&str]) -> Daemon {
         let data = root.join("data");
         let addr_file = data.join("api.addr");
         let _ = std::fs::remove_file(&addr_file);
@@ -350,6 +355,7 @@ impl Daemon {
             .arg("--data-dir")
             .arg(&data)
             .args(["--listen", "127.0.0.1:0"])
+            .args(extra)
             .env("RUST_LOG", "comine=debug,info")
             .stdout(Stdio::null())
             .stderr(log)

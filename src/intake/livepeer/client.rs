@@ -62,10 +62,19 @@ pub(super) async fn run(
     });
     let tracker = TaskTracker::new();
     let mut backoff = shared.cfg.backoff_initial;
+    let link = shared.cfg.link.clone();
     let result = loop {
+        if *capacity.borrow() == 0 {
+            link.set_state("waiting_for_capacity");
+        }
         let Some(cap) = wait_positive(&mut capacity, &shutdown).await else {
             break Ok(());
         };
+        link.update(|s| {
+            s.state = "connecting";
+            s.registered_capacity = cap;
+            s.registrations += 1;
+        });
         let started = Instant::now();
         let ended = connection(
             &shared,
@@ -79,7 +88,13 @@ pub(super) async fn run(
         .await;
         match ended {
             Ended::Shutdown => break Ok(()),
-            Ended::Fatal(e) => break Err(e),
+            Ended::Fatal(e) => {
+                link.update(|s| {
+                    s.state = "fatal";
+                    s.last_fault = Some(e.to_string());
+                });
+                break Err(e);
+            }
             Ended::Recapacity(new) => {
                 tracing::info!(
                     from = cap,
@@ -94,6 +109,10 @@ pub(super) async fn run(
                     backoff = shared.cfg.backoff_initial;
                 }
                 tracing::warn!(orch = %shared.cfg.orch_addr, %reason, retry_in_ms = backoff.as_millis() as u64, "orchestrator connection lost; reconnecting");
+                link.update(|s| {
+                    s.state = "backoff";
+                    s.last_fault = Some(reason.clone());
+                });
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = shutdown.cancelled() => break Ok(()),
@@ -106,6 +125,9 @@ pub(super) async fn run(
     // part, so the orchestrator can hand the segment to another transcoder right away.
     tracker.close();
     tracker.wait().await;
+    if result.is_ok() {
+        link.set_state("stopped");
+    }
     result
 }
 
@@ -310,6 +332,7 @@ async fn connection(
         _ = shared.shutdown.cancelled() => return Ended::Shutdown,
     };
     tracing::info!(orch = %cfg.orch_addr, capacity = cap, "notification stream open");
+    cfg.link.set_state("registered");
     loop {
         tokio::select! {
             msg = stream.message() => match msg {

@@ -23,7 +23,7 @@ pub mod test_orchestrator;
 pub mod tls;
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use alloy_primitives::Address;
@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use crate::transcode::EncoderChoice;
 
 pub use cli::LivepeerArgs;
+pub use sink::RenditionOutput;
 pub use sink::{LoggingSink, MemorySink, SegmentFailure, SegmentRecord, SegmentSink};
 pub use tls::TlsPolicy;
 
@@ -76,6 +77,49 @@ pub struct TranscoderConfig {
     pub session_idle_timeout: Duration,
     /// Tasks in flight beyond this are answered with an error part at once.
     pub max_in_flight: usize,
+    /// Where the connection loop reports its state (the daemon shows it in `/v1/status`).
+    pub link: Arc<LinkStatus>,
+}
+
+/// The connection's state as the client last reported it.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct LinkSnapshot {
+    /// `starting`, `waiting_for_capacity`, `connecting`, `registered`, `backoff`,
+    /// `stopped` or `fatal`.
+    pub state: &'static str,
+    /// The capacity of the current (or last) registration.
+    pub registered_capacity: u32,
+    /// Registrations attempted since start (re-registrations and reconnects included).
+    pub registrations: u64,
+    /// Why the last connection ended, when it was a fault or a refusal.
+    pub last_fault: Option<String>,
+    /// Wall-clock time of the last state change, ms since the epoch.
+    pub since_ms: u64,
+}
+
+/// Shared, cheaply updated [`LinkSnapshot`].
+#[derive(Debug, Default)]
+pub struct LinkStatus(Mutex<LinkSnapshot>);
+
+impl LinkStatus {
+    pub fn get(&self) -> LinkSnapshot {
+        let mut s = self.0.lock().map(|s| s.clone()).unwrap_or_default();
+        if s.state.is_empty() {
+            s.state = "starting";
+        }
+        s
+    }
+
+    pub(crate) fn update(&self, f: impl FnOnce(&mut LinkSnapshot)) {
+        if let Ok(mut s) = self.0.lock() {
+            f(&mut s);
+            s.since_ms = crate::ledger::time::now_ms();
+        }
+    }
+
+    pub(crate) fn set_state(&self, state: &'static str) {
+        self.update(|s| s.state = state);
+    }
 }
 
 impl TranscoderConfig {
@@ -99,6 +143,7 @@ impl TranscoderConfig {
             max_segment_bytes: 64 << 20,
             session_idle_timeout: Duration::from_secs(120),
             max_in_flight: 64,
+            link: Arc::default(),
         }
     }
 }

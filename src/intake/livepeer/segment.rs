@@ -43,6 +43,7 @@ impl Failure {
 
 struct Done {
     report: transcode::Report,
+    segment_bytes: u64,
     parts: Vec<Part>,
     renditions: Vec<RenditionOutput>,
     download_ms: u64,
@@ -116,6 +117,8 @@ pub(super) async fn handle(
                 manifest_id: String::from_utf8_lossy(&seg.manifest_id).into_owned(),
                 seq: seg.seq,
                 duration_ms,
+                segment_bytes: done.segment_bytes,
+                media_seconds: done.report.media_seconds,
                 decoded_pixels: done.report.decoded_pixels,
                 encoded_pixels: done.report.encoded_pixels,
                 renditions: done.renditions,
@@ -148,6 +151,8 @@ pub(super) async fn handle(
                 orch_addr: cfg.orch_addr.clone(),
                 task_id: n.task_id,
                 session_id,
+                manifest_id: String::from_utf8_lossy(&seg.manifest_id).into_owned(),
+                seq: seg.seq,
                 reason: fail.reason,
                 bad_input: fail.bad_input,
             };
@@ -207,6 +212,7 @@ async fn work(
     }
     let data = download(http, &n.url, deadline, cfg.max_segment_bytes).await?;
     let download_ms = t0.elapsed().as_millis() as u64;
+    let segment_bytes = data.len() as u64;
 
     let t1 = Instant::now();
     let request = Request {
@@ -280,6 +286,7 @@ async fn work(
             profile: lp.name.clone(),
             path: r.path.clone(),
             mime: r.mime,
+            encoder: r.encoder.clone(),
             width: r.width,
             height: r.height,
             frames: r.frames,
@@ -289,6 +296,7 @@ async fn work(
     }
     Ok(Done {
         report,
+        segment_bytes,
         parts,
         renditions,
         download_ms,

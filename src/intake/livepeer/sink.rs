@@ -19,6 +19,8 @@ pub struct RenditionOutput {
     /// Valid only during the sink call: the working directory is removed afterwards.
     pub path: PathBuf,
     pub mime: &'static str,
+    /// `libx264` or `h264_nvenc`: which encoder made it.
+    pub encoder: String,
     pub width: u32,
     pub height: u32,
     pub frames: u64,
@@ -36,6 +38,10 @@ pub struct SegmentRecord {
     pub manifest_id: String,
     pub seq: i64,
     pub duration_ms: u32,
+    /// Bytes of the source segment as downloaded.
+    pub segment_bytes: u64,
+    /// Media seconds decoded (the engine's measure, not the notification's).
+    pub media_seconds: f64,
     /// Posted in the request's `Pixels` header.
     pub decoded_pixels: u64,
     /// Σ rendition pixels: what the orchestrator bills.
@@ -56,6 +62,8 @@ pub struct SegmentFailure {
     pub orch_addr: String,
     pub task_id: i64,
     pub session_id: String,
+    pub manifest_id: String,
+    pub seq: i64,
     pub reason: String,
     /// The failure was the segment's fault (bad media, bad profile), not ours.
     pub bad_input: bool,
