@@ -584,6 +584,7 @@ mod tests {
             t_s: t,
             action: a.into(),
             realtime_ratio: 0.9,
+            reason: None,
         };
         let events = vec![
             e(5.0, "pause_sealing"),

@@ -29,6 +29,10 @@ pub struct Args {
     /// generated test pattern.
     #[arg(long)]
     pub input: Option<PathBuf>,
+    /// Without an NVML GPU, simulate this `gpu::sim` preset for the (labelled) GPU
+    /// figures: rtx3060, rtx3090, rtx4090, a4000 or a5000.
+    #[arg(long, default_value = super::sampler::SimSampler::DEFAULT_PRESET, value_name = "PRESET")]
+    pub sim_gpu: String,
     /// Data directory (default: $COMINE_DATA_DIR or the platform data dir).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
@@ -77,6 +81,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let (suite, text) = Suite::load(&args.suite)?;
+    let step = std::time::Duration::from_millis(suite.sample_interval_ms.max(1));
+    let gpu = run::gpu_sampler(&args.sim_gpu, step)
+        .map_err(|e| anyhow::anyhow!("--sim-gpu {}: {e}", args.sim_gpu))?;
     let out = match args.out {
         Some(o) => o,
         None => {
@@ -121,7 +128,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         input: args.input,
         progress,
         cancel: cancel.clone(),
-        gpu: None,
+        gpu: Some(gpu),
         power: None,
     });
     let interrupted = cancel.is_cancelled();

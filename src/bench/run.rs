@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use super::analyze::{self, Inputs};
 use super::load::{self, PixelCounters, Segments, Window};
 use super::sampler::{self, GpuSampler, HostCpu, LoadHint, PowerSampler, RaplSampler};
-use super::steering::{Action, Hysteresis, Steering};
+use super::steering::{Action, SchedSteering, Steering};
 use super::suite::Suite;
 use super::workload::{SealEvent, SealMode, SealRunner};
 use crate::report::schema::{
@@ -69,11 +69,19 @@ pub struct RunOptions {
 /// NVML when a driver and a GPU answer; otherwise the labelled simulation, and the
 /// report says so on every figure it feeds.
 pub fn default_gpu_sampler() -> Box<dyn GpuSampler> {
+    gpu_sampler(sampler::SimSampler::DEFAULT_PRESET, Duration::from_secs(1))
+        .unwrap_or_else(|_| Box::new(sampler::NoGpu))
+}
+
+/// NVML when a driver and a GPU answer, else the `gpu::sim` preset `sim_preset`
+/// (an unknown preset is an error naming the valid ones).
+pub fn gpu_sampler(sim_preset: &str, step: Duration) -> Result<Box<dyn GpuSampler>, String> {
     match sampler::NvmlGpu::open() {
-        Ok(nvml) => Box::new(nvml),
+        Ok(nvml) => Ok(Box::new(nvml)),
         Err(why) => {
-            tracing::info!(reason = %why, "no NVML GPU; GPU figures in this report are simulated");
-            Box::new(sampler::SimGpu::generic())
+            let sim = sampler::SimSampler::preset(sim_preset, step).map_err(|e| e.to_string())?;
+            tracing::info!(reason = %why, preset = sim_preset, "no NVML GPU; GPU figures in this report are simulated");
+            Ok(Box::new(sim))
         }
     }
 }
@@ -468,9 +476,12 @@ pub fn run(mut opts: RunOptions) -> Result<BenchReport, BenchError> {
             )
             .map_err(BenchError::Seal)?;
             let steer_on = steered && opts.seal.steerable();
-            let policy: Mutex<Box<dyn Steering>> = Mutex::new(Box::new(Hysteresis::new(
-                suite.phases.combined.pause_above,
-                suite.phases.combined.resume_below,
+            let cp = &suite.phases.combined;
+            let policy: Mutex<Box<dyn Steering>> = Mutex::new(Box::new(SchedSteering::new(
+                cp.pause_above,
+                cp.resume_below,
+                cp.sustain_ms,
+                cp.min_dwell_ms,
             )));
             if steer_on {
                 policy_name = policy
@@ -505,10 +516,10 @@ pub fn run(mut opts: RunOptions) -> Result<BenchReport, BenchError> {
                         }
                         q.iter().sum::<f64>() / q.len() as f64
                     };
-                    let action = policy
+                    let (action, reason) = policy
                         .lock()
-                        .map(|mut p| p.on_tick(avg))
-                        .unwrap_or(Action::None);
+                        .map(|mut p| (p.on_tick(avg), p.last_reason()))
+                        .unwrap_or((Action::None, None));
                     let label = match action {
                         Action::None => return,
                         Action::PauseSealing => {
@@ -527,6 +538,7 @@ pub fn run(mut opts: RunOptions) -> Result<BenchReport, BenchError> {
                             t_s: now_s(),
                             action: label.into(),
                             realtime_ratio: avg,
+                            reason,
                         });
                     }
                 };
@@ -544,6 +556,7 @@ pub fn run(mut opts: RunOptions) -> Result<BenchReport, BenchError> {
                         t_s: now_s(),
                         action: "resume_sealing".into(),
                         realtime_ratio: 0.0,
+                        reason: Some("end of the steered window: sealing restored".into()),
                     });
                 }
             }

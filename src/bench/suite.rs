@@ -138,6 +138,20 @@ pub struct CombinedPhase {
     /// …and resumes it once the ratio falls below this.
     #[serde(default = "default_resume")]
     pub resume_below: f64,
+    /// The scheduler acts only when the ratio has stayed past a watermark this long, ms.
+    #[serde(default = "default_sustain")]
+    pub sustain_ms: u64,
+    /// Minimum time between two sealing changes, ms (the daemon's default is 60 000;
+    /// suites use less so short windows see the policy act).
+    #[serde(default = "default_dwell")]
+    pub min_dwell_ms: u64,
+}
+
+fn default_sustain() -> u64 {
+    1_000
+}
+fn default_dwell() -> u64 {
+    5_000
 }
 
 fn default_pause() -> f64 {
@@ -174,6 +188,8 @@ repeats = 2
 [phases.combined]
 seconds = 3.0
 repeats = 2
+sustain_ms = 200
+min_dwell_ms = 500
 "#;
 
 const QUICK: &str = r#"

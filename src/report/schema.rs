@@ -120,6 +120,9 @@ pub struct SteeringEvent {
     pub t_s: f64,
     pub action: String,
     pub realtime_ratio: f64,
+    /// The policy's own reason (the scheduler core's decision text).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// One measurement window (phase repetition).
