@@ -19,10 +19,11 @@ use comine::ledger::JobClass;
 use futures_util::future::BoxFuture;
 use tokio::sync::watch;
 
-/// A scheduler stand-in: capacity set by the test, restore() counted.
+/// A scheduler stand-in: capacity set by the test, restore() counted, demand recorded.
 struct TestScheduler {
     inner: SemaphoreAdmission,
     restored: AtomicUsize,
+    demand: std::sync::Mutex<Vec<(f64, f64)>>,
 }
 
 impl Admission for TestScheduler {
@@ -39,6 +40,9 @@ impl Admission for TestScheduler {
         let mut s = self.inner.status();
         s.sealing.insert("disabled".into(), 1);
         s
+    }
+    fn set_demand(&self, live: f64, batch: f64) {
+        self.demand.lock().unwrap().push((live, batch));
     }
     fn restore(&self) -> BoxFuture<'_, ()> {
         self.restored.fetch_add(1, Ordering::SeqCst);
@@ -81,6 +85,7 @@ async fn concurrency_follows_capacity_and_shutdown_restores_the_scheduler() {
     let sched = Arc::new(TestScheduler {
         inner: SemaphoreAdmission::new(0),
         restored: AtomicUsize::new(0),
+        demand: Default::default(),
     });
     let store = Arc::new(FlakyStore {
         inner: EmbeddedStore::open(&data, None).unwrap(),
@@ -125,6 +130,14 @@ async fn concurrency_follows_capacity_and_shutdown_restores_the_scheduler() {
     assert_eq!(st["queue"]["depth"], 3, "{st}");
     assert_eq!(st["queue"]["capacity"], 0);
     assert_eq!(st["sealing"]["disabled"], 1);
+    // The waiting batch jobs were reported as demand: 3 queued × 256x144 at 30 fps.
+    let last = *sched
+        .demand
+        .lock()
+        .unwrap()
+        .last()
+        .expect("demand reported");
+    assert_eq!(last, (0.0, 3.0 * 256.0 * 144.0 * 30.0));
     // The scheduler opens capacity: the queue drains.
     sched.inner.set_capacity(1);
     for id in &ids {
@@ -158,6 +171,8 @@ async fn concurrency_follows_capacity_and_shutdown_restores_the_scheduler() {
         .unwrap();
     assert!(metrics.contains("comine_store_errors_total 1"), "{metrics}");
     assert!(metrics.contains("comine_capacity 1"), "{metrics}");
+    // Everything admitted: no demand left waiting.
+    assert_eq!(*sched.demand.lock().unwrap().last().unwrap(), (0.0, 0.0));
     assert!(
         metrics.contains("comine_sealing_tasks{state=\"disabled\"} 1"),
         "{metrics}"

@@ -105,8 +105,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let cancel = tokio_util::sync::CancellationToken::new();
     // The real scheduler: `[gpu]` telemetry, `[scheduler]` thresholds, `[seal]` controller.
     // It stops (and re-enables sealing) in `Admission::restore` at shutdown.
-    // Demand (`set_demand`) is not fed yet: the scheduler sees admitted load only, which
-    // is what it steers sealing on when no demand is requested.
+    // The dispatcher feeds it demand (what waits for admission) besides the load it admitted.
     let admission: Arc<dyn Admission> = Arc::new(
         rt.block_on(SchedAdmission::start(
             &config,

@@ -247,6 +247,12 @@ pub trait Admission: Send + Sync + 'static {
     /// "none": the remote transcoder unregisters until the scheduler grants some.
     fn livepeer_sessions(&self) -> watch::Receiver<u32>;
     fn status(&self) -> SchedulerStatus;
+    /// Work waiting for admission, pixels/s per class. The scheduler already counts what
+    /// it admitted; this is what it refused so far, so a backlog of live segments makes
+    /// sealing step aside (the core's live demand is max(requested, admitted)).
+    fn set_demand(&self, live_pps: f64, batch_pps: f64) {
+        let _ = (live_pps, batch_pps);
+    }
     /// On shutdown: re-enable anything the scheduler disabled (sealing tasks).
     fn restore(&self) -> BoxFuture<'_, ()>;
 }
@@ -544,6 +550,17 @@ impl Admission for SchedAdmission {
 
     fn livepeer_sessions(&self) -> watch::Receiver<u32> {
         self.sessions.clone()
+    }
+
+    fn set_demand(&self, live_pps: f64, batch_pps: f64) {
+        if let Ok(g) = self.handle.lock() {
+            if let Some(h) = g.as_ref() {
+                h.set_demand(crate::sched::Demand {
+                    live_pps: live_pps.max(0.0),
+                    batch_pps: batch_pps.max(0.0),
+                });
+            }
+        }
     }
 
     fn status(&self) -> SchedulerStatus {

@@ -26,10 +26,19 @@ pub(super) async fn dispatch(d: Arc<Daemon>, rx: [mpsc::UnboundedReceiver<Queued
             else => break,
         };
         let pps = pixels_per_sec(&q.job);
+        let mut demanded = false;
         let permit = loop {
             match d.admission.try_admit(q.job.class, pps) {
                 Ok(p) => break Some(p),
                 Err(rejected) => {
+                    // Tell the scheduler what is waiting: this job and, as an estimate,
+                    // as many more like it as are queued behind it.
+                    let waiting = pps * d.queue_len().max(1) as f64;
+                    match q.job.class {
+                        JobClass::Live => d.admission.set_demand(waiting, 0.0),
+                        JobClass::Batch => d.admission.set_demand(0.0, waiting),
+                    }
+                    demanded = true;
                     tokio::select! {
                         _ = d.intake_stop.cancelled() => break None,
                         _ = d.slot_freed.notified() => {}
@@ -41,6 +50,10 @@ pub(super) async fn dispatch(d: Arc<Daemon>, rx: [mpsc::UnboundedReceiver<Queued
                 }
             }
         };
+        if demanded {
+            // Admitted: its load now counts as admitted, not as demand.
+            d.admission.set_demand(0.0, 0.0);
+        }
         let Some(permit) = permit else { break };
         d.queued.fetch_sub(1, Ordering::Relaxed);
         d.metrics.queue_depth.set(d.queue_len() as i64);
