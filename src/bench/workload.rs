@@ -5,7 +5,7 @@
 //! per-process CPU can be read from procfs. Everything that happens becomes a
 //! timestamped [`SealEvent`]; throughput is computed from those events afterwards.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::str::FromStr;
@@ -240,7 +240,8 @@ impl SealRunner {
             }
             SealMode::Observe => {
                 let stop = stop.clone();
-                Some(std::thread::spawn(move || observe_loop(&stop, push)))
+                let info = std::env::var("MINER_API_INFO").unwrap_or_default();
+                Some(std::thread::spawn(move || observe_loop(&info, &stop, push)))
             }
         };
         Ok(SealRunner {
@@ -351,13 +352,14 @@ pub fn parse_api_info(info: &str) -> Option<(String, String)> {
 }
 
 /// Watch the miner's `Filecoin.WorkerJobs` once a second and time each job from first
-/// sight to disappearance. Read-only: observe never steers.
+/// sight running (`RunWait == 0`) to its disappearance. Read-only: observe never steers.
+/// `info` is `MINER_API_INFO` (`TOKEN:/ip4/HOST/tcp/PORT/http`).
 fn observe_loop(
+    info: &str,
     stop: &AtomicBool,
     push: impl Fn(&str, Option<String>, Option<u64>, Option<String>),
 ) {
-    let info = std::env::var("MINER_API_INFO").unwrap_or_default();
-    let Some((token, addr)) = parse_api_info(&info) else {
+    let Some((token, addr)) = parse_api_info(info) else {
         push(
             "failed",
             None,
@@ -366,11 +368,34 @@ fn observe_loop(
         );
         return;
     };
+    // lotus answers over HTTP/1.1, chunked once the job list grows: a real HTTP client,
+    // on a small runtime of this thread's own.
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            push("failed", None, None, Some(format!("observe: {e}")));
+            return;
+        }
+    };
+    let client = match reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            push("failed", None, None, Some(format!("observe: {e}")));
+            return;
+        }
+    };
     let mut running: std::collections::HashMap<String, (String, Instant)> = Default::default();
     let mut last_error = String::new();
     while !stop.load(Ordering::SeqCst) {
-        match rpc(&addr, &token, "Filecoin.WorkerJobs") {
+        match rt.block_on(rpc(&client, &addr, &token, "Filecoin.WorkerJobs")) {
             Ok(v) => {
+                last_error.clear();
                 let mut seen = std::collections::HashSet::new();
                 if let Some(workers) = v.get("result").and_then(|r| r.as_object()) {
                     for jobs in workers.values().filter_map(|j| j.as_array()) {
@@ -418,34 +443,38 @@ fn observe_loop(
     }
 }
 
-/// Minimal JSON-RPC over plain HTTP/1.1 to a local lotus API (no TLS there).
-fn rpc(addr: &str, token: &str, method: &str) -> Result<serde_json::Value, String> {
-    use std::net::TcpStream;
-    let body = format!(r#"{{"jsonrpc":"2.0","method":"{method}","params":[],"id":1}}"#);
-    let mut s = TcpStream::connect(addr).map_err(|e| format!("cannot reach {addr}: {e}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok();
-    let req = format!(
-        "POST /rpc/v0 HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
-    let mut resp = String::new();
-    s.take(64 << 20)
-        .read_to_string(&mut resp)
-        .map_err(|e| e.to_string())?;
-    let (head, body) = resp
-        .split_once("\r\n\r\n")
-        .ok_or("malformed HTTP response")?;
-    if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
+/// One JSON-RPC call to a lotus API (plain HTTP on the node's host, as lotus serves it).
+async fn rpc(
+    client: &reqwest::Client,
+    addr: &str,
+    token: &str,
+    method: &str,
+) -> Result<serde_json::Value, String> {
+    let url = format!("http://{addr}/rpc/v0");
+    let resp = client
+        .post(&url)
+        .bearer_auth(token)
+        .json(&serde_json::json!({"jsonrpc": "2.0", "method": method, "params": [], "id": 1}))
+        .send()
+        .await
+        .map_err(|e| format!("cannot reach {url}: {e}"))?;
+    let status = resp.status();
+    if status == reqwest::StatusCode::UNAUTHORIZED {
         return Err(format!(
-            "{addr} answered {}",
-            head.lines().next().unwrap_or("")
+            "{url} refused the token (401): MINER_API_INFO needs an admin token (lotus-miner auth api-info --perm admin)"
         ));
     }
-    // lotus answers without chunking for small bodies; take the JSON object.
-    let start = body.find('{').ok_or("no JSON in response")?;
-    let end = body.rfind('}').ok_or("no JSON in response")?;
-    serde_json::from_str(&body[start..=end]).map_err(|e| format!("bad JSON-RPC answer: {e}"))
+    if !status.is_success() {
+        return Err(format!("{url} answered HTTP {status}"));
+    }
+    let v: serde_json::Value = resp
+        .json()
+        .await
+        .map_err(|e| format!("bad JSON-RPC answer from {url}: {e}"))?;
+    if let Some(err) = v.get("error").filter(|e| !e.is_null()) {
+        return Err(format!("{method} failed: {err}"));
+    }
+    Ok(v)
 }
 
 #[cfg(test)]
@@ -469,6 +498,134 @@ mod tests {
             parse_api_info("abc.def:/ip4/127.0.0.1/tcp/2345/http"),
             Some(("abc.def".into(), "127.0.0.1:2345".into()))
         );
+    }
+
+    /// A lotus-miner double: `Filecoin.WorkerJobs` lists one running PC2 job (padded with
+    /// assigned jobs so the answer is chunked) for the first polls, then none.
+    fn fake_miner(polls_with_job: usize) -> (String, std::thread::JoinHandle<()>) {
+        use axum::routing::post;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let handle = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let app = axum::Router::new().route(
+                    "/rpc/v0",
+                    post(move |headers: axum::http::HeaderMap, body: String| {
+                        let calls = calls.clone();
+                        async move {
+                            use axum::response::IntoResponse;
+                            if headers.get("authorization").and_then(|h| h.to_str().ok())
+                                != Some("Bearer admintoken")
+                            {
+                                return axum::http::StatusCode::UNAUTHORIZED.into_response();
+                            }
+                            assert!(body.contains("Filecoin.WorkerJobs"));
+                            let n = calls.fetch_add(1, Ordering::SeqCst);
+                            let mut jobs: Vec<serde_json::Value> = (0..200)
+                                .map(|i| serde_json::json!({"ID": {"Sector": {"Miner": 1000, "Number": i}, "ID": format!("queued-{i}")}, "Task": "seal/v0/precommit/1", "RunWait": 2}))
+                                .collect();
+                            if n < polls_with_job {
+                                jobs.push(serde_json::json!({"ID": {"Sector": {"Miner": 1000, "Number": 7}, "ID": "4a5b-pc2"}, "Task": "seal/v0/precommit/2", "RunWait": 0, "Hostname": "rig1"}));
+                            }
+                            let v = serde_json::json!({"jsonrpc": "2.0", "id": 1, "result": {"worker-uuid": jobs}});
+                            // Streamed without a length: chunked, as lotus answers large lists.
+                            let chunks: Vec<Result<String, std::io::Error>> = v
+                                .to_string()
+                                .into_bytes()
+                                .chunks(1000)
+                                .map(|c| Ok(String::from_utf8_lossy(c).into_owned()))
+                                .collect();
+                            axum::body::Body::from_stream(futures_util::stream::iter(chunks))
+                                .into_response()
+                        }
+                    }),
+                );
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                let _ = tokio::time::timeout(Duration::from_secs(20), async move {
+                    axum::serve(listener, app).await
+                })
+                .await;
+            });
+        });
+        (format!("/ip4/127.0.0.1/tcp/{}/http", addr.port()), handle)
+    }
+
+    #[test]
+    fn observe_times_a_job_from_a_chunked_worker_jobs_answer() {
+        let (path, _server) = fake_miner(2);
+        let stop = Arc::new(AtomicBool::new(false));
+        let events: Arc<Mutex<Vec<(String, Option<String>, Option<u64>, Option<String>)>>> =
+            Default::default();
+        let (ev, st) = (events.clone(), stop.clone());
+        let info = format!("admintoken:{path}");
+        let t = std::thread::spawn(move || {
+            observe_loop(&info, &st, |k, task, ms, msg| {
+                ev.lock().unwrap().push((k.to_string(), task, ms, msg));
+            })
+        });
+        let start = Instant::now();
+        while !events.lock().unwrap().iter().any(|e| e.0 == "job") {
+            assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "{:?}",
+                events.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        stop.store(true, Ordering::SeqCst);
+        t.join().unwrap();
+        let ev = events.lock().unwrap();
+        let jobs: Vec<_> = ev.iter().filter(|e| e.0 == "job").collect();
+        // Only the running job is timed; the 200 assigned ones are not.
+        assert_eq!(jobs.len(), 1, "{ev:?}");
+        assert_eq!(jobs[0].1.as_deref(), Some("seal/v0/precommit/2"));
+        // Seen on two polls a second apart: about one second.
+        let ms = jobs[0].2.unwrap();
+        assert!((500..5_000).contains(&ms), "{ms}");
+        assert!(!ev.iter().any(|e| e.0 == "failed"), "{ev:?}");
+    }
+
+    #[test]
+    fn observe_reports_a_refused_token_and_a_missing_api_info() {
+        let (path, _server) = fake_miner(0);
+        let stop = Arc::new(AtomicBool::new(false));
+        let events: Arc<Mutex<Vec<String>>> = Default::default();
+        let (ev, st) = (events.clone(), stop.clone());
+        let info = format!("readtoken:{path}");
+        let t = std::thread::spawn(move || {
+            observe_loop(&info, &st, |k, _, _, msg| {
+                ev.lock()
+                    .unwrap()
+                    .push(format!("{k}: {}", msg.unwrap_or_default()))
+            })
+        });
+        let start = Instant::now();
+        while events.lock().unwrap().is_empty() {
+            assert!(start.elapsed() < Duration::from_secs(15));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        stop.store(true, Ordering::SeqCst);
+        t.join().unwrap();
+        let first = events.lock().unwrap()[0].clone();
+        assert!(
+            first.starts_with("failed") && first.contains("admin token"),
+            "{first}"
+        );
+
+        let events: Mutex<Vec<String>> = Default::default();
+        observe_loop("", &AtomicBool::new(false), |k, _, _, msg| {
+            events
+                .lock()
+                .unwrap()
+                .push(format!("{k}: {}", msg.unwrap_or_default()))
+        });
+        assert!(events.lock().unwrap()[0].contains("MINER_API_INFO"));
     }
 
     #[test]
