@@ -560,8 +560,8 @@ mod tests {
     fn observe_times_a_job_from_a_chunked_worker_jobs_answer() {
         let (path, _server) = fake_miner(2);
         let stop = Arc::new(AtomicBool::new(false));
-        let events: Arc<Mutex<Vec<(String, Option<String>, Option<u64>, Option<String>)>>> =
-            Default::default();
+        type Event = (String, Option<String>, Option<u64>, Option<String>);
+        let events: Arc<Mutex<Vec<Event>>> = Default::default();
         let (ev, st) = (events.clone(), stop.clone());
         let info = format!("admintoken:{path}");
         let t = std::thread::spawn(move || {
