@@ -363,25 +363,9 @@ pub struct SchedAdmission {
     snapshots: watch::Receiver<crate::gpu::Snapshot>,
     capacity: watch::Receiver<usize>,
     sessions: watch::Receiver<u32>,
-    /// Jobs holding a permit now (the guard decrements it on drop).
-    running: Arc<std::sync::atomic::AtomicUsize>,
     task_types: usize,
     history: usize,
     cancel: tokio_util::sync::CancellationToken,
-}
-
-/// Held in the daemon's [`Permit`]: sched's permit plus our running count.
-struct SchedGuard {
-    /// `None` for a job admitted alone on a CPU host (see `admit_alone`).
-    _permit: Option<crate::sched::Permit>,
-    running: Arc<std::sync::atomic::AtomicUsize>,
-}
-
-impl Drop for SchedGuard {
-    fn drop(&mut self) {
-        self.running
-            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-    }
 }
 
 impl SchedAdmission {
@@ -439,62 +423,10 @@ impl SchedAdmission {
             snapshots,
             capacity: cap_rx,
             sessions: sessions_rx,
-            running: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             task_types: task_types.len(),
             history: 32,
             cancel,
         })
-    }
-
-    /// Nothing of ours runs and the scheduler still says no. A job larger than a whole idle
-    /// device's budget (1080p on a small CPU host) would wait forever: it runs alone,
-    /// counted at that budget. On a CPU-only host the "encoder" utilisation is the CPU's,
-    /// which other work (or our last job) keeps high: one job at a time always runs there,
-    /// so the daemon works; GPUs that hold (heat, power, memory, proofs) are respected.
-    fn admit_alone(
-        &self,
-        class: crate::sched::JobClass,
-        pps: f64,
-        rejected: crate::sched::Rejected,
-    ) -> Result<Option<crate::sched::Permit>, crate::sched::Rejected> {
-        if rejected.reason == crate::sched::RejectReason::OverCapacity {
-            let budget = self.largest_budget(class);
-            if budget > 0.0 {
-                if let Ok(a) = self.admitter.admit(class, pps.min(budget)) {
-                    return Ok(Some(a.permit));
-                }
-            }
-        }
-        let host = self.snapshots.borrow().source == crate::gpu::Source::Host;
-        let fixable = matches!(
-            rejected.reason,
-            crate::sched::RejectReason::Holding
-                | crate::sched::RejectReason::OverCapacity
-                | crate::sched::RejectReason::NoDevices
-        );
-        if host && fixable {
-            tracing::debug!(reason = %rejected, "CPU host idle: admitting one job alone");
-            return Ok(None);
-        }
-        Err(rejected)
-    }
-
-    /// The largest budget a device that admits work offers `class` now (0: none).
-    fn largest_budget(&self, class: crate::sched::JobClass) -> f64 {
-        let Ok(g) = self.handle.lock() else {
-            return 0.0;
-        };
-        let Some(d) = g.as_ref().and_then(|h| h.last_decision()) else {
-            return 0.0;
-        };
-        d.devices
-            .iter()
-            .filter(|d| d.healthy && d.admit)
-            .map(|d| match class {
-                crate::sched::JobClass::Live => d.budget_pps,
-                crate::sched::JobClass::Batch => d.batch_budget_pps,
-            })
-            .fold(0.0, f64::max)
     }
 }
 
@@ -515,7 +447,6 @@ fn to_sched_class(class: JobClass) -> crate::sched::JobClass {
 
 impl Admission for SchedAdmission {
     fn try_admit(&self, class: JobClass, pixels_per_sec: f64) -> Result<Permit, Rejected> {
-        use std::sync::atomic::Ordering;
         let class = to_sched_class(class);
         // A job without a parsable ladder still costs something.
         let pps = if pixels_per_sec.is_finite() && pixels_per_sec > 0.0 {
@@ -523,20 +454,11 @@ impl Admission for SchedAdmission {
         } else {
             1.0
         };
-        let mut admitted = self.admitter.admit(class, pps).map(|a| Some(a.permit));
-        if let Err(r) = &admitted {
-            if self.running.load(Ordering::SeqCst) == 0 {
-                admitted = self.admit_alone(class, pps, r.clone());
-            }
-        }
-        match admitted {
-            Ok(permit) => {
-                self.running.fetch_add(1, Ordering::SeqCst);
-                Ok(Permit::new(SchedGuard {
-                    _permit: permit,
-                    running: self.running.clone(),
-                }))
-            }
+        // A job that would otherwise wait forever (larger than an idle device, or a busy
+        // CPU-only host) is placed alone by sched's admitter itself.
+        match self.admitter.admit(class, pps) {
+            // The daemon's permit holds sched's: dropping it gives the pixels back.
+            Ok(a) => Ok(Permit::new(a.permit)),
             Err(r) => Err(Rejected {
                 retry_after: r.retry_after.max(Duration::from_millis(50)),
                 reason: r.to_string(),

@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::{DeviceCapacity, DeviceLoad};
+use crate::gpu::Source;
 
 /// Priority class of a transcoding job.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -153,6 +154,52 @@ impl Admitter {
         out
     }
 
+    /// The last resort when nothing of ours runs anywhere, so a refusal would wait forever:
+    /// - a job larger than every admitting device's whole budget (1080p ladders on a small
+    ///   box) runs alone on the device with the largest budget, counted at that budget;
+    /// - on a CPU-only host the "encoder" is the CPU, whose load from sealing or anything
+    ///   else keeps it holding; one job at a time still runs there, or the daemon would
+    ///   never work on a busy host. GPUs that hold (heat, power, memory, proofs, sessions)
+    ///   are respected.
+    fn alone(
+        g: &Inner,
+        class: JobClass,
+        pixels_per_sec: f64,
+        why: RejectReason,
+    ) -> Option<(&DeviceCapacity, f64)> {
+        if !g.jobs.is_empty() {
+            return None;
+        }
+        let budget = |d: &DeviceCapacity| match class {
+            JobClass::Live => d.budget_pps,
+            JobClass::Batch => d.batch_budget_pps,
+        };
+        let largest = |host_only: bool| {
+            g.devices
+                .iter()
+                .filter(|d| d.healthy && budget(d) > 0.0)
+                .filter(|d| {
+                    if host_only {
+                        d.source == Source::Host
+                    } else {
+                        d.admit
+                    }
+                })
+                .max_by(|a, b| budget(a).total_cmp(&budget(b)))
+        };
+        if why == RejectReason::OverCapacity {
+            if let Some(d) = largest(false) {
+                return Some((d, pixels_per_sec.min(budget(d))));
+            }
+        }
+        if matches!(why, RejectReason::Holding | RejectReason::OverCapacity) {
+            if let Some(d) = largest(true) {
+                return Some((d, pixels_per_sec.min(budget(d))));
+            }
+        }
+        None
+    }
+
     /// Admits a job using one NVENC session.
     pub fn admit(&self, class: JobClass, pixels_per_sec: f64) -> Result<Admission, Rejected> {
         self.admit_sessions(class, pixels_per_sec, 1)
@@ -239,8 +286,12 @@ impl Admitter {
                 best = Some((key, d));
             }
         }
-        let Some((_, d)) = best else {
-            return Err(reject(why, notes.join(", "), retry));
+        let (d, pixels_per_sec) = match best {
+            Some((_, d)) => (d, pixels_per_sec),
+            None => match Self::alone(&g, class, pixels_per_sec, why) {
+                Some(placed) => placed,
+                None => return Err(reject(why, notes.join(", "), retry)),
+            },
         };
         let (device, uuid) = (d.index, d.uuid.clone());
         let id = g.next_id;
@@ -264,5 +315,72 @@ impl Admitter {
                 inner: self.inner.clone(),
             },
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn device(source: Source, admit: bool, budget: f64) -> DeviceCapacity {
+        DeviceCapacity {
+            index: 0,
+            uuid: "d0".into(),
+            source,
+            healthy: true,
+            admit,
+            rated_pps: budget,
+            budget_pps: budget,
+            batch_budget_pps: budget * 0.75,
+            admitted_pps: 0.0,
+            headroom_pps: budget,
+            session_limit: None,
+            sessions_used: 0,
+            proof_running: false,
+            sealing_active: false,
+            livepeer_sessions: 0,
+            reasons: if admit {
+                Vec::new()
+            } else {
+                vec!["encoder 97% at threshold: holding".into()]
+            },
+        }
+    }
+
+    #[test]
+    fn a_busy_cpu_host_still_runs_one_job_at_a_time() {
+        let a = Admitter::default();
+        a.update(&[device(Source::Host, false, 40e6)]);
+        let first = a.admit(JobClass::Live, 10e6).expect("one job runs alone");
+        let second = a.admit(JobClass::Live, 10e6).unwrap_err();
+        assert_eq!(second.reason, RejectReason::Holding);
+        drop(first);
+        assert!(a.admit(JobClass::Live, 10e6).is_ok());
+    }
+
+    #[test]
+    fn a_job_larger_than_an_idle_device_runs_alone_counted_at_its_budget() {
+        let a = Admitter::default();
+        a.update(&[device(Source::Nvml, true, 40e6)]);
+        let big = a.admit(JobClass::Live, 100e6).expect("runs alone");
+        assert_eq!(big.pixels_per_sec, 40e6);
+        assert_eq!(a.loads()[0].live_pps, 40e6);
+        assert_eq!(
+            a.admit(JobClass::Live, 1e6).unwrap_err().reason,
+            RejectReason::OverCapacity
+        );
+    }
+
+    #[test]
+    fn a_holding_gpu_is_respected_even_when_idle() {
+        let a = Admitter::default();
+        a.update(&[device(Source::Nvml, false, 1e9)]);
+        assert_eq!(
+            a.admit(JobClass::Live, 1e6).unwrap_err().reason,
+            RejectReason::Holding
+        );
+        let sim = Admitter::default();
+        sim.update(&[device(Source::Simulated, false, 1e9)]);
+        assert!(sim.admit(JobClass::Live, 1e6).is_err());
     }
 }
