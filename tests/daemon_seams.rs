@@ -180,3 +180,79 @@ async fn concurrency_follows_capacity_and_shutdown_restores_the_scheduler() {
     d.shutdown(Duration::from_secs(5)).await;
     assert_eq!(sched.restored.load(Ordering::SeqCst), 1);
 }
+
+/// A Livepeer segment caught by a crash: one still transcoding has no spool to resume
+/// from (the orchestrator has long reassigned it) and is failed uncounted; one whose
+/// renditions were already stored is completed and counted exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn livepeer_jobs_interrupted_by_a_crash_are_failed_or_completed_never_double_counted() {
+    use comine::ledger::{Admitted, JobState, NewJob, RenditionRecord};
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("data");
+    let new = |seq: u64| NewJob {
+        class: JobClass::Live,
+        manifest_id: Some("livepeer:m1".into()),
+        seq: Some(seq),
+        profiles: vec!["P144p30fps16x9".into()],
+        duration_ms: 2000,
+        segment_bytes: 1000,
+    };
+    let open = || {
+        Daemon::open(
+            Config::default(),
+            data.clone(),
+            Arc::new(EmbeddedStore::open(&data, None).unwrap()),
+            Arc::new(SemaphoreAdmission::new(1)),
+            "t".repeat(32),
+        )
+        .unwrap()
+    };
+    let (mid, stored) = {
+        let d = open();
+        let Admitted::New(a) = d.ledger.admit(new(1)).unwrap() else {
+            panic!()
+        };
+        d.ledger.mark_queued(&a.job_id).unwrap();
+        d.ledger.mark_transcoding(&a.job_id).unwrap();
+        let Admitted::New(b) = d.ledger.admit(new(2)).unwrap() else {
+            panic!()
+        };
+        d.ledger.mark_queued(&b.job_id).unwrap();
+        d.ledger.mark_transcoding(&b.job_id).unwrap();
+        let rendition = RenditionRecord {
+            profile: "P144p30fps16x9".into(),
+            cid: "QmWfVY9y3xjsixTgbd9AorQxH7VtMpzfx2HaWtsoUYecaX".into(),
+            pixels: 256 * 144 * 60,
+            bytes: 5,
+            width: 256,
+            height: 144,
+            frames: 60,
+            encoder: "libx264".into(),
+            mime: "video/mp2t".into(),
+            job_id: String::new(),
+        };
+        d.ledger
+            .mark_stored(&b.job_id, 1, 2.0, 100, vec![rendition])
+            .unwrap();
+        d.ledger.flush().await.unwrap();
+        (a.job_id, b.job_id)
+        // Dropped without shutdown: the crash.
+    };
+    let d = open();
+    assert_eq!(d.resume().unwrap(), 1, "only the stored one resumes");
+    let failed = d.ledger.get(&mid).unwrap().unwrap();
+    assert_eq!(failed.state, JobState::Failed);
+    assert_eq!(failed.error.unwrap().code, "interrupted");
+    d.spawn_dispatcher();
+    let done = d.wait_final(&stored).await.unwrap().unwrap();
+    assert_eq!(done.state, JobState::Done);
+    let counters = d.ledger.source("livepeer:m1").unwrap().unwrap();
+    assert_eq!(counters.segments, 1);
+    assert_eq!(counters.encoded_pixels, 256 * 144 * 60);
+    // The orchestrator retrying segment 2 is a duplicate, not a second count.
+    assert!(matches!(
+        d.ledger.admit(new(2)).unwrap(),
+        Admitted::Duplicate(_)
+    ));
+    d.shutdown(Duration::from_secs(5)).await;
+}
