@@ -1,9 +1,6 @@
-//! The daemon's boundary with the store and the scheduler, as two small traits.
-//!
-//! The real store (`src/store`) and scheduler (`src/sched` + `src/gpu`) are built on
-//! other branches; the lead plugs them in behind [`RenditionStore`] and [`Admission`].
-//! The implementations here are the minimal ones the daemon needs to run and be tested
-//! alone, and are named so nobody mistakes them for the real thing:
+//! The daemon's boundary with the store and the scheduler, as two small traits
+//! ([`RenditionStore`], [`Admission`]), so the daemon can be tested with stand-ins and
+//! runs with the real thing:
 //! - [`EmbeddedStore`]: the real store (`src/store`, Kubo-identical UnixFS CIDs), with
 //!   an optional push queue to a Kubo node;
 //! - [`SchedAdmission`]: the real scheduler (`sched::start` fed by `gpu` telemetry, sealing

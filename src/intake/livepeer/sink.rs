@@ -96,7 +96,7 @@ pub trait SegmentSink: Send + Sync + 'static {
     }
 }
 
-/// Logs every segment; the stand-in until the store and ledger exist.
+/// Logs every segment and keeps nothing (the standalone `comine livepeer`).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct LoggingSink;
 
