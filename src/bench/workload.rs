@@ -341,16 +341,6 @@ fn log_tail(path: &PathBuf) -> String {
     }
 }
 
-/// `TOKEN:/ip4/HOST/tcp/PORT/http` → (token, host:port).
-pub fn parse_api_info(info: &str) -> Option<(String, String)> {
-    let (token, addr) = info.split_once(':')?;
-    let parts: Vec<&str> = addr.split('/').collect();
-    // ["", "ip4", HOST, "tcp", PORT, "http"]
-    let host = parts.get(2)?;
-    let port = parts.get(4)?;
-    Some((token.to_string(), format!("{host}:{port}")))
-}
-
 /// Watch the miner's `Filecoin.WorkerJobs` once a second and time each job from first
 /// sight running (`RunWait == 0`) to its disappearance. Read-only: observe never steers.
 /// `info` is `MINER_API_INFO` (`TOKEN:/ip4/HOST/tcp/PORT/http`).
@@ -359,7 +349,8 @@ fn observe_loop(
     stop: &AtomicBool,
     push: impl Fn(&str, Option<String>, Option<u64>, Option<String>),
 ) {
-    let Some((token, addr)) = parse_api_info(info) else {
+    use crate::seal::rpc::{ApiInfo, RpcClient};
+    let Ok(api) = ApiInfo::parse(info) else {
         push(
             "failed",
             None,
@@ -368,23 +359,18 @@ fn observe_loop(
         );
         return;
     };
-    // lotus answers over HTTP/1.1, chunked once the job list grows: a real HTTP client,
-    // on a small runtime of this thread's own.
-    let rt = match tokio::runtime::Builder::new_current_thread()
+    // The seal controllers' JSON-RPC client (lotus chunks long job lists), on a small
+    // runtime of this thread's own.
+    let setup = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            push("failed", None, None, Some(format!("observe: {e}")));
-            return;
-        }
-    };
-    let client = match reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-    {
-        Ok(c) => c,
+        .map_err(|e| e.to_string())
+        .and_then(|rt| {
+            let client = RpcClient::new(api, Duration::from_secs(5)).map_err(|e| e.to_string())?;
+            Ok((rt, client))
+        });
+    let (rt, client) = match setup {
+        Ok(x) => x,
         Err(e) => {
             push("failed", None, None, Some(format!("observe: {e}")));
             return;
@@ -393,11 +379,11 @@ fn observe_loop(
     let mut running: std::collections::HashMap<String, (String, Instant)> = Default::default();
     let mut last_error = String::new();
     while !stop.load(Ordering::SeqCst) {
-        match rt.block_on(rpc(&client, &addr, &token, "Filecoin.WorkerJobs")) {
+        match rt.block_on(client.call("Filecoin.WorkerJobs", serde_json::json!([]))) {
             Ok(v) => {
                 last_error.clear();
                 let mut seen = std::collections::HashSet::new();
-                if let Some(workers) = v.get("result").and_then(|r| r.as_object()) {
+                if let Some(workers) = v.as_object() {
                     for jobs in workers.values().filter_map(|j| j.as_array()) {
                         for job in jobs {
                             let running_now =
@@ -433,6 +419,12 @@ fn observe_loop(
                 }
             }
             Err(e) => {
+                let e = match e {
+                    crate::seal::SealError::Unauthorized { url, status } => format!(
+                        "{url} refused the token ({status}): MINER_API_INFO needs an admin token (lotus-miner auth api-info --perm admin)"
+                    ),
+                    other => other.to_string(),
+                };
                 if e != last_error {
                     push("failed", None, None, Some(format!("observe: {e}")));
                     last_error = e;
@@ -441,40 +433,6 @@ fn observe_loop(
         }
         sleep_unless(stop, Duration::from_secs(1));
     }
-}
-
-/// One JSON-RPC call to a lotus API (plain HTTP on the node's host, as lotus serves it).
-async fn rpc(
-    client: &reqwest::Client,
-    addr: &str,
-    token: &str,
-    method: &str,
-) -> Result<serde_json::Value, String> {
-    let url = format!("http://{addr}/rpc/v0");
-    let resp = client
-        .post(&url)
-        .bearer_auth(token)
-        .json(&serde_json::json!({"jsonrpc": "2.0", "method": method, "params": [], "id": 1}))
-        .send()
-        .await
-        .map_err(|e| format!("cannot reach {url}: {e}"))?;
-    let status = resp.status();
-    if status == reqwest::StatusCode::UNAUTHORIZED {
-        return Err(format!(
-            "{url} refused the token (401): MINER_API_INFO needs an admin token (lotus-miner auth api-info --perm admin)"
-        ));
-    }
-    if !status.is_success() {
-        return Err(format!("{url} answered HTTP {status}"));
-    }
-    let v: serde_json::Value = resp
-        .json()
-        .await
-        .map_err(|e| format!("bad JSON-RPC answer from {url}: {e}"))?;
-    if let Some(err) = v.get("error").filter(|e| !e.is_null()) {
-        return Err(format!("{method} failed: {err}"));
-    }
-    Ok(v)
 }
 
 #[cfg(test)]
@@ -490,14 +448,6 @@ mod tests {
         );
         assert!("cmd:".parse::<SealMode>().is_err());
         assert!("bogus".parse::<SealMode>().unwrap_err().contains("builtin"));
-    }
-
-    #[test]
-    fn parses_api_info() {
-        assert_eq!(
-            parse_api_info("abc.def:/ip4/127.0.0.1/tcp/2345/http"),
-            Some(("abc.def".into(), "127.0.0.1:2345".into()))
-        );
     }
 
     /// A lotus-miner double: `Filecoin.WorkerJobs` lists one running PC2 job (padded with
