@@ -158,6 +158,8 @@ fn read_u64(path: &Path) -> std::io::Result<u64> {
 pub struct SimSampler {
     sim: crate::gpu::SimGpu,
     model: String,
+    /// The preset's NVENC session cap (GeForce cards have one).
+    session_cap: Option<u32>,
     jobs: Vec<crate::gpu::sim::SimJob>,
 }
 
@@ -173,9 +175,11 @@ impl SimSampler {
         let model = crate::gpu::sim::SimDevice::preset(preset)?;
         // The report labels the source ("simulated") wherever the model is shown.
         let name = model.name.clone();
+        let session_cap = model.session_cap;
         Ok(SimSampler {
             sim: crate::gpu::SimGpu::new(vec![model], 1, step),
             model: name,
+            session_cap,
             jobs: Vec::new(),
         })
     }
@@ -226,26 +230,13 @@ impl GpuSampler for SimSampler {
         self.jobs.clear();
         let pps = load.encode_pixels_per_s.max(0.0);
         let streams = if pps > 0.0 { load.streams.max(1) } else { 0 };
-        let mut placed = Vec::new();
-        for _ in 0..streams {
-            // A placeholder rate; the real share is set once the session count is known.
-            match self.sim.start_job(
-                0,
-                crate::gpu::JobLoad::Transcode {
-                    pixels_per_sec: 1.0,
-                },
-            ) {
-                Ok(j) => placed.push(j),
-                Err(_) => break, // the preset's NVENC session cap
-            }
-        }
-        let n = placed.len();
-        drop(placed);
+        // One session per stream, as many as the preset's cap allows, sharing the pixels.
+        let n = streams.min(self.session_cap.unwrap_or(u32::MAX));
         for _ in 0..n {
             if let Ok(j) = self.sim.start_job(
                 0,
                 crate::gpu::JobLoad::Transcode {
-                    pixels_per_sec: pps / n as f64,
+                    pixels_per_sec: pps / f64::from(n),
                 },
             ) {
                 self.jobs.push(j);
