@@ -234,6 +234,25 @@ impl Metrics {
             .inc();
     }
 
+    /// A job reached `done`: its segment, pixels per profile, latency and realtime ratio.
+    /// One place for HTTP jobs and Livepeer segments alike.
+    pub fn job_done(&self, done: &crate::ledger::JobRecord, latency_secs: f64) {
+        self.segment("ok");
+        self.decoded_pixels.inc_by(done.decoded_pixels);
+        for r in &done.renditions {
+            self.encoded_pixels
+                .get_or_create(&ProfileLabel {
+                    profile: r.profile.clone(),
+                })
+                .inc_by(r.pixels);
+        }
+        self.segment_latency.observe(latency_secs);
+        if done.transcode_ms > 0 {
+            self.realtime_ratio
+                .set(done.media_seconds * 1000.0 / done.transcode_ms as f64);
+        }
+    }
+
     /// OpenMetrics text.
     pub fn encode(&self) -> String {
         let mut out = String::new();

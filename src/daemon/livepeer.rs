@@ -26,7 +26,6 @@ use crate::intake::livepeer::{
     LinkStatus, LivepeerError, SegmentFailure, SegmentRecord, SegmentSink, TranscoderConfig,
 };
 use crate::ledger::{Admitted, JobClass, NewJob, RenditionRecord};
-use crate::metrics::ProfileLabel;
 
 /// Prefix of the ledger's manifest IDs for Livepeer segments, so per-source counters
 /// (`comine ledger export`) keep them apart from HTTP submissions.
@@ -174,21 +173,7 @@ impl LedgerSink {
             c.accounted.fetch_add(1, Ordering::Relaxed);
             c.encoded_pixels
                 .fetch_add(done.encoded_pixels, Ordering::Relaxed);
-            let m = &d.metrics;
-            m.segment("ok");
-            m.decoded_pixels.inc_by(done.decoded_pixels);
-            for x in &done.renditions {
-                m.encoded_pixels
-                    .get_or_create(&ProfileLabel {
-                        profile: x.profile.clone(),
-                    })
-                    .inc_by(x.pixels);
-            }
-            m.segment_latency.observe(r.total_ms as f64 / 1000.0);
-            if r.transcode_ms > 0 {
-                m.realtime_ratio
-                    .set(r.media_seconds * 1000.0 / r.transcode_ms as f64);
-            }
+            d.metrics.job_done(&done, r.total_ms as f64 / 1000.0);
             tracing::info!(job = %id, seq = r.seq, encoded_pixels = done.encoded_pixels, "Livepeer segment stored and accounted");
         }
         Ok(())

@@ -9,7 +9,6 @@ use tokio::sync::mpsc;
 
 use super::{remove_quiet, Daemon, Queued};
 use crate::ledger::{JobClass, JobRecord, JobState, RenditionRecord};
-use crate::metrics::ProfileLabel;
 use crate::transcode::{self, Input, Options, Profile, TranscodeError};
 
 /// Pulls queued jobs in order and starts each one when the scheduler admits it.
@@ -126,21 +125,7 @@ async fn execute(d: &Arc<Daemon>, job: JobRecord, received: Instant) -> anyhow::
     }
     if let Some(done) = d.ledger.complete(&id)? {
         d.ledger.flush().await?;
-        let m = &d.metrics;
-        m.segment("ok");
-        m.decoded_pixels.inc_by(done.decoded_pixels);
-        for r in &done.renditions {
-            m.encoded_pixels
-                .get_or_create(&ProfileLabel {
-                    profile: r.profile.clone(),
-                })
-                .inc_by(r.pixels);
-        }
-        m.segment_latency.observe(received.elapsed().as_secs_f64());
-        if done.transcode_ms > 0 {
-            m.realtime_ratio
-                .set(done.media_seconds * 1000.0 / done.transcode_ms as f64);
-        }
+        d.metrics.job_done(&done, received.elapsed().as_secs_f64());
         tracing::info!(job = %id, encoded_pixels = done.encoded_pixels, renditions = done.renditions.len(), "job done");
     }
     Ok(Outcome::Done)
