@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use comine::intake::livepeer::proto::{H264Profile, VideoProfile};
+use comine::intake::livepeer::proto::VideoProfile;
 use comine::intake::livepeer::test_orchestrator::{
     SegmentJob, TaskOutcome, TestOrchestrator, TestOrchestratorConfig,
 };
@@ -18,30 +18,9 @@ use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(60);
 
-fn segment() -> Bytes {
-    let path = common::generate(
-        "lp180.ts",
-        &common::pattern(320, 180, "30"),
-        1.0,
-        false,
-        &["-c:v", "libx264", "-preset", "ultrafast", "-g", "30"],
-    );
-    Bytes::from(std::fs::read(path).unwrap())
-}
-
 fn ladder() -> Vec<VideoProfile> {
     vec![
-        VideoProfile {
-            name: "P144p30fps16x9".into(),
-            width: 256,
-            height: 144,
-            bitrate: 400_000,
-            fps: 30,
-            fps_den: 1,
-            gop: 1000,
-            profile: H264Profile::H264ConstrainedHigh as i32,
-            ..Default::default()
-        },
+        common::lp_p144p(),
         VideoProfile {
             name: "P96p15".into(),
             width: 170,
@@ -112,7 +91,7 @@ async fn run_attaches_stores_renditions_and_accounts_every_segment_once() {
     assert_eq!(st["livepeer"]["orch_addr"], orch.addr());
 
     // Two sessions at once, two segments each, then one session torn down.
-    let media = segment();
+    let media = common::lp_segment();
     let run_session = |session: &'static str| {
         let orch = &orch;
         let media = media.clone();

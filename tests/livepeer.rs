@@ -1,11 +1,13 @@
 //! Integration tests of the Livepeer remote transcoder against the in-repo test
 //! orchestrator (gRPC + HTTPS on one TLS port, fresh self-signed certificate).
 
-use std::sync::{Arc, OnceLock};
+mod common;
+
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use comine::intake::livepeer::proto::{Format, H264Profile, VideoProfile};
+use comine::intake::livepeer::proto::{Format, VideoProfile};
 use comine::intake::livepeer::test_orchestrator::{
     ProfilesField, SegmentJob, TaskOutcome, TestOrchestrator, TestOrchestratorConfig,
 };
@@ -22,56 +24,9 @@ const SRC_W: u64 = 320;
 const SRC_H: u64 = 180;
 const SRC_FRAMES: u64 = 30;
 
-/// A 1 s, 320x180, 30 fps H.264 MPEG-TS segment, generated once with the ffmpeg CLI.
-fn segment() -> Bytes {
-    static SEG: OnceLock<Bytes> = OnceLock::new();
-    SEG.get_or_init(|| {
-        let out = std::process::Command::new("ffmpeg")
-            .args([
-                "-hide_banner",
-                "-loglevel",
-                "error",
-                "-f",
-                "lavfi",
-                "-i",
-                "testsrc2=size=320x180:rate=30,noise=alls=20:allf=t+u",
-                "-t",
-                "1",
-                "-c:v",
-                "libx264",
-                "-preset",
-                "ultrafast",
-                "-g",
-                "30",
-                "-f",
-                "mpegts",
-                "pipe:1",
-            ])
-            .output()
-            .expect("ffmpeg CLI is installed");
-        assert!(
-            out.status.success(),
-            "ffmpeg failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Bytes::from(out.stdout)
-    })
-    .clone()
-}
-
 fn ladder() -> Vec<VideoProfile> {
     vec![
-        VideoProfile {
-            name: "P144p30fps16x9".into(),
-            width: 256,
-            height: 144,
-            bitrate: 400_000,
-            fps: 30,
-            fps_den: 1,
-            gop: 1000,
-            profile: H264Profile::H264ConstrainedHigh as i32,
-            ..Default::default()
-        },
+        common::lp_p144p(),
         // Source size, half the frame rate, intra-only, MP4.
         VideoProfile {
             name: "source-mp4".into(),
@@ -240,7 +195,7 @@ async fn transcodes_a_stream_of_segments_with_exact_pixels() {
     o.wait_for_transcoders(1, WAIT).await.unwrap();
     for seq in 0..3 {
         let (decoded, parts) = expect_done(
-            o.transcode(SegmentJob::new("s1", seq, segment(), ladder()))
+            o.transcode(SegmentJob::new("s1", seq, common::lp_segment(), ladder()))
                 .await,
         );
         assert_eq!(
@@ -284,7 +239,7 @@ async fn profiles_fall_back_to_full_profiles2_then_1() {
     let client = Client::start(&o, 1, |_| {});
     o.wait_for_transcoders(1, WAIT).await.unwrap();
     for (seq, field) in [(0, ProfilesField::Full2), (1, ProfilesField::Full1)] {
-        let mut job = SegmentJob::new("fb", seq, segment(), ladder()[..1].to_vec());
+        let mut job = SegmentJob::new("fb", seq, common::lp_segment(), ladder()[..1].to_vec());
         job.field = field;
         let (_, parts) = expect_done(o.transcode(job).await);
         assert_eq!(parts[0].pixels, 256 * 144 * 30, "{field:?}");
@@ -297,7 +252,8 @@ async fn serves_concurrent_sessions() {
     let o = orchestrator().await;
     let client = Client::start(&o, 3, |_| {});
     o.wait_for_transcoders(1, WAIT).await.unwrap();
-    let jobs = ["a", "b", "c"].map(|s| SegmentJob::new(s, 0, segment(), ladder()[..1].to_vec()));
+    let jobs = ["a", "b", "c"]
+        .map(|s| SegmentJob::new(s, 0, common::lp_segment(), ladder()[..1].to_vec()));
     let [a, b, c] = jobs;
     let (ra, rb, rc) = tokio::join!(o.transcode(a), o.transcode(b), o.transcode(c));
     for r in [ra, rb, rc] {
@@ -330,7 +286,7 @@ async fn teardown_ends_the_session_and_releases_its_state() {
             o.transcode(SegmentJob::new(
                 "td",
                 seq,
-                segment(),
+                common::lp_segment(),
                 ladder()[..1].to_vec(),
             ))
             .await,
@@ -356,8 +312,13 @@ async fn teardown_ends_the_session_and_releases_its_state() {
     }
     // The stream stays up: a new session is served after the teardown.
     expect_done(
-        o.transcode(SegmentJob::new("td2", 0, segment(), ladder()[..1].to_vec()))
-            .await,
+        o.transcode(SegmentJob::new(
+            "td2",
+            0,
+            common::lp_segment(),
+            ladder()[..1].to_vec(),
+        ))
+        .await,
     );
     client.stop().await.unwrap();
 }
@@ -378,8 +339,13 @@ async fn reconnects_after_a_dropped_connection() {
     }
     o.wait_for_transcoders(1, WAIT).await.unwrap();
     expect_done(
-        o.transcode(SegmentJob::new("r", 0, segment(), ladder()[..1].to_vec()))
-            .await,
+        o.transcode(SegmentJob::new(
+            "r",
+            0,
+            common::lp_segment(),
+            ladder()[..1].to_vec(),
+        ))
+        .await,
     );
     client.stop().await.unwrap();
 }
@@ -390,8 +356,13 @@ async fn survives_an_orchestrator_restart_with_a_new_certificate() {
     let client = Client::start(&o, 1, |_| {});
     o.wait_for_transcoders(1, WAIT).await.unwrap();
     expect_done(
-        o.transcode(SegmentJob::new("x", 0, segment(), ladder()[..1].to_vec()))
-            .await,
+        o.transcode(SegmentJob::new(
+            "x",
+            0,
+            common::lp_segment(),
+            ladder()[..1].to_vec(),
+        ))
+        .await,
     );
     let before = o.cert_sha256();
     o.restart().await.unwrap();
@@ -402,8 +373,13 @@ async fn survives_an_orchestrator_restart_with_a_new_certificate() {
     );
     o.wait_for_transcoders(1, WAIT).await.unwrap();
     expect_done(
-        o.transcode(SegmentJob::new("x", 1, segment(), ladder()[..1].to_vec()))
-            .await,
+        o.transcode(SegmentJob::new(
+            "x",
+            1,
+            common::lp_segment(),
+            ladder()[..1].to_vec(),
+        ))
+        .await,
     );
     client.stop().await.unwrap();
 }
@@ -425,8 +401,13 @@ async fn detects_a_dead_stream_and_reconnects() {
         "re-registered on a new connection"
     );
     expect_done(
-        o.transcode(SegmentJob::new("d", 0, segment(), ladder()[..1].to_vec()))
-            .await,
+        o.transcode(SegmentJob::new(
+            "d",
+            0,
+            common::lp_segment(),
+            ladder()[..1].to_vec(),
+        ))
+        .await,
     );
     client.stop().await.unwrap();
 }
@@ -467,7 +448,7 @@ async fn segment_url_404_returns_an_error_part() {
     let o = orchestrator().await;
     let client = Client::start(&o, 1, |_| {});
     o.wait_for_transcoders(1, WAIT).await.unwrap();
-    let mut job = SegmentJob::new("nf", 0, segment(), ladder());
+    let mut job = SegmentJob::new("nf", 0, common::lp_segment(), ladder());
     job.media = None;
     match o.transcode(job).await {
         TaskOutcome::TranscodeError(reason) => assert!(reason.contains("404"), "{reason}"),
@@ -496,7 +477,7 @@ async fn corrupt_segment_returns_an_error_part() {
         other => panic!("expected an error part, got {other:?}"),
     }
     // A perceptual-hash request (capability we do not advertise) is refused the same way.
-    let mut job = SegmentJob::new("ph", 0, segment(), ladder());
+    let mut job = SegmentJob::new("ph", 0, common::lp_segment(), ladder());
     job.calc_perceptual_hash = true;
     match o.transcode(job).await {
         TaskOutcome::TranscodeError(reason) => {
@@ -512,8 +493,13 @@ async fn corrupt_segment_returns_an_error_part() {
     assert!(failed.iter().all(|f| f.bad_input), "{failed:?}");
     // The transcoder is still registered and works.
     expect_done(
-        o.transcode(SegmentJob::new("ok", 0, segment(), ladder()[..1].to_vec()))
-            .await,
+        o.transcode(SegmentJob::new(
+            "ok",
+            0,
+            common::lp_segment(),
+            ladder()[..1].to_vec(),
+        ))
+        .await,
     );
     client.stop().await.unwrap();
 }
@@ -529,7 +515,7 @@ async fn missed_deadline_returns_an_error_part() {
     // No floor on our side: a 1 ms segment gets a 4 ms deadline, which no transcode meets.
     let client = Client::start(&o, 1, |cfg| cfg.deadline_floor = Duration::ZERO);
     o.wait_for_transcoders(1, WAIT).await.unwrap();
-    let mut job = SegmentJob::new("late", 0, segment(), ladder());
+    let mut job = SegmentJob::new("late", 0, common::lp_segment(), ladder());
     job.duration_ms = 1;
     match o.transcode(job).await {
         TaskOutcome::TranscodeError(reason) => assert!(reason.contains("deadline"), "{reason}"),
@@ -572,8 +558,13 @@ async fn certificate_pin_accepts_the_right_certificate_only() {
     let good = Client::start(&o, 1, |cfg| cfg.tls = TlsPolicy::PinSha256(pin));
     o.wait_for_transcoders(1, WAIT).await.unwrap();
     expect_done(
-        o.transcode(SegmentJob::new("pin", 0, segment(), ladder()[..1].to_vec()))
-            .await,
+        o.transcode(SegmentJob::new(
+            "pin",
+            0,
+            common::lp_segment(),
+            ladder()[..1].to_vec(),
+        ))
+        .await,
     );
     good.stop().await.unwrap();
 
@@ -658,8 +649,13 @@ async fn ca_file_verifies_the_orchestrator_certificate() {
     let good = Client::start(&o, 1, |cfg| cfg.tls = TlsPolicy::CaFile(ca.clone()));
     o.wait_for_transcoders(1, WAIT).await.unwrap();
     expect_done(
-        o.transcode(SegmentJob::new("ca", 0, segment(), ladder()[..1].to_vec()))
-            .await,
+        o.transcode(SegmentJob::new(
+            "ca",
+            0,
+            common::lp_segment(),
+            ladder()[..1].to_vec(),
+        ))
+        .await,
     );
     good.stop().await.unwrap();
 

@@ -104,6 +104,34 @@ pub fn segment_360p() -> PathBuf {
     )
 }
 
+/// The Livepeer tests' segment: 1 s, 320x180, 30 fps H.264 MPEG-TS, no audio.
+pub fn lp_segment() -> bytes::Bytes {
+    let path = generate(
+        "lp180.ts",
+        &pattern(320, 180, "30"),
+        1.0,
+        false,
+        &["-c:v", "libx264", "-preset", "ultrafast", "-g", "30"],
+    );
+    bytes::Bytes::from(std::fs::read(path).expect("read the generated segment"))
+}
+
+/// Livepeer's P144p30fps16x9 rung as an orchestrator sends it (constrained high, 1 s GOP).
+pub fn lp_p144p() -> comine::intake::livepeer::proto::VideoProfile {
+    use comine::intake::livepeer::proto::{H264Profile, VideoProfile};
+    VideoProfile {
+        name: "P144p30fps16x9".into(),
+        width: 256,
+        height: 144,
+        bitrate: 400_000,
+        fps: 30,
+        fps_den: 1,
+        gop: 1000,
+        profile: H264Profile::H264ConstrainedHigh as i32,
+        ..Default::default()
+    }
+}
+
 /// What ffprobe says about the first video stream of `path`.
 #[derive(Debug)]
 pub struct Probe {
