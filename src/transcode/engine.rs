@@ -52,6 +52,22 @@ impl Stop {
     }
 }
 
+/// The caller's own stop (its cancel token or its deadline), ignoring `abort`, which
+/// siblings also trip: when it fired, it is the reason for whatever error followed.
+/// libav's interrupt callback cuts probing short, and a half-probed segment reads as
+/// "no frame could be decoded"; the caller must see "cancelled" or "deadline".
+fn caller_stop(req: &Request, started: Instant) -> Option<TranscodeError> {
+    if req.options.cancel.is_cancelled() {
+        return Some(TranscodeError::Cancelled);
+    }
+    if req.options.deadline.is_some_and(|d| Instant::now() >= d) {
+        return Some(TranscodeError::DeadlineExceeded {
+            elapsed_ms: started.elapsed().as_millis() as u64,
+        });
+    }
+    None
+}
+
 enum Msg {
     Video(Arc<frame::Video>),
     Audio(Packet),
@@ -62,6 +78,11 @@ enum Msg {
 /// Blocking; run it on a dedicated thread. See the module docs of
 /// [`crate::transcode`] for the pipeline and the guarantees on failure.
 pub fn transcode(req: &Request) -> Result<Report, TranscodeError> {
+    let started = Instant::now();
+    run(req, started).map_err(|e| caller_stop(req, started).unwrap_or(e))
+}
+
+fn run(req: &Request, started: Instant) -> Result<Report, TranscodeError> {
     avlog::install();
     ffmpeg_next::init().map_err(|e| TranscodeError::Ffmpeg {
         what: "initialising libav",
@@ -76,7 +97,6 @@ pub fn transcode(req: &Request) -> Result<Report, TranscodeError> {
             });
         }
     }
-    let started = Instant::now();
     let stop = Stop {
         abort: req.options.cancel.child_token(),
         deadline: req.options.deadline,
