@@ -9,7 +9,6 @@
 //! Env: `BENCH_N` (segments, default 30), `BENCH_SIZE` (default 640x360),
 //! `BENCH_PRESET` (libx264 preset, default veryfast).
 
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -31,28 +30,17 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-fn make_segment(dir: &Path, size: &str) -> std::path::PathBuf {
-    let out = dir.join("seg.ts");
-    let ok = Command::new("ffmpeg")
-        .args([
-            "-hide_banner",
-            "-loglevel",
-            "error",
-            "-y",
-            "-f",
-            "lavfi",
-            "-i",
-        ])
-        .arg(format!("testsrc2=size={size}:rate=30"))
-        .args([
-            "-t", "2", "-c:v", "libx264", "-preset", "veryfast", "-g", "30", "-f", "mpegts",
-        ])
-        .arg(&out)
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    assert!(ok, "ffmpeg CLI is needed to make the benchmark segment");
-    out
+#[path = "../tests/common/media.rs"]
+mod media;
+
+fn make_segment(size: &str) -> std::path::PathBuf {
+    media::generate(
+        &format!("daemon-bench-{size}.ts"),
+        &format!("testsrc2=size={size}:rate=30"),
+        2.0,
+        false,
+        &["-c:v", "libx264", "-preset", "veryfast", "-g", "30"],
+    )
 }
 
 fn main() {
@@ -63,7 +51,7 @@ fn main() {
     let size = std::env::var("BENCH_SIZE").unwrap_or_else(|_| "640x360".into());
     let preset = std::env::var("BENCH_PRESET").unwrap_or_else(|_| "veryfast".into());
     let tmp = tempfile::tempdir().unwrap();
-    let seg_path = make_segment(tmp.path(), &size);
+    let seg_path = make_segment(&size);
     let seg = std::fs::read(&seg_path).unwrap();
 
     // The daemon, with the same encoder settings.

@@ -54,6 +54,9 @@ fn timed(cmd: &mut Command) -> Run {
     }
 }
 
+#[path = "../tests/common/media.rs"]
+mod media;
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -141,38 +144,15 @@ fn main() {
 
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("ladder-bench");
     std::fs::create_dir_all(&dir).unwrap();
-    let input = dir.join(format!("input-{size}-{seconds}s.ts"));
-    if !input.exists() {
-        let st = Command::new("ffmpeg")
-            .args([
-                "-hide_banner",
-                "-loglevel",
-                "error",
-                "-y",
-                "-f",
-                "lavfi",
-                "-i",
-            ])
-            .arg(format!(
-                "testsrc2=size={size}:rate=30,noise=alls=16:allf=t+u"
-            ))
-            .args([
-                "-f",
-                "lavfi",
-                "-i",
-                "sine=frequency=440:sample_rate=48000",
-                "-t",
-            ])
-            .arg(seconds.to_string())
-            .args([
-                "-c:v", "libx264", "-preset", "veryfast", "-b:v", "8M", "-g", "60", "-c:a", "aac",
-                "-f", "mpegts",
-            ])
-            .arg(&input)
-            .status()
-            .expect("ffmpeg CLI is needed for the benchmark");
-        assert!(st.success());
-    }
+    let input = media::generate(
+        &format!("ladder-input-{size}-{seconds}s.ts"),
+        &format!("testsrc2=size={size}:rate=30,noise=alls=16:allf=t+u"),
+        seconds,
+        true,
+        &[
+            "-c:v", "libx264", "-preset", "veryfast", "-b:v", "8M", "-g", "60", "-c:a", "aac",
+        ],
+    );
     let comine_bin = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/release/comine");
     assert!(
         comine_bin.exists(),

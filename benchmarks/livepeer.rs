@@ -27,36 +27,18 @@ use tokio_util::sync::CancellationToken;
 const SEGMENT_SECONDS: f64 = 2.0;
 const REALTIME_RATIO: f64 = 0.8;
 
+#[path = "../tests/common/media.rs"]
+mod media;
+
 fn segment() -> Bytes {
-    let out = std::process::Command::new("ffmpeg")
-        .args([
-            "-hide_banner",
-            "-loglevel",
-            "error",
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc2=size=640x360:rate=30,noise=alls=20:allf=t+u",
-            "-t",
-            "2",
-            "-c:v",
-            "libx264",
-            "-preset",
-            "veryfast",
-            "-g",
-            "60",
-            "-f",
-            "mpegts",
-            "pipe:1",
-        ])
-        .output()
-        .expect("the ffmpeg CLI is needed to generate the test segment");
-    assert!(
-        out.status.success(),
-        "ffmpeg failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let path = media::generate(
+        "livepeer-bench-360p.ts",
+        &media::pattern(640, 360, "30"),
+        SEGMENT_SECONDS,
+        false,
+        &["-c:v", "libx264", "-preset", "veryfast", "-g", "60"],
     );
-    Bytes::from(out.stdout)
+    Bytes::from(std::fs::read(path).expect("read the generated segment"))
 }
 
 /// Livepeer's benchmark ladder below the source: 240p and 360p, constrained high, 1 s GOP.

@@ -1,5 +1,7 @@
 //! Bad input to `comine bench` / `comine report`: clear errors naming the problem.
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 
@@ -180,28 +182,13 @@ fn compare_rejects_non_reports() {
 #[test]
 fn input_file_is_cut_into_segments_and_missing_input_is_clear() {
     let dir = tempfile::tempdir().unwrap();
-    let media = dir.path().join("in.mp4");
-    let ok = Command::new("ffmpeg")
-        .args([
-            "-hide_banner",
-            "-loglevel",
-            "error",
-            "-y",
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc2=size=320x180:rate=25",
-            "-t",
-            "3",
-            "-c:v",
-            "libx264",
-            "-preset",
-            "ultrafast",
-        ])
-        .arg(&media)
-        .status()
-        .expect("ffmpeg CLI");
-    assert!(ok.success());
+    let media = common::generate(
+        "bench-in.mp4",
+        "testsrc2=size=320x180:rate=25",
+        3.0,
+        false,
+        &["-c:v", "libx264", "-preset", "ultrafast"],
+    );
     let out = dir.path().join("o");
     let o = bench(
         &[
