@@ -4,7 +4,8 @@
 #   scripts/setup.sh          build + run deps: FFmpeg -dev libs, clang/libclang,
 #                             pkg-config, protoc, the ffmpeg CLI, a Rust toolchain
 #   scripts/setup.sh --test   also what the test suite needs: Node.js/npm (for the
-#                             js-ipfs test node) and Chromium (report rendering checks)
+#                             js-ipfs test node), Chromium (report rendering checks) and
+#                             PostgreSQL (the Curio HarmonyDB test server)
 set -euo pipefail
 
 want_test=0
@@ -17,6 +18,7 @@ if (( want_test )); then
   command -v node >/dev/null 2>&1 || pkgs+=(nodejs)
   command -v npm >/dev/null 2>&1 || pkgs+=(npm)
   command -v chromium >/dev/null 2>&1 || pkgs+=(chromium)
+  pkgs+=(postgresql)
 fi
 
 missing=()

@@ -13,6 +13,7 @@ pub mod ledger;
 pub mod logging;
 pub mod metrics;
 pub mod paths;
+pub mod post;
 pub mod report;
 pub mod sched;
 pub mod seal;
