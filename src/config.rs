@@ -4,8 +4,8 @@
 //! name and line (`deny_unknown_fields`), because a misspelt limit that silently falls
 //! back to its default is worse than a refusal. Every key is documented in
 //! `deploy/comine.example.toml`; `config::tests` checks that file parses.
-//! `[scheduler]`, `[gpu]` and `[seal]` are the scheduler's, telemetry's and sealing
-//! controller's own config types; `[livepeer]` is kept as an opaque table for its owner.
+//! `[scheduler]`, `[gpu]`, `[seal]` and `[post]` are the scheduler's, telemetry's, sealing
+//! controller's and proof schedule's own config types; `[livepeer]` is kept as an opaque table for its owner.
 
 use std::path::{Path, PathBuf};
 
@@ -30,6 +30,8 @@ pub enum ConfigError {
         value: String,
         why: String,
     },
+    #[error(transparent)]
+    Post(#[from] crate::post::PostError),
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -47,6 +49,8 @@ pub struct Config {
     pub gpu: crate::gpu::Config,
     /// Sealing controller (default `none`: comine only shapes its own load).
     pub seal: crate::seal::Config,
+    /// The WindowPoSt schedule from the full node (`[post]`; off without a full node).
+    pub post: crate::post::Config,
     /// Typed by the Livepeer client at merge; kept verbatim here.
     pub livepeer: toml::Table,
 }
@@ -246,6 +250,7 @@ impl Config {
                 why: "must be at least 1".into(),
             });
         }
+        self.post.validate()?;
         if !matches!(self.store.backend.as_str(), "embedded" | "kubo") {
             return Err(ConfigError::Value {
                 key: "store.backend",
@@ -311,6 +316,7 @@ mod tests {
         assert_eq!(c.scheduler, d.scheduler);
         assert_eq!(c.gpu, d.gpu);
         assert_eq!(c.seal, d.seal);
+        assert_eq!(c.post, d.post);
     }
 
     #[test]
@@ -319,6 +325,7 @@ mod tests {
             "[scheduler]\nseal_high_watermak = 0.5\n",
             "[gpu]\nbakend = \"host\"\n",
             "[seal]\ncontroler = \"curio\"\n",
+            "[post]\nlead_epoch = 20\n",
         ] {
             let err = Config::parse(text, "test").unwrap_err().to_string();
             let key = text

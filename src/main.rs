@@ -46,6 +46,8 @@ enum Command {
     /// Attach to a Livepeer orchestrator as a remote transcoder (standalone; `comine run`
     /// will carry the same flags).
     Livepeer(comine::intake::livepeer::cli::Args),
+    /// The WindowPoSt schedule from the full node and comine's step-down plan for it.
+    Post(comine::post::cli::Args),
     /// Co-mining benchmark: sealing throughput and power lost to transcoding, streams gained.
     Bench(comine::bench::cli::Args),
     /// Work with benchmark reports (compare several machines).
@@ -69,6 +71,7 @@ fn main() -> ExitCode {
         Command::Status(args) => comine::daemon::cli::status(args),
         Command::Ledger(args) => comine::ledger::cli::run(args),
         Command::Livepeer(args) => comine::intake::livepeer::cli::run(args),
+        Command::Post(args) => comine::post::cli::run(args),
         Command::Bench(args) => comine::bench::cli::run(args),
         Command::Report(args) => comine::report::cli::run(args),
     };

@@ -2,6 +2,8 @@
 
 use crate::gpu::{DeviceSnapshot, Role, Source};
 
+use crate::post::Phase;
+
 use super::{
     Capacity, Config, Decision, DeviceCapacity, DeviceCapacitySummary, DeviceLoad, SealAction,
     SealMode, SealingDecision, TickInput,
@@ -122,6 +124,12 @@ impl Scheduler {
         // NVML counts our sessions too; trust whichever is larger (others may encode as well).
         let sessions_used = load.sessions.max(d.nvenc_sessions.unwrap_or(0));
         let proof = d.proof_running() || input.proof.applies_to(d.index);
+        let post_phase = if input.post.applies_to(d.index) {
+            input.post.phase
+        } else {
+            Phase::None
+        };
+        let mut memory_headroom = c.memory_headroom_bytes;
         let sealing_active = d.processes.iter().any(|p| p.role == Role::Sealing);
         let mut reasons = Vec::new();
         let mut admit = true;
@@ -134,6 +142,24 @@ impl Scheduler {
         if proof {
             budget = budget.min(floor);
             reasons.push("proof running: transcoding at the proof floor".into());
+        }
+        // The chain's WindowPoSt schedule: proofs first, before they start.
+        match post_phase {
+            Phase::None => {}
+            Phase::Drain => reasons.push(input.post.reason.clone()),
+            Phase::StepDown => {
+                budget = budget.min(floor);
+                memory_headroom = memory_headroom.max(input.post.vram_reserve_bytes);
+                reasons.push(format!(
+                    "{}: transcoding at the proof floor",
+                    input.post.reason
+                ));
+            }
+            Phase::Safe => {
+                budget = budget.min(rated * c.unreachable_safe_fraction);
+                memory_headroom = memory_headroom.max(input.post.vram_reserve_bytes);
+                reasons.push(input.post.reason.clone());
+            }
         }
         if let Some(t) = d.temperature_c {
             if t >= c.temperature_critical_c {
@@ -160,12 +186,20 @@ impl Scheduler {
             }
         }
         if let (Some(u), Some(t)) = (d.memory_used_bytes, d.memory_total_bytes) {
-            if t.saturating_sub(u) < c.memory_headroom_bytes {
+            if t.saturating_sub(u) < memory_headroom {
                 admit = false;
-                reasons.push(format!(
-                    "memory headroom {} MiB left: holding",
-                    t.saturating_sub(u) >> 20
-                ));
+                reasons.push(if memory_headroom > c.memory_headroom_bytes {
+                    format!(
+                        "{} MiB free, below the {} MiB VRAM reserve for WindowPoSt: holding",
+                        t.saturating_sub(u) >> 20,
+                        memory_headroom >> 20
+                    )
+                } else {
+                    format!(
+                        "memory headroom {} MiB left: holding",
+                        t.saturating_sub(u) >> 20
+                    )
+                });
             }
         }
         if let Some(e) = d.encoder_util_pct {
@@ -188,7 +222,7 @@ impl Scheduler {
                 d.error.as_deref().unwrap_or("device error")
             ));
         }
-        let mut batch_budget = if proof {
+        let mut batch_budget = if proof || post_phase == Phase::StepDown {
             0.0
         } else {
             budget * (1.0 - c.live_reserve_fraction)
@@ -197,8 +231,15 @@ impl Scheduler {
             batch_budget = batch_budget.min(budget * c.batch_fraction_while_sealing);
         }
         let admitted = load.total_pps();
+        // While draining, the orchestrator is already told the floor's capacity, so the
+        // sessions it moves away have finished their segments by the step-down.
+        let session_budget = if post_phase == Phase::Drain {
+            budget.min(floor)
+        } else {
+            budget
+        };
         let by_pixels = if c.session_pixels_per_sec > 0.0 {
-            (budget / c.session_pixels_per_sec).floor() as u32
+            (session_budget / c.session_pixels_per_sec).floor() as u32
         } else {
             0
         };
@@ -217,6 +258,7 @@ impl Scheduler {
             session_limit,
             sessions_used,
             proof_running: proof,
+            post_phase,
             sealing_active,
             livepeer_sessions: by_sessions.map_or(by_pixels, |s| s.min(by_pixels)),
             reasons,

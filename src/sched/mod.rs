@@ -21,6 +21,7 @@ pub use core::Scheduler;
 pub use service::{start, ServiceError, ServiceHandle};
 
 use crate::gpu::{Snapshot, Source};
+use crate::post::{Phase, PostWindow};
 
 /// Scheduler thresholds, embeddable in the daemon's TOML config as `[sched]`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -181,6 +182,9 @@ pub struct TickInput {
     pub load: Vec<DeviceLoad>,
     pub proof: ProofSignal,
     pub controller: ControllerStatus,
+    /// The WindowPoSt plan at this instant (`post::evaluate`): drain, step down, PoSt-safe.
+    #[serde(default)]
+    pub post: PostWindow,
 }
 
 /// One device's capacity as decided this tick.
@@ -203,6 +207,9 @@ pub struct DeviceCapacity {
     pub session_limit: Option<u32>,
     pub sessions_used: u32,
     pub proof_running: bool,
+    /// What the WindowPoSt plan does to this device now.
+    #[serde(default)]
+    pub post_phase: Phase,
     pub sealing_active: bool,
     /// Suggested Livepeer sessions for this device.
     pub livepeer_sessions: u32,

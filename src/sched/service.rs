@@ -18,6 +18,7 @@ use super::{
     SealAction, SealMode, TickInput,
 };
 use crate::gpu::{now_ms, Snapshot};
+use crate::post::{self, Phase};
 use crate::seal::{Controller, DisableSet};
 
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +40,7 @@ pub struct ServiceHandle {
     decisions: Arc<Mutex<VecDeque<Decision>>>,
     demand: watch::Sender<Demand>,
     proof: watch::Sender<ProofSignal>,
+    post: watch::Sender<post::Status>,
     task: JoinHandle<()>,
 }
 
@@ -66,6 +68,21 @@ impl ServiceHandle {
     pub fn set_proof(&self, proof: ProofSignal) {
         self.proof.send_replace(proof);
     }
+    /// The WindowPoSt poller's status; each tick evaluates `post::evaluate` on it.
+    pub fn set_post(&self, status: post::Status) {
+        self.post.send_replace(status);
+    }
+    /// Follows a poller's status until that poller stops.
+    pub fn follow_post(&self, mut rx: watch::Receiver<post::Status>) {
+        let tx = self.post.clone();
+        tx.send_replace(rx.borrow_and_update().clone());
+        tokio::spawn(async move {
+            while rx.changed().await.is_ok() {
+                let s = rx.borrow_and_update().clone();
+                tx.send_replace(s);
+            }
+        });
+    }
     /// Waits for the driver to finish (after cancellation it restores sealing first).
     pub async fn join(self) {
         let _ = self.task.await;
@@ -86,6 +103,10 @@ struct Driver {
     reachable: bool,
     retry_at: Option<Instant>,
     backoff: Duration,
+    /// Wall-clock ms when a proof was last seen on a device (telemetry, signal, WorkerStats,
+    /// Curio): the plan steps up once it has been quiet after a window's challenge.
+    last_proof_ms: Option<u64>,
+    post_phase: Phase,
 }
 
 /// Starts the driver. Recovers and restores state left by a crash before the first tick.
@@ -113,6 +134,7 @@ pub async fn start(
     let (cap_tx, cap_rx) = watch::channel(Capacity::default());
     let (demand_tx, demand_rx) = watch::channel(Demand::default());
     let (proof_tx, proof_rx) = watch::channel(ProofSignal::default());
+    let (post_tx, post_rx) = watch::channel(post::Status::default());
     let decisions = Arc::new(Mutex::new(VecDeque::new()));
     let mut driver = Driver {
         sched: Scheduler::new(config.clone()),
@@ -123,6 +145,8 @@ pub async fn start(
         reachable: true,
         retry_at: None,
         backoff: Duration::from_millis(500),
+        last_proof_ms: None,
+        post_phase: Phase::None,
     };
     if driver.applied.is_some() {
         driver.sched.assume_sealing(SealMode::Enabled, 0);
@@ -133,7 +157,7 @@ pub async fn start(
     let task = tokio::spawn(async move {
         driver
             .run(
-                config, snapshots, demand_rx, proof_rx, adm, cap_tx, ring, cancel,
+                config, snapshots, demand_rx, proof_rx, post_rx, adm, cap_tx, ring, cancel,
             )
             .await
     });
@@ -143,6 +167,7 @@ pub async fn start(
         decisions,
         demand: demand_tx,
         proof: proof_tx,
+        post: post_tx,
         task,
     })
 }
@@ -155,6 +180,7 @@ impl Driver {
         mut snapshots: watch::Receiver<Snapshot>,
         demand: watch::Receiver<Demand>,
         proof: watch::Receiver<ProofSignal>,
+        post_rx: watch::Receiver<post::Status>,
         admitter: Admitter,
         cap_tx: watch::Sender<Capacity>,
         ring: Arc<Mutex<VecDeque<Decision>>>,
@@ -184,12 +210,14 @@ impl Driver {
                     d.error = Some(format!("telemetry stale ({age} ms old)"));
                 }
             }
+            let (proof, post) = self.post_inputs(&snapshot, proof.borrow().clone(), &post_rx);
             let input = TickInput {
                 now_ms: origin.elapsed().as_millis() as u64,
                 snapshot,
                 demand: *demand.borrow(),
                 load: admitter.loads(),
-                proof: proof.borrow().clone(),
+                proof,
+                post,
                 controller: ControllerStatus {
                     reachable: self.reachable,
                     coarse: self.controller.coarse(),
@@ -240,6 +268,43 @@ impl Driver {
                 self.state_path.display()
             );
         }
+    }
+
+    /// The proof signal (with PoSt that lotus-miner or Curio report running) and the
+    /// WindowPoSt plan for this instant.
+    fn post_inputs(
+        &mut self,
+        snapshot: &Snapshot,
+        mut proof: ProofSignal,
+        post_rx: &watch::Receiver<post::Status>,
+    ) -> (ProofSignal, post::PostWindow) {
+        let status = post_rx.borrow().clone();
+        let wall = now_ms();
+        if !proof.running && status.running.any() {
+            proof = ProofSignal {
+                running: true,
+                devices: (!status.plan.devices.is_empty()).then(|| status.plan.devices.clone()),
+                source: status.running.sources.join(" + "),
+            };
+        }
+        if proof.running || snapshot.devices.iter().any(|d| d.proof_running()) {
+            self.last_proof_ms = Some(wall);
+        }
+        let plan = post::evaluate(&status, wall, self.last_proof_ms);
+        if plan.window.phase != self.post_phase {
+            match plan.window.phase {
+                Phase::None => tracing::info!(
+                    source = ?plan.source,
+                    "WindowPoSt: transcoding back to its full budget"
+                ),
+                Phase::Safe => {
+                    tracing::warn!(reason = %plan.window.reason, "WindowPoSt: PoSt-safe profile")
+                }
+                phase => tracing::info!(?phase, reason = %plan.window.reason, "WindowPoSt"),
+            }
+            self.post_phase = plan.window.phase;
+        }
+        (proof, plan.window)
     }
 
     fn backing_off(&self) -> bool {
