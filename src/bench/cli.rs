@@ -87,10 +87,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let out = match args.out {
         Some(o) => o,
         None => {
-            let secs = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0);
+            let secs = crate::util::now_ms() / 1000;
             args.data_dir
                 .unwrap_or_else(crate::paths::default_data_dir)
                 .join("bench")

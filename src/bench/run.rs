@@ -36,13 +36,6 @@ pub enum BenchError {
         need_mib: u64,
         sector: String,
     },
-    #[error("cannot write {path}: {source}{hint}")]
-    Write {
-        path: String,
-        #[source]
-        source: std::io::Error,
-        hint: &'static str,
-    },
     #[error(transparent)]
     Load(#[from] load::LoadError),
     #[error("transcode ladder: {0}")]
@@ -146,22 +139,6 @@ fn free_bytes(dir: &Path) -> Option<u64> {
     }
 }
 
-/// Write a file, turning "disk full" into advice.
-pub fn write_file(path: &Path, data: &[u8]) -> Result<(), BenchError> {
-    std::fs::write(path, data).map_err(|source| {
-        let hint = if source.raw_os_error() == Some(libc::ENOSPC) {
-            " (the disk is full: free space or pick another --out)"
-        } else {
-            ""
-        };
-        BenchError::Write {
-            path: path.display().to_string(),
-            source,
-            hint,
-        }
-    })
-}
-
 /// What the sampler tags samples with.
 #[derive(Clone)]
 struct Tag {
@@ -213,10 +190,7 @@ pub fn run(mut opts: RunOptions) -> Result<BenchReport, BenchError> {
     let work = opts.out.join("work");
     let _ = std::fs::remove_dir_all(&work);
     let clock = Instant::now();
-    let created = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let created = crate::util::now_ms() / 1000;
 
     let (power_sampler, cpu_power_label): (Option<Box<dyn PowerSampler>>, String) =
         match opts.power.take() {

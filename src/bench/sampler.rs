@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
+pub use crate::report::schema::{GpuInfo, GpuReading, GpuSnapshot};
 
 /// Cumulative host energy counter (CPU package), wrap-around handled inside.
 pub trait PowerSampler: Send {
@@ -15,39 +15,6 @@ pub trait PowerSampler: Send {
     fn source(&self) -> &'static str;
     /// Joules consumed since the sampler opened; `None` when a read fails.
     fn energy_joules(&mut self) -> Option<f64>;
-}
-
-/// One GPU's reading.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct GpuReading {
-    pub index: u32,
-    pub power_w: f64,
-    /// Board energy counter in joules, where the driver keeps one.
-    pub energy_j: Option<f64>,
-    pub util_pct: f64,
-    pub encoder_pct: f64,
-    pub decoder_pct: f64,
-    pub temperature_c: f64,
-    pub sm_clock_mhz: u32,
-    pub mem_clock_mhz: u32,
-}
-
-/// All GPUs at one instant, labelled by where the figures come from.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct GpuSnapshot {
-    /// `nvml`, `host` or `simulated`.
-    pub source: String,
-    pub devices: Vec<GpuReading>,
-}
-
-/// Static facts for the hardware fingerprint.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
-pub struct GpuInfo {
-    pub model: String,
-    pub driver: String,
-    pub vbios: String,
-    /// `nvml`, `simulated` or `none`.
-    pub source: String,
 }
 
 /// What the benchmark is doing right now; only a simulation needs it.
