@@ -1,4 +1,7 @@
 //! `comine bench [--suite quick|standard|tiny|PATH.toml] [--out DIR] [--seal builtin|cmd:'…'|observe|none] [--input MEDIA]`
+// Doc comments on the flags below are clap's `--help` text, written for a terminal
+// (`<DIR>`, `[:gop=2s|intra]`), not rustdoc markup.
+#![allow(rustdoc::invalid_html_tags, rustdoc::broken_intra_doc_links)]
 
 use std::io::IsTerminal;
 use std::path::PathBuf;

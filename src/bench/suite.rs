@@ -229,7 +229,7 @@ impl Suite {
                 format!("must be 1..=100, got {}", t.segments),
             ));
         }
-        if !matches!(t.encoder.as_str(), "auto" | "nvenc" | "x264") {
+        if crate::transcode::EncoderChoice::parse(&t.encoder).is_err() {
             return Err(bad(
                 "transcode.encoder",
                 format!("must be auto, nvenc or x264, got {:?}", t.encoder),

@@ -1,5 +1,8 @@
 //! `comine run [--config FILE] [--data-dir DIR] [--listen ADDR]` and
 //! `comine status [--json] [--url URL]`.
+// Doc comments on the flags below are clap's `--help` text, written for a terminal
+// (`<DIR>`, `[:gop=2s|intra]`), not rustdoc markup.
+#![allow(rustdoc::invalid_html_tags, rustdoc::broken_intra_doc_links)]
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -42,7 +42,7 @@ pub use sink::RenditionOutput;
 pub use sink::{SegmentFailure, SegmentRecord, SegmentSink};
 pub use tls::TlsPolicy;
 
-/// Everything the client needs; [`cli::LivepeerArgs::to_config`] builds it from flags.
+/// Everything the client needs; [`LivepeerArgs::to_config`] builds it from flags.
 #[derive(Clone, Debug)]
 pub struct TranscoderConfig {
     /// `HOST:PORT` of the orchestrator's TLS port (gRPC and HTTPS).

@@ -122,7 +122,7 @@ fn taken_or_unusable_out_dir_is_refused() {
 #[test]
 fn full_out_dir_gives_clear_error() {
     let dir = tempfile::tempdir().unwrap();
-    let err = comine::bench::run::check_out_dir(dir.path(), u64::MAX)
+    let err = comine::bench::out_dir::check_out_dir(dir.path(), u64::MAX)
         .unwrap_err()
         .to_string();
     assert!(
