@@ -10,7 +10,6 @@
 //!
 //! `cargo bench --bench post`
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use comine::post::fake_node::{FakeNode, NodeState, VirtualClock};

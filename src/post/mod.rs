@@ -282,7 +282,7 @@ pub struct SystemClock;
 
 impl WallClock for SystemClock {
     fn now_ms(&self) -> u64 {
-        crate::gpu::now_ms()
+        crate::util::now_ms()
     }
 }
 
