@@ -511,7 +511,7 @@ mod tests {
     #[test]
     fn steps_up_when_the_prover_goes_quiet_after_the_challenge() {
         let (st, now) = at(status(&[33]), OPEN33 + 10);
-        let challenge = ms(OPEN33 - 20) as u64;
+        let challenge = ms(OPEN33 - 20);
         // Activity before the challenge (another deadline's proof) does not count.
         let p = evaluate(&st, now, Some(challenge - 1));
         assert_eq!(p.window.phase, Phase::StepDown);
