@@ -71,6 +71,10 @@ pub struct Metrics {
     pub gpu_temperature: Family<GpuLabel, FGauge>,
     pub gpu_sessions: Family<GpuLabel, Gauge>,
     pub sealing_tasks: Family<StateLabel, Gauge>,
+    pub post_seconds_to_next_window: FGauge,
+    pub post_step_down_active: Gauge,
+    pub post_source_state: Family<StateLabel, Gauge>,
+    pub post_requests: Counter,
 }
 
 impl Default for Metrics {
@@ -101,6 +105,10 @@ impl Metrics {
             gpu_temperature: Family::default(),
             gpu_sessions: Family::default(),
             sealing_tasks: Family::default(),
+            post_seconds_to_next_window: FGauge::default(),
+            post_step_down_active: Gauge::default(),
+            post_source_state: Family::default(),
+            post_requests: Counter::default(),
             registry: Registry::default(),
         };
         r.register(
@@ -191,6 +199,28 @@ impl Metrics {
             "Sealing task types by state (enabled, disabled) as the scheduler steers them",
             m.sealing_tasks.clone(),
         );
+        r.register_with_unit(
+            "comine_post_seconds_to_next_window",
+            "Time until the next WindowPoSt window with live sectors opens (-1: none known)",
+            Unit::Seconds,
+            m.post_seconds_to_next_window.clone(),
+        );
+        // The unit suffix would read `_seconds_seconds`; the name already carries it.
+        r.register(
+            "comine_post_step_down_active",
+            "1 while transcoding on the proving GPUs is stepped down for a WindowPoSt window",
+            m.post_step_down_active.clone(),
+        );
+        r.register(
+            "comine_post_source_state",
+            "The WindowPoSt schedule's source: 1 for the current state (ok, stale, down, off)",
+            m.post_source_state.clone(),
+        );
+        r.register(
+            "comine_post_requests",
+            "Requests sent to the full node and lotus-miner for the WindowPoSt schedule",
+            m.post_requests.clone(),
+        );
         Metrics { registry: r, ..m }
     }
 
@@ -224,6 +254,26 @@ impl Metrics {
                 })
                 .set(*n);
         }
+    }
+
+    /// The WindowPoSt gauges from the scheduler's report.
+    pub fn set_post(&self, report: &crate::post::Report) {
+        let p = &report.plan;
+        self.post_seconds_to_next_window
+            .set(p.seconds_to_next_window.unwrap_or(-1.0));
+        self.post_step_down_active
+            .set(i64::from(p.step_down_active));
+        let current = report.source.gauge();
+        for state in ["ok", "stale", "down", "off"] {
+            self.post_source_state
+                .get_or_create(&StateLabel {
+                    state: state.into(),
+                })
+                .set(i64::from(state == current));
+        }
+        let seen = self.post_requests.get();
+        self.post_requests
+            .inc_by(report.requests.saturating_sub(seen));
     }
 
     pub fn segment(&self, result: &str) {

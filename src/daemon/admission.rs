@@ -10,7 +10,6 @@ use std::collections::BTreeMap;
 #[cfg(any(test, feature = "test-utils"))]
 use std::collections::VecDeque;
 use std::path::Path;
-#[cfg(any(test, feature = "test-utils"))]
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -35,6 +34,8 @@ pub struct SchedulerStatus {
     pub decisions: Vec<serde_json::Value>,
     /// Sealing task types by state (e.g. "enabled": 3, "disabled": 1).
     pub sealing: BTreeMap<String, i64>,
+    /// The WindowPoSt schedule and the plan the scheduler follows (`None`: no scheduler).
+    pub post: Option<crate::post::Report>,
 }
 
 /// Admission control (the real one: `sched::Admitter` behind [`SchedAdmission`]).
@@ -143,6 +144,7 @@ impl Admission for SemaphoreAdmission {
                 .map(|d| d.iter().cloned().collect())
                 .unwrap_or_default(),
             sealing: BTreeMap::new(),
+            post: None,
         }
     }
 
@@ -159,6 +161,8 @@ pub enum SchedSetupError {
     Seal(#[from] crate::seal::SealError),
     #[error("scheduler: {0}")]
     Service(#[from] crate::sched::ServiceError),
+    #[error("[post]: {0}")]
+    Post(#[from] crate::post::PostError),
 }
 
 /// The scheduler service (`sched::start`) behind the daemon's [`Admission`] seam.
@@ -173,6 +177,9 @@ pub struct SchedAdmission {
     sessions: watch::Receiver<u32>,
     task_types: usize,
     history: usize,
+    /// The WindowPoSt poller (idle without a full node); joined at shutdown so the schedule
+    /// is saved.
+    post: Mutex<Option<crate::post::PostHandle>>,
     cancel: tokio_util::sync::CancellationToken,
 }
 
@@ -206,6 +213,16 @@ impl SchedAdmission {
             cancel.clone(),
         )
         .await?;
+        // Proofs first: the chain's WindowPoSt schedule is an input of every tick. Bad
+        // settings stop the start here; a node that does not answer does not (the cached
+        // schedule, or the PoSt-safe profile, applies).
+        let post = crate::post::start(
+            &config.post,
+            Some(data_dir.to_path_buf()),
+            Arc::new(crate::post::SystemClock),
+            cancel.clone(),
+        )?;
+        handle.follow_post(post.subscribe());
         let max = max_concurrency.max(1);
         let mut sched_cap = handle.capacity();
         let (cap_tx, cap_rx) = watch::channel(concurrency_for(&sched_cap.borrow(), max));
@@ -233,6 +250,7 @@ impl SchedAdmission {
             sessions: sessions_rx,
             task_types: task_types.len(),
             history: 32,
+            post: Mutex::new(Some(post)),
             cancel,
         })
     }
@@ -299,19 +317,21 @@ impl Admission for SchedAdmission {
                 encoder_sessions: d.nvenc_sessions.unwrap_or(0) as u64,
             })
             .collect();
-        let (decisions, last) = match self.handle.lock() {
+        let (decisions, last, post) = match self.handle.lock() {
             Ok(g) => match g.as_ref() {
                 Some(h) => {
                     let all = h.decisions();
                     let skip = all.len().saturating_sub(self.history);
+                    let plan = h.post_plan().borrow().clone();
                     (
                         all.into_iter().skip(skip).collect::<Vec<_>>(),
                         h.last_decision(),
+                        Some(crate::post::Report::new(&h.post_status(), plan)),
                     )
                 }
-                None => (Vec::new(), None),
+                None => (Vec::new(), None, None),
             },
-            Err(_) => (Vec::new(), None),
+            Err(_) => (Vec::new(), None, None),
         };
         let mut sealing = BTreeMap::new();
         if let Some(d) = last {
@@ -329,6 +349,7 @@ impl Admission for SchedAdmission {
                 .filter_map(|d| serde_json::to_value(d).ok())
                 .collect(),
             sealing,
+            post,
         }
     }
 
@@ -339,6 +360,10 @@ impl Admission for SchedAdmission {
             if let Some(h) = handle {
                 // join() re-enables whatever sealing comine disabled before it returns.
                 h.join().await;
+            }
+            let post = self.post.lock().ok().and_then(|mut g| g.take());
+            if let Some(p) = post {
+                p.join().await;
             }
         })
     }

@@ -312,6 +312,12 @@ fn print_status(v: &serde_json::Value) {
         }
     }
     println!("store: {}", s("/store"));
+    if let Some(post) = v.pointer("/post").filter(|p| !p.is_null()) {
+        match serde_json::from_value::<crate::post::Report>(post.clone()) {
+            Ok(r) => println!("{}", r.summary()),
+            Err(e) => println!("WindowPoSt: status not understood ({e})"),
+        }
+    }
     if let Some(lp) = v.pointer("/livepeer").filter(|l| !l.is_null()) {
         let g = |p: &str| lp.pointer(p).cloned().unwrap_or(serde_json::Value::Null);
         println!(

@@ -42,6 +42,7 @@ pub struct ServiceHandle {
     demand: watch::Sender<Demand>,
     proof: watch::Sender<ProofSignal>,
     post: watch::Sender<post::Status>,
+    plan: watch::Receiver<post::Plan>,
     task: JoinHandle<()>,
 }
 
@@ -84,6 +85,14 @@ impl ServiceHandle {
             }
         });
     }
+    /// The WindowPoSt plan the last tick followed (for `/v1/status` and the metrics).
+    pub fn post_plan(&self) -> watch::Receiver<post::Plan> {
+        self.plan.clone()
+    }
+    /// The poller status the last tick saw.
+    pub fn post_status(&self) -> post::Status {
+        self.post.borrow().clone()
+    }
     /// Waits for the driver to finish (after cancellation it restores sealing first).
     pub async fn join(self) {
         let _ = self.task.await;
@@ -108,6 +117,7 @@ struct Driver {
     /// Curio): the plan steps up once it has been quiet after a window's challenge.
     last_proof_ms: Option<u64>,
     post_phase: Phase,
+    plan_tx: watch::Sender<post::Plan>,
 }
 
 /// Starts the driver. Recovers and restores state left by a crash before the first tick.
@@ -136,6 +146,7 @@ pub async fn start(
     let (demand_tx, demand_rx) = watch::channel(Demand::default());
     let (proof_tx, proof_rx) = watch::channel(ProofSignal::default());
     let (post_tx, post_rx) = watch::channel(post::Status::default());
+    let (plan_tx, plan_rx) = watch::channel(post::Plan::default());
     let decisions = Arc::new(Mutex::new(VecDeque::new()));
     let mut driver = Driver {
         sched: Scheduler::new(config.clone()),
@@ -148,6 +159,7 @@ pub async fn start(
         backoff: Duration::from_millis(500),
         last_proof_ms: None,
         post_phase: Phase::None,
+        plan_tx,
     };
     if driver.applied.is_some() {
         driver.sched.assume_sealing(SealMode::Enabled, 0);
@@ -169,6 +181,7 @@ pub async fn start(
         demand: demand_tx,
         proof: proof_tx,
         post: post_tx,
+        plan: plan_rx,
         task,
     })
 }
@@ -305,7 +318,9 @@ impl Driver {
             }
             self.post_phase = plan.window.phase;
         }
-        (proof, plan.window)
+        let window = plan.window.clone();
+        self.plan_tx.send_replace(plan);
+        (proof, window)
     }
 
     fn backing_off(&self) -> bool {

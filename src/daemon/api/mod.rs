@@ -577,6 +577,8 @@ async fn status(State(d): Shared) -> Result<Json<Value>, ApiError> {
         "devices": sched.devices,
         "decisions": sched.decisions,
         "sealing": sched.sealing,
+        // The WindowPoSt schedule and the plan the scheduler follows (`comine post status`).
+        "post": sched.post,
         "deals": deals,
         "store": d.store.describe(),
         // null when `comine run` was not given --orch-addr.
@@ -632,6 +634,9 @@ async fn metrics(State(d): Shared) -> Response {
     d.metrics.set_gpus(&sched.devices);
     let sealing: Vec<(String, i64)> = sched.sealing.into_iter().collect();
     d.metrics.set_sealing(&sealing);
+    if let Some(post) = &sched.post {
+        d.metrics.set_post(post);
+    }
     d.metrics.queue_depth.set(d.queue_len() as i64);
     d.metrics
         .capacity
