@@ -17,6 +17,7 @@ pub mod image;
 pub mod models;
 pub mod runner;
 pub mod runtime;
+pub mod service;
 pub mod upscaler;
 
 use std::path::PathBuf;
@@ -24,6 +25,7 @@ use std::path::PathBuf;
 pub use config::{Config, ModelConfig, RunnerConfig};
 pub use image::RgbImage;
 pub use models::Models;
+pub use service::{AiResult, AiService};
 pub use upscaler::{LoadOptions, Provider, Upscaler};
 
 /// The id of the test model `scripts/ai-setup.sh` converts.

@@ -11,6 +11,8 @@
 //!
 //! [`test_orchestrator`] is an in-repo test double of the orchestrator side.
 
+pub mod ai_proto;
+pub mod ai_worker;
 pub mod cli;
 mod client;
 pub mod multipart;
@@ -20,6 +22,7 @@ mod segment;
 mod sessions;
 pub mod sink;
 pub mod test_orchestrator;
+pub mod test_orchestrator_ai;
 pub mod tls;
 
 use std::path::PathBuf;
