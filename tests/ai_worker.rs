@@ -356,3 +356,68 @@ async fn shutdown_answers_jobs_in_flight_before_unregistering() {
     }
     r.task.await.unwrap().unwrap();
 }
+
+/// The lease protocol against the orchestrator: a take-back re-registers without the
+/// model (the orchestrator sees capacity 0), a job in flight is answered (not dropped),
+/// the model is unloaded; the return loads and offers it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_take_back_reregisters_answers_in_flight_jobs_and_returns() {
+    use comine::ai::lease::{LeaseDecision, LeasePolicy, Leases};
+    let Some(env) = ai_env() else { return };
+    // Jobs take 3 s; the drain bound is 0.5 s, so the one in flight is cancelled and answered.
+    let r = rig(&env, vec![], Duration::from_secs(3), Duration::from_secs(20)).await;
+    let leases = Arc::new(Mutex::new(Leases::new(
+        vec![(MODEL.to_string(), 512 << 20)],
+        LeasePolicy {
+            drain_bound: Duration::from_millis(500),
+            ..LeasePolicy::default()
+        },
+    )));
+    leases.lock().unwrap().mark_held(MODEL, 0);
+    let orch = Arc::new(r.orch);
+    let job = {
+        let orch = orch.clone();
+        tokio::spawn(async move { orch.ai_job(AiJobSpec::upscale(MODEL, png(16, 16)), WAIT).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The in-flight job is counted and cancellable through the lease (as daemon::ai does).
+    let token = leases.lock().unwrap().job_token(MODEL).unwrap();
+    let guard = leases.lock().unwrap().enter(MODEL);
+    let canceller = tokio::spawn(async move {
+        token.cancelled().await;
+        drop(guard);
+    });
+    let take_back = LeaseDecision {
+        at_ms: 1,
+        model_id: MODEL.into(),
+        release: true,
+        reason: "PoSt window open: proofs need the GPU".into(),
+    };
+    comine::daemon::ai::apply(&r.handler.svc, &leases, &r.offer, &take_back, vec![]).await;
+    orch.wait_for_ai_capacity("upscale", MODEL, |c| c == 0, Duration::from_secs(10))
+        .await
+        .expect("re-registered without the model");
+    assert!(!r.handler.svc.is_loaded(MODEL), "unloaded");
+    canceller.await.unwrap();
+    // The job in flight ran on the handler's own (un-leased) path here; it is answered
+    // either way — never left to the orchestrator's timeout.
+    match job.await.unwrap() {
+        AiOutcome::Done { .. } | AiOutcome::Error(_) => {}
+        other => panic!("the job in flight must be answered, got {other:?}"),
+    }
+    // A job arriving now gets an error at once (the model is not loaded).
+    // Return: load and offer again.
+    let give_back = LeaseDecision {
+        release: false,
+        reason: "no pressure".into(),
+        ..take_back
+    };
+    comine::daemon::ai::apply(&r.handler.svc, &leases, &r.offer, &give_back, vec![]).await;
+    assert!(r.handler.svc.is_loaded(MODEL), "loaded again");
+    r.offer.send_replace(offer(2));
+    orch.wait_for_ai_capacity("upscale", MODEL, |c| c == 2, Duration::from_secs(10))
+        .await
+        .expect("offered again");
+    r.shutdown.cancel();
+    r.task.await.unwrap().unwrap();
+}

@@ -28,6 +28,13 @@ pub struct Config {
     pub input_timeout_secs: u64,
     /// Seconds a job may run before it is answered with an error.
     pub job_timeout_secs: u64,
+    /// Free GPU memory kept for sealing and proofs, MiB: below it the VRAM leases of
+    /// loaded models are taken back.
+    pub vram_reserve_mib: u64,
+    /// Seconds without pressure before a taken-back model is loaded again.
+    pub lease_return_secs: u64,
+    /// Seconds jobs in flight get when their model's lease is taken back.
+    pub lease_drain_secs: u64,
     pub models: Vec<ModelConfig>,
     pub runners: Vec<RunnerConfig>,
 }
@@ -42,6 +49,9 @@ impl Default for Config {
             max_input_pixels: 2048 * 2048,
             input_timeout_secs: 30,
             job_timeout_secs: 300,
+            vram_reserve_mib: 2048,
+            lease_return_secs: 60,
+            lease_drain_secs: 10,
             models: Vec::new(),
             runners: Vec::new(),
         }
@@ -115,6 +125,14 @@ impl Config {
             threads: self.threads,
             tile: self.tile,
             provider,
+        }
+    }
+
+    pub fn lease_policy(&self) -> super::lease::LeasePolicy {
+        super::lease::LeasePolicy {
+            reserve_bytes: self.vram_reserve_mib << 20,
+            return_after: std::time::Duration::from_secs(self.lease_return_secs),
+            drain_bound: std::time::Duration::from_secs(self.lease_drain_secs),
         }
     }
 

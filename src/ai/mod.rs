@@ -14,6 +14,7 @@
 
 pub mod config;
 pub mod image;
+pub mod lease;
 pub mod models;
 pub mod runner;
 pub mod runtime;

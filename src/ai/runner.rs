@@ -414,7 +414,7 @@ mod tests {
     #[test]
     fn data_urls_become_named_files() {
         let mut v = serde_json::json!({"images": [
-            {"url": "data:image/png;base64,iVBORw0=", "seed": 1, "nsfw": false},
+            {"url": "data:image/png;base64,iVBORw==", "seed": 1, "nsfw": false},
             {"url": "https://example.invalid/x.png"}
         ]});
         let files = extract_data_urls(&mut v, "7").unwrap();

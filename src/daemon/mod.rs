@@ -14,6 +14,7 @@
 //! On start every job not `done`/`failed` is resumed from its spool file; on SIGTERM
 //! intake stops, running jobs get a grace period and are otherwise left to resume.
 
+pub mod ai;
 pub mod auth;
 pub mod cli;
 pub mod client;
@@ -102,6 +103,8 @@ pub struct Daemon {
     pub listen_addr: OnceLock<SocketAddr>,
     /// Set when `comine run` attached to a Livepeer orchestrator.
     pub livepeer: OnceLock<livepeer::LivepeerState>,
+    /// Set when `comine run` also registered as a Livepeer AI worker.
+    pub ai: OnceLock<ai::AiState>,
 }
 
 impl Daemon {
@@ -157,6 +160,7 @@ impl Daemon {
             latency_ewma_ms: AtomicU64::new(0),
             listen_addr: OnceLock::new(),
             livepeer: OnceLock::new(),
+            ai: OnceLock::new(),
         }))
     }
 
@@ -190,7 +194,7 @@ impl Daemon {
         // dispatcher stopped, and the job stays queued in the ledger for the next start.
         let lane = match q.job.class {
             ledger::JobClass::Live => 0,
-            ledger::JobClass::Batch => 1,
+            ledger::JobClass::Batch | ledger::JobClass::Ai => 1,
         };
         let _ = self.queue_tx[lane].send(q);
     }
@@ -305,6 +309,19 @@ impl Daemon {
                         &job.job_id,
                         "interrupted",
                         "the daemon stopped before this Livepeer segment's renditions were stored",
+                    )?;
+                }
+                // An AI job is recorded after it was answered; one caught mid-way was
+                // answered but not counted, and stays that way.
+                _ if job
+                    .manifest_id
+                    .as_deref()
+                    .is_some_and(|m| m.starts_with(ai::MANIFEST_PREFIX)) =>
+                {
+                    self.ledger.fail(
+                        &job.job_id,
+                        "interrupted",
+                        "the daemon stopped while recording this AI job",
                     )?;
                 }
                 _ if !self.spool_path(&job.job_id).exists() => {

@@ -101,6 +101,8 @@ pub enum JobClass {
     Live,
     #[default]
     Batch,
+    /// A Livepeer AI job (`ai:<pipeline>/<model>` manifest; units per Livepeer billing).
+    Ai,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
