@@ -66,10 +66,17 @@ fn main() -> anyhow::Result<()> {
     );
     let python = env_path(
         "COMINE_AI_PYTHON",
-        cache.join(format!("venv-ort{}/bin/python", comine::ai::runtime::ORT_LIB_VERSION)),
+        cache.join(format!(
+            "venv-ort{}/bin/python",
+            comine::ai::runtime::ORT_LIB_VERSION
+        )),
     );
     for p in [&lib, &model, &python] {
-        anyhow::ensure!(p.exists(), "{} is missing: run scripts/ai-setup.sh", p.display());
+        anyhow::ensure!(
+            p.exists(),
+            "{} is missing: run scripts/ai-setup.sh",
+            p.display()
+        );
     }
     let rt = comine::ai::runtime::init(&lib)?;
     let up = Models::new().load(
@@ -83,7 +90,9 @@ fn main() -> anyhow::Result<()> {
     )?;
 
     // The same frames for both sides, as raw little-endian float32 [n, 3, s, s].
-    let inputs: Vec<Planar> = (0..frames).map(|i| frame(size, 0x5EED + i as u64)).collect();
+    let inputs: Vec<Planar> = (0..frames)
+        .map(|i| frame(size, 0x5EED + i as u64))
+        .collect();
     let dir = tempfile::tempdir()?;
     let raw = dir.path().join("frames.f32");
     let bytes: Vec<u8> = inputs

@@ -161,7 +161,10 @@ fn one_model_is_loaded_once_per_device() {
     };
     let a = models.load("m", &env.model, &opts).unwrap();
     let b = models.load("m", &env.model, &opts).unwrap();
-    assert!(Arc::ptr_eq(&a, &b), "the second load must return the loaded copy");
+    assert!(
+        Arc::ptr_eq(&a, &b),
+        "the second load must return the loaded copy"
+    );
     assert_eq!(models.list(), vec![("cpu".to_string(), "m".to_string())]);
     assert!(models.unload("m", Provider::Cpu));
     let c = models.load("m", &env.model, &opts).unwrap();
@@ -172,13 +175,19 @@ fn one_model_is_loaded_once_per_device() {
 fn a_missing_or_foreign_library_is_a_clear_error() {
     let err = comine::ai::runtime::probe(Path::new("/nonexistent/libonnxruntime.so")).unwrap_err();
     let msg = err.to_string();
-    assert!(msg.contains("does not exist") && msg.contains("ai-setup.sh"), "{msg}");
+    assert!(
+        msg.contains("does not exist") && msg.contains("ai-setup.sh"),
+        "{msg}"
+    );
 
     // A real shared library that is not ONNX Runtime.
-    let libz = ["/lib/x86_64-linux-gnu/libz.so.1", "/usr/lib/x86_64-linux-gnu/libz.so.1"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-        .expect("zlib is installed");
+    let libz = [
+        "/lib/x86_64-linux-gnu/libz.so.1",
+        "/usr/lib/x86_64-linux-gnu/libz.so.1",
+    ]
+    .into_iter()
+    .find(|p| Path::new(p).exists())
+    .expect("zlib is installed");
     let msg = comine::ai::runtime::probe(Path::new(libz))
         .unwrap_err()
         .to_string();
@@ -204,7 +213,11 @@ fn a_file_that_is_not_a_model_is_refused_at_load() {
         .unwrap_err();
     assert!(matches!(err, AiError::Model(_)), "{err:?}");
     let err = Models::new()
-        .load("gone", &dir.path().join("gone.onnx"), &LoadOptions::default())
+        .load(
+            "gone",
+            &dir.path().join("gone.onnx"),
+            &LoadOptions::default(),
+        )
         .unwrap_err();
     assert!(err.to_string().contains("does not exist"), "{err}");
 }
@@ -312,7 +325,10 @@ async fn http_runner_backend_against_an_independent_ai_runner() {
         .map(|(a, b)| a.abs_diff(*b))
         .max()
         .unwrap();
-    assert!(worst <= 1, "runner and embedded model differ by {worst} levels");
+    assert!(
+        worst <= 1,
+        "runner and embedded model differ by {worst} levels"
+    );
 
     // Without the token: a clear refusal, not a panic.
     let anon = runner_client(&runner.url, None);
@@ -340,7 +356,10 @@ async fn a_runner_that_answers_garbage_is_a_runner_error() {
         .unwrap_err();
     assert!(matches!(err, AiError::Runner { .. }), "{err:?}");
     let msg = err.to_string();
-    assert!(msg.contains("not JSON") && msg.contains("502 upstream"), "{msg}");
+    assert!(
+        msg.contains("not JSON") && msg.contains("502 upstream"),
+        "{msg}"
+    );
 
     // Nothing listening at all.
     let dead = runner_client("http://127.0.0.1:9", None);

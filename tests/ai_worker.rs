@@ -46,7 +46,14 @@ impl AiJobHandler for Handler {
             }
             let prefix = job.task_id.to_string();
             self.svc
-                .run(&job.pipeline, &job.model_id, &job.request, job.input, &prefix, cancel)
+                .run(
+                    &job.pipeline,
+                    &job.model_id,
+                    &job.request,
+                    job.input,
+                    &prefix,
+                    cancel,
+                )
                 .await
                 .map(|r| AiOutput {
                     json: r.json,
@@ -127,7 +134,8 @@ async fn rig(env: &AiEnv, runners: Vec<RunnerConfig>, delay: Duration, grace: Du
     let orch = TestOrchestrator::start(TestOrchestratorConfig::default())
         .await
         .unwrap();
-    let mut cfg = AiWorkerConfig::from_transcoder(&TranscoderConfig::new(orch.addr(), orch.secret()));
+    let mut cfg =
+        AiWorkerConfig::from_transcoder(&TranscoderConfig::new(orch.addr(), orch.secret()));
     cfg.input_timeout = Duration::from_secs(2);
     cfg.shutdown_grace = grace;
     cfg.offer_dwell = Duration::from_millis(300);
@@ -175,7 +183,11 @@ async fn registers_warm_models_and_answers_upscale_jobs_with_checked_parts() {
 
     let reg = r.orch.ai_registrations().pop().unwrap();
     let caps = reg.capabilities.unwrap();
-    assert_eq!(caps.capacities.get(&30), Some(&2), "upscale is capability 30");
+    assert_eq!(
+        caps.capacities.get(&30),
+        Some(&2),
+        "upscale is capability 30"
+    );
     let m = &caps.constraints.unwrap().per_capability[&30].models[MODEL];
     assert!(m.warm);
     assert_eq!(m.capacity, 2);
@@ -185,7 +197,11 @@ async fn registers_warm_models_and_answers_upscale_jobs_with_checked_parts() {
     assert_eq!(gpu.memory_total, 24 << 30);
 
     // The orchestrator checks headers, parts, url/file-name match and the 4x PNG size.
-    match r.orch.ai_job(AiJobSpec::upscale(MODEL, png(40, 24)), WAIT).await {
+    match r
+        .orch
+        .ai_job(AiJobSpec::upscale(MODEL, png(40, 24)), WAIT)
+        .await
+    {
         AiOutcome::Done { json, files } => {
             assert_eq!(files.len(), 1);
             assert_eq!(json["images"][0]["url"], files[0].name);
@@ -290,7 +306,9 @@ async fn every_bad_input_is_answered_with_an_error_and_the_worker_keeps_serving(
     }
     // Still serving.
     assert!(matches!(
-        r.orch.ai_job(AiJobSpec::upscale(MODEL, png(16, 16)), WAIT).await,
+        r.orch
+            .ai_job(AiJobSpec::upscale(MODEL, png(16, 16)), WAIT)
+            .await,
         AiOutcome::Done { .. }
     ));
     r.shutdown.cancel();
@@ -325,11 +343,20 @@ async fn a_lowered_offer_reregisters_at_once_and_a_restored_one_comes_back() {
 async fn shutdown_answers_jobs_in_flight_before_unregistering() {
     let Some(env) = ai_env() else { return };
     // Jobs take 1.5 s; a 10 s grace lets them finish.
-    let r = rig(&env, vec![], Duration::from_millis(1500), Duration::from_secs(10)).await;
+    let r = rig(
+        &env,
+        vec![],
+        Duration::from_millis(1500),
+        Duration::from_secs(10),
+    )
+    .await;
     let orch = Arc::new(r.orch);
     let job = {
         let orch = orch.clone();
-        tokio::spawn(async move { orch.ai_job(AiJobSpec::upscale(MODEL, png(16, 16)), WAIT).await })
+        tokio::spawn(async move {
+            orch.ai_job(AiJobSpec::upscale(MODEL, png(16, 16)), WAIT)
+                .await
+        })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
     r.shutdown.cancel();
@@ -342,11 +369,20 @@ async fn shutdown_answers_jobs_in_flight_before_unregistering() {
     assert_eq!(orch.live_ai_workers(), 0, "unregistered after answering");
 
     // With a grace shorter than the job, it is cancelled and answered with an error.
-    let r = rig(&env, vec![], Duration::from_secs(30), Duration::from_millis(200)).await;
+    let r = rig(
+        &env,
+        vec![],
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+    )
+    .await;
     let orch = Arc::new(r.orch);
     let job = {
         let orch = orch.clone();
-        tokio::spawn(async move { orch.ai_job(AiJobSpec::upscale(MODEL, png(16, 16)), WAIT).await })
+        tokio::spawn(async move {
+            orch.ai_job(AiJobSpec::upscale(MODEL, png(16, 16)), WAIT)
+                .await
+        })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
     r.shutdown.cancel();
@@ -365,7 +401,13 @@ async fn lease_take_back_reregisters_answers_in_flight_jobs_and_returns() {
     use comine::ai::lease::{LeaseDecision, LeasePolicy, Leases};
     let Some(env) = ai_env() else { return };
     // Jobs take 3 s; the drain bound is 0.5 s, so the one in flight is cancelled and answered.
-    let r = rig(&env, vec![], Duration::from_secs(3), Duration::from_secs(20)).await;
+    let r = rig(
+        &env,
+        vec![],
+        Duration::from_secs(3),
+        Duration::from_secs(20),
+    )
+    .await;
     let leases = Arc::new(Mutex::new(Leases::new(
         vec![(MODEL.to_string(), 512 << 20)],
         LeasePolicy {
@@ -377,7 +419,10 @@ async fn lease_take_back_reregisters_answers_in_flight_jobs_and_returns() {
     let orch = Arc::new(r.orch);
     let job = {
         let orch = orch.clone();
-        tokio::spawn(async move { orch.ai_job(AiJobSpec::upscale(MODEL, png(16, 16)), WAIT).await })
+        tokio::spawn(async move {
+            orch.ai_job(AiJobSpec::upscale(MODEL, png(16, 16)), WAIT)
+                .await
+        })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
     // The in-flight job is counted and cancellable through the lease (as daemon::ai does).

@@ -69,17 +69,27 @@ async fn run_serves_ai_jobs_accounts_them_and_answers_in_flight_jobs_on_sigterm(
     let gpu = &reg.hardware[0].gpu_info["0"];
     assert!(gpu.name.contains("(simulated)"), "{}", gpu.name);
     assert_eq!(gpu.memory_total, 24 << 30, "the sim preset's memory");
-    let m = &reg.capabilities.unwrap().constraints.unwrap().per_capability[&30].models[MODEL];
+    let m = &reg
+        .capabilities
+        .unwrap()
+        .constraints
+        .unwrap()
+        .per_capability[&30]
+        .models[MODEL];
     assert!(m.warm && m.capacity == 1);
 
     // One good job, one that is not an image, one above the pixel limit.
     let png = |w, h| Bytes::from(encode_png(&test_picture(w, h, 3)).unwrap());
     assert!(matches!(
-        orch.ai_job(AiJobSpec::upscale(MODEL, png(32, 24)), WAIT).await,
+        orch.ai_job(AiJobSpec::upscale(MODEL, png(32, 24)), WAIT)
+            .await,
         AiOutcome::Done { .. }
     ));
     for (bad, text) in [
-        (Bytes::from_static(b"\x00\x01 not an image"), "not a readable PNG"),
+        (
+            Bytes::from_static(b"\x00\x01 not an image"),
+            "not a readable PNG",
+        ),
         (png(80, 60), "above the limit"),
     ] {
         match orch.ai_job(AiJobSpec::upscale(MODEL, bad), WAIT).await {
@@ -91,10 +101,18 @@ async fn run_serves_ai_jobs_accounts_them_and_answers_in_flight_jobs_on_sigterm(
         s["ai"]["jobs"]["done"] == 1 && s["ai"]["jobs"]["failed"] == 2
     })
     .await;
-    assert_eq!(st["ai"]["jobs"]["units"], 32 * 24, "upscale bills input h x w");
+    assert_eq!(
+        st["ai"]["jobs"]["units"],
+        32 * 24,
+        "upscale bills input h x w"
+    );
     assert_eq!(st["ai"]["link"]["state"], "registered");
     assert_eq!(st["ai"]["leases"]["models"][0]["held"], true);
-    assert!(st["jobs"]["failed"].as_u64().unwrap_or(0) >= 2, "{}", st["jobs"]);
+    assert!(
+        st["jobs"]["failed"].as_u64().unwrap_or(0) >= 2,
+        "{}",
+        st["jobs"]
+    );
 
     let export = d.get_json("/v1/ledger/export?format=json").await;
     let jobs: Vec<&Value> = export["jobs"]

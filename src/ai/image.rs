@@ -73,7 +73,9 @@ pub fn png_dimensions(bytes: &[u8]) -> Result<(u32, u32), AiError> {
 }
 
 fn not_png(e: png::DecodingError) -> AiError {
-    AiError::BadInput(format!("the input is not a readable PNG image ({e}); send a PNG"))
+    AiError::BadInput(format!(
+        "the input is not a readable PNG image ({e}); send a PNG"
+    ))
 }
 
 /// Decodes a PNG (any bit depth, palette, grey or alpha) to 8-bit RGB, refusing images

@@ -287,7 +287,15 @@ mod tests {
     fn post_window_and_c2_take_the_lease_back_and_it_returns_after_calm() {
         let sim = SimGpu::from_presets(&["rtx3090"], 1).unwrap();
         let mut leases = Leases::new(vec![("m".into(), 3 * GIB)], policy());
-        let mut model = Some(sim.start_job(0, JobLoad::Model { memory_bytes: 3 * GIB }).unwrap());
+        let mut model = Some(
+            sim.start_job(
+                0,
+                JobLoad::Model {
+                    memory_bytes: 3 * GIB,
+                },
+            )
+            .unwrap(),
+        );
         leases.mark_held("m", 0);
 
         for (post, c2, why) in [(true, false, "PoSt window"), (false, true, "C2 starting")] {
@@ -304,7 +312,15 @@ mod tests {
             let back = leases.tick(&read(&sim, 131_000, false, false));
             assert_eq!(back.len(), 1);
             assert!(!back[0].release, "returned after 30 s of calm");
-            let _ = model.replace(sim.start_job(0, JobLoad::Model { memory_bytes: 3 * GIB }).unwrap());
+            let _ = model.replace(
+                sim.start_job(
+                    0,
+                    JobLoad::Model {
+                        memory_bytes: 3 * GIB,
+                    },
+                )
+                .unwrap(),
+            );
         }
         drop(model);
         assert_eq!(leases.decisions().len(), 5, "start + 2 x (release, return)");
@@ -316,12 +332,22 @@ mod tests {
         // leave less than the 2 GiB reserve.
         let sim = SimGpu::from_presets(&["rtx3060"], 2).unwrap();
         let mut leases = Leases::new(vec![("m".into(), 3 * GIB)], policy());
-        let model = sim.start_job(0, JobLoad::Model { memory_bytes: 3 * GIB }).unwrap();
+        let model = sim
+            .start_job(
+                0,
+                JobLoad::Model {
+                    memory_bytes: 3 * GIB,
+                },
+            )
+            .unwrap();
         leases.mark_held("m", 0);
         assert!(leases.tick(&read(&sim, 500, false, false)).is_empty());
         let sealing = sim.start_job(0, JobLoad::Sealing { sm_pct: 80.0 }).unwrap();
         let d = leases.tick(&read(&sim, 1_000, false, false));
-        assert!(d[0].release && d[0].reason.contains("memory pressure"), "{d:?}");
+        assert!(
+            d[0].release && d[0].reason.contains("memory pressure"),
+            "{d:?}"
+        );
         drop(model);
         // The sealing task alone leaves room (12 - 0.3 - 8 < 3 + 2 reserve? no: 3.7 GiB free).
         // The model (3 GiB) plus the 2 GiB reserve do not fit: the lease stays released.

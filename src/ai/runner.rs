@@ -167,7 +167,11 @@ impl HttpRunner {
         v.get("version")
             .and_then(Value::as_str)
             .map(str::to_string)
-            .ok_or_else(|| self.err(format!("/version answered {v}, expected a \"version\" field")))
+            .ok_or_else(|| {
+                self.err(format!(
+                    "/version answered {v}, expected a \"version\" field"
+                ))
+            })
     }
 
     /// `GET /hardware/info`, as the runner sends it.
@@ -265,7 +269,10 @@ fn check_shape(pipeline: &str, json: &Value) -> Result<(), String> {
         }
         for item in list {
             if item.get("url").and_then(Value::as_str).is_none() {
-                return Err(format!("an item of \"{key}\" has no url: {}", snip_json(item)));
+                return Err(format!(
+                    "an item of \"{key}\" has no url: {}",
+                    snip_json(item)
+                ));
             }
         }
         Ok(())
@@ -437,6 +444,10 @@ mod tests {
         assert!(check_shape("upscale", &serde_json::json!({"images": [{"url": "a"}]})).is_ok());
         assert!(check_shape("upscale", &serde_json::json!({"images": []})).is_err());
         assert!(check_shape("upscale", &serde_json::json!({"text": "hi"})).is_err());
-        assert!(check_shape("audio-to-text", &serde_json::json!({"text": "hi", "chunks": []})).is_ok());
+        assert!(check_shape(
+            "audio-to-text",
+            &serde_json::json!({"text": "hi", "chunks": []})
+        )
+        .is_ok());
     }
 }

@@ -100,8 +100,8 @@ pub fn probe(library: &Path) -> Result<String, AiError> {
     })?;
     type GetApiBase = unsafe extern "C" fn() -> *const ort::sys::OrtApiBase;
     // SAFETY: the symbol's signature is ONNX Runtime's stable entry point.
-    let get_base: libloading::Symbol<GetApiBase> = unsafe { lib.get(b"OrtGetApiBase\0") }
-        .map_err(|_| {
+    let get_base: libloading::Symbol<GetApiBase> =
+        unsafe { lib.get(b"OrtGetApiBase\0") }.map_err(|_| {
             AiError::Runtime(format!(
                 "{} is not ONNX Runtime (no OrtGetApiBase symbol); {fix}",
                 library.display()

@@ -94,7 +94,11 @@ impl AiService {
     pub fn load(&self, model_id: &str) -> Result<(), AiError> {
         let m = self.model_config(model_id)?;
         self.models
-            .load(&m.model_id, &m.path(), &self.cfg.load_options(self.provider))
+            .load(
+                &m.model_id,
+                &m.path(),
+                &self.cfg.load_options(self.provider),
+            )
             .map(|_| ())
     }
 
@@ -201,7 +205,9 @@ impl AiService {
             .filter(|m| m.pipeline == pipeline)
             .find(|m| model_id.is_empty() || m.model_id == model_id);
         if let Some(m) = embedded {
-            return self.run_embedded(m, request, input, name_prefix, cancel).await;
+            return self
+                .run_embedded(m, request, input, name_prefix, cancel)
+                .await;
         }
         let runner = self
             .runners
@@ -318,7 +324,9 @@ pub fn units_for(pipeline: &str, request: &Value, input_dims: Option<(u32, u32)>
     match pipeline {
         "upscale" | "image-to-image" | "segment-anything-2" | "image-to-text" => area,
         "image-to-video" => area * 25,
-        "text-to-image" => num("width", 1024) * num("height", 1024) * num("num_images_per_prompt", 1),
+        "text-to-image" => {
+            num("width", 1024) * num("height", 1024) * num("num_images_per_prompt", 1)
+        }
         "text-to-speech" => {
             1000 * request
                 .get("text")
@@ -347,7 +355,10 @@ mod tests {
         assert_eq!(units_for("text-to-image", &t2i, None), 512 * 256 * 2);
         let tts = serde_json::json!({"text": "héllo"});
         assert_eq!(units_for("text-to-speech", &tts, None), 5000);
-        assert_eq!(units_for("llm", &serde_json::json!({"max_tokens": 77}), None), 77);
+        assert_eq!(
+            units_for("llm", &serde_json::json!({"max_tokens": 77}), None),
+            77
+        );
     }
 
     #[tokio::test]

@@ -26,7 +26,9 @@ pub const TILE_PAD: u32 = 20;
 pub enum Provider {
     Cpu,
     /// ONNX Runtime's CUDA execution provider on this device index (onnxruntime-gpu).
-    Cuda { device: u32 },
+    Cuda {
+        device: u32,
+    },
 }
 
 impl std::fmt::Display for Provider {

@@ -192,8 +192,7 @@ impl Handler {
                     c.not_accepted.fetch_add(1, Ordering::Relaxed);
                 }
                 c.failed.fetch_add(1, Ordering::Relaxed);
-                d.metrics
-                    .ai_job(&rec.pipeline, model, &code, 0);
+                d.metrics.ai_job(&rec.pipeline, model, &code, 0);
             }
             Ok(()) => {
                 d.ledger.mark_stored(
@@ -415,7 +414,9 @@ pub async fn apply(
             Ok(Ok(())) => {
                 tracing::info!(model = %model, reason = %dec.reason, "VRAM lease re-acquired: model loaded")
             }
-            Ok(Err(e)) => tracing::error!(model = %model, error = %e, "re-loading the model failed"),
+            Ok(Err(e)) => {
+                tracing::error!(model = %model, error = %e, "re-loading the model failed")
+            }
             Err(e) => tracing::error!(model = %model, error = %e, "re-loading the model failed"),
         }
     }

@@ -71,8 +71,8 @@ pub fn test_picture(w: u32, h: u32, seed: u64) -> comine::ai::RgbImage {
         s ^= s << 17;
         let noise = (s % 24) as u32;
         let check = if (x / 8 + y / 8) % 2 == 0 { 180 } else { 40 };
-        px[0] = ((x * 255 / w.max(1)) as u32).min(231) as u8 + noise as u8;
-        px[1] = ((y * 255 / h.max(1)) as u32).min(231) as u8 + noise as u8;
+        px[0] = (x * 255 / w.max(1)).min(231) as u8 + noise as u8;
+        px[1] = (y * 255 / h.max(1)).min(231) as u8 + noise as u8;
         px[2] = (check + noise).min(255) as u8;
     }
     img

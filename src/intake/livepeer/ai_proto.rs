@@ -230,7 +230,10 @@ mod tests {
                 return;
             };
             assert!(out.status.success(), "protoc failed for {message}");
-            assert_eq!(out.stdout, ours, "{message} encodes differently from protoc");
+            assert_eq!(
+                out.stdout, ours,
+                "{message} encodes differently from protoc"
+            );
             // And back: what protoc wrote decodes to the same struct.
             if message == "net.NotifyAIJob" {
                 assert_eq!(NotifyAiJob::decode(&out.stdout[..]).unwrap(), notify);

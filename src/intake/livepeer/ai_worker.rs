@@ -259,8 +259,11 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub trait AiJobHandler: Send + Sync + 'static {
     /// Runs one job. `cancel` fires when the job must stop (shutdown after the grace
     /// period, or its model's lease is being taken back); the result is then an error.
-    fn run(&self, job: AiJob, cancel: CancellationToken)
-        -> BoxFuture<'_, Result<AiOutput, AiFailure>>;
+    fn run(
+        &self,
+        job: AiJob,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'_, Result<AiOutput, AiFailure>>;
     /// Called once per job after the answer was posted (or could not be).
     fn record(&self, record: AiJobRecord) -> BoxFuture<'_, ()>;
 }
@@ -703,11 +706,9 @@ async fn download(shared: &Shared, http: &reqwest::Client, url: &str) -> Result<
     let limit = shared.cfg.max_input_bytes;
     let timeout = shared.cfg.input_timeout;
     let fetch = async {
-        let resp = http
-            .get(url)
-            .send()
-            .await
-            .map_err(|e| AiFailure::new("input_download", format!("GET input_url: {}", chain(&e))))?;
+        let resp = http.get(url).send().await.map_err(|e| {
+            AiFailure::new("input_download", format!("GET input_url: {}", chain(&e)))
+        })?;
         if !resp.status().is_success() {
             return Err(AiFailure::new(
                 "input_download",
@@ -718,7 +719,10 @@ async fn download(shared: &Shared, http: &reqwest::Client, url: &str) -> Result<
         let mut stream = resp.bytes_stream();
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| {
-                AiFailure::new("input_download", format!("reading input_url: {}", chain(&e)))
+                AiFailure::new(
+                    "input_download",
+                    format!("reading input_url: {}", chain(&e)),
+                )
             })?;
             if (body.len() + chunk.len()) as u64 > limit {
                 return Err(AiFailure::new(
@@ -730,12 +734,14 @@ async fn download(shared: &Shared, http: &reqwest::Client, url: &str) -> Result<
         }
         Ok(Bytes::from(body))
     };
-    tokio::time::timeout(timeout, fetch).await.unwrap_or_else(|_| {
-        Err(AiFailure::new(
-            "input_timeout",
-            format!("input_url did not download within {} s", timeout.as_secs()),
-        ))
-    })
+    tokio::time::timeout(timeout, fetch)
+        .await
+        .unwrap_or_else(|_| {
+            Err(AiFailure::new(
+                "input_timeout",
+                format!("input_url did not download within {} s", timeout.as_secs()),
+            ))
+        })
 }
 
 /// `POST /aiResults`; returns whether the orchestrator accepted it.
@@ -778,7 +784,10 @@ async fn post_result(
                 multipart::encode(&boundary, &parts),
             )
         }
-        Err(f) => (AI_WORKER_ERROR_MIME.to_string(), f.message.clone().into_bytes()),
+        Err(f) => (
+            AI_WORKER_ERROR_MIME.to_string(),
+            f.message.clone().into_bytes(),
+        ),
     };
     let url = format!("https://{}/aiResults", cfg.orch_addr);
     for attempt in 0..3u32 {
@@ -874,8 +883,7 @@ mod tests {
         let (tx, mut rx) = watch::channel(one.clone());
         let registered = one.clone();
         let dwell = Duration::from_secs(10);
-        let waiter =
-            tokio::spawn(async move { wait_reoffer(&mut rx, &registered, dwell).await });
+        let waiter = tokio::spawn(async move { wait_reoffer(&mut rx, &registered, dwell).await });
         tx.send(AiOffer {
             models: vec![model("a", 2)],
             gpus: vec![],

@@ -34,12 +34,12 @@ use tonic::Status;
 
 use super::ai_proto::{NotifyAiJob, RegisterAiWorkerRequest, REGISTER_AI_WORKER_PATH};
 use super::multipart;
-use super::test_orchestrator_ai::{AiJobSpec, AiOutcome, AiSide, RegisterAiSvc};
 use super::proto::{
     AuthToken, Format, NotifySegment, RegisterRequest, SegData, VideoProfile,
     REGISTER_TRANSCODER_PATH,
 };
 use super::segment::{deadline_for, PROTOCOL_VERSION, TRANSCODING_ERROR_MIME};
+use super::test_orchestrator_ai::{AiJobSpec, AiOutcome, AiSide, RegisterAiSvc};
 
 /// Which `SegData` field carries the profiles.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -589,7 +589,10 @@ impl TestOrchestrator {
     /// Hands one AI job to a worker with capacity for its model and waits for the answer
     /// (up to `timeout`; go-livepeer waits 15 minutes).
     pub async fn ai_job(&self, job: AiJobSpec, timeout: Duration) -> AiOutcome {
-        self.inner.ai.run(&self.addr.to_string(), job, timeout).await
+        self.inner
+            .ai
+            .run(&self.addr.to_string(), job, timeout)
+            .await
     }
 
     /// Hands one segment to a transcoder and waits for its result.

@@ -154,7 +154,11 @@ impl AiSide {
             return Err(Status::unknown("invalid secret"));
         }
         let mut models = HashMap::new();
-        if let Some(c) = req.capabilities.as_ref().and_then(|c| c.constraints.as_ref()) {
+        if let Some(c) = req
+            .capabilities
+            .as_ref()
+            .and_then(|c| c.constraints.as_ref())
+        {
             for (cap, cc) in &c.per_capability {
                 for (model, mc) in &cc.models {
                     models.insert((*cap, model.clone()), mc.capacity);
@@ -246,7 +250,8 @@ impl AiSide {
             let exact = ws
                 .iter()
                 .position(|w| w.models.get(&key).is_some_and(|c| *c > 0));
-            let any = || (!ws.is_empty() && !ws.iter().any(|w| w.models.contains_key(&key))).then_some(0);
+            let any =
+                || (!ws.is_empty() && !ws.iter().any(|w| w.models.contains_key(&key))).then_some(0);
             let Some(i) = exact.or_else(any) else {
                 return AiOutcome::NoWorker;
             };
@@ -328,7 +333,9 @@ impl AiSide {
 }
 
 fn png_dims(b: &[u8]) -> Option<(u32, u32)> {
-    let r = png::Decoder::new(std::io::Cursor::new(b)).read_info().ok()?;
+    let r = png::Decoder::new(std::io::Cursor::new(b))
+        .read_info()
+        .ok()?;
     Some((r.info().width, r.info().height))
 }
 
@@ -411,7 +418,10 @@ fn check(pending: &Pending, pipeline: Option<&str>, content_type: &str, body: &B
         }
         for f in &files {
             if f.content_type != "image/png" {
-                return AiOutcome::Invalid(format!("{} is {}, not image/png", f.name, f.content_type));
+                return AiOutcome::Invalid(format!(
+                    "{} is {}, not image/png",
+                    f.name, f.content_type
+                ));
             }
             let Some((w, h)) = png_dims(&f.data) else {
                 return AiOutcome::Invalid(format!("{} does not decode as PNG", f.name));
