@@ -3,7 +3,7 @@
 //!
 //! [`start`] builds the [`AiService`] (loading ONNX Runtime, so a bad library stops the
 //! start with its reason), loads the warm models, and runs
-//! `intake::livepeer::ai_worker::run_ai_worker` with:
+//! `livepeer::ai_worker::run_ai_worker` with:
 //! - **the offer**: every ready model (embedded and loaded, or a runner whose `/health` is
 //!   `OK`/`IDLE`) with capacity 1 (a model serves one job at a time), and the GPUs from the
 //!   scheduler's telemetry; refreshed every few seconds and whenever a VRAM lease changes;
@@ -27,12 +27,12 @@ use super::Daemon;
 use crate::ai::lease::{LeaseDecision, LeaseInput, Leases};
 use crate::ai::service::ServedModel;
 use crate::ai::{AiError, AiService};
-use crate::intake::livepeer::ai_worker::{
+use crate::ledger::{Admitted, JobClass, NewJob, RenditionRecord};
+use crate::livepeer::ai_worker::{
     run_ai_worker, AiFailure, AiFile, AiJob, AiJobHandler, AiJobRecord, AiOffer, AiOutput,
     AiWorkerConfig, BoxFuture, GpuDescription, OfferedModel,
 };
-use crate::intake::livepeer::{LinkStatus, LivepeerError, TranscoderConfig};
-use crate::ledger::{Admitted, JobClass, NewJob, RenditionRecord};
+use crate::livepeer::{LinkStatus, LivepeerError, TranscoderConfig};
 
 /// Prefix of the ledger's manifest IDs for AI jobs.
 pub const MANIFEST_PREFIX: &str = "ai:";
@@ -161,7 +161,9 @@ impl Handler {
             rec.model_id.as_str()
         };
         let job = match d.ledger.admit(NewJob {
-            class: JobClass::Ai,
+            // Recorded as batch: sched owns JobClass (no `ai` class there yet); the `ai:`
+            // manifest keeps AI jobs apart in every statement.
+            class: JobClass::Batch,
             manifest_id: Some(format!("{MANIFEST_PREFIX}{}/{model}", rec.pipeline)),
             seq: u64::try_from(rec.task_id).ok(),
             profiles: vec![format!("ai:{}", rec.pipeline)],

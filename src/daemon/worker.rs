@@ -35,7 +35,7 @@ pub(super) async fn dispatch(d: Arc<Daemon>, rx: [mpsc::UnboundedReceiver<Queued
                     let waiting = pps * d.queue_len().max(1) as f64;
                     match q.job.class {
                         JobClass::Live => d.admission.set_demand(waiting, 0.0),
-                        JobClass::Batch | JobClass::Ai => d.admission.set_demand(0.0, waiting),
+                        JobClass::Batch => d.admission.set_demand(0.0, waiting),
                     }
                     demanded = true;
                     tokio::select! {
@@ -153,10 +153,10 @@ async fn transcode_and_store(
     let deadline = match job.class {
         JobClass::Live => Some(received + Duration::from_millis(4 * job.duration_ms.max(1))),
         // AI jobs never reach the transcode queue; were one resumed, it is batch-like.
-        JobClass::Batch | JobClass::Ai if cfg.batch_deadline_secs > 0 => {
+        JobClass::Batch if cfg.batch_deadline_secs > 0 => {
             Some(Instant::now() + Duration::from_secs(cfg.batch_deadline_secs))
         }
-        JobClass::Batch | JobClass::Ai => None,
+        JobClass::Batch => None,
     };
     let request = transcode::Request {
         input: Input::File(d.spool_path(id)),
