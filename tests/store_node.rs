@@ -1,6 +1,7 @@
-//! Against a real IPFS node (js-ipfs 0.66.1 via scripts/ipfs-test-node.sh): CIDs identical to
-//! the node's for every size class, the RPC endpoints, the push queue across restarts, and bad
-//! answers. Skips loudly without a node locally; fails in CI (env `CI`).
+//! Against real Kubo (v0.43.1, started by scripts/kubo-test-node.sh): CIDs identical to the
+//! node's for every size class and option set, the RPC endpoints, a missing block within the
+//! timeout, the push queue across a comine restart and across a Kubo crash. Skips loudly without
+//! Kubo locally; fails in CI (env `CI`).
 
 mod common;
 
@@ -10,13 +11,20 @@ use std::time::{Duration, Instant};
 use comine::store::kubo::KuboError;
 use comine::store::queue::push_pending;
 use comine::store::{compute_cid, AddOptions, KuboClient, Store, CHUNK_SIZE, MAX_LINKS};
+use common::kubo::KuboNode;
 
-fn opts_all() -> [AddOptions; 3] {
+/// Every option set `comine store add` takes: v0, v1 (raw leaves), v1 with dag-pb leaves, v0
+/// with raw leaves.
+fn opts_all() -> [AddOptions; 4] {
     [
         AddOptions::default(),
         AddOptions {
             cid_version: 1,
             raw_leaves: None,
+        },
+        AddOptions {
+            cid_version: 1,
+            raw_leaves: Some(false),
         },
         AddOptions {
             cid_version: 0,
@@ -43,10 +51,6 @@ fn cids_match_the_node_for_every_size() {
     for (i, &len) in sizes.iter().enumerate() {
         let data = common::data(len, 100 + i as u64);
         for opts in opts_all() {
-            // The big sizes once per CID flavour is enough: skip raw-leaves v0 for them.
-            if len > 8 * CHUNK_SIZE && opts.cid_version == 0 && opts.raw_leaves == Some(true) {
-                continue;
-            }
             let local = compute_cid(&mut &data[..], &opts).unwrap();
             let remote = rt
                 .block_on(node.add(Box::new(std::io::Cursor::new(data.clone())), "f", &opts))
@@ -230,4 +234,77 @@ fn cli_add_kubo_backend_pushes_and_verifies() {
     assert_eq!(v["pushed"], true);
     assert_eq!(v["queued"], false);
     assert!(v["cid"].as_str().unwrap().starts_with("bafybei"));
+}
+
+/// A Kubo node that is SIGKILLed (before and during pushes) and comes back: the push queue
+/// delivers every rendition, each pinned under comine's CID and read back byte for byte.
+#[test]
+fn a_killed_node_comes_back_and_the_queue_delivers_everything() {
+    let Some(kubo) = KuboNode::start("crash") else {
+        return;
+    };
+    let client = kubo.client(Duration::from_secs(5));
+    let rt = common::rt();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let mut expected = Vec::new();
+    let add = |seed: u64, len: usize, opts: AddOptions, expected: &mut Vec<_>| {
+        let data = common::data(len, seed);
+        let added = store.add_bytes(&data, &opts).unwrap();
+        store.enqueue_push(&added.cid, &opts).unwrap();
+        expected.push((added.cid, data));
+    };
+    // Delivered while the node is up.
+    add(9001, CHUNK_SIZE + 7, AddOptions::default(), &mut expected);
+    let report = rt.block_on(push_pending(&store, &client, true)).unwrap();
+    assert_eq!(report.pushed.len(), 1, "{report:?}");
+
+    // Crash: everything added meanwhile stays queued, with the node's error.
+    kubo.kill();
+    for (i, opts) in opts_all().into_iter().enumerate() {
+        add(9100 + i as u64, 3 * CHUNK_SIZE + i, opts, &mut expected);
+    }
+    let report = rt.block_on(push_pending(&store, &client, true)).unwrap();
+    assert!(report.pushed.is_empty(), "{report:?}");
+    assert!(
+        report.failed[0].1.contains("unreachable"),
+        "{:?}",
+        report.failed
+    );
+    assert_eq!(store.queued().unwrap().len(), 4);
+
+    // Back on the same address; then killed again in the middle of a large upload.
+    kubo.restart();
+    add(9200, 48 << 20, AddOptions::default(), &mut expected);
+    let killer = {
+        let run = std::thread::spawn({
+            let client = client.clone();
+            let store = store.clone();
+            move || common::rt().block_on(push_pending(&store, &client, true))
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        kubo.kill();
+        run.join().unwrap().unwrap()
+    };
+    eprintln!(
+        "pass during the second crash: pushed {} failed {}",
+        killer.pushed.len(),
+        killer.failed.len()
+    );
+    kubo.restart();
+    let report = rt.block_on(push_pending(&store, &client, true)).unwrap();
+    assert!(report.failed.is_empty(), "{report:?}");
+    assert!(store.queued().unwrap().is_empty());
+    rt.block_on(async {
+        for (cid, data) in &expected {
+            assert!(
+                client.pin_ls(cid).await.unwrap(),
+                "{cid} is not pinned on the node"
+            );
+            assert!(
+                client.cat_bytes(cid).await.unwrap() == *data,
+                "{cid} differs on the node"
+            );
+        }
+    });
 }

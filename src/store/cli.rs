@@ -99,6 +99,23 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Serve pinned content as an IPFS trustless gateway (raw blocks and CARs) until Ctrl-C.
+    /// `comine run` serves the same gateway itself when `[gateway] listen` is set.
+    Gateway {
+        /// Address to listen on (unauthenticated: keep it on loopback or behind a proxy
+        /// unless the content is meant to be public).
+        #[arg(long, default_value = "127.0.0.1:8081")]
+        listen: String,
+        /// Sustained requests per second per client IP (IPv6: per /64); 0 = unlimited.
+        #[arg(long, default_value_t = 20.0)]
+        rate: f64,
+        /// Requests a client may make at once before the rate applies.
+        #[arg(long, default_value_t = 40)]
+        burst: u32,
+        /// CAR downloads served at the same time.
+        #[arg(long, default_value_t = 16)]
+        max_streams: usize,
+    },
     /// Filecoin deal batches (Boost offline deals).
     #[command(subcommand)]
     Deal(DealCmd),
@@ -314,6 +331,52 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             } else {
                 println!("{} {} {}", id.id, version, id.agent_version);
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Gateway {
+            listen,
+            rate,
+            burst,
+            max_streams,
+        } => {
+            let store = open_store(&args)?;
+            let cfg = super::gateway::GatewayConfig {
+                rate_per_sec: *rate,
+                burst: *burst,
+                max_streams: *max_streams,
+                ..Default::default()
+            };
+            runtime()?.block_on(async {
+                let listener = tokio::net::TcpListener::bind(listen.as_str())
+                    .await
+                    .with_context(|| format!("listening on {listen} (is the address free?)"))?;
+                let addr = listener.local_addr()?;
+                // The address on stdout (machine-readable: tests and scripts read it).
+                println!("gateway listening on http://{addr}");
+                io::stdout().flush().ok();
+                tracing::info!(%addr, "trustless gateway up");
+                let stop = tokio_util::sync::CancellationToken::new();
+                let on_signal = stop.clone();
+                tokio::spawn(async move {
+                    let _ = tokio::signal::ctrl_c().await;
+                    on_signal.cancel();
+                });
+                #[cfg(unix)]
+                {
+                    let on_term = stop.clone();
+                    if let Ok(mut term) =
+                        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    {
+                        tokio::spawn(async move {
+                            term.recv().await;
+                            on_term.cancel();
+                        });
+                    }
+                }
+                super::gateway::serve(listener, store, &cfg, stop)
+                    .await
+                    .context("serving the gateway")
+            })?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Deal(cmd) => deal(&args, cmd),
