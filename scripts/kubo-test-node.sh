@@ -47,6 +47,10 @@ node_name() {
 # A Go toolchain: the machine's (any Go >= 1.21 fetches the toolchain Kubo's go.mod asks for
 # from the module proxy by itself), else the toolchain module from the proxy, cached.
 ensure_go() {
+  # The official tarball's place, often not on a non-login shell's PATH.
+  if ! command -v go >/dev/null 2>&1 && [[ -x /usr/local/go/bin/go ]]; then
+    PATH="/usr/local/go/bin:$PATH"
+  fi
   if command -v go >/dev/null 2>&1; then
     local v; v="$(go env GOVERSION 2>/dev/null || true)"
     if [[ "$v" =~ ^go1\.([0-9]+) ]] && (( BASH_REMATCH[1] >= 21 )); then

@@ -1,7 +1,7 @@
 //! End to end with the real IPFS node: `comine run` with `[store] backend = "kubo"`
 //! transcodes a segment, keeps the renditions in its embedded store, and its push queue
-//! puts them on the node (js-ipfs started by `scripts/ipfs-test-node.sh`), where they
-//! are pinned under the same CID and read back byte for byte.
+//! puts them on the node (Kubo started by `scripts/kubo-test-node.sh`), where they are
+//! pinned under the same CID and read back byte for byte.
 
 mod common;
 

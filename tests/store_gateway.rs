@@ -559,3 +559,40 @@ fn kubo_verifies_and_imports_what_the_gateway_serves() {
         "{err}"
     );
 }
+
+/// `comine store gateway`: serves a data directory, prints its address, stops on SIGTERM.
+#[test]
+fn cli_gateway_serves_and_stops_on_sigterm() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let data = common::data(CHUNK_SIZE + 3, 9);
+    let cid = {
+        let store = Store::open(dir.path()).unwrap();
+        store.add_bytes(&data, &AddOptions::default()).unwrap().cid
+    }; // closed: the gateway process opens it
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_comine"))
+        .args(["store", "gateway", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("gateway listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+        .to_string();
+    let c = Http::new();
+    let (r, car) = c.bytes(&format!("{url}/ipfs/{cid}?format=car"), &[]);
+    assert_eq!(r.status(), 200);
+    let (_, blocks) = car_blocks(&car);
+    assert_eq!(blocks.len(), 3);
+    // SAFETY: sending SIGTERM to the child we spawned.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+}

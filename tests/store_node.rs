@@ -233,7 +233,50 @@ fn cli_add_kubo_backend_pushes_and_verifies() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["pushed"], true);
     assert_eq!(v["queued"], false);
-    assert!(v["cid"].as_str().unwrap().starts_with("bafybei"));
+    let cid = v["cid"].as_str().unwrap().to_string();
+    assert!(cid.starts_with("bafybei"));
+
+    // `store status`: pinned locally and on the node (exit 0) ...
+    let status = |cid: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_comine"))
+            .args([
+                "store",
+                "status",
+                cid,
+                "--json",
+                "--api",
+                &api,
+                "--data-dir",
+            ])
+            .arg(dir.path().join("data"))
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+        (out.status.success(), v)
+    };
+    let (ok, v) = status(&cid);
+    assert!(ok, "{v}");
+    assert_eq!(v["peers"][0]["status"], "pinned", "{v}");
+    assert!(v["peers"][0]["peer"]
+        .as_str()
+        .unwrap()
+        .starts_with("12D3Koo"));
+    assert!(v["local"]["size"].as_u64().unwrap() > 0);
+    assert!(v["queued"].is_null());
+    // ... and a rendition only stored locally is reported unpinned on the node (exit 1).
+    let local_only = std::process::Command::new(env!("CARGO_BIN_EXE_comine"))
+        .args(["store", "add", "--json", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .arg(dir.path().join("rendition.ts"))
+        .args(["--cid-version", "0"])
+        .output()
+        .unwrap();
+    assert!(local_only.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&local_only.stdout).unwrap();
+    let (ok, v) = status(v["cid"].as_str().unwrap());
+    assert!(!ok);
+    assert_eq!(v["peers"][0]["status"], "unpinned", "{v}");
 }
 
 /// A Kubo node that is SIGKILLed (before and during pushes) and comes back: the push queue

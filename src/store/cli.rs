@@ -94,6 +94,13 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Where one rendition stands: local pin, push queue, and each IPFS peer's pin state
+    /// (the Kubo node today; exits 1 unless it is pinned everywhere it should be).
+    Status {
+        cid: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// The Kubo node's id and version.
     Node {
         #[arg(long)]
@@ -321,6 +328,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
+        Cmd::Status { cid, json } => status(&args, cid, *json),
         Cmd::Node { json } => {
             let client = client(&args)?;
             let (id, version) = runtime()?.block_on(async {
@@ -437,6 +445,88 @@ fn add(
         println!("added {} {}", added.cid, file.display());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One peer's pin state as `store status` reports it.
+#[derive(Debug, serde::Serialize)]
+struct PeerPin {
+    /// The peer's id (`null` when it could not be asked).
+    peer: Option<String>,
+    api: String,
+    /// `pinned`, `unpinned`, or `error`.
+    status: &'static str,
+    error: Option<String>,
+}
+
+fn status(args: &Args, cid: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let cid = parse_cid(cid)?;
+    let store = open_store(args)?;
+    let local = store.pin_info(&cid)?;
+    let queued = store
+        .queued()?
+        .into_iter()
+        .find(|(c, _)| *c == cid)
+        .map(|(_, e)| e);
+    let client = client(args)?;
+    let peer = runtime()?.block_on(async {
+        let peer = client.id().await.map(|id| id.id).ok();
+        match client.pin_ls(&cid).await {
+            Ok(true) => PeerPin {
+                peer,
+                api: client.base_url().to_string(),
+                status: "pinned",
+                error: None,
+            },
+            Ok(false) => PeerPin {
+                peer,
+                api: client.base_url().to_string(),
+                status: "unpinned",
+                error: None,
+            },
+            Err(e) => PeerPin {
+                peer,
+                api: client.base_url().to_string(),
+                status: "error",
+                error: Some(e.to_string()),
+            },
+        }
+    });
+    let everywhere = local.is_some() && peer.status == "pinned";
+    if json {
+        print_json(&json!({
+            "cid": cid.to_string(),
+            "local": local,
+            "queued": queued,
+            "peers": [&peer],
+        }))?;
+    } else {
+        match &local {
+            Some(info) => println!("local   pinned ({} bytes)", info.size),
+            None => println!("local   not pinned"),
+        }
+        if let Some(q) = &queued {
+            println!(
+                "queue   waiting (attempts={} last_error={})",
+                q.attempts,
+                q.last_error.clone().unwrap_or_default()
+            );
+        }
+        println!(
+            "peer    {} {} {}{}",
+            peer.peer.as_deref().unwrap_or("?"),
+            peer.api,
+            peer.status,
+            peer.error
+                .as_deref()
+                .map(|e| format!(" ({e})"))
+                .unwrap_or_default()
+        );
+    }
+    Ok(if everywhere {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn cat(args: &Args, cid: &str, backend: Backend) -> anyhow::Result<ExitCode> {
