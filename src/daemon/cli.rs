@@ -1,5 +1,8 @@
 //! `comine run [--config FILE] [--data-dir DIR] [--listen ADDR]` and
 //! `comine status [--json] [--url URL]`.
+// Doc comments on the flags below are clap's `--help` text, written for a terminal
+// (`<DIR>`, `[:gop=2s|intra]`), not rustdoc markup.
+#![allow(rustdoc::invalid_html_tags, rustdoc::broken_intra_doc_links)]
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,8 +11,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use super::seams::{self, Admission, EmbeddedStore, RenditionStore, SchedAdmission};
-use super::{auth, client, resolve_data_dir, Daemon};
+use super::admission::{Admission, SchedAdmission};
+use super::api::auth;
+use super::rendition_store::{EmbeddedStore, RenditionStore};
+use super::{client, resolve_data_dir, Daemon};
 use crate::config::Config;
 
 #[derive(clap::Args, Debug)]
@@ -24,7 +29,7 @@ pub struct RunArgs {
     pub listen: Option<String>,
     /// Attach to a go-livepeer orchestrator as a remote transcoder (`--orch-addr` …).
     #[command(flatten)]
-    pub livepeer: crate::intake::livepeer::LivepeerArgs,
+    pub livepeer: crate::livepeer::LivepeerArgs,
 }
 
 #[derive(clap::Args, Debug)]
@@ -52,13 +57,16 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let attach = if args.livepeer.enabled() {
         let mut cfg = args.livepeer.to_config()?;
         let t = &config.transcode;
-        cfg.encoder = t.encoder_choice()?;
-        cfg.x264_preset = t.x264_preset.clone();
-        cfg.gpu = t.gpu;
         cfg.work_dir = data_dir.join("livepeer").join("work");
         Some(super::livepeer::Attach {
             config: cfg,
             capacity: args.livepeer.capacity,
+            pipeline: super::livepeer::EnginePipeline::new(
+                t.encoder_choice()?,
+                t.x264_preset.clone(),
+                t.gpu,
+            )
+            .with_space_floor(data_dir.clone(), config.store.min_free_bytes),
         })
     } else {
         if args.livepeer.orch_secret.is_some() && std::env::var_os("COMINE_ORCH_SECRET").is_none() {
@@ -115,6 +123,26 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         ))
         .context("cannot start the scheduler (see [gpu], [seal] and [scheduler] in the config)")?,
     );
+    // The public trustless gateway: its own listener, no token, pinned content only; bound
+    // before anything is served so a taken port is a start-up error.
+    let gateway_addr_file = data_dir.join("gateway.addr");
+    let gateway_task = if config.gateway.listen.is_empty() {
+        None
+    } else {
+        let listen = config.gateway.listen.clone();
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind(&listen))
+            .with_context(|| {
+                format!("cannot listen on {listen} for the gateway; change [gateway] listen, or leave it empty to serve no gateway")
+            })?;
+        let addr = listener.local_addr()?;
+        crate::util::durable::write_durable(&gateway_addr_file, addr.to_string().as_bytes())?;
+        tracing::info!(%addr, addr_file = %gateway_addr_file.display(), "trustless gateway listening (unauthenticated, pinned content only)");
+        let (store, limits, stop) = (inner.clone(), config.gateway.limits(), cancel.clone());
+        Some(rt.spawn(
+            async move { crate::store::gateway::serve(listener, store, &limits, stop).await },
+        ))
+    };
     let push_task = pusher.map(|(client, every)| {
         tracing::info!(
             api = client.base_url(),
@@ -131,6 +159,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     cancel.cancel();
     if let Some(task) = push_task {
         let _ = rt.block_on(task);
+    }
+    if let Some(task) = gateway_task {
+        match rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), task).await }) {
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "gateway ended with an error"),
+            Err(_) => tracing::warn!("gateway connections did not close in time"),
+            _ => {}
+        }
+        let _ = std::fs::remove_file(&gateway_addr_file);
     }
     served?;
     Ok(ExitCode::SUCCESS)
@@ -158,7 +194,7 @@ pub async fn serve(
     let addr = listener.local_addr()?;
     let _ = d.listen_addr.set(addr);
     let addr_file = client::api_addr_file(&data_dir);
-    seams::write_durable(&addr_file, addr.to_string().as_bytes())?;
+    crate::util::durable::write_durable(&addr_file, addr.to_string().as_bytes())?;
     tracing::info!(%addr, data_dir = %data_dir.display(), addr_file = %addr_file.display(), "comine API listening");
     let dispatcher = d.spawn_dispatcher();
     let lp_stop = tokio_util::sync::CancellationToken::new();
@@ -167,7 +203,7 @@ pub async fn serve(
         let sessions = d.admission.livepeer_sessions();
         super::livepeer::start(&d, a, sessions, lp_stop.clone())
     });
-    let app = crate::intake::http::router(d.clone());
+    let app = super::api::router(d.clone());
     let stop = d.intake_stop.clone();
     let server = tokio::spawn(async move {
         axum::serve(listener, app)

@@ -1,4 +1,7 @@
 //! `comine store ...`: add, cat, car, commp, the Kubo push queue and deal batches.
+// Doc comments on the flags below are clap's `--help` text, written for a terminal
+// (`<DIR>`, `[:gop=2s|intra]`), not rustdoc markup.
+#![allow(rustdoc::invalid_html_tags, rustdoc::broken_intra_doc_links)]
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -399,35 +402,99 @@ fn add(
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let store = open_store(args)?;
-    let added = store
-        .add_file(file, opts)
-        .with_context(|| format!("adding {}", file.display()))?;
-    let (mut pushed, mut queued, mut push_error) = (false, false, None::<String>);
-    if backend == Backend::Kubo {
-        // Queue first: if we die mid-push, the next `push` finds it.
-        store.enqueue_push(&added.cid, opts)?;
-        let client = client(args)?;
-        match runtime()?.block_on(queue::push_one(&store, &client, &added.cid, opts)) {
-            Ok(()) => {
-                store.dequeue_push(&added.cid)?;
-                pushed = true;
-            }
-            Err(PushError::Node(e @ KuboError::CidMismatch { .. })) => {
-                store.record_push_failure(&added.cid, &e.to_string())?;
-                return Err(e).context(format!(
-                    "pushing {} to {}",
-                    file.display(),
-                    client.base_url()
-                ));
+    if backend == Backend::Local {
+        let added = store
+            .add_file(file, opts)
+            .with_context(|| format!("adding {}", file.display()))?;
+        return print_added(file, opts, &added, backend, (false, false, None), json);
+    }
+    let client = client(args)?;
+    let rt = runtime()?;
+    // The node imports the source file while the local import hashes and stores it: the two
+    // run side by side instead of one after the other, and the node's CID is checked against
+    // ours once both are done. The local copy and the queue entry come first in durability:
+    // a failed or interrupted upload leaves the rendition queued for `comine store push`.
+    let size = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
+    let deadline = client.timeout() + Duration::from_secs(size / queue::MIN_UPLOAD_RATE);
+    let upload = {
+        let f = std::fs::File::open(file)
+            .with_context(|| format!("opening {} (check the path)", file.display()))?;
+        let (client, opts) = (client.clone(), *opts);
+        let name = file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "file".into());
+        rt.spawn(async move {
+            let reader = Box::new(io::BufReader::with_capacity(super::CHUNK_SIZE, f));
+            tokio::time::timeout(deadline, client.add(reader, &name, &opts)).await
+        })
+    };
+    let added = match store.add_file(file, opts) {
+        Ok(a) => a,
+        Err(e) => {
+            upload.abort();
+            return Err(e).with_context(|| format!("adding {}", file.display()));
+        }
+    };
+    store.enqueue_push(&added.cid, opts)?;
+    let outcome: Result<(), PushError> = rt.block_on(async {
+        let remote = match upload.await {
+            Ok(Ok(r)) => r?,
+            Ok(Err(_)) => {
+                return Err(PushError::Node(KuboError::Timeout {
+                    url: client.base_url().to_string(),
+                    endpoint: "add".into(),
+                    timeout: deadline,
+                }))
             }
             Err(e) => {
-                tracing::warn!(cid = %added.cid, error = %e, "IPFS node not reachable; stored locally and queued for `comine store push`");
-                store.record_push_failure(&added.cid, &e.to_string())?;
-                queued = true;
-                push_error = Some(e.to_string());
+                return Err(PushError::Node(KuboError::Source(format!(
+                    "upload task failed: {e}"
+                ))))
             }
+        };
+        if !super::kubo::same_cid(&remote.cid, &added.cid) {
+            return Err(PushError::Node(KuboError::CidMismatch {
+                local: added.cid.to_string(),
+                remote: remote.cid.to_string(),
+            }));
         }
-    }
+        if !client.pin_ls(&added.cid).await? {
+            client.pin_add(&added.cid).await?;
+        }
+        Ok(())
+    });
+    let state = match outcome {
+        Ok(()) => {
+            store.dequeue_push(&added.cid)?;
+            (true, false, None)
+        }
+        Err(PushError::Node(e @ KuboError::CidMismatch { .. })) => {
+            store.record_push_failure(&added.cid, &e.to_string())?;
+            return Err(e).context(format!(
+                "pushing {} to {}",
+                file.display(),
+                client.base_url()
+            ));
+        }
+        Err(e) => {
+            tracing::warn!(cid = %added.cid, error = %e, "IPFS node not reachable; stored locally and queued for `comine store push`");
+            store.record_push_failure(&added.cid, &e.to_string())?;
+            (false, true, Some(e.to_string()))
+        }
+    };
+    print_added(file, opts, &added, backend, state, json)
+}
+
+/// Prints `store add`'s answer; `state` is (pushed, queued, push_error).
+fn print_added(
+    file: &Path,
+    opts: &AddOptions,
+    added: &super::AddResult,
+    backend: Backend,
+    (pushed, queued, push_error): (bool, bool, Option<String>),
+    json: bool,
+) -> anyhow::Result<ExitCode> {
     if json {
         print_json(&json!({
             "cid": added.cid.to_string(),
