@@ -231,13 +231,12 @@ impl Metrics {
             "Sealing task types by state (enabled, disabled) as the scheduler steers them",
             m.sealing_tasks.clone(),
         );
-        r.register_with_unit(
+        // Registered without a unit: the name already ends where the unit suffix would go.
+        r.register(
             "comine_post_seconds_to_next_window",
-            "Time until the next WindowPoSt window with live sectors opens (-1: none known)",
-            Unit::Seconds,
+            "Seconds until the next WindowPoSt window with live sectors opens (-1: none known)",
             m.post_seconds_to_next_window.clone(),
         );
-        // The unit suffix would read `_seconds_seconds`; the name already carries it.
         r.register(
             "comine_post_step_down_active",
             "1 while transcoding on the proving GPUs is stepped down for a WindowPoSt window",
@@ -387,6 +386,49 @@ mod tests {
             "comine_segment_latency_seconds_bucket",
             "comine_gpu_power_watts{gpu=\"0\"} 100",
             "comine_queue_depth 0",
+        ] {
+            assert!(text.contains(needle), "missing {needle} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn windowpost_gauges_follow_the_report() {
+        use crate::post::{Plan, Report, SourceState};
+        let m = Metrics::new();
+        let mut r = Report {
+            configured: true,
+            source: SourceState::Stale,
+            requests: 7,
+            plan: Plan {
+                seconds_to_next_window: Some(90.0),
+                step_down_active: true,
+                ..Plan::default()
+            },
+            ..Report::default()
+        };
+        m.set_post(&r);
+        r.requests = 12;
+        r.source = SourceState::Ok;
+        r.plan.step_down_active = false;
+        r.plan.seconds_to_next_window = None;
+        let first = m.encode();
+        m.set_post(&r);
+        let text = m.encode();
+        assert!(first.contains("comine_post_step_down_active 1"), "{first}");
+        assert!(
+            first.contains("comine_post_seconds_to_next_window 90.0"),
+            "{first}"
+        );
+        assert!(
+            first.contains("comine_post_source_state{state=\"stale\"} 1"),
+            "{first}"
+        );
+        for needle in [
+            "comine_post_step_down_active 0",
+            "comine_post_seconds_to_next_window -1.0",
+            "comine_post_source_state{state=\"ok\"} 1",
+            "comine_post_source_state{state=\"stale\"} 0",
+            "comine_post_requests_total 12",
         ] {
             assert!(text.contains(needle), "missing {needle} in\n{text}");
         }

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::chain::DeadlineInfo;
 use super::node::Head;
-use super::plan::{fmt_duration, Plan, Row, RowState, SourceState};
+use super::plan::{fmt_duration, Phase, Plan, Row, RowState, SourceState};
 use super::{RunningProofs, Status};
 
 /// The schedule and the plan at one instant.
@@ -57,10 +57,12 @@ impl Report {
             ),
             _ => "no live deadline ahead".into(),
         };
-        let now = if p.window.reason.is_empty() {
-            "transcoding at its full budget".to_string()
-        } else {
-            format!("{:?}: {}", p.window.phase, p.window.reason).to_lowercase()
+        let now = match p.window.phase {
+            _ if p.window.reason.is_empty() => "transcoding at its full budget".to_string(),
+            Phase::None => p.window.reason.clone(),
+            Phase::Drain => format!("draining Livepeer sessions: {}", p.window.reason),
+            Phase::StepDown => format!("stepped down: {}", p.window.reason),
+            Phase::Safe => format!("PoSt-safe profile: {}", p.window.reason),
         };
         format!(
             "WindowPoSt ({}): source {} ({}); {next}; {now}",
