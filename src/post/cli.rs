@@ -87,7 +87,7 @@ fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         let mut first = true;
         loop {
             let report = match &source {
-                Source::Daemon => daemon_report(&data_dir, &config, args.url.as_deref())?,
+                Source::Daemon => daemon_report(&data_dir, &config, args.url.as_deref()).await?,
                 Source::Direct { handle, clock, .. } => {
                     if first {
                         first_poll(handle).await?;
@@ -131,12 +131,12 @@ enum Source {
     },
 }
 
-fn daemon_report(
+async fn daemon_report(
     data_dir: &std::path::Path,
     config: &Config,
     url: Option<&str>,
 ) -> anyhow::Result<Report> {
-    let text = crate::daemon::client::get_text_at(data_dir, config, url, "/v1/status")?;
+    let text = crate::daemon::client::fetch_text(data_dir, config, url, "/v1/status").await?;
     let v: serde_json::Value = serde_json::from_str(&text).context("status is not JSON")?;
     let post = v.get("post").cloned().unwrap_or(serde_json::Value::Null);
     if post.is_null() {

@@ -19,6 +19,7 @@ mod daemon_in_process;
 mod daemon_ipfs;
 mod daemon_livepeer;
 mod daemon_load;
+mod daemon_post;
 mod gpu_cli;
 mod livepeer;
 mod post;
