@@ -18,6 +18,7 @@ mod daemon_livepeer;
 mod daemon_load;
 mod gpu_cli;
 mod livepeer;
+mod safe_defaults;
 mod sched_service;
 mod sched_sim;
 mod seal_controllers;

@@ -42,6 +42,7 @@ impl Rig {
             load: self.admitter.loads(),
             proof: self.proof.clone(),
             controller: self.status,
+            safe_profile: None,
         };
         let d = self.sched.tick(&input);
         self.admitter.update(&d.devices);
