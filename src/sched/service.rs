@@ -184,7 +184,10 @@ impl Driver {
                 _ = cancel.cancelled() => break,
                 r = snapshots.changed(), if telemetry_open => {
                     if r.is_err() {
-                        tracing::error!("telemetry stopped; devices hold until it returns");
+                        // At shutdown the poller stops first: that is not an outage.
+                        if !cancel.is_cancelled() {
+                            tracing::error!("telemetry stopped; devices hold until it returns");
+                        }
                         telemetry_open = false;
                     }
                 }

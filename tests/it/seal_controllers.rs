@@ -183,12 +183,14 @@ async fn one_controller_steers_several_lotus_workers() {
         .task_disable(TT_C2)
         .await
         .unwrap();
-    let config = comine::seal::Config {
-        controller: ControllerKind::LotusWorker,
-        workers: vec![a.api_info(TOKEN), b.api_info(TOKEN)],
-        task_types: vec!["PC2".into(), "C2".into()],
-        ..comine::seal::Config::default()
-    };
+    // As an operator writes it, with lotus's short task names.
+    let config: comine::seal::Config = toml::from_str(&format!(
+        "controller = \"lotus-worker\"\nworkers = [\"{}\", \"{}\"]\ntask_types = [\"PC2\", \"C2\"]\n",
+        a.api_info(TOKEN),
+        b.api_info(TOKEN)
+    ))
+    .unwrap();
+    assert_eq!(config.controller, ControllerKind::LotusWorker);
     let ctl = comine::seal::build(&config).unwrap();
     let changed = ctl
         .disable(&DisableSet::new(&config.task_types))
