@@ -159,9 +159,9 @@ impl Metrics {
             sealing_tasks: Family::default(),
             sealing_paused: Family::default(),
             duration_ratio: FGauge::default(),
-            duration_ratio_hist: Histogram::new(
-                [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0, 1.5, 2.0, 4.0].into_iter(),
-            ),
+            duration_ratio_hist: Histogram::new([
+                0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0, 1.5, 2.0, 4.0,
+            ]),
             encoder_fallbacks: Family::default(),
             jobs_preempted: Counter::default(),
             proof_sources: Gauge::default(),

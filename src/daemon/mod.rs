@@ -245,7 +245,7 @@ impl Daemon {
                     && !r.preempt.is_cancelled()
             })
             .collect();
-        victims.sort_by(|a, b| b.1.started.cmp(&a.1.started));
+        victims.sort_by_key(|b| std::cmp::Reverse(b.1.started));
         let mut shed = 0.0;
         let mut out = Vec::new();
         for (id, r) in victims {

@@ -206,7 +206,7 @@ fn the_unit_carries_what_the_install_needs() {
     }
     // DeviceAllow= takes device nodes or classes; a directory allows nothing.
     assert!(
-        !lines.iter().any(|l| *l == "DeviceAllow=/dev/dri rw"),
+        !lines.contains(&"DeviceAllow=/dev/dri rw"),
         "DeviceAllow=/dev/dri names a directory"
     );
     // Start limits belong to [Unit]: systemd ignores them in [Service] on current versions.
@@ -226,4 +226,56 @@ fn the_unit_carries_what_the_install_needs() {
         "the config must be readable by User=comine"
     );
     assert!(GUIDE.contains("systemctl edit comine"));
+}
+
+/// `systemd-analyze verify` on the shipped unit, with `ExecStart=` pointed at the binary this
+/// build made (verify checks that the command exists and is executable). A unit with a bad
+/// key is run through the same check first, so a verifier that accepts anything fails here.
+/// Without systemd-analyze the test says so and passes, except in CI (env `CI`), where it fails.
+#[test]
+fn the_unit_passes_systemd_analyze_verify() {
+    let have = std::process::Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !have {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI is set but systemd-analyze is missing: install systemd (apt-get install systemd)"
+        );
+        eprintln!("*** systemd-analyze not found: the unit was NOT verified ***");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let unit = UNIT.replace("/usr/local/bin/comine", env!("CARGO_BIN_EXE_comine"));
+    assert_ne!(
+        unit, UNIT,
+        "ExecStart= no longer names /usr/local/bin/comine"
+    );
+    let verify = |text: &str| {
+        let path = dir.path().join("comine.service");
+        std::fs::write(&path, text).unwrap();
+        let out = std::process::Command::new("systemd-analyze")
+            .arg("verify")
+            .arg(&path)
+            .output()
+            .unwrap();
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), said)
+    };
+    let broken = unit.replacen("[Service]\n", "[Service]\nRestartPreventExitStatuz=78\n", 1);
+    let (_, said) = verify(&broken);
+    assert!(
+        said.contains("RestartPreventExitStatuz"),
+        "systemd-analyze verify did not flag an unknown key: {said}"
+    );
+    let (ok, said) = verify(&unit);
+    assert!(
+        ok && said.trim().is_empty(),
+        "systemd-analyze verify: {said}"
+    );
 }
