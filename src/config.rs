@@ -59,6 +59,8 @@ pub struct Config {
     pub seal: crate::seal::Config,
     /// Typed by the Livepeer client at merge; kept verbatim here.
     pub livepeer: toml::Table,
+    /// AI jobs: ONNX Runtime, embedded models, HTTP runners (`ai::Config`).
+    pub ai: crate::ai::Config,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]

@@ -54,6 +54,19 @@ pub struct OrchLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AiLabel {
+    pub pipeline: String,
+    pub model: String,
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AiModelLabel {
+    pub pipeline: String,
+    pub model: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabel {
     pub state: String,
 }
@@ -79,6 +92,11 @@ pub struct GpuSample {
     pub encoder_sessions: Option<u64>,
     /// A proof (WindowPoSt/WinningPoSt) runs on this device now, as the scheduler sees it.
     pub proof_active: bool,
+    /// Device memory, bytes (0 when the backend does not say); simulated on `sim`.
+    #[serde(default)]
+    pub memory_total_bytes: u64,
+    #[serde(default)]
+    pub memory_used_bytes: u64,
 }
 
 impl GpuSample {
@@ -125,6 +143,8 @@ pub struct Metrics {
     pub livepeer_link_up: Family<OrchLabel, Gauge>,
     pub livepeer_capacity: Family<OrchLabel, Gauge>,
     pub livepeer_segments: Family<ResultLabel, Counter>,
+    pub ai_jobs: Family<AiLabel, Counter>,
+    pub ai_units: Family<AiModelLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -170,8 +190,20 @@ impl Metrics {
             livepeer_link_up: Family::default(),
             livepeer_capacity: Family::default(),
             livepeer_segments: Family::default(),
+            ai_jobs: Family::default(),
+            ai_units: Family::default(),
             registry: Registry::default(),
         };
+        r.register(
+            "comine_ai_jobs",
+            "Livepeer AI jobs answered, by pipeline, model and result (ok or the failure reason)",
+            m.ai_jobs.clone(),
+        );
+        r.register(
+            "comine_ai_units",
+            "Billing units of AI jobs done (Livepeer's: upscale = input width x height)",
+            m.ai_units.clone(),
+        );
         r.register(
             "comine_segments",
             "Segments finished, by result (ok, bad_input, failed, deadline)",
@@ -436,6 +468,25 @@ impl Metrics {
 
     /// A job reached `done`: its segment, pixels per profile, latency and realtime ratio.
     /// One place for HTTP jobs and Livepeer segments alike.
+    /// One answered AI job (`result` is `ok` or the failure reason).
+    pub fn ai_job(&self, pipeline: &str, model: &str, result: &str, units: u64) {
+        self.ai_jobs
+            .get_or_create(&AiLabel {
+                pipeline: pipeline.into(),
+                model: model.into(),
+                result: result.into(),
+            })
+            .inc();
+        if units > 0 {
+            self.ai_units
+                .get_or_create(&AiModelLabel {
+                    pipeline: pipeline.into(),
+                    model: model.into(),
+                })
+                .inc_by(units);
+        }
+    }
+
     pub fn job_done(&self, done: &crate::ledger::JobRecord, latency_secs: f64) {
         self.segment("ok");
         self.decoded_pixels.inc_by(done.decoded_pixels);

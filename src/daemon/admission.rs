@@ -415,6 +415,8 @@ impl Admission for SchedAdmission {
                 temperature_celsius: d.temperature_c,
                 encoder_sessions: d.nvenc_sessions.map(u64::from),
                 proof_active: d.proof_running(),
+                memory_total_bytes: d.memory_total_bytes.unwrap_or(0),
+                memory_used_bytes: d.memory_used_bytes.unwrap_or(0),
             })
             .collect();
         let (decisions, last) = match self.handle.lock() {

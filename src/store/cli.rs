@@ -407,7 +407,7 @@ fn add(
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let store = open_store(args)?;
-    if backend == Backend::Local {
+    if backend == Backend::Embedded {
         let added = store
             .add_file(file, opts)
             .with_context(|| format!("adding {}", file.display()))?;

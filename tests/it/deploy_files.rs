@@ -37,6 +37,8 @@ fn exported() -> BTreeSet<String> {
         temperature_celsius: Some(50.0),
         encoder_sessions: Some(1),
         proof_active: false,
+        memory_total_bytes: 24 << 30,
+        memory_used_bytes: 1 << 30,
     }]);
     m.set_sealing(&[("enabled".into(), 4)]);
     m.set_sealing_paused("lotus-worker", Some(false));
