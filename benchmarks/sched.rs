@@ -52,6 +52,7 @@ fn main() {
             proof: ProofSignal::default(),
             controller: ControllerStatus::default(),
             post: Default::default(),
+            safe_profile: None,
         };
         let mut sched = Scheduler::new(Config::default());
         let iters = 20_000u32;

@@ -15,7 +15,7 @@ use crate::transcode::{DecoderChoice, EncoderChoice, Profile, DEFAULT_MAX_INPUT_
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}{}", read_hint(source))]
     Read {
         path: String,
         #[source]
@@ -31,6 +31,15 @@ pub enum ConfigError {
     },
     #[error(transparent)]
     Post(#[from] crate::post::PostError),
+}
+
+/// What to do about an unreadable config (the cause itself follows in the error chain).
+fn read_hint(e: &std::io::Error) -> &'static str {
+    if e.kind() == std::io::ErrorKind::PermissionDenied {
+        " (the service runs as User=comine: install the file root:comine mode 0640)"
+    } else {
+        ""
+    }
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -70,7 +79,8 @@ pub struct ApiConfig {
     pub body_timeout_secs: u64,
     /// Accepted jobs waiting for a worker; beyond it intake answers 503 with Retry-After.
     pub queue_depth: usize,
-    /// Concurrent transcodes when no scheduler steers capacity; 0 = half the CPU cores (at least 1).
+    /// Most transcodes at once: the scheduler steers the concurrency below this bound, for new
+    /// and resumed jobs alike; 0 = half the CPU cores (at least 1).
     pub concurrency: usize,
     /// Serve `/metrics` without the bearer token (for scrapers on a trusted network).
     pub metrics_public: bool,

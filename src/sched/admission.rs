@@ -363,6 +363,7 @@ mod tests {
             post_phase: crate::post::Phase::None,
             sealing_active: false,
             livepeer_sessions: 0,
+            shed_pps: 0.0,
             reasons: if admit {
                 Vec::new()
             } else {

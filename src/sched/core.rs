@@ -70,6 +70,7 @@ impl Scheduler {
                     healthy: d.healthy,
                     budget_pps: d.budget_pps,
                     livepeer_sessions: d.livepeer_sessions,
+                    shed_pps: d.shed_pps,
                 })
                 .collect(),
         };
@@ -129,7 +130,7 @@ impl Scheduler {
         } else {
             Phase::None
         };
-        let mut memory_headroom = c.memory_headroom_bytes;
+        let mut post_reserve = 0u64;
         let sealing_active = d.processes.iter().any(|p| p.role == Role::Sealing);
         let mut reasons = Vec::new();
         let mut admit = true;
@@ -138,6 +139,12 @@ impl Scheduler {
         if !input.controller.reachable {
             budget = budget.min(rated * c.unreachable_safe_fraction);
             reasons.push("filecoin node unreachable: safe transcoding limit".into());
+        }
+        if let Some(why) = &input.safe_profile {
+            if !proof {
+                budget = budget.min(rated * c.post_safe_fraction);
+                reasons.push(format!("PoSt-safe profile ({why})"));
+            }
         }
         if proof {
             budget = budget.min(floor);
@@ -149,15 +156,15 @@ impl Scheduler {
             Phase::Drain => reasons.push(input.post.reason.clone()),
             Phase::StepDown => {
                 budget = budget.min(floor);
-                memory_headroom = memory_headroom.max(input.post.vram_reserve_bytes);
+                post_reserve = input.post.vram_reserve_bytes;
                 reasons.push(format!(
                     "{}: transcoding at the proof floor",
                     input.post.reason
                 ));
             }
             Phase::Safe => {
-                budget = budget.min(rated * c.unreachable_safe_fraction);
-                memory_headroom = memory_headroom.max(input.post.vram_reserve_bytes);
+                budget = budget.min(rated * c.post_safe_fraction);
+                post_reserve = input.post.vram_reserve_bytes;
                 reasons.push(input.post.reason.clone());
             }
         }
@@ -185,19 +192,34 @@ impl Scheduler {
                 ));
             }
         }
+        // GPU memory: a headroom for everything, and on GPUs a reserve a proof can start in.
+        let mut memory_short_for_proof = false;
         if let (Some(u), Some(t)) = (d.memory_used_bytes, d.memory_total_bytes) {
-            if t.saturating_sub(u) < memory_headroom {
+            let free = t.saturating_sub(u);
+            // The chain's schedule may ask for more while a window is near or unknown
+            // ([post] vram_reserve_mib); proof_vram_reserve_bytes is the standing reserve.
+            let reserve = if d.source == Source::Host {
+                0
+            } else {
+                c.proof_vram_reserve_bytes.max(post_reserve)
+            };
+            if free < c.memory_headroom_bytes {
                 admit = false;
-                reasons.push(if memory_headroom > c.memory_headroom_bytes {
+                memory_short_for_proof = proof;
+                reasons.push(format!("memory headroom {} MiB left: holding", free >> 20));
+            } else if !proof && free < c.memory_headroom_bytes.saturating_add(reserve) {
+                admit = false;
+                reasons.push(if post_reserve > c.proof_vram_reserve_bytes {
                     format!(
-                        "{} MiB free, below the {} MiB VRAM reserve for WindowPoSt: holding",
-                        t.saturating_sub(u) >> 20,
-                        memory_headroom >> 20
+                        "{} MiB free, below the {} MiB VRAM reserve for WindowPoSt ([post] vram_reserve_mib): holding",
+                        free >> 20,
+                        reserve >> 20
                     )
                 } else {
                     format!(
-                        "memory headroom {} MiB left: holding",
-                        t.saturating_sub(u) >> 20
+                        "{} MiB free, {} MiB kept for a WindowPoSt (proof_vram_reserve_bytes): holding",
+                        free >> 20,
+                        reserve >> 20
                     )
                 });
             }
@@ -244,6 +266,28 @@ impl Scheduler {
             0
         };
         let by_sessions = session_limit.map(|l| l / c.encodes_per_session.max(1));
+        // A GPU that proves offers no new Livepeer session: its floor is for the segments
+        // already streaming, which drain, not for new streams.
+        let livepeer_sessions = if proof {
+            0
+        } else {
+            by_sessions.map_or(by_pixels, |s| s.min(by_pixels))
+        };
+        // While a proof runs, transcoding above the floor is taken back, not only refused;
+        // a proof short of memory gets everything that can go.
+        let shed_pps = if memory_short_for_proof {
+            admitted
+        } else if proof {
+            (admitted - budget).max(0.0)
+        } else {
+            0.0
+        };
+        if shed_pps > 0.0 {
+            reasons.push(format!(
+                "proof needs the GPU: shedding {:.0} Mpx/s of running work",
+                shed_pps / 1e6
+            ));
+        }
         DeviceCapacity {
             index: d.index,
             uuid: d.uuid.clone(),
@@ -260,7 +304,8 @@ impl Scheduler {
             proof_running: proof,
             post_phase,
             sealing_active,
-            livepeer_sessions: by_sessions.map_or(by_pixels, |s| s.min(by_pixels)),
+            livepeer_sessions,
+            shed_pps,
             reasons,
         }
     }

@@ -43,6 +43,7 @@ pub struct ServiceHandle {
     proof: watch::Sender<ProofSignal>,
     post: watch::Sender<post::Status>,
     plan: watch::Receiver<post::Plan>,
+    safe_profile: watch::Sender<Option<String>>,
     task: JoinHandle<()>,
 }
 
@@ -92,6 +93,15 @@ impl ServiceHandle {
     /// The poller status the last tick saw.
     pub fn post_status(&self) -> post::Status {
         self.post.borrow().clone()
+    }
+    /// Runs the PoSt-safe profile for `reason` (no proof source configured, no proving
+    /// schedule known), or the normal profile with `None`. Every decision records it.
+    pub fn set_safe_profile(&self, reason: Option<String>) {
+        self.safe_profile.send_replace(reason);
+    }
+    /// Why the PoSt-safe profile applies now, if it does.
+    pub fn safe_profile(&self) -> Option<String> {
+        self.safe_profile.borrow().clone()
     }
     /// Waits for the driver to finish (after cancellation it restores sealing first).
     pub async fn join(self) {
@@ -147,6 +157,7 @@ pub async fn start(
     let (proof_tx, proof_rx) = watch::channel(ProofSignal::default());
     let (post_tx, post_rx) = watch::channel(post::Status::default());
     let (plan_tx, plan_rx) = watch::channel(post::Plan::default());
+    let (safe_tx, safe_rx) = watch::channel(None);
     let decisions = Arc::new(Mutex::new(VecDeque::new()));
     let mut driver = Driver {
         sched: Scheduler::new(config.clone()),
@@ -170,7 +181,7 @@ pub async fn start(
     let task = tokio::spawn(async move {
         driver
             .run(
-                config, snapshots, demand_rx, proof_rx, post_rx, adm, cap_tx, ring, cancel,
+                config, snapshots, demand_rx, proof_rx, post_rx, safe_rx, adm, cap_tx, ring, cancel,
             )
             .await
     });
@@ -182,6 +193,7 @@ pub async fn start(
         proof: proof_tx,
         post: post_tx,
         plan: plan_rx,
+        safe_profile: safe_tx,
         task,
     })
 }
@@ -195,6 +207,7 @@ impl Driver {
         demand: watch::Receiver<Demand>,
         proof: watch::Receiver<ProofSignal>,
         post_rx: watch::Receiver<post::Status>,
+        safe_profile: watch::Receiver<Option<String>>,
         admitter: Admitter,
         cap_tx: watch::Sender<Capacity>,
         ring: Arc<Mutex<VecDeque<Decision>>>,
@@ -210,7 +223,10 @@ impl Driver {
                 _ = cancel.cancelled() => break,
                 r = snapshots.changed(), if telemetry_open => {
                     if r.is_err() {
-                        tracing::error!("telemetry stopped; devices hold until it returns");
+                        // At shutdown the poller stops first: that is not an outage.
+                        if !cancel.is_cancelled() {
+                            tracing::error!("telemetry stopped; devices hold until it returns");
+                        }
                         telemetry_open = false;
                     }
                 }
@@ -237,6 +253,7 @@ impl Driver {
                     coarse: self.controller.coarse(),
                     sealing_disabled: self.applied.is_some(),
                 },
+                safe_profile: safe_profile.borrow().clone(),
             };
             let decision = self.sched.tick(&input);
             admitter.update(&decision.devices);
