@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use comine::store::KuboClient;
 
 pub mod media;
+pub mod mutate;
 pub use media::{generate, pattern};
 use serde_json::Value;
 
