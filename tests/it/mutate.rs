@@ -5,6 +5,10 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use comine::transcode::{
+    transcode, EncoderChoice, Input, Options, Profile, Request, TranscodeError, WallBound,
+};
+
 use crate::common::{self, mutate};
 use crate::common::{generate, pattern, write_config, Daemon};
 
@@ -231,4 +235,190 @@ async fn bounded_mutation_run_through_the_daemon() {
     );
     assert!(!d.log().contains("panicked"), "{}", d.log());
     assert_eq!(d.get("/healthz").await.status(), 200);
+}
+
+/// A 2 s 1280x720 30 fps video-only MPEG-TS whose timestamps jump 9 s ahead after its
+/// fourth frame: under the 10 s rebase limit, so the frame-rate filter fills the gap
+/// (270 frames per rendition) unless the frame bound refuses it.
+fn gap_9s_720p() -> Vec<u8> {
+    let path = generate(
+        "seg720-2s-video.ts",
+        &pattern(1280, 720, "30"),
+        2.0,
+        false,
+        &["-c:v", "libx264", "-preset", "ultrafast", "-g", "60"],
+    );
+    let mut bytes = std::fs::read(path).unwrap();
+    // Video only: PES number n is frame n.
+    assert!(mutate::shift_timestamps(&mut bytes, 4, 9 * 90_000, false) > 50);
+    bytes
+}
+
+fn slow_720p(input: Vec<u8>, out: &std::path::Path, options: Options) -> Request {
+    Request {
+        input: Input::Memory(input.into()),
+        profiles: Profile::parse_list("P720p30fps16x9").unwrap(),
+        out_dir: out.to_path_buf(),
+        options: Options {
+            encoder: EncoderChoice::X264,
+            // Slow on purpose: each filled frame costs real encoder time.
+            x264_preset: "medium".into(),
+            ..options
+        },
+    }
+}
+
+/// Without a declared duration, a gap the rebasing lets through is refused by the frame
+/// bound, quickly and as bad input naming the timestamps; nothing is left behind.
+#[test]
+fn a_gap_beyond_the_frame_bound_is_refused() {
+    let out = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let err = transcode(&slow_720p(gap_9s_720p(), out.path(), Options::default())).unwrap_err();
+    assert!(
+        matches!(err, TranscodeError::TimestampGap { .. }),
+        "{err} after {:?}",
+        started.elapsed()
+    );
+    assert!(err.is_bad_input());
+    let msg = err.to_string();
+    assert!(msg.contains("timestamps jump"), "{msg}");
+    assert!(
+        std::fs::read_dir(out.path()).unwrap().next().is_none(),
+        "no partial rendition left"
+    );
+}
+
+/// A cancel that lands while the frame-rate filter is filling a gap (the caller declared
+/// 20 s, so the fill is legitimate) stops the job within 1 s: the filter drain and the
+/// encoder drain ask the stop rule per frame, not per input frame.
+#[test]
+fn cancel_stops_a_job_within_one_second_even_mid_fill() {
+    let out = tempfile::tempdir().unwrap();
+    let options = Options {
+        media_duration: Some(Duration::from_secs(20)),
+        ..Options::default()
+    };
+    let cancel = options.cancel.clone();
+    let request = slow_720p(gap_9s_720p(), out.path(), options);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let worker = std::thread::spawn(move || {
+        let r = transcode(&request);
+        let _ = tx.send(Instant::now());
+        r
+    });
+    // Four frames in, then 270 filled ones at preset medium: far more than 1.5 s of work.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        rx.try_recv().is_err(),
+        "the job ended before the cancel; the test needs a longer job"
+    );
+    let cancelled_at = Instant::now();
+    cancel.cancel();
+    let ended_at = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the cancelled job never ended");
+    let took = ended_at.duration_since(cancelled_at);
+    let result = worker.join().unwrap();
+    assert!(
+        matches!(result, Err(TranscodeError::Cancelled)),
+        "{:?}",
+        result.map(|r| r.renditions.len())
+    );
+    assert!(
+        took < Duration::from_secs(1),
+        "stopped {took:?} after the cancel"
+    );
+    assert!(std::fs::read_dir(out.path()).unwrap().next().is_none());
+}
+
+/// The job's own wall-time bound stops a job the host cannot finish in time, whatever
+/// its caller's deadline (here none), and says which bound and how to raise it.
+#[test]
+fn the_wall_time_bound_stops_a_job_without_a_deadline() {
+    let out = tempfile::tempdir().unwrap();
+    let options = Options {
+        media_duration: Some(Duration::from_secs(20)),
+        // 0.5 s plus the 20 s of declared media at 10 Gpx/s (about 1.3 s in all):
+        // preset medium at 720p on a CPU needs far longer.
+        wall_bound: Some(WallBound {
+            floor: Duration::from_millis(500),
+            min_pixel_rate: 1e10,
+        }),
+        ..Options::default()
+    };
+    let started = Instant::now();
+    let err = transcode(&slow_720p(gap_9s_720p(), out.path(), options)).unwrap_err();
+    let took = started.elapsed();
+    let TranscodeError::WallBound { bound_ms, .. } = err else {
+        panic!("{err}");
+    };
+    assert!(bound_ms < 2_000, "{bound_ms}");
+    assert!(
+        took < Duration::from_millis(bound_ms + 1_000),
+        "stopped {took:?} in, bound {bound_ms} ms"
+    );
+    assert!(
+        err.to_string().contains("wall_min_mpixels_per_sec"),
+        "{err}"
+    );
+    assert!(std::fs::read_dir(out.path()).unwrap().next().is_none());
+}
+
+/// SIGTERM with no grace: the running job (a legitimate fill at preset medium) is
+/// checkpointed within 1 s and the daemon exits promptly, not when the job would end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_a_running_job_promptly() {
+    let root = tempfile::tempdir().unwrap();
+    let cfg = root.path().join("comine.toml");
+    std::fs::write(
+        &cfg,
+        "[api]\nshutdown_grace_secs = 0\n[transcode]\nencoder = \"x264\"\ndecoder = \"software\"\nx264_preset = \"medium\"\n",
+    )
+    .unwrap();
+    let mut d = Daemon::start(root.path(), &cfg);
+    let r = d
+        .http
+        .post(
+            d.url("/v1/transcode?profiles=P720p30fps16x9&class=batch&duration_ms=20000&async=true"),
+        )
+        .bearer_auth(&d.token)
+        .body(gap_9s_720p())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202, "{}", d.log());
+    let url = r.json::<serde_json::Value>().await.unwrap()["url"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let started = Instant::now();
+    loop {
+        let job = d.get_json(&url).await;
+        match job["state"].as_str() {
+            Some("transcoding") => break,
+            Some("queued") | Some("received") => {}
+            other => panic!("job state {other:?} before SIGTERM: {job}\n{}", d.log()),
+        }
+        assert!(
+            started.elapsed() < HANG,
+            "the job never started\n{}",
+            d.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let t = Instant::now();
+    assert!(d.terminate(), "the daemon exited cleanly\n{}", d.log());
+    let took = t.elapsed();
+    assert!(
+        took < Duration::from_secs(3),
+        "SIGTERM took {took:?} to stop the daemon\n{}",
+        d.log()
+    );
+    assert!(
+        d.log().contains("checkpointing running jobs"),
+        "the job was running and was checkpointed\n{}",
+        d.log()
+    );
 }

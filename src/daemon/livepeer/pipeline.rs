@@ -45,6 +45,7 @@ impl EnginePipeline {
                 gpu,
                 deadline: Some(deadline),
                 cancel: task.cancel,
+                media_duration: Some(std::time::Duration::from_millis(task.duration_ms.into())),
                 ..Options::default()
             },
         };
