@@ -29,6 +29,19 @@ pub struct GpuLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AiLabel {
+    pub pipeline: String,
+    pub model: String,
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AiModelLabel {
+    pub pipeline: String,
+    pub model: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabel {
     pub state: String,
 }
@@ -50,6 +63,11 @@ pub struct GpuSample {
     pub power_watts: f64,
     pub temperature_celsius: f64,
     pub encoder_sessions: u64,
+    /// Device memory, bytes (0 when the backend does not say); simulated on `sim`.
+    #[serde(default)]
+    pub memory_total_bytes: u64,
+    #[serde(default)]
+    pub memory_used_bytes: u64,
 }
 
 pub struct Metrics {
@@ -71,6 +89,8 @@ pub struct Metrics {
     pub gpu_temperature: Family<GpuLabel, FGauge>,
     pub gpu_sessions: Family<GpuLabel, Gauge>,
     pub sealing_tasks: Family<StateLabel, Gauge>,
+    pub ai_jobs: Family<AiLabel, Counter>,
+    pub ai_units: Family<AiModelLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -101,8 +121,20 @@ impl Metrics {
             gpu_temperature: Family::default(),
             gpu_sessions: Family::default(),
             sealing_tasks: Family::default(),
+            ai_jobs: Family::default(),
+            ai_units: Family::default(),
             registry: Registry::default(),
         };
+        r.register(
+            "comine_ai_jobs",
+            "Livepeer AI jobs answered, by pipeline, model and result (ok or the failure reason)",
+            m.ai_jobs.clone(),
+        );
+        r.register(
+            "comine_ai_units",
+            "Billing units of AI jobs done (Livepeer's: upscale = input width x height)",
+            m.ai_units.clone(),
+        );
         r.register(
             "comine_segments",
             "Segments finished, by result (ok, bad_input, failed, deadline)",
@@ -236,6 +268,25 @@ impl Metrics {
 
     /// A job reached `done`: its segment, pixels per profile, latency and realtime ratio.
     /// One place for HTTP jobs and Livepeer segments alike.
+    /// One answered AI job (`result` is `ok` or the failure reason).
+    pub fn ai_job(&self, pipeline: &str, model: &str, result: &str, units: u64) {
+        self.ai_jobs
+            .get_or_create(&AiLabel {
+                pipeline: pipeline.into(),
+                model: model.into(),
+                result: result.into(),
+            })
+            .inc();
+        if units > 0 {
+            self.ai_units
+                .get_or_create(&AiModelLabel {
+                    pipeline: pipeline.into(),
+                    model: model.into(),
+                })
+                .inc_by(units);
+        }
+    }
+
     pub fn job_done(&self, done: &crate::ledger::JobRecord, latency_secs: f64) {
         self.segment("ok");
         self.decoded_pixels.inc_by(done.decoded_pixels);

@@ -65,7 +65,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 t.encoder_choice()?,
                 t.x264_preset.clone(),
                 t.gpu,
-            ),
+            )
+            .with_space_floor(data_dir.clone(), config.store.min_free_bytes),
         })
     } else {
         if args.livepeer.orch_secret.is_some() && std::env::var_os("COMINE_ORCH_SECRET").is_none() {
@@ -130,6 +131,26 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         ))
         .context("cannot start the scheduler (see [gpu], [seal] and [scheduler] in the config)")?,
     );
+    // The public trustless gateway: its own listener, no token, pinned content only; bound
+    // before anything is served so a taken port is a start-up error.
+    let gateway_addr_file = data_dir.join("gateway.addr");
+    let gateway_task = if config.gateway.listen.is_empty() {
+        None
+    } else {
+        let listen = config.gateway.listen.clone();
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind(&listen))
+            .with_context(|| {
+                format!("cannot listen on {listen} for the gateway; change [gateway] listen, or leave it empty to serve no gateway")
+            })?;
+        let addr = listener.local_addr()?;
+        crate::util::durable::write_durable(&gateway_addr_file, addr.to_string().as_bytes())?;
+        tracing::info!(%addr, addr_file = %gateway_addr_file.display(), "trustless gateway listening (unauthenticated, pinned content only)");
+        let (store, limits, stop) = (inner.clone(), config.gateway.limits(), cancel.clone());
+        Some(rt.spawn(
+            async move { crate::store::gateway::serve(listener, store, &limits, stop).await },
+        ))
+    };
     let push_task = pusher.map(|(client, every)| {
         tracing::info!(
             api = client.base_url(),
@@ -146,6 +167,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     cancel.cancel();
     if let Some(task) = push_task {
         let _ = rt.block_on(task);
+    }
+    if let Some(task) = gateway_task {
+        match rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), task).await }) {
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "gateway ended with an error"),
+            Err(_) => tracing::warn!("gateway connections did not close in time"),
+            _ => {}
+        }
+        let _ = std::fs::remove_file(&gateway_addr_file);
     }
     served?;
     Ok(ExitCode::SUCCESS)
@@ -177,6 +206,12 @@ pub async fn serve(
     tracing::info!(%addr, data_dir = %data_dir.display(), addr_file = %addr_file.display(), "comine API listening");
     let dispatcher = d.spawn_dispatcher();
     let lp_stop = tokio_util::sync::CancellationToken::new();
+    // The AI worker: same orchestrator, TLS, secret and backoff, when [ai] lists models.
+    let ai_stop = tokio_util::sync::CancellationToken::new();
+    let ai_task = match attach.as_ref().filter(|_| d.config.ai.enabled()) {
+        Some(a) => Some(super::ai::start(&d, &a.config, ai_stop.clone()).await?),
+        None => None,
+    };
     let mut lp_task = attach.map(|a| {
         tracing::info!(orch = %a.config.orch_addr, capacity = ?a.capacity, "attaching to the Livepeer orchestrator");
         let sessions = d.admission.livepeer_sessions();
@@ -206,6 +241,16 @@ pub async fn serve(
             }
         },
         None => wait_for_signal().await,
+    }
+    // AI jobs in flight are answered (finished within the grace, else an error) before the
+    // worker unregisters.
+    ai_stop.cancel();
+    if let Some(task) = ai_task {
+        match tokio::time::timeout(grace + Duration::from_secs(15), task).await {
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "AI worker ended with an error"),
+            Err(_) => tracing::warn!("AI worker did not stop in time"),
+            _ => {}
+        }
     }
     // Livepeer first: segments in flight are cancelled and answered with error parts, so
     // the orchestrator hands them to another transcoder at once instead of waiting.

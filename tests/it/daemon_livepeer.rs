@@ -221,6 +221,67 @@ async fn capacity_auto_registers_with_the_schedulers_session_count() {
     assert!(d.terminate());
 }
 
+/// Below `[store] min_free_bytes` a Livepeer segment is refused before it is transcoded: the
+/// orchestrator gets an error part naming the floor (so it hands the segment elsewhere),
+/// nothing is accounted and nothing reaches the store. A floor above any disk's free space
+/// stands in for a full one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn below_min_free_bytes_segments_are_refused_and_nothing_is_stored() {
+    let root = tempfile::tempdir().unwrap();
+    let orch = TestOrchestrator::start(TestOrchestratorConfig::default())
+        .await
+        .unwrap();
+    let config = common::write_config(
+        root.path(),
+        "[store]\nmin_free_bytes = 9223372036854775807\n",
+    );
+    let mut d = common::Daemon::start_with(
+        root.path(),
+        &config,
+        &[
+            "--orch-addr",
+            &orch.addr(),
+            "--orch-secret",
+            orch.secret(),
+            "--capacity",
+            "1",
+        ],
+    );
+    orch.wait_for_transcoders(1, WAIT).await.unwrap();
+    let mut job = SegmentJob::new("sess-full", 0, common::lp_segment(), ladder());
+    job.duration_ms = 1000;
+    match orch.transcode(job).await {
+        TaskOutcome::TranscodeError(reason) => assert!(
+            reason.contains("min_free_bytes") && reason.contains("bytes are free"),
+            "{reason}"
+        ),
+        TaskOutcome::Done { parts, .. } => panic!(
+            "a segment below the free-space floor must be refused, but {} renditions came back",
+            parts.len()
+        ),
+        other => panic!("a segment below the free-space floor must be refused, got {other:?}"),
+    }
+    let st = wait_status(&d, "the refusal recorded", |s| {
+        s["livepeer"]["segments"]["failed"] == 1
+    })
+    .await;
+    assert_eq!(st["livepeer"]["segments"]["transcoded"], 0);
+    assert_eq!(st["pixels_today"]["encoded_pixels"], 0);
+    assert!(d.terminate(), "daemon did not stop cleanly");
+    let (ok, pins, err) = common::comine(
+        &[
+            "store",
+            "pins",
+            "--json",
+            "--data-dir",
+            d.data.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(ok, "{err}");
+    assert_eq!(pins.trim(), "[]", "nothing was stored");
+}
+
 #[test]
 fn a_refused_secret_stops_the_daemon_with_what_to_fix() {
     let rt = tokio::runtime::Runtime::new().unwrap();
