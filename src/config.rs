@@ -17,7 +17,7 @@ use crate::transcode::{
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}{}", read_hint(source))]
     Read {
         path: String,
         #[source]
@@ -31,6 +31,15 @@ pub enum ConfigError {
         value: String,
         why: String,
     },
+}
+
+/// What to do about an unreadable config (the cause itself follows in the error chain).
+fn read_hint(e: &std::io::Error) -> &'static str {
+    if e.kind() == std::io::ErrorKind::PermissionDenied {
+        " (the service runs as User=comine: install the file root:comine mode 0640)"
+    } else {
+        ""
+    }
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]

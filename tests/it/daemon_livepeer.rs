@@ -180,6 +180,26 @@ async fn run_attaches_stores_renditions_and_accounts_every_segment_once() {
     assert_eq!(st["pixels_today"]["encoded_pixels"], posted_pixels);
     assert_eq!(st["jobs"]["failed"], 1);
 
+    // /metrics tells the same story: the link is up with 2 sessions offered, 4 segments ok
+    // and 1 failed.
+    let metrics = d.get("/metrics").await.text().await.unwrap();
+    let orch_label = format!("{{orch=\"{}\"}}", orch.addr());
+    for want in [
+        format!("comine_livepeer_link_up{orch_label} 1"),
+        format!("comine_livepeer_capacity_sessions{orch_label} 2"),
+        "comine_livepeer_segments_total{result=\"ok\"} 4".to_string(),
+    ] {
+        assert!(metrics.contains(&want), "no `{want}` in:\n{metrics}");
+    }
+    assert!(
+        metrics.lines().any(
+            |l| l.starts_with("comine_livepeer_segments_total{result=\"")
+                && !l.contains("\"ok\"")
+                && l.ends_with(" 1")
+        ),
+        "the failed segment is not counted:\n{metrics}"
+    );
+
     // SIGTERM: the client unregisters, the daemon exits cleanly.
     assert!(d.terminate(), "daemon did not stop cleanly");
     let start = Instant::now();
