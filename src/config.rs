@@ -77,7 +77,8 @@ pub struct ApiConfig {
     pub body_timeout_secs: u64,
     /// Accepted jobs waiting for a worker; beyond it intake answers 503 with Retry-After.
     pub queue_depth: usize,
-    /// Concurrent transcodes when no scheduler steers capacity; 0 = half the CPU cores (at least 1).
+    /// Most transcodes at once: the scheduler steers the concurrency below this bound, for new
+    /// and resumed jobs alike; 0 = half the CPU cores (at least 1).
     pub concurrency: usize,
     /// Serve `/metrics` without the bearer token (for scrapers on a trusted network).
     pub metrics_public: bool,
