@@ -590,8 +590,15 @@ pub fn render_status(v: &serde_json::Value) -> String {
                                 .iter()
                                 .filter_map(|r| r.as_str())
                                 .collect();
-                            (!reasons.is_empty())
-                                .then(|| format!("gpu {}: {}", dev["index"], reasons.join("; ")))
+                            (!reasons.is_empty()).then(|| {
+                                // A CPU standing in for a GPU is named as what it is.
+                                let kind = if dev["source"] == "host" {
+                                    "host"
+                                } else {
+                                    "gpu"
+                                };
+                                format!("{kind} {}: {}", dev["index"], reasons.join("; "))
+                            })
                         })
                         .collect()
                 })
