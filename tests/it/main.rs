@@ -23,6 +23,7 @@ mod daemon_post;
 mod deploy_files;
 mod gpu_cli;
 mod livepeer;
+mod mutate;
 mod post;
 mod safe_defaults;
 mod sched_proofs;
