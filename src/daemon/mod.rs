@@ -16,6 +16,7 @@
 
 pub mod admission;
 pub mod ai;
+pub mod ai_video;
 pub mod api;
 pub mod cli;
 pub mod client;
@@ -196,7 +197,7 @@ impl Daemon {
         // dispatcher stopped, and the job stays queued in the ledger for the next start.
         let lane = match q.job.class {
             ledger::JobClass::Live => 0,
-            ledger::JobClass::Batch => 1,
+            ledger::JobClass::Batch | ledger::JobClass::Ai => 1,
         };
         let _ = self.queue_tx[lane].send(q);
     }
