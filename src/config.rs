@@ -15,7 +15,7 @@ use crate::transcode::{DecoderChoice, EncoderChoice, Profile, DEFAULT_MAX_INPUT_
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}{}", read_hint(source))]
     Read {
         path: String,
         #[source]
@@ -29,6 +29,15 @@ pub enum ConfigError {
         value: String,
         why: String,
     },
+}
+
+/// What to do about an unreadable config (the cause itself follows in the error chain).
+fn read_hint(e: &std::io::Error) -> &'static str {
+    if e.kind() == std::io::ErrorKind::PermissionDenied {
+        " (the service runs as User=comine: install the file root:comine mode 0640)"
+    } else {
+        ""
+    }
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
