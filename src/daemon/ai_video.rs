@@ -76,6 +76,9 @@ pub fn upscale_segment(
     bitrate: u64,
     mut options: Options,
 ) -> Result<Report, TranscodeError> {
+    // The engine's wall-time bound assumes a transcode's pixel rate; a model on a CPU is
+    // far slower. The caller's deadline (`[ai] job_timeout_secs`) bounds it instead.
+    options.wall_bound = None;
     options.transform = Some(Transform(Arc::new(UpscaleFrames {
         model,
         cancel: options.cancel.clone(),
@@ -127,6 +130,7 @@ impl VideoError {
             VideoError::Ai(e) => e.reason(),
             VideoError::Transcode(e) if e.is_bad_input() => "bad_input",
             VideoError::Transcode(TranscodeError::Cancelled) => "cancelled",
+            VideoError::Transcode(TranscodeError::DeadlineExceeded { .. }) => "timeout",
             VideoError::Transcode(_) => "upscale_failed",
             VideoError::Internal(_) => "internal",
         }
@@ -221,6 +225,12 @@ pub async fn run(
             gpu: cfg.gpu,
             max_input_pixels: state.service.config().max_input_pixels,
             x264_preset: cfg.x264_preset.clone(),
+            deadline: Some(
+                std::time::Instant::now()
+                    + std::time::Duration::from_secs(
+                        state.service.config().job_timeout_secs.max(1),
+                    ),
+            ),
             cancel: cancel.clone(),
             ..Options::default()
         };
