@@ -49,6 +49,8 @@ pub struct Config {
     pub seal: crate::seal::Config,
     /// Typed by the Livepeer client at merge; kept verbatim here.
     pub livepeer: toml::Table,
+    /// Prices, pool model, pool statements, chain checks and work receipts.
+    pub earnings: crate::earnings::Config,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -246,6 +248,11 @@ impl Config {
                 why: "must be at least 1".into(),
             });
         }
+        self.earnings.validate().map_err(|e| ConfigError::Value {
+            key: e.key,
+            value: e.value,
+            why: e.why,
+        })?;
         if !matches!(self.store.backend.as_str(), "embedded" | "kubo") {
             return Err(ConfigError::Value {
                 key: "store.backend",
