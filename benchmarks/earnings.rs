@@ -25,7 +25,10 @@ use comine::ledger::{Admitted, JobClass, Ledger, NewJob, Price, RenditionRecord}
 use tokio_util::sync::CancellationToken;
 
 fn env_n(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn dir_size(p: &Path) -> u64 {
@@ -124,7 +127,15 @@ fn main() {
     let sign_store = t.elapsed();
 
     let ldir = tmp.path().join("ledger");
-    let ledger = Ledger::open(&ldir, 16 << 20, Price { per_unit_wei: 1200, pixels_per_unit: 1000 }).expect("ledger");
+    let ledger = Ledger::open(
+        &ldir,
+        16 << 20,
+        Price {
+            per_unit_wei: 1200,
+            pixels_per_unit: 1000,
+        },
+    )
+    .expect("ledger");
     let mut done = Vec::with_capacity(jobs as usize);
     let t = Instant::now();
     for i in 0..jobs {
@@ -144,7 +155,13 @@ fn main() {
         ledger.mark_queued(&j.job_id).expect("queued");
         ledger.mark_transcoding(&j.job_id).expect("transcoding");
         ledger
-            .mark_stored(&j.job_id, 55_296_000, 2.0, 300, (0..4).map(|n| rendition(i, n)).collect())
+            .mark_stored(
+                &j.job_id,
+                55_296_000,
+                2.0,
+                300,
+                (0..4).map(|n| rendition(i, n)).collect(),
+            )
             .expect("stored");
         done.push(ledger.complete(&j.job_id).expect("complete").expect("new"));
     }
@@ -158,15 +175,32 @@ fn main() {
     }
     let snapshot_time = t.elapsed();
     e.records().checkpoint().expect("checkpoint");
-    let db_bytes = std::fs::metadata(edir.join("comine.db")).map(|m| m.len()).unwrap_or(0);
+    let db_bytes = std::fs::metadata(edir.join("comine.db"))
+        .map(|m| m.len())
+        .unwrap_or(0);
     let sled_bytes = dir_size(&ldir);
 
     println!("earnings benchmark ({jobs} jobs, 4 renditions each)");
-    println!("  receipt: EIP-712 digest + sign       {:>8.1} µs/job", per_job(sign, jobs));
-    println!("  receipt: sign + SQLite insert         {:>8.1} µs/job", per_job(sign_store, jobs));
-    println!("  receipt: verify (recover + CID hash)  {:>8.1} µs/job", per_job(verify, jobs));
-    println!("  price snapshot insert                 {:>8.1} µs/job", per_job(snapshot_time, jobs));
-    println!("  peer: ledger admit→done (sled)        {:>8.1} µs/job", per_job(ledger_work, jobs));
+    println!(
+        "  receipt: EIP-712 digest + sign       {:>8.1} µs/job",
+        per_job(sign, jobs)
+    );
+    println!(
+        "  receipt: sign + SQLite insert         {:>8.1} µs/job",
+        per_job(sign_store, jobs)
+    );
+    println!(
+        "  receipt: verify (recover + CID hash)  {:>8.1} µs/job",
+        per_job(verify, jobs)
+    );
+    println!(
+        "  price snapshot insert                 {:>8.1} µs/job",
+        per_job(snapshot_time, jobs)
+    );
+    println!(
+        "  peer: ledger admit→done (sled)        {:>8.1} µs/job",
+        per_job(ledger_work, jobs)
+    );
     println!(
         "  ratio: receipt sign+store / ledger    {:>8.2}",
         sign_store.as_secs_f64() / ledger_work.as_secs_f64()
@@ -183,7 +217,11 @@ fn main() {
     );
 
     // ---- chain scan rate against anvil ----
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
     rt.block_on(async {
         let Some(anvil) = Anvil::start(42161).await else {
             println!("  chain scan: skipped (anvil not installed; scripts/anvil-test-node.sh install)");

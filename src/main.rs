@@ -45,9 +45,9 @@ enum Command {
     Ledger(comine::ledger::cli::Args),
     /// What the work earned, what the pool credited, what reached the wallet; signed receipts.
     Earnings(comine::earnings::cli::Args),
-    /// Attach to a Livepeer orchestrator as a remote transcoder (standalone; `comine run`
-    /// will carry the same flags).
-    Livepeer(comine::intake::livepeer::cli::Args),
+    /// Attach to a Livepeer orchestrator as a remote transcoder on its own, with a fixed
+    /// capacity (`comine run --orch-addr …` does the same under the scheduler, with a ledger).
+    Livepeer(comine::daemon::livepeer::standalone::Args),
     /// Co-mining benchmark: sealing throughput and power lost to transcoding, streams gained.
     Bench(comine::bench::cli::Args),
     /// Work with benchmark reports (compare several machines).
@@ -61,7 +61,10 @@ fn earnings_context(
 ) -> anyhow::Result<comine::earnings::cli::Context> {
     let cfg = comine::config::Config::load(config)?;
     let livepeer_eth = match cfg.livepeer.get("eth_address").and_then(|v| v.as_str()) {
-        Some(a) => Some(comine::earnings::config::parse_address("livepeer.eth_address", a)?),
+        Some(a) => Some(comine::earnings::config::parse_address(
+            "livepeer.eth_address",
+            a,
+        )?),
         None => None,
     };
     Ok(comine::earnings::cli::Context {
@@ -88,7 +91,7 @@ fn main() -> ExitCode {
         Command::Status(args) => comine::daemon::cli::status(args),
         Command::Ledger(args) => comine::ledger::cli::run(args),
         Command::Earnings(args) => comine::earnings::cli::run(args, earnings_context),
-        Command::Livepeer(args) => comine::intake::livepeer::cli::run(args),
+        Command::Livepeer(args) => comine::daemon::livepeer::standalone::run(args),
         Command::Bench(args) => comine::bench::cli::run(args),
         Command::Report(args) => comine::report::cli::run(args),
     };

@@ -2,7 +2,7 @@
 //!
 //! Names follow Prometheus conventions: `comine_` prefix, base units (seconds, watts,
 //! ratios 0..1), `_total` on counters. GPU and sealing gauges are filled from the
-//! scheduler seam (`daemon::seams::Admission::gpus` / `sealing`) on each scrape.
+//! scheduler boundary (`daemon::admission::Admission::status`) on each scrape.
 
 use std::sync::atomic::AtomicU64;
 
@@ -71,6 +71,9 @@ pub struct Metrics {
     pub gpu_temperature: Family<GpuLabel, FGauge>,
     pub gpu_sessions: Family<GpuLabel, Gauge>,
     pub sealing_tasks: Family<StateLabel, Gauge>,
+    /// Today's (UTC) expected earnings, wei (saturates at 2⁶³ − 1, ≈ 9.2 ETH).
+    pub earnings_gross_today_wei: Gauge,
+    pub earnings_net_today_wei: Gauge,
 }
 
 impl Default for Metrics {
@@ -101,6 +104,8 @@ impl Metrics {
             gpu_temperature: Family::default(),
             gpu_sessions: Family::default(),
             sealing_tasks: Family::default(),
+            earnings_gross_today_wei: Gauge::default(),
+            earnings_net_today_wei: Gauge::default(),
             registry: Registry::default(),
         };
         r.register(
@@ -190,6 +195,16 @@ impl Metrics {
             "comine_sealing_tasks",
             "Sealing task types by state (enabled, disabled) as the scheduler steers them",
             m.sealing_tasks.clone(),
+        );
+        r.register(
+            "comine_earnings_expected_today_gross_wei",
+            "Expected earnings of today's (UTC) done jobs before the pool's cut, wei",
+            m.earnings_gross_today_wei.clone(),
+        );
+        r.register(
+            "comine_earnings_expected_today_net_wei",
+            "Expected earnings of today's (UTC) done jobs after the pool model, wei",
+            m.earnings_net_today_wei.clone(),
         );
         Metrics { registry: r, ..m }
     }

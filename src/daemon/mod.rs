@@ -1,7 +1,7 @@
 //! `comine run`: the service that joins intake, scheduler, transcode, store and ledger.
 //!
 //! A segment's life in the daemon:
-//! 1. intake (`intake::http`) parses profiles and headers, takes a queue slot (503 with
+//! 1. the API (`daemon::api`) parses profiles and headers, takes a queue slot (503 with
 //!    Retry-After when none is free) and reads the body under the size limit;
 //! 2. [`Daemon::accept`] reserves the job in the ledger (`received`; a duplicate
 //!    `(manifest_id, seq, profiles)` returns the existing job), writes the segment to
@@ -14,11 +14,12 @@
 //! On start every job not `done`/`failed` is resumed from its spool file; on SIGTERM
 //! intake stops, running jobs get a grace period and are otherwise left to resume.
 
-pub mod auth;
+pub mod admission;
+pub mod api;
 pub mod cli;
 pub mod client;
 pub mod livepeer;
-pub mod seams;
+pub mod rendition_store;
 mod worker;
 
 use std::collections::HashMap;
@@ -34,9 +35,36 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::earnings::Earnings;
 use crate::ledger::{self, Admitted, JobRecord, JobState, Ledger, NewJob, Price};
 use crate::metrics::Metrics;
-use seams::{Admission, RenditionStore};
+use admission::Admission;
+use rendition_store::RenditionStore;
+
+/// `[earnings]` over `<data_dir>/comine.db`. Without its own price, `[earnings]` values jobs
+/// at `[ledger] price_per_unit_wei`, so one configured price means one answer everywhere.
+/// A bad key file (mode, content) or address stops the start with the reason.
+fn open_earnings(config: &Config, data_dir: &Path) -> anyhow::Result<Earnings> {
+    let mut cfg = config.earnings.clone();
+    if cfg.price_per_unit.0.is_zero() && config.ledger.price_per_unit_wei > 0 {
+        cfg.price_per_unit.0 = alloy::primitives::U256::from(config.ledger.price_per_unit_wei);
+        cfg.pixels_per_unit.0 = alloy::primitives::U256::from(config.ledger.pixels_per_unit.max(1));
+    }
+    let fallback = match config.livepeer.get("eth_address").and_then(|v| v.as_str()) {
+        Some(a) => Some(crate::earnings::config::parse_address(
+            "livepeer.eth_address",
+            a,
+        )?),
+        None => None,
+    };
+    Earnings::open(&cfg, data_dir, fallback).map_err(|e| {
+        anyhow::anyhow!(
+            "{} (earnings tables in {})",
+            crate::earnings::error_chain(&e),
+            data_dir.join(crate::earnings::DB_FILE).display()
+        )
+    })
+}
 
 /// `--data-dir`, else `data_dir` in the config, else `$COMINE_DATA_DIR` / the platform default.
 pub fn resolve_data_dir(flag: Option<PathBuf>, config: &Config) -> PathBuf {
@@ -102,6 +130,8 @@ pub struct Daemon {
     pub listen_addr: OnceLock<SocketAddr>,
     /// Set when `comine run` attached to a Livepeer orchestrator.
     pub livepeer: OnceLock<livepeer::LivepeerState>,
+    /// Every done job's price snapshot and signed receipt (`[earnings]`).
+    pub earnings: Arc<Earnings>,
 }
 
 impl Daemon {
@@ -132,6 +162,7 @@ impl Daemon {
                 data_dir.join("ledger").display()
             )
         })?;
+        let earnings = Arc::new(open_earnings(&config, &data_dir)?);
         let (live_tx, live_rx) = mpsc::unbounded_channel();
         let (batch_tx, batch_rx) = mpsc::unbounded_channel();
         let metrics = Metrics::new();
@@ -157,7 +188,25 @@ impl Daemon {
             latency_ewma_ms: AtomicU64::new(0),
             listen_addr: OnceLock::new(),
             livepeer: OnceLock::new(),
+            earnings,
         }))
+    }
+
+    /// Values a job that reached `done` and signs its receipt (off the async workers: SQLite
+    /// and secp256k1). A failure is logged, never fails the job: the pixels are in the ledger,
+    /// and `comine earnings` recounts from there.
+    pub async fn account_earnings(&self, job: &JobRecord) {
+        let e = self.earnings.clone();
+        let job = job.clone();
+        let id = job.job_id.clone();
+        let r = tokio::task::spawn_blocking(move || e.job_done(&job, None, None)).await;
+        match r {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(job = %id, error = %crate::earnings::error_chain(&e), "cannot record the job's earnings or receipt")
+            }
+            Err(e) => tracing::warn!(job = %id, error = %e, "the earnings task failed"),
+        }
     }
 
     pub fn spool_path(&self, id: &str) -> PathBuf {
@@ -214,7 +263,7 @@ impl Daemon {
         let path = self.spool_path(&job.job_id);
         let spool = {
             let path = path.clone();
-            tokio::task::spawn_blocking(move || seams::write_durable(&path, &body))
+            tokio::task::spawn_blocking(move || crate::util::durable::write_durable(&path, &body))
                 .await
                 .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
         };

@@ -43,11 +43,19 @@ pub enum ChainError {
     #[error("cannot reach the JSON-RPC endpoint {url}: {why}; check [earnings.chain] rpc_url and that the node is up (nothing was changed)")]
     Unreachable { url: String, why: String },
     #[error("the JSON-RPC endpoint {url} is on chain id {got}, not {expected}; point [earnings.chain] rpc_url at an Arbitrum One node (42161) or set [earnings.chain] chain_id (nothing was scanned)")]
-    WrongChain { url: String, expected: u64, got: u64 },
+    WrongChain {
+        url: String,
+        expected: u64,
+        got: u64,
+    },
     #[error("[earnings.chain] rpc_url {url:?} is not a usable http(s) URL")]
     BadUrl { url: String },
     #[error("{what} failed at {url}: {why}")]
-    Rpc { url: String, what: String, why: String },
+    Rpc {
+        url: String,
+        what: String,
+        why: String,
+    },
     #[error(transparent)]
     Records(#[from] RecordsError),
 }
@@ -68,7 +76,10 @@ impl std::fmt::Debug for Chain {
 fn short(e: impl std::fmt::Display) -> String {
     let s = e.to_string();
     if s.len() > 300 {
-        format!("{}…", &s[..s.char_indices().nth(300).map(|(i, _)| i).unwrap_or(s.len())])
+        format!(
+            "{}…",
+            &s[..s.char_indices().nth(300).map(|(i, _)| i).unwrap_or(s.len())]
+        )
     } else {
         s
     }
@@ -105,7 +116,11 @@ pub struct ScanTarget {
 
 impl Chain {
     /// Connects and checks the chain id.
-    pub async fn connect(rpc_url: &str, expected_chain_id: u64, timeout: Duration) -> Result<Chain, ChainError> {
+    pub async fn connect(
+        rpc_url: &str,
+        expected_chain_id: u64,
+        timeout: Duration,
+    ) -> Result<Chain, ChainError> {
         let red = rpc::redact(rpc_url);
         let url = reqwest::Url::parse(rpc_url)
             .ok()
@@ -170,13 +185,16 @@ impl Chain {
     }
 
     async fn call<C: SolCall>(&self, to: Address, call: C) -> Result<C::Return, ChainError> {
-        let tx = TransactionRequest::default().to(to).input(call.abi_encode().into());
+        let tx = TransactionRequest::default()
+            .to(to)
+            .input(call.abi_encode().into());
         let out = self
             .provider
             .call(tx)
             .await
             .map_err(|e| self.rpc_err(format!("eth_call {} on {to}", C::SIGNATURE), e))?;
-        C::abi_decode_returns(&out).map_err(|e| self.rpc_err(format!("decoding {} from {to}", C::SIGNATURE), e))
+        C::abi_decode_returns(&out)
+            .map_err(|e| self.rpc_err(format!("decoding {} from {to}", C::SIGNATURE), e))
     }
 
     /// RoundsManager.currentRound().
@@ -186,7 +204,12 @@ impl Chain {
     }
 
     /// BondingManager.pendingFees(delegator, round): fees earned and not yet withdrawn.
-    pub async fn pending_fees(&self, bonding_manager: Address, delegator: Address, round: u64) -> Result<U256, ChainError> {
+    pub async fn pending_fees(
+        &self,
+        bonding_manager: Address,
+        delegator: Address,
+        round: u64,
+    ) -> Result<U256, ChainError> {
         self.call(
             bonding_manager,
             pendingFeesCall {
@@ -198,9 +221,18 @@ impl Chain {
     }
 
     /// BondingManager.getTranscoder(t).feeShare, parts per million.
-    pub async fn fee_share_ppm(&self, bonding_manager: Address, transcoder: Address) -> Result<u32, ChainError> {
+    pub async fn fee_share_ppm(
+        &self,
+        bonding_manager: Address,
+        transcoder: Address,
+    ) -> Result<u32, ChainError> {
         let t = self
-            .call(bonding_manager, getTranscoderCall { _transcoder: transcoder })
+            .call(
+                bonding_manager,
+                getTranscoderCall {
+                    _transcoder: transcoder,
+                },
+            )
             .await?;
         Ok(u32::try_from(t.feeShare).unwrap_or(u32::MAX))
     }
@@ -208,10 +240,12 @@ impl Chain {
     /// `(block, hash, balance, nonce)` of `address` at the current head.
     pub async fn snapshot(&self, address: Address) -> Result<BalanceSnapshot, ChainError> {
         let n = self.head().await?;
-        let (hash, ts) = self
-            .block(n)
-            .await?
-            .ok_or_else(|| self.rpc_err(format!("eth_getBlockByNumber({n})"), "the head block is missing"))?;
+        let (hash, ts) = self.block(n).await?.ok_or_else(|| {
+            self.rpc_err(
+                format!("eth_getBlockByNumber({n})"),
+                "the head block is missing",
+            )
+        })?;
         let balance = self
             .provider
             .get_balance(address)
@@ -236,7 +270,12 @@ impl Chain {
 
     /// Checks a payout the pool reports: mined, succeeded, paid `to` (directly, or by an
     /// internal transfer seen in a call trace), and `amount` equals what arrived.
-    pub async fn verify_payout(&self, tx_hash: B256, to: Address, amount: U256) -> Result<PayoutCheck, ChainError> {
+    pub async fn verify_payout(
+        &self,
+        tx_hash: B256,
+        to: Address,
+        amount: U256,
+    ) -> Result<PayoutCheck, ChainError> {
         let check = |state: &str, detail: String| PayoutCheck {
             state: state.into(),
             detail,
@@ -250,7 +289,10 @@ impl Chain {
             .await
             .map_err(|e| self.rpc_err("eth_getTransactionByHash", e))?
         else {
-            return Ok(check("not_found", format!("no transaction {tx_hash} on chain {}", self.chain_id)));
+            return Ok(check(
+                "not_found",
+                format!("no transaction {tx_hash} on chain {}", self.chain_id),
+            ));
         };
         let Some(receipt) = self
             .provider
@@ -258,7 +300,10 @@ impl Chain {
             .await
             .map_err(|e| self.rpc_err("eth_getTransactionReceipt", e))?
         else {
-            return Ok(check("pending", format!("transaction {tx_hash} is not mined yet")));
+            return Ok(check(
+                "pending",
+                format!("transaction {tx_hash} is not mined yet"),
+            ));
         };
         let gas_fee = U256::from(receipt.gas_used) * U256::from(receipt.effective_gas_price);
         let block = receipt.block_number;
@@ -266,7 +311,10 @@ impl Chain {
             return Ok(PayoutCheck {
                 block,
                 gas_fee: Some(gas_fee),
-                ..check("failed", format!("transaction {tx_hash} reverted: nothing was paid"))
+                ..check(
+                    "failed",
+                    format!("transaction {tx_hash} reverted: nothing was paid"),
+                )
             });
         }
         let direct_to = tx.to();
@@ -319,7 +367,13 @@ impl Chain {
             value: Some(value),
             block,
             gas_fee: Some(gas_fee),
-            ..check("verified", format!("{how} of {value} wei in block {}", block.unwrap_or_default()))
+            ..check(
+                "verified",
+                format!(
+                    "{how} of {value} wei in block {}",
+                    block.unwrap_or_default()
+                ),
+            )
         })
     }
 
@@ -344,13 +398,19 @@ impl Chain {
             if is_to && !failed {
                 if let Some(val) = v.get("value").and_then(|x| x.as_str()) {
                     let val = val.trim_start_matches("0x");
-                    if let Ok(x) = U256::from_str_radix(if val.is_empty() { "0" } else { val }, 16) {
+                    if let Ok(x) = U256::from_str_radix(if val.is_empty() { "0" } else { val }, 16)
+                    {
                         *sum = sum.saturating_add(x);
                     }
                 }
             }
             if !failed {
-                for c in v.get("calls").and_then(|c| c.as_array()).into_iter().flatten() {
+                for c in v
+                    .get("calls")
+                    .and_then(|c| c.as_array())
+                    .into_iter()
+                    .flatten()
+                {
                     walk(c, to, sum);
                 }
             }
@@ -393,24 +453,36 @@ impl Chain {
             }
         };
         rep.from_block = from;
-        let limit = max_blocks.map(|m| from.saturating_add(m).saturating_sub(1)).unwrap_or(u64::MAX);
+        let limit = max_blocks
+            .map(|m| from.saturating_add(m).saturating_sub(1))
+            .unwrap_or(u64::MAX);
         let last = head.min(limit);
         let max_chunk = t.chunk_blocks.max(1);
         let mut chunk = max_chunk;
         let tb_filter = Filter::new()
             .address(t.ticket_broker)
-            .event_signature(vec![WinningTicketRedeemed::SIGNATURE_HASH, WinningTicketTransfer::SIGNATURE_HASH])
+            .event_signature(vec![
+                WinningTicketRedeemed::SIGNATURE_HASH,
+                WinningTicketTransfer::SIGNATURE_HASH,
+            ])
             .topic2(t.orchestrator.into_word());
         let bm_filter = Filter::new()
             .address(t.bonding_manager)
-            .event_signature(vec![WithdrawFees::SIGNATURE_HASH, EarningsClaimed::SIGNATURE_HASH])
+            .event_signature(vec![
+                WithdrawFees::SIGNATURE_HASH,
+                EarningsClaimed::SIGNATURE_HASH,
+            ])
             .topic1(t.orchestrator.into_word());
         while from <= last && !shutdown.is_cancelled() {
             let to = from.saturating_add(chunk - 1).min(last);
             let before = self.block(to).await?;
             let got = async {
-                let a = self.logs(&tb_filter.clone().from_block(from).to_block(to)).await?;
-                let b = self.logs(&bm_filter.clone().from_block(from).to_block(to)).await?;
+                let a = self
+                    .logs(&tb_filter.clone().from_block(from).to_block(to))
+                    .await?;
+                let b = self
+                    .logs(&bm_filter.clone().from_block(from).to_block(to))
+                    .await?;
                 Ok::<_, String>((a, b))
             }
             .await;
@@ -434,9 +506,12 @@ impl Chain {
             let mut events = Vec::new();
             let mut consistent = true;
             for log in tb_logs.iter().chain(bm_logs.iter()) {
-                let (Some(bn), Some(bh), Some(txh), Some(li)) =
-                    (log.block_number, log.block_hash, log.transaction_hash, log.log_index)
-                else {
+                let (Some(bn), Some(bh), Some(txh), Some(li)) = (
+                    log.block_number,
+                    log.block_hash,
+                    log.transaction_hash,
+                    log.log_index,
+                ) else {
                     continue; // pending logs carry no position
                 };
                 let ts = match (log.block_timestamp, times.get(&bn)) {
@@ -445,10 +520,9 @@ impl Chain {
                         *ts
                     }
                     (ts, None) => {
-                        let (h, t2) = self
-                            .block(bn)
-                            .await?
-                            .ok_or_else(|| self.rpc_err(format!("eth_getBlockByNumber({bn})"), "block missing"))?;
+                        let (h, t2) = self.block(bn).await?.ok_or_else(|| {
+                            self.rpc_err(format!("eth_getBlockByNumber({bn})"), "block missing")
+                        })?;
                         consistent &= h == bh;
                         times.insert(bn, (h, t2));
                         ts.unwrap_or(t2)
@@ -462,7 +536,8 @@ impl Chain {
                 tracing::debug!(from, to, "logs from a replaced block; retrying the chunk");
                 continue;
             }
-            rep.events_added += records.commit_chunk(&t.stream, &events, to, to_hash, t.keep_checkpoints)?;
+            rep.events_added +=
+                records.commit_chunk(&t.stream, &events, to, to_hash, t.keep_checkpoints)?;
             rep.chunks += 1;
             rep.blocks += to - from + 1;
             rep.to_block = to;
@@ -476,7 +551,11 @@ impl Chain {
     }
 
     /// The newest checkpoint whose hash the chain still has.
-    async fn fork_point(&self, records: &Records, stream: &str) -> Result<Option<(u64, B256)>, ChainError> {
+    async fn fork_point(
+        &self,
+        records: &Records,
+        stream: &str,
+    ) -> Result<Option<(u64, B256)>, ChainError> {
         for (block, hash) in records.checkpoints(stream)? {
             if self.block(block).await?.map(|(h, _)| h) == Some(hash) {
                 return Ok(Some((block, hash)));
@@ -489,29 +568,57 @@ impl Chain {
 /// Providers word range refusals differently (Alchemy, Infura, QuickNode, Ankr, anvil…).
 fn looks_like_range_limit(why: &str) -> bool {
     let w = why.to_ascii_lowercase();
-    ["range", "too many", "limit", "exceed", "10000", "max results", "response size", "too large", "timeout", "timed out"]
-        .iter()
-        .any(|k| w.contains(k))
+    [
+        "range",
+        "too many",
+        "limit",
+        "exceed",
+        "10000",
+        "max results",
+        "response size",
+        "too large",
+        "timeout",
+        "timed out",
+    ]
+    .iter()
+    .any(|k| w.contains(k))
 }
 
 #[allow(clippy::too_many_arguments)]
-fn decode(log: &Log, stream: &str, orch: Address, block: u64, block_hash: B256, tx: B256, li: u64, ts: u64) -> Option<ChainEvent> {
-    let ev = |kind: &str, cp: Option<Address>, amount: U256, detail: serde_json::Value| ChainEvent {
-        tx_hash: tx,
-        log_index: li,
-        stream: stream.into(),
-        block,
-        block_hash,
-        at_ms: ts * 1000,
-        kind: kind.into(),
-        counterparty: cp,
-        amount,
-        detail: detail.to_string(),
-    };
+fn decode(
+    log: &Log,
+    stream: &str,
+    orch: Address,
+    block: u64,
+    block_hash: B256,
+    tx: B256,
+    li: u64,
+    ts: u64,
+) -> Option<ChainEvent> {
+    let ev =
+        |kind: &str, cp: Option<Address>, amount: U256, detail: serde_json::Value| ChainEvent {
+            tx_hash: tx,
+            log_index: li,
+            stream: stream.into(),
+            block,
+            block_hash,
+            at_ms: ts * 1000,
+            kind: kind.into(),
+            counterparty: cp,
+            amount,
+            detail: detail.to_string(),
+        };
     let topic0 = *log.topic0()?;
     if topic0 == WinningTicketTransfer::SIGNATURE_HASH {
         let e = WinningTicketTransfer::decode_log(&log.inner).ok()?.data;
-        (e.recipient == orch).then(|| ev("ticket_transfer", Some(e.sender), e.amount, serde_json::json!({})))
+        (e.recipient == orch).then(|| {
+            ev(
+                "ticket_transfer",
+                Some(e.sender),
+                e.amount,
+                serde_json::json!({}),
+            )
+        })
     } else if topic0 == WinningTicketRedeemed::SIGNATURE_HASH {
         let e = WinningTicketRedeemed::decode_log(&log.inner).ok()?.data;
         (e.recipient == orch).then(|| {
@@ -524,7 +631,14 @@ fn decode(log: &Log, stream: &str, orch: Address, block: u64, block_hash: B256, 
         })
     } else if topic0 == WithdrawFees::SIGNATURE_HASH {
         let e = WithdrawFees::decode_log(&log.inner).ok()?.data;
-        (e.delegator == orch).then(|| ev("withdraw_fees", Some(e.recipient), e.amount, serde_json::json!({})))
+        (e.delegator == orch).then(|| {
+            ev(
+                "withdraw_fees",
+                Some(e.recipient),
+                e.amount,
+                serde_json::json!({}),
+            )
+        })
     } else if topic0 == EarningsClaimed::SIGNATURE_HASH {
         let e = EarningsClaimed::decode_log(&log.inner).ok()?.data;
         (e.delegator == orch).then(|| {
@@ -555,7 +669,10 @@ mod tests {
             WinningTicketRedeemed::SIGNATURE,
             "WinningTicketRedeemed(address,address,uint256,uint256,uint256,uint256,bytes)"
         );
-        assert_eq!(WithdrawFees::SIGNATURE, "WithdrawFees(address,address,uint256)");
+        assert_eq!(
+            WithdrawFees::SIGNATURE,
+            "WithdrawFees(address,address,uint256)"
+        );
         assert_eq!(
             EarningsClaimed::SIGNATURE,
             "EarningsClaimed(address,address,uint256,uint256,uint256,uint256)"
@@ -568,8 +685,12 @@ mod tests {
 
     #[test]
     fn range_limit_messages_are_recognised() {
-        assert!(looks_like_range_limit("query returned more than 10000 results"));
-        assert!(looks_like_range_limit("eth_getLogs block range too large, range: 5000, max: 2000"));
+        assert!(looks_like_range_limit(
+            "query returned more than 10000 results"
+        ));
+        assert!(looks_like_range_limit(
+            "eth_getLogs block range too large, range: 5000, max: 2000"
+        ));
         assert!(!looks_like_range_limit("connection refused"));
     }
 }

@@ -131,7 +131,9 @@ pub struct Context {
 }
 
 fn parse_since(s: &str) -> anyhow::Result<u64> {
-    time::parse_date(s).with_context(|| format!("--since {s:?} is not a date; use YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ"))
+    time::parse_date(s).with_context(|| {
+        format!("--since {s:?} is not a date; use YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ")
+    })
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -157,14 +159,23 @@ fn write_out(out: Option<&Path>, text: &str) -> anyhow::Result<()> {
 }
 
 /// Runs `comine earnings`; `load` reads the config file and data directory.
-pub fn run(args: Args, load: impl FnOnce(Option<&Path>, Option<PathBuf>) -> anyhow::Result<Context>) -> anyhow::Result<ExitCode> {
+pub fn run(
+    args: Args,
+    load: impl FnOnce(Option<&Path>, Option<PathBuf>) -> anyhow::Result<Context>,
+) -> anyhow::Result<ExitCode> {
     // Commands that need no config first.
     match &args.command {
         Some(Command::Verify(v)) => return verify(v),
-        Some(Command::Key { command: KeyCommand::New { out } }) => {
+        Some(Command::Key {
+            command: KeyCommand::New { out },
+        }) => {
             let k = receipts::OperatorKey::generate(out)?;
             println!("{}", k.address());
-            eprintln!("wrote a new key to {} (mode 0600); set [earnings] key_file = {:?}", out.display(), out.display().to_string());
+            eprintln!(
+                "wrote a new key to {} (mode 0600); set [earnings] key_file = {:?}",
+                out.display(),
+                out.display().to_string()
+            );
             return Ok(ExitCode::SUCCESS);
         }
         _ => {}
@@ -193,7 +204,10 @@ pub fn run(args: Args, load: impl FnOnce(Option<&Path>, Option<PathBuf>) -> anyh
             let e = open(&ctx)?;
             let ex = e.export_day(&time::day_of(day_ms))?;
             let n = ex.receipts.len();
-            write_out(a.out.as_deref(), &(serde_json::to_string_pretty(&ex)? + "\n"))?;
+            write_out(
+                a.out.as_deref(),
+                &(serde_json::to_string_pretty(&ex)? + "\n"),
+            )?;
             eprintln!("{n} receipts for {}, root {}", ex.day, ex.root);
         }
         Some(Command::Pool { command }) => {
@@ -201,47 +215,70 @@ pub fn run(args: Args, load: impl FnOnce(Option<&Path>, Option<PathBuf>) -> anyh
             match command {
                 PoolCommand::Import { file } => {
                     let (jobs, payouts) = super::pool::import_csv(e.records(), &file)?;
-                    println!("imported {jobs} new job lines and {payouts} new payouts from {}", file.display());
+                    println!(
+                        "imported {jobs} new job lines and {payouts} new payouts from {}",
+                        file.display()
+                    );
                 }
                 PoolCommand::Poll => {
                     let p = &ctx.earnings.pool;
                     if !matches!(p.kind.as_str(), "livepool" | "openpool") {
                         anyhow::bail!("[earnings.pool] kind is {:?}: nothing to poll (use livepool or openpool, or `comine earnings pool import FILE`)", p.kind);
                     }
-                    let me = e.payout_address().ok_or(super::EarningsError::NoPayoutAddress)?;
-                    let client = super::pool::PoolClient::new(&p.kind, &p.url, &p.payouts_url, me, e.model().commission, std::time::Duration::from_secs(p.timeout_secs.max(1)))?;
+                    let me = e
+                        .payout_address()
+                        .ok_or(super::EarningsError::NoPayoutAddress)?;
+                    let client = super::pool::PoolClient::new(
+                        &p.kind,
+                        &p.url,
+                        &p.payouts_url,
+                        me,
+                        e.model().commission,
+                        std::time::Duration::from_secs(p.timeout_secs.max(1)),
+                    )?;
                     let r = runtime()?.block_on(client.poll(e.records()))?;
                     println!("{}", serde_json::to_string(&r)?);
                 }
             }
         }
-        Some(Command::Chain { command: ChainCommand::Sync { max_blocks } }) => {
+        Some(Command::Chain {
+            command: ChainCommand::Sync { max_blocks },
+        }) => {
             let e = open(&ctx)?;
             let rt = runtime()?;
             let tick = rt.block_on(async {
-                let chain = e
-                    .connect_chain()
-                    .await?
-                    .ok_or_else(|| anyhow::anyhow!("[earnings.chain] rpc_url is not set: no chain to check"))?;
-                Ok::<_, anyhow::Error>(e.chain_tick(&chain, max_blocks, &CancellationToken::new()).await?)
+                let chain = e.connect_chain().await?.ok_or_else(|| {
+                    anyhow::anyhow!("[earnings.chain] rpc_url is not set: no chain to check")
+                })?;
+                Ok::<_, anyhow::Error>(
+                    e.chain_tick(&chain, max_blocks, &CancellationToken::new())
+                        .await?,
+                )
             })?;
             println!("{}", serde_json::to_string_pretty(&tick)?);
         }
-        Some(Command::Key { command: KeyCommand::Show }) => {
+        Some(Command::Key {
+            command: KeyCommand::Show,
+        }) => {
             let e = open(&ctx)?;
             match e.key_address() {
                 Some(a) => println!("{a}"),
                 None => anyhow::bail!(super::EarningsError::NoKey),
             }
         }
-        Some(Command::Verify(_)) | Some(Command::Key { command: KeyCommand::New { .. } }) => {}
+        Some(Command::Verify(_))
+        | Some(Command::Key {
+            command: KeyCommand::New { .. },
+        }) => {}
     }
     Ok(ExitCode::SUCCESS)
 }
 
 fn verify(v: &VerifyArgs) -> anyhow::Result<ExitCode> {
-    let text = std::fs::read_to_string(&v.file).with_context(|| format!("reading {}", v.file.display()))?;
-    let rep = receipts::verify_export(&text).with_context(|| format!("{} is not a receipts export", v.file.display()))?;
+    let text = std::fs::read_to_string(&v.file)
+        .with_context(|| format!("reading {}", v.file.display()))?;
+    let rep = receipts::verify_export(&text)
+        .with_context(|| format!("{} is not a receipts export", v.file.display()))?;
     match v.format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&rep)?),
         _ => {
@@ -253,11 +290,18 @@ fn verify(v: &VerifyArgs) -> anyhow::Result<ExitCode> {
                 if rep.root_valid { "valid" } else { "INVALID" },
                 rep.signer.map(|a| a.to_string()).unwrap_or_default()
             );
-            println!("pixels: {} decoded, {} encoded (valid receipts)", rep.decoded_pixels, rep.encoded_pixels);
+            println!(
+                "pixels: {} decoded, {} encoded (valid receipts)",
+                rep.decoded_pixels, rep.encoded_pixels
+            );
             for f in &rep.failures {
                 println!("FAIL {f}");
             }
         }
     }
-    Ok(if rep.ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if rep.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

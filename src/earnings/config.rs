@@ -220,15 +220,26 @@ pub enum PricePreference {
 pub fn parse_address(key: &'static str, s: &str) -> Result<Address, ConfigValueError> {
     let t = s.trim();
     if !(t.len() == 42 && t.starts_with("0x") && t[2..].bytes().all(|b| b.is_ascii_hexdigit())) {
-        return Err(bad(key, s, "not an Ethereum address: expected 0x followed by 40 hex digits"));
+        return Err(bad(
+            key,
+            s,
+            "not an Ethereum address: expected 0x followed by 40 hex digits",
+        ));
     }
     let lower = t[2..].bytes().all(|b| !b.is_ascii_uppercase());
     let upper = t[2..].bytes().all(|b| !b.is_ascii_lowercase());
     if lower || upper {
-        return t.parse().map_err(|_| bad(key, s, "not an Ethereum address"));
+        return t
+            .parse()
+            .map_err(|_| bad(key, s, "not an Ethereum address"));
     }
-    Address::parse_checksummed(t, None)
-        .map_err(|_| bad(key, s, "the EIP-55 checksum does not match (a typo?); copy the address again"))
+    Address::parse_checksummed(t, None).map_err(|_| {
+        bad(
+            key,
+            s,
+            "the EIP-55 checksum does not match (a typo?); copy the address again",
+        )
+    })
 }
 
 impl Config {
@@ -249,7 +260,10 @@ impl Config {
     }
 
     /// The pool model; `fee_share_ppm` from the chain when config leaves it unset.
-    pub fn pool_model(&self, chain_fee_share_ppm: Option<u32>) -> Result<PoolModel, ConfigValueError> {
+    pub fn pool_model(
+        &self,
+        chain_fee_share_ppm: Option<u32>,
+    ) -> Result<PoolModel, ConfigValueError> {
         let kind = match self.model.as_str() {
             "livepool" => ModelKind::Livepool,
             "openpool" => ModelKind::Openpool,
@@ -273,13 +287,21 @@ impl Config {
                         "basis points run from 0 to 10000",
                     ));
                 }
-                Ok(PoolModel::livepool(self.commission_bps, self.gas_price_wei.0, threshold))
+                Ok(PoolModel::livepool(
+                    self.commission_bps,
+                    self.gas_price_wei.0,
+                    threshold,
+                ))
             }
             ModelKind::Openpool => {
                 let c = parse_fraction(&self.commission)
                     .map_err(|e| bad("earnings.commission", &self.commission, e.to_string()))?;
                 if !c.le_one() {
-                    return Err(bad("earnings.commission", &self.commission, "a commission is at most 1"));
+                    return Err(bad(
+                        "earnings.commission",
+                        &self.commission,
+                        "a commission is at most 1",
+                    ));
                 }
                 Ok(PoolModel::openpool(c, threshold))
             }
@@ -315,8 +337,15 @@ impl Config {
         if let Some(a) = &self.payout_address {
             parse_address("earnings.payout_address", a)?;
         }
-        if !matches!(self.pool.kind.as_str(), "none" | "livepool" | "openpool" | "csv") {
-            return Err(bad("earnings.pool.kind", &self.pool.kind, "use none, livepool, openpool or csv"));
+        if !matches!(
+            self.pool.kind.as_str(),
+            "none" | "livepool" | "openpool" | "csv"
+        ) {
+            return Err(bad(
+                "earnings.pool.kind",
+                &self.pool.kind,
+                "use none, livepool, openpool or csv",
+            ));
         }
         if matches!(self.pool.kind.as_str(), "livepool" | "openpool") {
             check_url("earnings.pool.url", &self.pool.url)?;
@@ -329,7 +358,11 @@ impl Config {
             check_url("earnings.chain.rpc_url", &c.rpc_url)?;
         }
         if !matches!(c.mode.as_str(), "pool" | "orchestrator") {
-            return Err(bad("earnings.chain.mode", &c.mode, "use pool or orchestrator"));
+            return Err(bad(
+                "earnings.chain.mode",
+                &c.mode,
+                "use pool or orchestrator",
+            ));
         }
         if c.mode == "orchestrator" && !c.rpc_url.is_empty() {
             parse_address("earnings.chain.orchestrator", &c.orchestrator)?;
@@ -338,7 +371,11 @@ impl Config {
         parse_address("earnings.chain.bonding_manager", &c.bonding_manager)?;
         parse_address("earnings.chain.rounds_manager", &c.rounds_manager)?;
         if c.chunk_blocks == 0 {
-            return Err(bad("earnings.chain.chunk_blocks", "0", "must be at least 1"));
+            return Err(bad(
+                "earnings.chain.chunk_blocks",
+                "0",
+                "must be at least 1",
+            ));
         }
         Ok(())
     }
@@ -383,8 +420,13 @@ mod tests {
         let typo = TICKET_BROKER.replacen('B', "b", 1);
         let e = parse_address("k", &typo).unwrap_err().to_string();
         assert!(e.contains("checksum"), "{e}");
-        let e = parse_address("earnings.payout_address", "0x1234").unwrap_err().to_string();
-        assert!(e.contains("earnings.payout_address") && e.contains("40 hex digits"), "{e}");
+        let e = parse_address("earnings.payout_address", "0x1234")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("earnings.payout_address") && e.contains("40 hex digits"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -393,16 +435,32 @@ mod tests {
             model: "solo".into(),
             ..Config::default()
         };
-        assert!(c.validate().unwrap_err().to_string().contains("earnings.model"));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("earnings.model"));
         c.model = "openpool".into();
         c.commission = "1.5".into();
-        assert!(c.validate().unwrap_err().to_string().contains("earnings.commission"));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("earnings.commission"));
         c.commission = "0.25".into();
         c.chain.rpc_url = "ftp://x".into();
-        assert!(c.validate().unwrap_err().to_string().contains("earnings.chain.rpc_url"));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("earnings.chain.rpc_url"));
         c.chain.rpc_url = "http://127.0.0.1:8545".into();
         c.chain.mode = "orchestrator".into();
         c.chain.orchestrator = "0xnope".into();
-        assert!(c.validate().unwrap_err().to_string().contains("earnings.chain.orchestrator"));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("earnings.chain.orchestrator"));
     }
 }

@@ -131,12 +131,20 @@ impl Earnings {
     /// Opens the tables in `data_dir/comine.db`, loads the key (refused unless mode 0600)
     /// and settles the payout address (`[earnings] payout_address`, else `fallback` —
     /// `[livepeer] eth_address` — else the key's address).
-    pub fn open(cfg: &Config, data_dir: &Path, fallback_payout: Option<Address>) -> Result<Earnings, EarningsError> {
+    pub fn open(
+        cfg: &Config,
+        data_dir: &Path,
+        fallback_payout: Option<Address>,
+    ) -> Result<Earnings, EarningsError> {
         let records = Records::open(&data_dir.join(DB_FILE))?;
         Earnings::with_records(cfg, Arc::new(records), fallback_payout)
     }
 
-    pub fn with_records(cfg: &Config, records: Arc<Records>, fallback_payout: Option<Address>) -> Result<Earnings, EarningsError> {
+    pub fn with_records(
+        cfg: &Config,
+        records: Arc<Records>,
+        fallback_payout: Option<Address>,
+    ) -> Result<Earnings, EarningsError> {
         cfg.validate()?;
         let key = cfg
             .key_file
@@ -225,7 +233,12 @@ impl Earnings {
     /// A job reached `done` in the ledger: keep its price snapshot (the first one stands),
     /// and sign its receipt unless one was signed when its results were posted
     /// (`receipt_job_id`, Livepeer), which is linked to the ledger's id instead.
-    pub fn job_done(&self, job: &crate::ledger::JobRecord, receipt_job_id: Option<&str>, orchestrator: Option<Address>) -> Result<(), EarningsError> {
+    pub fn job_done(
+        &self,
+        job: &crate::ledger::JobRecord,
+        receipt_job_id: Option<&str>,
+        orchestrator: Option<Address>,
+    ) -> Result<(), EarningsError> {
         let finished = job.finished_at_ms.unwrap_or(job.updated_at_ms);
         let mut price = self.board.current();
         if price.orchestrator.is_none() {
@@ -261,17 +274,31 @@ impl Earnings {
 
     /// Today's (UTC) expected earnings.
     pub fn today(&self) -> Result<statement::Today, EarningsError> {
-        let now = crate::ledger::time::now_ms();
+        let now = crate::util::now_ms();
         let start = now - now % 86_400_000;
         let jobs = self.records.jobs_between(start, start + 86_400_000)?;
-        Ok(statement::today(&jobs, &self.model(), &crate::ledger::time::day_of(now))?)
+        Ok(statement::today(
+            &jobs,
+            &self.model(),
+            &crate::ledger::time::day_of(now),
+        )?)
     }
 
     /// `comine earnings` rows.
-    pub fn statement(&self, since_ms: u64, by: statement::By) -> Result<statement::EarningsStatement, EarningsError> {
+    pub fn statement(
+        &self,
+        since_ms: u64,
+        by: statement::By,
+    ) -> Result<statement::EarningsStatement, EarningsError> {
         let jobs = self.records.jobs_between(since_ms, u64::MAX / 2)?;
         let rounds = self.records.rounds()?;
-        Ok(statement::build(&jobs, &self.model(), by, since_ms, &rounds)?)
+        Ok(statement::build(
+            &jobs,
+            &self.model(),
+            by,
+            since_ms,
+            &rounds,
+        )?)
     }
 
     /// Signs the Merkle root of every finished day that has receipts and no root yet.
@@ -279,7 +306,8 @@ impl Earnings {
         if self.key.is_none() {
             return Ok(Vec::new());
         }
-        let due_before = crate::ledger::time::day_of(now_ms.saturating_sub(self.cfg.root_delay_secs * 1000));
+        let due_before =
+            crate::ledger::time::day_of(now_ms.saturating_sub(self.cfg.root_delay_secs * 1000));
         let mut out = Vec::new();
         for day in self.records.days_without_root(&due_before)? {
             self.day_root(&day, true)?;
@@ -289,17 +317,25 @@ impl Earnings {
     }
 
     /// The day's signed root, (re)signing it when missing or when the day's receipts changed.
-    fn day_root(&self, day: &str, sign: bool) -> Result<(records::DailyRoot, Vec<SignedReceipt>), EarningsError> {
+    fn day_root(
+        &self,
+        day: &str,
+        sign: bool,
+    ) -> Result<(records::DailyRoot, Vec<SignedReceipt>), EarningsError> {
         let stored = self.records.receipts_of_day(day)?;
         let mut signed = Vec::with_capacity(stored.len());
         for r in &stored {
-            let s: SignedReceipt = serde_json::from_str(&r.body).map_err(|_| RecordsError::Corrupt {
-                what: "earnings_receipts.body",
-                value: r.job_id.clone(),
-            })?;
+            let s: SignedReceipt =
+                serde_json::from_str(&r.body).map_err(|_| RecordsError::Corrupt {
+                    what: "earnings_receipts.body",
+                    value: r.job_id.clone(),
+                })?;
             signed.push(s);
         }
-        let leaves: Vec<_> = signed.iter().map(|s| receipts::leaf(&s.receipt.digest(s.chain_id))).collect();
+        let leaves: Vec<_> = signed
+            .iter()
+            .map(|s| receipts::leaf(&s.receipt.digest(s.chain_id)))
+            .collect();
         let root = receipts::merkle_root(&leaves);
         if let Some(r) = self.records.root(day)? {
             if r.root == root && r.count == signed.len() as u64 {
@@ -318,7 +354,7 @@ impl Earnings {
             signer: key.address(),
             signature: key.sign_message(message.as_bytes())?,
             message,
-            made_ms: crate::ledger::time::now_ms(),
+            made_ms: crate::util::now_ms(),
         };
         self.records.put_root(&r)?;
         Ok((r, signed))
@@ -327,7 +363,14 @@ impl Earnings {
     /// `comine earnings receipts --day DATE`.
     pub fn export_day(&self, day: &str) -> Result<receipts::Export, EarningsError> {
         let (root, signed) = self.day_root(day, true)?;
-        Ok(receipts::build_export(day, root.signer, self.chain_id, signed, root.message, root.signature))
+        Ok(receipts::build_export(
+            day,
+            root.signer,
+            self.chain_id,
+            signed,
+            root.message,
+            root.signature,
+        ))
     }
 
     /// Connects to `[earnings.chain]` (chain id checked); `None` when no rpc_url is set.
@@ -336,7 +379,14 @@ impl Earnings {
         if c.rpc_url.is_empty() {
             return Ok(None);
         }
-        Ok(Some(chain::Chain::connect(&c.rpc_url, c.chain_id, Duration::from_secs(c.timeout_secs.max(1))).await?))
+        Ok(Some(
+            chain::Chain::connect(
+                &c.rpc_url,
+                c.chain_id,
+                Duration::from_secs(c.timeout_secs.max(1)),
+            )
+            .await?,
+        ))
     }
 
     /// The own-orchestrator scan target.
@@ -357,7 +407,12 @@ impl Earnings {
 
     /// One pass of chain work: round, fee share and scan (orchestrator mode), or payout
     /// checks and a balance snapshot when due (pool mode).
-    pub async fn chain_tick(&self, chain: &chain::Chain, max_blocks: Option<u64>, shutdown: &CancellationToken) -> Result<ChainTick, EarningsError> {
+    pub async fn chain_tick(
+        &self,
+        chain: &chain::Chain,
+        max_blocks: Option<u64>,
+        shutdown: &CancellationToken,
+    ) -> Result<ChainTick, EarningsError> {
         let c = &self.cfg.chain;
         let mut tick = ChainTick::default();
         let rounds = parse_address("earnings.chain.rounds_manager", &c.rounds_manager)?;
@@ -365,7 +420,7 @@ impl Earnings {
             Ok(r) => {
                 self.board.set_round(r);
                 let head = chain.head().await.unwrap_or_default();
-                self.records.saw_round(r, crate::ledger::time::now_ms(), head)?;
+                self.records.saw_round(r, crate::util::now_ms(), head)?;
                 tick.round = Some(r);
             }
             Err(e) => tracing::debug!(error = %e, "cannot read the current round"),
@@ -389,15 +444,19 @@ impl Earnings {
             return Err(EarningsError::NoPayoutAddress);
         };
         for p in self.records.pool_payouts()? {
-            let recheck = p.check.as_ref().is_none_or(|c| matches!(c.state.as_str(), "pending" | "not_found"));
+            let recheck = p
+                .check
+                .as_ref()
+                .is_none_or(|c| matches!(c.state.as_str(), "pending" | "not_found"));
             let (Some(tx), true) = (p.tx_hash, recheck) else {
                 continue;
             };
             let check = chain.verify_payout(tx, me, p.amount).await?;
-            self.records.set_payout_check(&p.source, &p.ext_id, &check)?;
+            self.records
+                .set_payout_check(&p.source, &p.ext_id, &check)?;
             tick.payouts_checked += 1;
         }
-        let now = crate::ledger::time::now_ms();
+        let now = crate::util::now_ms();
         let due = {
             let last = self.last_snapshot_ms.lock().map(|g| *g).unwrap_or(0);
             now.saturating_sub(last) >= c.snapshot_interval_secs * 1000
@@ -414,7 +473,12 @@ impl Earnings {
     }
 
     /// Reconciles from `since_ms` on, reading the chain for pendingFees when configured.
-    pub async fn reconcile(&self, since_ms: u64, by: statement::By, now_ms: u64) -> Result<reconcile::Reconciliation, EarningsError> {
+    pub async fn reconcile(
+        &self,
+        since_ms: u64,
+        by: statement::By,
+        now_ms: u64,
+    ) -> Result<reconcile::Reconciliation, EarningsError> {
         let window = self.cfg.match_window_secs * 1000;
         let mut inp = reconcile::Inputs {
             jobs: self.records.jobs_between(since_ms, u64::MAX / 2)?,
@@ -432,16 +496,26 @@ impl Earnings {
         let model = self.model();
         if self.cfg.chain.mode == "orchestrator" && !self.cfg.chain.rpc_url.is_empty() {
             let t = self.scan_target()?;
-            inp.chain_events = self.records.chain_events(&t.stream, since_ms, u64::MAX / 2)?;
+            inp.chain_events = self
+                .records
+                .chain_events(&t.stream, since_ms, u64::MAX / 2)?;
             if let Ok(Some(chain)) = self.connect_chain().await {
-                let rm = parse_address("earnings.chain.rounds_manager", &self.cfg.chain.rounds_manager)?;
+                let rm = parse_address(
+                    "earnings.chain.rounds_manager",
+                    &self.cfg.chain.rounds_manager,
+                )?;
                 if let Ok(round) = chain.current_round(rm).await {
-                    inp.pending_fees = chain.pending_fees(t.bonding_manager, t.orchestrator, round).await.ok();
+                    inp.pending_fees = chain
+                        .pending_fees(t.bonding_manager, t.orchestrator, round)
+                        .await
+                        .ok();
                 }
             }
             return Ok(reconcile::reconcile_orchestrator(&model, &inp, &settings)?);
         }
-        inp.pool_jobs = self.records.pool_jobs_between(since_ms.saturating_sub(window), u64::MAX / 2)?;
+        inp.pool_jobs = self
+            .records
+            .pool_jobs_between(since_ms.saturating_sub(window), u64::MAX / 2)?;
         inp.payouts = self.records.pool_payouts()?;
         if let Some(me) = self.payout {
             inp.snapshots = self.records.snapshots(me)?;
@@ -451,7 +525,10 @@ impl Earnings {
 
     /// Background work until `shutdown`: the pool poller, the chain watcher and the daily
     /// root signer. Failures are logged and retried; none stops the daemon.
-    pub fn spawn(self: &Arc<Self>, shutdown: CancellationToken) -> Vec<tokio::task::JoinHandle<()>> {
+    pub fn spawn(
+        self: &Arc<Self>,
+        shutdown: CancellationToken,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
         let mut tasks = Vec::new();
         let p = &self.cfg.pool;
         if matches!(p.kind.as_str(), "livepool" | "openpool") {
@@ -476,10 +553,21 @@ impl Earnings {
         let stop = shutdown.clone();
         tasks.push(tokio::spawn(async move {
             loop {
-                match me.sign_due_roots(crate::ledger::time::now_ms()) {
-                    Ok(days) if !days.is_empty() => tracing::info!(?days, "signed daily receipt roots"),
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "signing daily receipt roots failed; will retry"),
+                // SQLite and signing: off the async workers.
+                let m = me.clone();
+                match tokio::task::spawn_blocking(move || m.sign_due_roots(crate::util::now_ms()))
+                    .await
+                {
+                    Ok(Ok(days)) if !days.is_empty() => {
+                        tracing::info!(?days, "signed daily receipt roots")
+                    }
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "signing daily receipt roots failed; will retry")
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the receipt root task failed; will retry")
+                    }
                 }
                 tokio::select! {
                     _ = stop.cancelled() => return,
@@ -497,7 +585,9 @@ impl Earnings {
             if chain.is_none() {
                 match self.connect_chain().await {
                     Ok(c) => chain = c,
-                    Err(e) => tracing::warn!(error = %e, "earnings chain checks are waiting for the endpoint"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "earnings chain checks are waiting for the endpoint")
+                    }
                 }
             }
             if let Some(c) = &chain {
@@ -505,7 +595,10 @@ impl Earnings {
                     Ok(t) => tracing::debug!(?t, "earnings chain tick"),
                     Err(e) => {
                         tracing::warn!(error = %e, "earnings chain tick failed; will retry");
-                        if matches!(e, EarningsError::Chain(chain::ChainError::Unreachable { .. })) {
+                        if matches!(
+                            e,
+                            EarningsError::Chain(chain::ChainError::Unreachable { .. })
+                        ) {
                             chain = None;
                         }
                     }

@@ -86,7 +86,8 @@ impl PoolModel {
     }
 
     pub fn orchestrator(fee_share_ppm: u32) -> PoolModel {
-        let delegators = Frac::ratio(u64::from(fee_share_ppm.min(1_000_000)), 1_000_000).unwrap_or(Frac::ZERO);
+        let delegators =
+            Frac::ratio(u64::from(fee_share_ppm.min(1_000_000)), 1_000_000).unwrap_or(Frac::ZERO);
         PoolModel {
             kind: ModelKind::Orchestrator,
             fee_share: delegators.complement().unwrap_or(Frac::ZERO),
@@ -222,7 +223,10 @@ mod tests {
         assert_eq!(r.commission, U256::from(3604 - 3163));
         assert_eq!(r.truncation, U256::ZERO);
         // Threshold: 2500 × 21000 × 0.01 gwei.
-        assert_eq!(m.payout_threshold, Some(U256::from(2500u64 * 21_000 * 10_000_000)));
+        assert_eq!(
+            m.payout_threshold,
+            Some(U256::from(2500u64 * 21_000 * 10_000_000))
+        );
         assert_eq!(m.gas_per_payout, U256::from(21_000u64 * 10_000_000));
     }
 
@@ -233,7 +237,7 @@ mod tests {
         let r = sum(&m, &[1001, 2003], &price(1200, 1000));
         assert_eq!(r.gross, U256::from(3604));
         assert_eq!(r.truncation, U256::from(600)); // 600.8 rounded down
-        // 3004 × 0.75 = 2253
+                                                   // 3004 × 0.75 = 2253
         assert_eq!(r.net, U256::from(2253));
         assert_eq!(r.commission, U256::from(3604 - 2253));
         assert_eq!(m.payout_threshold, Some(U256::from(OPENPOOL_THRESHOLD_WEI)));
@@ -254,10 +258,18 @@ mod tests {
     #[test]
     fn custom_share_with_and_without_truncation() {
         let share = parse_fraction("0.85").unwrap();
-        let r = sum(&PoolModel::custom(share, false, None), &[1001, 2003], &price(1200, 1000));
+        let r = sum(
+            &PoolModel::custom(share, false, None),
+            &[1001, 2003],
+            &price(1200, 1000),
+        );
         // 3604.8 × 0.85 = 3064.08
         assert_eq!(r.net, U256::from(3064));
-        let r = sum(&PoolModel::custom(share, true, None), &[1001, 2003], &price(1200, 1000));
+        let r = sum(
+            &PoolModel::custom(share, true, None),
+            &[1001, 2003],
+            &price(1200, 1000),
+        );
         // 3004 × 0.85 = 2553.4
         assert_eq!(r.net, U256::from(2553));
     }
@@ -271,6 +283,9 @@ mod tests {
         };
         let m = PoolModel::custom(Frac::ONE, false, None);
         let r = sum(&m, &[1 << 40], &p);
-        assert_eq!(r.net, U256::from(1u64 << 40) * U256::from(10u8).pow(U256::from(30)));
+        assert_eq!(
+            r.net,
+            U256::from(1u64 << 40) * U256::from(10u8).pow(U256::from(30))
+        );
     }
 }

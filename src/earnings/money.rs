@@ -116,15 +116,24 @@ impl Frac {
     }
 
     /// `pixels × price ÷ pixels_per_unit`: the exact value of `pixels` at a price.
-    pub fn value_of(pixels: u64, price_per_unit: U256, pixels_per_unit: U256) -> Result<Frac, MoneyError> {
-        let num = U512::from(pixels)
-            .checked_mul(wide(price_per_unit))
-            .ok_or(MoneyError::Overflow { what: "pixels × price" })?;
+    pub fn value_of(
+        pixels: u64,
+        price_per_unit: U256,
+        pixels_per_unit: U256,
+    ) -> Result<Frac, MoneyError> {
+        let num =
+            U512::from(pixels)
+                .checked_mul(wide(price_per_unit))
+                .ok_or(MoneyError::Overflow {
+                    what: "pixels × price",
+                })?;
         Frac::new(num, wide(pixels_per_unit))
     }
 
     pub fn checked_add(self, o: Frac) -> Result<Frac, MoneyError> {
-        let over = MoneyError::Overflow { what: "a sum of fractions" };
+        let over = MoneyError::Overflow {
+            what: "a sum of fractions",
+        };
         if self.den == o.den {
             return Frac::new(self.num.checked_add(o.num).ok_or(over)?, self.den);
         }
@@ -153,7 +162,9 @@ impl Frac {
         // Cross-reduce first so the products stay small.
         let g1 = self.num.gcd(o.den).max(U512::from(1u8));
         let g2 = o.num.gcd(self.den).max(U512::from(1u8));
-        let over = MoneyError::Overflow { what: "a product of fractions" };
+        let over = MoneyError::Overflow {
+            what: "a product of fractions",
+        };
         let num = (self.num / g1)
             .checked_mul(o.num / g2)
             .ok_or(over.clone())?;
@@ -217,7 +228,10 @@ pub fn parse_fraction(s: &str) -> Result<Frac, MoneyError> {
         None => (t, U512::from(1u8)),
     };
     let (whole, frac) = body.split_once('.').unwrap_or((body, ""));
-    if (whole.is_empty() && frac.is_empty()) || (!whole.is_empty() && !digits(whole)) || (!frac.is_empty() && !digits(frac)) {
+    if (whole.is_empty() && frac.is_empty())
+        || (!whole.is_empty() && !digits(whole))
+        || (!frac.is_empty() && !digits(frac))
+    {
         return Err(err());
     }
     if frac.len() > 40 {
@@ -260,7 +274,10 @@ mod tests {
         let big = U256::MAX;
         let v = Frac::value_of(u64::MAX, big, U256::MAX).unwrap();
         assert_eq!(v.floor().unwrap(), U256::from(u64::MAX));
-        assert!(Frac::value_of(2, big, U256::from(1)).unwrap().floor().is_err());
+        assert!(Frac::value_of(2, big, U256::from(1))
+            .unwrap()
+            .floor()
+            .is_err());
     }
 
     #[test]
@@ -277,7 +294,10 @@ mod tests {
         assert_eq!(parse_wei("0x10").unwrap(), U256::from(16));
         assert!(parse_wei("1.5").is_err());
         assert!(parse_wei("-1").is_err());
-        assert_eq!(format_eth(U256::from(1_500_000_000_000_000_000u128)), "1.500000000000000000");
+        assert_eq!(
+            format_eth(U256::from(1_500_000_000_000_000_000u128)),
+            "1.500000000000000000"
+        );
         assert_eq!(format_eth(U256::from(5)), "0.000000000000000005");
     }
 
@@ -287,7 +307,10 @@ mod tests {
         assert_eq!(q.complement().unwrap(), Frac::ratio(3, 4).unwrap());
         assert!(Frac::ratio(5, 4).unwrap().complement().is_none());
         assert_eq!(
-            Frac::ratio(3, 4).unwrap().checked_mul(Frac::ratio(2, 3).unwrap()).unwrap(),
+            Frac::ratio(3, 4)
+                .unwrap()
+                .checked_mul(Frac::ratio(2, 3).unwrap())
+                .unwrap(),
             Frac::ratio(1, 2).unwrap()
         );
     }

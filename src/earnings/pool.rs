@@ -32,11 +32,19 @@ pub enum PoolError {
     #[error("cannot reach the pool at {url}: {why}; check [earnings.pool] url (stored statements are kept)")]
     Unreachable { url: String, why: String },
     #[error("the pool at {url} answered HTTP {status}: {body}")]
-    Status { url: String, status: u16, body: String },
+    Status {
+        url: String,
+        status: u16,
+        body: String,
+    },
     #[error("the pool's statement from {url} is not in the expected shape: {why}")]
     Shape { url: String, why: String },
     #[error("{file} line {line}: {why}")]
-    Csv { file: String, line: usize, why: String },
+    Csv {
+        file: String,
+        line: usize,
+        why: String,
+    },
     #[error(transparent)]
     Records(#[from] RecordsError),
     #[error(transparent)]
@@ -99,9 +107,18 @@ pub fn parse_livepool(body: &str, url: &str, ours: Address) -> Result<Statement,
             continue;
         }
         if j.timestamp < 0 || j.pixels < 0 {
-            return Err(shape(format!("negative timestamp or pixels in {}", j.timestamp)));
+            return Err(shape(format!(
+                "negative timestamp or pixels in {}",
+                j.timestamp
+            )));
         }
-        let key = format!("{}:{}:{}:{}", j.timestamp, j.pixels, j.payout.0, j.profiles.join(","));
+        let key = format!(
+            "{}:{}:{}:{}",
+            j.timestamp,
+            j.pixels,
+            j.payout.0,
+            j.profiles.join(",")
+        );
         let n = seen.entry(key.clone()).or_insert(0);
         *n += 1;
         out.jobs.push(PoolJob {
@@ -145,7 +162,9 @@ impl<'de> Deserialize<'de> for BigWei {
                     .map_err(|_| E::custom("a negative amount"))
             }
             fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<BigWei, E> {
-                Err(E::custom("a fractional or too large amount (wei are whole numbers below 2^128 here)"))
+                Err(E::custom(
+                    "a fractional or too large amount (wei are whole numbers below 2^128 here)",
+                ))
             }
             fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<BigWei, E> {
                 super::money::parse_wei(s).map(BigWei).map_err(E::custom)
@@ -160,7 +179,12 @@ impl<'de> Deserialize<'de> for BigWei {
 
 /// Parses Open Pool `/pool/events`: our `job-processed` events, and our `pool-payout`
 /// events where a pool publishes them. Returns the statement and the newest event time.
-pub fn parse_openpool(body: &str, url: &str, ours: Address, commission: Frac) -> Result<(Statement, u64), PoolError> {
+pub fn parse_openpool(
+    body: &str,
+    url: &str,
+    ours: Address,
+    commission: Frac,
+) -> Result<(Statement, u64), PoolError> {
     let shape = |why: String| PoolError::Shape {
         url: url.to_string(),
         why,
@@ -182,7 +206,8 @@ pub fn parse_openpool(body: &str, url: &str, ours: Address, commission: Frac) ->
         let at_ms = crate::ledger::time::parse_date(&r.dt)
             .ok_or_else(|| shape(format!("event {} has DT {:?}, not RFC 3339", r.id, r.dt)))?;
         newest = newest.max(at_ms);
-        let p: Value = serde_json::from_str(&r.payload).map_err(|e| shape(format!("event {} payload: {e}", r.id)))?;
+        let p: Value = serde_json::from_str(&r.payload)
+            .map_err(|e| shape(format!("event {} payload: {e}", r.id)))?;
         let kind = p.get("event_type").and_then(|v| v.as_str()).unwrap_or("");
         let pl = p.get("payload").cloned().unwrap_or(Value::Null);
         let addr = pl
@@ -194,8 +219,14 @@ pub fn parse_openpool(body: &str, url: &str, ours: Address, commission: Frac) ->
         }
         match kind {
             "job-processed" => {
-                let units = pl.get("computeUnits").and_then(u64_of).ok_or_else(|| shape(format!("event {} has no computeUnits", r.id)))?;
-                let fees = pl.get("fees").and_then(wei_of).ok_or_else(|| shape(format!("event {} has no fees", r.id)))?;
+                let units = pl
+                    .get("computeUnits")
+                    .and_then(u64_of)
+                    .ok_or_else(|| shape(format!("event {} has no computeUnits", r.id)))?;
+                let fees = pl
+                    .get("fees")
+                    .and_then(wei_of)
+                    .ok_or_else(|| shape(format!("event {} has no fees", r.id)))?;
                 let price = pl.get("pricePerComputeUnit").and_then(wei_of);
                 // The pool's loader books fees × (1 − commission) to the worker.
                 let credited = Frac::from_wei(fees).checked_mul(keep)?.floor()?;
@@ -210,8 +241,14 @@ pub fn parse_openpool(body: &str, url: &str, ours: Address, commission: Frac) ->
                 });
             }
             "pool-payout" | "PoolPayout" => {
-                let amount = pl.get("fees").and_then(wei_of).ok_or_else(|| shape(format!("event {} has no fees", r.id)))?;
-                let tx = pl.get("txHash").and_then(|v| v.as_str()).and_then(|t| t.parse::<B256>().ok());
+                let amount = pl
+                    .get("fees")
+                    .and_then(wei_of)
+                    .ok_or_else(|| shape(format!("event {} has no fees", r.id)))?;
+                let tx = pl
+                    .get("txHash")
+                    .and_then(|v| v.as_str())
+                    .and_then(|t| t.parse::<B256>().ok());
                 out.payouts.push(PoolPayout {
                     source: "openpool".into(),
                     ext_id: format!("op:{}", r.id),
@@ -228,7 +265,12 @@ pub fn parse_openpool(body: &str, url: &str, ours: Address, commission: Frac) ->
 }
 
 /// Parses a payouts list (`payouts_url`).
-pub fn parse_payouts(body: &str, url: &str, source: &str, ours: Address) -> Result<Vec<PoolPayout>, PoolError> {
+pub fn parse_payouts(
+    body: &str,
+    url: &str,
+    source: &str,
+    ours: Address,
+) -> Result<Vec<PoolPayout>, PoolError> {
     let shape = |why: String| PoolError::Shape {
         url: url.to_string(),
         why,
@@ -236,7 +278,11 @@ pub fn parse_payouts(body: &str, url: &str, source: &str, ours: Address) -> Resu
     let rows: Vec<Value> = serde_json::from_str(body).map_err(|e| shape(e.to_string()))?;
     let mut out = Vec::new();
     for (i, r) in rows.iter().enumerate() {
-        if let Some(a) = r.get("ethAddress").or_else(|| r.get("transcoder")).and_then(|v| v.as_str()) {
+        if let Some(a) = r
+            .get("ethAddress")
+            .or_else(|| r.get("transcoder"))
+            .and_then(|v| v.as_str())
+        {
             if a.parse::<Address>().ok() != Some(ours) {
                 continue;
             }
@@ -249,11 +295,16 @@ pub fn parse_payouts(body: &str, url: &str, source: &str, ours: Address) -> Resu
             .get("txHash")
             .or_else(|| r.get("tx_hash"))
             .and_then(|v| v.as_str())
-            .map(|t| t.parse::<B256>().map_err(|_| shape(format!("payout {i} has a malformed txHash {t:?}"))))
+            .map(|t| {
+                t.parse::<B256>()
+                    .map_err(|_| shape(format!("payout {i} has a malformed txHash {t:?}")))
+            })
             .transpose()?;
         let at_ms = match r.get("createdAt").or_else(|| r.get("timestamp")) {
             Some(Value::String(s)) => crate::ledger::time::parse_date(s).unwrap_or(0),
-            Some(v) => u64_of(v).map(|s| if s > 10_000_000_000 { s } else { s * 1000 }).unwrap_or(0),
+            Some(v) => u64_of(v)
+                .map(|s| if s > 10_000_000_000 { s } else { s * 1000 })
+                .unwrap_or(0),
             None => 0,
         };
         let id = r
@@ -281,14 +332,23 @@ pub fn parse_csv(text: &str, file: &str) -> Result<Statement, PoolError> {
         line,
         why,
     };
-    let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty() && !l.starts_with('#'));
+    let mut lines = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty() && !l.starts_with('#'));
     let Some((_, header)) = lines.next() else {
         return Ok(Statement::default());
     };
-    let cols: Vec<String> = header.split(',').map(|c| c.trim().to_ascii_lowercase()).collect();
+    let cols: Vec<String> = header
+        .split(',')
+        .map(|c| c.trim().to_ascii_lowercase())
+        .collect();
     let idx = |name: &str| cols.iter().position(|c| c == name);
     let (Some(ki), Some(ti), Some(ai)) = (idx("kind"), idx("timestamp"), idx("amount_wei")) else {
-        return Err(err(1, "the header must name kind, timestamp, pixels, amount_wei and tx_hash".into()));
+        return Err(err(
+            1,
+            "the header must name kind, timestamp, pixels, amount_wei and tx_hash".into(),
+        ));
     };
     let pi = idx("pixels");
     let hi = idx("tx_hash");
@@ -299,16 +359,28 @@ pub fn parse_csv(text: &str, file: &str) -> Result<Statement, PoolError> {
         let get = |i: Option<usize>| i.and_then(|i| f.get(i)).copied().unwrap_or("");
         let ts = get(Some(ti));
         let at_ms = if ts.bytes().all(|b| b.is_ascii_digit()) && !ts.is_empty() {
-            ts.parse::<u64>().map_err(|e| err(ln, format!("timestamp {ts:?}: {e}")))? * 1000
+            ts.parse::<u64>()
+                .map_err(|e| err(ln, format!("timestamp {ts:?}: {e}")))?
+                * 1000
         } else {
-            crate::ledger::time::parse_date(ts).ok_or_else(|| err(ln, format!("timestamp {ts:?} is neither RFC 3339 nor Unix seconds")))?
+            crate::ledger::time::parse_date(ts).ok_or_else(|| {
+                err(
+                    ln,
+                    format!("timestamp {ts:?} is neither RFC 3339 nor Unix seconds"),
+                )
+            })?
         };
         let amount = super::money::parse_wei(get(Some(ai))).map_err(|e| err(ln, e.to_string()))?;
-        let id = format!("csv:{}", hex::encode(&Sha256::digest(line.trim().as_bytes())[..12]));
+        let id = format!(
+            "csv:{}",
+            hex::encode(&Sha256::digest(line.trim().as_bytes())[..12])
+        );
         match get(Some(ki)).to_ascii_lowercase().as_str() {
             "job" => {
                 let px = get(pi);
-                let pixels = px.parse::<u64>().map_err(|_| err(ln, format!("pixels {px:?} is not a whole number")))?;
+                let pixels = px
+                    .parse::<u64>()
+                    .map_err(|_| err(ln, format!("pixels {px:?} is not a whole number")))?;
                 out.jobs.push(PoolJob {
                     source: "csv".into(),
                     ext_id: id,
@@ -321,11 +393,14 @@ pub fn parse_csv(text: &str, file: &str) -> Result<Statement, PoolError> {
             }
             "payout" => {
                 let h = get(hi);
-                let tx_hash = if h.is_empty() {
-                    None
-                } else {
-                    Some(h.parse::<B256>().map_err(|_| err(ln, format!("tx_hash {h:?} is not a 32-byte hex hash")))?)
-                };
+                let tx_hash =
+                    if h.is_empty() {
+                        None
+                    } else {
+                        Some(h.parse::<B256>().map_err(|_| {
+                            err(ln, format!("tx_hash {h:?} is not a 32-byte hex hash"))
+                        })?)
+                    };
                 out.payouts.push(PoolPayout {
                     source: "csv".into(),
                     ext_id: id,
@@ -361,7 +436,14 @@ pub struct PollReport {
 }
 
 impl PoolClient {
-    pub fn new(kind: &str, url: &str, payouts_url: &str, ours: Address, commission: Frac, timeout: Duration) -> Result<PoolClient, PoolError> {
+    pub fn new(
+        kind: &str,
+        url: &str,
+        payouts_url: &str,
+        ours: Address,
+        commission: Frac,
+        timeout: Duration,
+    ) -> Result<PoolClient, PoolError> {
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .build()
@@ -381,16 +463,16 @@ impl PoolClient {
 
     async fn get(&self, url: &str, query: &[(&str, String)]) -> Result<String, PoolError> {
         let shown = super::rpc::redact(url);
-        let resp = self
-            .http
-            .get(url)
-            .query(query)
-            .send()
-            .await
-            .map_err(|e| PoolError::Unreachable {
-                url: shown.clone(),
-                why: super::error_chain(&e),
-            })?;
+        let resp =
+            self.http
+                .get(url)
+                .query(query)
+                .send()
+                .await
+                .map_err(|e| PoolError::Unreachable {
+                    url: shown.clone(),
+                    why: super::error_chain(&e),
+                })?;
         let status = resp.status();
         let body = resp.text().await.map_err(|e| PoolError::Unreachable {
             url: shown.clone(),
@@ -408,7 +490,7 @@ impl PoolClient {
 
     /// Fetches what is new since the stored cursor and stores it.
     pub async fn poll(&self, records: &Records) -> Result<PollReport, PoolError> {
-        let now = crate::ledger::time::now_ms();
+        let now = crate::util::now_ms();
         let cursor = records.pool_cursor(&self.kind)?.map(|c| c.0).unwrap_or(0);
         // Re-read an hour before the cursor: a pool may book a job late. Keys make it idempotent.
         let since = cursor.saturating_sub(3_600_000);
@@ -438,8 +520,12 @@ impl PoolClient {
         };
         if !self.payouts_url.is_empty() {
             let body = self.get(&self.payouts_url, &[]).await?;
-            st.payouts
-                .extend(parse_payouts(&body, &super::rpc::redact(&self.payouts_url), &self.kind, self.ours)?);
+            st.payouts.extend(parse_payouts(
+                &body,
+                &super::rpc::redact(&self.payouts_url),
+                &self.kind,
+                self.ours,
+            )?);
         }
         let newest = st
             .jobs
@@ -458,7 +544,12 @@ impl PoolClient {
     }
 
     /// Polls every `interval` until `shutdown`; failures are logged and stored, never fatal.
-    pub async fn run(self, records: std::sync::Arc<Records>, interval: Duration, shutdown: CancellationToken) {
+    pub async fn run(
+        self,
+        records: std::sync::Arc<Records>,
+        interval: Duration,
+        shutdown: CancellationToken,
+    ) {
         loop {
             match self.poll(&records).await {
                 Ok(r) if r.jobs_new + r.payouts_new > 0 => {
@@ -467,8 +558,18 @@ impl PoolClient {
                 Ok(_) => {}
                 Err(e) => {
                     tracing::warn!(source = %self.kind, error = %e, "pool statement poll failed; will retry");
-                    let cursor = records.pool_cursor(&self.kind).ok().flatten().map(|c| c.0).unwrap_or(0);
-                    let _ = records.set_pool_cursor(&self.kind, cursor, crate::ledger::time::now_ms(), Some(&e.to_string()));
+                    let cursor = records
+                        .pool_cursor(&self.kind)
+                        .ok()
+                        .flatten()
+                        .map(|c| c.0)
+                        .unwrap_or(0);
+                    let _ = records.set_pool_cursor(
+                        &self.kind,
+                        cursor,
+                        crate::util::now_ms(),
+                        Some(&e.to_string()),
+                    );
                 }
             }
             tokio::select! {
@@ -487,7 +588,10 @@ pub fn import_csv(records: &Records, path: &std::path::Path) -> Result<(usize, u
         why: format!("cannot read it: {e}"),
     })?;
     let st = parse_csv(&text, &path.display().to_string())?;
-    Ok((records.insert_pool_jobs(&st.jobs)?, records.insert_pool_payouts(&st.payouts)?))
+    Ok((
+        records.insert_pool_jobs(&st.jobs)?,
+        records.insert_pool_payouts(&st.payouts)?,
+    ))
 }
 
 #[cfg(test)]
@@ -522,7 +626,13 @@ mod tests {
             {"ID": 8, "Payload": other, "Version": 1, "DT": "2024-02-29T12:00:01Z"},
         ])
         .to_string();
-        let (st, newest) = parse_openpool(&body, "u", me(), super::super::money::parse_fraction("0.25").unwrap()).unwrap();
+        let (st, newest) = parse_openpool(
+            &body,
+            "u",
+            me(),
+            super::super::money::parse_fraction("0.25").unwrap(),
+        )
+        .unwrap();
         assert_eq!(st.jobs.len(), 1);
         assert_eq!(st.jobs[0].credited, U256::from(2253));
         assert_eq!(st.jobs[0].ext_id, "op:7");
@@ -537,7 +647,12 @@ mod tests {
         let bad = "kind,timestamp,pixels,amount_wei,tx_hash\njob,2024-02-29T12:00:00Z,100,50,\njob,yesterday,1,1,\n";
         let e = parse_csv(bad, "s.csv").unwrap_err().to_string();
         assert!(e.contains("s.csv line 3") && e.contains("yesterday"), "{e}");
-        let e = parse_csv("kind,timestamp,pixels,amount_wei,tx_hash\npayout,1,,1,0x12\n", "s.csv").unwrap_err().to_string();
+        let e = parse_csv(
+            "kind,timestamp,pixels,amount_wei,tx_hash\npayout,1,,1,0x12\n",
+            "s.csv",
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("tx_hash"), "{e}");
     }
 }

@@ -81,14 +81,19 @@ pub struct PriceBoard {
 
 impl PriceBoard {
     /// `config_price` is `[earnings] price_per_unit`/`pixels_per_unit` (ignored when 0).
-    pub fn new(preference: PricePreference, price_per_unit: U256, pixels_per_unit: U256) -> PriceBoard {
-        let config = (!price_per_unit.is_zero() && !pixels_per_unit.is_zero()).then(|| PriceSnapshot {
-            price_per_unit,
-            pixels_per_unit,
-            source: PriceSource::Config,
-            at_ms: crate::ledger::time::now_ms(),
-            orchestrator: None,
-        });
+    pub fn new(
+        preference: PricePreference,
+        price_per_unit: U256,
+        pixels_per_unit: U256,
+    ) -> PriceBoard {
+        let config =
+            (!price_per_unit.is_zero() && !pixels_per_unit.is_zero()).then(|| PriceSnapshot {
+                price_per_unit,
+                pixels_per_unit,
+                source: PriceSource::Config,
+                at_ms: crate::util::now_ms(),
+                orchestrator: None,
+            });
         PriceBoard {
             preference,
             config,
@@ -100,7 +105,12 @@ impl PriceBoard {
 
     /// A price quoted by the orchestrator (`GetOrchestrator`). A zero `pixels_per_unit` is
     /// ignored: it would divide by zero.
-    pub fn set_orchestrator(&self, price_per_unit: U256, pixels_per_unit: U256, orchestrator: Option<Address>) {
+    pub fn set_orchestrator(
+        &self,
+        price_per_unit: U256,
+        pixels_per_unit: U256,
+        orchestrator: Option<Address>,
+    ) {
         if pixels_per_unit.is_zero() {
             return;
         }
@@ -109,7 +119,7 @@ impl PriceBoard {
                 price_per_unit,
                 pixels_per_unit,
                 source: PriceSource::Orchestrator,
-                at_ms: crate::ledger::time::now_ms(),
+                at_ms: crate::util::now_ms(),
                 orchestrator,
             });
         }
@@ -172,7 +182,10 @@ mod tests {
         assert_eq!(b.current().source, PriceSource::Config);
         b.set_orchestrator(U256::from(1200), U256::from(1000), None);
         let p = b.current();
-        assert_eq!((p.source, p.price_per_unit), (PriceSource::Orchestrator, U256::from(1200)));
+        assert_eq!(
+            (p.source, p.price_per_unit),
+            (PriceSource::Orchestrator, U256::from(1200))
+        );
         // A zero pixelsPerUnit quote is refused.
         b.set_orchestrator(U256::from(5), U256::ZERO, None);
         assert_eq!(b.current().price_per_unit, U256::from(1200));

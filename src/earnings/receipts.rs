@@ -197,7 +197,12 @@ pub struct OperatorKey {
 
 impl std::fmt::Debug for OperatorKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "OperatorKey({}, {})", self.address(), self.path.display())
+        write!(
+            f,
+            "OperatorKey({}, {})",
+            self.address(),
+            self.path.display()
+        )
     }
 }
 
@@ -227,8 +232,10 @@ impl OperatorKey {
             return Err(KeyError::Format { path: p });
         }
         let mut raw = [0u8; 32];
-        alloy::primitives::hex::decode_to_slice(hex, &mut raw).map_err(|_| KeyError::Format { path: p.clone() })?;
-        let signer = PrivateKeySigner::from_bytes(&B256::from(raw)).map_err(|_| KeyError::Invalid { path: p })?;
+        alloy::primitives::hex::decode_to_slice(hex, &mut raw)
+            .map_err(|_| KeyError::Format { path: p.clone() })?;
+        let signer = PrivateKeySigner::from_bytes(&B256::from(raw))
+            .map_err(|_| KeyError::Invalid { path: p })?;
         raw.fill(0);
         Ok(OperatorKey {
             signer,
@@ -244,7 +251,8 @@ impl OperatorKey {
             path: p.clone(),
             source: std::io::Error::other(e.to_string()),
         })?;
-        let signer = PrivateKeySigner::from_bytes(&B256::from(raw)).map_err(|_| KeyError::Invalid { path: p.clone() })?;
+        let signer = PrivateKeySigner::from_bytes(&B256::from(raw))
+            .map_err(|_| KeyError::Invalid { path: p.clone() })?;
         let mut opts = std::fs::OpenOptions::new();
         opts.write(true).create_new(true);
         #[cfg(unix)]
@@ -272,7 +280,12 @@ impl OperatorKey {
     }
 
     /// Signs a receipt (EIP-712).
-    pub fn sign(&self, receipt: Receipt, cids: Vec<String>, chain_id: u64) -> Result<SignedReceipt, ReceiptError> {
+    pub fn sign(
+        &self,
+        receipt: Receipt,
+        cids: Vec<String>,
+        chain_id: u64,
+    ) -> Result<SignedReceipt, ReceiptError> {
         let digest = receipt.digest(chain_id);
         let sig = self
             .signer
@@ -330,7 +343,13 @@ fn levels(leaves: &[B256]) -> Vec<Vec<B256>> {
         let cur = out.last().cloned().unwrap_or_default();
         let next = cur
             .chunks(2)
-            .map(|p| if p.len() == 2 { node(&p[0], &p[1]) } else { p[0] })
+            .map(|p| {
+                if p.len() == 2 {
+                    node(&p[0], &p[1])
+                } else {
+                    p[0]
+                }
+            })
             .collect();
         out.push(next);
     }
@@ -413,7 +432,10 @@ pub fn build_export(
     root_message: String,
     root_signature: String,
 ) -> Export {
-    let digests: Vec<B256> = receipts.iter().map(|r| r.receipt.digest(r.chain_id)).collect();
+    let digests: Vec<B256> = receipts
+        .iter()
+        .map(|r| r.receipt.digest(r.chain_id))
+        .collect();
     let leaves: Vec<B256> = digests.iter().map(leaf).collect();
     let root = merkle_root(&leaves);
     let receipts = receipts
@@ -464,7 +486,8 @@ impl VerifyReport {
 /// Verifies an export offline: each receipt's CID hash, signature and proof, the root
 /// recomputed from all receipts, and the root's EIP-191 signature.
 pub fn verify_export(text: &str) -> Result<VerifyReport, ReceiptError> {
-    let ex: Export = serde_json::from_str(text).map_err(|e| ReceiptError::Malformed(e.to_string()))?;
+    let ex: Export =
+        serde_json::from_str(text).map_err(|e| ReceiptError::Malformed(e.to_string()))?;
     if ex.format != EXPORT_FORMAT {
         return Err(ReceiptError::Malformed(format!(
             "format {:?} is not {EXPORT_FORMAT}",
@@ -483,11 +506,17 @@ pub fn verify_export(text: &str) -> Result<VerifyReport, ReceiptError> {
         let digest = r.signed.receipt.digest(r.signed.chain_id);
         leaves.push(leaf(&digest));
         if r.signed.signer != ex.signer {
-            rep.failures.push(format!("job {id}: signed by {}, the export by {}", r.signed.signer, ex.signer));
+            rep.failures.push(format!(
+                "job {id}: signed by {}, the export by {}",
+                r.signed.signer, ex.signer
+            ));
             continue;
         }
         if r.signed.chain_id != ex.domain.chain_id {
-            rep.failures.push(format!("job {id}: chain id {} differs from the export's", r.signed.chain_id));
+            rep.failures.push(format!(
+                "job {id}: chain id {} differs from the export's",
+                r.signed.chain_id
+            ));
             continue;
         }
         if let Err(e) = r.signed.verify() {
@@ -495,11 +524,14 @@ pub fn verify_export(text: &str) -> Result<VerifyReport, ReceiptError> {
             continue;
         }
         if digest != r.digest {
-            rep.failures.push(format!("job {id}: the listed digest is not the receipt's"));
+            rep.failures
+                .push(format!("job {id}: the listed digest is not the receipt's"));
             continue;
         }
         if !verify_proof(leaf(&digest), &r.proof, ex.root) {
-            rep.failures.push(format!("job {id}: the Merkle proof does not lead to the root"));
+            rep.failures.push(format!(
+                "job {id}: the Merkle proof does not lead to the root"
+            ));
             continue;
         }
         rep.valid += 1;
@@ -509,13 +541,21 @@ pub fn verify_export(text: &str) -> Result<VerifyReport, ReceiptError> {
     let root = merkle_root(&leaves);
     let expected_message = root_message(&ex.day, ex.receipts.len() as u64, &ex.root);
     if root != ex.root {
-        rep.failures.push(format!("the root {} is not the root of these receipts ({root})", ex.root));
+        rep.failures.push(format!(
+            "the root {} is not the root of these receipts ({root})",
+            ex.root
+        ));
     } else if ex.root_message != expected_message {
-        rep.failures.push("the root message does not name this day, count and root".into());
+        rep.failures
+            .push("the root message does not name this day, count and root".into());
     } else {
-        match recover(&ex.root_signature, |s| s.recover_address_from_msg(ex.root_message.as_bytes())) {
+        match recover(&ex.root_signature, |s| {
+            s.recover_address_from_msg(ex.root_message.as_bytes())
+        }) {
             Ok(a) if a == ex.signer => rep.root_valid = true,
-            Ok(a) => rep.failures.push(format!("the root is signed by {a}, not {}", ex.signer)),
+            Ok(a) => rep
+                .failures
+                .push(format!("the root is signed by {a}, not {}", ex.signer)),
             Err(e) => rep.failures.push(format!("root signature: {e}")),
         }
     }
@@ -559,10 +599,17 @@ mod tests {
         assert_eq!(back, s);
         let mut t = s.clone();
         t.receipt.encoded_pixels += 1;
-        assert!(t.verify().unwrap_err().to_string().contains("not"), "tampered pixels must fail");
+        assert!(
+            t.verify().unwrap_err().to_string().contains("not"),
+            "tampered pixels must fail"
+        );
         let mut t = s.clone();
         t.cids[0] = "QmX".into();
-        assert!(t.verify().unwrap_err().to_string().contains("renditions hash"));
+        assert!(t
+            .verify()
+            .unwrap_err()
+            .to_string()
+            .contains("renditions hash"));
     }
 
     #[test]
@@ -571,7 +618,10 @@ mod tests {
             let leaves: Vec<B256> = (0..n).map(|i| keccak256([i as u8])).collect();
             let root = merkle_root(&leaves);
             for i in 0..n {
-                assert!(verify_proof(leaves[i], &merkle_proof(&leaves, i), root), "n={n} i={i}");
+                assert!(
+                    verify_proof(leaves[i], &merkle_proof(&leaves, i), root),
+                    "n={n} i={i}"
+                );
             }
             assert!(!verify_proof(keccak256([99u8]), &merkle_proof(&leaves, 0), root) || n == 0);
         }
@@ -596,7 +646,10 @@ mod tests {
         }
         std::fs::write(&p, "not a key").unwrap();
         let e = OperatorKey::load(&p).unwrap_err().to_string();
-        assert!(e.contains("64 hex digits") && !e.contains("not a key"), "{e}");
+        assert!(
+            e.contains("64 hex digits") && !e.contains("not a key"),
+            "{e}"
+        );
         assert!(!format!("{k:?}").contains(secret.trim()));
     }
 }

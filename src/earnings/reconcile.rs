@@ -141,18 +141,32 @@ struct Periods<'a> {
 impl Periods<'_> {
     fn of(&self, ms: u64) -> String {
         match self.by {
-            By::Round => round_of(self.rounds, ms).map(|r| r.to_string()).unwrap_or_else(|| "-".into()),
+            By::Round => round_of(self.rounds, ms)
+                .map(|r| r.to_string())
+                .unwrap_or_else(|| "-".into()),
             _ => time::day_of(ms),
         }
     }
 }
 
 /// Pool mode.
-pub fn reconcile_pool(model: &PoolModel, inp: &Inputs, s: &Settings) -> Result<Reconciliation, MoneyError> {
-    let per = Periods { by: s.by, rounds: &inp.rounds };
+pub fn reconcile_pool(
+    model: &PoolModel,
+    inp: &Inputs,
+    s: &Settings,
+) -> Result<Reconciliation, MoneyError> {
+    let per = Periods {
+        by: s.by,
+        rounds: &inp.rounds,
+    };
     let mut acc: BTreeMap<String, Acc> = BTreeMap::new();
     let mut findings = Vec::new();
-    let mut find = |kind: &'static str, period: &str, effect: &'static str, amount: U256, detail: String, acc: &mut BTreeMap<String, Acc>| {
+    let mut find = |kind: &'static str,
+                    period: &str,
+                    effect: &'static str,
+                    amount: U256,
+                    detail: String,
+                    acc: &mut BTreeMap<String, Acc>| {
         let a = acc.entry(period.to_string()).or_default();
         match effect {
             "short" => a.short = a.short.saturating_add(amount),
@@ -193,12 +207,18 @@ pub fn reconcile_pool(model: &PoolModel, inp: &Inputs, s: &Settings) -> Result<R
         let a = acc.entry(per.of(pj.at_ms)).or_default();
         a.credited = a.credited.saturating_add(pj.credited);
         let near = |i: usize| inp.jobs[i].finished_ms.abs_diff(pj.at_ms);
-        let candidates = order.iter().copied().filter(|&i| !taken[i] && near(i) <= s.match_window_ms);
+        let candidates = order
+            .iter()
+            .copied()
+            .filter(|&i| !taken[i] && near(i) <= s.match_window_ms);
         let best = candidates
             .clone()
             .filter(|&i| inp.jobs[i].encoded_pixels == pj.pixels)
             .min_by_key(|&i| near(i))
-            .or_else(|| candidates.min_by_key(|&i| (inp.jobs[i].encoded_pixels.abs_diff(pj.pixels), near(i))));
+            .or_else(|| {
+                candidates
+                    .min_by_key(|&i| (inp.jobs[i].encoded_pixels.abs_diff(pj.pixels), near(i)))
+            });
         let Some(i) = best else {
             unmatched_pool.push(*pj);
             continue;
@@ -225,7 +245,11 @@ pub fn reconcile_pool(model: &PoolModel, inp: &Inputs, s: &Settings) -> Result<R
                     pj.pixels,
                     j.encoded_pixels,
                     diff.floor()?,
-                    if more { "in your favour" } else { "not credited" }
+                    if more {
+                        "in your favour"
+                    } else {
+                        "not credited"
+                    }
                 ),
                 &mut acc,
             );
@@ -238,7 +262,10 @@ pub fn reconcile_pool(model: &PoolModel, inp: &Inputs, s: &Settings) -> Result<R
                 &period,
                 "explained",
                 U256::ZERO,
-                format!("job {}: the pool credits whole wei ({} of a wei dropped)", j.job_id, gap),
+                format!(
+                    "job {}: the pool credits whole wei ({} of a wei dropped)",
+                    j.job_id, gap
+                ),
                 &mut acc,
             ),
             Some(gap) => find(
@@ -259,8 +286,14 @@ pub fn reconcile_pool(model: &PoolModel, inp: &Inputs, s: &Settings) -> Result<R
                 "over_credit",
                 &period,
                 "explained",
-                credited.checked_sub(at_pool_pixels).unwrap_or(Frac::ZERO).floor()?,
-                format!("job {}: the pool credited more than the model expects", j.job_id),
+                credited
+                    .checked_sub(at_pool_pixels)
+                    .unwrap_or(Frac::ZERO)
+                    .floor()?,
+                format!(
+                    "job {}: the pool credited more than the model expects",
+                    j.job_id
+                ),
                 &mut acc,
             ),
         }
@@ -291,7 +324,10 @@ pub fn reconcile_pool(model: &PoolModel, inp: &Inputs, s: &Settings) -> Result<R
                 &per.of(j.finished_ms),
                 "pending",
                 amount,
-                format!("job {} finished recently; the pool's statement may not list it yet", j.job_id),
+                format!(
+                    "job {} finished recently; the pool's statement may not list it yet",
+                    j.job_id
+                ),
                 &mut acc,
             );
         } else {
@@ -321,40 +357,93 @@ pub fn reconcile_pool(model: &PoolModel, inp: &Inputs, s: &Settings) -> Result<R
     for p in &inp.payouts {
         let period = per.of(p.at_ms);
         last_payout_ms = last_payout_ms.max(p.at_ms);
-        let tx = p.tx_hash.map(|h| h.to_string()).unwrap_or_else(|| "(no transaction hash)".into());
+        let tx = p
+            .tx_hash
+            .map(|h| h.to_string())
+            .unwrap_or_else(|| "(no transaction hash)".into());
         let (value, effect_kind) = match (&p.check, inp.chain_checked) {
             (Some(c), _) => match c.state.as_str() {
                 "verified" => (c.value.unwrap_or(p.amount), None),
                 "mismatch" => {
                     let v = c.value.unwrap_or_default();
-                    (v, (v < p.amount).then_some(("payout_short", p.amount - v, c.detail.clone())))
+                    (
+                        v,
+                        (v < p.amount).then_some(("payout_short", p.amount - v, c.detail.clone())),
+                    )
                 }
                 "pending" => (U256::ZERO, None),
-                "failed" => (U256::ZERO, Some(("payout_failed", p.amount, c.detail.clone()))),
-                "not_found" => (U256::ZERO, Some(("payout_missing", p.amount, c.detail.clone()))),
-                _ => (U256::ZERO, Some(("payout_unverified", p.amount, c.detail.clone()))),
+                "failed" => (
+                    U256::ZERO,
+                    Some(("payout_failed", p.amount, c.detail.clone())),
+                ),
+                "not_found" => (
+                    U256::ZERO,
+                    Some(("payout_missing", p.amount, c.detail.clone())),
+                ),
+                _ => (
+                    U256::ZERO,
+                    Some(("payout_unverified", p.amount, c.detail.clone())),
+                ),
             },
-            (None, true) => (U256::ZERO, Some(("payout_unverified", p.amount, format!("payout {tx} has not been checked on chain yet")))),
+            (None, true) => (
+                U256::ZERO,
+                Some((
+                    "payout_unverified",
+                    p.amount,
+                    format!("payout {tx} has not been checked on chain yet"),
+                )),
+            ),
             (None, false) => (p.amount, None),
         };
         if let Some((kind, amount, detail)) = effect_kind {
-            find(kind, &period, "short", amount, format!("payout {tx} of {} wei: {detail}", p.amount), &mut acc);
+            find(
+                kind,
+                &period,
+                "short",
+                amount,
+                format!("payout {tx} of {} wei: {detail}", p.amount),
+                &mut acc,
+            );
         }
         if let Some(c) = &p.check {
             if c.state == "pending" {
-                find("payout_pending", &period, "pending", p.amount, format!("payout {tx}: {}", c.detail), &mut acc);
+                find(
+                    "payout_pending",
+                    &period,
+                    "pending",
+                    p.amount,
+                    format!("payout {tx}: {}", c.detail),
+                    &mut acc,
+                );
             }
-            if let (Some(b), true) = (c.block, matches!(c.state.as_str(), "verified" | "mismatch")) {
+            if let (Some(b), true) = (c.block, matches!(c.state.as_str(), "verified" | "mismatch"))
+            {
                 verified_by_block.push((b, value));
             }
-            if model.gas_per_payout > U256::ZERO && matches!(c.state.as_str(), "verified" | "mismatch") {
+            if model.gas_per_payout > U256::ZERO
+                && matches!(c.state.as_str(), "verified" | "mismatch")
+            {
                 let gas = c.gas_fee.unwrap_or(model.gas_per_payout);
                 gas_explained = gas_explained.saturating_add(gas);
-                find("payout_gas", &period, "explained", gas, format!("payout {tx}: the pool deducts the transfer's gas"), &mut acc);
+                find(
+                    "payout_gas",
+                    &period,
+                    "explained",
+                    gas,
+                    format!("payout {tx}: the pool deducts the transfer's gas"),
+                    &mut acc,
+                );
             }
         } else if !inp.chain_checked && model.gas_per_payout > U256::ZERO {
             gas_explained = gas_explained.saturating_add(model.gas_per_payout);
-            find("payout_gas", &period, "explained", model.gas_per_payout, format!("payout {tx}: the pool deducts the transfer's gas (model estimate)"), &mut acc);
+            find(
+                "payout_gas",
+                &period,
+                "explained",
+                model.gas_per_payout,
+                format!("payout {tx}: the pool deducts the transfer's gas (model estimate)"),
+                &mut acc,
+            );
         }
         total_reported = total_reported.saturating_add(p.amount);
         let a = acc.entry(period).or_default();
@@ -410,7 +499,9 @@ pub fn reconcile_pool(model: &PoolModel, inp: &Inputs, s: &Settings) -> Result<R
     }
 
     // What the pool still owes: credited − reported payouts − gas. Below the threshold it waits.
-    let owed = total_credited.saturating_sub(total_reported).saturating_sub(gas_explained);
+    let owed = total_credited
+        .saturating_sub(total_reported)
+        .saturating_sub(gas_explained);
     if !owed.is_zero() {
         let period = per.of(s.now_ms);
         let threshold = model.payout_threshold;
@@ -450,12 +541,30 @@ pub fn reconcile_pool(model: &PoolModel, inp: &Inputs, s: &Settings) -> Result<R
             ),
         }
     }
-    finish("pool", model, s.by, if inp.chain_checked { "chain" } else { "pool report (unverified)" }, acc, findings)
+    finish(
+        "pool",
+        model,
+        s.by,
+        if inp.chain_checked {
+            "chain"
+        } else {
+            "pool report (unverified)"
+        },
+        acc,
+        findings,
+    )
 }
 
 /// Own-orchestrator mode.
-pub fn reconcile_orchestrator(model: &PoolModel, inp: &Inputs, s: &Settings) -> Result<Reconciliation, MoneyError> {
-    let per = Periods { by: s.by, rounds: &inp.rounds };
+pub fn reconcile_orchestrator(
+    model: &PoolModel,
+    inp: &Inputs,
+    s: &Settings,
+) -> Result<Reconciliation, MoneyError> {
+    let per = Periods {
+        by: s.by,
+        rounds: &inp.rounds,
+    };
     let mut acc: BTreeMap<String, Acc> = BTreeMap::new();
     let mut findings = Vec::new();
     for j in &inp.jobs {
@@ -471,7 +580,9 @@ pub fn reconcile_orchestrator(model: &PoolModel, inp: &Inputs, s: &Settings) -> 
         match e.kind.as_str() {
             "ticket_transfer" => {
                 // What the orchestrator keeps of a ticket's credit: 1 − feeShare.
-                let kept = Frac::from_wei(e.amount).checked_mul(model.fee_share)?.floor()?;
+                let kept = Frac::from_wei(e.amount)
+                    .checked_mul(model.fee_share)?
+                    .floor()?;
                 let a = acc.entry(p).or_default();
                 a.credited = a.credited.saturating_add(kept);
                 a.wins += 1;
@@ -492,11 +603,19 @@ pub fn reconcile_orchestrator(model: &PoolModel, inp: &Inputs, s: &Settings) -> 
     for (p, a) in acc.iter_mut() {
         let expected = a.expected.floor()?;
         // Relative error of a lottery with n wins ≈ 1/√n: noise ≈ expected / √n.
-        let nz = if a.wins == 0 { expected } else { expected / U256::from(a.wins).root(2).max(U256::from(1)) };
+        let nz = if a.wins == 0 {
+            expected
+        } else {
+            expected / U256::from(a.wins).root(2).max(U256::from(1))
+        };
         noise.insert(p.clone(), nz);
         let diff = expected.saturating_sub(a.credited);
         let bound = nz.saturating_mul(U256::from(2));
-        let relative = if a.wins == 0 { "no wins".to_string() } else { format!("1/√{} ≈ {:.1} %", a.wins, 100.0 / (a.wins as f64).sqrt()) };
+        let relative = if a.wins == 0 {
+            "no wins".to_string()
+        } else {
+            format!("1/√{} ≈ {:.1} %", a.wins, 100.0 / (a.wins as f64).sqrt())
+        };
         if !diff.is_zero() && diff > bound {
             a.short = diff - bound;
             findings.push(Finding {
@@ -616,7 +735,10 @@ pub fn render(r: &Reconciliation, format: super::statement::Format) -> String {
                     l.credited_wei,
                     l.paid_wei,
                     l.difference_wei,
-                    serde_json::to_value(l.status).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
+                    serde_json::to_value(l.status)
+                        .ok()
+                        .and_then(|v| v.as_str().map(String::from))
+                        .unwrap_or_default(),
                     l.status_wei,
                     l.wins.map(|x| x.to_string()).unwrap_or_default(),
                     l.noise_wei.clone().unwrap_or_default()
@@ -626,14 +748,21 @@ pub fn render(r: &Reconciliation, format: super::statement::Format) -> String {
         }
         Format::Table => {
             let own = r.mode == "orchestrator";
-            let mut out = format!("mode: {}   model: {}   paid from: {}\n", r.mode, r.model, r.paid_source);
+            let mut out = format!(
+                "mode: {}   model: {}   paid from: {}\n",
+                r.mode, r.model, r.paid_source
+            );
             let mut rows = vec![vec![
                 "period".to_string(),
                 "expected (wei)".into(),
                 "credited (wei)".into(),
                 "paid (wei)".into(),
                 "difference".into(),
-                if own { "noise ±".into() } else { String::new() },
+                if own {
+                    "noise ±".into()
+                } else {
+                    String::new()
+                },
                 "status".into(),
             ]];
             for l in r.periods.iter().chain(std::iter::once(&r.total)) {
@@ -649,17 +778,29 @@ pub fn render(r: &Reconciliation, format: super::statement::Format) -> String {
                     l.credited_wei.clone(),
                     l.paid_wei.clone(),
                     l.difference_wei.clone(),
-                    if own { l.noise_wei.clone().unwrap_or_default() } else { String::new() },
+                    if own {
+                        l.noise_wei.clone().unwrap_or_default()
+                    } else {
+                        String::new()
+                    },
                     st,
                 ]);
             }
-            let widths: Vec<usize> = (0..7).map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0)).collect();
+            let widths: Vec<usize> = (0..7)
+                .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+                .collect();
             for row in &rows {
                 let cells: Vec<String> = row
                     .iter()
                     .enumerate()
                     .filter(|(c, _)| own || *c != 5)
-                    .map(|(c, v)| if c == 0 || c == 6 { format!("{v:<w$}", w = widths[c]) } else { format!("{v:>w$}", w = widths[c]) })
+                    .map(|(c, v)| {
+                        if c == 0 || c == 6 {
+                            format!("{v:<w$}", w = widths[c])
+                        } else {
+                            format!("{v:>w$}", w = widths[c])
+                        }
+                    })
                     .collect();
                 out.push_str(cells.join("  ").trim_end());
                 out.push('\n');
@@ -667,7 +808,10 @@ pub fn render(r: &Reconciliation, format: super::statement::Format) -> String {
             if !r.findings.is_empty() {
                 out.push_str("\nfindings:\n");
                 for f in &r.findings {
-                    out.push_str(&format!("  {} [{}] {}: {}\n", f.period, f.effect, f.kind, f.detail));
+                    out.push_str(&format!(
+                        "  {} [{}] {}: {}\n",
+                        f.period, f.effect, f.kind, f.detail
+                    ));
                 }
             }
             out

@@ -19,7 +19,9 @@ use super::price::{PriceSnapshot, PriceSource};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecordsError {
-    #[error("earnings database {path}: {source}; check the data directory's disk space and permissions")]
+    #[error(
+        "earnings database {path}: {source}; check the data directory's disk space and permissions"
+    )]
     Open {
         path: String,
         #[source]
@@ -304,7 +306,8 @@ impl Records {
 
     /// Folds the write-ahead log into the database file (for size measurements and backups).
     pub fn checkpoint(&self) -> Result<()> {
-        self.c().query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        self.c()
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
         Ok(())
     }
 
@@ -312,7 +315,9 @@ impl Records {
     pub fn schema_version(&self) -> Result<u32> {
         Ok(self
             .c()
-            .query_row("SELECT MAX(version) FROM earnings_schema", [], |r| r.get::<_, Option<u32>>(0))?
+            .query_row("SELECT MAX(version) FROM earnings_schema", [], |r| {
+                r.get::<_, Option<u32>>(0)
+            })?
             .unwrap_or(0))
     }
 
@@ -386,7 +391,9 @@ impl Records {
                     pixels_per_unit: u256("earnings_jobs.pixels_per_unit", pxu)?,
                     source,
                     at_ms: u(at),
-                    orchestrator: orch.map(|a| addr("earnings_jobs.orchestrator", a)).transpose()?,
+                    orchestrator: orch
+                        .map(|a| addr("earnings_jobs.orchestrator", a))
+                        .transpose()?,
                 },
                 round: round.map(u),
             });
@@ -395,7 +402,11 @@ impl Records {
     }
 
     pub fn job_count(&self) -> Result<u64> {
-        Ok(u(self.c().query_row("SELECT COUNT(*) FROM earnings_jobs", [], |r| r.get(0))?))
+        Ok(u(self.c().query_row(
+            "SELECT COUNT(*) FROM earnings_jobs",
+            [],
+            |r| r.get(0),
+        )?))
     }
 
     // ---- pool statements ----------------------------------------------------------------
@@ -453,7 +464,9 @@ impl Records {
                 at_ms: u(at),
                 pixels: u(px),
                 credited: u256("earnings_pool_jobs.credited", cr)?,
-                price_per_pixel: ppp.map(|p| u256("earnings_pool_jobs.price_per_pixel", p)).transpose()?,
+                price_per_pixel: ppp
+                    .map(|p| u256("earnings_pool_jobs.price_per_pixel", p))
+                    .transpose()?,
                 raw,
             });
         }
@@ -529,9 +542,13 @@ impl Records {
                     Ok(PayoutCheck {
                         state,
                         detail: detail.unwrap_or_default(),
-                        value: value.map(|v| u256("earnings_pool_payouts.onchain_value", v)).transpose()?,
+                        value: value
+                            .map(|v| u256("earnings_pool_payouts.onchain_value", v))
+                            .transpose()?,
                         block: block.map(u),
-                        gas_fee: gas.map(|v| u256("earnings_pool_payouts.gas_fee", v)).transpose()?,
+                        gas_fee: gas
+                            .map(|v| u256("earnings_pool_payouts.gas_fee", v))
+                            .transpose()?,
                     })
                 })
                 .transpose()?;
@@ -540,7 +557,9 @@ impl Records {
                 ext_id,
                 at_ms: u(at),
                 amount: u256("earnings_pool_payouts.amount", amount)?,
-                tx_hash: tx.map(|t| b256("earnings_pool_payouts.tx_hash", t)).transpose()?,
+                tx_hash: tx
+                    .map(|t| b256("earnings_pool_payouts.tx_hash", t))
+                    .transpose()?,
                 check,
             });
         }
@@ -559,7 +578,13 @@ impl Records {
             .optional()?)
     }
 
-    pub fn set_pool_cursor(&self, source: &str, last_ms: u64, polled_ms: u64, error: Option<&str>) -> Result<()> {
+    pub fn set_pool_cursor(
+        &self,
+        source: &str,
+        last_ms: u64,
+        polled_ms: u64,
+        error: Option<&str>,
+    ) -> Result<()> {
         self.c().execute(
             "INSERT INTO earnings_pool_cursor (source, last_ms, polled_ms, last_error) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT(source) DO UPDATE SET last_ms = MAX(last_ms, excluded.last_ms),
@@ -581,12 +606,20 @@ impl Records {
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()?;
-        row.map(|(b, h)| Ok((u(b), b256("earnings_chain_cursor.hash", h)?))).transpose()
+        row.map(|(b, h)| Ok((u(b), b256("earnings_chain_cursor.hash", h)?)))
+            .transpose()
     }
 
     /// Commits one scanned chunk: its events and the new cursor, atomically, and keeps the
     /// chunk end as a checkpoint for finding a fork point after a reorg.
-    pub fn commit_chunk(&self, stream: &str, events: &[ChainEvent], block: u64, hash: B256, keep_checkpoints: u64) -> Result<usize> {
+    pub fn commit_chunk(
+        &self,
+        stream: &str,
+        events: &[ChainEvent],
+        block: u64,
+        hash: B256,
+        keep_checkpoints: u64,
+    ) -> Result<usize> {
         let mut c = self.c();
         let tx = c.transaction()?;
         let mut n = 0;
@@ -610,7 +643,7 @@ impl Records {
                 ])?;
             }
         }
-        let now = i(crate::ledger::time::now_ms());
+        let now = i(crate::util::now_ms());
         tx.execute(
             "INSERT INTO earnings_chain_cursor (stream, block, hash, updated_ms) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT(stream) DO UPDATE SET block = excluded.block, hash = excluded.hash, updated_ms = excluded.updated_ms",
@@ -635,7 +668,9 @@ impl Records {
         let mut st = c.prepare_cached(
             "SELECT block, hash FROM earnings_chain_checkpoints WHERE stream = ?1 ORDER BY block DESC",
         )?;
-        let rows = st.query_map(params![stream], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
+        let rows = st.query_map(params![stream], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+        })?;
         let mut out = Vec::new();
         for row in rows {
             let (b, h) = row?;
@@ -660,7 +695,7 @@ impl Records {
         tx.execute(
             "INSERT INTO earnings_chain_cursor (stream, block, hash, updated_ms) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT(stream) DO UPDATE SET block = excluded.block, hash = excluded.hash, updated_ms = excluded.updated_ms",
-            params![stream, i(block), hash.to_string(), i(crate::ledger::time::now_ms())],
+            params![stream, i(block), hash.to_string(), i(crate::util::now_ms())],
         )?;
         tx.commit()?;
         Ok(n)
@@ -698,7 +733,9 @@ impl Records {
                 block_hash: b256("earnings_chain_events.block_hash", bh)?,
                 at_ms: u(at),
                 kind,
-                counterparty: cp.map(|a| addr("earnings_chain_events.counterparty", a)).transpose()?,
+                counterparty: cp
+                    .map(|a| addr("earnings_chain_events.counterparty", a))
+                    .transpose()?,
                 amount: u256("earnings_chain_events.amount", amount)?,
                 detail,
             });
@@ -770,7 +807,8 @@ impl Records {
     /// (round, first seen ms), oldest first.
     pub fn rounds(&self) -> Result<Vec<(u64, u64)>> {
         let c = self.c();
-        let mut st = c.prepare_cached("SELECT round, first_seen_ms FROM earnings_rounds ORDER BY round")?;
+        let mut st =
+            c.prepare_cached("SELECT round, first_seen_ms FROM earnings_rounds ORDER BY round")?;
         let rows = st.query_map([], |r| Ok((u(r.get(0)?), u(r.get(1)?))))?;
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
@@ -894,14 +932,16 @@ fn migrate(conn: &mut Connection) -> Result<()> {
         "CREATE TABLE IF NOT EXISTS earnings_schema (version INTEGER PRIMARY KEY, applied_ms INTEGER NOT NULL)",
     )?;
     let have: u32 = conn
-        .query_row("SELECT MAX(version) FROM earnings_schema", [], |r| r.get::<_, Option<u32>>(0))?
+        .query_row("SELECT MAX(version) FROM earnings_schema", [], |r| {
+            r.get::<_, Option<u32>>(0)
+        })?
         .unwrap_or(0);
     for (n, sql) in MIGRATIONS.iter().enumerate().skip(have as usize) {
         let tx = conn.transaction()?;
         tx.execute_batch(sql)?;
         tx.execute(
             "INSERT INTO earnings_schema (version, applied_ms) VALUES (?1, ?2)",
-            params![n as i64 + 1, i(crate::ledger::time::now_ms())],
+            params![n as i64 + 1, i(crate::util::now_ms())],
         )?;
         tx.commit()?;
     }
@@ -964,12 +1004,24 @@ mod tests {
             amount: U256::from(block),
             detail: String::new(),
         };
-        assert_eq!(r.commit_chunk("s", &[ev(1, 1), ev(2, 2)], 2, B256::repeat_byte(2), 8).unwrap(), 2);
+        assert_eq!(
+            r.commit_chunk("s", &[ev(1, 1), ev(2, 2)], 2, B256::repeat_byte(2), 8)
+                .unwrap(),
+            2
+        );
         // The same chunk again (a crash between scan and commit) adds nothing.
-        assert_eq!(r.commit_chunk("s", &[ev(1, 1), ev(2, 2)], 2, B256::repeat_byte(2), 8).unwrap(), 0);
-        r.commit_chunk("s", &[ev(3, 3)], 4, B256::repeat_byte(4), 8).unwrap();
+        assert_eq!(
+            r.commit_chunk("s", &[ev(1, 1), ev(2, 2)], 2, B256::repeat_byte(2), 8)
+                .unwrap(),
+            0
+        );
+        r.commit_chunk("s", &[ev(3, 3)], 4, B256::repeat_byte(4), 8)
+            .unwrap();
         assert_eq!(r.rewind("s", 2, B256::repeat_byte(2)).unwrap(), 1);
-        assert_eq!(r.chain_cursor("s").unwrap(), Some((2, B256::repeat_byte(2))));
+        assert_eq!(
+            r.chain_cursor("s").unwrap(),
+            Some((2, B256::repeat_byte(2)))
+        );
         assert_eq!(r.chain_events("s", 0, u64::MAX).unwrap().len(), 2);
         assert_eq!(r.checkpoints("s").unwrap(), vec![(2, B256::repeat_byte(2))]);
     }

@@ -43,9 +43,13 @@ impl tower::Service<RequestPacket> for HttpTransport {
                 .json(&req)
                 .send()
                 .await
-                .map_err(TransportErrorKind::custom)?;
+                // reqwest names the URL in its errors; ours may carry an API key.
+                .map_err(|e| TransportErrorKind::custom(e.without_url()))?;
             let status = resp.status();
-            let body = resp.bytes().await.map_err(TransportErrorKind::custom)?;
+            let body = resp
+                .bytes()
+                .await
+                .map_err(|e| TransportErrorKind::custom(e.without_url()))?;
             if !status.is_success() {
                 return Err(TransportErrorKind::http_error(
                     status.as_u16(),
@@ -59,7 +63,10 @@ impl tower::Service<RequestPacket> for HttpTransport {
 }
 
 /// A read-only provider for `url` over reqwest with rustls (ring) and webpki roots.
-pub fn provider(url: &reqwest::Url, timeout: Duration) -> Result<RootProvider<Ethereum>, reqwest::Error> {
+pub fn provider(
+    url: &reqwest::Url,
+    timeout: Duration,
+) -> Result<RootProvider<Ethereum>, reqwest::Error> {
     let client = reqwest::Client::builder()
         .timeout(timeout)
         .connect_timeout(timeout.min(Duration::from_secs(10)))
@@ -67,7 +74,10 @@ pub fn provider(url: &reqwest::Url, timeout: Duration) -> Result<RootProvider<Et
     let is_local = url
         .host_str()
         .is_some_and(|h| h == "localhost" || h.starts_with("127.") || h == "[::1]");
-    Ok(RootProvider::new(RpcClient::new(HttpTransport::new(client, url.clone()), is_local)))
+    Ok(RootProvider::new(RpcClient::new(
+        HttpTransport::new(client, url.clone()),
+        is_local,
+    )))
 }
 
 /// `scheme://host[:port]` of a URL: RPC URLs often carry an API key in the path or query,
@@ -95,6 +105,9 @@ mod tests {
             redact("https://arb-mainnet.example.com/v2/SECRETKEY?x=1"),
             "https://arb-mainnet.example.com"
         );
-        assert_eq!(redact("http://user:pw@127.0.0.1:8545/"), "http://127.0.0.1:8545");
+        assert_eq!(
+            redact("http://user:pw@127.0.0.1:8545/"),
+            "http://127.0.0.1:8545"
+        );
     }
 }

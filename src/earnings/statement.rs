@@ -84,7 +84,13 @@ impl Acc {
 }
 
 /// Builds the statement over `jobs` (already filtered by `since`).
-pub fn build(jobs: &[JobEarning], model: &PoolModel, by: By, since_ms: u64, rounds: &[(u64, u64)]) -> Result<EarningsStatement, MoneyError> {
+pub fn build(
+    jobs: &[JobEarning],
+    model: &PoolModel,
+    by: By,
+    since_ms: u64,
+    rounds: &[(u64, u64)],
+) -> Result<EarningsStatement, MoneyError> {
     let mut groups: BTreeMap<(u64, String), Acc> = BTreeMap::new();
     let mut total = Acc {
         jobs: 0,
@@ -165,7 +171,9 @@ pub fn render(s: &EarningsStatement, format: Format) -> String {
     match format {
         Format::Json => serde_json::to_string_pretty(s).unwrap_or_default() + "\n",
         Format::Csv => {
-            let mut out = format!("{key},jobs,pixels,gross_wei,commission_wei,net_wei,truncation_wei,price_source\n");
+            let mut out = format!(
+                "{key},jobs,pixels,gross_wei,commission_wei,net_wei,truncation_wei,price_source\n"
+            );
             for r in s.rows.iter().chain(std::iter::once(&s.total)) {
                 out.push_str(&format!(
                     "{},{},{},{},{},{},{},{}\n",
@@ -182,10 +190,23 @@ pub fn render(s: &EarningsStatement, format: Format) -> String {
             out
         }
         Format::Table => {
-            let head = [key, "jobs", "pixels", "gross (wei)", "commission (wei)", "net (wei)", "net (ETH)", "price source"];
+            let head = [
+                key,
+                "jobs",
+                "pixels",
+                "gross (wei)",
+                "commission (wei)",
+                "net (wei)",
+                "net (ETH)",
+                "price source",
+            ];
             let mut lines: Vec<[String; 8]> = vec![head.map(String::from)];
             for r in s.rows.iter().chain(std::iter::once(&s.total)) {
-                let net_eth = r.net_wei.parse::<U256>().map(super::money::format_eth).unwrap_or_default();
+                let net_eth = r
+                    .net_wei
+                    .parse::<U256>()
+                    .map(super::money::format_eth)
+                    .unwrap_or_default();
                 lines.push([
                     r.key.clone(),
                     r.jobs.to_string(),
@@ -197,17 +218,37 @@ pub fn render(s: &EarningsStatement, format: Format) -> String {
                     r.price_source.clone(),
                 ]);
             }
-            let widths: Vec<usize> = (0..8).map(|c| lines.iter().map(|l| l[c].chars().count()).max().unwrap_or(0)).collect();
+            let widths: Vec<usize> = (0..8)
+                .map(|c| {
+                    lines
+                        .iter()
+                        .map(|l| l[c].chars().count())
+                        .max()
+                        .unwrap_or(0)
+                })
+                .collect();
             let mut out = format!("model: {}   since: {}\n", s.model, s.since);
             for (i, l) in lines.iter().enumerate() {
                 if i == lines.len() - 1 && lines.len() > 2 {
-                    out.push_str(&widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>().join("  "));
+                    out.push_str(
+                        &widths
+                            .iter()
+                            .map(|w| "-".repeat(*w))
+                            .collect::<Vec<_>>()
+                            .join("  "),
+                    );
                     out.push('\n');
                 }
                 let cells: Vec<String> = l
                     .iter()
                     .enumerate()
-                    .map(|(c, v)| if c == 0 || c == 7 { format!("{v:<w$}", w = widths[c]) } else { format!("{v:>w$}", w = widths[c]) })
+                    .map(|(c, v)| {
+                        if c == 0 || c == 7 {
+                            format!("{v:<w$}", w = widths[c])
+                        } else {
+                            format!("{v:>w$}", w = widths[c])
+                        }
+                    })
                     .collect();
                 out.push_str(cells.join("  ").trim_end());
                 out.push('\n');
@@ -262,8 +303,22 @@ mod tests {
         assert!(csv.starts_with("day,jobs,pixels,gross_wei,commission_wei,net_wei"));
         assert!(render(&s, Format::Table).contains("3163"));
         let by_job = build(&jobs, &m, By::Job, 0, &[]).unwrap();
-        assert_eq!(by_job.rows.iter().map(|r| r.key.as_str()).collect::<Vec<_>>(), ["a", "b", "c"]);
+        assert_eq!(
+            by_job
+                .rows
+                .iter()
+                .map(|r| r.key.as_str())
+                .collect::<Vec<_>>(),
+            ["a", "b", "c"]
+        );
         let by_round = build(&jobs, &m, By::Round, 0, &[(7, 15), (8, day)]).unwrap();
-        assert_eq!(by_round.rows.iter().map(|r| r.key.as_str()).collect::<Vec<_>>(), ["-", "7", "8"]);
+        assert_eq!(
+            by_round
+                .rows
+                .iter()
+                .map(|r| r.key.as_str())
+                .collect::<Vec<_>>(),
+            ["-", "7", "8"]
+        );
     }
 }

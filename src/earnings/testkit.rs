@@ -103,27 +103,40 @@ type Shared = State<Arc<Mutex<PoolData>>>;
 fn failing(d: &PoolData) -> Option<(axum::http::StatusCode, Json<Value>)> {
     d.fail_with.map(|s| {
         (
-            axum::http::StatusCode::from_u16(s).unwrap_or(axum::http::StatusCode::SERVICE_UNAVAILABLE),
+            axum::http::StatusCode::from_u16(s)
+                .unwrap_or(axum::http::StatusCode::SERVICE_UNAVAILABLE),
             Json(json!({"error": "test pool failure"})),
         )
     })
 }
 
-async fn jobs(State(d): Shared, Query(q): Query<std::collections::HashMap<String, String>>) -> (axum::http::StatusCode, Json<Value>) {
+async fn jobs(
+    State(d): Shared,
+    Query(q): Query<std::collections::HashMap<String, String>>,
+) -> (axum::http::StatusCode, Json<Value>) {
     let mut d = d.lock().unwrap_or_else(|e| e.into_inner());
     d.requests.push(format!("/jobs?{q:?}"));
     if let Some(f) = failing(&d) {
         return f;
     }
-    let from = q.get("from").and_then(|v| v.parse::<i64>().ok()).unwrap_or(i64::MIN);
-    let to = q.get("to").and_then(|v| v.parse::<i64>().ok()).unwrap_or(i64::MAX);
+    let from = q
+        .get("from")
+        .and_then(|v| v.parse::<i64>().ok())
+        .unwrap_or(i64::MIN);
+    let to = q
+        .get("to")
+        .and_then(|v| v.parse::<i64>().ok())
+        .unwrap_or(i64::MAX);
     let who = q.get("transcoder").map(|s| s.to_lowercase());
     let out: Vec<Value> = d
         .livepool_jobs
         .iter()
         .filter(|j| {
             let ts = j.get("timestamp").and_then(|t| t.as_i64()).unwrap_or(0);
-            let t = j.get("transcoder").and_then(|t| t.as_str()).map(|s| s.to_lowercase());
+            let t = j
+                .get("transcoder")
+                .and_then(|t| t.as_str())
+                .map(|s| s.to_lowercase());
             ts >= from && ts <= to && (who.is_none() || t == who)
         })
         .cloned()
@@ -131,7 +144,10 @@ async fn jobs(State(d): Shared, Query(q): Query<std::collections::HashMap<String
     (axum::http::StatusCode::OK, Json(Value::Array(out)))
 }
 
-async fn events(State(d): Shared, Query(q): Query<std::collections::HashMap<String, String>>) -> (axum::http::StatusCode, Json<Value>) {
+async fn events(
+    State(d): Shared,
+    Query(q): Query<std::collections::HashMap<String, String>>,
+) -> (axum::http::StatusCode, Json<Value>) {
     let mut d = d.lock().unwrap_or_else(|e| e.into_inner());
     d.requests.push(format!("/pool/events?{q:?}"));
     if let Some(f) = failing(&d) {
@@ -161,7 +177,10 @@ async fn payouts(State(d): Shared) -> (axum::http::StatusCode, Json<Value>) {
     if let Some(f) = failing(&d) {
         return f;
     }
-    (axum::http::StatusCode::OK, Json(Value::Array(d.payouts.clone())))
+    (
+        axum::http::StatusCode::OK,
+        Json(Value::Array(d.payouts.clone())),
+    )
 }
 
 /// An Open Pool raw event.
@@ -229,7 +248,15 @@ impl Anvil {
                 l.local_addr().ok()?.port()
             };
             let child = std::process::Command::new(&bin)
-                .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--chain-id", &chain_id.to_string(), "--silent"])
+                .args([
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    &port.to_string(),
+                    "--chain-id",
+                    &chain_id.to_string(),
+                    "--silent",
+                ])
                 .stdin(std::process::Stdio::null())
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null())
@@ -278,8 +305,10 @@ impl Anvil {
     }
 
     pub fn provider(&self) -> RootProvider<Ethereum> {
-        let url = reqwest::Url::parse(&self.url).unwrap_or_else(|_| panic!("bad anvil url {}", self.url));
-        super::rpc::provider(&url, Duration::from_secs(30)).unwrap_or_else(|e| panic!("provider: {e}"))
+        let url =
+            reqwest::Url::parse(&self.url).unwrap_or_else(|_| panic!("bad anvil url {}", self.url));
+        super::rpc::provider(&url, Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("provider: {e}"))
     }
 }
 
@@ -294,8 +323,15 @@ pub async fn funded_account(p: &RootProvider<Ethereum>) -> Address {
 
 /// Sends a transaction from an unlocked anvil account and waits for its receipt; returns
 /// (tx hash, contract address if a creation).
-pub async fn send(p: &RootProvider<Ethereum>, from: Address, to: Option<Address>, data: Bytes, value: U256) -> (B256, Option<Address>) {
-    let mut tx = json!({"from": from, "data": data, "value": format!("0x{value:x}"), "gas": "0x989680"});
+pub async fn send(
+    p: &RootProvider<Ethereum>,
+    from: Address,
+    to: Option<Address>,
+    data: Bytes,
+    value: U256,
+) -> (B256, Option<Address>) {
+    let mut tx =
+        json!({"from": from, "data": data, "value": format!("0x{value:x}"), "gas": "0x989680"});
     if let Some(to) = to {
         tx["to"] = json!(to);
     }
@@ -321,8 +357,13 @@ pub struct Double {
 
 impl Double {
     pub async fn deploy(p: &RootProvider<Ethereum>) -> Double {
-        let v: Value = serde_json::from_str(CONTRACT_JSON).unwrap_or_else(|e| panic!("contract json: {e}"));
-        let code: Bytes = v["bytecode"].as_str().unwrap_or_default().parse().unwrap_or_else(|e| panic!("bytecode: {e}"));
+        let v: Value =
+            serde_json::from_str(CONTRACT_JSON).unwrap_or_else(|e| panic!("contract json: {e}"));
+        let code: Bytes = v["bytecode"]
+            .as_str()
+            .unwrap_or_default()
+            .parse()
+            .unwrap_or_else(|e| panic!("bytecode: {e}"));
         let from = funded_account(p).await;
         let (_, addr) = send(p, from, None, code, U256::ZERO).await;
         Double {
@@ -332,7 +373,15 @@ impl Double {
     }
 
     pub async fn call<C: SolCall>(&self, p: &RootProvider<Ethereum>, call: C, value: U256) -> B256 {
-        send(p, self.from, Some(self.address), call.abi_encode().into(), value).await.0
+        send(
+            p,
+            self.from,
+            Some(self.address),
+            call.abi_encode().into(),
+            value,
+        )
+        .await
+        .0
     }
 
     /// Sends plain ETH from the funded account.
@@ -407,7 +456,8 @@ impl RangeLimitProxy {
 }
 
 fn hex_u64(v: &Value) -> Option<u64> {
-    v.as_str().and_then(|s| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok())
+    v.as_str()
+        .and_then(|s| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok())
 }
 
 async fn proxy(
@@ -417,7 +467,10 @@ async fn proxy(
     let upstream = {
         let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
         if s.down {
-            return (axum::http::StatusCode::SERVICE_UNAVAILABLE, Json(json!({"error": "down"})));
+            return (
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({"error": "down"})),
+            );
         }
         if req.get("method").and_then(|m| m.as_str()) == Some("eth_getLogs") {
             let f = &req["params"][0];
@@ -435,7 +488,10 @@ async fn proxy(
             s.forwarded += 1;
             if s.down_after.is_some_and(|n| s.forwarded > n) {
                 s.down = true;
-                return (axum::http::StatusCode::SERVICE_UNAVAILABLE, Json(json!({"error": "down"})));
+                return (
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                    Json(json!({"error": "down"})),
+                );
             }
         }
         s.upstream.clone()
@@ -443,8 +499,14 @@ async fn proxy(
     match http.post(upstream).json(&req).send().await {
         Ok(r) => match r.json::<Value>().await {
             Ok(v) => (axum::http::StatusCode::OK, Json(v)),
-            Err(_) => (axum::http::StatusCode::BAD_GATEWAY, Json(json!({"error": "bad upstream body"}))),
+            Err(_) => (
+                axum::http::StatusCode::BAD_GATEWAY,
+                Json(json!({"error": "bad upstream body"})),
+            ),
         },
-        Err(_) => (axum::http::StatusCode::BAD_GATEWAY, Json(json!({"error": "upstream unreachable"}))),
+        Err(_) => (
+            axum::http::StatusCode::BAD_GATEWAY,
+            Json(json!({"error": "upstream unreachable"})),
+        ),
     }
 }
