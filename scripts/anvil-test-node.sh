@@ -90,7 +90,12 @@ env_cmd() {
 
 run_cmd() {
   [[ $# -gt 0 ]] || die "usage: $0 run COMMAND [ARGS…]"
-  install
+  # In CI a missing anvil fails the run; locally the earnings tests then skip, loudly.
+  if ! (install); then
+    [[ -n "${CI:-}" ]] && die "cannot install anvil and CI is set: the earnings tests may not be skipped"
+    echo "anvil-test-node: anvil unavailable; running without it (the earnings chain tests will skip)" >&2
+    exec "$@"
+  fi
   start
   trap stop EXIT
   eval "$(env_cmd)"
