@@ -195,11 +195,14 @@ impl Daemon {
     /// Values a job that reached `done` and signs its receipt (off the async workers: SQLite
     /// and secp256k1). A failure is logged, never fails the job: the pixels are in the ledger,
     /// and `comine earnings` recounts from there.
-    pub async fn account_earnings(&self, job: &JobRecord) {
+    /// `receipt_id` names a receipt already signed for this job (a Livepeer segment's, sent
+    /// with its results), which is linked instead of signing another.
+    pub async fn account_earnings(&self, job: &JobRecord, receipt_id: Option<String>) {
         let e = self.earnings.clone();
         let job = job.clone();
         let id = job.job_id.clone();
-        let r = tokio::task::spawn_blocking(move || e.job_done(&job, None, None)).await;
+        let r = tokio::task::spawn_blocking(move || e.job_done(&job, receipt_id.as_deref(), None))
+            .await;
         match r {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {

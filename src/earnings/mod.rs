@@ -254,20 +254,23 @@ impl Earnings {
             price,
             round: self.board.round(),
         })?;
-        match receipt_job_id {
+        // A receipt signed when the results were posted (Livepeer) is linked; otherwise,
+        // or when that signing failed, the job is signed now.
+        let linked = match receipt_job_id {
             Some(rid) => self.records.link_receipt(rid, &job.job_id)?,
-            None => {
-                self.sign_receipt(&ReceiptDraft {
-                    job_id: job.job_id.clone(),
-                    orchestrator,
-                    manifest_id: job.manifest_id.clone().unwrap_or_default(),
-                    seq: job.seq.and_then(|s| i64::try_from(s).ok()),
-                    decoded_pixels: job.decoded_pixels,
-                    encoded_pixels: job.encoded_pixels,
-                    cids: job.renditions.iter().map(|r| r.cid.clone()).collect(),
-                    completed_at_ms: finished,
-                })?;
-            }
+            None => false,
+        };
+        if !linked {
+            self.sign_receipt(&ReceiptDraft {
+                job_id: job.job_id.clone(),
+                orchestrator,
+                manifest_id: job.manifest_id.clone().unwrap_or_default(),
+                seq: job.seq.and_then(|s| i64::try_from(s).ok()),
+                decoded_pixels: job.decoded_pixels,
+                encoded_pixels: job.encoded_pixels,
+                cids: job.renditions.iter().map(|r| r.cid.clone()).collect(),
+                completed_at_ms: finished,
+            })?;
         }
         Ok(())
     }

@@ -834,12 +834,13 @@ impl Records {
     }
 
     /// Links a receipt signed before the ledger knew the job (Livepeer) to the ledger's id.
-    pub fn link_receipt(&self, job_id: &str, ledger_job_id: &str) -> Result<()> {
-        self.c().execute(
+    /// Names the ledger job of a receipt signed earlier; `false` when there is no such receipt.
+    pub fn link_receipt(&self, job_id: &str, ledger_job_id: &str) -> Result<bool> {
+        let n = self.c().execute(
             "UPDATE earnings_receipts SET ledger_job_id = ?2 WHERE job_id = ?1",
             params![job_id, ledger_job_id],
         )?;
-        Ok(())
+        Ok(n > 0)
     }
 
     pub fn receipts_of_day(&self, day: &str) -> Result<Vec<StoredReceipt>> {
