@@ -124,6 +124,7 @@ impl LedgerSink {
                 // The orchestrator retried a task we already finished (or recorded as
                 // failed): the first outcome stands, nothing is counted twice.
                 c.duplicates.fetch_add(1, Ordering::Relaxed);
+                d.metrics.livepeer_segment("duplicate");
                 tracing::info!(job = %job.job_id, state = job.state.as_str(), seq = r.seq, "Livepeer segment already in the ledger; not counted again");
                 return Ok(());
             }
@@ -140,6 +141,7 @@ impl LedgerSink {
             )?;
             d.ledger.flush().await?;
             d.metrics.segment("failed");
+            d.metrics.livepeer_segment("not_accepted");
             return Ok(());
         }
         let mut renditions = Vec::with_capacity(r.renditions.len());
@@ -154,6 +156,7 @@ impl LedgerSink {
                     d.ledger.fail(&id, "store_error", &e.to_string())?;
                     d.ledger.flush().await?;
                     d.metrics.segment("store_error");
+                    d.metrics.livepeer_segment("store_error");
                     return Err(Box::new(e));
                 }
             };
@@ -183,6 +186,8 @@ impl LedgerSink {
             c.encoded_pixels
                 .fetch_add(done.encoded_pixels, Ordering::Relaxed);
             d.metrics.job_done(&done, r.total_ms as f64 / 1000.0);
+            d.metrics.livepeer_segment("ok");
+            d.count_fallbacks(r.renditions.iter().map(|x| x.encoder.as_str()), None);
             d.account_earnings(&done, Some(receipt_id(&r.manifest_id, r.seq, r.task_id)))
                 .await;
             tracing::info!(job = %id, seq = r.seq, encoded_pixels = done.encoded_pixels, "Livepeer segment stored and accounted");
@@ -229,6 +234,7 @@ impl SegmentSink for LedgerSink {
             d.ledger.fail(&job.job_id, code, &message)?;
             d.ledger.flush().await?;
             d.metrics.segment(result);
+            d.metrics.livepeer_segment(result);
             Ok(())
         })
     }
