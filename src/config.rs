@@ -388,6 +388,7 @@ mod tests {
         assert_eq!(c.scheduler, d.scheduler);
         assert_eq!(c.gpu, d.gpu);
         assert_eq!(c.seal, d.seal);
+        assert_eq!(c.earnings, d.earnings);
     }
 
     #[test]

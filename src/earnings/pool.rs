@@ -143,37 +143,31 @@ pub fn parse_livepool(body: &str, url: &str, ours: Address) -> Result<Statement,
 struct BigWei(U256);
 
 impl<'de> Deserialize<'de> for BigWei {
+    /// serde_json turns an integer beyond u64 into a float before any visitor sees it, so
+    /// the amount is read from its raw JSON text: a bare integer of any size, a decimal
+    /// string, or null (0).
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl serde::de::Visitor<'_> for V {
-            type Value = BigWei;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a whole number of wei")
-            }
-            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<BigWei, E> {
-                Ok(BigWei(U256::from(v)))
-            }
-            fn visit_u128<E: serde::de::Error>(self, v: u128) -> Result<BigWei, E> {
-                Ok(BigWei(U256::from(v)))
-            }
-            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<BigWei, E> {
-                u64::try_from(v)
-                    .map(|v| BigWei(U256::from(v)))
-                    .map_err(|_| E::custom("a negative amount"))
-            }
-            fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<BigWei, E> {
-                Err(E::custom(
-                    "a fractional or too large amount (wei are whole numbers below 2^128 here)",
-                ))
-            }
-            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<BigWei, E> {
-                super::money::parse_wei(s).map(BigWei).map_err(E::custom)
-            }
-            fn visit_unit<E: serde::de::Error>(self) -> Result<BigWei, E> {
-                Ok(BigWei(U256::ZERO))
-            }
+        use serde::de::Error;
+        let raw = Box::<serde_json::value::RawValue>::deserialize(d)?;
+        let text = raw.get().trim();
+        if text == "null" {
+            return Ok(BigWei(U256::ZERO));
         }
-        d.deserialize_any(V)
+        let digits = text
+            .strip_prefix('"')
+            .and_then(|t| t.strip_suffix('"'))
+            .unwrap_or(text);
+        if digits.starts_with('-') {
+            return Err(D::Error::custom(format!("a negative amount: {text}")));
+        }
+        if digits.contains(['.', 'e', 'E']) {
+            return Err(D::Error::custom(format!(
+                "a fractional amount: {text} (wei are whole numbers)"
+            )));
+        }
+        super::money::parse_wei(digits)
+            .map(BigWei)
+            .map_err(D::Error::custom)
     }
 }
 
