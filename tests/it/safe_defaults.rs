@@ -85,6 +85,11 @@ async fn comine_run_without_a_proof_source_warns_and_runs_the_post_safe_profile(
     assert!(out.contains("store: embedded at "), "{out}");
     assert!(!out.contains("{\""), "raw JSON in comine status:\n{out}");
     assert!(out.contains("recent decisions:"), "{out}");
+    // A CPU is not a GPU, in the decisions too.
+    assert!(
+        out.contains("host 0: PoSt-safe profile") && !out.contains("gpu 0:"),
+        "{out}"
+    );
     drop(d);
 
     // A configured prover name is a proof source: no warning, the normal profile.
