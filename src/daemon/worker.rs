@@ -62,7 +62,7 @@ pub(super) async fn dispatch(d: Arc<Daemon>, rx: [mpsc::UnboundedReceiver<Queued
                     let waiting = pps * d.queue_len().max(1) as f64;
                     match q.job.class {
                         JobClass::Live => d.admission.set_demand(waiting, 0.0),
-                        JobClass::Batch => d.admission.set_demand(0.0, waiting),
+                        JobClass::Batch | JobClass::Ai => d.admission.set_demand(0.0, waiting),
                     }
                     demanded = true;
                     tokio::select! {
@@ -218,6 +218,7 @@ async fn execute(
     if let Some(done) = d.ledger.complete(&id)? {
         d.ledger.flush().await?;
         d.metrics.job_done(&done, received.elapsed().as_secs_f64());
+        d.account_earnings(&done, None).await;
         tracing::info!(job = %id, encoded_pixels = done.encoded_pixels, renditions = done.renditions.len(), "job done");
     }
     Ok(Outcome::Done)
@@ -245,11 +246,11 @@ async fn transcode_and_store(
     std::fs::create_dir_all(&out_dir)?;
     let deadline = match job.class {
         JobClass::Live => Some(received + Duration::from_millis(4 * job.duration_ms.max(1))),
-        // AI jobs never reach the transcode queue; were one resumed, it is batch-like.
         JobClass::Batch if cfg.batch_deadline_secs > 0 => {
             Some(Instant::now() + Duration::from_secs(cfg.batch_deadline_secs))
         }
-        JobClass::Batch => None,
+        // AI jobs never reach the transcode queue (see `daemon::ai`).
+        JobClass::Batch | JobClass::Ai => None,
     };
     let request = transcode::Request {
         input: Input::File(d.spool_path(id)),

@@ -99,8 +99,13 @@ async fn run_serves_ai_jobs_accounts_them_and_answers_in_flight_jobs_on_sigterm(
             other => panic!("expected an error answer, got {other:?}"),
         }
     }
+    // The AI counters move when the answer is sent, the ledger a moment later: wait for both.
     let st = wait_status(&d, "3 AI jobs accounted", |s| {
-        s["ai"]["jobs"]["done"] == 1 && s["ai"]["jobs"]["failed"] == 2
+        s["ai"]["jobs"]["done"] == 1
+            && s["ai"]["jobs"]["failed"] == 2
+            && s["jobs"]["failed"].as_u64().unwrap_or(0) >= 2
+            && s["jobs"]["done"].as_u64().unwrap_or(0) >= 1
+            && s["jobs"].get("transcoding").is_none()
     })
     .await;
     assert_eq!(
@@ -130,6 +135,51 @@ async fn run_serves_ai_jobs_accounts_them_and_answers_in_flight_jobs_on_sigterm(
         metrics.contains("comine_ai_jobs_total{pipeline=\"upscale\"")
             && metrics.contains("result=\"bad_input\"")
             && metrics.contains("result=\"too_large\""),
+        "{metrics}"
+    );
+
+    // A video segment through comine's own API: upscaled x4, accounted as class `ai`.
+    let seg = std::fs::read(crate::ai_video::tiny_segment()).unwrap();
+    let post = |body: Vec<u8>| {
+        d.http
+            .post(d.url("/v1/ai/upscale"))
+            .bearer_auth(&d.token)
+            .body(body)
+            .send()
+    };
+    let r = post(seg).await.unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    let h = |k: &str| r.headers()[k].to_str().unwrap().to_string();
+    assert_eq!(h("content-type"), "video/mp2t");
+    assert_eq!(h("x-comine-output-size"), "192x128");
+    let frames: u64 = h("x-comine-frames").parse().unwrap();
+    assert_eq!(h("x-comine-units"), (48 * 32 * frames).to_string());
+    let video_job = h("x-comine-job-id");
+    let out = root.path().join("up.ts");
+    std::fs::write(&out, r.bytes().await.unwrap()).unwrap();
+    let p = crate::common::probe(&out);
+    assert_eq!((p.width, p.height, p.frames), (192, 128, frames));
+    assert!(p.has_audio);
+    // Not a video: refused with the reason, recorded failed; the daemon keeps serving.
+    let r = post(b"garbage, not a segment".to_vec()).await.unwrap();
+    let status = r.status();
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(status, 422, "{e}");
+    assert!(
+        e["error"].as_str().unwrap().contains("not a media file"),
+        "{e}"
+    );
+    let job = d.get_json(&format!("/v1/jobs/{video_job}")).await;
+    assert_eq!(job["state"], "done");
+    assert_eq!(job["class"], "ai");
+    let st = wait_status(&d, "the video jobs accounted", |s| {
+        s["ai"]["jobs"]["done"] == 2 && s["ai"]["jobs"]["failed"] == 3
+    })
+    .await;
+    assert_eq!(st["ai"]["jobs"]["units"], 32 * 24 + 48 * 32 * frames);
+    let metrics = d.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains("comine_ai_jobs_total{pipeline=\"video-upscale\""),
         "{metrics}"
     );
 

@@ -8,6 +8,7 @@
 mod common;
 
 mod ai;
+mod ai_video;
 mod ai_worker;
 mod bench_bad_input;
 mod bench_report_html;
@@ -21,6 +22,7 @@ mod daemon_livepeer;
 mod daemon_load;
 mod daemon_post;
 mod deploy_files;
+mod earnings;
 mod gpu_cli;
 mod livepeer;
 mod mutate;
