@@ -318,6 +318,7 @@ mod tests {
             "[scheduler]\nseal_high_watermak = 0.5\n",
             "[gpu]\nbakend = \"host\"\n",
             "[seal]\ncontroler = \"curio\"\n",
+            "[livepeer]\norch_adress = \"pool:8935\"\n",
         ] {
             let err = Config::parse(text, "test").unwrap_err().to_string();
             let key = text

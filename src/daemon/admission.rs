@@ -376,13 +376,54 @@ mod tests {
         assert_eq!(st.devices.len(), 1);
         assert_eq!(st.devices[0].source, "simulated");
         assert!(!st.decisions.is_empty());
-        assert_eq!(st.sealing.get("enabled"), Some(&4));
+        // `controller = "none"` confirms nothing: the task types' state is unknown, not "enabled".
+        assert_eq!(st.sealing.get("unknown"), Some(&4), "{:?}", st.sealing);
+        assert_eq!(st.sealing.get("enabled"), None);
         // Far beyond the device with one job running: refused, with a reason.
         let err = a.try_admit(JobClass::Live, 1e15).err().unwrap();
         assert!(!err.message.is_empty());
         drop(permit);
         a.restore().await;
         assert!(cancel.is_cancelled());
+    }
+
+    /// With a lotus-worker controller the gauges say what the worker confirmed: the task
+    /// types it accepts are enabled, the ones it refuses (disabled by the operator) are not.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sealing_status_is_what_the_controller_confirmed() {
+        const TOKEN: &str = "eyJhbGciOiJIUzI1NiJ9.admin.sig";
+        let srv = crate::seal::testserver::TestServer::start(TOKEN)
+            .await
+            .unwrap();
+        let worker = crate::seal::LotusWorker::from_api_info(
+            &srv.api_info(TOKEN),
+            Duration::from_secs(2),
+        )
+        .unwrap();
+        // The operator disabled C2 by hand before comine started.
+        worker.task_disable(crate::seal::TT_C2).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = crate::config::Config::default();
+        config.gpu.backend = "sim:rtx3090".into();
+        config.gpu.poll_interval_ms = 20;
+        config.scheduler.tick_interval_ms = 20;
+        config.seal.controller = crate::seal::ControllerKind::LotusWorker;
+        config.seal.api_info = Some(srv.api_info(TOKEN));
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let a = SchedAdmission::start(&config, dir.path(), 4, cancel.clone())
+            .await
+            .unwrap();
+        let mut sealing = BTreeMap::new();
+        for _ in 0..500 {
+            sealing = a.status().sealing;
+            if !sealing.is_empty() && !sealing.contains_key("unknown") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(sealing.get("enabled"), Some(&3), "{sealing:?}");
+        assert_eq!(sealing.get("disabled"), Some(&1), "{sealing:?}");
+        a.restore().await;
     }
 
     #[tokio::test]

@@ -67,6 +67,9 @@ pub enum JobLoad {
     Sealing { sm_pct: f64 },
     /// A WindowPoSt/WinningPoSt using this share of the SMs.
     Proof { sm_pct: f64 },
+    /// A prover process (lotus-miner, lotus-worker) that keeps a CUDA context open while
+    /// idle (lotus #7845): listed by NVML with this much memory and no SM use.
+    ProverContext { memory_bytes: u64 },
 }
 
 /// Why a simulated job could not start.
@@ -288,6 +291,9 @@ impl SimGpu {
                     }
                     JobLoad::Proof { sm_pct } => {
                         (Role::Proof, "lotus-worker-post", sm_pct, 0.0, 4 * GIB)
+                    }
+                    JobLoad::ProverContext { memory_bytes } => {
+                        (Role::Proof, "lotus-miner", 0.0, 0.0, memory_bytes)
                     }
                 };
                 sm += sm_pct;

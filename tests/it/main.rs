@@ -10,6 +10,7 @@ mod common;
 mod bench_bad_input;
 mod bench_report_html;
 mod bench_suite;
+mod cli;
 mod daemon_durability;
 mod daemon_e2e;
 mod daemon_in_process;
