@@ -74,6 +74,8 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(code) => code,
+        // `comine ledger export | head`: the reader has what it wanted (as ripgrep does).
+        Err(err) if comine::util::stdout::is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
             // `{:#}` joins the context chain on one line.
             eprintln!("error: {err:#}");

@@ -189,16 +189,46 @@ impl SchedAdmission {
         let choice: crate::gpu::BackendChoice = config.gpu.backend.parse()?;
         let gpu_config = config.gpu.clone();
         // NVML loading blocks (dlopen, driver calls).
-        let telemetry = tokio::task::spawn_blocking(move || crate::gpu::open(&choice, &gpu_config))
-            .await
-            .map_err(|e| crate::gpu::Error::Nvml(format!("telemetry open failed: {e}")))??;
+        let (telemetry, first) = tokio::task::spawn_blocking(move || {
+            crate::gpu::open(&choice, &gpu_config).map(|mut t| {
+                let first = t.poll();
+                (t, first)
+            })
+        })
+        .await
+        .map_err(|e| crate::gpu::Error::Nvml(format!("telemetry open failed: {e}")))??;
         tracing::info!(source = %telemetry.source(), "scheduler telemetry");
+        // Rate each device at what it was measured to do (cached; see `calibration`).
+        let mut sched_config = config.scheduler.clone();
+        if config.transcode.calibrate {
+            let settings = super::calibration::ProbeSettings {
+                encoder: config
+                    .transcode
+                    .encoder_choice()
+                    .unwrap_or(crate::transcode::EncoderChoice::Auto),
+                x264_preset: config.transcode.x264_preset.clone(),
+            };
+            let dir = data_dir.to_path_buf();
+            let measured = tokio::task::spawn_blocking(move || {
+                super::calibration::load_or_measure(&dir, &first, &settings, false)
+            })
+            .await;
+            match measured {
+                Ok(Ok(c)) => super::calibration::apply(&c, &mut sched_config),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "calibration failed; devices keep their configured rates")
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "calibration task failed; devices keep their configured rates")
+                }
+            }
+        }
         let (snapshots, _poller) =
             crate::gpu::Poller::spawn(telemetry, config.gpu.poll_interval(), cancel.clone());
         let controller = crate::seal::build(&config.seal)?;
         let task_types = config.seal.task_types.clone();
         let handle = crate::sched::start(
-            config.scheduler.clone(),
+            sched_config,
             task_types.clone(),
             snapshots.clone(),
             controller,
@@ -299,28 +329,24 @@ impl Admission for SchedAdmission {
                 encoder_sessions: d.nvenc_sessions.unwrap_or(0) as u64,
             })
             .collect();
-        let (decisions, last) = match self.handle.lock() {
+        let (decisions, confirmed) = match self.handle.lock() {
             Ok(g) => match g.as_ref() {
                 Some(h) => {
                     let all = h.decisions();
                     let skip = all.len().saturating_sub(self.history);
                     (
                         all.into_iter().skip(skip).collect::<Vec<_>>(),
-                        h.last_decision(),
+                        h.sealing_confirmed(),
                     )
                 }
                 None => (Vec::new(), None),
             },
             Err(_) => (Vec::new(), None),
         };
-        let mut sealing = BTreeMap::new();
-        if let Some(d) = last {
-            let mode = match d.sealing.desired {
-                crate::sched::SealMode::Enabled => "enabled",
-                crate::sched::SealMode::Disabled => "disabled",
-            };
-            sealing.insert(mode.to_string(), self.task_types as i64);
-        }
+        // What the controller last confirmed, never what the scheduler merely wants; with
+        // nothing confirmed (`controller = "none"`, or no answer yet) the state is unknown.
+        let sealing = confirmed
+            .unwrap_or_else(|| BTreeMap::from([("unknown".to_string(), self.task_types as i64)]));
         SchedulerStatus {
             backend: format!("sched/{}", snap.source),
             devices,
@@ -395,11 +421,9 @@ mod tests {
         let srv = crate::seal::testserver::TestServer::start(TOKEN)
             .await
             .unwrap();
-        let worker = crate::seal::LotusWorker::from_api_info(
-            &srv.api_info(TOKEN),
-            Duration::from_secs(2),
-        )
-        .unwrap();
+        let worker =
+            crate::seal::LotusWorker::from_api_info(&srv.api_info(TOKEN), Duration::from_secs(2))
+                .unwrap();
         // The operator disabled C2 by hand before comine started.
         worker.task_disable(crate::seal::TT_C2).await.unwrap();
         let dir = tempfile::tempdir().unwrap();

@@ -14,20 +14,18 @@ use anyhow::Context;
 use super::admission::{Admission, SchedAdmission};
 use super::api::auth;
 use super::rendition_store::{EmbeddedStore, RenditionStore};
-use super::{client, resolve_data_dir, Daemon};
-use crate::config::Config;
+use super::{client, Daemon};
+use crate::config::{Config, DataDirArgs};
 
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
-    /// TOML config (every key: deploy/comine.example.toml). Without it, defaults.
-    #[arg(long, env = "COMINE_CONFIG")]
-    pub config: Option<PathBuf>,
-    #[arg(long, env = crate::paths::DATA_DIR_ENV)]
-    pub data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub dirs: DataDirArgs,
     /// Override `[api] listen`, e.g. 127.0.0.1:0 for a free port (see <data>/api.addr).
     #[arg(long)]
     pub listen: Option<String>,
-    /// Attach to a go-livepeer orchestrator as a remote transcoder (`--orch-addr` …).
+    /// Attach to a go-livepeer orchestrator as a remote transcoder (`--orch-addr` …); these
+    /// flags win over `[livepeer]` in the config.
     #[command(flatten)]
     pub livepeer: crate::livepeer::LivepeerArgs,
 }
@@ -40,27 +38,26 @@ pub struct StatusArgs {
     /// Daemon URL; default: the address in <data>/api.addr.
     #[arg(long)]
     pub url: Option<String>,
-    #[arg(long, env = "COMINE_CONFIG")]
-    pub config: Option<PathBuf>,
-    #[arg(long, env = crate::paths::DATA_DIR_ENV)]
-    pub data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub dirs: DataDirArgs,
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let mut config = Config::load(args.config.as_deref())?;
+    let (mut config, data_dir) = args.dirs.load()?;
     if let Some(listen) = args.listen {
         config.api.listen = listen;
     }
-    let data_dir = resolve_data_dir(args.data_dir, &config);
+    // `[livepeer]` in the config, under whatever the command line says.
+    let lp = config.livepeer.under(&args.livepeer)?;
     // Flags are checked before anything starts: a bad secret file or address checksum
     // is a start-up error, not a log line an hour later.
-    let attach = if args.livepeer.enabled() {
-        let mut cfg = args.livepeer.to_config()?;
+    let attach = if lp.enabled() {
+        let mut cfg = lp.to_config()?;
         let t = &config.transcode;
         cfg.work_dir = data_dir.join("livepeer").join("work");
         Some(super::livepeer::Attach {
             config: cfg,
-            capacity: args.livepeer.capacity,
+            capacity: lp.capacity(),
             pipeline: super::livepeer::EnginePipeline::new(
                 t.encoder_choice()?,
                 t.x264_preset.clone(),
@@ -239,28 +236,27 @@ async fn wait_for_signal() {
 }
 
 pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
-    let config = Config::load(args.config.as_deref())?;
-    let data_dir = resolve_data_dir(args.data_dir, &config);
+    let (config, data_dir) = args.dirs.load()?;
     let text = client::get_text_at(&data_dir, &config, args.url.as_deref(), "/v1/status")?;
     if args.json {
-        println!("{text}");
+        crate::util::outln!("{text}");
         return Ok(ExitCode::SUCCESS);
     }
     let v: serde_json::Value = serde_json::from_str(&text).context("status is not JSON")?;
-    print_status(&v);
+    print_status(&v)?;
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_status(v: &serde_json::Value) {
+fn print_status(v: &serde_json::Value) -> anyhow::Result<()> {
     let s = |p: &str| v.pointer(p).cloned().unwrap_or(serde_json::Value::Null);
-    println!(
+    crate::util::outln!(
         "comine {} on {}, up {}s, data {}",
         s("/version").as_str().unwrap_or("?"),
         s("/listen").as_str().unwrap_or("?"),
         s("/uptime_secs"),
         s("/data_dir").as_str().unwrap_or("?")
     );
-    println!(
+    crate::util::outln!(
         "queue: {} waiting (max {}), {} running, capacity {}",
         s("/queue/depth"),
         s("/queue/max"),
@@ -274,9 +270,9 @@ fn print_status(v: &serde_json::Value) {
         } else {
             parts.join(", ")
         };
-        println!("jobs: {parts}");
+        crate::util::outln!("jobs: {parts}");
     }
-    println!(
+    crate::util::outln!(
         "today: {} segments, {} encoded pixels, {} wei estimated",
         s("/pixels_today/segments"),
         s("/pixels_today/encoded_pixels"),
@@ -286,7 +282,7 @@ fn print_status(v: &serde_json::Value) {
     match devices.as_array() {
         Some(d) if !d.is_empty() => {
             for g in d {
-                println!(
+                crate::util::outln!(
                     "gpu {}: {} util {:.0}% enc {:.0}% dec {:.0}% {} W {} °C {} sessions ({})",
                     g["index"],
                     g["name"].as_str().unwrap_or(""),
@@ -300,7 +296,7 @@ fn print_status(v: &serde_json::Value) {
                 );
             }
         }
-        _ => println!(
+        _ => crate::util::outln!(
             "devices: none reported (scheduler: {})",
             s("/scheduler").as_str().unwrap_or("?")
         ),
@@ -308,13 +304,13 @@ fn print_status(v: &serde_json::Value) {
     if let Some(sealing) = v.pointer("/sealing").and_then(|x| x.as_object()) {
         if !sealing.is_empty() {
             let parts: Vec<String> = sealing.iter().map(|(k, n)| format!("{k} {n}")).collect();
-            println!("sealing: {}", parts.join(", "));
+            crate::util::outln!("sealing: {}", parts.join(", "));
         }
     }
-    println!("store: {}", s("/store"));
+    crate::util::outln!("store: {}", s("/store"));
     if let Some(lp) = v.pointer("/livepeer").filter(|l| !l.is_null()) {
         let g = |p: &str| lp.pointer(p).cloned().unwrap_or(serde_json::Value::Null);
-        println!(
+        crate::util::outln!(
             "livepeer: {} {} (capacity {} [{}]); segments {} accounted, {} failed; {} encoded pixels{}",
             g("/orch_addr").as_str().unwrap_or("?"),
             g("/link/state").as_str().unwrap_or("?"),
@@ -329,4 +325,5 @@ fn print_status(v: &serde_json::Value) {
                 .unwrap_or_default(),
         );
     }
+    Ok(())
 }

@@ -1,85 +1,130 @@
 //! Dispatcher and workers: admitted jobs run the transcode on a blocking thread, store
 //! their renditions and close the job in the ledger.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
+use super::demand::DemandSource;
 use super::{remove_quiet, Daemon, Queued};
-use crate::ledger::{JobClass, JobRecord, JobState, RenditionRecord};
+use crate::ledger::{JobClass, JobDevice, JobRecord, JobState, RenditionRecord};
+use crate::sched::Rejected;
 use crate::transcode::{self, Input, Options, Profile, TranscodeError};
 
-/// Pulls queued jobs in order and starts each one when the scheduler admits it.
-/// Live jobs first: the live lane is polled before the batch lane.
+/// Pulls queued jobs and starts each one when the scheduler admits it, on the device it
+/// placed it on. Each lane (live, batch) has a head waiting for admission; the live head is
+/// tried first, and the batch head only while no live work waits anywhere (this queue or a
+/// Livepeer segment), so a refused batch job never holds back live work behind it. Each
+/// class's waiting work is reported as that class's demand.
 pub(super) async fn dispatch(d: Arc<Daemon>, rx: [mpsc::UnboundedReceiver<Queued>; 2]) {
-    let [mut live, mut batch] = rx;
+    let [mut live_rx, mut batch_rx] = rx;
     let mut capacity = d.admission.capacity();
+    let mut live: Option<Queued> = None;
+    let mut batch: Option<Queued> = None;
     loop {
-        let q = tokio::select! {
-            biased;
-            _ = d.intake_stop.cancelled() => break,
-            Some(q) = live.recv() => q,
-            Some(q) = batch.recv() => q,
-            else => break,
-        };
-        let pps = pixels_per_sec(&q.job);
-        let mut demanded = false;
-        let permit = loop {
-            match d.admission.try_admit(q.job.class, pps) {
-                Ok(p) => break Some(p),
-                Err(rejected) => {
-                    // Tell the scheduler what is waiting: this job and, as an estimate,
-                    // as many more like it as are queued behind it.
-                    let waiting = pps * d.queue_len().max(1) as f64;
-                    match q.job.class {
-                        JobClass::Live => d.admission.set_demand(waiting, 0.0),
-                        JobClass::Batch => d.admission.set_demand(0.0, waiting),
-                    }
-                    demanded = true;
-                    tokio::select! {
-                        _ = d.intake_stop.cancelled() => break None,
-                        _ = d.slot_freed.notified() => {}
-                        _ = capacity.changed() => {
-                            d.metrics.capacity.set(*capacity.borrow_and_update() as i64);
-                        }
-                        _ = tokio::time::sleep(rejected.retry_after.min(Duration::from_millis(500))) => {}
-                    }
-                }
-            }
-        };
-        if demanded {
-            // Admitted: its load now counts as admitted, not as demand.
-            d.admission.set_demand(0.0, 0.0);
+        if d.intake_stop.is_cancelled() {
+            break;
         }
-        let Some(permit) = permit else { break };
-        d.queued.fetch_sub(1, Ordering::Relaxed);
-        d.metrics.queue_depth.set(d.queue_len() as i64);
-        drop(q.slot);
-        let me = d.clone();
-        d.metrics.jobs_running.inc();
-        d.tracker.spawn(async move {
-            let id = q.job.job_id.clone();
-            if let Err(err) = run(&me, q.job, q.received).await {
-                tracing::error!(job = %id, error = %format!("{err:#}"), "job could not be recorded; it resumes at next start");
+        if live.is_none() {
+            live = live_rx.try_recv().ok();
+        }
+        if batch.is_none() {
+            batch = batch_rx.try_recv().ok();
+        }
+        if live.is_none() && batch.is_none() {
+            tokio::select! {
+                biased;
+                _ = d.intake_stop.cancelled() => break,
+                Some(q) = live_rx.recv() => live = Some(q),
+                Some(q) = batch_rx.recv() => batch = Some(q),
+                else => break,
             }
-            drop(permit);
-            me.metrics.jobs_running.dec();
-            me.slot_freed.notify_one();
-            me.notify_final(&id);
-        });
+            continue;
+        }
+        // Registered before trying, so a permit released in between still wakes us.
+        let freed = d.slot_freed.notified();
+        tokio::pin!(freed);
+        freed.as_mut().enable();
+        let mut retry = Duration::from_millis(500);
+        let mut progress = false;
+        match try_start(&d, &mut live) {
+            Some(Ok(())) => progress = true,
+            Some(Err(rejected)) => retry = retry.min(rejected.retry_after),
+            None => {}
+        }
+        let live_elsewhere = d.demand.live_waiting() > 0;
+        if live.is_none() && !live_elsewhere {
+            match try_start(&d, &mut batch) {
+                Some(Ok(())) => progress = true,
+                Some(Err(rejected)) => retry = retry.min(rejected.retry_after),
+                None => {}
+            }
+        }
+        // What still waits is this queue's demand: the head and, as an estimate, as many
+        // more like it as are queued behind it.
+        for (head, class) in [(&live, JobClass::Live), (&batch, JobClass::Batch)] {
+            let pps = head
+                .as_ref()
+                .map(|q| pixels_per_sec(&q.job) * d.queued_of(class).max(1) as f64)
+                .unwrap_or(0.0);
+            d.report_demand(DemandSource::Queue, class, pps);
+        }
+        if progress {
+            continue;
+        }
+        tokio::select! {
+            _ = d.intake_stop.cancelled() => break,
+            _ = &mut freed => {}
+            _ = capacity.changed() => {
+                d.metrics.capacity.set(*capacity.borrow_and_update() as i64);
+            }
+            Some(q) = live_rx.recv(), if live.is_none() => live = Some(q),
+            Some(q) = batch_rx.recv(), if batch.is_none() => batch = Some(q),
+            _ = tokio::time::sleep(retry.clamp(Duration::from_millis(20), Duration::from_millis(500))) => {}
+        }
     }
     tracing::debug!("dispatcher stopped");
 }
 
-/// Σ w × h × fps over the ladder (30 fps when a rung keeps the source's rate).
+/// Asks the scheduler to admit the lane's head; when it does, takes it out of `head` and
+/// starts it on the placed device. `None` when the lane is empty; a refused job stays.
+fn try_start(d: &Arc<Daemon>, head: &mut Option<Queued>) -> Option<Result<(), Rejected>> {
+    let job = &head.as_ref()?.job;
+    let placement = match d.admission.try_admit(job.class, pixels_per_sec(job)) {
+        Ok(p) => p,
+        Err(rejected) => return Some(Err(rejected)),
+    };
+    let q = head.take()?;
+    d.dequeued(q.job.class);
+    drop(q.slot);
+    let me = d.clone();
+    d.metrics.jobs_running.inc();
+    d.tracker.spawn(async move {
+        let id = q.job.job_id.clone();
+        let device = JobDevice {
+            index: placement.device,
+            uuid: placement.uuid.clone(),
+        };
+        if let Err(err) = run(&me, q.job, q.received, device).await {
+            tracing::error!(job = %id, error = %format!("{err:#}"), "job could not be recorded; it resumes at next start");
+        }
+        drop(placement);
+        me.metrics.jobs_running.dec();
+        me.slot_freed.notify_waiters();
+        me.notify_final(&id);
+    });
+    Some(Ok(()))
+}
+
+/// Σ w × h × fps over the job's ladder (see [`transcode::ladder_pixels_per_sec`]).
 fn pixels_per_sec(job: &JobRecord) -> f64 {
-    job.profiles
+    let ladder: Vec<Profile> = job
+        .profiles
         .iter()
         .filter_map(|p| Profile::parse(p).ok())
-        .map(|p| p.width.max(1) as f64 * p.height.max(1) as f64 * p.fps().unwrap_or(30.0))
-        .sum()
+        .collect();
+    transcode::ladder_pixels_per_sec(&ladder)
 }
 
 enum Outcome {
@@ -89,9 +134,14 @@ enum Outcome {
     Checkpointed,
 }
 
-async fn run(d: &Arc<Daemon>, job: JobRecord, received: Instant) -> anyhow::Result<()> {
+async fn run(
+    d: &Arc<Daemon>,
+    job: JobRecord,
+    received: Instant,
+    device: JobDevice,
+) -> anyhow::Result<()> {
     let id = job.job_id.clone();
-    let outcome = execute(d, job, received).await?;
+    let outcome = execute(d, job, received, device).await?;
     match outcome {
         Outcome::Done => {
             let ms = received.elapsed().as_millis() as u64;
@@ -110,14 +160,19 @@ async fn run(d: &Arc<Daemon>, job: JobRecord, received: Instant) -> anyhow::Resu
     Ok(())
 }
 
-async fn execute(d: &Arc<Daemon>, job: JobRecord, received: Instant) -> anyhow::Result<Outcome> {
+async fn execute(
+    d: &Arc<Daemon>,
+    job: JobRecord,
+    received: Instant,
+    device: JobDevice,
+) -> anyhow::Result<Outcome> {
     let id = job.job_id.clone();
     let current = d.ledger.get(&id)?.unwrap_or(job);
     if current.state.is_final() {
         return Ok(Outcome::Done);
     }
     if current.state != JobState::Stored {
-        let job = d.ledger.mark_transcoding(&id)?;
+        let job = d.ledger.mark_transcoding_on(&id, device)?;
         match transcode_and_store(d, &job, received).await? {
             Ok(()) => {}
             Err(outcome) => return Ok(outcome),
@@ -164,7 +219,8 @@ async fn transcode_and_store(
         options: Options {
             encoder: cfg.encoder_choice()?,
             decoder: cfg.decoder_choice()?,
-            gpu: cfg.gpu,
+            // The device the scheduler placed the job on (recorded in the ledger with it).
+            gpu: job.device.as_ref().map_or(cfg.gpu, |dev| dev.index),
             max_input_pixels: cfg.max_input_pixels,
             x264_preset: cfg.x264_preset.clone(),
             deadline,

@@ -40,6 +40,15 @@ pub struct Transcoded {
     pub renditions: Vec<RenditionOutput>,
     /// Why the hardware path was not used, when it was not.
     pub fallback_reason: Option<String>,
+    /// The device the work ran on, when the pipeline knows (the scheduler placed it).
+    pub device: Option<Device>,
+}
+
+/// A device as the pipeline names it: index and UUID (`GPU-…`, `host`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Device {
+    pub index: u32,
+    pub uuid: String,
 }
 
 /// Why a segment could not be transcoded; posted to the orchestrator as an error part.

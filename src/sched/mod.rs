@@ -51,6 +51,15 @@ pub struct Config {
     pub host_pixels_per_sec_per_core: f64,
     /// Share of rated throughput transcoding keeps on a GPU running a proof.
     pub proof_floor_fraction: f64,
+    /// A prover process (configured by name or PID) counts as a running proof only when it
+    /// is active: SM use at or above this, percent…
+    pub proof_active_sm_pct: f64,
+    /// …or device memory at or above this, bytes (an idle CUDA context holds a few hundred
+    /// MiB; a PoSt holds gigabytes)…
+    pub proof_active_memory_bytes: u64,
+    /// …or memory risen by at least this since the last tick, bytes (a proof starting).
+    /// Without any per-process figures (the host backend), presence is all there is to go by.
+    pub proof_memory_rise_bytes: u64,
     /// Share of a device's budget batch jobs may never take (kept for live).
     pub live_reserve_fraction: f64,
     /// Share of budget batch jobs may use while sealing runs on the device.
@@ -69,6 +78,10 @@ pub struct Config {
     pub session_pixels_per_sec: f64,
     /// NVENC sessions one Livepeer session uses (one per rendition).
     pub encodes_per_session: u32,
+    /// The live class's deadline as a multiple of segment duration (go-livepeer's 4 ×).
+    /// Sessions are offered at real time; a device that cannot keep one session real-time
+    /// but still finishes one segment well within this deadline offers one session.
+    pub live_deadline_factor: f64,
     /// Decisions kept in the ring buffer.
     pub decision_history: usize,
     /// What a rejected job is told to wait, ms.
@@ -92,6 +105,9 @@ impl Default for Config {
             default_gpu_pixels_per_sec: 1.0e9,
             host_pixels_per_sec_per_core: 20.0e6,
             proof_floor_fraction: 0.1,
+            proof_active_sm_pct: 5.0,
+            proof_active_memory_bytes: 2 << 30,
+            proof_memory_rise_bytes: 256 << 20,
             live_reserve_fraction: 0.25,
             batch_fraction_while_sealing: 0.2,
             seal_high_watermark: 0.6,
@@ -106,6 +122,7 @@ impl Default for Config {
                 + 426.0 * 240.0)
                 * 30.0,
             encodes_per_session: 4,
+            live_deadline_factor: 4.0,
             decision_history: 512,
             retry_after_ms: 2_000,
             stale_after_ms: 5_000,

@@ -16,6 +16,7 @@ pub mod cli;
 mod encoder;
 mod engine;
 mod input;
+pub mod probe;
 pub mod profile;
 
 use std::path::PathBuf;
@@ -80,6 +81,16 @@ impl DecoderChoice {
         <DecoderChoice as clap::ValueEnum>::from_str(s.trim(), true)
             .map_err(|_| format!("unknown decoder {s:?}: use auto, nvdec or software"))
     }
+}
+
+/// The pixel rate a ladder asks for: Σ w × h × fps over its rungs (30 fps when a rung keeps
+/// the source's rate, 1 pixel a side when it keeps the source's size). What the scheduler
+/// admits jobs and Livepeer segments by.
+pub fn ladder_pixels_per_sec(profiles: &[Profile]) -> f64 {
+    profiles
+        .iter()
+        .map(|p| p.width.max(1) as f64 * p.height.max(1) as f64 * p.fps().unwrap_or(30.0))
+        .sum()
 }
 
 /// The FFmpeg (libavutil) version this process runs with, e.g. `5.1.6-0+deb12u1`.

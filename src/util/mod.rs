@@ -1,6 +1,11 @@
-//! Foundations every module may use: the wall clock and durable file writes.
+//! Foundations every module may use: the wall clock, durable file writes, and stdout that
+//! may be a closed pipe.
 
 pub mod durable;
+pub mod stdout;
+
+// `crate::util::out!` / `crate::util::outln!`: stdout that may be a closed pipe.
+pub use crate::{out, outln};
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

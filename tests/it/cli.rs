@@ -66,7 +66,11 @@ fn gpu_status_into_a_closed_pipe_is_success() {
 /// A config file whose only key is `data_dir`.
 fn config_with_data_dir(root: &std::path::Path, data: &std::path::Path) -> std::path::PathBuf {
     let path = root.join("comine.toml");
-    std::fs::write(&path, format!("data_dir = {:?}\n", data.display().to_string())).unwrap();
+    std::fs::write(
+        &path,
+        format!("data_dir = {:?}\n", data.display().to_string()),
+    )
+    .unwrap();
     path
 }
 
@@ -116,7 +120,13 @@ fn livepeer_uses_the_config_files_data_dir() {
     let config = config_with_data_dir(root.path(), &data);
     // Nothing listens on port 9: the client keeps retrying, after creating its work dir.
     let mut child = Command::new(common::BIN)
-        .args(["livepeer", "--orch-addr", "127.0.0.1:9", "--orch-secret", "s"])
+        .args([
+            "livepeer",
+            "--orch-addr",
+            "127.0.0.1:9",
+            "--orch-secret",
+            "s",
+        ])
         .args(["--capacity", "1", "--config"])
         .arg(&config)
         .env_remove("COMINE_DATA_DIR")
@@ -130,12 +140,20 @@ fn livepeer_uses_the_config_files_data_dir() {
         if let Some(status) = child.try_wait().unwrap() {
             let mut err = String::new();
             use std::io::Read;
-            child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
             panic!("comine livepeer exited with {status}: {err}");
         }
         std::thread::sleep(Duration::from_millis(50));
     }
     let _ = child.kill();
     let _ = child.wait();
-    assert!(work.is_dir(), "no work directory under the config's data_dir");
+    assert!(
+        work.is_dir(),
+        "no work directory under the config's data_dir"
+    );
 }

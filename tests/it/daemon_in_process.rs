@@ -444,7 +444,12 @@ async fn a_refused_batch_job_at_the_head_does_not_hold_back_live_work() {
     let batch = submit(&base, "class=batch&manifest_id=b&seq=0", seg.clone()).await;
     // Let the dispatcher take the batch job and be refused.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let live = submit(&base, "class=live&manifest_id=l&seq=0&duration_ms=10000", seg).await;
+    let live = submit(
+        &base,
+        "class=live&manifest_id=l&seq=0&duration_ms=10000",
+        seg,
+    )
+    .await;
     let done = wait_done(&base, &live, Duration::from_secs(30)).await;
     assert_eq!(done["state"], "done", "{done}");
     assert_eq!(job(&base, &batch).await["state"], "queued");
@@ -518,8 +523,14 @@ async fn livepeer_segments_are_admitted_ahead_of_waiting_batch_work() {
     let data = root.path().join("data");
     let sched = ClassScheduler::new(1);
     let store = GatedStore::new(&data);
-    let d = Daemon::open(fast_config(), data.clone(), store.clone(), sched.clone(), "t".repeat(32))
-        .unwrap();
+    let d = Daemon::open(
+        fast_config(),
+        data.clone(),
+        store.clone(),
+        sched.clone(),
+        "t".repeat(32),
+    )
+    .unwrap();
     let base = serve(&d).await;
     // Batch job A runs (and holds the only slot in the store); B waits for admission.
     let a = submit(&base, "class=batch&manifest_id=h&seq=0", seg.clone()).await;
@@ -569,7 +580,10 @@ async fn livepeer_segments_are_admitted_ahead_of_waiting_batch_work() {
     assert!(matches!(outcome, TaskOutcome::Done { .. }), "{outcome:?}");
     let done = wait_done(&base, &b, Duration::from_secs(60)).await;
     assert_eq!(done["state"], "done", "{done}");
-    assert_eq!(wait_done(&base, &a, Duration::from_secs(5)).await["state"], "done");
+    assert_eq!(
+        wait_done(&base, &a, Duration::from_secs(5)).await["state"],
+        "done"
+    );
     assert_eq!(
         sched.admitted(),
         vec![JobClass::Batch, JobClass::Live, JobClass::Batch]

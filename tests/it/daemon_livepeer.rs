@@ -301,17 +301,39 @@ fn an_unknown_key_in_the_livepeer_section_is_refused_by_name() {
         root.path(),
         "[livepeer]\norch_adress = \"pool.example.com:8935\"\n",
     );
-    let out = Command::new(common::BIN)
+    let mut child = Command::new(common::BIN)
         .arg("run")
         .arg("--config")
         .arg(&config)
         .arg("--data-dir")
         .arg(root.path().join("data"))
         .args(["--listen", "127.0.0.1:0"])
-        .output()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
-    assert!(!out.status.success(), "a misspelt key must stop comine run");
-    let err = String::from_utf8_lossy(&out.stderr);
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break Some(s);
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    use std::io::Read;
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    let status = status.unwrap_or_else(|| panic!("a misspelt key must stop comine run: {err}"));
+    assert!(!status.success());
     assert!(err.contains("orch_adress"), "{err}");
 }
 

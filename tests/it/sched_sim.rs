@@ -408,7 +408,12 @@ fn an_idle_prover_context_does_not_hold_transcoding_down_a_busy_one_does() {
     let mut rig = Rig::new(&["rtx3090"], fast_config());
     let _context = rig
         .sim
-        .start_job(0, JobLoad::ProverContext { memory_bytes: 400 << 20 })
+        .start_job(
+            0,
+            JobLoad::ProverContext {
+                memory_bytes: 400 << 20,
+            },
+        )
         .unwrap();
     let mut d = rig.step();
     for _ in 0..4 {

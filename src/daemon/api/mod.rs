@@ -473,6 +473,7 @@ pub fn job_json(r: &JobRecord) -> Value {
         "encoded_pixels": r.encoded_pixels,
         "earnings_wei": r.earnings_wei,
         "attempts": r.attempts,
+        "device": r.device,
         "received_at": time::rfc3339(r.received_at_ms),
         "finished_at": r.finished_at_ms.map(time::rfc3339),
         "error": r.error,

@@ -1,7 +1,10 @@
 //! The daemon's side of the Livepeer remote transcoder (`comine run --orch-addr …`).
 //!
-//! [`start`] runs [`crate::livepeer::run_transcoder`] inside the daemon with two things the
+//! [`start`] runs [`crate::livepeer::run_transcoder`] inside the daemon with three things the
 //! standalone `comine livepeer` ([`standalone`]) lacks:
+//! - **admission** ([`AdmittedPipeline`]): each segment asks the scheduler like an HTTP job
+//!   (class `live`, pixels/s), reports itself as demand while it waits, and runs on the
+//!   device it was placed on;
 //! - **capacity from the scheduler** (`--capacity auto`): the scheduler's suggested session
 //!   count, which the client re-registers with once a change has lasted the dwell time;
 //! - **a ledger sink** ([`LedgerSink`]): every segment the orchestrator accepted has its
@@ -19,14 +22,16 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+pub mod admitted;
 pub mod pipeline;
 pub mod profiles;
 pub mod standalone;
 
+pub use admitted::AdmittedPipeline;
 pub use pipeline::EnginePipeline;
 
 use super::Daemon;
-use crate::ledger::{Admitted, JobClass, NewJob, RenditionRecord};
+use crate::ledger::{Admitted, JobClass, JobDevice, NewJob, RenditionRecord};
 use crate::livepeer::sink::{BoxFuture, SinkError};
 use crate::livepeer::{
     CapacityArg, LinkStatus, LivepeerError, SegmentFailure, SegmentRecord, SegmentSink,
@@ -127,7 +132,16 @@ impl LedgerSink {
         };
         let id = job.job_id.clone();
         d.ledger.mark_queued(&id)?;
-        d.ledger.mark_transcoding(&id)?;
+        match &r.device {
+            Some(dev) => d.ledger.mark_transcoding_on(
+                &id,
+                JobDevice {
+                    index: dev.index,
+                    uuid: dev.uuid.clone(),
+                },
+            )?,
+            None => d.ledger.mark_transcoding(&id)?,
+        };
         if !r.accepted {
             c.not_accepted.fetch_add(1, Ordering::Relaxed);
             d.ledger.fail(
@@ -276,10 +290,12 @@ pub fn start(
     };
     let _ = daemon.livepeer.set(state);
     let sink = Arc::new(LedgerSink::new(daemon.clone(), counters));
+    // Every segment goes through the scheduler's admission, as HTTP jobs do.
+    let pipeline = Arc::new(AdmittedPipeline::new(daemon.clone(), attach.pipeline));
     tokio::spawn(crate::livepeer::run_transcoder(
         attach.config,
         capacity,
-        Arc::new(attach.pipeline),
+        pipeline,
         sink,
         shutdown,
     ))
