@@ -1,11 +1,14 @@
 //! Store benchmarks, each against a peer measured in the same run:
 //! - local CID computation (`compute_cid`) vs `sha256sum` of the same file, MB/s (target ≥ 70%);
 //! - `Store::add_file` (CID + embedded blockstore writes), MB/s, informational;
-//! - `comine store add --backend kubo` vs the node's own CLI add of the same file (needs
-//!   `COMINE_TEST_IPFS_API`, and `scripts/ipfs-test-node.sh` for the CLI);
+//! - `comine store add --backend kubo` vs Kubo's own `ipfs add` of the same-size file, as a
+//!   throughput ratio (needs the node of `scripts/kubo-test-node.sh`: `COMINE_TEST_IPFS_API`,
+//!   `COMINE_TEST_IPFS_REPO`, `COMINE_TEST_KUBO_BIN`; `scripts/kubo-test-node.sh run cargo bench
+//!   --bench store` sets them);
 //! - CommP MB/s (vs sha256sum too, for scale).
 //!
-//! `cargo bench --bench store`; `COMINE_BENCH_MB` sets the file size (default 256).
+//! `cargo bench --bench store`; `COMINE_BENCH_MB` sets the file size (default 256),
+//! `COMINE_BENCH_KUBO_MB` the Kubo comparison's (default 64).
 
 use std::path::Path;
 use std::process::Command;
@@ -29,7 +32,11 @@ fn mbps(bytes: u64, d: Duration) -> f64 {
 }
 
 fn write_file(path: &Path, len: usize) {
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    write_file_seeded(path, len, 0);
+}
+
+fn write_file_seeded(path: &Path, len: usize, seed: u64) {
+    let mut x: u64 = (0x9E37_79B9_7F4A_7C15 ^ seed.wrapping_mul(0xD1B5_4A32_D192_ED03)) | 1;
     let mut buf = Vec::with_capacity(len);
     while buf.len() < len {
         x ^= x << 13;
@@ -119,23 +126,33 @@ fn main() {
         mbps(bytes, t) / sha_mbps
     );
 
-    match std::env::var("COMINE_TEST_IPFS_API") {
-        Ok(api) if !api.is_empty() => kubo(&api, &file, dir.path(), bytes.min(64 << 20)),
+    let kubo_mb: u64 = std::env::var("COMINE_BENCH_KUBO_MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64);
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    match (
+        env("COMINE_TEST_IPFS_API"),
+        env("COMINE_TEST_IPFS_REPO"),
+        env("COMINE_TEST_KUBO_BIN"),
+    ) {
+        (Some(api), Some(repo), Some(bin)) => kubo(&api, &repo, &bin, dir.path(), kubo_mb << 20),
         _ => println!(
-            "  kubo add: skipped (set COMINE_TEST_IPFS_API; see scripts/ipfs-test-node.sh)"
+            "  kubo add: skipped (run under `scripts/kubo-test-node.sh run cargo bench --bench store`)"
         ),
     }
 }
 
-/// `comine store add --backend kubo` vs the node's own CLI add (`jsipfs add` through
-/// scripts/ipfs-test-node.sh cli, or `ipfs add` when COMINE_BENCH_IPFS_CLI names Kubo's binary).
-fn kubo(api: &str, big: &Path, dir: &Path, bytes: u64) {
-    let file = dir.join("kubo.bin");
-    write_file(&file, bytes as usize);
+/// `comine store add --backend kubo` (local import + upload + CID check + pin) against Kubo's
+/// own `ipfs add` (through the same daemon). Each run adds a file never seen before, so neither
+/// side finds its blocks already on the node.
+fn kubo(api: &str, repo: &str, bin: &str, dir: &Path, bytes: u64) {
     let comine = env!("CARGO_BIN_EXE_comine");
     let mut n = 0;
     let ours = best_of(3, || {
         n += 1;
+        let file = dir.join(format!("ours{n}.bin"));
+        write_file_seeded(&file, bytes as usize, 1000 + n);
         let data_dir = dir.join(format!("data{n}"));
         let out = run(Command::new(comine)
             .args([
@@ -152,42 +169,28 @@ fn kubo(api: &str, big: &Path, dir: &Path, bytes: u64) {
             .arg(&file));
         assert!(out.contains("\"pushed\":true"), "not pushed: {out}");
     });
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/ipfs-test-node.sh");
-    let node_cli = || -> Command {
-        match std::env::var("COMINE_BENCH_IPFS_CLI") {
-            Ok(bin) if !bin.is_empty() => {
-                let mut c = Command::new(bin);
-                c.args([
-                    "--api",
-                    &comine::store::kubo::api_base_url(api).unwrap_or_default(),
-                ]);
-                c
-            }
-            _ => {
-                let mut c = Command::new("bash");
-                c.arg(&script).arg("cli");
-                c
-            }
-        }
-    };
+    let mut m = 0;
     let theirs = best_of(3, || {
-        run(node_cli()
-            .args(["add", "-Q", "--cid-version", "0"])
+        m += 1;
+        let file = dir.join(format!("theirs{m}.bin"));
+        write_file_seeded(&file, bytes as usize, 2000 + m);
+        run(Command::new(bin)
+            .env("IPFS_PATH", repo)
+            .args(["add", "-Q", "--pin=true", "--cid-version", "0"])
             .arg(&file));
     });
-    // The node CLI's own start-up (Node.js for js-ipfs) is part of what a user pays; show it.
+    // The CLI's own start-up is part of what `ipfs add` costs a user; show it.
     let startup = best_of(3, || {
-        run(node_cli().arg("version"));
+        run(Command::new(bin).env("IPFS_PATH", repo).arg("version"));
     });
     println!(
-        "  kubo add {} MiB: comine store add --backend kubo {:.2} s ({:.1} MB/s) | node CLI add {:.2} s ({:.1} MB/s, of which CLI start-up ~{:.2} s) | ratio comine/node time {:.2}",
+        "  kubo add {} MiB: comine store add --backend kubo {:.2} s ({:.1} MB/s) | ipfs add {:.2} s ({:.1} MB/s, CLI start-up ~{:.2} s) | throughput ratio comine/ipfs {:.2}",
         bytes >> 20,
         ours.as_secs_f64(),
         mbps(bytes, ours),
         theirs.as_secs_f64(),
         mbps(bytes, theirs),
         startup.as_secs_f64(),
-        ours.as_secs_f64() / theirs.as_secs_f64()
+        mbps(bytes, ours) / mbps(bytes, theirs)
     );
-    let _ = big;
 }

@@ -3,8 +3,10 @@
 #
 #   scripts/setup.sh          build + run deps: FFmpeg -dev libs, clang/libclang,
 #                             pkg-config, protoc, the ffmpeg CLI, a Rust toolchain
-#   scripts/setup.sh --test   also what the test suite needs: Node.js/npm (for the
-#                             js-ipfs test node) and Chromium (report rendering checks)
+#   scripts/setup.sh --test   also what the test suite needs: Chromium (report rendering
+#                             checks), Node.js/npm (npm-installed test tools), and curl +
+#                             unzip when there is no Go (scripts/kubo-test-node.sh then
+#                             fetches the Go toolchain from the module proxy to build Kubo)
 set -euo pipefail
 
 want_test=0
@@ -17,6 +19,10 @@ if (( want_test )); then
   command -v node >/dev/null 2>&1 || pkgs+=(nodejs)
   command -v npm >/dev/null 2>&1 || pkgs+=(npm)
   command -v chromium >/dev/null 2>&1 || pkgs+=(chromium)
+  if ! command -v go >/dev/null 2>&1; then
+    command -v curl >/dev/null 2>&1 || pkgs+=(curl)
+    command -v unzip >/dev/null 2>&1 || pkgs+=(unzip)
+  fi
 fi
 
 missing=()

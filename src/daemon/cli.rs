@@ -62,7 +62,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 t.encoder_choice()?,
                 t.x264_preset.clone(),
                 t.gpu,
-            ),
+            )
+            .with_space_floor(data_dir.clone(), config.store.min_free_bytes),
         })
     } else {
         if args.livepeer.orch_secret.is_some() && std::env::var_os("COMINE_ORCH_SECRET").is_none() {
@@ -119,6 +120,26 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         ))
         .context("cannot start the scheduler (see [gpu], [seal] and [scheduler] in the config)")?,
     );
+    // The public trustless gateway: its own listener, no token, pinned content only; bound
+    // before anything is served so a taken port is a start-up error.
+    let gateway_addr_file = data_dir.join("gateway.addr");
+    let gateway_task = if config.gateway.listen.is_empty() {
+        None
+    } else {
+        let listen = config.gateway.listen.clone();
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind(&listen))
+            .with_context(|| {
+                format!("cannot listen on {listen} for the gateway; change [gateway] listen, or leave it empty to serve no gateway")
+            })?;
+        let addr = listener.local_addr()?;
+        crate::util::durable::write_durable(&gateway_addr_file, addr.to_string().as_bytes())?;
+        tracing::info!(%addr, addr_file = %gateway_addr_file.display(), "trustless gateway listening (unauthenticated, pinned content only)");
+        let (store, limits, stop) = (inner.clone(), config.gateway.limits(), cancel.clone());
+        Some(rt.spawn(
+            async move { crate::store::gateway::serve(listener, store, &limits, stop).await },
+        ))
+    };
     let push_task = pusher.map(|(client, every)| {
         tracing::info!(
             api = client.base_url(),
@@ -135,6 +156,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     cancel.cancel();
     if let Some(task) = push_task {
         let _ = rt.block_on(task);
+    }
+    if let Some(task) = gateway_task {
+        match rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), task).await }) {
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "gateway ended with an error"),
+            Err(_) => tracing::warn!("gateway connections did not close in time"),
+            _ => {}
+        }
+        let _ = std::fs::remove_file(&gateway_addr_file);
     }
     served?;
     Ok(ExitCode::SUCCESS)

@@ -10,6 +10,8 @@ pub mod car;
 pub mod cli;
 pub mod commp;
 pub mod deals;
+pub mod free_space;
+pub mod gateway;
 pub mod importer;
 pub mod kubo;
 pub mod pb;

@@ -1,6 +1,6 @@
 //! comine's integration tests: one binary (one link of FFmpeg and the proofs crate), one
 //! module per area. Shared helpers (generated media, the daemon harness, the IPFS test node)
-//! live in `common`. Tests that need a tool (ffmpeg CLI, protoc, Chromium, the IPFS node)
+//! live in `common`. Tests that need a tool (ffmpeg CLI, protoc, Chromium, Kubo)
 //! fail when `CI` is set and the tool is missing; locally they say loudly that they skipped.
 //!
 //! Run one area with `cargo test --test it daemon_e2e::`.
@@ -24,6 +24,7 @@ mod sched_sim;
 mod seal_controllers;
 mod store_car_commp;
 mod store_cli;
+mod store_gateway;
 mod store_kubo_errors;
 mod store_local;
 mod store_node;

@@ -2,8 +2,9 @@
 //! [`auth`] holds the bearer token.
 //!
 //! Order of checks on `POST /v1/transcode`, cheapest first so a refused request costs
-//! little: token (401) → profiles and headers (400) → declared size (413) → a queue slot
-//! (503 + Retry-After) → body under the limit (413) → persist (the 2xx promise) →
+//! little: token (401) → profiles and headers (400) → declared size (413) → free space
+//! (507) → a queue slot (503 + Retry-After) → body under the limit (413) → persist (the 2xx
+//! promise) →
 //! reply now (`?async=1`, 202) or when the job is final.
 
 use std::sync::Arc;
@@ -358,6 +359,7 @@ async fn transcode(
                 return Err(too_large(max));
             }
         }
+        low_space(&d)?;
         let slot = d.queue_slots.clone().try_acquire_owned().map_err(|_| {
             d.metrics.rejected.inc();
             let mut e = ApiError::new(
@@ -436,6 +438,27 @@ async fn transcode(
             e.retry_after = Some(5);
             e.job_id = Some(job.job_id);
             Err(e)
+        }
+    }
+}
+
+/// 507 when the data directory's filesystem is below `[store] min_free_bytes`: refusing
+/// up front beats a job that fails half-way through writing its renditions.
+fn low_space(d: &Daemon) -> Result<(), ApiError> {
+    match crate::store::free_space::check(&d.data_dir, d.config.store.min_free_bytes) {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(low)) => {
+            d.metrics.rejected.inc();
+            Err(ApiError::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "insufficient_storage",
+                low.to_string(),
+            ))
+        }
+        // An unreadable statvfs says nothing about space: let the job through and say so.
+        Err(e) => {
+            tracing::warn!(error = %e, dir = %d.data_dir.display(), "cannot read free space");
+            Ok(())
         }
     }
 }
