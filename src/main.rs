@@ -39,6 +39,9 @@ enum Command {
     Store(Box<comine::store::cli::Args>),
     /// Run the daemon: HTTP API, queue, workers, ledger and metrics.
     Run(comine::daemon::cli::RunArgs),
+    /// Measure each device's transcoding rate again (cached for `comine run` and
+    /// `--capacity auto`, which otherwise measure only when the hardware or FFmpeg changed).
+    Calibrate(comine::daemon::cli::CalibrateArgs),
     /// Human summary of a running daemon (read from its API).
     Status(comine::daemon::cli::StatusArgs),
     /// The pixel and earnings ledger.
@@ -67,6 +70,7 @@ fn main() -> ExitCode {
         Command::Store(args) => comine::store::cli::run(*args),
         Command::Run(args) => comine::daemon::cli::run(args),
         Command::Status(args) => comine::daemon::cli::status(args),
+        Command::Calibrate(args) => comine::daemon::cli::calibrate(args),
         Command::Ledger(args) => comine::ledger::cli::run(args),
         Command::Livepeer(args) => comine::daemon::livepeer::standalone::run(args),
         Command::Bench(args) => comine::bench::cli::run(args),

@@ -201,13 +201,11 @@ impl SchedAdmission {
         // Rate each device at what it was measured to do (cached; see `calibration`).
         let mut sched_config = config.scheduler.clone();
         if config.transcode.calibrate {
-            let settings = super::calibration::ProbeSettings {
-                encoder: config
-                    .transcode
-                    .encoder_choice()
-                    .unwrap_or(crate::transcode::EncoderChoice::Auto),
-                x264_preset: config.transcode.x264_preset.clone(),
-            };
+            let settings = super::calibration::ProbeSettings::from_config(&config.transcode)
+                .unwrap_or(super::calibration::ProbeSettings {
+                    encoder: crate::transcode::EncoderChoice::Auto,
+                    x264_preset: config.transcode.x264_preset.clone(),
+                });
             let dir = data_dir.to_path_buf();
             let measured = tokio::task::spawn_blocking(move || {
                 super::calibration::load_or_measure(&dir, &first, &settings, false)

@@ -57,6 +57,18 @@ pub struct ProbeSettings {
     pub x264_preset: String,
 }
 
+impl ProbeSettings {
+    /// The settings `[transcode]` runs jobs with.
+    pub fn from_config(
+        t: &crate::config::TranscodeConfig,
+    ) -> Result<Self, crate::config::ConfigError> {
+        Ok(ProbeSettings {
+            encoder: t.encoder_choice()?,
+            x264_preset: t.x264_preset.clone(),
+        })
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum CalibrationError {
     #[error("calibration probe on {device}: {source}")]

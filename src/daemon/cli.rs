@@ -1,5 +1,5 @@
-//! `comine run [--config FILE] [--data-dir DIR] [--listen ADDR]` and
-//! `comine status [--json] [--url URL]`.
+//! `comine run [--config FILE] [--data-dir DIR] [--listen ADDR]`,
+//! `comine status [--json] [--url URL]` and `comine calibrate [--json]`.
 // Doc comments on the flags below are clap's `--help` text, written for a terminal
 // (`<DIR>`, `[:gop=2s|intra]`), not rustdoc markup.
 #![allow(rustdoc::invalid_html_tags, rustdoc::broken_intra_doc_links)]
@@ -40,6 +40,51 @@ pub struct StatusArgs {
     pub url: Option<String>,
     #[command(flatten)]
     pub dirs: DataDirArgs,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct CalibrateArgs {
+    /// Print the calibration as JSON (what <data>/calibration.json holds).
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub dirs: DataDirArgs,
+}
+
+/// `comine calibrate`: measures every device again (whatever the cache says), caches the
+/// result for `comine run`, and prints what `--capacity auto` will offer from it.
+pub fn calibrate(args: CalibrateArgs) -> anyhow::Result<ExitCode> {
+    use super::calibration::{self, ProbeSettings};
+    let (config, data_dir) = args.dirs.load()?;
+    let settings = ProbeSettings::from_config(&config.transcode)?;
+    let choice: crate::gpu::BackendChoice = config.gpu.backend.parse()?;
+    let mut telemetry = crate::gpu::open(&choice, &config.gpu)?;
+    let snapshot = telemetry.poll();
+    let measured = calibration::load_or_measure(&data_dir, &snapshot, &settings, true)?;
+    if args.json {
+        crate::util::outln!("{}", serde_json::to_string_pretty(&measured)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if measured.devices.is_empty() {
+        crate::util::outln!(
+            "nothing to calibrate: no host CPU or NVIDIA GPU in telemetry ({}); devices keep their configured rates",
+            telemetry.source()
+        );
+    }
+    let sched = &config.scheduler;
+    for d in &measured.devices {
+        crate::util::outln!(
+            "device {} {} ({}): {} {:.1} Mpx/s -> {} Livepeer session(s) with --capacity auto",
+            d.index,
+            d.name,
+            d.uuid,
+            d.encoder,
+            d.pixels_per_sec / 1e6,
+            sched.sessions_for(sched.idle_budget(d.pixels_per_sec))
+        );
+    }
+    crate::util::outln!("cached in {}", data_dir.join(calibration::CACHE_FILE).display());
+    Ok(ExitCode::SUCCESS)
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {

@@ -229,19 +229,7 @@ impl Scheduler {
             batch_budget = batch_budget.min(budget * c.batch_fraction_while_sealing);
         }
         let admitted = load.total_pps();
-        let by_pixels = if c.session_pixels_per_sec > 0.0 {
-            let realtime = (budget / c.session_pixels_per_sec).floor() as u32;
-            // One session whose segments take longer than real time, but at most half the
-            // live deadline, still earns: offered when nothing fits at real time.
-            let within_deadline = budget * c.live_deadline_factor / 2.0 >= c.session_pixels_per_sec;
-            if realtime == 0 && within_deadline {
-                1
-            } else {
-                realtime
-            }
-        } else {
-            0
-        };
+        let by_pixels = c.sessions_for(budget);
         let by_sessions = session_limit.map(|l| l / c.encodes_per_session.max(1));
         DeviceCapacity {
             index: d.index,

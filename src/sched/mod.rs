@@ -90,6 +90,30 @@ pub struct Config {
     pub stale_after_ms: u64,
 }
 
+impl Config {
+    /// Livepeer sessions a device with this live budget (pixels/s) offers: as many as fit
+    /// at real time; when none does, one session whose segments still finish within half
+    /// the live deadline (it earns, just not in real time).
+    pub fn sessions_for(&self, budget_pps: f64) -> u32 {
+        if self.session_pixels_per_sec <= 0.0 || !budget_pps.is_finite() || budget_pps <= 0.0 {
+            return 0;
+        }
+        let realtime = (budget_pps / self.session_pixels_per_sec).floor() as u32;
+        let within_deadline =
+            budget_pps * self.live_deadline_factor / 2.0 >= self.session_pixels_per_sec;
+        if realtime == 0 && within_deadline {
+            1
+        } else {
+            realtime
+        }
+    }
+
+    /// The live budget of a device rated at `rated_pps` with nothing else running.
+    pub fn idle_budget(&self, rated_pps: f64) -> f64 {
+        rated_pps * (self.encoder_util_threshold_pct / 100.0).clamp(0.0, 1.0)
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {

@@ -565,17 +565,17 @@ fn status(args: &Args, cid: &str, json: bool) -> anyhow::Result<ExitCode> {
         }))?;
     } else {
         match &local {
-            Some(info) => println!("local   pinned ({} bytes)", info.size),
-            None => println!("local   not pinned"),
+            Some(info) => crate::util::outln!("local   pinned ({} bytes)", info.size),
+            None => crate::util::outln!("local   not pinned"),
         }
         if let Some(q) = &queued {
-            println!(
+            crate::util::outln!(
                 "queue   waiting (attempts={} last_error={})",
                 q.attempts,
                 q.last_error.clone().unwrap_or_default()
             );
         }
-        println!(
+        crate::util::outln!(
             "peer    {} {} {}{}",
             peer.peer.as_deref().unwrap_or("?"),
             peer.api,
