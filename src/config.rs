@@ -86,6 +86,8 @@ pub struct Config {
     pub seal: crate::seal::Config,
     /// Attaching to a Livepeer orchestrator (`comine run`, `comine livepeer`); flags win.
     pub livepeer: LivepeerConfig,
+    /// AI jobs: ONNX Runtime, embedded models, HTTP runners (`ai::Config`).
+    pub ai: crate::ai::Config,
 }
 
 /// `[livepeer]`: the same settings as the `--orch-*` flags; a flag given on the command line

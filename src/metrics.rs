@@ -29,6 +29,19 @@ pub struct GpuLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AiLabel {
+    pub pipeline: String,
+    pub model: String,
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AiModelLabel {
+    pub pipeline: String,
+    pub model: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabel {
     pub state: String,
 }
@@ -50,6 +63,11 @@ pub struct GpuSample {
     pub power_watts: f64,
     pub temperature_celsius: f64,
     pub encoder_sessions: u64,
+    /// Device memory, bytes (0 when the backend does not say); simulated on `sim`.
+    #[serde(default)]
+    pub memory_total_bytes: u64,
+    #[serde(default)]
+    pub memory_used_bytes: u64,
 }
 
 pub struct Metrics {
@@ -71,6 +89,8 @@ pub struct Metrics {
     pub gpu_temperature: Family<GpuLabel, FGauge>,
     pub gpu_sessions: Family<GpuLabel, Gauge>,
     pub sealing_tasks: Family<StateLabel, Gauge>,
+    pub ai_jobs: Family<AiLabel, Counter>,
+    pub ai_units: Family<AiModelLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -101,8 +121,20 @@ impl Metrics {
             gpu_temperature: Family::default(),
             gpu_sessions: Family::default(),
             sealing_tasks: Family::default(),
+            ai_jobs: Family::default(),
+            ai_units: Family::default(),
             registry: Registry::default(),
         };
+        r.register(
+            "comine_ai_jobs",
+            "Livepeer AI jobs answered, by pipeline, model and result (ok or the failure reason)",
+            m.ai_jobs.clone(),
+        );
+        r.register(
+            "comine_ai_units",
+            "Billing units of AI jobs done (Livepeer's: upscale = input width x height)",
+            m.ai_units.clone(),
+        );
         r.register(
             "comine_segments",
             "Segments finished, by result (ok, bad_input, failed, deadline)",
@@ -188,7 +220,7 @@ impl Metrics {
         );
         r.register(
             "comine_sealing_tasks",
-            "Sealing task types by state (enabled, disabled) as the scheduler steers them",
+            "Sealing task types by state (enabled, disabled) as the sealing controller last confirmed them; unknown when nothing can confirm",
             m.sealing_tasks.clone(),
         );
         Metrics { registry: r, ..m }
@@ -216,7 +248,18 @@ impl Metrics {
         }
     }
 
+    /// Sealing task types by state as the controller last confirmed them (`unknown` when
+    /// nothing can confirm). A state absent now reads 0, never its last count.
     pub fn set_sealing(&self, states: &[(String, i64)]) {
+        for state in ["enabled", "disabled", "unknown"] {
+            if !states.iter().any(|(s, _)| s == state) {
+                self.sealing_tasks
+                    .get_or_create(&StateLabel {
+                        state: state.to_string(),
+                    })
+                    .set(0);
+            }
+        }
         for (state, n) in states {
             self.sealing_tasks
                 .get_or_create(&StateLabel {
@@ -236,6 +279,25 @@ impl Metrics {
 
     /// A job reached `done`: its segment, pixels per profile, latency and realtime ratio.
     /// One place for HTTP jobs and Livepeer segments alike.
+    /// One answered AI job (`result` is `ok` or the failure reason).
+    pub fn ai_job(&self, pipeline: &str, model: &str, result: &str, units: u64) {
+        self.ai_jobs
+            .get_or_create(&AiLabel {
+                pipeline: pipeline.into(),
+                model: model.into(),
+                result: result.into(),
+            })
+            .inc();
+        if units > 0 {
+            self.ai_units
+                .get_or_create(&AiModelLabel {
+                    pipeline: pipeline.into(),
+                    model: model.into(),
+                })
+                .inc_by(units);
+        }
+    }
+
     pub fn job_done(&self, done: &crate::ledger::JobRecord, latency_secs: f64) {
         self.segment("ok");
         self.decoded_pixels.inc_by(done.decoded_pixels);
@@ -286,6 +348,24 @@ mod tests {
             "comine_segment_latency_seconds_bucket",
             "comine_gpu_power_watts{gpu=\"0\"} 100",
             "comine_queue_depth 0",
+        ] {
+            assert!(text.contains(needle), "missing {needle} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn sealing_states_report_what_is_confirmed_now() {
+        let m = Metrics::new();
+        m.set_sealing(&[("unknown".into(), 4)]);
+        assert!(m
+            .encode()
+            .contains("comine_sealing_tasks{state=\"unknown\"} 4"));
+        m.set_sealing(&[("enabled".into(), 3), ("disabled".into(), 1)]);
+        let text = m.encode();
+        for needle in [
+            "comine_sealing_tasks{state=\"unknown\"} 0",
+            "comine_sealing_tasks{state=\"enabled\"} 3",
+            "comine_sealing_tasks{state=\"disabled\"} 1",
         ] {
             assert!(text.contains(needle), "missing {needle} in\n{text}");
         }

@@ -325,6 +325,8 @@ impl Admission for SchedAdmission {
                 power_watts: d.power_watts.unwrap_or(0.0),
                 temperature_celsius: d.temperature_c.unwrap_or(0.0),
                 encoder_sessions: d.nvenc_sessions.unwrap_or(0) as u64,
+                memory_total_bytes: d.memory_total_bytes.unwrap_or(0),
+                memory_used_bytes: d.memory_used_bytes.unwrap_or(0),
             })
             .collect();
         let (decisions, confirmed) = match self.handle.lock() {

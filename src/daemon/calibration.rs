@@ -7,6 +7,11 @@
 //! `--capacity auto` offers what this machine really sustains. Simulated devices carry
 //! their own model and are not probed.
 //!
+//! A GPU is rated by wall-clock time. The host CPU is rated per CPU-second times its cores:
+//! the figure describes the hardware (it is cached by hardware), so a probe taken while
+//! other work loads the machine does not rate it low for good; the load of the moment is
+//! the scheduler's live telemetry's job.
+//!
 //! Results are cached in `<data>/calibration.json`, keyed by the hardware (CPU model and
 //! cores, GPU names and UUIDs), the FFmpeg version and the encoder settings; a change to any
 //! of them measures again, and `comine calibrate` forces it.
@@ -23,10 +28,12 @@ pub const CACHE_FILE: &str = "calibration.json";
 
 /// The probe's ladder: Livepeer's standard 720p/480p/360p/240p at 30 fps from a 720p source,
 /// the ladder `[scheduler] session_pixels_per_sec` describes by default.
-pub const PROBE_LADDER: &str = "P720p30fps16x9,P480p30fps16x9,P360p30fps16x9,P240p30fps16x9";
+/// (There is no 480p preset: that rung is spelled out, 854x480 at 30 fps.)
+pub const PROBE_LADDER: &str =
+    "P720p30fps16x9,P480p30fps16x9:854x480@30:1600k,P360p30fps16x9,P240p30fps16x9";
 const PROBE_SOURCE: (u32, u32, u32) = (1280, 720, 30);
 /// Bumped when the probe changes, so older caches are measured again.
-const PROBE_VERSION: u32 = 1;
+const PROBE_VERSION: u32 = 2;
 
 /// One device's measured rate.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -39,6 +46,9 @@ pub struct DeviceRate {
     pub encoder: String,
     /// Encoded pixels per second for the probe ladder, decode included.
     pub pixels_per_sec: f64,
+    /// How it was timed: `wall_clock` (GPUs) or `cpu_time` (the host CPU: per CPU-second
+    /// times the cores).
+    pub basis: String,
     pub measured_at_ms: u64,
 }
 
@@ -160,8 +170,12 @@ pub fn load_or_measure(
         let clip = work.join("source.ts");
         let (w, h, fps) = PROBE_SOURCE;
         let made = probe::synthetic_clip(w, h, fps, 1, &clip).map_err(probe_err("the probe clip"));
-        let ladder = Profile::parse_list(PROBE_LADDER).unwrap_or_default();
+        let ladder = Profile::parse_list(PROBE_LADDER).map_err(|e| CalibrationError::Probe {
+            device: "the probe ladder".into(),
+            source: transcode::TranscodeError::Profile(e),
+        });
         let result = made.and_then(|()| {
+            let ladder = ladder?;
             for d in &devices {
                 let encoder = match d.source {
                     // A CPU host encodes with libx264 whatever `auto` would try first.
@@ -183,13 +197,26 @@ pub fn load_or_measure(
                     tracing::warn!(gpu = d.index, uuid = %d.uuid, "calibration: NVENC did not run on this GPU; keeping its configured rate");
                     continue;
                 }
-                tracing::info!(device = d.index, uuid = %d.uuid, encoder = %m.encoder, mpx_per_sec = m.pixels_per_sec / 1e6, "calibrated");
+                let (pixels_per_sec, basis) = match d.source {
+                    Source::Host => {
+                        let cores = d.cpu_cores.map_or_else(
+                            || std::thread::available_parallelism().map_or(1, |n| n.get()),
+                            |c| c.max(1) as usize,
+                        );
+                        // Never below what the wall clock saw (a probe cannot beat reality).
+                        let by_cpu = m.pixels_per_cpu_sec() * cores as f64;
+                        (by_cpu.max(m.pixels_per_sec), "cpu_time")
+                    }
+                    _ => (m.pixels_per_sec, "wall_clock"),
+                };
+                tracing::info!(device = d.index, uuid = %d.uuid, encoder = %m.encoder, basis, mpx_per_sec = pixels_per_sec / 1e6, wall_mpx_per_sec = m.pixels_per_sec / 1e6, "calibrated");
                 rates.push(DeviceRate {
                     index: d.index,
                     uuid: d.uuid.clone(),
                     name: d.name.clone(),
                     encoder: m.encoder,
-                    pixels_per_sec: m.pixels_per_sec,
+                    pixels_per_sec,
+                    basis: basis.into(),
                     measured_at_ms: crate::util::now_ms(),
                 });
             }
@@ -246,6 +273,7 @@ mod tests {
                 name: "host CPU".into(),
                 encoder: "libx264".into(),
                 pixels_per_sec: pps,
+                basis: "cpu_time".into(),
                 measured_at_ms: 1,
             }],
         }
@@ -260,6 +288,15 @@ mod tests {
         by_hand.device_pixels_per_sec.insert("0".into(), 5e6);
         apply(&calibration("host", 30e6), &mut by_hand);
         assert_eq!(by_hand.device_pixels_per_sec.get("host"), None);
+    }
+
+    /// The probe measures the ladder `[scheduler] session_pixels_per_sec` describes.
+    #[test]
+    fn the_probe_ladder_is_one_default_livepeer_session() {
+        let ladder = Profile::parse_list(PROBE_LADDER).unwrap();
+        assert_eq!(ladder.len(), 4);
+        let pps = transcode::ladder_pixels_per_sec(&ladder);
+        assert_eq!(pps, crate::sched::Config::default().session_pixels_per_sec);
     }
 
     #[test]

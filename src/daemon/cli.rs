@@ -83,7 +83,10 @@ pub fn calibrate(args: CalibrateArgs) -> anyhow::Result<ExitCode> {
             sched.sessions_for(sched.idle_budget(d.pixels_per_sec))
         );
     }
-    crate::util::outln!("cached in {}", data_dir.join(calibration::CACHE_FILE).display());
+    crate::util::outln!(
+        "cached in {}",
+        data_dir.join(calibration::CACHE_FILE).display()
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -240,6 +243,12 @@ pub async fn serve(
     tracing::info!(%addr, data_dir = %data_dir.display(), addr_file = %addr_file.display(), "comine API listening");
     let dispatcher = d.spawn_dispatcher();
     let lp_stop = tokio_util::sync::CancellationToken::new();
+    // The AI worker: same orchestrator, TLS, secret and backoff, when [ai] lists models.
+    let ai_stop = tokio_util::sync::CancellationToken::new();
+    let ai_task = match attach.as_ref().filter(|_| d.config.ai.enabled()) {
+        Some(a) => Some(super::ai::start(&d, &a.config, ai_stop.clone()).await?),
+        None => None,
+    };
     let mut lp_task = attach.map(|a| {
         tracing::info!(orch = %a.config.orch_addr, capacity = ?a.capacity, "attaching to the Livepeer orchestrator");
         let sessions = d.admission.livepeer_sessions();
@@ -269,6 +278,16 @@ pub async fn serve(
             }
         },
         None => wait_for_signal().await,
+    }
+    // AI jobs in flight are answered (finished within the grace, else an error) before the
+    // worker unregisters.
+    ai_stop.cancel();
+    if let Some(task) = ai_task {
+        match tokio::time::timeout(grace + Duration::from_secs(15), task).await {
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "AI worker ended with an error"),
+            Err(_) => tracing::warn!("AI worker did not stop in time"),
+            _ => {}
+        }
     }
     // Livepeer first: segments in flight are cancelled and answered with error parts, so
     // the orchestrator hands them to another transcoder at once instead of waiting.

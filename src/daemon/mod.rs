@@ -15,6 +15,7 @@
 //! intake stops, running jobs get a grace period and are otherwise left to resume.
 
 pub mod admission;
+pub mod ai;
 pub mod api;
 pub mod calibration;
 pub mod cli;
@@ -105,6 +106,8 @@ pub struct Daemon {
     pub listen_addr: OnceLock<SocketAddr>,
     /// Set when `comine run` attached to a Livepeer orchestrator.
     pub livepeer: OnceLock<livepeer::LivepeerState>,
+    /// Set when `comine run` also registered as a Livepeer AI worker.
+    pub ai: OnceLock<ai::AiState>,
 }
 
 impl Daemon {
@@ -162,6 +165,7 @@ impl Daemon {
             latency_ewma_ms: AtomicU64::new(0),
             listen_addr: OnceLock::new(),
             livepeer: OnceLock::new(),
+            ai: OnceLock::new(),
         }))
     }
 
@@ -327,6 +331,19 @@ impl Daemon {
                         &job.job_id,
                         "interrupted",
                         "the daemon stopped before this Livepeer segment's renditions were stored",
+                    )?;
+                }
+                // An AI job is recorded after it was answered; one caught mid-way was
+                // answered but not counted, and stays that way.
+                _ if job
+                    .manifest_id
+                    .as_deref()
+                    .is_some_and(|m| m.starts_with(ai::MANIFEST_PREFIX)) =>
+                {
+                    self.ledger.fail(
+                        &job.job_id,
+                        "interrupted",
+                        "the daemon stopped while recording this AI job",
                     )?;
                 }
                 _ if !self.spool_path(&job.job_id).exists() => {

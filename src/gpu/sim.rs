@@ -70,6 +70,8 @@ pub enum JobLoad {
     /// A prover process (lotus-miner, lotus-worker) that keeps a CUDA context open while
     /// idle (lotus #7845): listed by NVML with this much memory and no SM use.
     ProverContext { memory_bytes: u64 },
+    /// An AI model loaded by comine: its VRAM lease (device memory, no steady SM load).
+    Model { memory_bytes: u64 },
 }
 
 /// Why a simulated job could not start.
@@ -294,6 +296,9 @@ impl SimGpu {
                     }
                     JobLoad::ProverContext { memory_bytes } => {
                         (Role::Proof, "lotus-miner", 0.0, 0.0, memory_bytes)
+                    }
+                    JobLoad::Model { memory_bytes } => {
+                        (Role::Comine, "comine-ai", 0.0, 0.0, memory_bytes)
                     }
                 };
                 sm += sm_pct;

@@ -166,7 +166,7 @@ pub(super) async fn run(
     result
 }
 
-fn server_name(addr: &str) -> Result<ServerName<'static>, LivepeerError> {
+pub(super) fn server_name(addr: &str) -> Result<ServerName<'static>, LivepeerError> {
     let bad = || {
         LivepeerError::Config(format!(
             "--orch-addr {addr:?} is not HOST:PORT (e.g. pool.example.com:8935 or 10.0.0.5:8935)"

@@ -13,6 +13,8 @@
 //!
 //! `test_orchestrator` (feature `test-utils`) is an in-repo test double of the orchestrator side.
 
+pub mod ai_proto;
+pub mod ai_worker;
 pub mod args;
 mod client;
 pub mod multipart;
@@ -23,6 +25,8 @@ mod sessions;
 pub mod sink;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod test_orchestrator;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod test_orchestrator_ai;
 pub mod tls;
 
 use std::path::PathBuf;

@@ -708,7 +708,9 @@ fn deal(args: &Args, cmd: &DealCmd) -> anyhow::Result<ExitCode> {
             if *json {
                 print_json(&batches)?;
             } else if batches.is_empty() {
-                crate::util::outln!("nothing to pack: every stored rendition is already in a batch");
+                crate::util::outln!(
+                    "nothing to pack: every stored rendition is already in a batch"
+                );
             } else {
                 for b in &batches {
                     crate::util::outln!(

@@ -19,6 +19,31 @@ pub struct Measured {
     /// The encoder that ran (`libx264`, `h264_nvenc`).
     pub encoder: String,
     pub wall_ms: u64,
+    /// CPU time this process spent meanwhile (every thread), ms.
+    pub cpu_ms: u64,
+    /// Encoded pixels of one run.
+    pub encoded_pixels: u64,
+}
+
+impl Measured {
+    /// Encoded pixels per second of CPU time: what one fully available core does.
+    pub fn pixels_per_cpu_sec(&self) -> f64 {
+        self.encoded_pixels as f64 / (self.cpu_ms.max(1) as f64 / 1000.0)
+    }
+}
+
+/// CPU time of this process so far (user + system, all threads).
+fn process_cpu_time() -> std::time::Duration {
+    // SAFETY: getrusage fills the struct it is given; RUSAGE_SELF is always valid.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
+        return std::time::Duration::ZERO;
+    }
+    let tv = |t: libc::timeval| {
+        std::time::Duration::from_secs(t.tv_sec.max(0) as u64)
+            + std::time::Duration::from_micros(t.tv_usec.max(0) as u64)
+    };
+    tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
 fn ffmpeg_err(what: &'static str) -> impl Fn(ffmpeg_next::Error) -> TranscodeError {
@@ -170,8 +195,10 @@ pub fn measure(
             },
         };
         let t = Instant::now();
+        let cpu = process_cpu_time();
         let report = super::transcode(&request);
         let wall = t.elapsed();
+        let cpu = process_cpu_time().saturating_sub(cpu);
         let _ = std::fs::remove_dir_all(&out_dir);
         let report = report?;
         let secs = wall.as_secs_f64().max(1e-3);
@@ -183,6 +210,8 @@ pub fn measure(
                 .map(|r| r.encoder.clone())
                 .unwrap_or_default(),
             wall_ms: wall.as_millis() as u64,
+            cpu_ms: cpu.as_millis() as u64,
+            encoded_pixels: report.encoded_pixels,
         });
     }
     last.ok_or(TranscodeError::NoFrames { decode_errors: 0 })

@@ -157,3 +157,74 @@ fn livepeer_uses_the_config_files_data_dir() {
         "no work directory under the config's data_dir"
     );
 }
+
+/// `comine calibrate` measures the host CPU with libx264 whatever the cache says, writes
+/// `<data>/calibration.json` (what `comine run` rates the device by) and prints the
+/// sessions `--capacity auto` will offer.
+#[test]
+fn calibrate_measures_the_host_and_caches_it_for_comine_run() {
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("data");
+    let config = root.path().join("comine.toml");
+    std::fs::write(&config, "[gpu]\nbackend = \"host\"\n").unwrap();
+    let run = |json: bool| {
+        let mut c = Command::new(common::BIN);
+        c.arg("calibrate")
+            .arg("--config")
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(&data);
+        if json {
+            c.arg("--json");
+        }
+        let out = c.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let first: serde_json::Value = serde_json::from_str(&run(true)).unwrap();
+    let devices = first["devices"].as_array().unwrap();
+    assert_eq!(devices.len(), 1, "{first}");
+    assert_eq!(devices[0]["uuid"], "host");
+    assert_eq!(devices[0]["encoder"], "libx264");
+    let pps = devices[0]["pixels_per_sec"].as_f64().unwrap();
+    assert!(pps > 0.0 && pps.is_finite(), "{first}");
+    let cached: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(data.join("calibration.json")).unwrap()).unwrap();
+    assert_eq!(cached, first);
+    // Forced: measured again, not read back from the cache.
+    let text = run(false);
+    let again: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(data.join("calibration.json")).unwrap()).unwrap();
+    assert!(
+        again["devices"][0]["measured_at_ms"].as_u64()
+            > first["devices"][0]["measured_at_ms"].as_u64(),
+        "{again}"
+    );
+    assert!(
+        text.contains("Livepeer session(s) with --capacity auto"),
+        "{text}"
+    );
+}
+
+/// A config whose encoder is not one comine knows stops `comine calibrate` with the key.
+#[test]
+fn calibrate_names_a_bad_encoder_in_the_config() {
+    let root = tempfile::tempdir().unwrap();
+    let config = root.path().join("comine.toml");
+    std::fs::write(&config, "[transcode]\nencoder = \"vp9\"\n").unwrap();
+    let out = Command::new(common::BIN)
+        .arg("calibrate")
+        .arg("--config")
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(root.path().join("data"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("transcode.encoder"), "{err}");
+}

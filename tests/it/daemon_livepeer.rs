@@ -365,6 +365,13 @@ async fn capacity_auto_on_a_cpu_host_registers_at_least_one_session() {
     })
     .await;
     assert_eq!(st["livepeer"]["capacity_mode"], "auto");
+    // The host was rated by what the start-up probe measured, not by a per-core guess.
+    let cal: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(root.path().join("data").join("calibration.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(cal["devices"][0]["uuid"], "host", "{cal}");
+    assert!(cal["devices"][0]["pixels_per_sec"].as_f64().unwrap() > 0.0, "{cal}");
     assert!(d.terminate());
 }
 

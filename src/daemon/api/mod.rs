@@ -605,6 +605,8 @@ async fn status(State(d): Shared) -> Result<Json<Value>, ApiError> {
         "store": d.store.describe(),
         // null when `comine run` was not given --orch-addr.
         "livepeer": d.livepeer.get().map(|l| l.to_json()),
+        // null unless `comine run` registered as a Livepeer AI worker.
+        "ai": d.ai.get().map(|a| a.to_json()),
     })))
 }
 

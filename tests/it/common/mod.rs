@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use comine::store::KuboClient;
 
+pub mod ai;
 pub mod kubo;
 pub mod media;
 pub use media::{generate, pattern};
