@@ -40,6 +40,20 @@ impl DataDirArgs {
         let dir = resolve_data_dir(self.data_dir.clone(), &config);
         Ok((config, dir))
     }
+
+    /// [`load`](Self::load) for commands that talk to a running daemon (`comine status`,
+    /// `comine ledger export`): the same order, but the last resort is the daemon this host
+    /// runs ([`crate::paths::client_data_dir`]: the user's own, or the service's
+    /// `/var/lib/comine`).
+    pub fn load_for_client(&self) -> Result<(Config, PathBuf), ConfigError> {
+        let config = Config::load(self.config.as_deref())?;
+        let dir = self
+            .data_dir
+            .clone()
+            .or_else(|| config.data_dir.clone())
+            .unwrap_or_else(crate::paths::client_data_dir);
+        Ok((config, dir))
+    }
 }
 
 /// `--data-dir` (or `$COMINE_DATA_DIR`, which clap reads into the flag), else `data_dir` in
@@ -51,7 +65,7 @@ pub fn resolve_data_dir(flag: Option<PathBuf>, config: &Config) -> PathBuf {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}{}", read_hint(source))]
     Read {
         path: String,
         #[source]
@@ -65,6 +79,15 @@ pub enum ConfigError {
         value: String,
         why: String,
     },
+}
+
+/// What to do about an unreadable config (the cause itself follows in the error chain).
+fn read_hint(e: &std::io::Error) -> &'static str {
+    if e.kind() == std::io::ErrorKind::PermissionDenied {
+        " (the service runs as User=comine: install the file root:comine mode 0640)"
+    } else {
+        ""
+    }
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::gpu::{Snapshot, Source};
-use crate::transcode::{self, probe, EncoderChoice, Profile};
+use crate::transcode::{self, throughput, EncoderChoice, Profile};
 
 /// File name under the data directory.
 pub const CACHE_FILE: &str = "calibration.json";
@@ -169,7 +169,8 @@ pub fn load_or_measure(
         })?;
         let clip = work.join("source.ts");
         let (w, h, fps) = PROBE_SOURCE;
-        let made = probe::synthetic_clip(w, h, fps, 1, &clip).map_err(probe_err("the probe clip"));
+        let made =
+            throughput::synthetic_clip(w, h, fps, 1, &clip).map_err(probe_err("the probe clip"));
         let ladder = Profile::parse_list(PROBE_LADDER).map_err(|e| CalibrationError::Probe {
             device: "the probe ladder".into(),
             source: transcode::TranscodeError::Profile(e),
@@ -182,7 +183,7 @@ pub fn load_or_measure(
                     Source::Host => EncoderChoice::X264,
                     _ => settings.encoder,
                 };
-                let m = probe::measure(
+                let m = throughput::measure(
                     &clip,
                     &ladder,
                     encoder,

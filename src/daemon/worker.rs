@@ -1,13 +1,20 @@
 //! Dispatcher and workers: admitted jobs run the transcode on a blocking thread, store
 //! their renditions and close the job in the ledger.
+//!
+//! Every job, new or resumed from the spool after a restart, goes through the same two
+//! gates: the scheduler's concurrency (its published capacity) and its admission in
+//! pixels/s on a device. A backlog of thousands of spooled jobs therefore drains at the
+//! host's capacity instead of starting all at once. [`reclaim`] stops batch jobs on a GPU a
+//! proof needs back; they are requeued, not failed.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
 use super::demand::DemandSource;
-use super::{remove_quiet, Daemon, Queued};
+use super::{remove_quiet, Daemon, Queued, Running};
 use crate::ledger::{JobClass, JobDevice, JobRecord, JobState, RenditionRecord};
 use crate::sched::Rejected;
 use crate::transcode::{self, Input, Options, Profile, TranscodeError};
@@ -20,9 +27,14 @@ use crate::transcode::{self, Input, Options, Profile, TranscodeError};
 pub(super) async fn dispatch(d: Arc<Daemon>, rx: [mpsc::UnboundedReceiver<Queued>; 2]) {
     let [mut live_rx, mut batch_rx] = rx;
     let mut capacity = d.admission.capacity();
+    let beat = |d: &Daemon| {
+        d.dispatch_beat_ms
+            .store(crate::util::now_ms(), Ordering::Relaxed)
+    };
     let mut live: Option<Queued> = None;
     let mut batch: Option<Queued> = None;
     loop {
+        beat(&d);
         if d.intake_stop.is_cancelled() {
             break;
         }
@@ -38,7 +50,8 @@ pub(super) async fn dispatch(d: Arc<Daemon>, rx: [mpsc::UnboundedReceiver<Queued
                 _ = d.intake_stop.cancelled() => break,
                 Some(q) = live_rx.recv() => live = Some(q),
                 Some(q) = batch_rx.recv() => batch = Some(q),
-                else => break,
+                // The watchdog's beat while idle.
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
             }
             continue;
         }
@@ -48,17 +61,22 @@ pub(super) async fn dispatch(d: Arc<Daemon>, rx: [mpsc::UnboundedReceiver<Queued
         freed.as_mut().enable();
         let mut retry = Duration::from_millis(500);
         let mut progress = false;
-        match try_start(&d, &mut live) {
-            Some(Ok(())) => progress = true,
-            Some(Err(rejected)) => retry = retry.min(rejected.retry_after),
-            None => {}
-        }
-        let live_elsewhere = d.demand.live_waiting() > 0;
-        if live.is_none() && !live_elsewhere {
-            match try_start(&d, &mut batch) {
+        // Gate 1: no more jobs at once than the scheduler's capacity, resumed ones included.
+        let cap = (*capacity.borrow_and_update()).max(1);
+        if d.running_jobs() < cap {
+            // Gate 2: admission in pixels/s on a device; live first.
+            match try_start(&d, &mut live) {
                 Some(Ok(())) => progress = true,
                 Some(Err(rejected)) => retry = retry.min(rejected.retry_after),
                 None => {}
+            }
+            let live_elsewhere = d.demand.live_waiting() > 0;
+            if live.is_none() && !live_elsewhere && d.running_jobs() < cap {
+                match try_start(&d, &mut batch) {
+                    Some(Ok(())) => progress = true,
+                    Some(Err(rejected)) => retry = retry.min(rejected.retry_after),
+                    None => {}
+                }
             }
         }
         // What still waits is this queue's demand: the head and, as an estimate, as many
@@ -76,7 +94,10 @@ pub(super) async fn dispatch(d: Arc<Daemon>, rx: [mpsc::UnboundedReceiver<Queued
         tokio::select! {
             _ = d.intake_stop.cancelled() => break,
             _ = &mut freed => {}
-            _ = capacity.changed() => {
+            r = capacity.changed() => {
+                if r.is_err() {
+                    break;
+                }
                 d.metrics.capacity.set(*capacity.borrow_and_update() as i64);
             }
             Some(q) = live_rx.recv(), if live.is_none() => live = Some(q),
@@ -98,23 +119,74 @@ fn try_start(d: &Arc<Daemon>, head: &mut Option<Queued>) -> Option<Result<(), Re
     let q = head.take()?;
     d.dequeued(q.job.class);
     drop(q.slot);
+    let preempt = d.hard_stop.child_token();
+    let id = q.job.job_id.clone();
+    d.running.lock().unwrap_or_else(|e| e.into_inner()).insert(
+        id.clone(),
+        Running {
+            device: placement.device,
+            class: q.job.class,
+            pixels_per_sec: placement.pixels_per_sec,
+            started: Instant::now(),
+            preempt: preempt.clone(),
+        },
+    );
     let me = d.clone();
     d.metrics.jobs_running.inc();
     d.tracker.spawn(async move {
-        let id = q.job.job_id.clone();
+        let job = q.job.clone();
+        let started = Instant::now();
         let device = JobDevice {
             index: placement.device,
             uuid: placement.uuid.clone(),
         };
-        if let Err(err) = run(&me, q.job, q.received, device).await {
-            tracing::error!(job = %id, error = %format!("{err:#}"), "job could not be recorded; it resumes at next start");
-        }
+        let outcome = run(&me, q.job, q.received, device, &preempt).await;
         drop(placement);
+        me.running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
         me.metrics.jobs_running.dec();
+        match outcome {
+            Ok(Outcome::Preempted) => {
+                // Back in the queue: it runs again once the GPU is free.
+                me.metrics.jobs_preempted.inc();
+                me.enqueue(Queued {
+                    job,
+                    slot: None,
+                    received: Instant::now(),
+                });
+            }
+            Ok(Outcome::Done) => me.record_run_time(started.elapsed().as_millis() as u64),
+            Ok(_) => {}
+            Err(err) => {
+                tracing::error!(job = %id, error = %format!("{err:#}"), "job could not be recorded; it resumes at next start");
+            }
+        }
+        // Every admission waiter (the dispatcher, Livepeer segments) retries.
         me.slot_freed.notify_waiters();
         me.notify_final(&id);
     });
     Some(Ok(()))
+}
+
+/// Follows the scheduler's shed requests: when a proof needs a GPU back (its floor, or its
+/// memory), batch jobs running there are stopped and requeued.
+pub(super) async fn reclaim(d: Arc<Daemon>) {
+    let mut shed = d.admission.shed();
+    loop {
+        tokio::select! {
+            _ = d.intake_stop.cancelled() => break,
+            r = shed.changed() => if r.is_err() { break },
+        }
+        let wanted = shed.borrow_and_update().clone();
+        for s in wanted {
+            let stopped = d.preempt(s.device, s.pixels_per_sec);
+            if !stopped.is_empty() {
+                tracing::info!(gpu = s.device, shed_mpx_per_sec = s.pixels_per_sec / 1e6, jobs = ?stopped, "a proof needs this GPU: stopping batch jobs (they are requeued)");
+            }
+        }
+    }
 }
 
 /// Σ w × h × fps over the job's ladder (see [`transcode::ladder_pixels_per_sec`]).
@@ -132,6 +204,8 @@ enum Outcome {
     Failed(&'static str),
     /// Stopped by shutdown; stays in the ledger to resume.
     Checkpointed,
+    /// Stopped because a proof needs the GPU; the caller requeues it.
+    Preempted,
 }
 
 async fn run(
@@ -139,10 +213,11 @@ async fn run(
     job: JobRecord,
     received: Instant,
     device: JobDevice,
-) -> anyhow::Result<()> {
+    preempt: &tokio_util::sync::CancellationToken,
+) -> anyhow::Result<Outcome> {
     let id = job.job_id.clone();
-    let outcome = execute(d, job, received, device).await?;
-    match outcome {
+    let outcome = execute(d, job, received, device, preempt).await?;
+    match &outcome {
         Outcome::Done => {
             let ms = received.elapsed().as_millis() as u64;
             d.record_latency(ms);
@@ -155,9 +230,12 @@ async fn run(
         Outcome::Checkpointed => {
             tracing::info!(job = %id, "transcode interrupted by shutdown; resumes at next start");
         }
+        Outcome::Preempted => {
+            tracing::info!(job = %id, "transcode stopped for a proof; requeued");
+        }
     }
     remove_quiet(&d.work_dir(&id));
-    Ok(())
+    Ok(outcome)
 }
 
 async fn execute(
@@ -165,6 +243,7 @@ async fn execute(
     job: JobRecord,
     received: Instant,
     device: JobDevice,
+    preempt: &tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<Outcome> {
     let id = job.job_id.clone();
     let current = d.ledger.get(&id)?.unwrap_or(job);
@@ -173,7 +252,7 @@ async fn execute(
     }
     if current.state != JobState::Stored {
         let job = d.ledger.mark_transcoding_on(&id, device)?;
-        match transcode_and_store(d, &job, received).await? {
+        match transcode_and_store(d, &job, received, preempt).await? {
             Ok(()) => {}
             Err(outcome) => return Ok(outcome),
         }
@@ -192,6 +271,7 @@ async fn transcode_and_store(
     d: &Arc<Daemon>,
     job: &JobRecord,
     received: Instant,
+    preempt: &tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<Result<(), Outcome>> {
     let id = &job.job_id;
     let cfg = &d.config.transcode;
@@ -225,7 +305,8 @@ async fn transcode_and_store(
             max_input_pixels: cfg.max_input_pixels,
             x264_preset: cfg.x264_preset.clone(),
             deadline,
-            cancel: d.hard_stop.child_token(),
+            // A child of hard_stop: shutdown and a proof's preemption both stop it.
+            cancel: preempt.clone(),
             ..Options::default()
         },
     };
@@ -234,6 +315,9 @@ async fn transcode_and_store(
         Ok(r) => r,
         Err(TranscodeError::Cancelled) if d.hard_stop.is_cancelled() => {
             return Ok(Err(Outcome::Checkpointed));
+        }
+        Err(TranscodeError::Cancelled) if preempt.is_cancelled() => {
+            return Ok(Err(Outcome::Preempted));
         }
         Err(e) => {
             // The engine's deadline can cut demuxing short, which then reads as bad
@@ -255,6 +339,10 @@ async fn transcode_and_store(
     if let Some(reason) = &report.fallback_reason {
         tracing::debug!(job = %id, %reason, "hardware path not used");
     }
+    d.count_fallbacks(
+        report.renditions.iter().map(|r| r.encoder.as_str()),
+        report.fallback_reason.as_deref(),
+    );
     let mut renditions = Vec::with_capacity(report.renditions.len());
     for r in &report.renditions {
         let mut attempt = 0;

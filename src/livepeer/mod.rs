@@ -51,6 +51,8 @@ pub use tls::TlsPolicy;
 pub struct TranscoderConfig {
     /// `HOST:PORT` of the orchestrator's TLS port (gRPC and HTTPS).
     pub orch_addr: String,
+    /// Further orchestrators to fail over to, in order, when a connection fails.
+    pub fallback_addrs: Vec<String>,
     pub secret: String,
     /// Sent as `RegisterRequest.ethereum_address` (field 4) for pools that pay by address.
     pub eth_address: Option<Address>,
@@ -89,6 +91,8 @@ pub struct LinkSnapshot {
     pub registrations: u64,
     /// Why the last connection ended, when it was a fault or a refusal.
     pub last_fault: Option<String>,
+    /// The orchestrator of the current (or last) connection (several with failover).
+    pub orch_addr: String,
     /// Wall-clock time of the last state change, ms since the epoch.
     pub since_ms: u64,
 }
@@ -122,6 +126,7 @@ impl TranscoderConfig {
     pub fn new(orch_addr: impl Into<String>, secret: impl Into<String>) -> Self {
         TranscoderConfig {
             orch_addr: orch_addr.into(),
+            fallback_addrs: Vec::new(),
             secret: secret.into(),
             eth_address: None,
             tls: TlsPolicy::AcceptSelfSigned,

@@ -38,11 +38,13 @@ pub struct Args {
     pub command: Cmd,
 }
 
+/// The store backends, named as `[store] backend` in the config names them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Backend {
-    /// Embedded blockstore only.
-    Local,
-    /// Embedded blockstore, then pushed to the Kubo node (queued while it is unreachable).
+    /// The embedded blockstore in <DATA_DIR>/store (`local` is accepted too).
+    #[value(alias = "local")]
+    Embedded,
+    /// The Kubo node at --api.
     Kubo,
 }
 
@@ -57,7 +59,9 @@ pub enum Cmd {
         /// Raw leaves (default: on with --cid-version 1, off with 0). `--raw-leaves=false` forces off.
         #[arg(long, num_args = 0..=1, default_missing_value = "true")]
         raw_leaves: Option<bool>,
-        #[arg(long, value_enum, default_value_t = Backend::Local)]
+        /// embedded: store and pin in the embedded blockstore only; kubo: the same, then
+        /// push to the Kubo node (queued while it is unreachable).
+        #[arg(long, value_enum, default_value_t = Backend::Embedded)]
         backend: Backend,
         #[arg(long)]
         json: bool,
@@ -65,8 +69,9 @@ pub enum Cmd {
     /// Stream a stored file to stdout (every block verified).
     Cat {
         cid: String,
-        /// Read from the embedded store (default) or from the Kubo node.
-        #[arg(long, value_enum, default_value_t = Backend::Local)]
+        /// Where to read from: embedded (the embedded blockstore, every block verified) or
+        /// kubo (the Kubo node's `cat`, for content comine never stored itself).
+        #[arg(long, value_enum, default_value_t = Backend::Embedded)]
         backend: Backend,
     },
     /// Write a CAR v1 of the whole DAG.
@@ -399,7 +404,7 @@ fn add(
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let store = open_store(args)?;
-    if backend == Backend::Local {
+    if backend == Backend::Embedded {
         let added = store
             .add_file(file, opts)
             .with_context(|| format!("adding {}", file.display()))?;
@@ -500,7 +505,7 @@ fn print_added(
             "blocks": added.blocks,
             "cid_version": opts.cid_version,
             "raw_leaves": opts.raw_leaves(),
-            "backend": if backend == Backend::Kubo { "kubo" } else { "local" },
+            "backend": if backend == Backend::Kubo { "kubo" } else { "embedded" },
             "pushed": pushed,
             "queued": queued,
             "push_error": push_error,
@@ -598,7 +603,7 @@ fn cat(args: &Args, cid: &str, backend: Backend) -> anyhow::Result<ExitCode> {
     let stdout = io::stdout();
     let mut out = stdout.lock();
     let result: anyhow::Result<()> = match backend {
-        Backend::Local => {
+        Backend::Embedded => {
             let store = open_store(args)?;
             let mut reader = store.cat(&cid)?;
             io::copy(&mut reader, &mut out).map(|_| ()).map_err(|e| {

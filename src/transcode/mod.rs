@@ -18,6 +18,7 @@ mod engine;
 mod input;
 pub mod probe;
 pub mod profile;
+pub mod throughput;
 
 use std::path::PathBuf;
 use std::time::Instant;

@@ -1,220 +1,113 @@
-//! The calibration probe: how many pixels per second this host's encoder sustains for a
-//! ladder, measured with the engine itself. The source clip is made in-process (libavfilter's
-//! moving `testsrc2` pattern with temporal noise, encoded with libx264 ultrafast), so the
-//! probe needs no FFmpeg command-line tool and no media file.
+//! A start-up probe of the encoder on one device (`comine run --test-transcoder`), as
+//! go-livepeer's `-testTranscoder` does: open the encoder the config asks for, as many
+//! sessions at once as one Livepeer session's ladder needs, and encode a few frames through
+//! each. A driver that cannot open NVENC, or a session cap below one ladder, is found at
+//! start instead of on the first paid segment. It uses the engine's own encoder choice and
+//! fallback reporting ([`super::encoder::open`]): under `auto` a rung that fell back to
+//! libx264 is reported with libav's reason.
 
-use std::path::{Path, PathBuf};
-use std::time::Instant;
-
-use ffmpeg_next::{filter, format, frame, picture, Packet, Rational};
+use ffmpeg_next::{format::Pixel, frame, Packet, Rational};
 
 use super::encoder::{self, Setup};
-use super::{avlog, EncoderChoice, Input, Options, Profile, Request, TranscodeError};
+use super::{EncoderChoice, Profile, TranscodeError};
 
-/// What one probe measured.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Measured {
-    /// Encoded pixels per wall-clock second (decode included), the unit admission counts in.
-    pub pixels_per_sec: f64,
-    /// The encoder that ran (`libx264`, `h264_nvenc`).
-    pub encoder: String,
-    pub wall_ms: u64,
-    /// CPU time this process spent meanwhile (every thread), ms.
-    pub cpu_ms: u64,
-    /// Encoded pixels of one run.
-    pub encoded_pixels: u64,
+/// What one device's probe found.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ProbeReport {
+    pub gpu: u32,
+    /// Sessions opened at once.
+    pub sessions: u32,
+    /// The encoder each session ended up with (`h264_nvenc` or `libx264`).
+    pub encoders: Vec<&'static str>,
+    /// Frames encoded per session.
+    pub frames: u64,
+    /// Why NVENC was not used under `auto` (libav's words), if it was not.
+    pub fallback_reason: Option<String>,
 }
 
-impl Measured {
-    /// Encoded pixels per second of CPU time: what one fully available core does.
-    pub fn pixels_per_cpu_sec(&self) -> f64 {
-        self.encoded_pixels as f64 / (self.cpu_ms.max(1) as f64 / 1000.0)
+impl ProbeReport {
+    /// True when every session runs on NVENC.
+    pub fn all_nvenc(&self) -> bool {
+        !self.encoders.is_empty() && self.encoders.iter().all(|e| *e == encoder::NVENC)
     }
 }
 
-/// CPU time of this process so far (user + system, all threads).
-fn process_cpu_time() -> std::time::Duration {
-    // SAFETY: getrusage fills the struct it is given; RUSAGE_SELF is always valid.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
-        return std::time::Duration::ZERO;
-    }
-    let tv = |t: libc::timeval| {
-        std::time::Duration::from_secs(t.tv_sec.max(0) as u64)
-            + std::time::Duration::from_micros(t.tv_usec.max(0) as u64)
-    };
-    tv(ru.ru_utime) + tv(ru.ru_stime)
-}
+const FRAMES: u64 = 8;
 
-fn ffmpeg_err(what: &'static str) -> impl Fn(ffmpeg_next::Error) -> TranscodeError {
-    move |e| TranscodeError::Ffmpeg {
-        what,
-        reason: e.to_string(),
-    }
-}
-
-/// Writes a `seconds`-long `width`x`height` H.264 MPEG-TS clip at `fps` to `out`.
-pub fn synthetic_clip(
-    width: u32,
-    height: u32,
-    fps: u32,
-    seconds: u32,
-    out: &Path,
-) -> Result<(), TranscodeError> {
-    avlog::install();
-    ffmpeg_next::init().map_err(ffmpeg_err("initialising libav"))?;
-    let mut graph = filter::Graph::new();
-    let sink = filter::find("buffersink").ok_or(TranscodeError::Ffmpeg {
-        what: "building the probe source",
-        reason: "libavfilter has no buffersink".into(),
-    })?;
-    graph
-        .add(&sink, "out", "")
-        .map_err(ffmpeg_err("building the probe source"))?;
-    let spec = format!(
-        "testsrc2=size={width}x{height}:rate={fps}:duration={seconds},noise=alls=12:allf=t+u,format=yuv420p"
-    );
-    graph
-        .input("out", 0)
-        .and_then(|p| p.parse(&spec))
-        .map_err(ffmpeg_err("building the probe source"))?;
-    graph
-        .validate()
-        .map_err(ffmpeg_err("building the probe source"))?;
-
-    let profile = Profile::parse(&format!("probe:{width}x{height}@{fps}:4000k")).map_err(|e| {
-        TranscodeError::Ffmpeg {
-            what: "describing the probe clip",
-            reason: e.to_string(),
-        }
-    })?;
-    let time_base = Rational::new(1, fps as i32);
-    let frame_rate = Rational::new(fps as i32, 1);
-    let out_err = |reason: String| TranscodeError::Output {
-        path: out.display().to_string(),
-        reason,
-    };
-    let mut octx = format::output_as(out, "mpegts").map_err(|e| out_err(e.to_string()))?;
-    let mut opened = encoder::open(
-        EncoderChoice::X264,
-        &Setup {
-            profile: &profile,
-            width,
-            height,
-            time_base,
-            frame_rate,
-            global_header: false,
-            gpu: 0,
-            x264_preset: "ultrafast",
-            threads: 0,
-        },
-    )?;
-    let stream_tb = {
-        let mut st = octx
-            .add_stream(ffmpeg_next::encoder::find_by_name(opened.name))
-            .map_err(|e| out_err(e.to_string()))?;
-        st.set_parameters(&opened.encoder);
-        st.set_time_base(time_base);
-        st.index()
-    };
-    octx.write_header().map_err(|e| out_err(e.to_string()))?;
-    let out_tb = octx
-        .stream(stream_tb)
-        .map(|s| s.time_base())
-        .unwrap_or(time_base);
-    let write = |enc: &mut ffmpeg_next::encoder::video::Encoder,
-                 octx: &mut format::context::Output|
-     -> Result<(), TranscodeError> {
-        let mut packet = Packet::empty();
-        while enc.receive_packet(&mut packet).is_ok() {
-            packet.set_stream(stream_tb);
-            packet.rescale_ts(time_base, out_tb);
-            packet
-                .write_interleaved(octx)
-                .map_err(|e| out_err(e.to_string()))?;
-        }
-        Ok(())
-    };
-    let mut n = 0i64;
-    let mut frame = frame::Video::empty();
-    loop {
-        let got = graph.get("out").map(|mut c| c.sink().frame(&mut frame));
-        match got {
-            Some(Ok(())) => {}
-            Some(Err(ffmpeg_next::Error::Eof)) | None => break,
-            Some(Err(ffmpeg_next::Error::Other { errno })) if errno == libc::EAGAIN => break,
-            Some(Err(e)) => return Err(ffmpeg_err("generating the probe clip")(e)),
-        }
-        frame.set_pts(Some(n));
-        frame.set_kind(if n == 0 {
-            picture::Type::I
-        } else {
-            picture::Type::None
-        });
-        n += 1;
-        opened
-            .encoder
-            .send_frame(&frame)
-            .map_err(ffmpeg_err("encoding the probe clip"))?;
-        write(&mut opened.encoder, &mut octx)?;
-    }
-    opened
-        .encoder
-        .send_eof()
-        .map_err(ffmpeg_err("encoding the probe clip"))?;
-    write(&mut opened.encoder, &mut octx)?;
-    octx.write_trailer().map_err(|e| out_err(e.to_string()))?;
-    if n == 0 {
-        return Err(TranscodeError::NoFrames { decode_errors: 0 });
-    }
-    Ok(())
-}
-
-/// Transcodes `clip` to `ladder` twice (the first run warms caches and threads up) and
-/// returns the second run's rate. Renditions go to `work`, removed afterwards.
-pub fn measure(
-    clip: &Path,
-    ladder: &[Profile],
-    encoder: EncoderChoice,
-    x264_preset: &str,
+/// Opens `sessions` encoders at once on `gpu` with `choice` (144p, so the probe costs little
+/// GPU memory) and encodes [`FRAMES`] frames through each.
+pub fn encoder(
+    choice: EncoderChoice,
     gpu: u32,
-    work: &Path,
-) -> Result<Measured, TranscodeError> {
-    let mut last = None;
-    for run in 0..2 {
-        let out_dir: PathBuf = work.join(format!("probe-{run}"));
-        let request = Request {
-            input: Input::File(clip.to_path_buf()),
-            profiles: ladder.to_vec(),
-            out_dir: out_dir.clone(),
-            options: Options {
-                encoder,
-                x264_preset: x264_preset.to_string(),
+    sessions: u32,
+    x264_preset: &str,
+) -> Result<ProbeReport, TranscodeError> {
+    let profile = Profile::parse("P144p30fps16x9")?;
+    let (w, h) = (profile.width, profile.height);
+    let rate = Rational::new(30, 1);
+    let mut opened = Vec::new();
+    for _ in 0..sessions.max(1) {
+        opened.push(encoder::open(
+            choice,
+            &Setup {
+                profile: &profile,
+                width: w,
+                height: h,
+                time_base: Rational::new(1, 30),
+                frame_rate: rate,
+                global_header: false,
                 gpu,
-                ..Options::default()
+                x264_preset,
+                threads: 1,
             },
+        )?);
+    }
+    let mut report = ProbeReport {
+        gpu,
+        sessions: sessions.max(1),
+        encoders: opened.iter().map(|o| o.name).collect(),
+        frames: 0,
+        fallback_reason: opened.iter().find_map(|o| o.fallback_reason.clone()),
+    };
+    let mut picture = frame::Video::new(Pixel::YUV420P, w, h);
+    for plane in 0..3 {
+        picture
+            .data_mut(plane)
+            .fill(if plane == 0 { 96 } else { 128 });
+    }
+    let mut packet = Packet::empty();
+    let mut encoded = 0u64;
+    for o in &mut opened {
+        let enc = &mut o.encoder;
+        let fail = |e: ffmpeg_next::Error| TranscodeError::EncoderOpen {
+            encoder: o.name.to_string(),
+            profile: profile.name.clone(),
+            reason: format!("probe encode failed: {e}"),
         };
-        let t = Instant::now();
-        let cpu = process_cpu_time();
-        let report = super::transcode(&request);
-        let wall = t.elapsed();
-        let cpu = process_cpu_time().saturating_sub(cpu);
-        let _ = std::fs::remove_dir_all(&out_dir);
-        let report = report?;
-        let secs = wall.as_secs_f64().max(1e-3);
-        last = Some(Measured {
-            pixels_per_sec: report.encoded_pixels as f64 / secs,
-            encoder: report
-                .renditions
-                .first()
-                .map(|r| r.encoder.clone())
-                .unwrap_or_default(),
-            wall_ms: wall.as_millis() as u64,
-            cpu_ms: cpu.as_millis() as u64,
-            encoded_pixels: report.encoded_pixels,
+        for i in 0..FRAMES {
+            picture.set_pts(Some(i as i64));
+            enc.send_frame(&picture).map_err(fail)?;
+            while enc.receive_packet(&mut packet).is_ok() {
+                encoded += 1;
+            }
+        }
+        enc.send_eof().map_err(fail)?;
+        while enc.receive_packet(&mut packet).is_ok() {
+            encoded += 1;
+        }
+    }
+    report.frames = encoded / u64::from(report.sessions);
+    if report.frames < FRAMES {
+        return Err(TranscodeError::EncoderOpen {
+            encoder: report.encoders.first().copied().unwrap_or("?").to_string(),
+            profile: profile.name.clone(),
+            reason: format!(
+                "the probe got {} of {FRAMES} frames back per session",
+                report.frames
+            ),
         });
     }
-    last.ok_or(TranscodeError::NoFrames { decode_errors: 0 })
+    Ok(report)
 }
 
 #[cfg(test)]
@@ -222,29 +115,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_probe_measures_a_positive_rate_with_libx264() {
-        let dir = tempfile::tempdir().unwrap();
-        let clip = dir.path().join("probe.ts");
-        synthetic_clip(320, 180, 30, 1, &clip).unwrap();
-        assert!(std::fs::metadata(&clip).unwrap().len() > 1000);
-        let ladder = Profile::parse_list("P144p30fps16x9").unwrap();
-        let m = measure(
-            &clip,
-            &ladder,
-            EncoderChoice::X264,
-            "ultrafast",
-            0,
-            dir.path(),
-        )
-        .unwrap();
-        assert_eq!(m.encoder, "libx264");
-        // 30 frames of 256x144 were encoded in a finite, positive time.
-        assert!(
-            m.pixels_per_sec > 0.0 && m.pixels_per_sec.is_finite(),
-            "{m:?}"
-        );
-        assert!(
-            m.pixels_per_sec <= 256.0 * 144.0 * 30.0 / (m.wall_ms.max(1) as f64 / 1000.0) * 1.01
-        );
+    fn x264_probe_encodes_every_frame_of_every_session() {
+        let r = encoder(EncoderChoice::X264, 0, 2, "ultrafast").unwrap();
+        assert_eq!(r.encoders, vec!["libx264", "libx264"]);
+        assert_eq!(r.frames, FRAMES);
+        assert!(r.fallback_reason.is_none());
+        assert!(!r.all_nvenc());
+    }
+
+    #[test]
+    fn nvenc_probe_fails_with_the_reason_on_a_host_without_nvenc() {
+        // This machine has no NVIDIA GPU: `nvenc` must fail with libav's reason and `auto`
+        // must report the fallback (on a GPU host, both open NVENC instead).
+        match encoder(EncoderChoice::Nvenc, 0, 1, "ultrafast") {
+            Err(e) => assert!(!e.to_string().is_empty()),
+            Ok(r) => assert!(r.all_nvenc(), "{r:?}"),
+        }
+        let r = encoder(EncoderChoice::Auto, 0, 1, "ultrafast").unwrap();
+        assert!(r.all_nvenc() || r.fallback_reason.is_some(), "{r:?}");
     }
 }

@@ -590,6 +590,13 @@ async fn status(State(d): Shared) -> Result<Json<Value>, ApiError> {
             "running": d.metrics.jobs_running.get(),
             "capacity": *d.admission.capacity().borrow(),
             "retry_after_secs": d.retry_after_secs(),
+            // Everything accepted and not started (resumed jobs included; `depth` above
+            // counts the same jobs, `max` bounds only new submissions).
+            "backlog": d.queue_len(),
+            "resumed_at_start": d.resumed.load(std::sync::atomic::Ordering::Relaxed),
+            // Seconds to run the backlog at the current capacity (null until a job has
+            // finished and its run time is known).
+            "drain_secs": d.drain_secs(),
         },
         "jobs": jobs,
         "pixels_today": today,
@@ -601,6 +608,10 @@ async fn status(State(d): Shared) -> Result<Json<Value>, ApiError> {
         "devices": sched.devices,
         "decisions": sched.decisions,
         "sealing": sched.sealing,
+        // What the controller last confirmed; null with controller "none" (unknown).
+        "sealing_paused": sched.sealing_paused,
+        // Proof sources, and the PoSt-safe profile's reason when it applies.
+        "proofs": sched.proofs,
         "deals": deals,
         "store": d.store.describe(),
         // null when `comine run` was not given --orch-addr.
@@ -658,6 +669,29 @@ async fn metrics(State(d): Shared) -> Response {
     d.metrics.set_gpus(&sched.devices);
     let sealing: Vec<(String, i64)> = sched.sealing.into_iter().collect();
     d.metrics.set_sealing(&sealing);
+    let controller = serde_json::to_value(d.config.seal.controller)
+        .ok()
+        .and_then(|v| v.as_str().map(String::from))
+        .unwrap_or_default();
+    d.metrics
+        .set_sealing_paused(&controller, sched.sealing_paused);
+    d.metrics
+        .proof_sources
+        .set(sched.proofs.sources.len() as i64);
+    d.metrics
+        .post_safe_profile
+        .set(i64::from(sched.proofs.safe_profile.is_some()));
+    if let Some(secs) = d.drain_secs() {
+        d.metrics.backlog_drain_seconds.set(secs);
+    }
+    if let Some(lp) = d.livepeer.get() {
+        let link = lp.link.get();
+        d.metrics.set_livepeer(
+            &lp.orch_addr,
+            link.state == "registered",
+            *lp.capacity.borrow(),
+        );
+    }
     d.metrics.queue_depth.set(d.queue_len() as i64);
     d.metrics
         .capacity

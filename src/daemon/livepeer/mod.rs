@@ -126,6 +126,7 @@ impl LedgerSink {
                 // The orchestrator retried a task we already finished (or recorded as
                 // failed): the first outcome stands, nothing is counted twice.
                 c.duplicates.fetch_add(1, Ordering::Relaxed);
+                d.metrics.livepeer_segment("duplicate");
                 tracing::info!(job = %job.job_id, state = job.state.as_str(), seq = r.seq, "Livepeer segment already in the ledger; not counted again");
                 return Ok(());
             }
@@ -151,6 +152,7 @@ impl LedgerSink {
             )?;
             d.ledger.flush().await?;
             d.metrics.segment("failed");
+            d.metrics.livepeer_segment("not_accepted");
             return Ok(());
         }
         let mut renditions = Vec::with_capacity(r.renditions.len());
@@ -165,6 +167,7 @@ impl LedgerSink {
                     d.ledger.fail(&id, "store_error", &e.to_string())?;
                     d.ledger.flush().await?;
                     d.metrics.segment("store_error");
+                    d.metrics.livepeer_segment("store_error");
                     return Err(Box::new(e));
                 }
             };
@@ -194,6 +197,8 @@ impl LedgerSink {
             c.encoded_pixels
                 .fetch_add(done.encoded_pixels, Ordering::Relaxed);
             d.metrics.job_done(&done, r.total_ms as f64 / 1000.0);
+            d.metrics.livepeer_segment("ok");
+            d.count_fallbacks(r.renditions.iter().map(|x| x.encoder.as_str()), None);
             tracing::info!(job = %id, seq = r.seq, encoded_pixels = done.encoded_pixels, "Livepeer segment stored and accounted");
         }
         Ok(())
@@ -238,6 +243,7 @@ impl SegmentSink for LedgerSink {
             d.ledger.fail(&job.job_id, code, &message)?;
             d.ledger.flush().await?;
             d.metrics.segment(result);
+            d.metrics.livepeer_segment(result);
             Ok(())
         })
     }

@@ -35,10 +35,13 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let (config, data_dir) = args.dirs.load()?;
     let lp = config.livepeer.under(&args.livepeer)?;
-    let capacity = match lp.capacity() {
-        CapacityArg::Fixed(n) => n,
-        CapacityArg::Auto => anyhow::bail!(
+    let capacity = match lp.capacity {
+        Some(CapacityArg::Fixed(n)) => n,
+        Some(CapacityArg::Auto) => anyhow::bail!(
             "--capacity auto needs the co-mining scheduler (comine run); give comine livepeer a fixed --capacity N"
+        ),
+        None => anyhow::bail!(
+            "comine livepeer needs --capacity N (the sessions to offer); `comine run --orch-addr …` decides it with the scheduler"
         ),
     };
     let mut cfg = lp.to_config()?;
