@@ -179,8 +179,16 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
         None
     };
-    std::fs::create_dir_all(&data_dir)
+    let loose = crate::paths::create_private_dir(&data_dir)
         .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
+    if let Some(mode) = loose {
+        tracing::warn!(
+            dir = %data_dir.display(),
+            mode = format_args!("{mode:o}"),
+            "the data directory is open to other users; `chmod 700 {}` keeps spooled segments and the ledger private",
+            data_dir.display()
+        );
+    }
     let token_path = client::token_file(&data_dir, &config);
     let (token, created) = auth::load_or_create(&token_path)?;
     if created {
@@ -623,8 +631,15 @@ pub fn render_status(v: &serde_json::Value) -> String {
                                 .iter()
                                 .filter_map(|r| r.as_str())
                                 .collect();
-                            (!reasons.is_empty())
-                                .then(|| format!("gpu {}: {}", dev["index"], reasons.join("; ")))
+                            (!reasons.is_empty()).then(|| {
+                                // A CPU standing in for a GPU is named as what it is.
+                                let kind = if dev["source"] == "host" {
+                                    "host"
+                                } else {
+                                    "gpu"
+                                };
+                                format!("{kind} {}: {}", dev["index"], reasons.join("; "))
+                            })
                         })
                         .collect()
                 })

@@ -179,7 +179,7 @@ impl Store {
     /// Opens (or creates) the store under `<data_dir>/store/`.
     pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
         let dir = data_dir.join("store");
-        std::fs::create_dir_all(&dir).map_err(|e| {
+        crate::paths::create_private_dir(&dir).map_err(|e| {
             StoreError::io(format!("creating the store directory {}", dir.display()), e)
         })?;
         let db = sled::Config::new().path(dir.join("db")).open().map_err(|e| match e {

@@ -23,6 +23,7 @@ mod daemon_load;
 mod deploy_files;
 mod gpu_cli;
 mod livepeer;
+mod mutate;
 mod safe_defaults;
 mod sched_proofs;
 mod sched_service;

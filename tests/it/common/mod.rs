@@ -12,6 +12,7 @@ use comine::store::KuboClient;
 pub mod ai;
 pub mod kubo;
 pub mod media;
+pub mod mutate;
 pub use media::{generate, pattern};
 use serde_json::Value;
 
