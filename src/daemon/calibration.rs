@@ -163,7 +163,8 @@ pub fn load_or_measure(
             let device = device.to_string();
             move |source| CalibrationError::Probe { device, source }
         };
-        std::fs::create_dir_all(&work).map_err(|e| CalibrationError::Write {
+        // Private like every directory under the data directory (its parents included).
+        crate::paths::create_private_dir(&work).map_err(|e| CalibrationError::Write {
             path: work.display().to_string(),
             source: e,
         })?;
@@ -232,8 +233,8 @@ pub fn load_or_measure(
     };
     let path = data_dir.join(CACHE_FILE);
     let json = serde_json::to_vec_pretty(&calibration).unwrap_or_default();
-    std::fs::create_dir_all(data_dir)
-        .and_then(|()| crate::util::durable::write_durable(&path, &json))
+    crate::paths::create_private_dir(data_dir)
+        .and_then(|_| crate::util::durable::write_durable(&path, &json))
         .map_err(|source| CalibrationError::Write {
             path: path.display().to_string(),
             source,

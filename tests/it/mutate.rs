@@ -43,7 +43,12 @@ fn segment_720p() -> Vec<u8> {
 fn poison_720p() -> std::path::PathBuf {
     let path = common::media::media_dir().join("poison-13h-720p.ts");
     if !path.exists() {
-        let tmp = path.with_extension(format!("{}.part", std::process::id()));
+        // Unique per thread too: two tests of this binary may write it at once.
+        let tmp = path.with_extension(format!(
+            "{}-{:?}.part",
+            std::process::id(),
+            std::thread::current().id()
+        ));
         std::fs::write(&tmp, mutate::poison_13h(&segment_720p())).unwrap();
         std::fs::rename(&tmp, &path).unwrap();
     }
