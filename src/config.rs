@@ -113,6 +113,8 @@ pub struct Config {
     pub livepeer: LivepeerConfig,
     /// AI jobs: ONNX Runtime, embedded models, HTTP runners (`ai::Config`).
     pub ai: crate::ai::Config,
+    /// Prices, pool model, pool statements, chain checks and work receipts.
+    pub earnings: crate::earnings::Config,
 }
 
 /// `[livepeer]`: the same settings as the `--orch-*` flags; a flag given on the command line
@@ -449,6 +451,11 @@ impl Config {
         if let Some(c) = &self.livepeer.capacity {
             c.parse()?;
         }
+        self.earnings.validate().map_err(|e| ConfigError::Value {
+            key: e.key,
+            value: e.value,
+            why: e.why,
+        })?;
         if !matches!(self.store.backend.as_str(), "embedded" | "kubo") {
             return Err(ConfigError::Value {
                 key: "store.backend",
@@ -531,6 +538,7 @@ mod tests {
         assert_eq!(c.scheduler, d.scheduler);
         assert_eq!(c.gpu, d.gpu);
         assert_eq!(c.seal, d.seal);
+        assert_eq!(c.earnings, d.earnings);
     }
 
     #[test]

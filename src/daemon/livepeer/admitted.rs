@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use super::pipeline::EnginePipeline;
 use super::profiles;
 use crate::daemon::demand::DemandSource;
 use crate::daemon::Daemon;
@@ -20,13 +19,13 @@ use crate::sched::{JobClass, Placement};
 /// Admission, then the engine on the granted device.
 pub struct AdmittedPipeline {
     daemon: Arc<Daemon>,
-    engine: EnginePipeline,
+    engine: super::ReceiptPipeline,
     /// Pixels/s of the segments refused so far and still waiting: this source's demand.
     waiting_pps: Mutex<f64>,
 }
 
 impl AdmittedPipeline {
-    pub fn new(daemon: Arc<Daemon>, engine: EnginePipeline) -> Self {
+    pub fn new(daemon: Arc<Daemon>, engine: super::ReceiptPipeline) -> Self {
         AdmittedPipeline {
             daemon,
             engine,
@@ -105,7 +104,7 @@ impl SegmentPipeline for AdmittedPipeline {
                 index: placement.device,
                 uuid: placement.uuid.clone(),
             };
-            let out = self.engine.run(task, device.index).await;
+            let out = self.engine.run_on(task, device.index).await;
             // The pixels go back to the scheduler; whoever waits for them retries.
             drop(placement);
             self.daemon.slot_freed.notify_waiters();

@@ -111,6 +111,7 @@ impl EnginePipeline {
             renditions,
             fallback_reason: report.fallback_reason,
             device: None,
+            result_headers: Vec::new(),
         })
     }
 }
