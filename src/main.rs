@@ -56,6 +56,8 @@ enum Command {
     Bench(comine::bench::cli::Args),
     /// Work with benchmark reports (compare several machines).
     Report(comine::report::cli::Args),
+    /// AI jobs without a daemon: `comine ai upscale INPUT --out DIR` (video segments).
+    Ai(comine::ai::cli::Args),
 }
 
 /// `[earnings]`, the data directory and `[livepeer] eth_address` from the daemon's config.
@@ -99,6 +101,7 @@ fn main() -> ExitCode {
         Command::Livepeer(args) => comine::daemon::livepeer::standalone::run(args),
         Command::Bench(args) => comine::bench::cli::run(args),
         Command::Report(args) => comine::report::cli::run(args),
+        Command::Ai(args) => comine::ai::cli::run(args),
     };
     match result {
         Ok(code) => code,

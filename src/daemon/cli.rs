@@ -378,11 +378,13 @@ pub async fn serve(
     let earnings_stop = tokio_util::sync::CancellationToken::new();
     let earnings_tasks = d.earnings.spawn(earnings_stop.clone());
     let lp_stop = tokio_util::sync::CancellationToken::new();
-    // The AI worker: same orchestrator, TLS, secret and backoff, when [ai] lists models.
+    // The AI side when [ai] lists models (`/v1/ai/upscale`), and with an orchestrator the
+    // AI worker: same TLS, secret and backoff as the transcoder link.
     let ai_stop = tokio_util::sync::CancellationToken::new();
-    let ai_task = match attach.as_ref().filter(|_| d.config.ai.enabled()) {
-        Some(a) => Some(super::ai::start(&d, &a.config, ai_stop.clone()).await?),
-        None => None,
+    let mut ai_task = if d.config.ai.enabled() {
+        super::ai::start(&d, attach.as_ref().map(|a| &a.config), ai_stop.clone()).await?
+    } else {
+        None
     };
     let mut lp_task = attach.map(|a| {
         tracing::info!(orch = %a.config.orch_addr, capacity = ?a.capacity, "attaching to the Livepeer orchestrator");
@@ -399,20 +401,26 @@ pub async fn serve(
     // A fatal refusal from the orchestrator (bad secret, zero capacity) stops the daemon
     // with its message, so a supervisor shows the misconfiguration instead of a daemon
     // that runs but never earns.
+    // The AI-worker link's refusals (an invalid secret) are fatal the same way.
     let mut fatal = None;
-    match lp_task.as_mut() {
-        Some(task) => tokio::select! {
-            _ = wait_for_signal() => {}
-            r = task => {
-                lp_task = None;
-                match r {
-                    Ok(Err(e)) => fatal = Some(anyhow::Error::new(e)),
-                    Ok(Ok(())) => {}
-                    Err(e) => fatal = Some(anyhow::anyhow!("the Livepeer client task failed: {e}")),
-                }
+    tokio::select! {
+        _ = wait_for_signal() => {}
+        r = until_done(lp_task.as_mut()) => {
+            lp_task = None;
+            match r {
+                Ok(Err(e)) => fatal = Some(anyhow::Error::new(e)),
+                Ok(Ok(())) => {}
+                Err(e) => fatal = Some(anyhow::anyhow!("the Livepeer client task failed: {e}")),
             }
-        },
-        None => wait_for_signal().await,
+        }
+        r = until_done(ai_task.as_mut()) => {
+            ai_task = None;
+            match r {
+                Ok(Err(e)) => fatal = Some(anyhow::Error::new(e).context("the Livepeer AI-worker link was refused")),
+                Ok(Ok(())) => {}
+                Err(e) => fatal = Some(anyhow::anyhow!("the Livepeer AI-worker task failed: {e}")),
+            }
+        }
     }
     if let Some(n) = &notifier {
         let _ = n.notify("STOPPING=1\nSTATUS=stopping: draining running jobs");
@@ -458,6 +466,16 @@ pub async fn serve(
     match fatal {
         Some(e) => Err(e),
         None => Ok(()),
+    }
+}
+
+/// A task's end, or never when there is no task.
+async fn until_done<T>(
+    task: Option<&mut tokio::task::JoinHandle<T>>,
+) -> Result<T, tokio::task::JoinError> {
+    match task {
+        Some(t) => t.await,
+        None => std::future::pending().await,
     }
 }
 

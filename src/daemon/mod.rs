@@ -16,6 +16,7 @@
 
 pub mod admission;
 pub mod ai;
+pub mod ai_video;
 pub mod api;
 pub mod calibration;
 pub mod cli;

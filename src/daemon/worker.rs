@@ -288,11 +288,11 @@ async fn transcode_and_store(
     std::fs::create_dir_all(&out_dir)?;
     let deadline = match job.class {
         JobClass::Live => Some(received + Duration::from_millis(4 * job.duration_ms.max(1))),
-        // AI jobs never reach the transcode queue; were one resumed, it is batch-like.
         JobClass::Batch if cfg.batch_deadline_secs > 0 => {
             Some(Instant::now() + Duration::from_secs(cfg.batch_deadline_secs))
         }
-        JobClass::Batch => None,
+        // AI jobs never reach the transcode queue (see `daemon::ai`).
+        JobClass::Batch | JobClass::Ai => None,
     };
     let request = transcode::Request {
         input: Input::File(d.spool_path(id)),

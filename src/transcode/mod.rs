@@ -106,6 +106,27 @@ pub fn ffmpeg_version() -> String {
     }
 }
 
+/// A picture transform run on every decoded frame before the renditions encode it (the AI
+/// video upscale): packed RGB24 in, packed RGB24 out at [`FrameTransform::output_size`].
+/// Renditions scale from its output; a profile of 0×0 keeps that size. Input limits
+/// (`max_input_pixels`) apply to the decoded frames, before the transform.
+pub trait FrameTransform: Send + Sync {
+    /// The output size for a `width`×`height` input.
+    fn output_size(&self, width: u32, height: u32) -> (u32, u32);
+    /// `rgb` holds `width × height × 3` bytes, rows packed top to bottom.
+    fn apply(&self, width: u32, height: u32, rgb: Vec<u8>) -> Result<Vec<u8>, String>;
+}
+
+/// A shared [`FrameTransform`] in [`Options`].
+#[derive(Clone)]
+pub struct Transform(pub std::sync::Arc<dyn FrameTransform>);
+
+impl std::fmt::Debug for Transform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Transform")
+    }
+}
+
 /// Default ceiling on input frame size: 4096×2304 (a little above DCI 4K).
 pub const DEFAULT_MAX_INPUT_PIXELS: u64 = 4096 * 2304;
 
@@ -130,6 +151,8 @@ pub struct Options {
     /// Absolute deadline; past it the transcode stops with [`TranscodeError::DeadlineExceeded`].
     pub deadline: Option<Instant>,
     pub cancel: CancellationToken,
+    /// Run on every decoded frame before encoding (none for transcoding).
+    pub transform: Option<Transform>,
     /// The segment's duration as the caller declares it (Livepeer's segment duration,
     /// HTTP `duration_ms`). It widens the frame and wall-time bounds; without it they
     /// follow the frames decoded, never the container's timestamps, which are exactly
@@ -171,6 +194,7 @@ impl Default for Options {
             encode_cores: 0,
             deadline: None,
             cancel: CancellationToken::new(),
+            transform: None,
             media_duration: None,
             wall_bound: Some(WallBound::DEFAULT),
         }
@@ -291,6 +315,8 @@ pub enum TranscodeError {
     },
     #[error("cannot write rendition {path}: {reason}")]
     Output { path: String, reason: String },
+    #[error("the frame transform failed: {0}")]
+    Transform(String),
     #[error("FFmpeg failed while {what}: {reason}")]
     Ffmpeg { what: &'static str, reason: String },
 }

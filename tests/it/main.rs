@@ -8,6 +8,7 @@
 mod common;
 
 mod ai;
+mod ai_video;
 mod ai_worker;
 mod bench_bad_input;
 mod bench_report_html;

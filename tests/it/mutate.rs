@@ -41,6 +41,9 @@ fn segment_720p() -> Vec<u8> {
 
 /// The poison segment, written once beside the other generated media.
 fn poison_720p() -> std::path::PathBuf {
+    // Tests run on parallel threads of one process and share the `.part` name: one at a time.
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let path = common::media::media_dir().join("poison-13h-720p.ts");
     if !path.exists() {
         // Unique per thread too: two tests of this binary may write it at once.

@@ -185,13 +185,18 @@ fn run(req: &Request, started: Instant) -> Result<Report, TranscodeError> {
         reason: e.to_string(),
     })?;
 
+    // Renditions scale from what the transform makes of each frame.
+    let (fit_w, fit_h) = match &req.options.transform {
+        Some(t) => t.0.output_size(src_w, src_h),
+        None => (src_w, src_h),
+    };
     let dims: Vec<(u32, u32)> = req
         .profiles
         .iter()
         .map(|p| {
             profile::fit_dimensions(
-                src_w,
-                src_h,
+                fit_w,
+                fit_h,
                 (sar.numerator(), sar.denominator()),
                 p.width,
                 p.height,
@@ -269,6 +274,7 @@ fn run(req: &Request, started: Instant) -> Result<Report, TranscodeError> {
             src_rate,
             audio.as_ref(),
             &senders,
+            req.options.transform.as_ref().map(|t| &*t.0),
             &stop,
             &budget,
         );
