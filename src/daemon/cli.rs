@@ -337,6 +337,9 @@ pub async fn serve(
             ));
         }
     }
+    // Pool statement polling, chain checks and the daily receipt root, until shutdown.
+    let earnings_stop = tokio_util::sync::CancellationToken::new();
+    let earnings_tasks = d.earnings.spawn(earnings_stop.clone());
     let lp_stop = tokio_util::sync::CancellationToken::new();
     // The AI worker: same orchestrator, TLS, secret and backoff, when [ai] lists models.
     let ai_stop = tokio_util::sync::CancellationToken::new();
@@ -400,6 +403,15 @@ pub async fn serve(
     d.shutdown(grace).await;
     watchdog_stop.cancel();
     let _ = dispatcher.await;
+    earnings_stop.cancel();
+    for t in earnings_tasks {
+        if tokio::time::timeout(Duration::from_secs(5), t)
+            .await
+            .is_err()
+        {
+            tracing::warn!("an earnings task did not stop in time");
+        }
+    }
     match tokio::time::timeout(Duration::from_secs(10), server).await {
         Ok(Ok(Ok(()))) => {}
         Ok(Ok(Err(e))) => tracing::warn!(error = %e, "HTTP server ended with an error"),

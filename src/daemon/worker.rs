@@ -218,6 +218,7 @@ async fn execute(
     if let Some(done) = d.ledger.complete(&id)? {
         d.ledger.flush().await?;
         d.metrics.job_done(&done, received.elapsed().as_secs_f64());
+        d.account_earnings(&done, None).await;
         tracing::info!(job = %id, encoded_pixels = done.encoded_pixels, renditions = done.renditions.len(), "job done");
     }
     Ok(Outcome::Done)

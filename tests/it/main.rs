@@ -20,6 +20,7 @@ mod daemon_ipfs;
 mod daemon_livepeer;
 mod daemon_load;
 mod deploy_files;
+mod earnings;
 mod gpu_cli;
 mod livepeer;
 mod mutate;
