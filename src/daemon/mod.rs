@@ -605,7 +605,7 @@ impl Daemon {
 fn lane(class: ledger::JobClass) -> usize {
     match class {
         ledger::JobClass::Live => 0,
-        ledger::JobClass::Batch => 1,
+        ledger::JobClass::Batch | ledger::JobClass::Ai => 1,
     }
 }
 
