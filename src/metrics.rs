@@ -322,7 +322,7 @@ impl Metrics {
         );
         r.register(
             "comine_sealing_tasks",
-            "Sealing task types by state (enabled, disabled) as the scheduler steers them",
+            "Sealing task types by state (enabled, disabled) as the sealing controller last confirmed them; unknown when nothing can confirm",
             m.sealing_tasks.clone(),
         );
         // Registered without a unit: the name already ends where the unit suffix would go.
@@ -492,7 +492,18 @@ impl Metrics {
             .inc();
     }
 
+    /// Sealing task types by state as the controller last confirmed them (`unknown` when
+    /// nothing can confirm). A state absent now reads 0, never its last count.
     pub fn set_sealing(&self, states: &[(String, i64)]) {
+        for state in ["enabled", "disabled", "unknown"] {
+            if !states.iter().any(|(s, _)| s == state) {
+                self.sealing_tasks
+                    .get_or_create(&StateLabel {
+                        state: state.to_string(),
+                    })
+                    .set(0);
+            }
+        }
         for (state, n) in states {
             self.sealing_tasks
                 .get_or_create(&StateLabel {
@@ -669,6 +680,24 @@ mod tests {
             "comine_post_source_state{state=\"ok\"} 1",
             "comine_post_source_state{state=\"stale\"} 0",
             "comine_post_requests_total 12",
+        ] {
+            assert!(text.contains(needle), "missing {needle} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn sealing_states_report_what_is_confirmed_now() {
+        let m = Metrics::new();
+        m.set_sealing(&[("unknown".into(), 4)]);
+        assert!(m
+            .encode()
+            .contains("comine_sealing_tasks{state=\"unknown\"} 4"));
+        m.set_sealing(&[("enabled".into(), 3), ("disabled".into(), 1)]);
+        let text = m.encode();
+        for needle in [
+            "comine_sealing_tasks{state=\"unknown\"} 0",
+            "comine_sealing_tasks{state=\"enabled\"} 3",
+            "comine_sealing_tasks{state=\"disabled\"} 1",
         ] {
             assert!(text.contains(needle), "missing {needle} in\n{text}");
         }

@@ -10,7 +10,7 @@ use anyhow::Context;
 
 use super::export::{self, Format};
 use super::{time, Ledger, Price};
-use crate::config::Config;
+use crate::config::DataDirArgs;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -34,11 +34,9 @@ pub struct ExportArgs {
     /// Write here instead of stdout.
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Daemon config (for the data directory and price).
-    #[arg(long)]
-    pub config: Option<PathBuf>,
-    #[arg(long, env = crate::paths::DATA_DIR_ENV)]
-    pub data_dir: Option<PathBuf>,
+    /// Daemon config (for the data directory and price) and data directory.
+    #[command(flatten)]
+    pub dirs: DataDirArgs,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -49,8 +47,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             args.since
         )
     })?;
-    let config = Config::load(args.config.as_deref())?;
-    let data_dir = crate::daemon::resolve_client_data_dir(args.data_dir.clone(), &config);
+    let (config, data_dir) = args.dirs.load_for_client()?;
     let ledger_dir = data_dir.join("ledger");
     if !ledger_dir.exists() {
         anyhow::bail!(
@@ -106,7 +103,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Some(path) => {
             std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?
         }
-        None => print!("{text}"),
+        None => crate::util::out!("{text}"),
     }
     Ok(ExitCode::SUCCESS)
 }

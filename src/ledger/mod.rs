@@ -145,6 +145,18 @@ pub struct JobRecord {
     pub error: Option<JobError>,
     /// encoded_pixels × price, decimal wei (u128 does not fit JSON numbers).
     pub earnings_wei: Option<String>,
+    /// The device the scheduler placed the (last) transcode on.
+    #[serde(default)]
+    pub device: Option<JobDevice>,
+}
+
+/// Which device transcoded a job: the scheduler's placement (`sched::Placement`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobDevice {
+    /// Device index (NVML's, or 0 for the host CPU).
+    pub index: u32,
+    /// NVML UUID (`GPU-…`), `host` for the CPU, or the simulated device's label.
+    pub uuid: String,
 }
 
 /// Per-day or per-source totals.
@@ -327,6 +339,7 @@ impl Ledger {
             renditions: Vec::new(),
             error: None,
             earnings_wei: None,
+            device: None,
         };
         let key = idem_key(record.manifest_id.as_deref(), record.seq, &record.profiles);
         let out = (&self.jobs, &self.idem).transaction(|(jobs, idem)| {
@@ -384,6 +397,14 @@ impl Ledger {
 
     pub fn mark_transcoding(&self, id: &str) -> Result<JobRecord> {
         self.update(id, JobState::Transcoding, |r| r.attempts += 1)
+    }
+
+    /// queued → transcoding on the device the scheduler placed the job on.
+    pub fn mark_transcoding_on(&self, id: &str, device: JobDevice) -> Result<JobRecord> {
+        self.update(id, JobState::Transcoding, |r| {
+            r.attempts += 1;
+            r.device = Some(device.clone());
+        })
     }
 
     /// transcoding → stored: renditions and their pixel counts, not yet counted.

@@ -84,9 +84,46 @@ pub(super) async fn run(
     let mut current = 0usize;
     // Consecutive failed connections; a full round of them means back off.
     let mut failed_in_a_row = 0usize;
+    // Whether the orchestrator has seen our secret yet (a registration, or the check below).
+    let mut secret_checked = false;
     let result = loop {
         let shared = &shareds[current];
         if *capacity.borrow() == 0 {
+            if !secret_checked {
+                // Nothing granted yet, but a typo in the secret must not wait for capacity:
+                // go-livepeer checks the secret before the capacity, so a registration with
+                // capacity 0 answers "invalid secret" or "zero capacity" and keeps nothing.
+                link.set_state("checking_secret");
+                let ended = connection(
+                    shared,
+                    0,
+                    &mut capacity,
+                    &tracker,
+                    &names[current],
+                    &grpc_tls,
+                    &http_tls,
+                )
+                .await;
+                match ended {
+                    Ended::Shutdown => break Ok(()),
+                    Ended::Fatal(e @ LivepeerError::InvalidSecret { .. }) => {
+                        link.update(|s| {
+                            s.state = "fatal";
+                            s.last_fault = Some(e.to_string());
+                        });
+                        break Err(e);
+                    }
+                    Ended::Fatal(LivepeerError::ZeroCapacity { .. }) => {
+                        tracing::info!(orch = %shared.cfg.orch_addr, "the orchestrator accepts our secret; waiting for capacity");
+                    }
+                    Ended::Fatal(e) => break Err(e),
+                    // Not reachable now: the secret is checked at the first registration.
+                    Ended::Fault(reason) => {
+                        tracing::info!(orch = %shared.cfg.orch_addr, %reason, "cannot check the secret yet; waiting for capacity")
+                    }
+                    Ended::Recapacity(_) => {}
+                }
+            }
             link.set_state("waiting_for_capacity");
         }
         let Some(cap) = wait_positive(&mut capacity, &shutdown).await else {
@@ -99,6 +136,7 @@ pub(super) async fn run(
             s.orch_addr = shared.cfg.orch_addr.clone();
         });
         let started = Instant::now();
+        secret_checked = true;
         let ended = connection(
             shared,
             cap,

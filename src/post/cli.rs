@@ -5,7 +5,6 @@
 //! scheduler follows, with the running proofs it sees). Without one, or with `--direct`, it
 //! reads the full node itself with the `[post]` settings (`FULLNODE_API_INFO`, `[post] miner` …).
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,10 +43,8 @@ pub struct StatusArgs {
     /// Daemon URL; default: the address in <data>/api.addr.
     #[arg(long)]
     pub url: Option<String>,
-    #[arg(long, env = "COMINE_CONFIG")]
-    pub config: Option<PathBuf>,
-    #[arg(long, env = crate::paths::DATA_DIR_ENV)]
-    pub data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub dirs: crate::config::DataDirArgs,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -60,8 +57,7 @@ fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     if !(0.5..=3600.0).contains(&args.interval) {
         anyhow::bail!("--interval must be between 0.5 and 3600 seconds");
     }
-    let config = Config::load(args.config.as_deref())?;
-    let data_dir = crate::daemon::resolve_data_dir(args.data_dir.clone(), &config);
+    let (config, data_dir) = args.dirs.load_for_client()?;
     let daemon = !args.direct
         && (args.url.is_some() || crate::daemon::client::api_addr_file(&data_dir).exists());
     let rt = tokio::runtime::Builder::new_current_thread()

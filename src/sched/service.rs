@@ -2,7 +2,7 @@
 //! sealing actions through a controller, persists what it disabled, restores it on shutdown
 //! and after a crash, publishes capacity and keeps a ring buffer of decisions.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -43,9 +43,13 @@ pub struct ServiceHandle {
     proof: watch::Sender<ProofSignal>,
     post: watch::Sender<post::Status>,
     plan: watch::Receiver<post::Plan>,
+    confirmed: Confirmed,
     safe_profile: watch::Sender<Option<String>>,
     task: JoinHandle<()>,
 }
+
+/// Sealing task types by state, as the controller last confirmed them.
+type Confirmed = Arc<Mutex<Option<BTreeMap<String, i64>>>>;
 
 impl ServiceHandle {
     /// Admission for intake: `admitter().admit(JobClass::Live, pps)`.
@@ -66,6 +70,11 @@ impl ServiceHandle {
     /// Demand requested by intake (live + batch pixels/s).
     pub fn set_demand(&self, demand: Demand) {
         self.demand.send_replace(demand);
+    }
+    /// Sealing task types by state ("enabled", "disabled") as the controller last confirmed
+    /// them; `None` when nothing was ever confirmed (e.g. `controller = "none"`).
+    pub fn sealing_confirmed(&self) -> Option<BTreeMap<String, i64>> {
+        lock(&self.confirmed).clone()
     }
     /// A proof signal from the Filecoin node or configuration.
     pub fn set_proof(&self, proof: ProofSignal) {
@@ -127,7 +136,10 @@ struct Driver {
     /// Curio): the plan steps up once it has been quiet after a window's challenge.
     last_proof_ms: Option<u64>,
     post_phase: Phase,
+    /// Whether the last tick saw a prover active on any device.
+    prover_active: bool,
     plan_tx: watch::Sender<post::Plan>,
+    confirmed: Confirmed,
 }
 
 /// Starts the driver. Recovers and restores state left by a crash before the first tick.
@@ -159,6 +171,7 @@ pub async fn start(
     let (plan_tx, plan_rx) = watch::channel(post::Plan::default());
     let (safe_tx, safe_rx) = watch::channel(None);
     let decisions = Arc::new(Mutex::new(VecDeque::new()));
+    let confirmed: Confirmed = Arc::default();
     let mut driver = Driver {
         sched: Scheduler::new(config.clone()),
         controller,
@@ -170,11 +183,15 @@ pub async fn start(
         backoff: Duration::from_millis(500),
         last_proof_ms: None,
         post_phase: Phase::None,
+        prover_active: false,
         plan_tx,
+        confirmed: confirmed.clone(),
     };
     if driver.applied.is_some() {
         driver.sched.assume_sealing(SealMode::Enabled, 0);
         driver.restore().await;
+    } else {
+        driver.confirm(SealMode::Enabled, false).await;
     }
     let ring = decisions.clone();
     let adm = admitter.clone();
@@ -193,6 +210,7 @@ pub async fn start(
         proof: proof_tx,
         post: post_tx,
         plan: plan_rx,
+        confirmed,
         safe_profile: safe_tx,
         task,
     })
@@ -240,7 +258,7 @@ impl Driver {
                     d.error = Some(format!("telemetry stale ({age} ms old)"));
                 }
             }
-            let (proof, post) = self.post_inputs(&snapshot, proof.borrow().clone(), &post_rx);
+            let (proof, post) = self.post_inputs(proof.borrow().clone(), &post_rx);
             let input = TickInput {
                 now_ms: origin.elapsed().as_millis() as u64,
                 snapshot,
@@ -256,6 +274,7 @@ impl Driver {
                 safe_profile: safe_profile.borrow().clone(),
             };
             let decision = self.sched.tick(&input);
+            self.prover_active = decision.devices.iter().any(|d| d.proof_running);
             admitter.update(&decision.devices);
             cap_tx.send_if_modified(|c| {
                 if *c != decision.capacity {
@@ -305,7 +324,6 @@ impl Driver {
     /// WindowPoSt plan for this instant.
     fn post_inputs(
         &mut self,
-        snapshot: &Snapshot,
         mut proof: ProofSignal,
         post_rx: &watch::Receiver<post::Status>,
     ) -> (ProofSignal, post::PostWindow) {
@@ -318,7 +336,8 @@ impl Driver {
                 source: status.running.sources.join(" + "),
             };
         }
-        if proof.running || snapshot.devices.iter().any(|d| d.proof_running()) {
+        // A prover counts by its activity (the last tick's view, lotus #7845), or a signal.
+        if proof.running || self.prover_active {
             self.last_proof_ms = Some(wall);
         }
         let plan = post::evaluate(&status, wall, self.last_proof_ms);
@@ -338,6 +357,43 @@ impl Driver {
         let window = plan.window.clone();
         self.plan_tx.send_replace(plan);
         (proof, window)
+    }
+
+    /// Records what the controller confirms about the sealing task types. A controller that
+    /// reports them (lotus-worker's `TaskTypes`) is asked; for the others a successful
+    /// action (`acted`) is the confirmation; `none` confirms nothing.
+    async fn confirm(&mut self, mode: SealMode, acted: bool) {
+        if self.controller.kind() == crate::seal::ControllerKind::None {
+            return;
+        }
+        let total = self.task_types.len() as i64;
+        let counts = match self.controller.state().await {
+            Ok(st) if st.enabled.is_some() => {
+                let enabled = if st.enabled == Some(false) {
+                    0
+                } else {
+                    self.task_types
+                        .iter()
+                        .filter(|t| st.task_types.contains(t))
+                        .count() as i64
+                };
+                Some((enabled, total - enabled))
+            }
+            _ if acted => {
+                let disabled = match (mode, &self.applied) {
+                    (SealMode::Disabled, Some(st)) => st.disabled.len() as i64,
+                    _ => 0,
+                };
+                Some((total - disabled, disabled))
+            }
+            _ => None,
+        };
+        if let Some((enabled, disabled)) = counts {
+            let mut m = BTreeMap::new();
+            m.insert("enabled".to_string(), enabled);
+            m.insert("disabled".to_string(), disabled);
+            *lock(&self.confirmed) = Some(m);
+        }
     }
 
     fn backing_off(&self) -> bool {
@@ -403,6 +459,7 @@ impl Driver {
                 }
                 tracing::info!(types = ?st.disabled, "GPU sealing paused");
                 self.applied = Some(st);
+                self.confirm(SealMode::Disabled, true).await;
             }
             Err(e) => {
                 self.failed("disable", &e);
@@ -429,6 +486,7 @@ impl Driver {
                 }
                 tracing::info!(types = ?types, "GPU sealing resumed");
                 self.applied = None;
+                self.confirm(SealMode::Enabled, true).await;
             }
             Err(e) => self.failed("re-enable", &e),
         }

@@ -20,9 +20,9 @@ use super::{commp, parse_cid, AddOptions, Store};
 
 #[derive(ClapArgs, Debug)]
 pub struct Args {
-    /// comine's data directory (the store lives in <DIR>/store).
-    #[arg(long, global = true, env = "COMINE_DATA_DIR")]
-    pub data_dir: Option<PathBuf>,
+    /// The config file and data directory (the store lives in <DIR>/store).
+    #[command(flatten)]
+    pub dirs: crate::config::DataDirArgs,
     /// Kubo RPC API address (URL or multiaddr), used with `--backend kubo`, `push` and `node`.
     #[arg(
         long,
@@ -219,10 +219,7 @@ pub enum DealCmd {
 }
 
 fn open_store(args: &Args) -> anyhow::Result<Store> {
-    let dir = args
-        .data_dir
-        .clone()
-        .unwrap_or_else(crate::paths::default_data_dir);
+    let (_, dir) = args.dirs.load()?;
     Store::open(&dir).with_context(|| format!("opening the store in {}", dir.display()))
 }
 
@@ -276,7 +273,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     &json!({"piece_cid": piece.to_string(), "padded_size": padded, "payload_size": payload}),
                 )?;
             } else {
-                println!("{piece} padded_size={padded} payload_size={payload}");
+                crate::util::outln!("{piece} padded_size={padded} payload_size={payload}");
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -291,7 +288,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 print_json(&v)?;
             } else {
                 for (cid, info) in pins {
-                    println!("{cid} {} {}", info.size, info.name.unwrap_or_default());
+                    crate::util::outln!("{cid} {} {}", info.size, info.name.unwrap_or_default());
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -307,7 +304,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 print_json(&v)?;
             } else {
                 for (cid, e) in queued {
-                    println!(
+                    crate::util::outln!(
                         "{cid} attempts={} last_error={}",
                         e.attempts,
                         e.last_error.unwrap_or_default()
@@ -323,7 +320,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             if *json {
                 print_json(&report)?;
             } else {
-                println!(
+                crate::util::outln!(
                     "pushed {} failed {} remaining {}",
                     report.pushed.len(),
                     report.failed.len(),
@@ -345,7 +342,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             if *json {
                 print_json(&json!({"id": id, "version": version, "api": client.base_url()}))?;
             } else {
-                println!("{} {} {}", id.id, version, id.agent_version);
+                crate::util::outln!("{} {} {}", id.id, version, id.agent_version);
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -514,7 +511,7 @@ fn print_added(
             "push_error": push_error,
         }))?;
     } else {
-        println!("added {} {}", added.cid, file.display());
+        crate::util::outln!("added {} {}", added.cid, file.display());
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -573,17 +570,17 @@ fn status(args: &Args, cid: &str, json: bool) -> anyhow::Result<ExitCode> {
         }))?;
     } else {
         match &local {
-            Some(info) => println!("local   pinned ({} bytes)", info.size),
-            None => println!("local   not pinned"),
+            Some(info) => crate::util::outln!("local   pinned ({} bytes)", info.size),
+            None => crate::util::outln!("local   not pinned"),
         }
         if let Some(q) = &queued {
-            println!(
+            crate::util::outln!(
                 "queue   waiting (attempts={} last_error={})",
                 q.attempts,
                 q.last_error.clone().unwrap_or_default()
             );
         }
-        println!(
+        crate::util::outln!(
             "peer    {} {} {}{}",
             peer.peer.as_deref().unwrap_or("?"),
             peer.api,
@@ -716,10 +713,12 @@ fn deal(args: &Args, cmd: &DealCmd) -> anyhow::Result<ExitCode> {
             if *json {
                 print_json(&batches)?;
             } else if batches.is_empty() {
-                println!("nothing to pack: every stored rendition is already in a batch");
+                crate::util::outln!(
+                    "nothing to pack: every stored rendition is already in a batch"
+                );
             } else {
                 for b in &batches {
-                    println!(
+                    crate::util::outln!(
                         "{} {} {} items={} car_size={} padded_size={}",
                         b.id,
                         b.state,
@@ -743,7 +742,7 @@ fn deal(args: &Args, cmd: &DealCmd) -> anyhow::Result<ExitCode> {
                 print_json(&batches)?;
             } else {
                 for b in &batches {
-                    println!(
+                    crate::util::outln!(
                         "{} {} {} payload={} items={} {}",
                         b.id,
                         b.state,
@@ -765,15 +764,15 @@ fn deal(args: &Args, cmd: &DealCmd) -> anyhow::Result<ExitCode> {
             if *json {
                 print_json(&cmds)?;
             } else {
-                println!(
+                crate::util::outln!(
                     "# manifest\n{}",
                     serde_json::to_string_pretty(&cmds.manifest)?
                 );
-                println!(
+                crate::util::outln!(
                     "# client: propose the offline deal\n{}",
                     shell_join(&cmds.boost)
                 );
-                println!(
+                crate::util::outln!(
                     "# provider: after shipping the CAR, import it\n{}",
                     shell_join(&cmds.boostd)
                 );
@@ -785,7 +784,7 @@ fn deal(args: &Args, cmd: &DealCmd) -> anyhow::Result<ExitCode> {
             if *json {
                 print_json(&b)?;
             } else {
-                println!(
+                crate::util::outln!(
                     "{} {} deal_uuid={}",
                     b.id,
                     b.state,
@@ -801,7 +800,7 @@ fn deal(args: &Args, cmd: &DealCmd) -> anyhow::Result<ExitCode> {
             error,
         } => {
             let b = deals::set_state(&store, batch, *state, deal_uuid.clone(), error.clone())?;
-            println!("{} {}", b.id, b.state);
+            crate::util::outln!("{} {}", b.id, b.state);
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -18,6 +18,7 @@ mod engine;
 mod input;
 pub mod probe;
 pub mod profile;
+pub mod throughput;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -81,6 +82,16 @@ impl DecoderChoice {
         <DecoderChoice as clap::ValueEnum>::from_str(s.trim(), true)
             .map_err(|_| format!("unknown decoder {s:?}: use auto, nvdec or software"))
     }
+}
+
+/// The pixel rate a ladder asks for: Σ w × h × fps over its rungs (30 fps when a rung keeps
+/// the source's rate, 1 pixel a side when it keeps the source's size). What the scheduler
+/// admits jobs and Livepeer segments by.
+pub fn ladder_pixels_per_sec(profiles: &[Profile]) -> f64 {
+    profiles
+        .iter()
+        .map(|p| p.width.max(1) as f64 * p.height.max(1) as f64 * p.fps().unwrap_or(30.0))
+        .sum()
 }
 
 /// The FFmpeg (libavutil) version this process runs with, e.g. `5.1.6-0+deb12u1`.

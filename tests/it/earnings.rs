@@ -48,6 +48,7 @@ fn job(id: &str, finished_ms: u64, pixels: u64) -> JobRecord {
         class: JobClass::Live,
         manifest_id: Some("manifest-1".into()),
         seq: Some(7),
+        device: None,
         profiles: vec!["P240p30fps16x9".into()],
         duration_ms: 2000,
         segment_bytes: 1000,

@@ -13,6 +13,7 @@ mod ai_worker;
 mod bench_bad_input;
 mod bench_report_html;
 mod bench_suite;
+mod cli;
 mod daemon_ai;
 mod daemon_durability;
 mod daemon_e2e;

@@ -46,9 +46,9 @@ fn poison_720p() -> std::path::PathBuf {
     let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let path = common::media::media_dir().join("poison-13h-720p.ts");
     if !path.exists() {
-        // Per thread: two tests of this binary may write it at once.
+        // Unique per thread too: two tests of this binary may write it at once.
         let tmp = path.with_extension(format!(
-            "{}.{:?}.part",
+            "{}-{:?}.part",
             std::process::id(),
             std::thread::current().id()
         ));

@@ -311,6 +311,39 @@ async fn drain(body: Body) {
 
 /// Collects the body up to `max` bytes. Past it, the rest is read and discarded
 /// (bounded) so the client receives the 413 rather than a reset.
+/// Reads a request body within `[api] body_timeout_secs` and `max` bytes, refusing an empty one:
+/// `what` names the upload in the timeout error, `verb` what an empty input leaves nothing to do.
+async fn read_upload(
+    d: &Daemon,
+    body: Body,
+    max: usize,
+    what: &str,
+    verb: &str,
+) -> Result<bytes::Bytes, ApiError> {
+    let upload = std::time::Duration::from_secs(d.config.api.body_timeout_secs.max(1));
+    let bytes = match tokio::time::timeout(upload, read_limited(body, max)).await {
+        Ok(read) => read?,
+        Err(_) => {
+            return Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                format!(
+                    "{what} took longer than {} s ([api] body_timeout_secs)",
+                    upload.as_secs()
+                ),
+            ))
+        }
+    };
+    if bytes.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "bad_input",
+            format!("input is empty (0 bytes): nothing to {verb}"),
+        ));
+    }
+    Ok(bytes)
+}
+
 async fn read_limited(mut body: Body, max: usize) -> Result<bytes::Bytes, ApiError> {
     const DRAIN_CAP: usize = 8 << 20;
     let mut buf = bytes::BytesMut::new();
@@ -393,27 +426,7 @@ async fn ai_upscale(
             return Err(e);
         }
     };
-    let upload = std::time::Duration::from_secs(d.config.api.body_timeout_secs.max(1));
-    let bytes = match tokio::time::timeout(upload, read_limited(body, max as usize)).await {
-        Ok(read) => read?,
-        Err(_) => {
-            return Err(ApiError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                "body_timeout",
-                format!(
-                    "the upload took longer than {} s ([api] body_timeout_secs)",
-                    upload.as_secs()
-                ),
-            ))
-        }
-    };
-    if bytes.is_empty() {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "bad_input",
-            "input is empty (0 bytes): nothing to upscale",
-        ));
-    }
+    let bytes = read_upload(&d, body, max as usize, "the upload", "upscale").await?;
     match ai_video::run(&d, model_id, bytes).await {
         Ok(up) => {
             let r = up.report.renditions.first();
@@ -505,27 +518,7 @@ async fn transcode(
             return Err(e);
         }
     };
-    let upload = std::time::Duration::from_secs(d.config.api.body_timeout_secs.max(1));
-    let bytes = match tokio::time::timeout(upload, read_limited(body, max as usize)).await {
-        Ok(read) => read?,
-        Err(_) => {
-            return Err(ApiError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                "body_timeout",
-                format!(
-                    "the segment upload took longer than {} s ([api] body_timeout_secs)",
-                    upload.as_secs()
-                ),
-            ))
-        }
-    };
-    if bytes.is_empty() {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "bad_input",
-            "input is empty (0 bytes): nothing to transcode",
-        ));
-    }
+    let bytes = read_upload(&d, body, max as usize, "the segment upload", "transcode").await?;
     let new = NewJob {
         class: sub.class,
         manifest_id: sub.manifest_id,
@@ -622,6 +615,7 @@ pub fn job_json(r: &JobRecord) -> Value {
         "encoded_pixels": r.encoded_pixels,
         "earnings_wei": r.earnings_wei,
         "attempts": r.attempts,
+        "device": r.device,
         "received_at": time::rfc3339(r.received_at_ms),
         "finished_at": r.finished_at_ms.map(time::rfc3339),
         "error": r.error,

@@ -160,6 +160,8 @@ pub(super) struct Decoded {
     pub(super) pixels: u64,
     pub(super) errors: u64,
     pub(super) hw_frames: u64,
+    /// Time spent blocked handing frames to full worker queues (the stage profile).
+    pub(super) blocked: std::time::Duration,
     /// Timestamp discontinuities closed, video and audio.
     pub(super) jumps: u64,
     first_pts: Option<i64>,
@@ -340,10 +342,12 @@ fn drain_decoder(
         };
         feed.budget.grow(stats.frames);
         let frame = Arc::new(frame);
+        let t = std::time::Instant::now();
         for tx in feed.senders {
             tx.send(Msg::Video(Arc::clone(&frame)))
                 .map_err(|_| worker_gone())?;
         }
+        stats.blocked += t.elapsed();
     }
 }
 

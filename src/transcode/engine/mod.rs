@@ -316,6 +316,12 @@ fn run(req: &Request, started: Instant) -> Result<Report, TranscodeError> {
         return Err(e); // `done` drops here and removes every temporary file
     }
     let decoded = decoded?;
+    tracing::debug!(
+        target: "comine::transcode::stages",
+        wall_ms = started.elapsed().as_millis() as u64,
+        decoder_blocked_ms = decoded.blocked.as_millis() as u64,
+        "decode stage profile"
+    );
     if done.len() < req.profiles.len() {
         // Every worker stopped on `abort` with nothing else to say.
         return Err(TranscodeError::Cancelled);
@@ -459,6 +465,11 @@ fn encoder_threads(
     let total: f64 = rates.iter().sum::<f64>().max(1.0);
     rates
         .iter()
-        .map(|r| ((cores as f64 * r / total).round() as usize).clamp(1, cores.max(1)))
+        // Rounded up, not to the nearest: on 2 cores a top rung with 73% of the pixels
+        // got 1 thread, became the critical path and left a core idle once the small
+        // rungs were done (the stage profile: 720p encoding 7.6 s of a 9.1 s job, the
+        // other rungs and the decoder waiting on it). Oversubscribing by a thread or two
+        // costs little next to an idle core.
+        .map(|r| ((cores as f64 * r / total).ceil() as usize).clamp(1, cores.max(1)))
         .collect()
 }
