@@ -22,7 +22,8 @@ pub struct Sources {
 }
 
 /// Polls the sources until `cancel`; a source refused for its token (WorkerStats needs admin)
-/// is dropped with one error log instead of being asked again every few seconds.
+/// is dropped with one error log instead of being asked again every few seconds. A source
+/// that fails is listed in [`RunningProofs::unreachable`]: it protects nothing then.
 pub async fn run(
     mut src: Sources,
     interval: Duration,
@@ -31,6 +32,7 @@ pub async fn run(
     cancel: CancellationToken,
 ) {
     let mut logged: Option<String> = None;
+    let mut refused_miner: Option<String> = None;
     loop {
         let mut r = RunningProofs::default();
         let mut errors = Vec::new();
@@ -46,9 +48,12 @@ pub async fn run(
                     Err(e @ PostError::Unauthorized { .. }) => {
                         tracing::error!("{e}; PoSt workers are not watched (the chain schedule still is)");
                         src.miner = None;
+                        refused_miner = Some(e.to_string());
+                    }
+                    Err(e) => {
+                        r.unreachable.push("lotus-miner WorkerStats".into());
                         errors.push(e.to_string());
                     }
-                    Err(e) => errors.push(e.to_string()),
                 }
             }
         }
@@ -61,9 +66,17 @@ pub async fn run(
                         r.winning += p.winning;
                         r.sources.push("curio harmony_task".into());
                     }
-                    Err(e) => errors.push(e.to_string()),
+                    Err(e) => {
+                        r.unreachable.push("curio harmony_task".into());
+                        errors.push(e.to_string());
+                    }
                 }
             }
+        }
+        // A miner that refused our token is asked no more, and stays reported.
+        if let Some(e) = &refused_miner {
+            r.unreachable.push("lotus-miner WorkerStats".into());
+            errors.push(e.clone());
         }
         r.checked_at_ms = Some(clock.now_ms());
         r.error = (!errors.is_empty()).then(|| errors.join("; "));
@@ -78,6 +91,8 @@ pub async fn run(
         }
         tx.send_modify(|s| s.running = r);
         if src.miner.is_none() && src.curio.is_none() {
+            // Nothing left to ask; what was refused stays reported until shutdown.
+            cancel.cancelled().await;
             break;
         }
         tokio::select! {

@@ -40,7 +40,7 @@ pub struct StatusArgs {
     /// Read the full node directly even when a daemon runs.
     #[arg(long)]
     pub direct: bool,
-    /// Daemon URL; default: the address in <data>/api.addr.
+    /// Daemon URL; default: the address in `<data>/api.addr`.
     #[arg(long)]
     pub url: Option<String>,
     #[command(flatten)]

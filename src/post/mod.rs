@@ -237,6 +237,9 @@ pub struct RunningProofs {
     pub checked_at_ms: Option<u64>,
     /// The last error of a source, if it failed.
     pub error: Option<String>,
+    /// Configured sources that did not answer the last poll: they protect nothing now.
+    #[serde(default)]
+    pub unreachable: Vec<String>,
 }
 
 impl RunningProofs {

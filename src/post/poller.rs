@@ -74,33 +74,35 @@ pub fn start(
         plan: cfg.plan(),
         ..Status::default()
     };
-    let Some(full) = cfg.fullnode() else {
-        let (_tx, rx) = watch::channel(base);
-        return Ok(PostHandle {
-            status: rx,
-            requests,
-            tasks: Vec::new(),
-        });
-    };
     let timeout = Duration::from_millis(cfg.timeout_ms.max(100));
-    let node = FullNode::new(&full, timeout, requests.clone())?;
     let miner_api = match cfg.miner_api() {
         Some(s) => Some(Arc::new(Miner::new(&s, timeout, requests.clone())?)),
         None => None,
     };
+    let Some(full) = cfg.fullnode() else {
+        // No schedule to follow; what lotus-miner or Curio report running is still a proof.
+        let (tx, rx) = watch::channel(base);
+        let mut tasks = Vec::new();
+        if let Some(sources) = activity_sources(cfg, miner_api, timeout)? {
+            tasks.push(tokio::spawn(activity::run(
+                sources,
+                Duration::from_millis(cfg.activity_interval_ms),
+                Arc::new(tx),
+                clock,
+                cancel,
+            )));
+        }
+        return Ok(PostHandle {
+            status: rx,
+            requests,
+            tasks,
+        });
+    };
+    let node = FullNode::new(&full, timeout, requests.clone())?;
     let miner = match &cfg.miner {
         Some(m) => Some(super::check_miner(m, "[post] miner")?),
         None if miner_api.is_some() => None,
         None => return Err(PostError::NoMiner),
-    };
-    let curio = match &cfg.curio_db {
-        Some(conn) => Some(super::curio_db::CurioDb::new(
-            conn,
-            &cfg.curio_schema,
-            cfg.curio_machine.clone(),
-            timeout,
-        )?),
-        None => None,
     };
     let cache_path = data_dir.map(|d| d.join(SCHEDULE_FILE));
     let cached = match cache_path.as_deref().map(schedule::load) {
@@ -139,18 +141,9 @@ pub fn start(
     let (tx, rx) = watch::channel(status);
     let tx = Arc::new(tx);
     let mut tasks = Vec::new();
-    if miner_api.is_some() || curio.is_some() {
-        let hosts = if cfg.prover_hostnames.is_empty() {
-            local_hostname().into_iter().collect()
-        } else {
-            cfg.prover_hostnames.clone()
-        };
+    if let Some(sources) = activity_sources(cfg, miner_api.clone(), timeout)? {
         tasks.push(tokio::spawn(activity::run(
-            activity::Sources {
-                miner: miner_api.clone(),
-                curio,
-                hosts,
-            },
+            sources,
             Duration::from_millis(cfg.activity_interval_ms),
             tx.clone(),
             clock.clone(),
@@ -178,6 +171,36 @@ pub fn start(
         requests,
         tasks,
     })
+}
+
+/// lotus-miner's `WorkerStats` and Curio's `harmony_task`, when either is configured.
+fn activity_sources(
+    cfg: &Config,
+    miner: Option<Arc<Miner>>,
+    timeout: Duration,
+) -> Result<Option<activity::Sources>, PostError> {
+    let curio = match &cfg.curio_db {
+        Some(conn) => Some(super::curio_db::CurioDb::new(
+            conn,
+            &cfg.curio_schema,
+            cfg.curio_machine.clone(),
+            timeout,
+        )?),
+        None => None,
+    };
+    if miner.is_none() && curio.is_none() {
+        return Ok(None);
+    }
+    let hosts = if cfg.prover_hostnames.is_empty() {
+        local_hostname().into_iter().collect()
+    } else {
+        cfg.prover_hostnames.clone()
+    };
+    Ok(Some(activity::Sources {
+        miner,
+        curio,
+        hosts,
+    }))
 }
 
 fn local_hostname() -> Option<String> {

@@ -108,6 +108,10 @@ impl ServiceHandle {
     pub fn set_safe_profile(&self, reason: Option<String>) {
         self.safe_profile.send_replace(reason);
     }
+    /// The PoSt-safe profile's switch, for a task that follows the proof sources.
+    pub fn safe_profile_sender(&self) -> watch::Sender<Option<String>> {
+        self.safe_profile.clone()
+    }
     /// Why the PoSt-safe profile applies now, if it does.
     pub fn safe_profile(&self) -> Option<String> {
         self.safe_profile.borrow().clone()
