@@ -7,6 +7,7 @@
 pub mod bench;
 pub mod config;
 pub mod daemon;
+pub mod db;
 pub mod gpu;
 pub mod intake;
 pub mod ledger;

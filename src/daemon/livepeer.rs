@@ -109,7 +109,7 @@ impl LedgerSink {
             duration_ms: u64::from(r.duration_ms),
             segment_bytes: r.segment_bytes,
         };
-        let job = match d.ledger.admit(new)? {
+        let job = match d.ledger.call(move |l| l.admit(new)).await? {
             Admitted::New(job) => job,
             Admitted::Duplicate(job) => {
                 // The orchestrator retried a task we already finished (or recorded as
@@ -120,16 +120,25 @@ impl LedgerSink {
             }
         };
         let id = job.job_id.clone();
-        d.ledger.mark_queued(&id)?;
-        d.ledger.mark_transcoding(&id)?;
+        let key = id.clone();
+        d.ledger
+            .call(move |l| {
+                l.mark_queued(&key)?;
+                l.mark_transcoding(&key)
+            })
+            .await?;
         if !r.accepted {
             c.not_accepted.fetch_add(1, Ordering::Relaxed);
-            d.ledger.fail(
-                &id,
-                "upload_refused",
-                "the orchestrator did not accept the results upload; nothing is owed for this segment",
-            )?;
-            d.ledger.flush().await?;
+            let key = id.clone();
+            d.ledger
+                .call(move |l| {
+                    l.fail(
+                        &key,
+                        "upload_refused",
+                        "the orchestrator did not accept the results upload; nothing is owed for this segment",
+                    )
+                })
+                .await?;
             d.metrics.segment("failed");
             return Ok(());
         }
@@ -142,8 +151,10 @@ impl LedgerSink {
                 Ok(s) => s,
                 Err(e) => {
                     d.metrics.store_errors.inc();
-                    d.ledger.fail(&id, "store_error", &e.to_string())?;
-                    d.ledger.flush().await?;
+                    let (key, msg) = (id.clone(), e.to_string());
+                    d.ledger
+                        .call(move |l| l.fail(&key, "store_error", &msg))
+                        .await?;
                     d.metrics.segment("store_error");
                     return Err(Box::new(e));
                 }
@@ -161,15 +172,15 @@ impl LedgerSink {
                 job_id: id.clone(),
             });
         }
-        d.ledger.mark_stored(
-            &id,
-            r.decoded_pixels,
-            r.media_seconds,
-            r.transcode_ms,
-            renditions,
-        )?;
-        if let Some(done) = d.ledger.complete(&id)? {
-            d.ledger.flush().await?;
+        let (key, decoded, media, ms) = (id.clone(), r.decoded_pixels, r.media_seconds, r.transcode_ms);
+        let done = d
+            .ledger
+            .call(move |l| {
+                l.mark_stored(&key, decoded, media, ms, renditions)?;
+                l.complete(&key)
+            })
+            .await?;
+        if let Some(done) = done {
             c.accounted.fetch_add(1, Ordering::Relaxed);
             c.encoded_pixels
                 .fetch_add(done.encoded_pixels, Ordering::Relaxed);
@@ -194,14 +205,15 @@ impl SegmentSink for LedgerSink {
             let d = &self.daemon;
             // No idempotency key: the orchestrator may retry the task, and a later success
             // for the same (manifest, seq) must still be counted.
-            let job = match d.ledger.admit(NewJob {
+            let new = NewJob {
                 class: JobClass::Live,
                 manifest_id: None,
                 seq: u64::try_from(f.seq).ok(),
                 profiles: Vec::new(),
                 duration_ms: 0,
                 segment_bytes: 0,
-            })? {
+            };
+            let job = match d.ledger.call(move |l| l.admit(new)).await? {
                 Admitted::New(j) | Admitted::Duplicate(j) => j,
             };
             let (code, result) = if f.bad_input {
@@ -215,8 +227,8 @@ impl SegmentSink for LedgerSink {
                 "Livepeer task {} ({}{} seq {}): {}",
                 f.task_id, MANIFEST_PREFIX, f.manifest_id, f.seq, f.reason
             );
-            d.ledger.fail(&job.job_id, code, &message)?;
-            d.ledger.flush().await?;
+            let id = job.job_id.clone();
+            d.ledger.call(move |l| l.fail(&id, code, &message)).await?;
             d.metrics.segment(result);
             Ok(())
         })

@@ -45,6 +45,8 @@ pub enum StoreError {
     },
     #[error("{0:?} is not a CID this store knows")]
     BadCid(String),
+    #[error("the disk holding the store is full: {0}")]
+    DiskFull(String),
     #[error("store error: {0}")]
     Other(String),
 }
@@ -76,6 +78,8 @@ pub struct EmbeddedStore {
     store: crate::store::Store,
     opts: crate::store::AddOptions,
     push: Option<String>,
+    /// The last garbage collection's report, for `/v1/status`.
+    last_gc: Mutex<Option<crate::store::gc::GcReport>>,
 }
 
 impl EmbeddedStore {
@@ -86,7 +90,38 @@ impl EmbeddedStore {
             store,
             opts: crate::store::AddOptions::default(),
             push: push_to,
+            last_gc: Mutex::new(None),
         })
+    }
+
+    /// Collects garbage every `every` (first after `first`) until `cancel`: renditions past
+    /// `retain_days` that wait for nothing are unpinned and their blocks freed. Runs on the
+    /// blocking pool; adds wait for it (see `store::gc`).
+    pub async fn run_gc(
+        self: Arc<Self>,
+        retain_days: u64,
+        first: Duration,
+        every: Duration,
+        cancel: tokio_util::sync::CancellationToken,
+    ) {
+        let mut wait = first;
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tokio::time::sleep(wait) => {}
+            }
+            wait = every;
+            let store = self.store.clone();
+            let opts = crate::store::gc::GcOptions::new(retain_days, false);
+            match self.store.db().call(move || store.gc(opts)).await {
+                Ok(Ok(report)) => {
+                    tracing::info!(bytes_freed = report.bytes_freed, unpinned = report.unpinned, blocks = report.blocks_freed, "daily store garbage collection done");
+                    *self.last_gc.lock().unwrap_or_else(|e| e.into_inner()) = Some(report);
+                }
+                Ok(Err(e)) => tracing::error!(error = %e, "store garbage collection failed; retrying at the next interval"),
+                Err(e) => tracing::error!(error = %e, "store garbage collection did not run"),
+            }
+        }
     }
 
     /// The underlying store (for the push queue task).
@@ -96,10 +131,19 @@ impl EmbeddedStore {
 }
 
 fn other(e: crate::store::StoreError) -> StoreError {
-    StoreError::Other(e.to_string())
+    let full = match &e {
+        crate::store::StoreError::Io { source, .. } => source.raw_os_error() == Some(libc::ENOSPC),
+        crate::store::StoreError::Db { source } => source.is_disk_full(),
+        _ => false,
+    };
+    if full {
+        StoreError::DiskFull(e.to_string())
+    } else {
+        StoreError::Other(e.to_string())
+    }
 }
 
-fn join_err(e: tokio::task::JoinError) -> StoreError {
+fn join_err(e: crate::db::DbError) -> StoreError {
     StoreError::Other(format!("store task failed: {e}"))
 }
 
@@ -108,9 +152,12 @@ impl RenditionStore for EmbeddedStore {
         Box::pin(async move {
             let (store, opts, push) = (self.store.clone(), self.opts, self.push.is_some());
             let path = path.to_path_buf();
-            tokio::task::spawn_blocking(move || {
-                // add_file pins the root and flushes before it returns: durable.
-                let added = store.add_file(&path, &opts).map_err(other)?;
+            self.store.db().call(move || {
+                // add_file_with syncs the blocks and commits the pin before it returns: durable.
+                // A retention pin: garbage collection frees it after `[store] retain_days`.
+                let added = store
+                    .add_file_with(&path, &opts, crate::store::PinKind::Retain)
+                    .map_err(other)?;
                 if push {
                     store.enqueue_push(&added.cid, &opts).map_err(other)?;
                 }
@@ -128,7 +175,7 @@ impl RenditionStore for EmbeddedStore {
         Box::pin(async move {
             let cid = crate::store::parse_cid(cid).map_err(|_| StoreError::BadCid(cid.into()))?;
             let store = self.store.clone();
-            let opened = tokio::task::spawn_blocking(move || {
+            let opened = self.store.db().call(move || {
                 let len = store.pin_info(&cid).map_err(other)?.map(|p| p.size);
                 match store.cat(&cid) {
                     Ok(r) => Ok(Some((len, r))),
@@ -141,7 +188,7 @@ impl RenditionStore for EmbeddedStore {
             let Some((len, reader)) = opened else {
                 return Ok(None);
             };
-            // CatReader is blocking (sled reads, hash checks): pump it on a blocking
+            // CatReader is blocking (file reads, hash checks): pump it on a blocking
             // thread into a small bounded channel.
             let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
             tokio::task::spawn_blocking(move || {
@@ -168,12 +215,14 @@ impl RenditionStore for EmbeddedStore {
     }
 
     fn describe(&self) -> serde_json::Value {
-        let queued = self.store.queued().map(|q| q.len()).ok();
+        // Called on a blocking thread (the status handler uses the database's call()).
+        let queued = self.store.queue_len().ok();
         serde_json::json!({
             "backend": if self.push.is_some() { "kubo" } else { "embedded" },
             "dir": self.store.dir().display().to_string(),
             "kubo_api": self.push,
             "push_queue": queued,
+            "last_gc": *self.last_gc.lock().unwrap_or_else(|e| e.into_inner()),
         })
     }
 }

@@ -1,7 +1,8 @@
 //! `comine ledger export --since DATE --format csv|json [--out FILE]`
 //!
-//! Reads the ledger directly when the daemon is stopped; while it runs (sled holds an
-//! exclusive lock) the same statement is fetched from its API.
+//! Reads the ledger from the data directory's database (a running daemon does not stop
+//! that); if the database cannot be opened here, the same statement is fetched from the
+//! daemon's API.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -52,7 +53,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let config = Config::load(args.config.as_deref())?;
     let data_dir = crate::daemon::resolve_data_dir(args.data_dir.clone(), &config);
     let ledger_dir = data_dir.join("ledger");
-    if !ledger_dir.exists() {
+    if !ledger_dir.exists() && !data_dir.join(crate::db::FILE).exists() {
         anyhow::bail!(
             "no ledger at {}: has `comine run` ever run with this data directory?",
             ledger_dir.display()
@@ -65,7 +66,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let text = match Ledger::open(&ledger_dir, 8 << 20, price) {
         Ok(ledger) => export::render(&export::statement(&ledger, since)?, args.format),
         Err(err) => {
-            tracing::info!(%err, "ledger is locked by a running daemon; asking its API");
+            tracing::info!(%err, "cannot read the ledger here; asking the daemon's API");
             let fmt = match args.format {
                 Format::Csv => "csv",
                 Format::Json => "json",
@@ -75,7 +76,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 &config,
                 &format!("/v1/ledger/export?since={}&format={fmt}", since / 1000),
             )
-            .with_context(|| format!("ledger at {} is busy ({err})", ledger_dir.display()))?
+            .with_context(|| format!("ledger in {} cannot be read ({err})", data_dir.display()))?
         }
     };
     match args.out {

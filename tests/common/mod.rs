@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use comine::store::KuboClient;
 
+pub mod killer;
 pub mod media;
 pub use media::{generate, pattern};
 use serde_json::Value;
