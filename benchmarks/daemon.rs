@@ -30,7 +30,7 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-#[path = "../tests/common/media.rs"]
+#[path = "../tests/it/common/media.rs"]
 mod media;
 
 fn make_segment(size: &str) -> std::path::PathBuf {

@@ -11,9 +11,9 @@
 
 use std::time::{Duration, Instant};
 
-#[path = "../tests/common/killer.rs"]
+#[path = "../tests/it/common/killer.rs"]
 mod killer;
-#[path = "../tests/common/media.rs"]
+#[path = "../tests/it/common/media.rs"]
 mod media;
 
 fn env_num(name: &str, default: u64) -> u64 {

@@ -54,7 +54,7 @@ fn timed(cmd: &mut Command) -> Run {
     }
 }
 
-#[path = "../tests/common/media.rs"]
+#[path = "../tests/it/common/media.rs"]
 mod media;
 
 fn median(v: &mut [f64]) -> f64 {

@@ -15,11 +15,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use comine::intake::livepeer::proto::{H264Profile, VideoProfile};
-use comine::intake::livepeer::test_orchestrator::{
+use comine::daemon::livepeer::EnginePipeline;
+use comine::livepeer::proto::{H264Profile, VideoProfile};
+use comine::livepeer::test_orchestrator::{
     SegmentJob, TaskOutcome, TestOrchestrator, TestOrchestratorConfig,
 };
-use comine::intake::livepeer::{run_transcoder, MemorySink, TranscoderConfig};
+use comine::livepeer::{run_transcoder, MemorySink, TranscoderConfig};
 use comine::transcode::{self, EncoderChoice, Input, Options, Profile, Request};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -27,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 const SEGMENT_SECONDS: f64 = 2.0;
 const REALTIME_RATIO: f64 = 0.8;
 
-#[path = "../tests/common/media.rs"]
+#[path = "../tests/it/common/media.rs"]
 mod media;
 
 fn segment() -> Bytes {
@@ -88,7 +89,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 /// The peer: the same segment and ladder straight through the engine, no network.
 fn direct_ms(seg: &Bytes, runs: usize) -> (f64, String) {
     let profiles: Vec<Profile> =
-        comine::intake::livepeer::profiles::to_engine(&ladder()).expect("ladder maps");
+        comine::daemon::livepeer::profiles::to_engine(&ladder()).expect("ladder maps");
     let mut times = Vec::new();
     let mut encoder_name = String::new();
     for _ in 0..runs {
@@ -142,13 +143,19 @@ async fn bench() {
         .expect("test orchestrator");
     let work = tempfile::tempdir().expect("tempdir");
     let mut cfg = TranscoderConfig::new(o.addr(), o.secret());
-    cfg.encoder = encoder();
     cfg.work_dir = work.path().to_path_buf();
     cfg.capacity_dwell = Duration::from_millis(100);
     let (cap_tx, cap_rx) = watch::channel(1u32);
     let sink = Arc::new(MemorySink::default());
     let shutdown = CancellationToken::new();
-    let client = tokio::spawn(run_transcoder(cfg, cap_rx, sink.clone(), shutdown.clone()));
+    let pipeline = Arc::new(EnginePipeline::new(encoder(), "veryfast", 0));
+    let client = tokio::spawn(run_transcoder(
+        cfg,
+        cap_rx,
+        pipeline,
+        sink.clone(),
+        shutdown.clone(),
+    ));
     o.wait_for_transcoders(1, Duration::from_secs(30))
         .await
         .expect("registration");

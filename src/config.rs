@@ -9,7 +9,6 @@
 
 use std::path::{Path, PathBuf};
 
-use clap::ValueEnum;
 use serde::{Deserialize, Serialize};
 
 use crate::transcode::{DecoderChoice, EncoderChoice, Profile, DEFAULT_MAX_INPUT_PIXELS};
@@ -129,17 +128,17 @@ impl Default for TranscodeConfig {
 
 impl TranscodeConfig {
     pub fn encoder_choice(&self) -> Result<EncoderChoice, ConfigError> {
-        EncoderChoice::from_str(&self.encoder, true).map_err(|why| ConfigError::Value {
+        EncoderChoice::parse(&self.encoder).map_err(|why| ConfigError::Value {
             key: "transcode.encoder",
             value: self.encoder.clone(),
-            why: format!("{why}; use auto, nvenc or x264"),
+            why,
         })
     }
     pub fn decoder_choice(&self) -> Result<DecoderChoice, ConfigError> {
-        DecoderChoice::from_str(&self.decoder, true).map_err(|why| ConfigError::Value {
+        DecoderChoice::parse(&self.decoder).map_err(|why| ConfigError::Value {
             key: "transcode.decoder",
             value: self.decoder.clone(),
-            why: format!("{why}; use auto, nvdec or software"),
+            why,
         })
     }
 }

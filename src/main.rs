@@ -43,9 +43,9 @@ enum Command {
     Status(comine::daemon::cli::StatusArgs),
     /// The pixel and earnings ledger.
     Ledger(comine::ledger::cli::Args),
-    /// Attach to a Livepeer orchestrator as a remote transcoder (standalone; `comine run`
-    /// will carry the same flags).
-    Livepeer(comine::intake::livepeer::cli::Args),
+    /// Attach to a Livepeer orchestrator as a remote transcoder on its own, with a fixed
+    /// capacity (`comine run --orch-addr …` does the same under the scheduler, with a ledger).
+    Livepeer(comine::daemon::livepeer::standalone::Args),
     /// Co-mining benchmark: sealing throughput and power lost to transcoding, streams gained.
     Bench(comine::bench::cli::Args),
     /// Work with benchmark reports (compare several machines).
@@ -68,7 +68,7 @@ fn main() -> ExitCode {
         Command::Run(args) => comine::daemon::cli::run(args),
         Command::Status(args) => comine::daemon::cli::status(args),
         Command::Ledger(args) => comine::ledger::cli::run(args),
-        Command::Livepeer(args) => comine::intake::livepeer::cli::run(args),
+        Command::Livepeer(args) => comine::daemon::livepeer::standalone::run(args),
         Command::Bench(args) => comine::bench::cli::run(args),
         Command::Report(args) => comine::report::cli::run(args),
     };

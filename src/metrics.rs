@@ -2,7 +2,7 @@
 //!
 //! Names follow Prometheus conventions: `comine_` prefix, base units (seconds, watts,
 //! ratios 0..1), `_total` on counters. GPU and sealing gauges are filled from the
-//! scheduler seam (`daemon::seams::Admission::gpus` / `sealing`) on each scrape.
+//! scheduler boundary (`daemon::admission::Admission::status`) on each scrape.
 
 use std::sync::atomic::AtomicU64;
 

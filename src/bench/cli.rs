@@ -1,4 +1,7 @@
 //! `comine bench [--suite quick|standard|tiny|PATH.toml] [--out DIR] [--seal builtin|cmd:'…'|observe|none] [--input MEDIA]`
+// Doc comments on the flags below are clap's `--help` text, written for a terminal
+// (`<DIR>`, `[:gop=2s|intra]`), not rustdoc markup.
+#![allow(rustdoc::invalid_html_tags, rustdoc::broken_intra_doc_links)]
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -87,10 +90,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let out = match args.out {
         Some(o) => o,
         None => {
-            let secs = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0);
+            let secs = crate::util::now_ms() / 1000;
             args.data_dir
                 .unwrap_or_else(crate::paths::default_data_dir)
                 .join("bench")

@@ -13,10 +13,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use super::suite::TranscodeWorkload;
+pub use crate::report::schema::SegmentRecord;
 use crate::transcode::{self, EncoderChoice, Input, Options, Profile, Request};
 
 /// Why source segments could not be prepared.
@@ -250,31 +250,6 @@ fn segment_with(
         });
     }
     Ok(items)
-}
-
-/// One transcoded (or dropped) segment.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct SegmentRecord {
-    pub phase: String,
-    pub rep: u32,
-    pub stream: u32,
-    /// Concurrent streams in this window.
-    pub streams: u32,
-    /// When the segment was due (arrived), started and finished, seconds since run start.
-    pub t_due_s: f64,
-    pub t_start_s: f64,
-    pub t_end_s: f64,
-    pub wall_ms: u64,
-    pub media_s: f64,
-    /// wall / media; the Livepeer realtime duration ratio.
-    pub ratio: f64,
-    /// Finished after the next segment was due (or never ran).
-    pub missed: bool,
-    pub decoded_pixels: u64,
-    pub encoded_pixels: u64,
-    pub encoder: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
 }
 
 /// Pixel counters the sampler turns into rates (and the sim GPU into load).

@@ -6,13 +6,15 @@
 //! [`analyze`] turns the raw data into medians and spreads; [`crate::report`] writes
 //! `report.json`, `report.html` and `report.md`.
 //!
-//! Seams for the modules merged later: [`sampler::GpuSampler`] / [`sampler::PowerSampler`]
-//! (the `gpu` module's NVML and `sim` backends) and [`steering::Steering`] (the `sched`
-//! module's policy).
+//! What it measures with: [`sampler::GpuSampler`] / [`sampler::PowerSampler`] (the `gpu`
+//! module's NVML, host and `sim` readers) and [`steering::Steering`] (the `sched` core's
+//! decisions); [`out_dir`] checks where the report goes, [`fingerprint`] records the rig.
 
 pub mod analyze;
 pub mod cli;
+pub mod fingerprint;
 pub mod load;
+pub mod out_dir;
 pub mod run;
 pub mod sampler;
 pub mod seal;

@@ -1,5 +1,7 @@
 //! The suite runner: idle → seal only → transcode step-up → combined (steered and
-//! unsteered), with a sampler thread tagging every sample with the current phase.
+//! unsteered), one method per phase, with a sampler thread tagging every sample with the
+//! current phase. The output directory's checks are in [`super::out_dir`], the hardware
+//! fingerprint in [`super::fingerprint`].
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -11,13 +13,15 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tokio_util::sync::CancellationToken;
 
 use super::analyze::{self, Inputs};
-use super::load::{self, PixelCounters, Segments, Window};
+use super::fingerprint::fingerprint;
+use super::load::{self, PixelCounters, SegmentRecord, Segments, Window};
+use super::out_dir::{check_out_dir, needed_bytes};
 use super::sampler::{self, GpuSampler, HostCpu, LoadHint, PowerSampler, RaplSampler};
 use super::steering::{Action, SchedSteering, Steering};
 use super::suite::Suite;
 use super::workload::{SealEvent, SealMode, SealRunner};
 use crate::report::schema::{
-    BenchReport, Fingerprint, PowerSources, RunConfig, Sample, SteeringEvent, WindowSpan,
+    BenchReport, Fingerprint, GpuInfo, PowerSources, RunConfig, Sample, SteeringEvent, WindowSpan,
     SCHEMA_ID, SCHEMA_VERSION,
 };
 use crate::transcode::{EncoderChoice, Profile};
@@ -36,17 +40,12 @@ pub enum BenchError {
         need_mib: u64,
         sector: String,
     },
-    #[error("cannot write {path}: {source}{hint}")]
-    Write {
-        path: String,
-        #[source]
-        source: std::io::Error,
-        hint: &'static str,
-    },
     #[error(transparent)]
     Load(#[from] load::LoadError),
     #[error("transcode ladder: {0}")]
     Ladder(String),
+    #[error("transcode.encoder: {0}")]
+    Encoder(String),
     #[error("cannot start the sealing workload: {0}")]
     Seal(std::io::Error),
 }
@@ -86,82 +85,6 @@ pub fn gpu_sampler(sim_preset: &str, step: Duration) -> Result<Box<dyn GpuSample
     }
 }
 
-/// Scratch space a suite needs in `--out`.
-pub fn needed_bytes(suite: &Suite, seal: &SealMode) -> u64 {
-    let seg = 64 << 20;
-    match seal {
-        // PC1 layers (2 at ≤ 512 MiB, 11 at 32 GiB) + staged + sealed + trees.
-        SealMode::Builtin => {
-            suite
-                .sector_bytes()
-                .saturating_mul(if suite.sector_bytes() > (1 << 30) {
-                    16
-                } else {
-                    8
-                })
-                + seg
-        }
-        _ => seg,
-    }
-}
-
-/// Refuse an output directory that is a file, already holds a report or lacks space.
-pub fn check_out_dir(out: &Path, need: u64) -> Result<(), BenchError> {
-    let path = out.display().to_string();
-    if out.exists() && !out.is_dir() {
-        return Err(BenchError::OutDir {
-            path,
-            why: "it exists and is not a directory".into(),
-        });
-    }
-    std::fs::create_dir_all(out).map_err(|e| BenchError::OutDir {
-        path: path.clone(),
-        why: e.to_string(),
-    })?;
-    if out.join("report.json").exists() {
-        return Err(BenchError::OutDirTaken { path });
-    }
-    let free = free_bytes(out).unwrap_or(u64::MAX);
-    if free < need {
-        return Err(BenchError::OutDirFull {
-            path,
-            free_mib: free >> 20,
-            need_mib: need.div_ceil(1 << 20),
-            sector: String::new(),
-        });
-    }
-    Ok(())
-}
-
-fn free_bytes(dir: &Path) -> Option<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
-    // SAFETY: statvfs writes into a zeroed struct we own; the path is NUL-terminated.
-    unsafe {
-        let mut st: libc::statvfs = std::mem::zeroed();
-        if libc::statvfs(c.as_ptr(), &mut st) != 0 {
-            return None;
-        }
-        Some(st.f_bavail as u64 * st.f_frsize as u64)
-    }
-}
-
-/// Write a file, turning "disk full" into advice.
-pub fn write_file(path: &Path, data: &[u8]) -> Result<(), BenchError> {
-    std::fs::write(path, data).map_err(|source| {
-        let hint = if source.raw_os_error() == Some(libc::ENOSPC) {
-            " (the disk is full: free space or pick another --out)"
-        } else {
-            ""
-        };
-        BenchError::Write {
-            path: path.display().to_string(),
-            source,
-            hint,
-        }
-    })
-}
-
 /// What the sampler tags samples with.
 #[derive(Clone)]
 struct Tag {
@@ -188,134 +111,203 @@ impl Shared {
 
 /// Run the whole suite and return the report (files are written by the caller).
 pub fn run(mut opts: RunOptions) -> Result<BenchReport, BenchError> {
-    let suite = opts.suite.clone();
-    check_out_dir(&opts.out, needed_bytes(&suite, &opts.seal)).map_err(|e| match e {
-        BenchError::OutDirFull {
-            path,
-            free_mib,
-            need_mib,
-            ..
-        } => BenchError::OutDirFull {
-            path,
-            free_mib,
-            need_mib,
-            sector: suite.seal.sector_size.clone(),
-        },
-        e => e,
-    })?;
-    let profiles = Profile::parse_list(&suite.transcode.ladder)
-        .map_err(|e| BenchError::Ladder(e.to_string()))?;
-    let encoder = match suite.transcode.encoder.as_str() {
-        "nvenc" => EncoderChoice::Nvenc,
-        "x264" => EncoderChoice::X264,
-        _ => EncoderChoice::Auto,
-    };
-    let work = opts.out.join("work");
-    let _ = std::fs::remove_dir_all(&work);
-    let clock = Instant::now();
-    let created = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let mut run = Run::prepare(&mut opts)?;
+    run.idle_phase();
+    let sealing = opts.seal != SealMode::None;
+    if sealing && !run.cancel.is_cancelled() {
+        run.seal_phase(&opts.seal)?;
+    }
+    let streams = run.transcode_phase();
+    if sealing {
+        run.combined_phase(&opts.seal, streams)?;
+    }
+    Ok(run.finish(&opts, sealing))
+}
 
-    let (power_sampler, cpu_power_label): (Option<Box<dyn PowerSampler>>, String) =
-        match opts.power.take() {
-            Some(p) => {
-                let l = p.source().to_string();
-                (Some(p), l)
-            }
-            None => match RaplSampler::open() {
-                Ok(r) => (Some(Box::new(r) as Box<dyn PowerSampler>), "rapl".into()),
-                Err(why) => (None, format!("not measured: {why}")),
+/// One run in progress: what every phase shares, and what they have measured so far.
+struct Run {
+    suite: Suite,
+    clock: Instant,
+    created: u64,
+    work: PathBuf,
+    cancel: CancellationToken,
+    pb: ProgressBar,
+    shared: Arc<Shared>,
+    counters: Arc<PixelCounters>,
+    sampler_thread: std::thread::JoinHandle<()>,
+    cpu_power_label: String,
+    gpu_info: GpuInfo,
+    fingerprint: Fingerprint,
+    segments: Segments,
+    profiles: Vec<Profile>,
+    encoder: EncoderChoice,
+    encoder_note: Option<String>,
+    seal_events: Arc<Mutex<Vec<SealEvent>>>,
+    steering_log: Arc<Mutex<Vec<SteeringEvent>>>,
+    windows: Vec<WindowSpan>,
+    segs_all: Vec<SegmentRecord>,
+    policy_name: String,
+}
+
+impl Run {
+    /// Checks the output directory and the ladder, opens the samplers, prepares the
+    /// segments, probes the encoder and starts the sampler thread.
+    fn prepare(opts: &mut RunOptions) -> Result<Run, BenchError> {
+        let suite = opts.suite.clone();
+        check_out_dir(&opts.out, needed_bytes(&suite, &opts.seal)).map_err(|e| match e {
+            BenchError::OutDirFull {
+                path,
+                free_mib,
+                need_mib,
+                ..
+            } => BenchError::OutDirFull {
+                path,
+                free_mib,
+                need_mib,
+                sector: suite.seal.sector_size.clone(),
             },
+            e => e,
+        })?;
+        let profiles = Profile::parse_list(&suite.transcode.ladder)
+            .map_err(|e| BenchError::Ladder(e.to_string()))?;
+        // Validated with the suite; a suite built in code gets the same refusal here.
+        let encoder =
+            EncoderChoice::parse(&suite.transcode.encoder).map_err(BenchError::Encoder)?;
+        let work = opts.out.join("work");
+        let _ = std::fs::remove_dir_all(&work);
+        let clock = Instant::now();
+        let created = crate::util::now_ms() / 1000;
+
+        let (power_sampler, cpu_power_label): (Option<Box<dyn PowerSampler>>, String) =
+            match opts.power.take() {
+                Some(p) => {
+                    let l = p.source().to_string();
+                    (Some(p), l)
+                }
+                None => match RaplSampler::open() {
+                    Ok(r) => (Some(Box::new(r) as Box<dyn PowerSampler>), "rapl".into()),
+                    Err(why) => (None, format!("not measured: {why}")),
+                },
+            };
+        let gpu_sampler = opts.gpu.take().unwrap_or_else(default_gpu_sampler);
+        let gpu_info = gpu_sampler.info();
+        let fingerprint = fingerprint(gpu_info.clone());
+
+        let pb = progress_bar(&suite, opts.progress);
+        pb.set_message("preparing segments");
+        let segments: Segments = match &opts.input {
+            Some(p) => load::from_input(p, &suite.transcode, &work.join("segments"))?,
+            None => load::generate(&suite.transcode, &work.join("segments"))?,
         };
-    let gpu_sampler = opts.gpu.take().unwrap_or_else(default_gpu_sampler);
-    let gpu_info = gpu_sampler.info();
-    let fingerprint = fingerprint(gpu_info.clone());
 
-    let pb = progress_bar(&suite, opts.progress);
-    pb.set_message("preparing segments");
-    let segments: Segments = match &opts.input {
-        Some(p) => load::from_input(p, &suite.transcode, &work.join("segments"))?,
-        None => load::generate(&suite.transcode, &work.join("segments"))?,
-    };
+        // Probe the encoder once: under `auto` without NVENC every segment would otherwise
+        // retry NVENC and log the fallback; the probe also warms FFmpeg up before measuring.
+        let (encoder, encoder_note) = probe_encoder(encoder, &segments, &profiles, &suite, &work);
 
-    // Probe the encoder once: under `auto` without NVENC every segment would otherwise
-    // retry NVENC and log the fallback; the probe also warms FFmpeg up before measuring.
-    let (encoder, encoder_note) = probe_encoder(encoder, &segments, &profiles, &suite, &work);
+        let shared = Arc::new(Shared {
+            tag: Mutex::new(Tag {
+                phase: "between".into(),
+                rep: 0,
+                streams: 0,
+                seal_pid: None,
+                sealing: "off",
+            }),
+            samples: Mutex::new(Vec::new()),
+            stop: AtomicBool::new(false),
+        });
+        let counters = Arc::new(PixelCounters::default());
+        let sampler_thread = spawn_sampler(
+            shared.clone(),
+            counters.clone(),
+            power_sampler,
+            gpu_sampler,
+            Duration::from_millis(suite.sample_interval_ms),
+            clock,
+            pb.clone(),
+        );
+        Ok(Run {
+            suite,
+            clock,
+            created,
+            work,
+            cancel: opts.cancel.clone(),
+            pb,
+            shared,
+            counters,
+            sampler_thread,
+            cpu_power_label,
+            gpu_info,
+            fingerprint,
+            segments,
+            profiles,
+            encoder,
+            encoder_note,
+            seal_events: Arc::new(Mutex::new(Vec::new())),
+            steering_log: Arc::new(Mutex::new(Vec::new())),
+            windows: Vec::new(),
+            segs_all: Vec::new(),
+            policy_name: String::new(),
+        })
+    }
 
-    let shared = Arc::new(Shared {
-        tag: Mutex::new(Tag {
-            phase: "between".into(),
-            rep: 0,
-            streams: 0,
-            seal_pid: None,
-            sealing: "off",
-        }),
-        samples: Mutex::new(Vec::new()),
-        stop: AtomicBool::new(false),
-    });
-    let counters = Arc::new(PixelCounters::default());
-    let sampler_thread = spawn_sampler(
-        shared.clone(),
-        counters.clone(),
-        power_sampler,
-        gpu_sampler,
-        Duration::from_millis(suite.sample_interval_ms),
-        clock,
-        pb.clone(),
-    );
+    fn now_s(&self) -> f64 {
+        self.clock.elapsed().as_secs_f64()
+    }
 
-    let seal_events: Arc<Mutex<Vec<SealEvent>>> = Arc::new(Mutex::new(Vec::new()));
-    let mut windows: Vec<WindowSpan> = Vec::new();
-    let mut segs_all = Vec::new();
-    let steering_log: Arc<Mutex<Vec<SteeringEvent>>> = Arc::new(Mutex::new(Vec::new()));
-    let cancel = opts.cancel.clone();
-    let now_s = || clock.elapsed().as_secs_f64();
-    let mut policy_name = String::new();
-
-    // 1. Idle baseline.
-    for rep in 0..suite.phases.idle.repeats {
-        pb.set_prefix(format!("idle {}/{}", rep + 1, suite.phases.idle.repeats));
-        shared.set(|t| {
-            t.phase = "idle".into();
+    /// Waits `secs` tagged as `phase`/`rep` and records the window.
+    fn timed_window(&mut self, phase: &str, rep: u32, secs: f64) {
+        self.shared.set(|t| {
+            t.phase = phase.into();
             t.rep = rep;
         });
-        let start = now_s();
-        sleep(&cancel, Duration::from_secs_f64(suite.phases.idle.seconds));
-        windows.push(WindowSpan {
-            phase: "idle".into(),
+        let start = self.now_s();
+        sleep(&self.cancel, Duration::from_secs_f64(secs));
+        self.windows.push(WindowSpan {
+            phase: phase.into(),
             rep,
             start_s: start,
-            end_s: now_s(),
+            end_s: self.now_s(),
             streams: 0,
         });
     }
-    shared.set(|t| t.phase = "between".into());
 
-    // 2. Seal only.
-    let sealing = opts.seal != SealMode::None;
-    if sealing && !cancel.is_cancelled() {
-        let runner = SealRunner::start(
-            &opts.seal,
-            &suite.seal.sector_size,
-            &work.join("seal"),
-            clock,
-            seal_events.clone(),
+    /// Phase 1: the idle baseline.
+    fn idle_phase(&mut self) {
+        let idle = self.suite.phases.idle.clone();
+        for rep in 0..idle.repeats {
+            self.pb
+                .set_prefix(format!("idle {}/{}", rep + 1, idle.repeats));
+            self.timed_window("idle", rep, idle.seconds);
+        }
+        self.shared.set(|t| t.phase = "between".into());
+    }
+
+    fn start_sealing(&self, seal: &SealMode) -> Result<SealRunner, BenchError> {
+        SealRunner::start(
+            seal,
+            &self.suite.seal.sector_size,
+            &self.work.join("seal"),
+            self.clock,
+            self.seal_events.clone(),
         )
-        .map_err(BenchError::Seal)?;
-        shared.set(|t| {
+        .map_err(BenchError::Seal)
+    }
+
+    /// Phase 2: sealing alone, after a warm-up of one whole sector.
+    fn seal_phase(&mut self, seal: &SealMode) -> Result<(), BenchError> {
+        let runner = self.start_sealing(seal)?;
+        self.shared.set(|t| {
             t.seal_pid = runner.pid();
             t.sealing = "running";
             t.phase = "seal_warmup".into();
         });
         // Warm-up: seal until one whole sector is done (SDR parent cache, page cache,
         // and the per-phase times that weight partial progress), capped at 4 windows.
-        pb.set_prefix("seal warm-up (one sector)");
-        let start = now_s();
-        let cap = Instant::now() + Duration::from_secs_f64(4.0 * suite.phases.seal.seconds);
+        self.pb.set_prefix("seal warm-up (one sector)");
+        let start = self.now_s();
+        let cap = Instant::now() + Duration::from_secs_f64(4.0 * self.suite.phases.seal.seconds);
         let sectors_done = || {
-            seal_events
+            self.seal_events
                 .lock()
                 .map(|ev| {
                     ev.iter().any(|e| {
@@ -327,351 +319,367 @@ pub fn run(mut opts: RunOptions) -> Result<BenchReport, BenchError> {
                 })
                 .unwrap_or(true)
         };
-        while !cancel.is_cancelled() && Instant::now() < cap && !sectors_done() {
+        while !self.cancel.is_cancelled() && Instant::now() < cap && !sectors_done() {
             std::thread::sleep(Duration::from_millis(100));
         }
-        windows.push(WindowSpan {
+        self.windows.push(WindowSpan {
             phase: "seal_warmup".into(),
             rep: 0,
             start_s: start,
-            end_s: now_s(),
+            end_s: self.now_s(),
             streams: 0,
         });
-        for rep in 0..suite.phases.seal.repeats {
-            pb.set_prefix(format!("seal {}/{}", rep + 1, suite.phases.seal.repeats));
-            shared.set(|t| {
-                t.phase = "seal".into();
-                t.rep = rep;
-                t.seal_pid = runner.pid();
-            });
-            let start = now_s();
-            sleep(&cancel, Duration::from_secs_f64(suite.phases.seal.seconds));
-            windows.push(WindowSpan {
-                phase: "seal".into(),
-                rep,
-                start_s: start,
-                end_s: now_s(),
-                streams: 0,
-            });
+        let phase = self.suite.phases.seal.clone();
+        for rep in 0..phase.repeats {
+            self.pb
+                .set_prefix(format!("seal {}/{}", rep + 1, phase.repeats));
+            self.shared.set(|t| t.seal_pid = runner.pid());
+            self.timed_window("seal", rep, phase.seconds);
         }
-        shared.set(|t| {
+        self.shared.set(|t| {
             t.phase = "between".into();
             t.sealing = "off";
             t.seal_pid = None;
         });
         runner.stop();
+        Ok(())
     }
 
-    // 3. Transcode only: step up streams until the ratio passes the target.
-    let tp = &suite.phases.transcode;
-    let mk_window =
-        |phase: &'static str, rep: u32, streams: u32, secs: f64| -> (String, u32, u32, f64) {
-            (phase.to_string(), rep, streams, secs)
-        };
-    let run_load = |spec: (String, u32, u32, f64),
-                    on_done: &(dyn Fn(&load::SegmentRecord) + Sync)| {
-        let (phase, rep, streams, secs) = spec;
-        shared.set(|t| {
-            t.phase = phase.clone();
+    /// Runs `streams` live streams for `secs`, tagged as `phase`/`rep`.
+    fn load_window(
+        &self,
+        phase: &str,
+        rep: u32,
+        streams: u32,
+        secs: f64,
+        on_done: &(dyn Fn(&SegmentRecord) + Sync),
+    ) -> (WindowSpan, Vec<SegmentRecord>) {
+        self.shared.set(|t| {
+            t.phase = phase.to_string();
             t.rep = rep;
             t.streams = streams;
         });
-        let start = now_s();
+        let start = self.now_s();
         let w = Window {
-            phase: &phase,
+            phase,
             rep,
             streams,
             duration: Duration::from_secs_f64(secs),
-            segments: &segments,
-            profiles: &profiles,
-            encoder,
-            x264_preset: &suite.transcode.x264_preset,
-            work_dir: &work.join("transcode"),
-            clock,
-            cancel: &cancel,
-            counters: &counters,
+            segments: &self.segments,
+            profiles: &self.profiles,
+            encoder: self.encoder,
+            x264_preset: &self.suite.transcode.x264_preset,
+            work_dir: &self.work.join("transcode"),
+            clock: self.clock,
+            cancel: &self.cancel,
+            counters: &self.counters,
         };
         let recs = load::run_window(&w, on_done);
         let span = WindowSpan {
-            phase: phase.clone(),
+            phase: phase.to_string(),
             rep,
             start_s: start,
-            end_s: now_s(),
+            end_s: self.now_s(),
             streams,
         };
-        shared.set(|t| {
+        self.shared.set(|t| {
             t.phase = "between".into();
             t.streams = 0;
         });
         (span, recs)
-    };
-    let mut best = 0u32;
-    for n in 1..=tp.max_streams {
-        if cancel.is_cancelled() {
-            break;
-        }
-        pb.set_prefix(format!("transcode step {n} streams"));
-        let (span, recs) = run_load(mk_window("transcode_step", n, n, tp.step_seconds), &|_| {});
-        let ok: Vec<f64> = recs
-            .iter()
-            .filter(|r| r.error.is_none())
-            .map(|r| r.ratio)
-            .collect();
-        let ratio = if ok.is_empty() {
-            f64::INFINITY
-        } else {
-            ok.iter().sum::<f64>() / ok.len() as f64
-        };
-        if let Some(err) = recs
-            .iter()
-            .find_map(|r| r.error.clone())
-            .filter(|_| ok.is_empty())
-        {
-            tracing::warn!("transcoding failed at {n} streams: {err}");
-        }
-        windows.push(span);
-        segs_all.extend(recs);
-        pb.set_message(format!("{n} streams: realtime ratio {ratio:.2}"));
-        if ratio <= tp.target_ratio {
-            best = n;
-        } else {
-            break;
-        }
-    }
-    let streams = best.max(1);
-    for rep in 0..tp.repeats {
-        if cancel.is_cancelled() {
-            break;
-        }
-        pb.set_prefix(format!(
-            "transcode {streams} streams {}/{}",
-            rep + 1,
-            tp.repeats
-        ));
-        let (span, recs) = run_load(
-            mk_window("transcode", rep, streams, tp.step_seconds),
-            &|_| {},
-        );
-        windows.push(span);
-        segs_all.extend(recs);
     }
 
-    // 4. Combined: sealing + transcoding at that stream count, steered then unsteered.
-    if sealing {
-        for steered in [true, false] {
-            if cancel.is_cancelled() {
+    /// Phase 3: transcoding alone, stepping streams up until the realtime ratio passes the
+    /// target, then repeating at the last stream count that held. Returns that count.
+    fn transcode_phase(&mut self) -> u32 {
+        let tp = self.suite.phases.transcode.clone();
+        let mut best = 0u32;
+        for n in 1..=tp.max_streams {
+            if self.cancel.is_cancelled() {
                 break;
             }
-            let phase: &'static str = if steered {
-                "combined_steered"
+            self.pb.set_prefix(format!("transcode step {n} streams"));
+            let (span, recs) = self.load_window("transcode_step", n, n, tp.step_seconds, &|_| {});
+            let ok: Vec<f64> = recs
+                .iter()
+                .filter(|r| r.error.is_none())
+                .map(|r| r.ratio)
+                .collect();
+            let ratio = if ok.is_empty() {
+                f64::INFINITY
             } else {
-                "combined_unsteered"
+                ok.iter().sum::<f64>() / ok.len() as f64
             };
-            let runner = SealRunner::start(
-                &opts.seal,
-                &suite.seal.sector_size,
-                &work.join("seal"),
-                clock,
-                seal_events.clone(),
-            )
-            .map_err(BenchError::Seal)?;
-            let steer_on = steered && opts.seal.steerable();
-            let cp = &suite.phases.combined;
-            let policy: Mutex<Box<dyn Steering>> = Mutex::new(Box::new(SchedSteering::new(
-                cp.pause_above,
-                cp.resume_below,
-                cp.sustain_ms,
-                cp.min_dwell_ms,
-            )));
-            if steer_on {
-                policy_name = policy
-                    .lock()
-                    .map(|p| p.name().to_string())
-                    .unwrap_or_default();
+            if let Some(err) = recs
+                .iter()
+                .find_map(|r| r.error.clone())
+                .filter(|_| ok.is_empty())
+            {
+                tracing::warn!("transcoding failed at {n} streams: {err}");
             }
-            let recent: Mutex<VecDeque<f64>> = Mutex::new(VecDeque::new());
-            shared.set(|t| {
-                t.seal_pid = runner.pid();
-                t.sealing = "running";
-            });
-            for rep in 0..suite.phases.combined.repeats {
-                if cancel.is_cancelled() {
-                    break;
+            self.windows.push(span);
+            self.segs_all.extend(recs);
+            self.pb
+                .set_message(format!("{n} streams: realtime ratio {ratio:.2}"));
+            if ratio <= tp.target_ratio {
+                best = n;
+            } else {
+                break;
+            }
+        }
+        let streams = best.max(1);
+        for rep in 0..tp.repeats {
+            if self.cancel.is_cancelled() {
+                break;
+            }
+            self.pb.set_prefix(format!(
+                "transcode {streams} streams {}/{}",
+                rep + 1,
+                tp.repeats
+            ));
+            let (span, recs) =
+                self.load_window("transcode", rep, streams, tp.step_seconds, &|_| {});
+            self.windows.push(span);
+            self.segs_all.extend(recs);
+        }
+        streams
+    }
+
+    /// Phase 4: sealing and `streams` live streams together, steered then unsteered.
+    fn combined_phase(&mut self, seal: &SealMode, streams: u32) -> Result<(), BenchError> {
+        for steered in [true, false] {
+            if self.cancel.is_cancelled() {
+                break;
+            }
+            self.combined_window(seal, streams, steered)?;
+        }
+        Ok(())
+    }
+
+    fn combined_window(
+        &mut self,
+        seal: &SealMode,
+        streams: u32,
+        steered: bool,
+    ) -> Result<(), BenchError> {
+        let phase: &'static str = if steered {
+            "combined_steered"
+        } else {
+            "combined_unsteered"
+        };
+        let runner = self.start_sealing(seal)?;
+        let steer_on = steered && seal.steerable();
+        let cp = self.suite.phases.combined.clone();
+        let policy: Mutex<Box<dyn Steering>> = Mutex::new(Box::new(SchedSteering::new(
+            cp.pause_above,
+            cp.resume_below,
+            cp.sustain_ms,
+            cp.min_dwell_ms,
+        )));
+        if steer_on {
+            self.policy_name = policy
+                .lock()
+                .map(|p| p.name().to_string())
+                .unwrap_or_default();
+        }
+        let recent: Mutex<VecDeque<f64>> = Mutex::new(VecDeque::new());
+        self.shared.set(|t| {
+            t.seal_pid = runner.pid();
+            t.sealing = "running";
+        });
+        for rep in 0..cp.repeats {
+            if self.cancel.is_cancelled() {
+                break;
+            }
+            self.pb
+                .set_prefix(format!("{phase} {}/{}", rep + 1, cp.repeats));
+            self.shared.set(|t| t.seal_pid = runner.pid());
+            let on_done = |r: &SegmentRecord| {
+                if !steer_on || r.error.is_some() {
+                    return;
                 }
-                pb.set_prefix(format!(
-                    "{phase} {}/{}",
-                    rep + 1,
-                    suite.phases.combined.repeats
-                ));
-                shared.set(|t| t.seal_pid = runner.pid());
-                let on_done = |r: &load::SegmentRecord| {
-                    if !steer_on || r.error.is_some() {
-                        return;
+                let avg = {
+                    let Ok(mut q) = recent.lock() else { return };
+                    q.push_back(r.ratio);
+                    while q.len() > streams.max(2) as usize {
+                        q.pop_front();
                     }
-                    let avg = {
-                        let Ok(mut q) = recent.lock() else { return };
-                        q.push_back(r.ratio);
-                        while q.len() > streams.max(2) as usize {
-                            q.pop_front();
-                        }
-                        q.iter().sum::<f64>() / q.len() as f64
-                    };
-                    let (action, reason) = policy
-                        .lock()
-                        .map(|mut p| (p.on_tick(avg), p.last_reason()))
-                        .unwrap_or((Action::None, None));
-                    let label = match action {
-                        Action::None => return,
-                        Action::PauseSealing => {
-                            runner.pause();
-                            shared.set(|t| t.sealing = "paused");
-                            "pause_sealing"
-                        }
-                        Action::ResumeSealing => {
-                            runner.resume();
-                            shared.set(|t| t.sealing = "running");
-                            "resume_sealing"
-                        }
-                    };
-                    if let Ok(mut log) = steering_log.lock() {
-                        log.push(SteeringEvent {
-                            t_s: now_s(),
-                            action: label.into(),
-                            realtime_ratio: avg,
-                            reason,
-                        });
+                    q.iter().sum::<f64>() / q.len() as f64
+                };
+                let (action, reason) = policy
+                    .lock()
+                    .map(|mut p| (p.on_tick(avg), p.last_reason()))
+                    .unwrap_or((Action::None, None));
+                let label = match action {
+                    Action::None => return,
+                    Action::PauseSealing => {
+                        runner.pause();
+                        self.shared.set(|t| t.sealing = "paused");
+                        "pause_sealing"
+                    }
+                    Action::ResumeSealing => {
+                        runner.resume();
+                        self.shared.set(|t| t.sealing = "running");
+                        "resume_sealing"
                     }
                 };
-                let (span, recs) = run_load(
-                    mk_window(phase, rep, streams, suite.phases.combined.seconds),
-                    &on_done,
-                );
-                windows.push(span);
-                segs_all.extend(recs);
-            }
-            if runner.is_paused() {
-                runner.resume();
-                if let Ok(mut log) = steering_log.lock() {
+                if let Ok(mut log) = self.steering_log.lock() {
                     log.push(SteeringEvent {
-                        t_s: now_s(),
-                        action: "resume_sealing".into(),
-                        realtime_ratio: 0.0,
-                        reason: Some("end of the steered window: sealing restored".into()),
+                        t_s: self.now_s(),
+                        action: label.into(),
+                        realtime_ratio: avg,
+                        reason,
                     });
                 }
+            };
+            let (span, recs) = self.load_window(phase, rep, streams, cp.seconds, &on_done);
+            self.windows.push(span);
+            self.segs_all.extend(recs);
+        }
+        if runner.is_paused() {
+            runner.resume();
+            if let Ok(mut log) = self.steering_log.lock() {
+                log.push(SteeringEvent {
+                    t_s: self.now_s(),
+                    action: "resume_sealing".into(),
+                    realtime_ratio: 0.0,
+                    reason: Some("end of the steered window: sealing restored".into()),
+                });
             }
-            shared.set(|t| {
-                t.sealing = "off";
-                t.seal_pid = None;
+        }
+        self.shared.set(|t| {
+            t.sealing = "off";
+            t.seal_pid = None;
+        });
+        runner.stop();
+        Ok(())
+    }
+
+    /// Stops the sampler, analyses what was measured and assembles the report.
+    fn finish(self, opts: &RunOptions, sealing: bool) -> BenchReport {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        let _ = self.sampler_thread.join();
+        self.pb.finish_and_clear();
+        let samples = self
+            .shared
+            .samples
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default();
+        let seal_events = self
+            .seal_events
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default();
+        let steering = self
+            .steering_log
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default();
+        let suite = self.suite;
+        let analysis = analyze::analyze(&Inputs {
+            windows: &self.windows,
+            samples: &samples,
+            seal_events: &seal_events,
+            segments: &self.segs_all,
+            steering: &steering,
+            target_ratio: suite.phases.transcode.target_ratio,
+            sealing,
+        });
+        let mut warnings = analysis.warnings;
+        if let Some(note) = self.encoder_note {
+            warnings.push(note);
+        }
+        if self.cancel.is_cancelled() {
+            warnings.insert(
+                0,
+                "the run was interrupted: phases after the interruption are missing or short"
+                    .into(),
+            );
+        }
+        let cpu_power_label = self.cpu_power_label;
+        let gpu_info = self.gpu_info;
+        if !cpu_power_label.starts_with("rapl") && gpu_info.source != "nvml" {
+            warnings.push(format!("no power was measured on this machine (CPU: {cpu_power_label}; no NVML GPU); simulated GPU figures are shown separately and labelled"));
+        }
+        let c2 = seal_events
+            .iter()
+            .find(|e| e.kind == "note" && e.message.as_deref().is_some_and(|m| m.starts_with("C2")))
+            .and_then(|e| e.message.clone())
+            .unwrap_or_else(|| {
+                if seal_events.iter().any(|e| e.phase.as_deref() == Some("c2")) {
+                    "ran".into()
+                } else if opts.seal == SealMode::Builtin {
+                    "not reached".into()
+                } else {
+                    "n/a".into()
+                }
             });
-            runner.stop();
+        let seal_unit = match &opts.seal {
+            SealMode::Builtin => format!(
+                "{} sectors/h (sector-equivalents: AP+PC1+PC2+C1{})",
+                suite.seal.sector_size,
+                if c2 == "ran" { "+C2" } else { "" }
+            ),
+            SealMode::Cmd(_) => "runs/h".into(),
+            SealMode::Observe => "jobs/h".into(),
+            SealMode::None => "none".into(),
+        };
+        let _ = std::fs::remove_dir_all(&self.work);
+        let segs_all = self.segs_all;
+        let policy_name = self.policy_name;
+        BenchReport {
+            schema: SCHEMA_ID.into(),
+            schema_version: SCHEMA_VERSION,
+            created_unix_s: self.created,
+            duration_s: self.clock.elapsed().as_secs_f64(),
+            fingerprint: self.fingerprint,
+            suite_hash: Suite::hash(&opts.suite_text),
+            suite,
+            config: RunConfig {
+                seal_mode: opts.seal.label().into(),
+                seal_detail: match &opts.seal {
+                    SealMode::Cmd(c) => c.clone(),
+                    SealMode::Builtin => format!(
+                        "filecoin-proofs-api on the CPU, {} sectors",
+                        opts.suite.seal.sector_size
+                    ),
+                    SealMode::Observe => "lotus-miner WorkerJobs via MINER_API_INFO".into(),
+                    SealMode::None => "no sealing".into(),
+                },
+                seal_unit,
+                sector_size: opts.suite.seal.sector_size.clone(),
+                c2,
+                input: self.segments.origin.clone(),
+                ladder: opts.suite.transcode.ladder.clone(),
+                encoder: segs_all
+                    .iter()
+                    .find(|s| !s.encoder.is_empty())
+                    .map(|s| s.encoder.clone())
+                    .unwrap_or_default(),
+                steering_policy: if policy_name.is_empty() {
+                    "none".into()
+                } else {
+                    policy_name
+                },
+            },
+            power: PowerSources {
+                measured: cpu_power_label == "rapl" || gpu_info.source == "nvml",
+                simulated: gpu_info.source == "simulated",
+                cpu: cpu_power_label,
+                gpu: gpu_info.source.clone(),
+            },
+            samples,
+            seal_events,
+            segments: segs_all,
+            steering,
+            windows: self.windows,
+            phases: analysis.phases,
+            transcode_steps: analysis.steps,
+            results: analysis.results,
+            warnings,
         }
     }
-
-    shared.stop.store(true, Ordering::SeqCst);
-    let _ = sampler_thread.join();
-    pb.finish_and_clear();
-    let samples = shared.samples.lock().map(|s| s.clone()).unwrap_or_default();
-    let seal_events = seal_events.lock().map(|s| s.clone()).unwrap_or_default();
-    let steering = steering_log.lock().map(|s| s.clone()).unwrap_or_default();
-
-    let analysis = analyze::analyze(&Inputs {
-        windows: &windows,
-        samples: &samples,
-        seal_events: &seal_events,
-        segments: &segs_all,
-        steering: &steering,
-        target_ratio: tp.target_ratio,
-        sealing,
-    });
-    let mut warnings = analysis.warnings;
-    if let Some(note) = encoder_note {
-        warnings.push(note);
-    }
-    if cancel.is_cancelled() {
-        warnings.insert(
-            0,
-            "the run was interrupted: phases after the interruption are missing or short".into(),
-        );
-    }
-    if !cpu_power_label.starts_with("rapl") && gpu_info.source != "nvml" {
-        warnings.push(format!("no power was measured on this machine (CPU: {cpu_power_label}; no NVML GPU); simulated GPU figures are shown separately and labelled"));
-    }
-    let c2 = seal_events
-        .iter()
-        .find(|e| e.kind == "note" && e.message.as_deref().is_some_and(|m| m.starts_with("C2")))
-        .and_then(|e| e.message.clone())
-        .unwrap_or_else(|| {
-            if seal_events.iter().any(|e| e.phase.as_deref() == Some("c2")) {
-                "ran".into()
-            } else if opts.seal == SealMode::Builtin {
-                "not reached".into()
-            } else {
-                "n/a".into()
-            }
-        });
-    let seal_unit = match &opts.seal {
-        SealMode::Builtin => format!(
-            "{} sectors/h (sector-equivalents: AP+PC1+PC2+C1{})",
-            suite.seal.sector_size,
-            if c2 == "ran" { "+C2" } else { "" }
-        ),
-        SealMode::Cmd(_) => "runs/h".into(),
-        SealMode::Observe => "jobs/h".into(),
-        SealMode::None => "none".into(),
-    };
-    let _ = std::fs::remove_dir_all(&work);
-    Ok(BenchReport {
-        schema: SCHEMA_ID.into(),
-        schema_version: SCHEMA_VERSION,
-        created_unix_s: created,
-        duration_s: clock.elapsed().as_secs_f64(),
-        fingerprint,
-        suite_hash: Suite::hash(&opts.suite_text),
-        suite,
-        config: RunConfig {
-            seal_mode: opts.seal.label().into(),
-            seal_detail: match &opts.seal {
-                SealMode::Cmd(c) => c.clone(),
-                SealMode::Builtin => format!(
-                    "filecoin-proofs-api on the CPU, {} sectors",
-                    opts.suite.seal.sector_size
-                ),
-                SealMode::Observe => "lotus-miner WorkerJobs via MINER_API_INFO".into(),
-                SealMode::None => "no sealing".into(),
-            },
-            seal_unit,
-            sector_size: opts.suite.seal.sector_size.clone(),
-            c2,
-            input: segments.origin.clone(),
-            ladder: opts.suite.transcode.ladder.clone(),
-            encoder: segs_all
-                .iter()
-                .find(|s| !s.encoder.is_empty())
-                .map(|s| s.encoder.clone())
-                .unwrap_or_default(),
-            steering_policy: if policy_name.is_empty() {
-                "none".into()
-            } else {
-                policy_name
-            },
-        },
-        power: PowerSources {
-            measured: cpu_power_label == "rapl" || gpu_info.source == "nvml",
-            simulated: gpu_info.source == "simulated",
-            cpu: cpu_power_label,
-            gpu: gpu_info.source.clone(),
-        },
-        samples,
-        seal_events,
-        segments: segs_all,
-        steering,
-        windows,
-        phases: analysis.phases,
-        transcode_steps: analysis.steps,
-        results: analysis.results,
-        warnings,
-    })
 }
 
 fn probe_encoder(
@@ -873,55 +881,4 @@ fn group_cpu_seconds(pgid: u32) -> Option<f64> {
         }
     }
     Some(total)
-}
-
-/// CPU, RAM, GPU and software versions for the report.
-pub fn fingerprint(gpu: sampler::GpuInfo) -> Fingerprint {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let cpu_model = cpuinfo
-        .lines()
-        .find(|l| l.starts_with("model name"))
-        .and_then(|l| l.split_once(':'))
-        .map(|(_, v)| v.trim().to_string())
-        .unwrap_or_else(|| "unknown".into());
-    let ram_bytes = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .find(|l| l.starts_with("MemTotal:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<u64>().ok())
-        })
-        .map_or(0, |kb| kb * 1024);
-    let read = |p: &str| {
-        std::fs::read_to_string(p)
-            .map(|s| s.trim().to_string())
-            .unwrap_or_default()
-    };
-    Fingerprint {
-        hostname: read("/proc/sys/kernel/hostname"),
-        cpu_model,
-        cpu_cores: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
-        ram_bytes,
-        kernel: read("/proc/sys/kernel/osrelease"),
-        gpu,
-        comine_version: env!("CARGO_PKG_VERSION").to_string(),
-        ffmpeg_version: ffmpeg_version(),
-        filecoin_proofs_api: if cfg!(feature = "seal-builtin") {
-            "19.1.0".into()
-        } else {
-            "not built".into()
-        },
-    }
-}
-
-fn ffmpeg_version() -> String {
-    // SAFETY: av_version_info returns a static NUL-terminated string.
-    unsafe {
-        let p = ffmpeg_next::ffi::av_version_info();
-        if p.is_null() {
-            return "unknown".into();
-        }
-        std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned()
-    }
 }

@@ -1,13 +1,14 @@
-//! Samplers: CPU package energy (RAPL), GPU telemetry seam, procfs CPU use.
+//! Samplers: CPU package energy and host CPU use (read by `gpu::host`, the one host
+//! telemetry reader), the GPU telemetry seam, per-process CPU time.
 //!
 //! Two traits are the seam to the `gpu` module: [`PowerSampler`] for host energy
 //! counters and [`GpuSampler`] for per-GPU telemetry. [`NvmlGpu`] reads the `gpu`
 //! module's NVML backend; [`SimSampler`] drives its labelled `sim` presets from the
 //! benchmark's own load, so the suite runs on any machine and says so.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use serde::{Deserialize, Serialize};
+pub use crate::report::schema::{GpuInfo, GpuReading, GpuSnapshot};
 
 /// Cumulative host energy counter (CPU package), wrap-around handled inside.
 pub trait PowerSampler: Send {
@@ -15,39 +16,6 @@ pub trait PowerSampler: Send {
     fn source(&self) -> &'static str;
     /// Joules consumed since the sampler opened; `None` when a read fails.
     fn energy_joules(&mut self) -> Option<f64>;
-}
-
-/// One GPU's reading.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct GpuReading {
-    pub index: u32,
-    pub power_w: f64,
-    /// Board energy counter in joules, where the driver keeps one.
-    pub energy_j: Option<f64>,
-    pub util_pct: f64,
-    pub encoder_pct: f64,
-    pub decoder_pct: f64,
-    pub temperature_c: f64,
-    pub sm_clock_mhz: u32,
-    pub mem_clock_mhz: u32,
-}
-
-/// All GPUs at one instant, labelled by where the figures come from.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct GpuSnapshot {
-    /// `nvml`, `host` or `simulated`.
-    pub source: String,
-    pub devices: Vec<GpuReading>,
-}
-
-/// Static facts for the hardware fingerprint.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
-pub struct GpuInfo {
-    pub model: String,
-    pub driver: String,
-    pub vbios: String,
-    /// `nvml`, `simulated` or `none`.
-    pub source: String,
 }
 
 /// What the benchmark is doing right now; only a simulation needs it.
@@ -66,56 +34,17 @@ pub trait GpuSampler: Send {
     fn snapshot(&mut self, load: &LoadHint) -> Option<GpuSnapshot>;
 }
 
-/// RAPL package domains under `/sys/class/powercap` (`intel-rapl:N`, also AMD's).
-pub struct RaplSampler {
-    zones: Vec<RaplZone>,
-}
-
-struct RaplZone {
-    path: PathBuf,
-    max_uj: u64,
-    last_uj: u64,
-    total_uj: u128,
-}
+/// Host energy from the `gpu` module's RAPL reader (every package domain).
+pub struct RaplSampler(crate::gpu::host::Rapl);
 
 impl RaplSampler {
     /// Open every readable package domain, or say why none could be read.
     pub fn open() -> Result<RaplSampler, String> {
-        Self::open_at(Path::new("/sys/class/powercap"))
+        crate::gpu::host::Rapl::open().map(RaplSampler)
     }
 
     pub fn open_at(root: &Path) -> Result<RaplSampler, String> {
-        let entries =
-            std::fs::read_dir(root).map_err(|e| format!("{} unreadable ({e})", root.display()))?;
-        let mut zones = Vec::new();
-        let mut last_err = None;
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().to_string();
-            // Package domains are `intel-rapl:N`; sub-domains (`intel-rapl:N:M`) are inside them.
-            if !name.starts_with("intel-rapl:") || name.matches(':').count() != 1 {
-                continue;
-            }
-            let path = entry.path().join("energy_uj");
-            match read_u64(&path) {
-                Ok(now) => {
-                    let max_uj =
-                        read_u64(&entry.path().join("max_energy_range_uj")).unwrap_or(u64::MAX);
-                    zones.push(RaplZone {
-                        path,
-                        max_uj,
-                        last_uj: now,
-                        total_uj: 0,
-                    });
-                }
-                Err(e) => last_err = Some(format!("{} unreadable ({e})", path.display())),
-            }
-        }
-        if zones.is_empty() {
-            return Err(
-                last_err.unwrap_or_else(|| format!("no RAPL package domain in {}", root.display()))
-            );
-        }
-        Ok(RaplSampler { zones })
+        crate::gpu::host::Rapl::open_at(root).map(RaplSampler)
     }
 }
 
@@ -125,28 +54,8 @@ impl PowerSampler for RaplSampler {
     }
 
     fn energy_joules(&mut self) -> Option<f64> {
-        let mut total = 0u128;
-        for z in &mut self.zones {
-            let now = read_u64(&z.path).ok()?;
-            let delta = if now >= z.last_uj {
-                now - z.last_uj
-            } else {
-                // The counter wrapped at max_energy_range_uj.
-                z.max_uj.saturating_sub(z.last_uj) + now
-            };
-            z.last_uj = now;
-            z.total_uj += delta as u128;
-            total += z.total_uj;
-        }
-        Some(total as f64 / 1e6)
+        self.0.energy_joules()
     }
-}
-
-fn read_u64(path: &Path) -> std::io::Result<u64> {
-    let s = std::fs::read_to_string(path)?;
-    s.trim()
-        .parse()
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{e}")))
 }
 
 /// The `gpu` module's labelled simulation (a `gpu::sim` preset, the same model the
@@ -250,39 +159,7 @@ impl GpuSampler for SimSampler {
     }
 }
 
-/// Host-wide CPU busy share from `/proc/stat` deltas.
-#[derive(Default)]
-pub struct HostCpu {
-    last: Option<(u64, u64)>,
-}
-
-impl HostCpu {
-    /// Busy percentage of all cores since the last call (first call: since boot).
-    pub fn sample(&mut self) -> Option<f64> {
-        let stat = std::fs::read_to_string("/proc/stat").ok()?;
-        let line = stat.lines().next()?;
-        let v: Vec<u64> = line
-            .split_whitespace()
-            .skip(1)
-            .filter_map(|x| x.parse().ok())
-            .collect();
-        if v.len() < 4 {
-            return None;
-        }
-        let total: u64 = v.iter().take(8).sum();
-        let idle = v[3] + v.get(4).copied().unwrap_or(0);
-        let (busy_pct, next) = match self.last {
-            Some((t0, i0)) if total > t0 => {
-                let dt = (total - t0) as f64;
-                let di = idle.saturating_sub(i0) as f64;
-                (100.0 * (1.0 - di / dt), (total, idle))
-            }
-            _ => (0.0, (total, idle)),
-        };
-        self.last = Some(next);
-        Some(busy_pct.clamp(0.0, 100.0))
-    }
-}
+pub use crate::gpu::host::HostCpu;
 
 /// CPU seconds (user + system) a process and its waited-for children used, from `/proc/<pid>/stat`.
 pub fn process_cpu_seconds(pid: u32) -> Option<f64> {

@@ -6,8 +6,13 @@
 
 use std::path::Path;
 
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+/// The suite types are part of `report.json`, so `report` owns them; this module parses,
+/// validates and provides the built-in suites.
+pub use crate::report::schema::{
+    CombinedPhase, Phases, SealWorkload, Suite, TimedPhase, TranscodePhase, TranscodeWorkload,
+};
 
 /// Why a suite could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -28,137 +33,6 @@ pub enum SuiteError {
     },
     #[error("unknown suite {0:?}: use quick, standard, tiny or a path ending in .toml")]
     Unknown(String),
-}
-
-/// One benchmark suite: workloads and phase lengths.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct Suite {
-    pub name: String,
-    /// Sampler period in milliseconds (1000 = the 1 Hz the issue asks for).
-    #[serde(default = "default_interval")]
-    pub sample_interval_ms: u64,
-    pub seal: SealWorkload,
-    pub transcode: TranscodeWorkload,
-    pub phases: Phases,
-}
-
-fn default_interval() -> u64 {
-    1000
-}
-
-/// Built-in sealing workload parameters.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct SealWorkload {
-    /// `2KiB`, `8MiB`, `512MiB`, `32GiB` or `64GiB`.
-    pub sector_size: String,
-}
-
-/// Transcoding workload parameters.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct TranscodeWorkload {
-    /// Comma-separated Livepeer presets or custom rungs (see `comine transcode --help`).
-    pub ladder: String,
-    /// Generated source frame size and rate (ignored with `--input`).
-    pub source_width: u32,
-    pub source_height: u32,
-    pub source_fps: u32,
-    /// Segment length in seconds (Livepeer uses 2 s).
-    #[serde(default = "default_segment")]
-    pub segment_seconds: f64,
-    /// Distinct generated segments cycled through by every stream.
-    #[serde(default = "default_segments")]
-    pub segments: u32,
-    /// `auto`, `nvenc` or `x264`.
-    #[serde(default = "default_encoder")]
-    pub encoder: String,
-    #[serde(default = "default_preset")]
-    pub x264_preset: String,
-}
-
-fn default_segment() -> f64 {
-    2.0
-}
-fn default_segments() -> u32 {
-    3
-}
-fn default_encoder() -> String {
-    "auto".into()
-}
-fn default_preset() -> String {
-    "veryfast".into()
-}
-
-/// Lengths and repetitions of the four phases.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct Phases {
-    pub idle: TimedPhase,
-    pub seal: TimedPhase,
-    pub transcode: TranscodePhase,
-    pub combined: CombinedPhase,
-}
-
-/// A phase that runs `repeats` windows of `seconds`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct TimedPhase {
-    pub seconds: f64,
-    pub repeats: u32,
-}
-
-/// The stream step-up: each step runs `step_seconds` with one more stream.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct TranscodePhase {
-    pub step_seconds: f64,
-    pub max_streams: u32,
-    /// Livepeer's sizing rule: streams count as real time while the ratio stays at or below this.
-    #[serde(default = "default_target")]
-    pub target_ratio: f64,
-    /// Repetitions at the chosen stream count.
-    pub repeats: u32,
-}
-
-fn default_target() -> f64 {
-    0.8
-}
-
-/// Sealing plus transcoding, with and without steering.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct CombinedPhase {
-    pub seconds: f64,
-    pub repeats: u32,
-    /// Steering pauses sealing when the realtime ratio rises above this…
-    #[serde(default = "default_pause")]
-    pub pause_above: f64,
-    /// …and resumes it once the ratio falls below this.
-    #[serde(default = "default_resume")]
-    pub resume_below: f64,
-    /// The scheduler acts only when the ratio has stayed past a watermark this long, ms.
-    #[serde(default = "default_sustain")]
-    pub sustain_ms: u64,
-    /// Minimum time between two sealing changes, ms (the daemon's default is 60 000;
-    /// suites use less so short windows see the policy act).
-    #[serde(default = "default_dwell")]
-    pub min_dwell_ms: u64,
-}
-
-fn default_sustain() -> u64 {
-    1_000
-}
-fn default_dwell() -> u64 {
-    5_000
-}
-
-fn default_pause() -> f64 {
-    0.8
-}
-fn default_resume() -> f64 {
-    0.6
 }
 
 const TINY: &str = r#"
@@ -355,7 +229,7 @@ impl Suite {
                 format!("must be 1..=100, got {}", t.segments),
             ));
         }
-        if !matches!(t.encoder.as_str(), "auto" | "nvenc" | "x264") {
+        if crate::transcode::EncoderChoice::parse(&t.encoder).is_err() {
             return Err(bad(
                 "transcode.encoder",
                 format!("must be auto, nvenc or x264, got {:?}", t.encoder),

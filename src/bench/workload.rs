@@ -14,9 +14,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
-
 use super::seal::WorkerLine;
+pub use crate::report::schema::SealEvent;
 
 /// `--seal builtin|cmd:'…'|observe|none`.
 #[derive(Clone, Debug, PartialEq)]
@@ -58,21 +57,6 @@ impl SealMode {
     pub fn steerable(&self) -> bool {
         matches!(self, SealMode::Builtin | SealMode::Cmd(_))
     }
-}
-
-/// Something the sealing workload did, seconds after the run started.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct SealEvent {
-    pub t_s: f64,
-    /// `phase` (one built-in phase), `sector` (a built-in sector), `run` (an external
-    /// command succeeded), `job` (an observed job finished), `failed`, `note`.
-    pub kind: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub phase: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ms: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub message: Option<String>,
 }
 
 /// A running sealing workload.

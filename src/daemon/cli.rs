@@ -1,5 +1,8 @@
 //! `comine run [--config FILE] [--data-dir DIR] [--listen ADDR]` and
 //! `comine status [--json] [--url URL]`.
+// Doc comments on the flags below are clap's `--help` text, written for a terminal
+// (`<DIR>`, `[:gop=2s|intra]`), not rustdoc markup.
+#![allow(rustdoc::invalid_html_tags, rustdoc::broken_intra_doc_links)]
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,8 +11,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use super::seams::{self, Admission, EmbeddedStore, RenditionStore, SchedAdmission};
-use super::{auth, client, resolve_data_dir, Daemon};
+use super::admission::{Admission, SchedAdmission};
+use super::api::auth;
+use super::rendition_store::{EmbeddedStore, RenditionStore};
+use super::{client, resolve_data_dir, Daemon};
 use crate::config::Config;
 
 #[derive(clap::Args, Debug)]
@@ -24,7 +29,7 @@ pub struct RunArgs {
     pub listen: Option<String>,
     /// Attach to a go-livepeer orchestrator as a remote transcoder (`--orch-addr` …).
     #[command(flatten)]
-    pub livepeer: crate::intake::livepeer::LivepeerArgs,
+    pub livepeer: crate::livepeer::LivepeerArgs,
 }
 
 #[derive(clap::Args, Debug)]
@@ -52,13 +57,15 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let attach = if args.livepeer.enabled() {
         let mut cfg = args.livepeer.to_config()?;
         let t = &config.transcode;
-        cfg.encoder = t.encoder_choice()?;
-        cfg.x264_preset = t.x264_preset.clone();
-        cfg.gpu = t.gpu;
         cfg.work_dir = data_dir.join("livepeer").join("work");
         Some(super::livepeer::Attach {
             config: cfg,
             capacity: args.livepeer.capacity,
+            pipeline: super::livepeer::EnginePipeline::new(
+                t.encoder_choice()?,
+                t.x264_preset.clone(),
+                t.gpu,
+            ),
         })
     } else {
         if args.livepeer.orch_secret.is_some() && std::env::var_os("COMINE_ORCH_SECRET").is_none() {
@@ -204,7 +211,7 @@ pub async fn serve(
     let addr = listener.local_addr()?;
     let _ = d.listen_addr.set(addr);
     let addr_file = client::api_addr_file(&data_dir);
-    seams::write_durable(&addr_file, addr.to_string().as_bytes())?;
+    crate::util::durable::write_durable(&addr_file, addr.to_string().as_bytes())?;
     tracing::info!(%addr, data_dir = %data_dir.display(), addr_file = %addr_file.display(), "comine API listening");
     let dispatcher = d.spawn_dispatcher();
     let lp_stop = tokio_util::sync::CancellationToken::new();
@@ -213,7 +220,7 @@ pub async fn serve(
         let sessions = d.admission.livepeer_sessions();
         super::livepeer::start(&d, a, sessions, lp_stop.clone())
     });
-    let app = crate::intake::http::router(d.clone());
+    let app = super::api::router(d.clone());
     let stop = d.intake_stop.clone();
     let server = tokio::spawn(async move {
         axum::serve(listener, app)

@@ -1,7 +1,7 @@
 //! `comine run`: the service that joins intake, scheduler, transcode, store and ledger.
 //!
 //! A segment's life in the daemon:
-//! 1. intake (`intake::http`) parses profiles and headers, takes a queue slot (503 with
+//! 1. the API (`daemon::api`) parses profiles and headers, takes a queue slot (503 with
 //!    Retry-After when none is free) and reads the body under the size limit;
 //! 2. [`Daemon::accept`] reserves the job in the ledger (`received`; a duplicate
 //!    `(manifest_id, seq, profiles)` returns the existing job), writes the segment to
@@ -19,11 +19,12 @@
 //! API), so a stalled disk never blocks the runtime's workers: `/healthz`, the API and
 //! shutdown keep answering.
 
-pub mod auth;
+pub mod admission;
+pub mod api;
 pub mod cli;
 pub mod client;
 pub mod livepeer;
-pub mod seams;
+pub mod rendition_store;
 mod worker;
 
 use std::collections::HashMap;
@@ -41,7 +42,8 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::ledger::{self, Admitted, JobRecord, JobState, Ledger, NewJob, Price};
 use crate::metrics::Metrics;
-use seams::{Admission, RenditionStore};
+use admission::Admission;
+use rendition_store::RenditionStore;
 
 /// `--data-dir`, else `data_dir` in the config, else `$COMINE_DATA_DIR` / the platform default.
 pub fn resolve_data_dir(flag: Option<PathBuf>, config: &Config) -> PathBuf {
@@ -215,7 +217,7 @@ impl Daemon {
         let path = self.spool_path(&job.job_id);
         let spool = {
             let path = path.clone();
-            tokio::task::spawn_blocking(move || seams::write_durable(&path, &body))
+            tokio::task::spawn_blocking(move || crate::util::durable::write_durable(&path, &body))
                 .await
                 .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
         };

@@ -253,7 +253,7 @@ async fn transcode_and_store(
             attempt += 1;
             match d.store.put(&r.path).await {
                 Ok(s) => break s,
-                Err(e @ crate::daemon::seams::StoreError::DiskFull(_)) => {
+                Err(e @ crate::daemon::rendition_store::RenditionStoreError::DiskFull(_)) => {
                     tracing::warn!(job = %id, error = %e, "storing rendition hit a full disk");
                     return Ok(Err(Outcome::Deferred));
                 }

@@ -3,7 +3,10 @@
 //! On a CPU-only host sealing PC1 and libx264 compete for the same cores, so the scheduler still
 //! needs a load signal: the host is reported as one device whose "GPU" and "encoder" utilisation
 //! are the CPU utilisation, with memory from `/proc/meminfo`, load averages, and power from the
-//! RAPL energy counter when `/sys/class/powercap` is readable.
+//! RAPL energy counters when `/sys/class/powercap` is readable.
+//!
+//! This is comine's one reader of host telemetry: `comine bench` samples the same [`Rapl`]
+//! (every package domain, so two-socket hosts are counted whole) and [`HostCpu`].
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -80,11 +83,110 @@ pub fn parse_loadavg(text: &str) -> Option<[f64; 3]> {
     Some([it.next()??, it.next()??, it.next()??])
 }
 
-struct Rapl {
-    energy_path: PathBuf,
+/// Host-wide CPU busy share from `/proc/stat` deltas.
+#[derive(Default)]
+pub struct HostCpu {
+    prev: Option<CpuTimes>,
+}
+
+impl HostCpu {
+    /// Busy percentage of all cores since the last call (0 on the first call).
+    pub fn sample(&mut self) -> Option<f64> {
+        let text = fs::read_to_string("/proc/stat").ok()?;
+        let (now, _) = parse_proc_stat(&text)?;
+        let pct = self
+            .prev
+            .and_then(|prev| cpu_util_pct(prev, now))
+            .unwrap_or(0.0);
+        self.prev = Some(now);
+        Some(pct)
+    }
+}
+
+/// The RAPL energy counters of every CPU package (`intel-rapl:N` under
+/// `/sys/class/powercap`, AMD's too), summed, with each counter's wrap-around handled.
+pub struct Rapl {
+    zones: Vec<RaplZone>,
+}
+
+struct RaplZone {
+    path: PathBuf,
     max_uj: u64,
-    last: Option<(u64, Instant)>,
-    total_j: f64,
+    last_uj: u64,
+    total_uj: u128,
+}
+
+impl Rapl {
+    /// Opens every readable package domain, or says why none could be read.
+    pub fn open() -> Result<Rapl, String> {
+        Self::open_at(Path::new("/sys/class/powercap"))
+    }
+
+    pub fn open_at(root: &Path) -> Result<Rapl, String> {
+        let entries =
+            fs::read_dir(root).map_err(|e| format!("{} unreadable ({e})", root.display()))?;
+        let mut zones = Vec::new();
+        let mut last_err = None;
+        let mut names: Vec<_> = entries.flatten().collect();
+        names.sort_by_key(|e| e.file_name());
+        for entry in names {
+            let name = entry.file_name().to_string_lossy().to_string();
+            // Package domains are `intel-rapl:N`; sub-domains (`intel-rapl:N:M`) are inside them.
+            if !name.starts_with("intel-rapl:") || name.matches(':').count() != 1 {
+                continue;
+            }
+            let path = entry.path().join("energy_uj");
+            match read_u64(&path) {
+                Ok(now) => {
+                    let max_uj =
+                        read_u64(&entry.path().join("max_energy_range_uj")).unwrap_or(u64::MAX);
+                    zones.push(RaplZone {
+                        path,
+                        max_uj,
+                        last_uj: now,
+                        total_uj: 0,
+                    });
+                }
+                Err(e) => last_err = Some(format!("{} unreadable ({e})", path.display())),
+            }
+        }
+        if zones.is_empty() {
+            return Err(
+                last_err.unwrap_or_else(|| format!("no RAPL package domain in {}", root.display()))
+            );
+        }
+        Ok(Rapl { zones })
+    }
+
+    /// Package domains read.
+    pub fn packages(&self) -> usize {
+        self.zones.len()
+    }
+
+    /// Joules all packages consumed since [`Rapl::open`]; `None` when a read fails.
+    pub fn energy_joules(&mut self) -> Option<f64> {
+        let mut total = 0u128;
+        for z in &mut self.zones {
+            let now = read_u64(&z.path).ok()?;
+            let delta = if now >= z.last_uj {
+                now - z.last_uj
+            } else {
+                // The counter wrapped at max_energy_range_uj.
+                z.max_uj.saturating_sub(z.last_uj) + now
+            };
+            z.last_uj = now;
+            z.total_uj += delta as u128;
+            total += z.total_uj;
+        }
+        Some(total as f64 / 1e6)
+    }
+}
+
+fn read_u64(path: &Path) -> std::io::Result<u64> {
+    let s = fs::read_to_string(path)?;
+    s.trim()
+        .parse()
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{e}")))
 }
 
 pub struct HostBackend {
@@ -92,6 +194,8 @@ pub struct HostBackend {
     prev_cpu: Option<CpuTimes>,
     model: String,
     rapl: Option<Rapl>,
+    /// Energy and time of the last poll, for the power figure.
+    last_energy: Option<(f64, Instant)>,
     proc_root: PathBuf,
 }
 
@@ -115,27 +219,19 @@ impl HostBackend {
                     .map(|(_, v)| v.trim().to_string())
             })
             .unwrap_or_else(|| "host CPU".into());
-        let rapl_dir = powercap.join("intel-rapl:0");
-        let rapl = fs::read_to_string(rapl_dir.join("energy_uj"))
-            .ok()
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(|_| Rapl {
-                energy_path: rapl_dir.join("energy_uj"),
-                max_uj: fs::read_to_string(rapl_dir.join("max_energy_range_uj"))
-                    .ok()
-                    .and_then(|v| v.trim().parse().ok())
-                    .unwrap_or(u64::MAX),
-                last: None,
-                total_j: 0.0,
-            });
-        if rapl.is_none() {
-            tracing::debug!("RAPL energy counter not readable; host power is not reported");
-        }
+        let rapl = match Rapl::open_at(powercap) {
+            Ok(r) => Some(r),
+            Err(why) => {
+                tracing::debug!(%why, "RAPL energy counter not readable; host power is not reported");
+                None
+            }
+        };
         HostBackend {
             attribution,
             prev_cpu: None,
             model,
             rapl,
+            last_energy: None,
             proc_root: proc_root.to_path_buf(),
         }
     }
@@ -172,28 +268,16 @@ impl HostBackend {
             .ok()
             .as_deref()
             .and_then(parse_loadavg);
-        if let Some(r) = self.rapl.as_mut() {
-            if let Some(uj) = fs::read_to_string(&r.energy_path)
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok())
-            {
-                let now = Instant::now();
-                if let Some((prev, at)) = r.last {
-                    // The counter wraps at max_energy_range_uj.
-                    let delta = if uj >= prev {
-                        uj - prev
-                    } else {
-                        r.max_uj.saturating_sub(prev) + uj
-                    };
-                    r.total_j += delta as f64 / 1e6;
-                    let dt = now.duration_since(at).as_secs_f64();
-                    if dt > 0.0 {
-                        d.power_watts = Some(delta as f64 / 1e6 / dt);
-                    }
+        if let Some(joules) = self.rapl.as_mut().and_then(Rapl::energy_joules) {
+            let now = Instant::now();
+            if let Some((prev, at)) = self.last_energy {
+                let dt = now.duration_since(at).as_secs_f64();
+                if dt > 0.0 {
+                    d.power_watts = Some((joules - prev).max(0.0) / dt);
                 }
-                r.last = Some((uj, now));
-                d.energy_joules = Some(r.total_j);
             }
+            self.last_energy = Some((joules, now));
+            d.energy_joules = Some(joules);
         }
         d.processes = self.proof_processes();
         snap.devices.push(d);
@@ -318,5 +402,29 @@ mod tests {
         assert_eq!(d.load_avg, Some([1.0, 2.0, 3.0]));
         assert_eq!(d.energy_joules, Some(2.0));
         assert!(d.power_watts.is_some());
+    }
+
+    #[test]
+    fn rapl_sums_every_package_and_handles_wrap_around() {
+        let dir = tempfile::tempdir().unwrap();
+        let cap = dir.path();
+        for (zone, uj) in [
+            ("intel-rapl:0", "1000000"),
+            ("intel-rapl:1", "5000000"),
+            // A sub-domain (core) of package 0: already inside the package's figure.
+            ("intel-rapl:0:0", "7000000"),
+        ] {
+            fs::create_dir_all(cap.join(zone)).unwrap();
+            fs::write(cap.join(zone).join("energy_uj"), uj).unwrap();
+            fs::write(cap.join(zone).join("max_energy_range_uj"), "10000000").unwrap();
+        }
+        let mut r = Rapl::open_at(cap).unwrap();
+        assert_eq!(r.packages(), 2);
+        fs::write(cap.join("intel-rapl:0/energy_uj"), "2000000").unwrap();
+        // Package 1 wraps: 5 J → 10 J (max) → 1 J is 6 J.
+        fs::write(cap.join("intel-rapl:1/energy_uj"), "1000000").unwrap();
+        fs::write(cap.join("intel-rapl:0:0/energy_uj"), "9000000").unwrap();
+        assert_eq!(r.energy_joules(), Some(7.0));
+        assert!(Rapl::open_at(&cap.join("missing")).is_err());
     }
 }

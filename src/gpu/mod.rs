@@ -12,7 +12,7 @@ pub mod sim;
 
 use std::fmt;
 use std::str::FromStr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -163,18 +163,10 @@ impl Snapshot {
     pub fn empty(source: Source) -> Self {
         Snapshot {
             source,
-            taken_at_ms: now_ms(),
+            taken_at_ms: crate::util::now_ms(),
             devices: Vec::new(),
         }
     }
-}
-
-/// Milliseconds since the Unix epoch (0 if the clock is before 1970).
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// How processes are attributed to proofs, sealing or comine (NVML and host backends).

@@ -111,14 +111,9 @@ impl JobState {
     }
 }
 
-/// Scheduling class: live segments have a deadline, batch jobs yield to them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum JobClass {
-    Live,
-    #[default]
-    Batch,
-}
+/// Scheduling class: live segments have a deadline, batch jobs yield to them. The
+/// scheduler's type, recorded with each job.
+pub use crate::sched::JobClass;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RenditionRecord {

@@ -1,14 +1,7 @@
 //! UTC calendar helpers for day buckets and statements, without a date crate.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+/// The crate's one wall clock, re-exported so ledger code reads `time::now_ms()`.
+pub use crate::util::now_ms;
 
 /// (year, month, day) of a day number since 1970-01-01 (Howard Hinnant's algorithm).
 fn civil_from_days(z: i64) -> (i64, u32, u32) {

@@ -5,8 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
-use super::{compare, schema};
-use crate::bench::run::write_file;
+use super::{compare, schema, write_file};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {

@@ -11,12 +11,37 @@ pub mod schema;
 
 use std::path::{Path, PathBuf};
 
-use crate::bench::run::{write_file, BenchError};
 use schema::BenchReport;
 
+/// A report file could not be written.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot write {path}: {source}{hint}")]
+pub struct WriteError {
+    pub path: String,
+    #[source]
+    pub source: std::io::Error,
+    pub hint: &'static str,
+}
+
+/// Write a file, turning "disk full" into advice.
+pub fn write_file(path: &Path, data: &[u8]) -> Result<(), WriteError> {
+    std::fs::write(path, data).map_err(|source| {
+        let hint = if source.raw_os_error() == Some(libc::ENOSPC) {
+            " (the disk is full: free space or pick another --out)"
+        } else {
+            ""
+        };
+        WriteError {
+            path: path.display().to_string(),
+            source,
+            hint,
+        }
+    })
+}
+
 /// Write `report.json`, `report.html` and `report.md` into `out`.
-pub fn write_all(report: &BenchReport, out: &Path) -> Result<Vec<PathBuf>, BenchError> {
-    let json = serde_json::to_vec_pretty(report).map_err(|e| BenchError::Write {
+pub fn write_all(report: &BenchReport, out: &Path) -> Result<Vec<PathBuf>, WriteError> {
+    let json = serde_json::to_vec_pretty(report).map_err(|e| WriteError {
         path: out.join("report.json").display().to_string(),
         source: std::io::Error::other(e),
         hint: "",

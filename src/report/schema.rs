@@ -7,11 +7,6 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::bench::load::SegmentRecord;
-use crate::bench::sampler::{GpuInfo, GpuSnapshot};
-use crate::bench::suite::Suite;
-use crate::bench::workload::SealEvent;
-
 pub const SCHEMA_ID: &str = "comine.bench.report";
 pub const SCHEMA_VERSION: u32 = 1;
 
@@ -297,6 +292,214 @@ pub fn load(path: &std::path::Path) -> Result<BenchReport, SchemaError> {
         path: p,
         why: e.to_string(),
     })
+}
+
+// ---- Records the benchmark writes into the report (`bench` fills them) ----
+
+/// One transcoded (or dropped) segment.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct SegmentRecord {
+    pub phase: String,
+    pub rep: u32,
+    pub stream: u32,
+    /// Concurrent streams in this window.
+    pub streams: u32,
+    /// When the segment was due (arrived), started and finished, seconds since run start.
+    pub t_due_s: f64,
+    pub t_start_s: f64,
+    pub t_end_s: f64,
+    pub wall_ms: u64,
+    pub media_s: f64,
+    /// wall / media; the Livepeer realtime duration ratio.
+    pub ratio: f64,
+    /// Finished after the next segment was due (or never ran).
+    pub missed: bool,
+    pub decoded_pixels: u64,
+    pub encoded_pixels: u64,
+    pub encoder: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// One GPU's reading.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct GpuReading {
+    pub index: u32,
+    pub power_w: f64,
+    /// Board energy counter in joules, where the driver keeps one.
+    pub energy_j: Option<f64>,
+    pub util_pct: f64,
+    pub encoder_pct: f64,
+    pub decoder_pct: f64,
+    pub temperature_c: f64,
+    pub sm_clock_mhz: u32,
+    pub mem_clock_mhz: u32,
+}
+
+/// All GPUs at one instant, labelled by where the figures come from.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct GpuSnapshot {
+    /// `nvml`, `host` or `simulated`.
+    pub source: String,
+    pub devices: Vec<GpuReading>,
+}
+
+/// Static facts for the hardware fingerprint.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
+pub struct GpuInfo {
+    pub model: String,
+    pub driver: String,
+    pub vbios: String,
+    /// `nvml`, `simulated` or `none`.
+    pub source: String,
+}
+
+/// Something the sealing workload did, seconds after the run started.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct SealEvent {
+    pub t_s: f64,
+    /// `phase` (one built-in phase), `sector` (a built-in sector), `run` (an external
+    /// command succeeded), `job` (an observed job finished), `failed`, `note`.
+    pub kind: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+// ---- The suite a report was measured with (`bench::suite` parses and validates it) ----
+
+/// One benchmark suite: workloads and phase lengths.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Suite {
+    pub name: String,
+    /// Sampler period in milliseconds (1000 = the 1 Hz the issue asks for).
+    #[serde(default = "default_interval")]
+    pub sample_interval_ms: u64,
+    pub seal: SealWorkload,
+    pub transcode: TranscodeWorkload,
+    pub phases: Phases,
+}
+
+fn default_interval() -> u64 {
+    1000
+}
+
+/// Built-in sealing workload parameters.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SealWorkload {
+    /// `2KiB`, `8MiB`, `512MiB`, `32GiB` or `64GiB`.
+    pub sector_size: String,
+}
+
+/// Transcoding workload parameters.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TranscodeWorkload {
+    /// Comma-separated Livepeer presets or custom rungs (see `comine transcode --help`).
+    pub ladder: String,
+    /// Generated source frame size and rate (ignored with `--input`).
+    pub source_width: u32,
+    pub source_height: u32,
+    pub source_fps: u32,
+    /// Segment length in seconds (Livepeer uses 2 s).
+    #[serde(default = "default_segment")]
+    pub segment_seconds: f64,
+    /// Distinct generated segments cycled through by every stream.
+    #[serde(default = "default_segments")]
+    pub segments: u32,
+    /// `auto`, `nvenc` or `x264`.
+    #[serde(default = "default_encoder")]
+    pub encoder: String,
+    #[serde(default = "default_preset")]
+    pub x264_preset: String,
+}
+
+fn default_segment() -> f64 {
+    2.0
+}
+fn default_segments() -> u32 {
+    3
+}
+fn default_encoder() -> String {
+    "auto".into()
+}
+fn default_preset() -> String {
+    "veryfast".into()
+}
+
+/// Lengths and repetitions of the four phases.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Phases {
+    pub idle: TimedPhase,
+    pub seal: TimedPhase,
+    pub transcode: TranscodePhase,
+    pub combined: CombinedPhase,
+}
+
+/// A phase that runs `repeats` windows of `seconds`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TimedPhase {
+    pub seconds: f64,
+    pub repeats: u32,
+}
+
+/// The stream step-up: each step runs `step_seconds` with one more stream.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TranscodePhase {
+    pub step_seconds: f64,
+    pub max_streams: u32,
+    /// Livepeer's sizing rule: streams count as real time while the ratio stays at or below this.
+    #[serde(default = "default_target")]
+    pub target_ratio: f64,
+    /// Repetitions at the chosen stream count.
+    pub repeats: u32,
+}
+
+fn default_target() -> f64 {
+    0.8
+}
+
+/// Sealing plus transcoding, with and without steering.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CombinedPhase {
+    pub seconds: f64,
+    pub repeats: u32,
+    /// Steering pauses sealing when the realtime ratio rises above this…
+    #[serde(default = "default_pause")]
+    pub pause_above: f64,
+    /// …and resumes it once the ratio falls below this.
+    #[serde(default = "default_resume")]
+    pub resume_below: f64,
+    /// The scheduler acts only when the ratio has stayed past a watermark this long, ms.
+    #[serde(default = "default_sustain")]
+    pub sustain_ms: u64,
+    /// Minimum time between two sealing changes, ms (the daemon's default is 60 000;
+    /// suites use less so short windows see the policy act).
+    #[serde(default = "default_dwell")]
+    pub min_dwell_ms: u64,
+}
+
+fn default_sustain() -> u64 {
+    1_000
+}
+fn default_dwell() -> u64 {
+    5_000
+}
+
+fn default_pause() -> f64 {
+    0.8
+}
+fn default_resume() -> f64 {
+    0.6
 }
 
 #[cfg(test)]

@@ -2,7 +2,9 @@
 //!
 //! Like go-livepeer, the device with the lowest sum of w × h × fps wins, but only among devices
 //! the last decision lets take work, within their pixel budget and NVENC session limit.
-//! An [`Admission`] holds a [`Permit`]; dropping it gives the capacity back.
+//! A [`Placement`] names the device and holds a [`Permit`]; dropping the permit gives the
+//! capacity back. These are the crate's one set of admission types: the daemon's admission
+//! boundary (`daemon::admission`) hands them on unchanged.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -13,13 +15,14 @@ use serde::{Deserialize, Serialize};
 use super::{DeviceCapacity, DeviceLoad};
 use crate::gpu::Source;
 
-/// Priority class of a transcoding job.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+/// Priority class of a transcoding job (the ledger records it with each job).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum JobClass {
-    /// Must beat its deadline (Livepeer segments).
+    /// Must beat its deadline (Livepeer segments, HTTP `class=live`).
     Live,
     /// Goes last, after sealing.
+    #[default]
     Batch,
 }
 
@@ -71,26 +74,42 @@ pub struct Admitter {
 }
 
 /// Capacity held by an admitted job; released on drop.
-pub struct Permit {
-    id: u64,
-    inner: Arc<Mutex<Inner>>,
+pub struct Permit(Held);
+
+enum Held {
+    /// A job counted by an [`Admitter`].
+    Job { id: u64, inner: Arc<Mutex<Inner>> },
+    /// Any other admission's guard (e.g. a semaphore permit), released by its own drop.
+    Guard(#[allow(dead_code)] Box<dyn Send + Sync>),
+}
+
+impl Permit {
+    /// A permit that holds `guard` until dropped, for admissions other than [`Admitter`].
+    pub fn from_guard(guard: impl Send + Sync + 'static) -> Permit {
+        Permit(Held::Guard(Box::new(guard)))
+    }
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        lock(&self.inner).jobs.remove(&self.id);
+        if let Held::Job { id, inner } = &self.0 {
+            lock(inner).jobs.remove(id);
+        }
     }
 }
 
 impl std::fmt::Debug for Permit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Permit({})", self.id)
+        match &self.0 {
+            Held::Job { id, .. } => write!(f, "Permit({id})"),
+            Held::Guard(_) => f.write_str("Permit(guard)"),
+        }
     }
 }
 
 /// A placed job: run it on `device` and keep `permit` alive while it runs.
 #[derive(Debug)]
-pub struct Admission {
+pub struct Placement {
     pub device: u32,
     pub uuid: String,
     pub class: JobClass,
@@ -201,7 +220,7 @@ impl Admitter {
     }
 
     /// Admits a job using one NVENC session.
-    pub fn admit(&self, class: JobClass, pixels_per_sec: f64) -> Result<Admission, Rejected> {
+    pub fn admit(&self, class: JobClass, pixels_per_sec: f64) -> Result<Placement, Rejected> {
         self.admit_sessions(class, pixels_per_sec, 1)
     }
 
@@ -211,7 +230,7 @@ impl Admitter {
         class: JobClass,
         pixels_per_sec: f64,
         sessions: u32,
-    ) -> Result<Admission, Rejected> {
+    ) -> Result<Placement, Rejected> {
         let mut g = lock(&self.inner);
         let reject = |reason, message: String, retry_after| Rejected {
             reason,
@@ -305,15 +324,15 @@ impl Admitter {
                 sessions,
             },
         );
-        Ok(Admission {
+        Ok(Placement {
             device,
             uuid,
             class,
             pixels_per_sec,
-            permit: Permit {
+            permit: Permit(Held::Job {
                 id,
                 inner: self.inner.clone(),
-            },
+            }),
         })
     }
 }

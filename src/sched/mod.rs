@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-pub use admission::{Admission, Admitter, JobClass, Permit, RejectReason, Rejected};
+pub use admission::{Admitter, JobClass, Permit, Placement, RejectReason, Rejected};
 pub use core::Scheduler;
 pub use service::{start, ServiceError, ServiceHandle};
 

@@ -17,8 +17,9 @@ use super::{
     Admitter, Capacity, Config, ControllerStatus, Decision, Demand, ProofSignal, Scheduler,
     SealAction, SealMode, TickInput,
 };
-use crate::gpu::{now_ms, Snapshot};
+use crate::gpu::Snapshot;
 use crate::seal::{Controller, DisableSet};
+use crate::util::now_ms;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {

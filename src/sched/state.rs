@@ -4,7 +4,6 @@
 //! `pending` is written *before* a disable call and `disabled` after it succeeds, so a crash
 //! between the two still restores everything that may have changed.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -80,13 +79,8 @@ pub fn save(path: &Path, state: &SealingState) -> Result<(), StateError> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(werr)?;
     }
-    let tmp = path.with_extension("json.tmp");
     let bytes = serde_json::to_vec_pretty(state).map_err(|e| werr(std::io::Error::other(e)))?;
-    let mut f = std::fs::File::create(&tmp).map_err(werr)?;
-    f.write_all(&bytes).map_err(werr)?;
-    f.sync_all().map_err(werr)?;
-    std::fs::rename(&tmp, path).map_err(werr)?;
-    Ok(())
+    crate::util::durable::write_durable(path, &bytes).map_err(werr)
 }
 
 /// Removes the state once everything is restored.

@@ -9,6 +9,7 @@ pub mod curio;
 pub mod lotus;
 pub mod rpc;
 pub mod signals;
+#[cfg(any(test, feature = "test-utils"))]
 pub mod testserver;
 
 use std::future::Future;

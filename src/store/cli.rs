@@ -1,4 +1,7 @@
 //! `comine store ...`: add, cat, car, commp, the Kubo push queue and deal batches.
+// Doc comments on the flags below are clap's `--help` text, written for a terminal
+// (`<DIR>`, `[:gop=2s|intra]`), not rustdoc markup.
+#![allow(rustdoc::invalid_html_tags, rustdoc::broken_intra_doc_links)]
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};

@@ -1,4 +1,7 @@
 //! `comine transcode INPUT --out DIR [--profiles LIST] [--encoder auto|nvenc|x264] [--gpu N] [--json]`
+// Doc comments on the flags below are clap's `--help` text, written for a terminal
+// (`<DIR>`, `[:gop=2s|intra]`), not rustdoc markup.
+#![allow(rustdoc::invalid_html_tags, rustdoc::broken_intra_doc_links)]
 
 use std::io::Read;
 use std::path::PathBuf;

@@ -65,6 +65,35 @@ pub enum DecoderChoice {
     Software,
 }
 
+impl EncoderChoice {
+    /// The one parse of an encoder name (config files, suites; clap uses the same names):
+    /// `auto`, `nvenc` or `x264`, any case. Anything else is an error saying what is valid.
+    pub fn parse(s: &str) -> Result<EncoderChoice, String> {
+        <EncoderChoice as clap::ValueEnum>::from_str(s.trim(), true)
+            .map_err(|_| format!("unknown encoder {s:?}: use auto, nvenc or x264"))
+    }
+}
+
+impl DecoderChoice {
+    /// `auto`, `nvdec` or `software`, any case; anything else is an error.
+    pub fn parse(s: &str) -> Result<DecoderChoice, String> {
+        <DecoderChoice as clap::ValueEnum>::from_str(s.trim(), true)
+            .map_err(|_| format!("unknown decoder {s:?}: use auto, nvdec or software"))
+    }
+}
+
+/// The FFmpeg (libavutil) version this process runs with, e.g. `5.1.6-0+deb12u1`.
+pub fn ffmpeg_version() -> String {
+    // SAFETY: av_version_info returns a static NUL-terminated string.
+    unsafe {
+        let p = ffmpeg_next::ffi::av_version_info();
+        if p.is_null() {
+            return "unknown".into();
+        }
+        std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned()
+    }
+}
+
 /// Default ceiling on input frame size: 4096×2304 (a little above DCI 4K).
 pub const DEFAULT_MAX_INPUT_PIXELS: u64 = 4096 * 2304;
 

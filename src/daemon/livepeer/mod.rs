@@ -1,0 +1,298 @@
+//! The daemon's side of the Livepeer remote transcoder (`comine run --orch-addr …`).
+//!
+//! [`start`] runs [`crate::livepeer::run_transcoder`] inside the daemon with two things the
+//! standalone `comine livepeer` ([`standalone`]) lacks:
+//! - **capacity from the scheduler** (`--capacity auto`): the scheduler's suggested session
+//!   count, which the client re-registers with once a change has lasted the dwell time;
+//! - **a ledger sink** ([`LedgerSink`]): every segment the orchestrator accepted has its
+//!   renditions added to the rendition store (and the Kubo push queue) and is accounted in
+//!   the same ledger as HTTP jobs, as a `live` job whose manifest is the Livepeer manifest
+//!   ID. A retried task for a `(manifest, seq, profiles)` already done is not counted twice.
+//!
+//! What the orchestrator did not accept (the upload failed) is recorded as failed, never
+//! counted: the ledger's pixels are the ones somebody pays for.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+pub mod pipeline;
+pub mod profiles;
+pub mod standalone;
+
+pub use pipeline::EnginePipeline;
+
+use super::Daemon;
+use crate::ledger::{Admitted, JobClass, NewJob, RenditionRecord};
+use crate::livepeer::sink::{BoxFuture, SinkError};
+use crate::livepeer::{
+    CapacityArg, LinkStatus, LivepeerError, SegmentFailure, SegmentRecord, SegmentSink,
+    TranscoderConfig,
+};
+
+/// Prefix of the ledger's manifest IDs for Livepeer segments, so per-source counters
+/// (`comine ledger export`) keep them apart from HTTP submissions.
+pub const MANIFEST_PREFIX: &str = "livepeer:";
+
+/// Segment counters for `/v1/status`.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub transcoded: AtomicU64,
+    pub accounted: AtomicU64,
+    pub duplicates: AtomicU64,
+    pub failed: AtomicU64,
+    pub not_accepted: AtomicU64,
+    pub sessions_ended: AtomicU64,
+    pub encoded_pixels: AtomicU64,
+}
+
+/// What `/v1/status` shows under `"livepeer"`.
+pub struct LivepeerState {
+    pub orch_addr: String,
+    /// `auto` or the fixed number.
+    pub capacity_mode: String,
+    /// The capacity offered now (what the next registration would send).
+    pub capacity: watch::Receiver<u32>,
+    pub link: Arc<LinkStatus>,
+    pub counters: Arc<Counters>,
+}
+
+#[derive(Serialize)]
+struct StateView<'a> {
+    orch_addr: &'a str,
+    capacity_mode: &'a str,
+    capacity: u32,
+    link: crate::livepeer::LinkSnapshot,
+    segments: serde_json::Value,
+}
+
+impl LivepeerState {
+    pub fn to_json(&self) -> serde_json::Value {
+        let c = &self.counters;
+        let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let view = StateView {
+            orch_addr: &self.orch_addr,
+            capacity_mode: &self.capacity_mode,
+            capacity: *self.capacity.borrow(),
+            link: self.link.get(),
+            segments: serde_json::json!({
+                "transcoded": n(&c.transcoded),
+                "accounted": n(&c.accounted),
+                "duplicates": n(&c.duplicates),
+                "failed": n(&c.failed),
+                "not_accepted": n(&c.not_accepted),
+                "sessions_ended": n(&c.sessions_ended),
+                "encoded_pixels": n(&c.encoded_pixels),
+            }),
+        };
+        serde_json::to_value(view).unwrap_or_default()
+    }
+}
+
+/// Stores and accounts every finished Livepeer segment.
+pub struct LedgerSink {
+    daemon: Arc<Daemon>,
+    counters: Arc<Counters>,
+}
+
+impl LedgerSink {
+    pub fn new(daemon: Arc<Daemon>, counters: Arc<Counters>) -> Self {
+        LedgerSink { daemon, counters }
+    }
+
+    async fn account(&self, r: &SegmentRecord) -> Result<(), SinkError> {
+        let d = &self.daemon;
+        let c = &self.counters;
+        c.transcoded.fetch_add(1, Ordering::Relaxed);
+        let new = NewJob {
+            class: JobClass::Live,
+            manifest_id: Some(format!("{MANIFEST_PREFIX}{}", r.manifest_id)),
+            seq: u64::try_from(r.seq).ok(),
+            profiles: r.renditions.iter().map(|x| x.profile.clone()).collect(),
+            duration_ms: u64::from(r.duration_ms),
+            segment_bytes: r.segment_bytes,
+        };
+        let job = match d.ledger.call(move |l| l.admit(new)).await? {
+            Admitted::New(job) => job,
+            Admitted::Duplicate(job) => {
+                // The orchestrator retried a task we already finished (or recorded as
+                // failed): the first outcome stands, nothing is counted twice.
+                c.duplicates.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(job = %job.job_id, state = job.state.as_str(), seq = r.seq, "Livepeer segment already in the ledger; not counted again");
+                return Ok(());
+            }
+        };
+        let id = job.job_id.clone();
+        let key = id.clone();
+        d.ledger
+            .call(move |l| {
+                l.mark_queued(&key)?;
+                l.mark_transcoding(&key)
+            })
+            .await?;
+        if !r.accepted {
+            c.not_accepted.fetch_add(1, Ordering::Relaxed);
+            let key = id.clone();
+            d.ledger
+                .call(move |l| {
+                    l.fail(
+                        &key,
+                        "upload_refused",
+                        "the orchestrator did not accept the results upload; nothing is owed for this segment",
+                    )
+                })
+                .await?;
+            d.metrics.segment("failed");
+            return Ok(());
+        }
+        let mut renditions = Vec::with_capacity(r.renditions.len());
+        for out in &r.renditions {
+            // The working directory is removed after this call, so store now. A store
+            // failure fails the job in the ledger: the renditions were delivered but not
+            // kept, and the record says so.
+            let stored = match d.store.put(&out.path).await {
+                Ok(s) => s,
+                Err(e) => {
+                    d.metrics.store_errors.inc();
+                    let (key, msg) = (id.clone(), e.to_string());
+                    d.ledger
+                        .call(move |l| l.fail(&key, "store_error", &msg))
+                        .await?;
+                    d.metrics.segment("store_error");
+                    return Err(Box::new(e));
+                }
+            };
+            renditions.push(RenditionRecord {
+                profile: out.profile.clone(),
+                cid: stored.cid,
+                pixels: out.pixels,
+                bytes: stored.bytes,
+                width: out.width,
+                height: out.height,
+                frames: out.frames,
+                encoder: out.encoder.clone(),
+                mime: out.mime.to_string(),
+                job_id: id.clone(),
+            });
+        }
+        let (key, decoded, media, ms) = (id.clone(), r.decoded_pixels, r.media_seconds, r.transcode_ms);
+        let done = d
+            .ledger
+            .call(move |l| {
+                l.mark_stored(&key, decoded, media, ms, renditions)?;
+                l.complete(&key)
+            })
+            .await?;
+        if let Some(done) = done {
+            c.accounted.fetch_add(1, Ordering::Relaxed);
+            c.encoded_pixels
+                .fetch_add(done.encoded_pixels, Ordering::Relaxed);
+            d.metrics.job_done(&done, r.total_ms as f64 / 1000.0);
+            tracing::info!(job = %id, seq = r.seq, encoded_pixels = done.encoded_pixels, "Livepeer segment stored and accounted");
+        }
+        Ok(())
+    }
+}
+
+impl SegmentSink for LedgerSink {
+    fn segment_transcoded<'a>(
+        &'a self,
+        record: &'a SegmentRecord,
+    ) -> BoxFuture<'a, Result<(), SinkError>> {
+        Box::pin(self.account(record))
+    }
+
+    fn segment_failed<'a>(&'a self, f: &'a SegmentFailure) -> BoxFuture<'a, Result<(), SinkError>> {
+        Box::pin(async move {
+            self.counters.failed.fetch_add(1, Ordering::Relaxed);
+            let d = &self.daemon;
+            // No idempotency key: the orchestrator may retry the task, and a later success
+            // for the same (manifest, seq) must still be counted.
+            let new = NewJob {
+                class: JobClass::Live,
+                manifest_id: None,
+                seq: u64::try_from(f.seq).ok(),
+                profiles: Vec::new(),
+                duration_ms: 0,
+                segment_bytes: 0,
+            };
+            let job = match d.ledger.call(move |l| l.admit(new)).await? {
+                Admitted::New(j) | Admitted::Duplicate(j) => j,
+            };
+            let (code, result) = if f.bad_input {
+                ("bad_input", "bad_input")
+            } else if f.reason.starts_with("deadline exceeded") {
+                ("deadline_exceeded", "deadline")
+            } else {
+                ("transcode_failed", "failed")
+            };
+            let message = format!(
+                "Livepeer task {} ({}{} seq {}): {}",
+                f.task_id, MANIFEST_PREFIX, f.manifest_id, f.seq, f.reason
+            );
+            let id = job.job_id.clone();
+            d.ledger.call(move |l| l.fail(&id, code, &message)).await?;
+            d.metrics.segment(result);
+            Ok(())
+        })
+    }
+
+    fn session_ended<'a>(
+        &'a self,
+        session_id: &'a str,
+        segments: u64,
+    ) -> BoxFuture<'a, Result<(), SinkError>> {
+        Box::pin(async move {
+            self.counters.sessions_ended.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(session = %session_id, segments, "Livepeer session ended");
+            Ok(())
+        })
+    }
+}
+
+/// What `comine run` needs to attach: the validated client config, the capacity mode and
+/// the engine settings segments are transcoded with.
+pub struct Attach {
+    pub config: TranscoderConfig,
+    pub capacity: CapacityArg,
+    pub pipeline: EnginePipeline,
+}
+
+/// Starts the remote transcoder inside the daemon. The returned task ends with the client:
+/// `Ok` after `shutdown`, `Err` on a fatal refusal (bad secret, zero capacity).
+pub fn start(
+    daemon: &Arc<Daemon>,
+    attach: Attach,
+    sessions: watch::Receiver<u32>,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<Result<(), LivepeerError>> {
+    let counters = Arc::new(Counters::default());
+    let (capacity, mode) = match attach.capacity {
+        CapacityArg::Fixed(n) => (watch::channel(n).1, n.to_string()),
+        CapacityArg::Auto => (sessions, "auto".to_string()),
+    };
+    if attach.capacity == CapacityArg::Auto && *capacity.borrow() == 0 {
+        tracing::warn!(
+            "--capacity auto: the scheduler grants no Livepeer session yet (on a CPU-only host the budget is often below one session's ladder); comine registers once it does, or give --capacity N"
+        );
+    }
+    let state = LivepeerState {
+        orch_addr: attach.config.orch_addr.clone(),
+        capacity_mode: mode,
+        capacity: capacity.clone(),
+        link: attach.config.link.clone(),
+        counters: counters.clone(),
+    };
+    let _ = daemon.livepeer.set(state);
+    let sink = Arc::new(LedgerSink::new(daemon.clone(), counters));
+    tokio::spawn(crate::livepeer::run_transcoder(
+        attach.config,
+        capacity,
+        Arc::new(attach.pipeline),
+        sink,
+        shutdown,
+    ))
+}

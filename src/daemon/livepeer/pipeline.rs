@@ -1,0 +1,106 @@
+//! The transcoding side of a Livepeer segment: the orchestrator's profiles mapped onto the
+//! engine's, the engine run on a blocking thread within the task's deadline, and its
+//! renditions returned in the orchestrator's order. Both `comine run` and the standalone
+//! `comine livepeer` use it.
+
+use std::time::Instant;
+
+use crate::livepeer::proto::VideoProfile;
+use crate::livepeer::sink::BoxFuture;
+use crate::livepeer::{RenditionOutput, SegmentError, SegmentPipeline, SegmentTask, Transcoded};
+use crate::transcode::{self, EncoderChoice, Input, Options, Request};
+
+use super::profiles;
+
+/// Runs the transcoding engine for each segment.
+#[derive(Clone, Debug)]
+pub struct EnginePipeline {
+    pub encoder: EncoderChoice,
+    pub x264_preset: String,
+    /// GPU index for NVDEC/NVENC.
+    pub gpu: u32,
+}
+
+impl EnginePipeline {
+    pub fn new(encoder: EncoderChoice, x264_preset: impl Into<String>, gpu: u32) -> Self {
+        EnginePipeline {
+            encoder,
+            x264_preset: x264_preset.into(),
+            gpu,
+        }
+    }
+
+    /// Transcodes on device `gpu` (the one the scheduler granted, or the configured one).
+    pub async fn run(&self, task: SegmentTask, gpu: u32) -> Result<Transcoded, SegmentError> {
+        let lp_profiles = task.profiles;
+        let engine_profiles = profiles::to_engine(&lp_profiles).map_err(SegmentError::input)?;
+        let deadline = task.deadline;
+        let request = Request {
+            input: Input::Memory(task.data),
+            profiles: engine_profiles,
+            out_dir: task.work_dir,
+            options: Options {
+                encoder: self.encoder,
+                x264_preset: self.x264_preset.clone(),
+                gpu,
+                deadline: Some(deadline),
+                cancel: task.cancel,
+                ..Options::default()
+            },
+        };
+        let report = tokio::task::spawn_blocking(move || transcode::transcode(&request))
+            .await
+            .map_err(|e| SegmentError::ours(format!("transcode thread failed: {e}")))?
+            .map_err(|e| {
+                if Instant::now() >= deadline {
+                    // The segment handler names the deadline; keep the engine's words too.
+                    SegmentError::ours(e.to_string())
+                } else {
+                    SegmentError {
+                        bad_input: e.is_bad_input(),
+                        reason: e.to_string(),
+                    }
+                }
+            })?;
+        let mut renditions = Vec::with_capacity(lp_profiles.len());
+        for (i, lp) in lp_profiles.iter().enumerate() {
+            // Rendition `i` is named `r{i}` on disk (see `profiles::to_engine`).
+            let name = format!("r{i}");
+            let Some(r) = report.renditions.iter().find(|r| r.profile == name) else {
+                return Err(SegmentError::ours(format!(
+                    "rendition {name} missing from the engine's report"
+                )));
+            };
+            renditions.push(RenditionOutput {
+                profile: lp.name.clone(),
+                path: r.path.clone(),
+                mime: r.mime,
+                encoder: r.encoder.clone(),
+                width: r.width,
+                height: r.height,
+                frames: r.frames,
+                pixels: r.pixels,
+                bytes: r.bytes,
+            });
+        }
+        Ok(Transcoded {
+            decoded_pixels: report.decoded_pixels,
+            encoded_pixels: report.encoded_pixels,
+            media_seconds: report.media_seconds,
+            renditions,
+            fallback_reason: report.fallback_reason,
+        })
+    }
+}
+
+impl SegmentPipeline for EnginePipeline {
+    fn check(&self, profiles: &[VideoProfile]) -> Result<(), SegmentError> {
+        profiles::to_engine(profiles)
+            .map(|_| ())
+            .map_err(SegmentError::input)
+    }
+
+    fn transcode(&self, task: SegmentTask) -> BoxFuture<'_, Result<Transcoded, SegmentError>> {
+        Box::pin(self.run(task, self.gpu))
+    }
+}

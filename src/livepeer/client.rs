@@ -1,0 +1,410 @@
+//! The connection loop: register, serve the notification stream, re-register on a lasting
+//! capacity change, reconnect with capped exponential backoff on faults.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustls::pki_types::ServerName;
+use tokio::sync::{watch, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::transport::Endpoint;
+use tracing::Instrument;
+
+use super::proto::{
+    capability_bitstring, Capabilities, NotifySegment, RegisterRequest, TranscoderClient,
+    CAPABILITIES,
+};
+use super::sessions::Sessions;
+use super::{
+    chain, segment, tls, LivepeerError, SegmentPipeline, SegmentSink, Shared, TlsPolicy,
+    TranscoderConfig,
+};
+
+/// Why one connection ended.
+enum Ended {
+    Shutdown,
+    Fatal(LivepeerError),
+    /// The scheduler's capacity changed for longer than the dwell time.
+    Recapacity(u32),
+    Fault(String),
+}
+
+pub(super) async fn run(
+    cfg: TranscoderConfig,
+    mut capacity: watch::Receiver<u32>,
+    pipeline: Arc<dyn SegmentPipeline>,
+    sink: Arc<dyn SegmentSink>,
+    shutdown: CancellationToken,
+) -> Result<(), LivepeerError> {
+    std::fs::create_dir_all(&cfg.work_dir).map_err(|source| LivepeerError::WorkDir {
+        path: cfg.work_dir.display().to_string(),
+        source,
+    })?;
+    let server_name = server_name(&cfg.orch_addr)?;
+    let grpc_tls = tls::client_config(&cfg.tls, &[b"h2"])?;
+    let http_tls = tls::client_config(&cfg.tls, &[b"h2", b"http/1.1"])?;
+    if cfg.tls == TlsPolicy::AcceptSelfSigned {
+        tracing::warn!(orch = %cfg.orch_addr, "{}", cfg.tls.describe());
+    } else {
+        tracing::info!(orch = %cfg.orch_addr, "{}", cfg.tls.describe());
+    }
+    let shared = Arc::new(Shared {
+        in_flight: Arc::new(Semaphore::new(cfg.max_in_flight.max(1))),
+        cfg,
+        pipeline,
+        sink,
+        sessions: Sessions::default(),
+        shutdown: shutdown.clone(),
+    });
+    let tracker = TaskTracker::new();
+    let mut backoff = shared.cfg.backoff_initial;
+    let link = shared.cfg.link.clone();
+    let result = loop {
+        if *capacity.borrow() == 0 {
+            link.set_state("waiting_for_capacity");
+        }
+        let Some(cap) = wait_positive(&mut capacity, &shutdown).await else {
+            break Ok(());
+        };
+        link.update(|s| {
+            s.state = "connecting";
+            s.registered_capacity = cap;
+            s.registrations += 1;
+        });
+        let started = Instant::now();
+        let ended = connection(
+            &shared,
+            cap,
+            &mut capacity,
+            &tracker,
+            &server_name,
+            &grpc_tls,
+            &http_tls,
+        )
+        .await;
+        match ended {
+            Ended::Shutdown => break Ok(()),
+            Ended::Fatal(e) => {
+                link.update(|s| {
+                    s.state = "fatal";
+                    s.last_fault = Some(e.to_string());
+                });
+                break Err(e);
+            }
+            Ended::Recapacity(new) => {
+                tracing::info!(
+                    from = cap,
+                    to = new,
+                    "capacity changed for longer than the dwell time; re-registering"
+                );
+                backoff = shared.cfg.backoff_initial;
+            }
+            Ended::Fault(reason) => {
+                // A connection that served for a while resets the backoff: this is a new fault.
+                if started.elapsed() >= Duration::from_secs(10) {
+                    backoff = shared.cfg.backoff_initial;
+                }
+                tracing::warn!(orch = %shared.cfg.orch_addr, %reason, retry_in_ms = backoff.as_millis() as u64, "orchestrator connection lost; reconnecting");
+                link.update(|s| {
+                    s.state = "backoff";
+                    s.last_fault = Some(reason.clone());
+                });
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.cancelled() => break Ok(()),
+                }
+                backoff = (backoff * 2).min(shared.cfg.backoff_max);
+            }
+        }
+    };
+    // On shutdown the engine cancels tasks in flight at once; each still posts an error
+    // part, so the orchestrator can hand the segment to another transcoder right away.
+    tracker.close();
+    tracker.wait().await;
+    if result.is_ok() {
+        link.set_state("stopped");
+    }
+    result
+}
+
+fn server_name(addr: &str) -> Result<ServerName<'static>, LivepeerError> {
+    let bad = || {
+        LivepeerError::Config(format!(
+            "--orch-addr {addr:?} is not HOST:PORT (e.g. pool.example.com:8935 or 10.0.0.5:8935)"
+        ))
+    };
+    let (host, port) = addr.rsplit_once(':').ok_or_else(bad)?;
+    port.parse::<u16>().map_err(|_| bad())?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(bad());
+    }
+    ServerName::try_from(host.to_string()).map_err(|_| bad())
+}
+
+/// Waits until the scheduler grants a non-zero capacity; `None` on shutdown.
+async fn wait_positive(rx: &mut watch::Receiver<u32>, shutdown: &CancellationToken) -> Option<u32> {
+    let mut logged = false;
+    loop {
+        let v = *rx.borrow_and_update();
+        if v > 0 {
+            return Some(v);
+        }
+        if !logged {
+            tracing::info!(
+                "capacity is 0: staying unregistered until the scheduler grants capacity"
+            );
+            logged = true;
+        }
+        tokio::select! {
+            r = rx.changed() => if r.is_err() {
+                shutdown.cancelled().await;
+                return None;
+            },
+            _ = shutdown.cancelled() => return None,
+        }
+    }
+}
+
+/// Resolves with the new capacity once it has differed from `registered` for `dwell`.
+async fn wait_capacity_change(
+    rx: &mut watch::Receiver<u32>,
+    registered: u32,
+    dwell: Duration,
+) -> u32 {
+    'outer: loop {
+        if rx.changed().await.is_err() {
+            // The scheduler is gone; keep what we registered.
+            std::future::pending::<()>().await;
+        }
+        let mut v = *rx.borrow_and_update();
+        if v == registered {
+            continue;
+        }
+        let until = tokio::time::Instant::now() + dwell;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(until) => return v,
+                r = rx.changed() => {
+                    if r.is_err() {
+                        tokio::time::sleep_until(until).await;
+                        return v;
+                    }
+                    v = *rx.borrow_and_update();
+                    if v == registered {
+                        continue 'outer;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// go-livepeer refuses with plain errors ("invalid secret", "zero capacity"), which gRPC
+/// carries as code Unknown; those two are fatal, anything else is a fault to retry.
+fn classify(addr: &str, status: tonic::Status, capacity: u32) -> Ended {
+    match status.message() {
+        "invalid secret" => Ended::Fatal(LivepeerError::InvalidSecret {
+            addr: addr.to_string(),
+        }),
+        "zero capacity" => Ended::Fatal(LivepeerError::ZeroCapacity {
+            addr: addr.to_string(),
+            capacity,
+        }),
+        _ => {
+            let mut reason = format!("{:?}: {}", status.code(), status.message());
+            if let Some(src) = std::error::Error::source(&status) {
+                reason.push_str(": ");
+                reason.push_str(&chain(src));
+            }
+            Ended::Fault(reason)
+        }
+    }
+}
+
+async fn connection(
+    shared: &Arc<Shared>,
+    cap: u32,
+    capacity: &mut watch::Receiver<u32>,
+    tracker: &TaskTracker,
+    server_name: &ServerName<'static>,
+    grpc_tls: &Arc<rustls::ClientConfig>,
+    http_tls: &Arc<rustls::ClientConfig>,
+) -> Ended {
+    let cfg = &shared.cfg;
+    let endpoint = match Endpoint::from_shared(format!("https://{}", cfg.orch_addr)) {
+        Ok(e) => e,
+        Err(e) => {
+            return Ended::Fatal(LivepeerError::Config(format!(
+                "--orch-addr {:?} is not a valid address: {e}",
+                cfg.orch_addr
+            )))
+        }
+    }
+    .connect_timeout(Duration::from_secs(10))
+    .http2_keep_alive_interval(cfg.keepalive_interval)
+    .keep_alive_timeout(cfg.keepalive_timeout)
+    .keep_alive_while_idle(true);
+
+    let connector = {
+        let addr = cfg.orch_addr.clone();
+        let tls = grpc_tls.clone();
+        let name = server_name.clone();
+        tower::service_fn(move |_: http::Uri| {
+            let addr = addr.clone();
+            let tls = tls.clone();
+            let name = name.clone();
+            async move {
+                let tcp = tokio::net::TcpStream::connect(addr.as_str()).await?;
+                let _ = tcp.set_nodelay(true);
+                let stream = tokio_rustls::TlsConnector::from(tls)
+                    .connect(name, tcp)
+                    .await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        })
+    };
+    let channel = tokio::select! {
+        r = endpoint.connect_with_connector(connector) => match r {
+            Ok(c) => c,
+            Err(e) => return Ended::Fault(format!("cannot connect to {}: {}", cfg.orch_addr, chain(&e))),
+        },
+        _ = shared.shutdown.cancelled() => return Ended::Shutdown,
+    };
+    // A fresh HTTPS client per connection: after an orchestrator restart (new certificate,
+    // dead pooled connections) nothing stale is reused.
+    let http = match reqwest::Client::builder()
+        .use_preconfigured_tls((**http_tls).clone())
+        .connect_timeout(Duration::from_secs(10))
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            return Ended::Fatal(LivepeerError::Config(format!(
+                "HTTPS client setup failed: {}",
+                chain(&e)
+            )))
+        }
+    };
+
+    let request = RegisterRequest {
+        secret: cfg.secret.clone(),
+        capacity: i64::from(cap),
+        capabilities: Some(Capabilities {
+            bitstring: capability_bitstring(CAPABILITIES),
+            version: cfg.version.clone(),
+            ..Default::default()
+        }),
+        ethereum_address: cfg.eth_address.map(|a| a.to_vec()).unwrap_or_default(),
+    };
+    tracing::info!(orch = %cfg.orch_addr, capacity = cap, version = %cfg.version, eth_address = ?cfg.eth_address, "registering as a remote transcoder; go-livepeer answers with the first segment");
+    let mut client = TranscoderClient::new(channel);
+    let change = wait_capacity_change(capacity, cap, cfg.capacity_dwell);
+    tokio::pin!(change);
+
+    // go-livepeer answers the call only with its first segment (or a refusal), so being
+    // here without an error is being registered.
+    let mut stream = tokio::select! {
+        r = client.register_transcoder(request) => match r {
+            Ok(resp) => resp.into_inner(),
+            Err(status) => return classify(&cfg.orch_addr, status, cap),
+        },
+        new = &mut change => return Ended::Recapacity(new),
+        _ = shared.shutdown.cancelled() => return Ended::Shutdown,
+    };
+    tracing::info!(orch = %cfg.orch_addr, capacity = cap, "notification stream open");
+    cfg.link.set_state("registered");
+    loop {
+        tokio::select! {
+            msg = stream.message() => match msg {
+                Ok(Some(n)) => dispatch(shared, n, &http, tracker),
+                Ok(None) => return Ended::Fault("the orchestrator ended the stream".into()),
+                Err(status) => return classify(&cfg.orch_addr, status, cap),
+            },
+            new = &mut change => return Ended::Recapacity(new),
+            _ = shared.shutdown.cancelled() => return Ended::Shutdown,
+        }
+    }
+}
+
+fn dispatch(shared: &Arc<Shared>, n: NotifySegment, http: &reqwest::Client, tracker: &TaskTracker) {
+    if let Some(session) = n.teardown_session() {
+        let segments = shared.sessions.end(session);
+        match segments {
+            Some(segments) => tracing::info!(%session, segments, "session ended; state released"),
+            None => tracing::debug!(%session, "teardown for a session we hold no state for"),
+        }
+        let (shared, session) = (shared.clone(), session.to_string());
+        tracker.spawn(async move {
+            if let Err(e) = shared
+                .sink
+                .session_ended(&session, segments.unwrap_or(0))
+                .await
+            {
+                tracing::error!(%session, error = %e, "segment sink failed");
+            }
+        });
+        return;
+    }
+    let received = Instant::now();
+    let permit = shared.in_flight.clone().try_acquire_owned().ok();
+    let span = tracing::info_span!("task", task_id = n.task_id, session = %n.session_key());
+    tracker
+        .spawn(segment::handle(shared.clone(), n, http.clone(), received, permit).instrument(span));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn orch_addr_must_be_host_port() {
+        assert!(server_name("pool.example.com:8935").is_ok());
+        assert!(server_name("10.0.0.5:8935").is_ok());
+        assert!(server_name("[::1]:8935").is_ok());
+        for bad in ["pool.example.com", ":8935", "host:port", "host:99999"] {
+            let err = server_name(bad).unwrap_err().to_string();
+            assert!(err.contains("HOST:PORT"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn refusals_are_fatal_with_what_to_fix_and_the_rest_is_retried() {
+        match classify("o:8935", tonic::Status::unknown("zero capacity"), 0) {
+            Ended::Fatal(e @ LivepeerError::ZeroCapacity { .. }) => {
+                assert!(e.to_string().contains("--capacity"), "{e}")
+            }
+            _ => panic!("zero capacity must be fatal"),
+        }
+        match classify("o:8935", tonic::Status::unknown("invalid secret"), 1) {
+            Ended::Fatal(e @ LivepeerError::InvalidSecret { .. }) => {
+                assert!(e.to_string().contains("--orch-secret"), "{e}")
+            }
+            _ => panic!("invalid secret must be fatal"),
+        }
+        assert!(matches!(
+            classify("o:8935", tonic::Status::unavailable("connection reset"), 1),
+            Ended::Fault(_)
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn capacity_change_must_hold_for_the_dwell_time() {
+        let (tx, mut rx) = watch::channel(4u32);
+        let dwell = Duration::from_secs(10);
+        let waiter = tokio::spawn(async move { wait_capacity_change(&mut rx, 4, dwell).await });
+        // A blip shorter than the dwell time is ignored.
+        tx.send(2).unwrap();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        tx.send(4).unwrap();
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        assert!(!waiter.is_finished(), "a 5 s blip must not re-register");
+        // A lasting change is reported with its latest value.
+        tx.send(3).unwrap();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        tx.send(1).unwrap();
+        tokio::time::sleep(Duration::from_secs(11)).await;
+        assert_eq!(waiter.await.unwrap(), 1);
+    }
+}

@@ -1,0 +1,86 @@
+//! What happens to a downloaded segment before its results are posted: the
+//! [`SegmentPipeline`] the daemon implements (admission by the scheduler, then the transcoding
+//! engine on the device it granted). This module only describes the work and its result, so
+//! the protocol side never depends on the engine, the scheduler or the ledger.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use bytes::Bytes;
+use tokio_util::sync::CancellationToken;
+
+use super::proto::VideoProfile;
+use super::sink::{BoxFuture, RenditionOutput};
+
+/// One segment to transcode, as the orchestrator asked for it.
+#[derive(Clone, Debug)]
+pub struct SegmentTask {
+    pub task_id: i64,
+    pub session_id: String,
+    /// Media seconds × 1000 as the orchestrator announced them (2000 when it did not).
+    pub duration_ms: u32,
+    /// The downloaded segment.
+    pub data: Bytes,
+    /// The orchestrator's profiles (fullProfiles3 → 2 → 1), in its order.
+    pub profiles: Vec<VideoProfile>,
+    /// Scratch directory for renditions; removed after the task.
+    pub work_dir: PathBuf,
+    /// Stop here: the orchestrator gives up shortly after.
+    pub deadline: Instant,
+    /// Fires on shutdown.
+    pub cancel: CancellationToken,
+}
+
+/// The renditions of a [`SegmentTask`]: `renditions[i]` is `profiles[i]`.
+#[derive(Clone, Debug)]
+pub struct Transcoded {
+    pub decoded_pixels: u64,
+    pub encoded_pixels: u64,
+    pub media_seconds: f64,
+    pub renditions: Vec<RenditionOutput>,
+    /// Why the hardware path was not used, when it was not.
+    pub fallback_reason: Option<String>,
+}
+
+/// Why a segment could not be transcoded; posted to the orchestrator as an error part.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SegmentError {
+    pub reason: String,
+    /// The segment (media, profiles) is at fault, not us.
+    pub bad_input: bool,
+}
+
+impl SegmentError {
+    /// A failure on our side (overload, deadline, I/O).
+    pub fn ours(reason: impl Into<String>) -> Self {
+        SegmentError {
+            reason: reason.into(),
+            bad_input: false,
+        }
+    }
+    /// The segment or its profiles are bad.
+    pub fn input(reason: impl Into<String>) -> Self {
+        SegmentError {
+            reason: reason.into(),
+            bad_input: true,
+        }
+    }
+}
+
+impl std::fmt::Display for SegmentError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.reason)
+    }
+}
+
+/// Turns a downloaded segment into renditions. Called once per task, on the async runtime:
+/// implementations run blocking work (the engine) on a blocking thread.
+pub trait SegmentPipeline: Send + Sync + 'static {
+    /// Refuses profiles the pipeline cannot make before the segment is downloaded.
+    fn check(&self, profiles: &[VideoProfile]) -> Result<(), SegmentError> {
+        let _ = profiles;
+        Ok(())
+    }
+
+    fn transcode(&self, task: SegmentTask) -> BoxFuture<'_, Result<Transcoded, SegmentError>>;
+}

@@ -1,0 +1,799 @@
+//! **Test double** of a go-livepeer orchestrator's remote-transcoder side, for integration
+//! tests and benchmarks. Not for production.
+//!
+//! Like go-livepeer it serves gRPC (`net.Transcoder/RegisterTranscoder`) and HTTPS
+//! (`GET /segment/...`, `POST /transcodeResults`) on one TLS port, routing HTTP/2 requests
+//! with `content-type: application/grpc` to gRPC, under a fresh self-signed ECDSA P-256
+//! certificate per start. It refuses bad secrets with "invalid secret" and capacities below
+//! 1 with "zero capacity", hands tasks to the least-loaded transcoder (sticky per session),
+//! waits max(8 s, 4 × duration) for the result and evicts a transcoder that misses it, and
+//! checks every header and part of a result as go-livepeer's parser would — more strictly,
+//! since any deviation is reported as [`TaskOutcome::Invalid`]. It can restart with a new
+//! certificate, drop every connection, or freeze them (stop answering, socket left open).
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
+use tokio_util::sync::CancellationToken;
+use tonic::body::Body;
+use tonic::Status;
+
+use super::multipart;
+use super::proto::{
+    deadline_for, AuthToken, Format, NotifySegment, RegisterRequest, SegData, VideoProfile,
+    PROTOCOL_VERSION, REGISTER_TRANSCODER_PATH, TRANSCODING_ERROR_MIME,
+};
+
+/// Which `SegData` field carries the profiles.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProfilesField {
+    Full3,
+    Full2,
+    Full1,
+}
+
+/// One segment to hand to a transcoder.
+#[derive(Clone, Debug)]
+pub struct SegmentJob {
+    pub session_id: String,
+    pub manifest_id: String,
+    pub seq: i64,
+    /// Milliseconds (0 = 2 s).
+    pub duration_ms: i32,
+    pub profiles: Vec<VideoProfile>,
+    pub field: ProfilesField,
+    /// `None`: the segment URL answers 404.
+    pub media: Option<Bytes>,
+    pub calc_perceptual_hash: bool,
+    pub force_session_reinit: bool,
+}
+
+impl SegmentJob {
+    pub fn new(session_id: &str, seq: i64, media: Bytes, profiles: Vec<VideoProfile>) -> Self {
+        SegmentJob {
+            session_id: session_id.to_string(),
+            manifest_id: format!("manifest-{session_id}"),
+            seq,
+            duration_ms: 2000,
+            profiles,
+            field: ProfilesField::Full3,
+            media: Some(media),
+            calc_perceptual_hash: false,
+            force_session_reinit: false,
+        }
+    }
+}
+
+/// One rendition part as received.
+#[derive(Clone, Debug)]
+pub struct ResultPart {
+    pub content_type: String,
+    pub pixels: u64,
+    pub data: Bytes,
+}
+
+/// What came of a task.
+#[derive(Clone, Debug)]
+pub enum TaskOutcome {
+    /// Renditions in part order, with the request's decoded `Pixels`.
+    Done {
+        transcoder: u64,
+        decoded_pixels: u64,
+        parts: Vec<ResultPart>,
+    },
+    /// A `livepeer/transcoding-error` part with this text.
+    TranscodeError(String),
+    /// The result broke the protocol (header or part); the reason says how.
+    Invalid(String),
+    /// No result within max(floor, 4 × duration); the transcoder was evicted.
+    Timeout,
+    /// No registered transcoder had room.
+    NoTranscoder,
+}
+
+/// Test-orchestrator settings.
+#[derive(Clone, Debug)]
+pub struct TestOrchestratorConfig {
+    pub secret: String,
+    /// 0 picks a free port.
+    pub port: u16,
+    /// Floor of the per-task deadline (go-livepeer: 8 s).
+    pub timeout_floor: Duration,
+}
+
+impl Default for TestOrchestratorConfig {
+    fn default() -> Self {
+        TestOrchestratorConfig {
+            secret: "test-secret".into(),
+            port: 0,
+            timeout_floor: Duration::from_secs(8),
+        }
+    }
+}
+
+struct Transcoder {
+    id: u64,
+    capacity: i64,
+    load: i64,
+    frozen: bool,
+    tx: mpsc::Sender<Result<NotifySegment, Status>>,
+}
+
+struct Pending {
+    tx: oneshot::Sender<TaskOutcome>,
+    transcoder: u64,
+    profiles: Vec<VideoProfile>,
+}
+
+/// State of one incarnation (a restart starts afresh, as a real O does).
+struct Inner {
+    secret: String,
+    transcoders: Mutex<Vec<Transcoder>>,
+    live: watch::Sender<usize>,
+    next_transcoder: AtomicU64,
+    sessions: Mutex<HashMap<String, u64>>,
+    segments: Mutex<HashMap<String, Bytes>>,
+    pending: Mutex<HashMap<i64, Pending>>,
+    next_task: AtomicI64,
+    registrations: Mutex<Vec<RegisterRequest>>,
+    refusals: Mutex<Vec<String>>,
+    kill: Mutex<CancellationToken>,
+    freeze: Mutex<CancellationToken>,
+}
+
+impl Inner {
+    fn new(secret: String) -> Self {
+        Inner {
+            secret,
+            transcoders: Mutex::new(Vec::new()),
+            live: watch::channel(0).0,
+            next_transcoder: AtomicU64::new(1),
+            sessions: Mutex::new(HashMap::new()),
+            segments: Mutex::new(HashMap::new()),
+            pending: Mutex::new(HashMap::new()),
+            next_task: AtomicI64::new(1),
+            registrations: Mutex::new(Vec::new()),
+            refusals: Mutex::new(Vec::new()),
+            kill: Mutex::new(CancellationToken::new()),
+            freeze: Mutex::new(CancellationToken::new()),
+        }
+    }
+
+    fn publish_live(&self, transcoders: &[Transcoder]) {
+        self.live
+            .send_replace(transcoders.iter().filter(|t| !t.frozen).count());
+    }
+
+    fn remove_transcoder(&self, id: u64) {
+        let mut ts = lock(&self.transcoders);
+        ts.retain(|t| t.id != id);
+        self.publish_live(&ts);
+        lock(&self.sessions).retain(|_, t| *t != id);
+    }
+
+    fn register(self: &Arc<Self>, req: RegisterRequest) -> Result<TranscoderStream, Status> {
+        lock(&self.registrations).push(req.clone());
+        // go-livepeer returns plain errors, which gRPC carries as code Unknown.
+        if req.secret != self.secret {
+            lock(&self.refusals).push("invalid secret".into());
+            return Err(Status::unknown("invalid secret"));
+        }
+        if req.capacity <= 0 {
+            lock(&self.refusals).push("zero capacity".into());
+            return Err(Status::unknown("zero capacity"));
+        }
+        if !req.ethereum_address.is_empty() && req.ethereum_address.len() != 20 {
+            return Err(Status::unknown("invalid ethereum address"));
+        }
+        let id = self.next_transcoder.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(64);
+        let mut ts = lock(&self.transcoders);
+        ts.push(Transcoder {
+            id,
+            capacity: req.capacity,
+            load: 0,
+            frozen: false,
+            tx,
+        });
+        self.publish_live(&ts);
+        Ok(TranscoderStream {
+            rx: ReceiverStream::new(rx),
+            _guard: Unregister {
+                inner: self.clone(),
+                id,
+            },
+        })
+    }
+
+    /// `POST /transcodeResults`, checked as go-livepeer's `TranscodeResults` parses it.
+    async fn transcode_results(&self, req: Request<Incoming>) -> Response<Body> {
+        let header = |name: &str| {
+            req.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        if header("Authorization").as_deref() != Some(PROTOCOL_VERSION) {
+            return text(StatusCode::UNAUTHORIZED, "Unauthorized");
+        }
+        if header("Credentials").as_deref() != Some(self.secret.as_str()) {
+            return text(StatusCode::UNAUTHORIZED, "Unauthorized");
+        }
+        let Some(content_type) = header("Content-Type") else {
+            return text(StatusCode::UNSUPPORTED_MEDIA_TYPE, "no Content-Type");
+        };
+        let Some(task_id) = header("TaskId").and_then(|t| t.parse::<i64>().ok()) else {
+            return text(StatusCode::BAD_REQUEST, "Invalid Task ID");
+        };
+        let pixels = header("Pixels");
+        let body = match Limited::new(req.into_body(), 512 << 20).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e) => return text(StatusCode::BAD_REQUEST, &format!("body: {e}")),
+        };
+        let Some(pending) = lock(&self.pending).remove(&task_id) else {
+            // go-livepeer ignores results for unknown (timed-out) tasks and answers OK.
+            return text(StatusCode::OK, "OK");
+        };
+        let (outcome, status) = check_result(&content_type, pixels.as_deref(), &body, &pending);
+        let _ = pending.tx.send(outcome);
+        match status {
+            Ok(()) => text(StatusCode::OK, "OK"),
+            Err(why) => text(StatusCode::BAD_REQUEST, &why),
+        }
+    }
+}
+
+fn check_result(
+    content_type: &str,
+    pixels: Option<&str>,
+    body: &Bytes,
+    pending: &Pending,
+) -> (TaskOutcome, Result<(), String>) {
+    let invalid = |why: String| (TaskOutcome::Invalid(why.clone()), Err(why));
+    let media = content_type.split(';').next().unwrap_or_default().trim();
+    if media == TRANSCODING_ERROR_MIME {
+        return (
+            TaskOutcome::TranscodeError(String::from_utf8_lossy(body).into_owned()),
+            Ok(()),
+        );
+    }
+    let Some(decoded_pixels) = pixels.and_then(|p| p.parse::<u64>().ok()) else {
+        return invalid(format!("request Pixels header {pixels:?} is not a number"));
+    };
+    let Some(boundary) = multipart::boundary_of(content_type) else {
+        return invalid(format!(
+            "Content-Type {content_type:?} is not multipart/mixed with a boundary"
+        ));
+    };
+    let parts = match multipart::decode(boundary, body) {
+        Ok(p) => p,
+        Err(e) => return invalid(format!("multipart body: {e}")),
+    };
+    if parts.len() != pending.profiles.len() {
+        return invalid(format!(
+            "{} parts for {} profiles",
+            parts.len(),
+            pending.profiles.len()
+        ));
+    }
+    let mut out = Vec::with_capacity(parts.len());
+    for (i, (part, profile)) in parts.iter().zip(&pending.profiles).enumerate() {
+        let want = match Format::try_from(profile.format) {
+            Ok(Format::Mp4) => "video/mp4",
+            _ => "video/mp2t",
+        };
+        let ct = part.header("Content-Type").unwrap_or_default();
+        if ct != want {
+            return invalid(format!(
+                "part {i} Content-Type {ct:?}, profile {} wants {want}",
+                profile.name
+            ));
+        }
+        let len = part
+            .header("Content-Length")
+            .and_then(|l| l.parse::<usize>().ok());
+        if len != Some(part.body.len()) {
+            return invalid(format!(
+                "part {i} Content-Length {len:?} but the part holds {} bytes",
+                part.body.len()
+            ));
+        }
+        let Some(px) = part.header("Pixels").and_then(|p| p.parse::<u64>().ok()) else {
+            return invalid(format!("part {i} has no numeric Pixels header"));
+        };
+        if part.body.is_empty() || px == 0 {
+            return invalid(format!("part {i} is empty"));
+        }
+        out.push(ResultPart {
+            content_type: ct.to_string(),
+            pixels: px,
+            data: part.body.clone(),
+        });
+    }
+    (
+        TaskOutcome::Done {
+            transcoder: pending.transcoder,
+            decoded_pixels,
+            parts: out,
+        },
+        Ok(()),
+    )
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn text(status: StatusCode, msg: &str) -> Response<Body> {
+    let mut r = Response::new(Body::new(Full::new(Bytes::from(msg.to_string()))));
+    *r.status_mut() = status;
+    r
+}
+
+/// The notification stream of one registered transcoder; unregisters it when dropped
+/// (the client went away or the connection died).
+pub struct TranscoderStream {
+    rx: ReceiverStream<Result<NotifySegment, Status>>,
+    _guard: Unregister,
+}
+
+struct Unregister {
+    inner: Arc<Inner>,
+    id: u64,
+}
+
+impl Drop for Unregister {
+    fn drop(&mut self) {
+        self.inner.remove_transcoder(self.id);
+    }
+}
+
+impl Stream for TranscoderStream {
+    type Item = Result<NotifySegment, Status>;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        Pin::new(&mut self.rx).poll_next(cx)
+    }
+}
+
+struct RegisterSvc(Arc<Inner>);
+
+impl tonic::server::ServerStreamingService<RegisterRequest> for RegisterSvc {
+    type Response = NotifySegment;
+    type ResponseStream = TranscoderStream;
+    type Future = std::future::Ready<Result<tonic::Response<TranscoderStream>, Status>>;
+
+    fn call(&mut self, request: tonic::Request<RegisterRequest>) -> Self::Future {
+        std::future::ready(
+            self.0
+                .register(request.into_inner())
+                .map(tonic::Response::new),
+        )
+    }
+}
+
+async fn route(inner: Arc<Inner>, req: Request<Incoming>) -> Response<Body> {
+    let grpc = req
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/grpc"));
+    if grpc && req.version() == http::Version::HTTP_2 {
+        if req.uri().path() != REGISTER_TRANSCODER_PATH {
+            return Status::unimplemented("unknown method").into_http();
+        }
+        let codec = tonic_prost::ProstCodec::<NotifySegment, RegisterRequest>::default();
+        return tonic::server::Grpc::new(codec)
+            .server_streaming(RegisterSvc(inner), req)
+            .await;
+    }
+    let path = req.uri().path().to_string();
+    match (req.method().clone(), path.strip_prefix("/segment/")) {
+        (Method::GET, Some(name)) => match lock(&inner.segments).get(name).cloned() {
+            Some(data) => {
+                let mut r = Response::new(Body::new(Full::new(data)));
+                r.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("video/mp2t"),
+                );
+                r
+            }
+            None => text(StatusCode::NOT_FOUND, "404 page not found"),
+        },
+        (Method::POST, None) if path == "/transcodeResults" => inner.transcode_results(req).await,
+        _ => text(StatusCode::NOT_FOUND, "404 page not found"),
+    }
+}
+
+struct Server {
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+    cert_der: Vec<u8>,
+    cert_pem: String,
+}
+
+/// The test orchestrator. See the module documentation.
+pub struct TestOrchestrator {
+    addr: SocketAddr,
+    cfg: TestOrchestratorConfig,
+    inner: Arc<Inner>,
+    server: Option<Server>,
+}
+
+impl TestOrchestrator {
+    pub async fn start(cfg: TestOrchestratorConfig) -> std::io::Result<Self> {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", cfg.port)).await?;
+        let addr = listener.local_addr()?;
+        let inner = Arc::new(Inner::new(cfg.secret.clone()));
+        let server = serve(listener, inner.clone())?;
+        Ok(TestOrchestrator {
+            addr,
+            cfg,
+            inner,
+            server: Some(server),
+        })
+    }
+
+    /// `127.0.0.1:PORT`, what `--orch-addr` takes.
+    pub fn addr(&self) -> String {
+        self.addr.to_string()
+    }
+
+    pub fn secret(&self) -> &str {
+        &self.cfg.secret
+    }
+
+    /// SHA-256 of the current certificate's DER (for `--orch-cert-sha256`).
+    pub fn cert_sha256(&self) -> [u8; 32] {
+        super::tls::fingerprint(
+            self.server
+                .as_ref()
+                .map(|s| s.cert_der.as_slice())
+                .unwrap_or_default(),
+        )
+    }
+
+    /// The current certificate in PEM (for `--orch-ca-file`: it is its own issuer).
+    pub fn cert_pem(&self) -> String {
+        self.server
+            .as_ref()
+            .map(|s| s.cert_pem.clone())
+            .unwrap_or_default()
+    }
+
+    /// Every `RegisterRequest` this incarnation received, refused ones included.
+    pub fn registrations(&self) -> Vec<RegisterRequest> {
+        lock(&self.inner.registrations).clone()
+    }
+
+    /// Refusal messages sent ("invalid secret", "zero capacity").
+    pub fn refusals(&self) -> Vec<String> {
+        lock(&self.inner.refusals).clone()
+    }
+
+    /// Live (registered, not frozen) transcoders.
+    pub fn live_transcoders(&self) -> usize {
+        *self.inner.live.borrow()
+    }
+
+    /// Capacities of the live transcoders.
+    pub fn capacities(&self) -> Vec<i64> {
+        lock(&self.inner.transcoders)
+            .iter()
+            .filter(|t| !t.frozen)
+            .map(|t| t.capacity)
+            .collect()
+    }
+
+    /// Waits until at least `n` transcoders are live.
+    pub async fn wait_for_transcoders(&self, n: usize, timeout: Duration) -> Result<(), String> {
+        let mut rx = self.inner.live.subscribe();
+        let waited = tokio::time::timeout(timeout, async {
+            rx.wait_for(|live| *live >= n).await.map(|_| ())
+        })
+        .await;
+        match waited {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err("orchestrator state dropped".into()),
+            Err(_) => Err(format!(
+                "no {n} transcoder(s) registered within {timeout:?}"
+            )),
+        }
+    }
+
+    /// Waits until a live transcoder registered with exactly `capacity`.
+    pub async fn wait_for_capacity(&self, capacity: i64, timeout: Duration) -> Result<(), String> {
+        let until = tokio::time::Instant::now() + timeout;
+        while tokio::time::Instant::now() < until {
+            if self.capacities().contains(&capacity) {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Err(format!(
+            "no transcoder with capacity {capacity} within {timeout:?}; live: {:?}",
+            self.capacities()
+        ))
+    }
+
+    /// Hands one segment to a transcoder and waits for its result.
+    pub async fn transcode(&self, job: SegmentJob) -> TaskOutcome {
+        let inner = &self.inner;
+        let task_id = inner.next_task.fetch_add(1, Ordering::Relaxed);
+        // Pick the session's transcoder, else the least-loaded one with room.
+        let (transcoder, tx) = {
+            let mut ts = lock(&inner.transcoders);
+            let mut sessions = lock(&inner.sessions);
+            let sticky = sessions
+                .get(&job.session_id)
+                .and_then(|id| ts.iter().position(|t| t.id == *id && !t.frozen));
+            let pick = sticky.or_else(|| {
+                ts.iter()
+                    .enumerate()
+                    .filter(|(_, t)| !t.frozen && t.load < t.capacity)
+                    .min_by_key(|(_, t)| (t.load, std::cmp::Reverse(t.id)))
+                    .map(|(i, _)| i)
+            });
+            let Some(i) = pick else {
+                return TaskOutcome::NoTranscoder;
+            };
+            ts[i].load += 1;
+            sessions.insert(job.session_id.clone(), ts[i].id);
+            (ts[i].id, ts[i].tx.clone())
+        };
+        let name = format!("{}/{}-{task_id}.ts", job.manifest_id, job.seq);
+        if let Some(media) = &job.media {
+            lock(&inner.segments).insert(name.clone(), media.clone());
+        }
+        let (result_tx, result_rx) = oneshot::channel();
+        lock(&inner.pending).insert(
+            task_id,
+            Pending {
+                tx: result_tx,
+                transcoder,
+                profiles: job.profiles.clone(),
+            },
+        );
+        let mut seg = SegData {
+            manifest_id: job.manifest_id.clone().into_bytes(),
+            seq: job.seq,
+            hash: vec![0; 32],
+            profiles: b"invalid".to_vec(),
+            duration: job.duration_ms,
+            auth_token: Some(AuthToken {
+                token: b"token".to_vec(),
+                session_id: job.session_id.clone(),
+                expiration: i64::MAX,
+            }),
+            calc_perceptual_hash: job.calc_perceptual_hash,
+            force_session_reinit: job.force_session_reinit,
+            ..Default::default()
+        };
+        match job.field {
+            ProfilesField::Full3 => seg.full_profiles3 = job.profiles.clone(),
+            ProfilesField::Full2 => seg.full_profiles2 = job.profiles.clone(),
+            ProfilesField::Full1 => seg.full_profiles = job.profiles.clone(),
+        }
+        let notify = NotifySegment {
+            url: format!("https://{}/segment/{name}", self.addr),
+            seg_data: Some(seg),
+            task_id,
+            profiles: b"invalid".to_vec(),
+            orch_id: "test-orchestrator".into(),
+        };
+        let duration = if job.duration_ms > 0 {
+            job.duration_ms as u32
+        } else {
+            2000
+        };
+        let timeout = deadline_for(duration, self.cfg.timeout_floor);
+        let outcome = if tx.send(Ok(notify)).await.is_err() {
+            TaskOutcome::NoTranscoder
+        } else {
+            match tokio::time::timeout(timeout, result_rx).await {
+                Ok(Ok(outcome)) => outcome,
+                Ok(Err(_)) | Err(_) => {
+                    // go-livepeer treats a late transcoder as failed and drops its stream.
+                    inner.remove_transcoder(transcoder);
+                    TaskOutcome::Timeout
+                }
+            }
+        };
+        lock(&inner.pending).remove(&task_id);
+        lock(&inner.segments).remove(&name);
+        if let Some(t) = lock(&inner.transcoders)
+            .iter_mut()
+            .find(|t| t.id == transcoder)
+        {
+            t.load -= 1;
+        }
+        outcome
+    }
+
+    /// Sends the teardown notification (empty URL, session ID) for `session_id`.
+    pub async fn end_session(&self, session_id: &str) -> bool {
+        let Some(id) = lock(&self.inner.sessions).remove(session_id) else {
+            return false;
+        };
+        let tx = lock(&self.inner.transcoders)
+            .iter()
+            .find(|t| t.id == id)
+            .map(|t| t.tx.clone());
+        let Some(tx) = tx else { return false };
+        let notify = NotifySegment {
+            seg_data: Some(SegData {
+                auth_token: Some(AuthToken {
+                    session_id: session_id.to_string(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        tx.send(Ok(notify)).await.is_ok()
+    }
+
+    /// Closes every TCP connection abruptly (a network fault).
+    pub fn drop_connections(&self) {
+        let mut kill = lock(&self.inner.kill);
+        kill.cancel();
+        *kill = CancellationToken::new();
+    }
+
+    /// Stops answering on every current connection but keeps the sockets open (a dead
+    /// peer), and routes no more work to the transcoders on them.
+    pub fn freeze_connections(&self) {
+        let mut freeze = lock(&self.inner.freeze);
+        freeze.cancel();
+        *freeze = CancellationToken::new();
+        let mut ts = lock(&self.inner.transcoders);
+        for t in ts.iter_mut() {
+            t.frozen = true;
+        }
+        self.inner.publish_live(&ts);
+    }
+
+    /// Stops serving and closes every connection.
+    pub async fn stop(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.shutdown.cancel();
+            let _ = server.task.await;
+        }
+        lock(&self.inner.transcoders).clear();
+    }
+
+    /// Restarts on the same port with a new certificate and empty state, as a real
+    /// orchestrator restart does.
+    pub async fn restart(&mut self) -> std::io::Result<()> {
+        self.stop().await;
+        let mut last = None;
+        for _ in 0..50 {
+            match tokio::net::TcpListener::bind(self.addr).await {
+                Ok(listener) => {
+                    self.inner = Arc::new(Inner::new(self.cfg.secret.clone()));
+                    self.server = Some(serve(listener, self.inner.clone())?);
+                    return Ok(());
+                }
+                Err(e) => {
+                    last = Some(e);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| std::io::Error::other("cannot rebind")))
+    }
+}
+
+impl Drop for TestOrchestrator {
+    fn drop(&mut self) {
+        if let Some(server) = &self.server {
+            server.shutdown.cancel();
+        }
+    }
+}
+
+fn serve(listener: tokio::net::TcpListener, inner: Arc<Inner>) -> std::io::Result<Server> {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        .map_err(std::io::Error::other)?;
+    let cert =
+        rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .and_then(|p| p.self_signed(&key))
+            .map_err(std::io::Error::other)?;
+    let cert_der = cert.der().to_vec();
+    let cert_pem = cert.pem();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(std::io::Error::other)?
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .map_err(std::io::Error::other)?;
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let shutdown = CancellationToken::new();
+    let stop = shutdown.clone();
+    let task = tokio::spawn(async move {
+        let mut conns = tokio::task::JoinSet::new();
+        loop {
+            let (tcp, _) = tokio::select! {
+                r = listener.accept() => match r {
+                    Ok(c) => c,
+                    Err(_) => continue,
+                },
+                _ = stop.cancelled() => break,
+            };
+            let _ = tcp.set_nodelay(true);
+            let kill = lock(&inner.kill).clone();
+            let freeze = lock(&inner.freeze).clone();
+            conns.spawn(connection(
+                tcp,
+                acceptor.clone(),
+                inner.clone(),
+                kill,
+                freeze,
+                stop.clone(),
+            ));
+            while conns.try_join_next().is_some() {}
+        }
+        conns.shutdown().await;
+    });
+    Ok(Server {
+        shutdown,
+        task,
+        cert_der,
+        cert_pem,
+    })
+}
+
+async fn connection(
+    tcp: tokio::net::TcpStream,
+    acceptor: tokio_rustls::TlsAcceptor,
+    inner: Arc<Inner>,
+    kill: CancellationToken,
+    freeze: CancellationToken,
+    stop: CancellationToken,
+) {
+    let tls = tokio::select! {
+        r = acceptor.accept(tcp) => match r {
+            Ok(t) => t,
+            Err(_) => return,
+        },
+        _ = kill.cancelled() => return,
+        _ = stop.cancelled() => return,
+    };
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let inner = inner.clone();
+        async move { Ok::<_, Infallible>(route(inner, req).await) }
+    });
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let conn = builder.serve_connection(TokioIo::new(tls), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = &mut conn => {}
+        _ = kill.cancelled() => {}
+        _ = stop.cancelled() => {}
+        _ = freeze.cancelled() => {
+            // Hold the socket without reading or answering until killed.
+            tokio::select! {
+                _ = kill.cancelled() => {}
+                _ = stop.cancelled() => {}
+            }
+        }
+    }
+}

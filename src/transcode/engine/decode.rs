@@ -1,0 +1,246 @@
+//! Demux and decode on the caller's thread: the video decoder (NVDEC through a CUDA device
+//! context when asked and available, else frame-threaded software decoding), and the loop
+//! that reads packets, counts damaged ones and sends every frame to each rendition worker.
+
+use std::ffi::CString;
+use std::ptr;
+use std::sync::mpsc::SyncSender;
+use std::sync::Arc;
+
+use ffmpeg_next::{codec, decoder, ffi, format, frame, util::format::Pixel, Packet, Rational};
+
+use super::super::{avlog, DecoderChoice, Options, TranscodeError};
+use super::{AudioIn, Msg, Stop};
+
+/// Give up on a stream that keeps failing to demux (garbage after a valid header).
+const MAX_CONSECUTIVE_READ_ERRORS: u32 = 64;
+
+pub(super) struct Decoder {
+    pub(super) decoder: decoder::Video,
+    pub(super) name: String,
+    pub(super) fallback_reason: Option<String>,
+}
+
+pub(super) fn open_decoder(
+    params: codec::Parameters,
+    opts: &Options,
+) -> Result<Decoder, TranscodeError> {
+    let id = params.id();
+    let codec = decoder::find(id)
+        .ok_or_else(|| TranscodeError::NoDecoder(format!("{id:?}").to_lowercase()))?;
+    let mut ctx =
+        codec::context::Context::from_parameters(params).map_err(|e| TranscodeError::Ffmpeg {
+            what: "reading the video stream's parameters",
+            reason: e.to_string(),
+        })?;
+    let mut fallback_reason = None;
+    let mut hw = false;
+    if opts.decoder != DecoderChoice::Software {
+        match cuda_device(opts.gpu) {
+            Ok(device) => {
+                // SAFETY: the context is not opened yet; it takes ownership of this
+                // buffer reference and unrefs it when freed.
+                unsafe { (*ctx.as_mut_ptr()).hw_device_ctx = device };
+                hw = true;
+            }
+            Err(reason) if opts.decoder == DecoderChoice::Nvdec => {
+                return Err(TranscodeError::NvdecUnavailable {
+                    gpu: opts.gpu,
+                    reason,
+                })
+            }
+            Err(reason) => {
+                tracing::debug!(%reason, "NVDEC unavailable, decoding in software");
+                fallback_reason = Some(format!("NVDEC unavailable on GPU {}: {reason}", opts.gpu));
+            }
+        }
+    }
+    if !hw {
+        // ffmpeg-next leaves one thread by default; frame threading is the largest
+        // single lever on CPU decode throughput.
+        ctx.set_threading(codec::threading::Config {
+            kind: codec::threading::Type::Frame,
+            count: opts.decoder_threads,
+            ..Default::default()
+        });
+    }
+    let (opened, lines) = avlog::capture(|| ctx.decoder().open_as(codec).and_then(|d| d.video()));
+    let decoder = opened.map_err(|e| TranscodeError::Ffmpeg {
+        what: "opening the video decoder",
+        reason: avlog::summarize(&lines).unwrap_or_else(|| e.to_string()),
+    })?;
+    Ok(Decoder {
+        decoder,
+        name: codec.name().to_string(),
+        fallback_reason,
+    })
+}
+
+/// Creates a CUDA device context for NVDEC, or says why not (from libav's log).
+fn cuda_device(gpu: u32) -> Result<*mut ffi::AVBufferRef, String> {
+    let name = CString::new(gpu.to_string()).map_err(|e| e.to_string())?;
+    let mut device: *mut ffi::AVBufferRef = ptr::null_mut();
+    // SAFETY: out-pointer and device name are valid for the call.
+    let (ret, lines) = avlog::capture(|| unsafe {
+        ffi::av_hwdevice_ctx_create(
+            &mut device,
+            ffi::AVHWDeviceType::AV_HWDEVICE_TYPE_CUDA,
+            name.as_ptr(),
+            ptr::null_mut(),
+            0,
+        )
+    });
+    if ret < 0 || device.is_null() {
+        Err(avlog::summarize(&lines).unwrap_or_else(|| ffmpeg_next::Error::from(ret).to_string()))
+    } else {
+        Ok(device)
+    }
+}
+
+/// What the decode loop saw.
+#[derive(Default)]
+pub(super) struct Decoded {
+    pub(super) frames: u64,
+    pub(super) pixels: u64,
+    pub(super) errors: u64,
+    pub(super) hw_frames: u64,
+    first_pts: Option<i64>,
+    last_pts: Option<i64>,
+}
+
+impl Decoded {
+    pub(super) fn media_seconds(&self, tb: Rational, rate: Rational) -> f64 {
+        let frame = rate.denominator() as f64 / rate.numerator().max(1) as f64;
+        match (self.first_pts, self.last_pts) {
+            (Some(a), Some(b)) if b >= a => {
+                (b - a) as f64 * tb.numerator() as f64 / tb.denominator().max(1) as f64 + frame
+            }
+            _ => self.frames as f64 * frame,
+        }
+    }
+}
+
+pub(super) fn decode_all(
+    ictx: &mut format::context::Input,
+    decoder: &mut decoder::Video,
+    vidx: usize,
+    audio: Option<&AudioIn>,
+    senders: &[SyncSender<Msg>],
+    stop: &Stop,
+) -> Result<Decoded, TranscodeError> {
+    let mut stats = Decoded::default();
+    let mut consecutive_read_errors = 0;
+    let mut packet = Packet::empty();
+    loop {
+        stop.check()?;
+        match packet.read(ictx) {
+            Ok(()) => consecutive_read_errors = 0,
+            Err(ffmpeg_next::Error::Eof) => break,
+            Err(ffmpeg_next::Error::Exit) => {
+                stop.check()?;
+                break;
+            }
+            Err(_) => {
+                // A damaged packet: count it and keep going, a truncated segment
+                // still yields the frames before the damage.
+                stats.errors += 1;
+                consecutive_read_errors += 1;
+                if consecutive_read_errors >= MAX_CONSECUTIVE_READ_ERRORS {
+                    break;
+                }
+                continue;
+            }
+        }
+        let index = packet.stream();
+        if index == vidx {
+            if decoder.send_packet(&packet).is_err() {
+                stats.errors += 1;
+            }
+            drain_decoder(decoder, senders, &mut stats)?;
+        } else if audio.is_some_and(|a| a.index == index) {
+            for tx in senders {
+                tx.send(Msg::Audio(packet.clone()))
+                    .map_err(|_| worker_gone())?;
+            }
+        }
+    }
+    // EOF: flush the frames the decoder still holds (B-frame reordering, threads).
+    let _ = decoder.send_eof();
+    drain_decoder(decoder, senders, &mut stats)?;
+    Ok(stats)
+}
+
+fn worker_gone() -> TranscodeError {
+    // The worker's own error is reported instead; this only ends the decode loop.
+    TranscodeError::Cancelled
+}
+
+fn drain_decoder(
+    decoder: &mut decoder::Video,
+    senders: &[SyncSender<Msg>],
+    stats: &mut Decoded,
+) -> Result<(), TranscodeError> {
+    loop {
+        let mut frame = frame::Video::empty();
+        match decoder.receive_frame(&mut frame) {
+            Ok(()) => {}
+            Err(ffmpeg_next::Error::Other { errno }) if errno == libc::EAGAIN => return Ok(()),
+            Err(ffmpeg_next::Error::Eof) => return Ok(()),
+            Err(_) => {
+                stats.errors += 1;
+                return Ok(());
+            }
+        }
+        // Frames the decoder had to conceal or flag corrupt count as damage too:
+        // truncated input rarely makes libavcodec return an error outright.
+        // SAFETY: reading two plain fields of a valid frame.
+        let damaged = unsafe {
+            let f = frame.as_ptr();
+            (*f).decode_error_flags != 0 || ((*f).flags & ffi::AV_FRAME_FLAG_CORRUPT) != 0
+        };
+        if damaged {
+            stats.errors += 1;
+        }
+        let mut frame = if frame.format() == Pixel::CUDA {
+            stats.hw_frames += 1;
+            download(&frame)?
+        } else {
+            frame
+        };
+        // Best-effort timestamps survive reordering and missing PTS in damaged input.
+        let pts = frame.timestamp().or_else(|| stats.last_pts.map(|p| p + 1));
+        frame.set_pts(pts);
+        if let Some(p) = pts {
+            stats.first_pts = Some(stats.first_pts.map_or(p, |f| f.min(p)));
+            stats.last_pts = Some(stats.last_pts.map_or(p, |l| l.max(p)));
+        }
+        stats.frames += 1;
+        stats.pixels += frame.width() as u64 * frame.height() as u64;
+        let frame = Arc::new(frame);
+        for tx in senders {
+            tx.send(Msg::Video(Arc::clone(&frame)))
+                .map_err(|_| worker_gone())?;
+        }
+    }
+}
+
+/// Copies an NVDEC frame into system memory for the CPU filter graph.
+fn download(hw: &frame::Video) -> Result<frame::Video, TranscodeError> {
+    let mut sw = frame::Video::empty();
+    // SAFETY: both frames are valid; transfer allocates `sw`'s buffers.
+    let ret = unsafe {
+        let r = ffi::av_hwframe_transfer_data(sw.as_mut_ptr(), hw.as_ptr(), 0);
+        if r >= 0 {
+            ffi::av_frame_copy_props(sw.as_mut_ptr(), hw.as_ptr())
+        } else {
+            r
+        }
+    };
+    if ret < 0 {
+        return Err(TranscodeError::Ffmpeg {
+            what: "copying a decoded frame from the GPU",
+            reason: ffmpeg_next::Error::from(ret).to_string(),
+        });
+    }
+    Ok(sw)
+}

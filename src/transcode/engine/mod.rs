@@ -1,0 +1,363 @@
+//! The pipeline: demux and decode on the calling thread ([`decode`]), one worker thread per
+//! rendition ([`rendition`]: filter graph → encoder → muxer) fed frames by reference, and
+//! outputs written to temporary files that are renamed into place only when every rendition
+//! succeeded ([`output`]). This file wires them together and owns the stop rules.
+
+mod decode;
+mod output;
+mod rendition;
+
+use std::sync::mpsc::sync_channel;
+use std::sync::Arc;
+use std::time::Instant;
+
+use ffmpeg_next::{codec, format, frame, media, Packet, Rational};
+use tokio_util::sync::CancellationToken;
+
+use super::{avlog, input, profile, Profile, Report, Request, TranscodeError};
+use decode::{decode_all, open_decoder, Decoder};
+use rendition::Worker;
+
+/// Frames queued per rendition worker. Small: frames are large and the decoder is
+/// rarely the bottleneck, so a deep queue only costs memory.
+const QUEUE_DEPTH: usize = 3;
+
+/// Decides when a job must stop: the caller cancelled, the deadline passed, or a
+/// sibling worker failed (`abort`, a child token that never cancels the caller's).
+#[derive(Clone)]
+pub(super) struct Stop {
+    pub(super) abort: CancellationToken,
+    deadline: Option<Instant>,
+    started: Instant,
+}
+
+impl Stop {
+    pub(super) fn check(&self) -> Result<(), TranscodeError> {
+        if self.abort.is_cancelled() {
+            return Err(TranscodeError::Cancelled);
+        }
+        if self.deadline.is_some_and(|d| Instant::now() >= d) {
+            return Err(TranscodeError::DeadlineExceeded {
+                elapsed_ms: self.started.elapsed().as_millis() as u64,
+            });
+        }
+        Ok(())
+    }
+    fn should_stop(&self) -> bool {
+        self.check().is_err()
+    }
+}
+
+/// The caller's own stop (its cancel token or its deadline), ignoring `abort`, which
+/// siblings also trip: when it fired, it is the reason for whatever error followed.
+/// libav's interrupt callback cuts probing short, and a half-probed segment reads as
+/// "no frame could be decoded"; the caller must see "cancelled" or "deadline".
+fn caller_stop(req: &Request, started: Instant) -> Option<TranscodeError> {
+    if req.options.cancel.is_cancelled() {
+        return Some(TranscodeError::Cancelled);
+    }
+    if req.options.deadline.is_some_and(|d| Instant::now() >= d) {
+        return Some(TranscodeError::DeadlineExceeded {
+            elapsed_ms: started.elapsed().as_millis() as u64,
+        });
+    }
+    None
+}
+
+/// What the decoder sends each rendition worker.
+pub(super) enum Msg {
+    Video(Arc<frame::Video>),
+    Audio(Packet),
+}
+
+/// Transcodes `req.input` into one file per profile in `req.out_dir`.
+///
+/// Blocking; run it on a dedicated thread. See the module docs of
+/// [`crate::transcode`] for the pipeline and the guarantees on failure.
+pub fn transcode(req: &Request) -> Result<Report, TranscodeError> {
+    let started = Instant::now();
+    run(req, started).map_err(|e| caller_stop(req, started).unwrap_or(e))
+}
+
+fn run(req: &Request, started: Instant) -> Result<Report, TranscodeError> {
+    avlog::install();
+    ffmpeg_next::init().map_err(|e| TranscodeError::Ffmpeg {
+        what: "initialising libav",
+        reason: e.to_string(),
+    })?;
+    profile::validate_ladder(&req.profiles)?;
+    for p in &req.profiles {
+        if p.codec != super::VideoCodec::H264 {
+            return Err(TranscodeError::UnsupportedCodec {
+                profile: p.name.clone(),
+                codec: p.codec,
+            });
+        }
+    }
+    let stop = Stop {
+        abort: req.options.cancel.child_token(),
+        deadline: req.options.deadline,
+        started,
+    };
+    stop.check()?;
+
+    let interrupt = {
+        let stop = stop.clone();
+        move || stop.should_stop()
+    };
+    let mut ictx = input::open(&req.input, interrupt)?;
+
+    let (vidx, vtb, vparams, src_rate) = {
+        let s = ictx
+            .streams()
+            .best(media::Type::Video)
+            .ok_or_else(|| TranscodeError::NoVideo(describe_streams(&ictx)))?;
+        (s.index(), s.time_base(), s.parameters(), stream_rate(&s))
+    };
+    let audio = ictx.streams().best(media::Type::Audio).map(|s| AudioIn {
+        index: s.index(),
+        time_base: s.time_base(),
+        params: s.parameters(),
+    });
+
+    let Decoder {
+        mut decoder,
+        name: decoder_name,
+        fallback_reason: decoder_fallback,
+    } = open_decoder(vparams, &req.options)?;
+    let (src_w, src_h) = (decoder.width(), decoder.height());
+    if src_w == 0 || src_h == 0 {
+        // The prober saw a video stream but never a decodable picture header.
+        return Err(TranscodeError::NoFrames { decode_errors: 0 });
+    }
+    let src_pixels = src_w as u64 * src_h as u64;
+    if src_pixels > req.options.max_input_pixels {
+        return Err(TranscodeError::TooLarge {
+            width: src_w,
+            height: src_h,
+            pixels: src_pixels,
+            max: req.options.max_input_pixels,
+        });
+    }
+    let sar = decoder.aspect_ratio();
+
+    std::fs::create_dir_all(&req.out_dir).map_err(|e| TranscodeError::Output {
+        path: req.out_dir.display().to_string(),
+        reason: e.to_string(),
+    })?;
+
+    let dims: Vec<(u32, u32)> = req
+        .profiles
+        .iter()
+        .map(|p| {
+            profile::fit_dimensions(
+                src_w,
+                src_h,
+                (sar.numerator(), sar.denominator()),
+                p.width,
+                p.height,
+            )
+        })
+        .collect();
+    let threads = encoder_threads(&req.profiles, &dims, src_rate, req.options.encode_cores);
+    let mut workers = Vec::with_capacity(req.profiles.len());
+    let mut fallback_reason = None;
+    let mut encoder_choice = req.options.encoder;
+    for ((p, &size), &threads) in req.profiles.iter().zip(&dims).zip(&threads) {
+        let w = Worker::open(
+            p,
+            req,
+            encoder_choice,
+            size,
+            src_rate,
+            vtb,
+            audio.as_ref(),
+            threads,
+        )?;
+        if fallback_reason.is_none() {
+            fallback_reason = w.fallback_reason.clone();
+        }
+        // NVENC that cannot load at all will not load for the next rung either; a
+        // session cap, by contrast, may still leave room for a smaller rung's retry.
+        if w.nvenc_unavailable {
+            encoder_choice = super::EncoderChoice::X264;
+        }
+        workers.push(w);
+    }
+    if fallback_reason.is_none() {
+        fallback_reason = decoder_fallback;
+    }
+
+    let (decoded, finished) = std::thread::scope(|scope| {
+        let mut senders = Vec::with_capacity(workers.len());
+        let mut handles = Vec::with_capacity(workers.len());
+        for (i, w) in workers.into_iter().enumerate() {
+            let (tx, rx) = sync_channel::<Msg>(QUEUE_DEPTH);
+            let worker_stop = stop.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("comine-enc-{i}"))
+                .spawn_scoped(scope, move || {
+                    let result = w.run(rx, &worker_stop);
+                    if result.is_err() {
+                        worker_stop.abort.cancel(); // siblings and the decoder stop early
+                    }
+                    result
+                });
+            match handle {
+                Ok(h) => {
+                    handles.push(h);
+                    senders.push(tx);
+                }
+                Err(e) => {
+                    stop.abort.cancel();
+                    return (
+                        Err(TranscodeError::Ffmpeg {
+                            what: "starting an encode thread",
+                            reason: e.to_string(),
+                        }),
+                        Vec::new(),
+                    );
+                }
+            }
+        }
+        let decoded = decode_all(
+            &mut ictx,
+            &mut decoder,
+            vidx,
+            audio.as_ref(),
+            &senders,
+            &stop,
+        );
+        if decoded.is_err() {
+            stop.abort.cancel();
+        }
+        drop(senders); // closes the queues: workers flush and finish
+        let finished: Vec<_> = handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(TranscodeError::Ffmpeg {
+                        what: "encoding",
+                        reason: "an encode thread panicked".into(),
+                    })
+                })
+            })
+            .collect();
+        (decoded, finished)
+    });
+
+    // A caller's cancel or deadline wins over the secondary errors it caused.
+    stop.check()?;
+    let decoded = decoded?;
+    let mut done = Vec::with_capacity(finished.len());
+    let mut first_err = None;
+    for f in finished {
+        match f {
+            Ok(d) => done.push(d),
+            Err(TranscodeError::Cancelled) => {}
+            Err(e) => {
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    if let Some(e) = first_err {
+        return Err(e); // `done` drops here and removes every temporary file
+    }
+    if decoded.frames == 0 {
+        return Err(TranscodeError::NoFrames {
+            decode_errors: decoded.errors,
+        });
+    }
+    let mut renditions = Vec::with_capacity(done.len());
+    for d in done {
+        renditions.push(d.commit()?);
+    }
+    let wall = started.elapsed();
+    let media_seconds = decoded.media_seconds(vtb, src_rate);
+    if decoded.errors > 0 {
+        tracing::warn!(
+            decode_errors = decoded.errors,
+            frames = decoded.frames,
+            "input is damaged or truncated; transcoded the frames that decoded"
+        );
+    }
+    Ok(Report {
+        decoded_pixels: decoded.pixels,
+        decoded_frames: decoded.frames,
+        decode_errors: decoded.errors,
+        decoder: if decoded.hw_frames > 0 {
+            format!("{decoder_name} (nvdec)")
+        } else {
+            decoder_name
+        },
+        input_width: src_w,
+        input_height: src_h,
+        media_seconds,
+        wall_ms: wall.as_millis() as u64,
+        realtime_factor: if wall.as_secs_f64() > 0.0 {
+            media_seconds / wall.as_secs_f64()
+        } else {
+            0.0
+        },
+        encoded_pixels: renditions.iter().map(|r| r.pixels).sum(),
+        fallback_reason,
+        renditions,
+    })
+}
+
+/// The input's audio stream, copied into every rendition.
+pub(super) struct AudioIn {
+    pub(super) index: usize,
+    pub(super) time_base: Rational,
+    pub(super) params: codec::Parameters,
+}
+
+fn describe_streams(ictx: &format::context::Input) -> String {
+    let kinds: Vec<String> = ictx
+        .streams()
+        .map(|s| {
+            let p = s.parameters();
+            format!("{:?} {:?}", p.medium(), p.id()).to_lowercase()
+        })
+        .collect();
+    if kinds.is_empty() {
+        "no streams".into()
+    } else {
+        kinds.join(", ")
+    }
+}
+
+fn stream_rate(s: &format::stream::Stream) -> Rational {
+    [s.avg_frame_rate(), s.rate()]
+        .into_iter()
+        .find(|r| {
+            r.numerator() > 0 && r.denominator() > 0 && (r.numerator() / r.denominator()) <= 1000
+        })
+        .unwrap_or(Rational::new(30, 1))
+}
+
+/// libx264 threads per rendition, proportional to each rung's output pixel rate so the
+/// largest rung (usually half the work) is not the critical path.
+fn encoder_threads(
+    profiles: &[Profile],
+    dims: &[(u32, u32)],
+    src_rate: Rational,
+    cores: usize,
+) -> Vec<usize> {
+    let cores = if cores > 0 {
+        cores
+    } else {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    };
+    let src_fps = src_rate.numerator() as f64 / src_rate.denominator().max(1) as f64;
+    let rates: Vec<f64> = profiles
+        .iter()
+        .zip(dims)
+        .map(|(p, &(w, h))| w as f64 * h as f64 * p.fps().unwrap_or(src_fps).min(src_fps.max(1.0)))
+        .collect();
+    let total: f64 = rates.iter().sum::<f64>().max(1.0);
+    rates
+        .iter()
+        .map(|r| ((cores as f64 * r / total).round() as usize).clamp(1, cores.max(1)))
+        .collect()
+}

@@ -1,0 +1,415 @@
+//! One rendition's worker thread: the filter graph (fps → scale → yuv420p, rebuilt when the
+//! input geometry changes), the encoder (NVENC or libx264, see `transcode::encoder`) and the
+//! muxer, with the input's audio copied alongside. It counts encoded frames for the exact
+//! pixel count.
+
+use std::sync::mpsc::Receiver;
+
+use ffmpeg_next::{
+    codec, ffi, filter, format, frame, picture, util::format::Pixel, Packet, Rational,
+};
+
+use super::super::encoder::{self, Setup};
+use super::super::{avlog, EncoderChoice, Profile, RenditionReport, Request, TranscodeError};
+use super::output::{temp_name, Finished, TempOutput};
+use super::{AudioIn, Msg, Stop};
+
+/// One rendition's filter graph, encoder and muxer, run on its own thread.
+pub(super) struct Worker {
+    profile: Profile,
+    width: u32,
+    height: u32,
+    in_time_base: Rational,
+    encoder: ffmpeg_next::encoder::video::Encoder,
+    encoder_name: &'static str,
+    pub(super) fallback_reason: Option<String>,
+    /// `auto` found NVENC absent on this host (not merely out of sessions).
+    pub(super) nvenc_unavailable: bool,
+    enc_time_base: Rational,
+    octx: format::context::Output,
+    video_out: usize,
+    video_out_time_base: Rational,
+    audio: Option<AudioOut>,
+    graph: Option<Graph>,
+    /// Latest input pts and one source frame's duration, both in `in_time_base`.
+    last_in_pts: Option<i64>,
+    in_frame_duration: i64,
+    /// Frames sent to the encoder.
+    sent: u64,
+    /// Packets out of the encoder, one per encoded frame: the pixel count's basis.
+    frames: u64,
+    output: TempOutput,
+}
+
+/// Where copied audio packets go in this rendition's muxer.
+struct AudioOut {
+    index: usize,
+    in_time_base: Rational,
+    out_time_base: Rational,
+}
+
+struct Graph {
+    graph: filter::Graph,
+    /// Input geometry the graph was built for; a change mid-stream rebuilds it.
+    key: (u32, u32, Pixel),
+    out_time_base: Rational,
+}
+
+impl Worker {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn open(
+        profile: &Profile,
+        req: &Request,
+        encoder_choice: EncoderChoice,
+        (width, height): (u32, u32),
+        src_rate: Rational,
+        in_time_base: Rational,
+        audio: Option<&AudioIn>,
+        threads: usize,
+    ) -> Result<Worker, TranscodeError> {
+        let dst = req.out_dir.join(profile.file_name());
+        let tmp = temp_name(&dst);
+        let output = TempOutput {
+            tmp: tmp.clone(),
+            dst: dst.clone(),
+            keep: false,
+        };
+        let out_err = |reason: String| TranscodeError::Output {
+            path: dst.display().to_string(),
+            reason,
+        };
+        let mut octx =
+            format::output_as(&tmp, profile.format.muxer()).map_err(|e| out_err(e.to_string()))?;
+        let global_header = octx
+            .format()
+            .flags()
+            .contains(format::flag::Flags::GLOBAL_HEADER);
+        let (enc_time_base, frame_rate) = match profile.fps() {
+            Some(_) => (
+                Rational::new(profile.fps_den as i32, profile.fps_num as i32),
+                Rational::new(profile.fps_num as i32, profile.fps_den as i32),
+            ),
+            None => (in_time_base, src_rate),
+        };
+        let opened = encoder::open(
+            encoder_choice,
+            &Setup {
+                profile,
+                width,
+                height,
+                time_base: enc_time_base,
+                frame_rate,
+                global_header,
+                gpu: req.options.gpu,
+                x264_preset: &req.options.x264_preset,
+                threads,
+            },
+        )?;
+        let video_out = {
+            let mut st = octx
+                .add_stream(ffmpeg_next::encoder::find_by_name(opened.name))
+                .map_err(|e| out_err(e.to_string()))?;
+            st.set_parameters(&opened.encoder);
+            st.set_time_base(enc_time_base);
+            st.set_avg_frame_rate(frame_rate);
+            st.index()
+        };
+        let audio_out = match audio {
+            Some(a) => {
+                let mut st = octx
+                    .add_stream(ffmpeg_next::encoder::find(codec::Id::None))
+                    .map_err(|e| out_err(e.to_string()))?;
+                st.set_parameters(a.params.clone());
+                // SAFETY: the stream's codecpar is valid; a tag from the source container
+                // may be invalid in the output container, so let the muxer choose.
+                unsafe { (*st.parameters().as_mut_ptr()).codec_tag = 0 };
+                Some((st.index(), a.time_base))
+            }
+            None => None,
+        };
+        let (header, lines) = avlog::capture(|| octx.write_header());
+        if let Err(e) = header {
+            let why = avlog::summarize(&lines).unwrap_or_else(|| e.to_string());
+            return Err(out_err(format!(
+                "cannot start the {} muxer: {why}",
+                profile.format.muxer()
+            )));
+        }
+        // The muxer fixes its streams' time bases in write_header; read them once here
+        // instead of per packet.
+        let out_tb = |idx: usize, fallback: Rational| {
+            octx.stream(idx).map(|s| s.time_base()).unwrap_or(fallback)
+        };
+        let video_out_time_base = out_tb(video_out, enc_time_base);
+        let audio = audio_out.map(|(idx, in_tb)| AudioOut {
+            index: idx,
+            in_time_base: in_tb,
+            out_time_base: out_tb(idx, in_tb),
+        });
+        Ok(Worker {
+            profile: profile.clone(),
+            width,
+            height,
+            in_time_base,
+            encoder: opened.encoder,
+            encoder_name: opened.name,
+            fallback_reason: opened.fallback_reason,
+            nvenc_unavailable: opened.nvenc_unavailable,
+            enc_time_base,
+            octx,
+            video_out,
+            video_out_time_base,
+            audio,
+            graph: None,
+            last_in_pts: None,
+            // SAFETY: pure arithmetic on plain rationals.
+            in_frame_duration: unsafe {
+                ffi::av_rescale_q(1, src_rate.invert().into(), in_time_base.into()).max(1)
+            },
+            sent: 0,
+            frames: 0,
+            output,
+        })
+    }
+
+    pub(super) fn run(
+        mut self,
+        rx: Receiver<Msg>,
+        stop: &Stop,
+    ) -> Result<Finished, TranscodeError> {
+        for msg in rx {
+            stop.check()?;
+            match msg {
+                Msg::Video(frame) => self.push_video(&frame)?,
+                Msg::Audio(packet) => self.push_audio(packet),
+            }
+        }
+        stop.check()?;
+        // Flush: filter graph first (fps may hold a frame), then the encoder.
+        if let Some(g) = self.graph.as_mut() {
+            // Close at the *end* of the last frame, as the ffmpeg CLI does: closing at
+            // its start makes the fps filter drop it.
+            let eof_pts = self
+                .last_in_pts
+                .map_or(ffi::AV_NOPTS_VALUE, |p| p + self.in_frame_duration);
+            if let Some(mut src) = g.graph.get("in") {
+                // SAFETY: valid buffersrc context; closing only marks EOF.
+                unsafe {
+                    ffi::av_buffersrc_close(
+                        src.as_mut_ptr(),
+                        eof_pts,
+                        ffi::AV_BUFFERSRC_FLAG_PUSH as u32,
+                    );
+                }
+            }
+            self.drain_graph()?;
+        }
+        self.encoder
+            .send_eof()
+            .map_err(|e| self.ffmpeg("flushing the encoder", e))?;
+        self.drain_encoder()?;
+        self.octx
+            .write_trailer()
+            .map_err(|e| self.write_err(e.to_string()))?;
+        let Worker {
+            profile,
+            width,
+            height,
+            frames,
+            encoder_name,
+            octx,
+            output,
+            ..
+        } = self;
+        drop(octx); // closes the file so its size is final
+        let bytes = std::fs::metadata(&output.tmp).map(|m| m.len()).unwrap_or(0);
+        Ok(Finished {
+            report: RenditionReport {
+                path: output.dst.clone(),
+                profile: profile.name.clone(),
+                width,
+                height,
+                frames,
+                pixels: width as u64 * height as u64 * frames,
+                bytes,
+                encoder: encoder_name.to_string(),
+                format: profile.format,
+                mime: profile.format.mime(),
+            },
+            output,
+        })
+    }
+
+    fn push_video(&mut self, frame: &frame::Video) -> Result<(), TranscodeError> {
+        if let Some(p) = frame.pts() {
+            self.last_in_pts = Some(self.last_in_pts.map_or(p, |l| l.max(p)));
+        }
+        let key = (frame.width(), frame.height(), frame.format());
+        if self.graph.as_ref().is_none_or(|g| g.key != key) {
+            if self.graph.is_some() {
+                tracing::debug!(profile = %self.profile.name, ?key, "input geometry changed mid-segment; rebuilding the filter graph");
+            }
+            self.graph = Some(self.build_graph(frame)?);
+        }
+        let g = self.graph.as_mut().ok_or_else(|| TranscodeError::Ffmpeg {
+            what: "filtering",
+            reason: "filter graph missing".into(),
+        })?;
+        let mut src = g.graph.get("in").ok_or_else(|| TranscodeError::Ffmpeg {
+            what: "filtering",
+            reason: "buffer source missing".into(),
+        })?;
+        // SAFETY: `write_frame` takes a new reference to the shared frame's buffers and
+        // leaves the frame itself untouched, so other workers can keep reading it.
+        let ret = unsafe { ffi::av_buffersrc_write_frame(src.as_mut_ptr(), frame.as_ptr()) };
+        if ret < 0 {
+            return Err(self.ffmpeg("feeding the scaler", ffmpeg_next::Error::from(ret)));
+        }
+        self.drain_graph()
+    }
+
+    fn build_graph(&self, frame: &frame::Video) -> Result<Graph, TranscodeError> {
+        let fail = |e: ffmpeg_next::Error| TranscodeError::Ffmpeg {
+            what: "building the scale filter graph",
+            reason: e.to_string(),
+        };
+        let sar = frame.aspect_ratio();
+        let (sn, sd) = if sar.numerator() > 0 && sar.denominator() > 0 {
+            (sar.numerator(), sar.denominator())
+        } else {
+            (1, 1)
+        };
+        let pix: ffi::AVPixelFormat = frame.format().into();
+        let args = format!(
+            "video_size={}x{}:pix_fmt={}:time_base={}/{}:pixel_aspect={}/{}",
+            frame.width(),
+            frame.height(),
+            pix as i32,
+            self.in_time_base.numerator(),
+            self.in_time_base.denominator(),
+            sn,
+            sd
+        );
+        let mut graph = filter::Graph::new();
+        let buffer = filter::find("buffer")
+            .ok_or(ffmpeg_next::Error::FilterNotFound)
+            .map_err(fail)?;
+        let sink = filter::find("buffersink")
+            .ok_or(ffmpeg_next::Error::FilterNotFound)
+            .map_err(fail)?;
+        graph.add(&buffer, "in", &args).map_err(fail)?;
+        graph.add(&sink, "out", "").map_err(fail)?;
+        let spec = filter_spec(&self.profile, self.width, self.height);
+        graph
+            .output("in", 0)
+            .and_then(|p| p.input("out", 0))
+            .and_then(|p| p.parse(&spec))
+            .map_err(fail)?;
+        graph.validate().map_err(fail)?;
+        let out_time_base = graph
+            .get("out")
+            .map(|mut c| c.sink().time_base())
+            .unwrap_or(self.enc_time_base);
+        Ok(Graph {
+            graph,
+            key: (frame.width(), frame.height(), frame.format()),
+            out_time_base,
+        })
+    }
+
+    fn drain_graph(&mut self) -> Result<(), TranscodeError> {
+        loop {
+            let Some(g) = self.graph.as_mut() else {
+                return Ok(());
+            };
+            let out_tb = g.out_time_base;
+            let mut filtered = frame::Video::empty();
+            let got = match g.graph.get("out") {
+                Some(mut sink) => sink.sink().frame(&mut filtered),
+                None => return Ok(()),
+            };
+            match got {
+                Ok(()) => self.encode(filtered, out_tb)?,
+                Err(ffmpeg_next::Error::Eof) => return Ok(()),
+                Err(ffmpeg_next::Error::Other { errno }) if errno == libc::EAGAIN => return Ok(()),
+                Err(e) => return Err(self.ffmpeg("scaling", e)),
+            }
+        }
+    }
+
+    fn encode(&mut self, mut frame: frame::Video, tb: Rational) -> Result<(), TranscodeError> {
+        if let Some(pts) = frame.pts() {
+            // SAFETY: pure arithmetic on plain rationals.
+            let pts = unsafe { ffi::av_rescale_q(pts, tb.into(), self.enc_time_base.into()) };
+            frame.set_pts(Some(pts));
+        }
+        // The decoder's picture types must not leak into the encoder (it would copy the
+        // source's GOP); only the segment's first frame is forced, to an IDR.
+        frame.set_kind(if self.sent == 0 {
+            picture::Type::I
+        } else {
+            picture::Type::None
+        });
+        self.sent += 1;
+        self.encoder
+            .send_frame(&frame)
+            .map_err(|e| self.ffmpeg("encoding", e))?;
+        self.drain_encoder()
+    }
+
+    fn drain_encoder(&mut self) -> Result<(), TranscodeError> {
+        let mut packet = Packet::empty();
+        loop {
+            match self.encoder.receive_packet(&mut packet) {
+                Ok(()) => {
+                    self.frames += 1;
+                    packet.set_stream(self.video_out);
+                    packet.rescale_ts(self.enc_time_base, self.video_out_time_base);
+                    packet
+                        .write_interleaved(&mut self.octx)
+                        .map_err(|e| self.write_err(e.to_string()))?;
+                }
+                Err(ffmpeg_next::Error::Eof) => return Ok(()),
+                Err(ffmpeg_next::Error::Other { errno }) if errno == libc::EAGAIN => return Ok(()),
+                Err(e) => return Err(self.ffmpeg("encoding", e)),
+            }
+        }
+    }
+
+    fn push_audio(&mut self, mut packet: Packet) {
+        let Some(a) = &self.audio else {
+            return;
+        };
+        packet.set_stream(a.index);
+        packet.rescale_ts(a.in_time_base, a.out_time_base);
+        packet.set_position(-1);
+        // Audio is passed through untouched; a packet the muxer refuses (damaged
+        // timestamps in a truncated segment) is dropped rather than failing the video.
+        if let Err(e) = packet.write_interleaved(&mut self.octx) {
+            tracing::debug!(profile = %self.profile.name, error = %e, "dropped an audio packet the muxer refused");
+        }
+    }
+
+    fn ffmpeg(&self, what: &'static str, e: ffmpeg_next::Error) -> TranscodeError {
+        TranscodeError::Ffmpeg {
+            what,
+            reason: format!("{e} (rendition {})", self.profile.name),
+        }
+    }
+    fn write_err(&self, reason: String) -> TranscodeError {
+        TranscodeError::Output {
+            path: self.output.dst.display().to_string(),
+            reason,
+        }
+    }
+}
+
+/// fps → scale → yuv420p, the same chain a `-vf` on the ffmpeg CLI would run.
+pub(crate) fn filter_spec(profile: &Profile, width: u32, height: u32) -> String {
+    let mut spec = String::new();
+    if profile.fps().is_some() {
+        spec.push_str(&format!("fps=fps={}/{},", profile.fps_num, profile.fps_den));
+    }
+    spec.push_str(&format!("scale={width}:{height},format=yuv420p,setsar=1"));
+    spec
+}

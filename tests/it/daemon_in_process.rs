@@ -1,0 +1,264 @@
+//! The daemon assembled in-process with stand-ins behind its two boundaries (admission and
+//! the rendition store): concurrency
+//! follows the scheduler's capacity, shutdown restores the scheduler, and a store
+//! error is retried and counted.
+
+use crate::common;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use comine::config::Config;
+use comine::daemon::admission::{
+    Admission, Placement, Rejected, SchedulerStatus, SemaphoreAdmission,
+};
+use comine::daemon::rendition_store::{
+    Content, EmbeddedStore, RenditionStore, RenditionStoreError, StoredRef,
+};
+use comine::daemon::Daemon;
+use comine::ledger::JobClass;
+use futures_util::future::BoxFuture;
+use tokio::sync::watch;
+
+/// A scheduler stand-in: capacity set by the test, restore() counted, demand recorded.
+struct TestScheduler {
+    inner: SemaphoreAdmission,
+    restored: AtomicUsize,
+    demand: std::sync::Mutex<Vec<(f64, f64)>>,
+}
+
+impl Admission for TestScheduler {
+    fn try_admit(&self, class: JobClass, pps: f64) -> Result<Placement, Rejected> {
+        self.inner.try_admit(class, pps)
+    }
+    fn capacity(&self) -> watch::Receiver<usize> {
+        self.inner.capacity()
+    }
+    fn livepeer_sessions(&self) -> watch::Receiver<u32> {
+        self.inner.livepeer_sessions()
+    }
+    fn status(&self) -> SchedulerStatus {
+        let mut s = self.inner.status();
+        s.sealing.insert("disabled".into(), 1);
+        s
+    }
+    fn set_demand(&self, live: f64, batch: f64) {
+        self.demand.lock().unwrap().push((live, batch));
+    }
+    fn restore(&self) -> BoxFuture<'_, ()> {
+        self.restored.fetch_add(1, Ordering::SeqCst);
+        Box::pin(async {})
+    }
+}
+
+/// A store whose first put fails.
+struct FlakyStore {
+    inner: EmbeddedStore,
+    calls: AtomicUsize,
+}
+
+impl RenditionStore for FlakyStore {
+    fn put<'a>(&'a self, path: &'a Path) -> BoxFuture<'a, Result<StoredRef, RenditionStoreError>> {
+        Box::pin(async move {
+            if self.calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                return Err(RenditionStoreError::Other("injected failure".into()));
+            }
+            self.inner.put(path).await
+        })
+    }
+    fn open<'a>(
+        &'a self,
+        cid: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Content>, RenditionStoreError>> {
+        self.inner.open(cid)
+    }
+    fn describe(&self) -> serde_json::Value {
+        serde_json::json!({"backend": "flaky-test"})
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrency_follows_capacity_and_shutdown_restores_the_scheduler() {
+    let root = tempfile::tempdir().unwrap();
+    let seg = common::segment(root.path(), "s.ts", "testsrc");
+    let data = root.path().join("data");
+    let mut config = Config::default();
+    config.transcode.encoder = "x264".into();
+    config.transcode.decoder = "software".into();
+    config.transcode.x264_preset = "ultrafast".into();
+    let sched = Arc::new(TestScheduler {
+        inner: SemaphoreAdmission::new(0),
+        restored: AtomicUsize::new(0),
+        demand: Default::default(),
+    });
+    let store = Arc::new(FlakyStore {
+        inner: EmbeddedStore::open(&data, None).unwrap(),
+        calls: AtomicUsize::new(0),
+    });
+    let d = Daemon::open(config, data, store.clone(), sched.clone(), "t".repeat(32)).unwrap();
+    d.resume().await.unwrap();
+    d.spawn_dispatcher();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let app = comine::daemon::api::router(d.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let http = reqwest::Client::new();
+    let token = "t".repeat(32);
+    let mut ids = Vec::new();
+    for seq in 0..3 {
+        let r = http
+            .post(format!(
+                "{base}/v1/transcode?profiles=P144p30fps16x9&manifest_id=s&seq={seq}&async=1"
+            ))
+            .bearer_auth(&token)
+            .body(seg.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+        let v: serde_json::Value = r.json().await.unwrap();
+        ids.push(v["job_id"].as_str().unwrap().to_string());
+    }
+    // Capacity 0: nothing runs.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let st: serde_json::Value = http
+        .get(format!("{base}/v1/status"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(st["queue"]["depth"], 3, "{st}");
+    assert_eq!(st["queue"]["capacity"], 0);
+    assert_eq!(st["sealing"]["disabled"], 1);
+    // The waiting batch jobs were reported as demand: 3 queued × 256x144 at 30 fps.
+    let last = *sched
+        .demand
+        .lock()
+        .unwrap()
+        .last()
+        .expect("demand reported");
+    assert_eq!(last, (0.0, 3.0 * 256.0 * 144.0 * 30.0));
+    // The scheduler opens capacity: the queue drains.
+    sched.inner.set_capacity(1);
+    for id in &ids {
+        let job = loop {
+            let j: serde_json::Value = http
+                .get(format!("{base}/v1/jobs/{id}"))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if j["state"] == "done" || j["state"] == "failed" {
+                break j;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(job["state"], "done", "{job}");
+    }
+    // The injected store failure was retried and counted.
+    assert_eq!(store.calls.load(Ordering::SeqCst), 4);
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("comine_store_errors_total 1"), "{metrics}");
+    assert!(metrics.contains("comine_capacity 1"), "{metrics}");
+    // Everything admitted: no demand left waiting.
+    assert_eq!(*sched.demand.lock().unwrap().last().unwrap(), (0.0, 0.0));
+    assert!(
+        metrics.contains("comine_sealing_tasks{state=\"disabled\"} 1"),
+        "{metrics}"
+    );
+    d.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(sched.restored.load(Ordering::SeqCst), 1);
+}
+
+/// A Livepeer segment caught by a crash: one still transcoding has no spool to resume
+/// from (the orchestrator has long reassigned it) and is failed uncounted; one whose
+/// renditions were already stored is completed and counted exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn livepeer_jobs_interrupted_by_a_crash_are_failed_or_completed_never_double_counted() {
+    use comine::ledger::{Admitted, JobState, NewJob, RenditionRecord};
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("data");
+    let new = |seq: u64| NewJob {
+        class: JobClass::Live,
+        manifest_id: Some("livepeer:m1".into()),
+        seq: Some(seq),
+        profiles: vec!["P144p30fps16x9".into()],
+        duration_ms: 2000,
+        segment_bytes: 1000,
+    };
+    let open = || {
+        Daemon::open(
+            Config::default(),
+            data.clone(),
+            Arc::new(EmbeddedStore::open(&data, None).unwrap()),
+            Arc::new(SemaphoreAdmission::new(1)),
+            "t".repeat(32),
+        )
+        .unwrap()
+    };
+    let (mid, stored) = {
+        let d = open();
+        let Admitted::New(a) = d.ledger.admit(new(1)).unwrap() else {
+            panic!()
+        };
+        d.ledger.mark_queued(&a.job_id).unwrap();
+        d.ledger.mark_transcoding(&a.job_id).unwrap();
+        let Admitted::New(b) = d.ledger.admit(new(2)).unwrap() else {
+            panic!()
+        };
+        d.ledger.mark_queued(&b.job_id).unwrap();
+        d.ledger.mark_transcoding(&b.job_id).unwrap();
+        let rendition = RenditionRecord {
+            profile: "P144p30fps16x9".into(),
+            cid: "QmWfVY9y3xjsixTgbd9AorQxH7VtMpzfx2HaWtsoUYecaX".into(),
+            pixels: 256 * 144 * 60,
+            bytes: 5,
+            width: 256,
+            height: 144,
+            frames: 60,
+            encoder: "libx264".into(),
+            mime: "video/mp2t".into(),
+            job_id: String::new(),
+        };
+        d.ledger
+            .mark_stored(&b.job_id, 1, 2.0, 100, vec![rendition])
+            .unwrap();
+        d.ledger.flush().await.unwrap();
+        (a.job_id, b.job_id)
+        // Dropped without shutdown: the crash.
+    };
+    let d = open();
+    assert_eq!(d.resume().await.unwrap(), 1, "only the stored one resumes");
+    let failed = d.ledger.get(&mid).unwrap().unwrap();
+    assert_eq!(failed.state, JobState::Failed);
+    assert_eq!(failed.error.unwrap().code, "interrupted");
+    d.spawn_dispatcher();
+    let done = d.wait_final(&stored).await.unwrap().unwrap();
+    assert_eq!(done.state, JobState::Done);
+    let counters = d.ledger.source("livepeer:m1").unwrap().unwrap();
+    assert_eq!(counters.segments, 1);
+    assert_eq!(counters.encoded_pixels, 256 * 144 * 60);
+    // The orchestrator retrying segment 2 is a duplicate, not a second count.
+    assert!(matches!(
+        d.ledger.admit(new(2)).unwrap(),
+        Admitted::Duplicate(_)
+    ));
+    d.shutdown(Duration::from_secs(5)).await;
+}

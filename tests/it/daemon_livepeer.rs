@@ -1,0 +1,269 @@
+//! `comine run --orch-addr …`: the daemon attached to the in-repo test orchestrator.
+//! Segments handed out by the orchestrator come back as checked multipart results, their
+//! renditions land in the daemon's store byte for byte, and the ledger counts exactly the
+//! pixels the orchestrator was sent. Capacity `auto` follows the scheduler; a refused
+//! secret stops the daemon with a message that says what to fix.
+
+use crate::common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use comine::livepeer::proto::VideoProfile;
+use comine::livepeer::test_orchestrator::{
+    SegmentJob, TaskOutcome, TestOrchestrator, TestOrchestratorConfig,
+};
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn ladder() -> Vec<VideoProfile> {
+    vec![
+        common::lp_p144p(),
+        VideoProfile {
+            name: "P96p15".into(),
+            width: 170,
+            height: 96,
+            bitrate: 200_000,
+            fps: 15,
+            fps_den: 1,
+            gop: 1000,
+            ..Default::default()
+        },
+    ]
+}
+
+async fn status(d: &common::Daemon) -> Value {
+    d.get_json("/v1/status").await
+}
+
+/// Polls `/v1/status` until `pred` holds.
+async fn wait_status(d: &common::Daemon, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let start = Instant::now();
+    loop {
+        let s = status(d).await;
+        if pred(&s) {
+            return s;
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "timed out waiting for {what}; status: {}",
+            s["livepeer"]
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn secret_file(root: &std::path::Path, secret: &str) -> String {
+    let f = root.join("orch-secret");
+    std::fs::write(&f, format!("{secret}\n")).unwrap();
+    format!("@{}", f.display())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_attaches_stores_renditions_and_accounts_every_segment_once() {
+    let root = tempfile::tempdir().unwrap();
+    let orch = TestOrchestrator::start(TestOrchestratorConfig::default())
+        .await
+        .unwrap();
+    let config = common::write_config(root.path(), "");
+    let secret = secret_file(root.path(), orch.secret());
+    let mut d = common::Daemon::start_with(
+        root.path(),
+        &config,
+        &[
+            "--orch-addr",
+            &orch.addr(),
+            "--orch-secret",
+            &secret,
+            "--capacity",
+            "2",
+        ],
+    );
+    orch.wait_for_transcoders(1, WAIT).await.unwrap();
+    assert_eq!(orch.capacities(), vec![2]);
+    let st = wait_status(&d, "registration", |s| {
+        s["livepeer"]["link"]["state"] == "registered"
+    })
+    .await;
+    assert_eq!(st["livepeer"]["capacity_mode"], "2");
+    assert_eq!(st["livepeer"]["orch_addr"], orch.addr());
+
+    // Two sessions at once, two segments each, then one session torn down.
+    let media = common::lp_segment();
+    let run_session = |session: &'static str| {
+        let orch = &orch;
+        let media = media.clone();
+        async move {
+            let mut out = Vec::new();
+            for seq in 0..2 {
+                let mut job = SegmentJob::new(session, seq, media.clone(), ladder());
+                job.duration_ms = 1000;
+                out.push(orch.transcode(job).await);
+            }
+            out
+        }
+    };
+    let (a, b) = tokio::join!(run_session("sess-a"), run_session("sess-b"));
+    let mut posted_pixels = 0u64;
+    let mut posted_parts: Vec<Bytes> = Vec::new();
+    for outcome in a.into_iter().chain(b) {
+        match outcome {
+            TaskOutcome::Done { parts, .. } => {
+                assert_eq!(parts.len(), 2);
+                for p in parts {
+                    assert!(p.pixels > 0);
+                    posted_pixels += p.pixels;
+                    posted_parts.push(p.data);
+                }
+            }
+            other => panic!("segment not transcoded: {other:?}"),
+        }
+    }
+    assert!(orch.end_session("sess-a").await);
+
+    let st = wait_status(&d, "4 segments accounted and a session ended", |s| {
+        s["livepeer"]["segments"]["accounted"] == 4
+            && s["livepeer"]["segments"]["sessions_ended"] == 1
+    })
+    .await;
+    let seg = &st["livepeer"]["segments"];
+    assert_eq!(seg["transcoded"], 4);
+    assert_eq!(seg["failed"], 0);
+    assert_eq!(seg["encoded_pixels"], posted_pixels);
+    assert_eq!(st["pixels_today"]["encoded_pixels"], posted_pixels);
+    assert_eq!(st["pixels_today"]["segments"], 4);
+
+    // The ledger lists the four segments under their Livepeer manifests, and every CID
+    // serves exactly the bytes the orchestrator received.
+    let export = d.get_json("/v1/ledger/export?format=json").await;
+    let jobs = export["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 4);
+    let mut served = Vec::new();
+    for j in jobs {
+        let m = j["manifest_id"].as_str().unwrap();
+        assert!(
+            m == "livepeer:manifest-sess-a" || m == "livepeer:manifest-sess-b",
+            "{m}"
+        );
+        assert_eq!(j["profiles"], "P144p30fps16x9 P96p15");
+        for cid in j["cids"].as_str().unwrap().split(' ') {
+            let r = d.get(&format!("/v1/renditions/{cid}")).await;
+            assert!(
+                r.status().is_success(),
+                "GET rendition {cid}: {}",
+                r.status()
+            );
+            served.push(r.bytes().await.unwrap());
+        }
+    }
+    assert_eq!(served.len(), posted_parts.len());
+    for p in &posted_parts {
+        assert!(
+            served.contains(p),
+            "a posted rendition is missing from the store"
+        );
+    }
+
+    // A corrupt segment is answered with an error part and recorded as failed, not counted.
+    let mut bad = SegmentJob::new("sess-c", 0, Bytes::from(vec![0x47u8; 188 * 20]), ladder());
+    bad.duration_ms = 1000;
+    match orch.transcode(bad).await {
+        TaskOutcome::TranscodeError(reason) => assert!(!reason.is_empty()),
+        other => panic!("corrupt segment must give an error part, got {other:?}"),
+    }
+    let st = wait_status(&d, "the failure recorded", |s| {
+        s["livepeer"]["segments"]["failed"] == 1
+    })
+    .await;
+    assert_eq!(st["pixels_today"]["encoded_pixels"], posted_pixels);
+    assert_eq!(st["jobs"]["failed"], 1);
+
+    // SIGTERM: the client unregisters, the daemon exits cleanly.
+    assert!(d.terminate(), "daemon did not stop cleanly");
+    let start = Instant::now();
+    while orch.live_transcoders() > 0 {
+        assert!(start.elapsed() < WAIT, "transcoder still registered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capacity_auto_registers_with_the_schedulers_session_count() {
+    let root = tempfile::tempdir().unwrap();
+    let orch = TestOrchestrator::start(TestOrchestratorConfig::default())
+        .await
+        .unwrap();
+    // The labelled simulated RTX 3090 (5 NVENC sessions, 4 encodes per Livepeer session).
+    let config = common::write_config(
+        root.path(),
+        "[gpu]\nbackend = \"sim:rtx3090\"\npoll_interval_ms = 50\n[scheduler]\ntick_interval_ms = 50\n",
+    );
+    let mut d = common::Daemon::start_with(
+        root.path(),
+        &config,
+        &["--orch-addr", &orch.addr(), "--orch-secret", orch.secret()],
+    );
+    orch.wait_for_transcoders(1, WAIT).await.unwrap();
+    let st = wait_status(&d, "registration", |s| {
+        s["livepeer"]["link"]["state"] == "registered"
+    })
+    .await;
+    assert_eq!(st["livepeer"]["capacity_mode"], "auto");
+    let granted = st["livepeer"]["capacity"].as_i64().unwrap();
+    assert!(granted > 0, "{}", st["livepeer"]);
+    assert_eq!(orch.capacities(), vec![granted]);
+    assert_eq!(
+        st["livepeer"]["link"]["registered_capacity"].as_i64(),
+        Some(granted)
+    );
+    assert!(d.terminate());
+}
+
+#[test]
+fn a_refused_secret_stops_the_daemon_with_what_to_fix() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let orch = rt
+        .block_on(TestOrchestrator::start(TestOrchestratorConfig::default()))
+        .unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let config = common::write_config(root.path(), "");
+    let out = Command::new(common::BIN)
+        .arg("run")
+        .arg("--config")
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(root.path().join("data"))
+        .args(["--listen", "127.0.0.1:0"])
+        .args(["--orch-addr", &orch.addr(), "--orch-secret", "wrong"])
+        .args(["--capacity", "1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("invalid secret") && err.contains("--orch-secret"),
+        "{err}"
+    );
+    assert_eq!(orch.refusals(), vec!["invalid secret".to_string()]);
+
+    // Flags are checked before anything starts.
+    let out = Command::new(common::BIN)
+        .arg("run")
+        .arg("--config")
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(root.path().join("data"))
+        .args(["--orch-addr", &orch.addr(), "--orch-secret", "s"])
+        .args([
+            "--eth-address",
+            "0x5aaeb6053f3e94c9b9a09f33669435e7ef1beaed",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("EIP-55"), "{err}");
+    drop(rt);
+}
