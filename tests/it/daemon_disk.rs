@@ -48,12 +48,20 @@ fn a_damaged_database_is_a_clear_error_and_is_never_written_over() {
     assert!(ok, "{err}");
     let db = data.join("comine.db");
     // Checkpoint the WAL into the main file so the damage hits committed pages.
+    // The page damaged is the root of the block index, so the damage hits live data (a
+    // page's free middle would go unnoticed, by SQLite and by the user alike).
     let conn = rusqlite::Connection::open(&db).unwrap();
     conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);").unwrap();
+    let (page_size, root): (i64, i64) = (
+        conn.query_row("PRAGMA page_size", [], |r| r.get(0)).unwrap(),
+        conn.query_row("SELECT rootpage FROM sqlite_master WHERE name = 'store_blocks'", [], |r| r.get(0))
+            .unwrap(),
+    );
     drop(conn);
     let mut bytes = std::fs::read(&db).unwrap();
-    assert!(bytes.len() >= 3 * 4096, "{} bytes", bytes.len());
-    for b in &mut bytes[4096 + 100..4096 * 2 - 100] {
+    let page = ((root - 1) * page_size) as usize..(root * page_size) as usize;
+    assert!(bytes.len() >= page.end, "{} bytes, root page {root}", bytes.len());
+    for b in &mut bytes[page] {
         *b = 0xA5;
     }
     std::fs::write(&db, &bytes).unwrap();
@@ -156,6 +164,7 @@ async fn a_full_disk_loses_nothing_already_acknowledged() {
     let seg = segment(root.path(), "d.ts", "testsrc");
     let submit_all = |d: &Daemon, from: u64, to: u64| {
         let (http, base, token, seg) = (d.http.clone(), d.base.clone(), d.token.clone(), seg.clone());
+        let log = d.data.parent().unwrap().join("daemon.log");
         async move {
             let mut acked = Vec::new();
             let mut refused = Vec::new();
@@ -173,7 +182,11 @@ async fn a_full_disk_loses_nothing_already_acknowledged() {
                     acked.push(v["job_id"].as_str().unwrap().to_string());
                 } else {
                     let body = r.text().await.unwrap_or_default();
-                    assert!(status == 507 || status == 503, "refusal {status}: {body}");
+                    assert!(
+                        status == 507 || status == 503,
+                        "refusal {status}: {body}\n{}",
+                        std::fs::read_to_string(&log).unwrap_or_default()
+                    );
                     refused.push(status);
                 }
             }
