@@ -264,6 +264,7 @@ pub async fn run(plan: &Plan) -> Outcome {
     let loading = Arc::new(AtomicBool::new(true));
     let seq_limit = Arc::new(AtomicU64::new(plan.max_keys));
     let mut clients = Vec::new();
+    let max_pending = plan.clients * 4;
     for c in 0..plan.clients {
         let (http, book, current, loading, segs, limit) = (
             http.clone(),
@@ -281,7 +282,12 @@ pub async fn run(plan: &Plan) -> Outcome {
                 // 1 in 4: resubmit a key (pending first, else an acknowledged one).
                 let pick = {
                     let mut b = book.lock().unwrap();
-                    let pending = b.pending.iter().next().copied();
+                    // Unanswered keys are retried in turn; a client keeps at most a few keys
+                    // unanswered before it sends new ones, as a client with a queue does.
+                    let pending = (!b.pending.is_empty())
+                        .then(|| b.pending.iter().nth((r >> 8) as usize % b.pending.len()).copied())
+                        .flatten();
+                    let room = b.pending.len() < max_pending;
                     if r % 4 == 0 && (pending.is_some() || !b.acked.is_empty()) {
                         let seq = pending.unwrap_or_else(|| {
                             let keys: Vec<u64> = b.acked.keys().copied().collect();
@@ -289,7 +295,7 @@ pub async fn run(plan: &Plan) -> Outcome {
                         });
                         b.resubmissions += 1;
                         Some(seq)
-                    } else if b.next_seq < limit.load(Ordering::Relaxed) {
+                    } else if room && b.next_seq < limit.load(Ordering::Relaxed) {
                         let seq = b.next_seq;
                         b.next_seq += 1;
                         b.pending.insert(seq);
