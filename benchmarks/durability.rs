@@ -50,7 +50,16 @@ fn main() {
                 &format!("{p}=size=320x180:rate=30"),
                 1.0,
                 false,
-                &["-c:v", "libx264", "-preset", "ultrafast", "-g", "30", "-pix_fmt", "yuv420p"],
+                &[
+                    "-c:v",
+                    "libx264",
+                    "-preset",
+                    "ultrafast",
+                    "-g",
+                    "30",
+                    "-pix_fmt",
+                    "yuv420p",
+                ],
             );
             std::fs::read(path).expect("segment")
         })
@@ -67,7 +76,10 @@ fn main() {
         drain_limit: Duration::from_secs(4 * 3600),
         progress_every: 50,
     };
-    println!("durability run: {kills} SIGKILLs, uptime {lo}..{hi} ms before each, {} clients", plan.clients);
+    println!(
+        "durability run: {kills} SIGKILLs, uptime {lo}..{hi} ms before each, {} clients",
+        plan.clients
+    );
     let t = Instant::now();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -77,9 +89,16 @@ fn main() {
     let out = rt.block_on(killer::run(&plan));
     let h = &out.health;
     println!("  kills                 {}", out.kills);
-    println!("  keys submitted        {} ({} submissions, {} resubmissions)", out.keys, out.submissions, out.resubmissions);
+    println!(
+        "  keys submitted        {} ({} submissions, {} resubmissions)",
+        out.keys, out.submissions, out.resubmissions
+    );
     println!("  acknowledged jobs     {}", out.acked);
-    println!("  done in the ledger    {} (exactly once each: {})", out.jobs_done, out.problems.is_empty());
+    println!(
+        "  done in the ledger    {} (exactly once each: {})",
+        out.jobs_done,
+        out.problems.is_empty()
+    );
     println!("  encoded pixels        {}", out.encoded_pixels);
     println!("  load phase            {:.0} s", out.load_secs);
     println!("  backlog at the drain  {} jobs", out.backlog_at_drain);
@@ -88,7 +107,10 @@ fn main() {
         "  /healthz              {} answers, {} ok, {} unavailable, slowest {} ms, {} over 1 s",
         h.samples, h.ok, h.unavailable, h.slowest_ms, h.over_1s
     );
-    println!("  peak running jobs     {} (from /v1/status)", h.peak_running);
+    println!(
+        "  peak running jobs     {} (from /v1/status)",
+        h.peak_running
+    );
     println!("  wall time             {:.0} s", t.elapsed().as_secs_f64());
     if !out.problems.is_empty() {
         for p in &out.problems {
@@ -97,7 +119,10 @@ fn main() {
         std::process::exit(1);
     }
     if h.over_1s > 0 {
-        println!("  PROBLEM: /healthz took longer than 1 s {} times", h.over_1s);
+        println!(
+            "  PROBLEM: /healthz took longer than 1 s {} times",
+            h.over_1s
+        );
         std::process::exit(1);
     }
 }

@@ -81,7 +81,11 @@ fn run(jobs: usize, clients: usize, group: usize) -> (f64, f64) {
         .iter()
         .map(|(_, c)| c.segments)
         .sum();
-    assert_eq!(total as usize, per * clients, "every job counted exactly once");
+    assert_eq!(
+        total as usize,
+        per * clients,
+        "every job counted exactly once"
+    );
     let writes = (after.writes - before.writes) as f64;
     let commits = (after.commits - before.commits).max(1) as f64;
     ((per * clients) as f64 / secs, writes / commits)

@@ -6,7 +6,10 @@
 //! - `comine store add --only-hash` (hashing and DAG building alone) against openssl;
 //! - CommP against half of openssl's rate (it hashes about twice the bytes; target ≥ 0.70);
 //! - garbage collection of 10,000 renditions: time and bytes freed (`COMINE_BENCH_GC_N`);
-//! - `comine store add --backend kubo` vs the node's own CLI add (needs `COMINE_TEST_IPFS_API`).
+//! - `comine store add --backend kubo` vs Kubo's own `ipfs add` of the same-size file, as a
+//!   throughput ratio (needs the node of `scripts/kubo-test-node.sh`: `COMINE_TEST_IPFS_API`,
+//!   `COMINE_TEST_IPFS_REPO`, `COMINE_TEST_KUBO_BIN`; `scripts/kubo-test-node.sh run cargo bench
+//!   --bench store` sets them; `COMINE_BENCH_KUBO_MB`, default 64).
 //!
 //! `cargo bench --bench store`.
 
@@ -45,11 +48,16 @@ fn fill(buf: &mut Vec<u8>, len: usize, seed: u64) {
 }
 
 fn write_file(path: &Path, len: usize) {
+    write_file_seeded(path, len, 0);
+}
+
+/// A file of `len` pseudo-random bytes; different seeds give different content.
+fn write_file_seeded(path: &Path, len: usize, seed: u64) {
     use std::io::Write;
     let mut f = std::fs::File::create(path).expect("creating the bench file");
     let mut buf = Vec::new();
     let mut left = len;
-    let mut seed = 1;
+    let mut seed = 1 + seed * 1_000_003;
     while left > 0 {
         let n = left.min(64 << 20);
         fill(&mut buf, n, seed);
@@ -74,7 +82,9 @@ fn run(cmd: &mut Command) -> String {
 /// Runs `cmd` to completion; returns (wall time, peak RSS in KiB) from wait4's rusage.
 fn run_measured(cmd: &mut Command) -> (Duration, u64) {
     let t = Instant::now();
-    let child = cmd.spawn().unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
+    let child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
     let pid = child.id() as libc::pid_t;
     let mut status = 0;
     // SAFETY: an all-zero rusage is valid; wait4 fills it for our own child.
@@ -82,7 +92,10 @@ fn run_measured(cmd: &mut Command) -> (Duration, u64) {
     // SAFETY: pid is our child, the pointers are to live locals.
     let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
     let took = t.elapsed();
-    assert!(r == pid && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "{cmd:?} failed");
+    assert!(
+        r == pid && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "{cmd:?} failed"
+    );
     std::mem::forget(child);
     (took, usage.ru_maxrss as u64)
 }
@@ -207,10 +220,19 @@ fn main() {
 
     gc_bench(dir.path());
 
-    match std::env::var("COMINE_TEST_IPFS_API") {
-        Ok(api) if !api.is_empty() => kubo(&api, &file, dir.path(), bytes.min(64 << 20)),
+    let kubo_mb: u64 = std::env::var("COMINE_BENCH_KUBO_MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64);
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    match (
+        env("COMINE_TEST_IPFS_API"),
+        env("COMINE_TEST_IPFS_REPO"),
+        env("COMINE_TEST_KUBO_BIN"),
+    ) {
+        (Some(api), Some(repo), Some(bin)) => kubo(&api, &repo, &bin, dir.path(), kubo_mb << 20),
         _ => println!(
-            "  kubo add: skipped (set COMINE_TEST_IPFS_API; see scripts/ipfs-test-node.sh)"
+            "  kubo add: skipped (run under `scripts/kubo-test-node.sh run cargo bench --bench store`)"
         ),
     }
 }
@@ -259,15 +281,26 @@ fn gc_bench(root: &Path) {
     );
 }
 
-/// `comine store add --backend kubo` vs the node's own CLI add (`jsipfs add` through
-/// scripts/ipfs-test-node.sh cli, or `ipfs add` when COMINE_BENCH_IPFS_CLI names Kubo's binary).
-fn kubo(api: &str, big: &Path, dir: &Path, bytes: u64) {
-    let file = dir.join("kubo.bin");
-    write_file(&file, bytes as usize);
+/// `comine store add --backend kubo` (local import + upload + CID check + pin) against Kubo's
+/// own `ipfs add` (through the same daemon). Each run adds a file never seen before, so neither
+/// side finds its blocks already on the node; the files are written (and left in the page
+/// cache) before any clock starts, so only the adds are timed.
+fn kubo(api: &str, repo: &str, bin: &str, dir: &Path, bytes: u64) {
+    const RUNS: usize = 3;
     let comine = env!("CARGO_BIN_EXE_comine");
+    let files = |prefix: &str, seed: u64| -> Vec<std::path::PathBuf> {
+        (0..RUNS)
+            .map(|i| {
+                let file = dir.join(format!("{prefix}{i}.bin"));
+                write_file_seeded(&file, bytes as usize, seed + i as u64);
+                file
+            })
+            .collect()
+    };
+    let ours_files = files("ours", 1000);
+    let theirs_files = files("theirs", 2000);
     let mut n = 0;
-    let ours = best_of(3, || {
-        n += 1;
+    let ours = best_of(RUNS, || {
         let data_dir = dir.join(format!("data{n}"));
         let out = run(Command::new(comine)
             .args([
@@ -281,45 +314,33 @@ fn kubo(api: &str, big: &Path, dir: &Path, bytes: u64) {
                 "--data-dir",
             ])
             .arg(&data_dir)
-            .arg(&file));
+            .arg(&ours_files[n]));
         assert!(out.contains("\"pushed\":true"), "not pushed: {out}");
+        n += 1;
     });
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/ipfs-test-node.sh");
-    let node_cli = || -> Command {
-        match std::env::var("COMINE_BENCH_IPFS_CLI") {
-            Ok(bin) if !bin.is_empty() => {
-                let mut c = Command::new(bin);
-                c.args([
-                    "--api",
-                    &comine::store::kubo::api_base_url(api).unwrap_or_default(),
-                ]);
-                c
-            }
-            _ => {
-                let mut c = Command::new("bash");
-                c.arg(&script).arg("cli");
-                c
-            }
-        }
-    };
-    let theirs = best_of(3, || {
-        run(node_cli()
-            .args(["add", "-Q", "--cid-version", "0"])
-            .arg(&file));
+    let mut m = 0;
+    let theirs = best_of(RUNS, || {
+        run(Command::new(bin)
+            .env("IPFS_PATH", repo)
+            .args(["add", "-Q", "--pin=true", "--cid-version", "0"])
+            .arg(&theirs_files[m]));
+        m += 1;
     });
-    // The node CLI's own start-up (Node.js for js-ipfs) is part of what a user pays; show it.
+    for f in ours_files.iter().chain(&theirs_files) {
+        let _ = std::fs::remove_file(f);
+    }
+    // The CLI's own start-up is part of what `ipfs add` costs a user; show it.
     let startup = best_of(3, || {
-        run(node_cli().arg("version"));
+        run(Command::new(bin).env("IPFS_PATH", repo).arg("version"));
     });
     println!(
-        "  kubo add {} MiB: comine store add --backend kubo {:.2} s ({:.1} MB/s) | node CLI add {:.2} s ({:.1} MB/s, of which CLI start-up ~{:.2} s) | ratio comine/node time {:.2}",
+        "  kubo add {} MiB: comine store add --backend kubo {:.2} s ({:.1} MB/s) | ipfs add {:.2} s ({:.1} MB/s, CLI start-up ~{:.2} s) | throughput ratio comine/ipfs {:.2}",
         bytes >> 20,
         ours.as_secs_f64(),
         mbps(bytes, ours),
         theirs.as_secs_f64(),
         mbps(bytes, theirs),
         startup.as_secs_f64(),
-        ours.as_secs_f64() / theirs.as_secs_f64()
+        mbps(bytes, ours) / mbps(bytes, theirs)
     );
-    let _ = big;
 }

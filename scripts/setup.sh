@@ -3,12 +3,17 @@
 #
 #   scripts/setup.sh          build + run deps: FFmpeg -dev libs, clang/libclang,
 #                             pkg-config, protoc, the ffmpeg CLI, a Rust toolchain
-#   scripts/setup.sh --test   also what the test suite needs: Node.js/npm (for the
-#                             js-ipfs test node) and Chromium (report rendering checks)
+#   scripts/setup.sh --test   also what the test suite needs: Chromium (report rendering
+#                             checks), Node.js/npm (npm-installed test tools), curl +
+#                             unzip when there is no Go (scripts/kubo-test-node.sh then
+#                             fetches the Go toolchain from the module proxy to build Kubo),
+#                             and the AI worker's runtime and test model (scripts/ai-setup.sh)
+#   scripts/setup.sh --ai     the AI worker's ONNX Runtime and test model (scripts/ai-setup.sh)
 set -euo pipefail
 
-want_test=0
-[[ "${1:-}" == "--test" ]] && want_test=1
+want_test=0 want_ai=0
+[[ "${1:-}" == "--test" ]] && want_test=1 && want_ai=1
+[[ "${1:-}" == "--ai" ]] && want_ai=1
 
 pkgs=(pkg-config clang libclang-dev ffmpeg protobuf-compiler
       libavcodec-dev libavformat-dev libavfilter-dev libavdevice-dev
@@ -17,6 +22,15 @@ if (( want_test )); then
   command -v node >/dev/null 2>&1 || pkgs+=(nodejs)
   command -v npm >/dev/null 2>&1 || pkgs+=(npm)
   command -v chromium >/dev/null 2>&1 || pkgs+=(chromium)
+  if ! command -v go >/dev/null 2>&1; then
+    command -v curl >/dev/null 2>&1 || pkgs+=(curl)
+    command -v unzip >/dev/null 2>&1 || pkgs+=(unzip)
+  fi
+fi
+
+# scripts/ai-setup.sh makes a venv for the onnxruntime wheel, the converter and the tests.
+if (( want_ai )); then
+  python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || pkgs+=(python3 python3-venv python3-pip)
 fi
 
 missing=()
@@ -42,4 +56,9 @@ if ! command -v cargo >/dev/null 2>&1; then
     curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal -c rustfmt,clippy
   }
   export PATH="$HOME/.cargo/bin:$PATH"
+fi
+
+if (( want_ai )); then
+  # Runtime library, Python venv and the converted model, cached outside the clone.
+  bash "$(dirname "${BASH_SOURCE[0]}")/ai-setup.sh"
 fi

@@ -15,7 +15,7 @@ use crate::transcode::{DecoderChoice, EncoderChoice, Profile, DEFAULT_MAX_INPUT_
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}{}", read_hint(source))]
     Read {
         path: String,
         #[source]
@@ -31,6 +31,15 @@ pub enum ConfigError {
     },
 }
 
+/// What to do about an unreadable config (the cause itself follows in the error chain).
+fn read_hint(e: &std::io::Error) -> &'static str {
+    if e.kind() == std::io::ErrorKind::PermissionDenied {
+        " (the service runs as User=comine: install the file root:comine mode 0640)"
+    } else {
+        ""
+    }
+}
+
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -40,6 +49,8 @@ pub struct Config {
     pub transcode: TranscodeConfig,
     pub ledger: LedgerConfig,
     pub store: StoreConfig,
+    /// The public trustless gateway (off unless `listen` is set).
+    pub gateway: GatewayConfig,
     /// Admission thresholds and sealing watermarks (`sched::Config`).
     pub scheduler: crate::sched::Config,
     /// GPU telemetry: backend (`auto` = NVML, else host CPU) and poll interval.
@@ -48,6 +59,8 @@ pub struct Config {
     pub seal: crate::seal::Config,
     /// Typed by the Livepeer client at merge; kept verbatim here.
     pub livepeer: toml::Table,
+    /// AI jobs: ONNX Runtime, embedded models, HTTP runners (`ai::Config`).
+    pub ai: crate::ai::Config,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -179,6 +192,46 @@ pub struct StoreConfig {
     pub gc_interval_hours: u64,
     /// Kubo RPC settings, used with `backend = "kubo"`.
     pub kubo: KuboConfig,
+    /// Below this many free bytes on the data directory's filesystem, new jobs are refused
+    /// with 507 Insufficient Storage (0 disables the check).
+    pub min_free_bytes: u64,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewayConfig {
+    /// Address of the unauthenticated trustless gateway; empty (the default) = not served.
+    pub listen: String,
+    /// Sustained requests per second per client IP (IPv6: per /64); 0 = unlimited.
+    pub rate_per_sec: f64,
+    /// Requests a client may make at once before the rate applies.
+    pub burst: u32,
+    /// CAR downloads served at the same time (503 beyond).
+    pub max_streams: usize,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        let d = crate::store::gateway::GatewayConfig::default();
+        GatewayConfig {
+            listen: String::new(),
+            rate_per_sec: d.rate_per_sec,
+            burst: d.burst,
+            max_streams: d.max_streams,
+        }
+    }
+}
+
+impl GatewayConfig {
+    /// The gateway's limits, for `store::gateway::serve`.
+    pub fn limits(&self) -> crate::store::gateway::GatewayConfig {
+        crate::store::gateway::GatewayConfig {
+            rate_per_sec: self.rate_per_sec,
+            burst: self.burst,
+            max_streams: self.max_streams,
+            ..Default::default()
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -209,6 +262,7 @@ impl Default for StoreConfig {
             retain_days: 30,
             gc_interval_hours: 24,
             kubo: KuboConfig::default(),
+            min_free_bytes: 1 << 30,
         }
     }
 }
@@ -264,6 +318,23 @@ impl Config {
                 value: self.store.backend.clone(),
                 why: "use embedded or kubo".into(),
             });
+        }
+        if !self.gateway.listen.is_empty() {
+            self.gateway
+                .listen
+                .parse::<std::net::SocketAddr>()
+                .map_err(|e| ConfigError::Value {
+                    key: "gateway.listen",
+                    value: self.gateway.listen.clone(),
+                    why: format!("{e}; use IP:PORT such as 127.0.0.1:8081, or leave it empty to serve no gateway"),
+                })?;
+            if !(self.gateway.rate_per_sec >= 0.0 && self.gateway.rate_per_sec.is_finite()) {
+                return Err(ConfigError::Value {
+                    key: "gateway.rate_per_sec",
+                    value: self.gateway.rate_per_sec.to_string(),
+                    why: "must be 0 (unlimited) or a positive number".into(),
+                });
+            }
         }
         Ok(())
     }

@@ -60,7 +60,9 @@ pub enum DbError {
     },
     #[error("database error: {}{}", .0, hint(.0))]
     Sql(#[from] rusqlite::Error),
-    #[error("cannot prepare {path}: {source}; check the data directory's permissions and free space")]
+    #[error(
+        "cannot prepare {path}: {source}; check the data directory's permissions and free space"
+    )]
     Io {
         path: PathBuf,
         #[source]
@@ -278,7 +280,9 @@ pub struct Db {
 
 impl std::fmt::Debug for Db {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Db").field("path", &self.inner.path).finish()
+        f.debug_struct("Db")
+            .field("path", &self.inner.path)
+            .finish()
     }
 }
 
@@ -491,7 +495,10 @@ impl Db {
 
     /// Most writes one commit may take; 1 turns group commit off (for measurements).
     pub fn set_max_group(&self, n: usize) {
-        self.inner.shared.max_group.store(n.max(1), Ordering::Relaxed);
+        self.inner
+            .shared
+            .max_group
+            .store(n.max(1), Ordering::Relaxed);
     }
 
     pub fn stats(&self) -> DbStats {
@@ -622,7 +629,11 @@ impl Db {
 
     /// Applies `module`'s schema steps newer than the database's, in one transaction.
     /// Refuses a database whose schema is newer than this build knows. Returns the version.
-    pub fn migrate(&self, module: &'static str, steps: &'static [Migration]) -> Result<u32, DbError> {
+    pub fn migrate(
+        &self,
+        module: &'static str,
+        steps: &'static [Migration],
+    ) -> Result<u32, DbError> {
         let known = steps.iter().map(|s| s.version).max().unwrap_or(0);
         if steps.windows(2).any(|w| w[1].version != w[0].version + 1)
             || steps.first().is_some_and(|s| s.version != 1)
@@ -651,10 +662,7 @@ impl Db {
             }
             for step in steps.iter().filter(|s| s.version > found) {
                 c.execute_batch(step.sql).map_err(|e| {
-                    DbError::Migration(format!(
-                        "{module} schema step {} failed: {e}",
-                        step.version
-                    ))
+                    DbError::Migration(format!("{module} schema step {} failed: {e}", step.version))
                 })?;
             }
             c.execute(
@@ -695,7 +703,10 @@ pub fn is_sled_dir(dir: &Path) -> bool {
 /// Renames an imported and verified sled directory to `<dir>.sled-migrated` (or a dated name if
 /// that is taken) and makes the rename durable. Returns the new path.
 pub fn retire_sled_dir(dir: &Path) -> std::io::Result<PathBuf> {
-    let mut name = dir.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    let mut name = dir
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
     name.push(".sled-migrated");
     let mut to = dir.with_file_name(&name);
     if to.exists() {
@@ -754,7 +765,17 @@ mod tests {
         .unwrap();
         // An older build that knows only step 1 must not touch a version-2 schema.
         let err = db.migrate("t", &STEPS[..1]).unwrap_err();
-        assert!(matches!(err, DbError::TooNew { found: 2, known: 1, .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                DbError::TooNew {
+                    found: 2,
+                    known: 1,
+                    ..
+                }
+            ),
+            "{err}"
+        );
         assert!(err.to_string().contains("newer comine"), "{err}");
     }
 
@@ -768,7 +789,10 @@ mod tests {
                 let db = db.clone();
                 std::thread::spawn(move || {
                     db.write(move |c| {
-                        c.execute("INSERT INTO t_items (k, v) VALUES (?1, ?2)", (i.to_string(), i))?;
+                        c.execute(
+                            "INSERT INTO t_items (k, v) VALUES (?1, ?2)",
+                            (i.to_string(), i),
+                        )?;
                         if i % 4 == 0 {
                             return Err(DbError::Task("refused".into()));
                         }
@@ -784,7 +808,10 @@ mod tests {
             .count();
         assert_eq!(ok, 24);
         let n: i64 = db
-            .read(|c| c.query_row("SELECT count(*) FROM t_items", [], |r| r.get(0)).map_err(DbError::from))
+            .read(|c| {
+                c.query_row("SELECT count(*) FROM t_items", [], |r| r.get(0))
+                    .map_err(DbError::from)
+            })
             .unwrap();
         assert_eq!(n, 24, "the refused writes left nothing behind");
         let s = db.stats();
@@ -807,7 +834,10 @@ mod tests {
         assert!(matches!(err, DbError::Corrupt { .. }), "{err}");
         assert!(err.to_string().contains("from a backup"), "{err}");
         // Nothing was written over it.
-        assert_eq!(std::fs::read(dir.path().join(FILE)).unwrap(), vec![0x5au8; 8192]);
+        assert_eq!(
+            std::fs::read(dir.path().join(FILE)).unwrap(),
+            vec![0x5au8; 8192]
+        );
     }
 
     #[test]
@@ -827,7 +857,10 @@ mod tests {
         let db = Db::open(dir.path()).unwrap();
         db.ping(Duration::from_secs(5)).await.unwrap();
         let v = db
-            .write_async(|c| c.query_row("SELECT 41 + 1", [], |r| r.get::<_, i64>(0)).map_err(DbError::from))
+            .write_async(|c| {
+                c.query_row("SELECT 41 + 1", [], |r| r.get::<_, i64>(0))
+                    .map_err(DbError::from)
+            })
             .await
             .unwrap();
         assert_eq!(v, 42);

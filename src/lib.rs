@@ -4,6 +4,7 @@
 //! intake → scheduler → [`transcode`] → [`store`] → ledger, with `bench` on top.
 //! `docs/architecture.md` says what each module owns.
 
+pub mod ai;
 pub mod bench;
 pub mod config;
 pub mod daemon;

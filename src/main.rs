@@ -2,7 +2,8 @@
 //!
 //! Every subcommand returns `anyhow::Result`; `main` prints the error chain on one
 //! line (`error: what failed: why`) and exits non-zero, so scripts and operators
-//! get one clear line and never a panic trace for bad input.
+//! get one clear line and never a panic trace for bad input. A configuration error exits
+//! with 78 (`EX_CONFIG`), which the systemd unit does not restart.
 
 use std::process::ExitCode;
 
@@ -77,7 +78,7 @@ fn main() -> ExitCode {
         Err(err) => {
             // `{:#}` joins the context chain on one line.
             eprintln!("error: {err:#}");
-            ExitCode::FAILURE
+            comine::daemon::cli::exit_status(&err)
         }
     }
 }

@@ -1,4 +1,5 @@
-//! `comine bench [--suite quick|standard|tiny|PATH.toml] [--out DIR] [--seal builtin|cmd:'…'|observe|none] [--input MEDIA]`
+//! `comine bench [--suite quick|standard|tiny|PATH.toml] [--out DIR] [--seal builtin|cmd:'…'|observe|none] [--input MEDIA] [--redact]`
+//! and `comine bench --print-suite NAME`.
 // Doc comments on the flags below are clap's `--help` text, written for a terminal
 // (`<DIR>`, `[:gop=2s|intra]`), not rustdoc markup.
 #![allow(rustdoc::invalid_html_tags, rustdoc::broken_intra_doc_links)]
@@ -42,6 +43,14 @@ pub struct Args {
     /// Print report.json on stdout instead of the Markdown summary.
     #[arg(long)]
     pub json: bool,
+    /// Print a built-in suite's TOML (quick, standard, tiny) and exit: the starting point of
+    /// a suite file, and what a pilot posts with its results. Its hash is the built-in's.
+    #[arg(long, value_name = "NAME")]
+    pub print_suite: Option<String>,
+    /// Leave the host name and hardware serials/UUIDs out of the report files, for posting
+    /// them in public.
+    #[arg(long)]
+    pub redact: bool,
     /// Progress bars: auto (when stderr is a terminal), always or never.
     #[arg(long, default_value = "auto", value_parser = ["auto", "always", "never"])]
     pub progress: String,
@@ -81,6 +90,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
         }
         super::seal::worker_main(&sector_size, &dir, max_sectors)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(name) = &args.print_suite {
+        print!("{}", Suite::builtin_text(name)?);
         return Ok(ExitCode::SUCCESS);
     }
     let (suite, text) = Suite::load(&args.suite)?;
@@ -134,7 +147,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let interrupted = cancel.is_cancelled();
     cancel.cancel();
     let _ = signal_thread.join();
-    let report = result?;
+    let mut report = result?;
+    if args.redact {
+        crate::report::redact::redact(&mut report).context("redacting the report")?;
+    }
     let files = crate::report::write_all(&report, &out).context("writing the report")?;
     for w in &report.warnings {
         tracing::warn!("{w}");

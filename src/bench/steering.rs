@@ -97,6 +97,7 @@ impl SchedSteering {
                 coarse: true,
                 sealing_disabled: self.paused,
             },
+            safe_profile: None,
         };
         let decision = self.core.tick(&input);
         self.reason = Some(decision.sealing.reason.clone());

@@ -125,6 +125,17 @@ repeats = 3
 "#;
 
 impl Suite {
+    /// The TOML text of a built-in suite (`quick`, `standard`, `tiny`), as
+    /// `comine bench --print-suite NAME` prints it.
+    pub fn builtin_text(name: &str) -> Result<&'static str, SuiteError> {
+        match name {
+            "quick" => Ok(QUICK),
+            "standard" => Ok(STANDARD),
+            "tiny" => Ok(TINY),
+            other => Err(SuiteError::Unknown(other.to_string())),
+        }
+    }
+
     /// `quick`, `standard`, `tiny` or a path to a TOML file.
     pub fn load(spec: &str) -> Result<(Suite, String), SuiteError> {
         let (text, origin) = match spec {

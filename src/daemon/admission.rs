@@ -35,6 +35,63 @@ pub struct SchedulerStatus {
     pub decisions: Vec<serde_json::Value>,
     /// Sealing task types by state (e.g. "enabled": 3, "disabled": 1).
     pub sealing: BTreeMap<String, i64>,
+    /// Whether comine has GPU sealing paused on the node now (what the controller last
+    /// confirmed); `None` when no controller can confirm anything (`controller = "none"`).
+    pub sealing_paused: Option<bool>,
+    /// How comine learns that a proof runs, and whether the PoSt-safe profile applies.
+    pub proofs: ProofStatus,
+}
+
+/// `/v1/status` `proofs`: the configured proof sources, and the PoSt-safe profile's reason
+/// when it applies (`null` otherwise).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ProofStatus {
+    pub sources: Vec<String>,
+    pub safe_profile: Option<String>,
+}
+
+/// The line `comine run` logs, `/v1/status` shows and `comine_post_safe_profile` flags when
+/// comine cannot learn about proofs at all.
+pub const NO_PROOF_SOURCE: &str = "no proof source configured: comine cannot see a WindowPoSt coming or running, so it runs the PoSt-safe profile (half of each GPU's throughput, the VRAM reserve kept free). Set MINER_API_INFO (lotus-miner) or FULLNODE_API_INFO (the chain's proving schedule) in /etc/comine/comine.env, or name the prover processes in [gpu.attribution] proof_process_names";
+
+/// Every way this configuration lets comine learn that a proof is due or running:
+/// - `MINER_API_INFO` (or `[seal] api_info`): lotus-miner's `WorkerStats` PoSt task counts;
+/// - `FULLNODE_API_INFO`: the chain's proving schedule;
+/// - `[gpu.attribution] proof_process_names` / `proof_pids`: a prover process's GPU activity.
+///
+/// `env` reads an environment variable (a parameter so tests need not touch the process's).
+pub fn proof_sources(
+    config: &crate::config::Config,
+    env: impl Fn(&str) -> Option<String>,
+) -> Vec<String> {
+    let set = |k: &str| env(k).is_some_and(|v| !v.trim().is_empty());
+    let mut out = Vec::new();
+    if set("MINER_API_INFO") {
+        out.push("lotus-miner (MINER_API_INFO)".to_string());
+    } else if config.seal.api_info.is_some() {
+        out.push("lotus node ([seal] api_info)".to_string());
+    }
+    if set("FULLNODE_API_INFO") {
+        out.push("proving schedule (FULLNODE_API_INFO)".to_string());
+    }
+    let a = &config.gpu.attribution;
+    if !a.proof_process_names.is_empty() {
+        out.push(format!(
+            "prover processes ({})",
+            a.proof_process_names.join(", ")
+        ));
+    }
+    if !a.proof_pids.is_empty() {
+        out.push(format!("prover PIDs ({} configured)", a.proof_pids.len()));
+    }
+    out
+}
+
+/// Load to take off one device now (a proof needs its GPU back).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Shed {
+    pub device: u32,
+    pub pixels_per_sec: f64,
 }
 
 /// Admission control (the real one: `sched::Admitter` behind [`SchedAdmission`]).
@@ -47,12 +104,23 @@ pub trait Admission: Send + Sync + 'static {
     /// Livepeer sessions to offer an orchestrator now (`--capacity auto`); 0 means
     /// "none": the remote transcoder unregisters until the scheduler grants some.
     fn livepeer_sessions(&self) -> watch::Receiver<u32>;
+    /// Where the scheduler's telemetry comes from; `None` when there is none (then a GPU may
+    /// be present).
+    fn telemetry_source(&self) -> Option<crate::gpu::Source> {
+        None
+    }
     fn status(&self) -> SchedulerStatus;
     /// Work waiting for admission, pixels/s per class. The scheduler already counts what
     /// it admitted; this is what it refused so far, so a backlog of live segments makes
     /// sealing step aside (the core's live demand is max(requested, admitted)).
     fn set_demand(&self, live_pps: f64, batch_pps: f64) {
         let _ = (live_pps, batch_pps);
+    }
+    /// Running load the scheduler wants taken off devices now (a proof started, or is short
+    /// of GPU memory): the daemon stops and requeues batch jobs there. Never changes for
+    /// admissions without a scheduler.
+    fn shed(&self) -> watch::Receiver<Vec<Shed>> {
+        watch::channel(Vec::new()).1
     }
     /// On shutdown: re-enable anything the scheduler disabled (sealing tasks).
     fn restore(&self) -> BoxFuture<'_, ()>;
@@ -143,6 +211,8 @@ impl Admission for SemaphoreAdmission {
                 .map(|d| d.iter().cloned().collect())
                 .unwrap_or_default(),
             sealing: BTreeMap::new(),
+            sealing_paused: None,
+            proofs: ProofStatus::default(),
         }
     }
 
@@ -171,8 +241,13 @@ pub struct SchedAdmission {
     snapshots: watch::Receiver<crate::gpu::Snapshot>,
     capacity: watch::Receiver<usize>,
     sessions: watch::Receiver<u32>,
+    shed: watch::Receiver<Vec<Shed>>,
     task_types: usize,
     history: usize,
+    /// The controller can confirm what it changed (every kind but `none`).
+    confirms: bool,
+    proof_sources: Vec<String>,
+    source: crate::gpu::Source,
     cancel: tokio_util::sync::CancellationToken,
 }
 
@@ -192,10 +267,13 @@ impl SchedAdmission {
         let telemetry = tokio::task::spawn_blocking(move || crate::gpu::open(&choice, &gpu_config))
             .await
             .map_err(|e| crate::gpu::Error::Nvml(format!("telemetry open failed: {e}")))??;
-        tracing::info!(source = %telemetry.source(), "scheduler telemetry");
+        let source = telemetry.source();
+        tracing::info!(%source, "scheduler telemetry");
         let (snapshots, _poller) =
             crate::gpu::Poller::spawn(telemetry, config.gpu.poll_interval(), cancel.clone());
         let controller = crate::seal::build(&config.seal)?;
+        // A Curio node that proves is refused here, before anything could cordon it.
+        controller.preflight().await?;
         let task_types = config.seal.task_types.clone();
         let handle = crate::sched::start(
             config.scheduler.clone(),
@@ -206,10 +284,19 @@ impl SchedAdmission {
             cancel.clone(),
         )
         .await?;
+        // With no way to see a proof coming, run the PoSt-safe profile and say so loudly.
+        let proof_sources = proof_sources(config, |k| std::env::var(k).ok());
+        if proof_sources.is_empty() {
+            tracing::warn!("{NO_PROOF_SOURCE}");
+            handle.set_safe_profile(Some("no proof source configured".into()));
+        } else {
+            tracing::info!(sources = ?proof_sources, "proof sources");
+        }
         let max = max_concurrency.max(1);
         let mut sched_cap = handle.capacity();
         let (cap_tx, cap_rx) = watch::channel(concurrency_for(&sched_cap.borrow(), max));
         let (sessions_tx, sessions_rx) = watch::channel(sched_cap.borrow().livepeer_sessions);
+        let (shed_tx, shed_rx) = watch::channel(Vec::new());
         let stop = cancel.clone();
         tokio::spawn(async move {
             loop {
@@ -223,6 +310,23 @@ impl SchedAdmission {
                 // Unclamped: 0 sessions is a real answer (the GPU is needed elsewhere).
                 let s = c.livepeer_sessions;
                 sessions_tx.send_if_modified(|cur| std::mem::replace(cur, s) != s);
+                let shed: Vec<Shed> = c
+                    .devices
+                    .iter()
+                    .filter(|d| d.shed_pps > 0.0)
+                    .map(|d| Shed {
+                        device: d.index,
+                        pixels_per_sec: d.shed_pps,
+                    })
+                    .collect();
+                shed_tx.send_if_modified(|cur| {
+                    if *cur != shed {
+                        *cur = shed;
+                        true
+                    } else {
+                        false
+                    }
+                });
             }
         });
         Ok(SchedAdmission {
@@ -231,8 +335,12 @@ impl SchedAdmission {
             snapshots,
             capacity: cap_rx,
             sessions: sessions_rx,
+            shed: shed_rx,
             task_types: task_types.len(),
             history: 32,
+            confirms: config.seal.controller != crate::seal::ControllerKind::None,
+            proof_sources,
+            source,
             cancel,
         })
     }
@@ -270,6 +378,14 @@ impl Admission for SchedAdmission {
         self.sessions.clone()
     }
 
+    fn shed(&self) -> watch::Receiver<Vec<Shed>> {
+        self.shed.clone()
+    }
+
+    fn telemetry_source(&self) -> Option<crate::gpu::Source> {
+        Some(self.source)
+    }
+
     fn set_demand(&self, live_pps: f64, batch_pps: f64) {
         if let Ok(g) = self.handle.lock() {
             if let Some(h) = g.as_ref() {
@@ -283,20 +399,24 @@ impl Admission for SchedAdmission {
 
     fn status(&self) -> SchedulerStatus {
         let snap = self.snapshots.borrow().clone();
-        let pct = |v: Option<f64>| v.unwrap_or(0.0) / 100.0;
-        let devices = snap
+        let pct = |v: Option<f64>| v.map(|v| v / 100.0);
+        let mut devices: Vec<GpuSample> = snap
             .devices
             .iter()
             .map(|d| GpuSample {
                 index: d.index,
+                uuid: d.uuid.clone(),
                 name: d.name.clone(),
                 source: d.source.to_string(),
                 utilization: pct(d.gpu_util_pct),
                 encoder_utilization: pct(d.encoder_util_pct),
                 decoder_utilization: pct(d.decoder_util_pct),
-                power_watts: d.power_watts.unwrap_or(0.0),
-                temperature_celsius: d.temperature_c.unwrap_or(0.0),
-                encoder_sessions: d.nvenc_sessions.unwrap_or(0) as u64,
+                power_watts: d.power_watts,
+                temperature_celsius: d.temperature_c,
+                encoder_sessions: d.nvenc_sessions.map(u64::from),
+                proof_active: d.proof_running(),
+                memory_total_bytes: d.memory_total_bytes.unwrap_or(0),
+                memory_used_bytes: d.memory_used_bytes.unwrap_or(0),
             })
             .collect();
         let (decisions, last) = match self.handle.lock() {
@@ -314,15 +434,31 @@ impl Admission for SchedAdmission {
             Err(_) => (Vec::new(), None),
         };
         let mut sealing = BTreeMap::new();
-        if let Some(d) = last {
+        let mut sealing_paused = None;
+        let mut safe_profile = None;
+        if let Some(d) = &last {
             let mode = match d.sealing.desired {
                 crate::sched::SealMode::Enabled => "enabled",
                 crate::sched::SealMode::Disabled => "disabled",
             };
             sealing.insert(mode.to_string(), self.task_types as i64);
+            // What the controller last confirmed, not what the scheduler wants.
+            sealing_paused = self.confirms.then_some(d.input.controller.sealing_disabled);
+            safe_profile = d.input.safe_profile.clone();
+            // The scheduler's view of proofs (signals as well as telemetry).
+            for g in &mut devices {
+                if let Some(c) = d.devices.iter().find(|c| c.index == g.index) {
+                    g.proof_active |= c.proof_running;
+                }
+            }
         }
         SchedulerStatus {
             backend: format!("sched/{}", snap.source),
+            sealing_paused,
+            proofs: ProofStatus {
+                sources: self.proof_sources.clone(),
+                safe_profile,
+            },
             devices,
             decisions: decisions
                 .iter()
@@ -396,6 +532,73 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(err.contains("cuda") && err.contains("host"), "{err}");
+    }
+
+    #[test]
+    fn proof_sources_come_from_the_miner_the_chain_or_prover_names() {
+        let none = |_: &str| None;
+        let mut c = crate::config::Config::default();
+        assert!(
+            proof_sources(&c, none).is_empty(),
+            "the shipped defaults configure no proof source"
+        );
+        let miner =
+            |k: &str| (k == "MINER_API_INFO").then(|| "t:/ip4/127.0.0.1/tcp/2345/http".to_string());
+        assert_eq!(proof_sources(&c, miner).len(), 1);
+        let blank = |k: &str| (k == "FULLNODE_API_INFO").then(|| "  ".to_string());
+        assert!(
+            proof_sources(&c, blank).is_empty(),
+            "an empty variable is not a source"
+        );
+        c.gpu.attribution.proof_process_names = vec!["lotus-post".into()];
+        assert!(proof_sources(&c, none)[0].contains("lotus-post"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn no_proof_source_runs_the_post_safe_profile() {
+        // The shipped config on a simulated RTX 3090, with no proof source in the
+        // environment of this test: every decision runs the PoSt-safe profile.
+        if std::env::var_os("MINER_API_INFO").is_some()
+            || std::env::var_os("FULLNODE_API_INFO").is_some()
+        {
+            panic!("unset MINER_API_INFO and FULLNODE_API_INFO to run this test");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = crate::config::Config::default();
+        config.gpu.backend = "sim:a5000".into();
+        config.gpu.poll_interval_ms = 20;
+        config.scheduler.tick_interval_ms = 20;
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let a = SchedAdmission::start(&config, dir.path(), 4, cancel.clone())
+            .await
+            .unwrap();
+        let mut st = a.status();
+        for _ in 0..500 {
+            if !st.decisions.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            st = a.status();
+        }
+        assert!(st.proofs.sources.is_empty());
+        assert_eq!(
+            st.proofs.safe_profile.as_deref(),
+            Some("no proof source configured")
+        );
+        let last = st.decisions.last().unwrap();
+        let dev = &last["devices"][0];
+        let rated = dev["rated_pps"].as_f64().unwrap();
+        assert!(
+            dev["budget_pps"].as_f64().unwrap() <= rated * 0.5 + 1.0,
+            "{dev}"
+        );
+        assert!(
+            dev["reasons"].to_string().contains("PoSt-safe profile"),
+            "{dev}"
+        );
+        // controller none confirms nothing: sealing state unknown, not "not paused".
+        assert_eq!(st.sealing_paused, None);
+        a.restore().await;
     }
 
     #[test]

@@ -14,7 +14,7 @@ use anyhow::Context;
 use super::admission::{Admission, SchedAdmission};
 use super::api::auth;
 use super::rendition_store::{EmbeddedStore, RenditionStore};
-use super::{client, resolve_data_dir, Daemon};
+use super::{client, resolve_client_data_dir, resolve_data_dir, Daemon};
 use crate::config::Config;
 
 #[derive(clap::Args, Debug)]
@@ -30,6 +30,11 @@ pub struct RunArgs {
     /// Attach to a go-livepeer orchestrator as a remote transcoder (`--orch-addr` …).
     #[command(flatten)]
     pub livepeer: crate::livepeer::LivepeerArgs,
+    /// Probe every GPU's encoder at start (one Livepeer session's ladder of NVENC sessions,
+    /// or libx264 on a CPU-only host) and exit if any fails, as go-livepeer's
+    /// -testTranscoder does.
+    #[arg(long)]
+    pub test_transcoder: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -46,6 +51,61 @@ pub struct StatusArgs {
     pub data_dir: Option<PathBuf>,
 }
 
+/// Exit status of a fatal configuration error (sysexits' `EX_CONFIG`): a bad config file or
+/// flag, a secret the orchestrator refused, a sealing setup that would endanger proofs.
+/// The systemd unit lists it in `RestartPreventExitStatus=`, so such an error stops the
+/// service with its message instead of restarting it every few seconds forever.
+pub const EXIT_CONFIG: u8 = 78;
+
+/// True when `err` (or anything in its chain) is an error only the operator can fix by
+/// changing the configuration: restarting cannot help.
+pub fn is_config_error(err: &anyhow::Error) -> bool {
+    use crate::livepeer::LivepeerError;
+    use crate::seal::SealError;
+    err.chain().any(|e| {
+        e.is::<crate::config::ConfigError>()
+            || matches!(
+                e.downcast_ref::<LivepeerError>(),
+                Some(
+                    LivepeerError::Config(_)
+                        | LivepeerError::InvalidSecret { .. }
+                        | LivepeerError::ZeroCapacity { .. }
+                )
+            )
+            || matches!(
+                e.downcast_ref::<SealError>(),
+                Some(
+                    SealError::Config(_)
+                        | SealError::BadApiInfo(_)
+                        | SealError::Unauthorized { .. }
+                )
+            )
+            || matches!(
+                e.downcast_ref::<crate::gpu::Error>(),
+                Some(crate::gpu::Error::BadBackend(_) | crate::gpu::Error::UnknownPreset(_))
+            )
+            || matches!(
+                e.downcast_ref::<crate::sched::ServiceError>(),
+                Some(crate::sched::ServiceError::ControllerMismatch { .. })
+            )
+            || e.is::<ConfigFault>()
+    })
+}
+
+/// A start-up refusal that is the configuration's fault (see [`EXIT_CONFIG`]).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigFault(pub String);
+
+/// The process exit status for an error: [`EXIT_CONFIG`] for configuration errors, 1 otherwise.
+pub fn exit_status(err: &anyhow::Error) -> ExitCode {
+    if is_config_error(err) {
+        ExitCode::from(EXIT_CONFIG)
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let mut config = Config::load(args.config.as_deref())?;
     if let Some(listen) = args.listen {
@@ -60,16 +120,17 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         cfg.work_dir = data_dir.join("livepeer").join("work");
         Some(super::livepeer::Attach {
             config: cfg,
-            capacity: args.livepeer.capacity,
+            capacity: args.livepeer.capacity(),
             pipeline: super::livepeer::EnginePipeline::new(
                 t.encoder_choice()?,
                 t.x264_preset.clone(),
                 t.gpu,
-            ),
+            )
+            .with_space_floor(data_dir.clone(), config.store.min_free_bytes),
         })
     } else {
         if args.livepeer.orch_secret.is_some() && std::env::var_os("COMINE_ORCH_SECRET").is_none() {
-            anyhow::bail!("--orch-secret was given without --orch-addr HOST:PORT; add the orchestrator's address to attach to it");
+            return Err(ConfigFault("--orch-secret was given without --orch-addr HOST:PORT; add the orchestrator's address to attach to it".into()).into());
         }
         None
     };
@@ -126,6 +187,29 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         ))
         .context("cannot start the scheduler (see [gpu], [seal] and [scheduler] in the config)")?,
     );
+    if args.test_transcoder {
+        test_transcoder(&config, &admission)?;
+    }
+    // The public trustless gateway: its own listener, no token, pinned content only; bound
+    // before anything is served so a taken port is a start-up error.
+    let gateway_addr_file = data_dir.join("gateway.addr");
+    let gateway_task = if config.gateway.listen.is_empty() {
+        None
+    } else {
+        let listen = config.gateway.listen.clone();
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind(&listen))
+            .with_context(|| {
+                format!("cannot listen on {listen} for the gateway; change [gateway] listen, or leave it empty to serve no gateway")
+            })?;
+        let addr = listener.local_addr()?;
+        crate::util::durable::write_durable(&gateway_addr_file, addr.to_string().as_bytes())?;
+        tracing::info!(%addr, addr_file = %gateway_addr_file.display(), "trustless gateway listening (unauthenticated, pinned content only)");
+        let (store, limits, stop) = (inner.clone(), config.gateway.limits(), cancel.clone());
+        Some(rt.spawn(
+            async move { crate::store::gateway::serve(listener, store, &limits, stop).await },
+        ))
+    };
     let push_task = pusher.map(|(client, every)| {
         tracing::info!(
             api = client.base_url(),
@@ -142,12 +226,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         let every = Duration::from_secs(config.store.gc_interval_hours * 3600);
         // The first pass soon after start, so a daemon restarted daily still collects.
         let first = every.min(Duration::from_secs(300));
-        rt.spawn(embedded.clone().run_gc(
-            config.store.retain_days,
-            first,
-            every,
-            cancel.clone(),
-        ))
+        rt.spawn(
+            embedded
+                .clone()
+                .run_gc(config.store.retain_days, first, every, cancel.clone()),
+        )
     });
     let served = rt.block_on(serve(config, data_dir, store, admission, token, attach));
     cancel.cancel();
@@ -156,6 +239,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(task) = gc_task {
         let _ = rt.block_on(task);
+    }
+    if let Some(task) = gateway_task {
+        match rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), task).await }) {
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "gateway ended with an error"),
+            Err(_) => tracing::warn!("gateway connections did not close in time"),
+            _ => {}
+        }
+        let _ = std::fs::remove_file(&gateway_addr_file);
     }
     served?;
     Ok(ExitCode::SUCCESS)
@@ -189,6 +280,50 @@ fn lock_data_dir(data_dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
     Ok(f)
 }
 
+/// `--test-transcoder`: probes the configured encoder on every GPU telemetry reports (or
+/// libx264 on a CPU-only host) with one Livepeer session's ladder of encoders at once.
+/// Under `encoder = "auto"` a GPU whose NVENC does not open fails the probe: a silent CPU
+/// fallback would take sealing's cores.
+fn test_transcoder(config: &Config, admission: &Arc<dyn Admission>) -> anyhow::Result<()> {
+    use crate::transcode::EncoderChoice;
+    let choice = config.transcode.encoder_choice()?;
+    let sessions = config.scheduler.encodes_per_session.max(1);
+    let gpus: Vec<u32> = admission
+        .status()
+        .devices
+        .iter()
+        .filter(|g| !g.is_host())
+        .map(|g| g.index)
+        .collect();
+    let (targets, wanted) = match (choice, gpus.is_empty()) {
+        (EncoderChoice::X264, _) | (EncoderChoice::Auto, true) => {
+            (vec![0], EncoderChoice::X264)
+        }
+        (EncoderChoice::Nvenc, true) => {
+            return Err(ConfigFault(
+                "--test-transcoder: [transcode] encoder = \"nvenc\" but telemetry sees no NVIDIA GPU; install the driver or use encoder = \"auto\"".into(),
+            )
+            .into())
+        }
+        (_, false) => (gpus, choice),
+    };
+    for gpu in targets {
+        let r =
+            crate::transcode::probe::encoder(wanted, gpu, sessions, &config.transcode.x264_preset)
+                .with_context(|| {
+                    format!("--test-transcoder: the encoder probe failed on GPU {gpu}")
+                })?;
+        if wanted != EncoderChoice::X264 && !r.all_nvenc() {
+            anyhow::bail!(
+                "--test-transcoder: GPU {gpu} cannot open {sessions} NVENC sessions ({}); segments would fall back to libx264 on the CPU. Check the driver and its NVENC session cap, or set [transcode] encoder = \"x264\"",
+                r.fallback_reason.as_deref().unwrap_or("libx264 was used")
+            );
+        }
+        tracing::info!(gpu, encoders = ?r.encoders, sessions = r.sessions, frames = r.frames, "--test-transcoder: encoder probe passed");
+    }
+    Ok(())
+}
+
 /// Runs the daemon until SIGTERM/SIGINT, then shuts down gracefully.
 pub async fn serve(
     config: Config,
@@ -214,7 +349,30 @@ pub async fn serve(
     crate::util::durable::write_durable(&addr_file, addr.to_string().as_bytes())?;
     tracing::info!(%addr, data_dir = %data_dir.display(), addr_file = %addr_file.display(), "comine API listening");
     let dispatcher = d.spawn_dispatcher();
+    // systemd (Type=notify): ready once serving; the watchdog is fed only while the daemon
+    // makes progress, so a hang is restarted.
+    let notifier = crate::util::sd_notify::Notifier::from_env();
+    let watchdog_stop = tokio_util::sync::CancellationToken::new();
+    if let Some(n) = &notifier {
+        let _ = n.notify(&format!(
+            "READY=1\nSTATUS=serving on {addr}; {resumed} jobs resumed"
+        ));
+        if let Some(interval) = crate::util::sd_notify::watchdog_interval() {
+            tokio::spawn(super::watchdog::run(
+                d.clone(),
+                n.clone(),
+                interval,
+                watchdog_stop.clone(),
+            ));
+        }
+    }
     let lp_stop = tokio_util::sync::CancellationToken::new();
+    // The AI worker: same orchestrator, TLS, secret and backoff, when [ai] lists models.
+    let ai_stop = tokio_util::sync::CancellationToken::new();
+    let ai_task = match attach.as_ref().filter(|_| d.config.ai.enabled()) {
+        Some(a) => Some(super::ai::start(&d, &a.config, ai_stop.clone()).await?),
+        None => None,
+    };
     let mut lp_task = attach.map(|a| {
         tracing::info!(orch = %a.config.orch_addr, capacity = ?a.capacity, "attaching to the Livepeer orchestrator");
         let sessions = d.admission.livepeer_sessions();
@@ -245,6 +403,19 @@ pub async fn serve(
         },
         None => wait_for_signal().await,
     }
+    if let Some(n) = &notifier {
+        let _ = n.notify("STOPPING=1\nSTATUS=stopping: draining running jobs");
+    }
+    // AI jobs in flight are answered (finished within the grace, else an error) before the
+    // worker unregisters.
+    ai_stop.cancel();
+    if let Some(task) = ai_task {
+        match tokio::time::timeout(grace + Duration::from_secs(15), task).await {
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "AI worker ended with an error"),
+            Err(_) => tracing::warn!("AI worker did not stop in time"),
+            _ => {}
+        }
+    }
     // Livepeer first: segments in flight are cancelled and answered with error parts, so
     // the orchestrator hands them to another transcoder at once instead of waiting.
     lp_stop.cancel();
@@ -256,6 +427,7 @@ pub async fn serve(
         }
     }
     d.shutdown(grace).await;
+    watchdog_stop.cancel();
     let _ = dispatcher.await;
     match tokio::time::timeout(Duration::from_secs(10), server).await {
         Ok(Ok(Ok(()))) => {}
@@ -286,7 +458,7 @@ async fn wait_for_signal() {
 
 pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let config = Config::load(args.config.as_deref())?;
-    let data_dir = resolve_data_dir(args.data_dir, &config);
+    let data_dir = resolve_client_data_dir(args.data_dir, &config);
     let text = client::get_text_at(&data_dir, &config, args.url.as_deref(), "/v1/status")?;
     if args.json {
         println!("{text}");
@@ -298,20 +470,47 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn print_status(v: &serde_json::Value) {
+    print!("{}", render_status(v));
+}
+
+/// A reading as text, or `-` when the daemon could not read it (null or absent).
+fn known(v: Option<&serde_json::Value>, f: impl Fn(f64) -> String) -> String {
+    v.and_then(serde_json::Value::as_f64)
+        .map(f)
+        .unwrap_or_else(|| "-".into())
+}
+
+/// `comine status`'s human summary of `/v1/status`: one line per subject, `-` for anything
+/// the daemon could not read.
+pub fn render_status(v: &serde_json::Value) -> String {
+    use std::fmt::Write;
+    let mut o = String::new();
     let s = |p: &str| v.pointer(p).cloned().unwrap_or(serde_json::Value::Null);
-    println!(
+    let text = |p: &str| match v.pointer(p) {
+        Some(serde_json::Value::String(x)) => x.clone(),
+        Some(serde_json::Value::Null) | None => "-".into(),
+        Some(x) => x.to_string(),
+    };
+    let _ = writeln!(
+        o,
         "comine {} on {}, up {}s, data {}",
-        s("/version").as_str().unwrap_or("?"),
-        s("/listen").as_str().unwrap_or("?"),
-        s("/uptime_secs"),
-        s("/data_dir").as_str().unwrap_or("?")
+        text("/version"),
+        text("/listen"),
+        text("/uptime_secs"),
+        text("/data_dir")
     );
-    println!(
-        "queue: {} waiting (max {}), {} running, capacity {}",
-        s("/queue/depth"),
-        s("/queue/max"),
-        s("/queue/running"),
-        s("/queue/capacity")
+    let drain = known(v.pointer("/queue/drain_secs"), |x| format!("{x:.0}s"));
+    let _ = writeln!(
+        o,
+        "queue: {} waiting (new submissions max {}), {} running, capacity {}; backlog drains in {drain}{}",
+        text("/queue/depth"),
+        text("/queue/max"),
+        text("/queue/running"),
+        text("/queue/capacity"),
+        match v.pointer("/queue/resumed_at_start").and_then(|x| x.as_u64()) {
+            Some(n) if n > 0 => format!(" ({n} resumed at start)"),
+            _ => String::new(),
+        }
     );
     if let Some(jobs) = v.pointer("/jobs").and_then(|j| j.as_object()) {
         let parts: Vec<String> = jobs.iter().map(|(k, n)| format!("{k} {n}")).collect();
@@ -320,59 +519,247 @@ fn print_status(v: &serde_json::Value) {
         } else {
             parts.join(", ")
         };
-        println!("jobs: {parts}");
+        let _ = writeln!(o, "jobs: {parts}");
     }
-    println!(
+    let _ = writeln!(
+        o,
         "today: {} segments, {} encoded pixels, {} wei estimated",
-        s("/pixels_today/segments"),
-        s("/pixels_today/encoded_pixels"),
-        s("/pixels_today/earnings_wei").as_str().unwrap_or("0")
+        text("/pixels_today/segments"),
+        text("/pixels_today/encoded_pixels"),
+        text("/pixels_today/earnings_wei")
     );
-    let devices = s("/devices");
-    match devices.as_array() {
+    match s("/devices").as_array() {
         Some(d) if !d.is_empty() => {
             for g in d {
-                println!(
-                    "gpu {}: {} util {:.0}% enc {:.0}% dec {:.0}% {} W {} °C {} sessions ({})",
+                let pct = |k: &str| known(g.get(k), |x| format!("{:.0}%", x * 100.0));
+                let host = g["source"].as_str() == Some("host");
+                let label = if host { "host" } else { "gpu" };
+                let mut line = format!(
+                    "{label} {}: {} util {}",
                     g["index"],
                     g["name"].as_str().unwrap_or(""),
-                    g["utilization"].as_f64().unwrap_or(0.0) * 100.0,
-                    g["encoder_utilization"].as_f64().unwrap_or(0.0) * 100.0,
-                    g["decoder_utilization"].as_f64().unwrap_or(0.0) * 100.0,
-                    g["power_watts"],
-                    g["temperature_celsius"],
-                    g["encoder_sessions"],
-                    g["source"].as_str().unwrap_or("telemetry")
+                    pct("utilization")
                 );
+                // A CPU has no encoder engine: no enc/dec/session figures for it.
+                if !host {
+                    let _ = write!(
+                        line,
+                        " enc {} dec {} {} sessions",
+                        pct("encoder_utilization"),
+                        pct("decoder_utilization"),
+                        known(g.get("encoder_sessions"), |x| format!("{x:.0}"))
+                    );
+                }
+                let _ = write!(
+                    line,
+                    " {} W {} °C ({}){}",
+                    known(g.get("power_watts"), |x| format!("{x:.1}")),
+                    known(g.get("temperature_celsius"), |x| format!("{x:.0}")),
+                    g["source"].as_str().unwrap_or("telemetry"),
+                    if g["proof_active"].as_bool() == Some(true) {
+                        ", PROOF RUNNING"
+                    } else {
+                        ""
+                    }
+                );
+                let _ = writeln!(o, "{line}");
             }
         }
-        _ => println!(
-            "devices: none reported (scheduler: {})",
-            s("/scheduler").as_str().unwrap_or("?")
-        ),
+        _ => {
+            let _ = writeln!(
+                o,
+                "devices: none reported (scheduler: {})",
+                text("/scheduler")
+            );
+        }
+    }
+    match v.pointer("/proofs") {
+        Some(p) if !p.is_null() => {
+            let sources: Vec<&str> = p["sources"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|x| x.as_str()).collect())
+                .unwrap_or_default();
+            let line = match p["safe_profile"].as_str() {
+                Some(why) => format!("proofs: PoSt-safe profile ({why})"),
+                None if sources.is_empty() => "proofs: -".to_string(),
+                None => format!("proofs: watched through {}", sources.join(", ")),
+            };
+            let _ = writeln!(o, "{line}");
+        }
+        _ => {}
     }
     if let Some(sealing) = v.pointer("/sealing").and_then(|x| x.as_object()) {
         if !sealing.is_empty() {
-            let parts: Vec<String> = sealing.iter().map(|(k, n)| format!("{k} {n}")).collect();
-            println!("sealing: {}", parts.join(", "));
+            let parts: Vec<String> = sealing
+                .iter()
+                .map(|(k, n)| format!("{n} task types {k}"))
+                .collect();
+            let paused = match v.pointer("/sealing_paused").and_then(|x| x.as_bool()) {
+                Some(true) => "paused by comine",
+                Some(false) => "running",
+                None => "-",
+            };
+            let _ = writeln!(o, "sealing: {paused} (scheduler: {})", parts.join(", "));
         }
     }
-    println!("store: {}", s("/store"));
+    // The most recent decisions, oldest first: what the scheduler did and why.
+    if let Some(decisions) = v.pointer("/decisions").and_then(|d| d.as_array()) {
+        let recent: Vec<&serde_json::Value> = decisions.iter().rev().take(3).collect();
+        if !recent.is_empty() {
+            let _ = writeln!(o, "recent decisions:");
+        }
+        for d in recent.into_iter().rev() {
+            let limits: Vec<String> = d["devices"]
+                .as_array()
+                .map(|devs| {
+                    devs.iter()
+                        .filter_map(|dev| {
+                            let reasons: Vec<&str> = dev["reasons"]
+                                .as_array()?
+                                .iter()
+                                .filter_map(|r| r.as_str())
+                                .collect();
+                            (!reasons.is_empty())
+                                .then(|| format!("gpu {}: {}", dev["index"], reasons.join("; ")))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            let what = match d["sealing"]["reason"].as_str() {
+                Some(r) => r.to_string(),
+                // A decision record of another admission (tests): its own words.
+                None => d["decision"].as_str().unwrap_or("-").to_string(),
+            };
+            let _ = writeln!(
+                o,
+                "  #{} {}{}",
+                text_of(&d["seq"]),
+                what,
+                if limits.is_empty() {
+                    String::new()
+                } else {
+                    format!("; {}", limits.join(", "))
+                }
+            );
+        }
+    }
+    let store = s("/store");
+    if !store.is_null() {
+        let queue = match store["push_queue"].as_u64() {
+            Some(n) => format!(", {n} waiting for the Kubo node"),
+            None => String::new(),
+        };
+        let _ = writeln!(
+            o,
+            "store: {} at {}{}{}",
+            store["backend"].as_str().unwrap_or("-"),
+            store["dir"].as_str().unwrap_or("-"),
+            store["kubo_api"]
+                .as_str()
+                .map(|k| format!(", pushing to {k}"))
+                .unwrap_or_default(),
+            queue
+        );
+    }
     if let Some(lp) = v.pointer("/livepeer").filter(|l| !l.is_null()) {
-        let g = |p: &str| lp.pointer(p).cloned().unwrap_or(serde_json::Value::Null);
-        println!(
+        let g = |p: &str| match lp.pointer(p) {
+            Some(serde_json::Value::String(x)) => x.clone(),
+            Some(serde_json::Value::Null) | None => "-".into(),
+            Some(x) => x.to_string(),
+        };
+        let _ = writeln!(
+            o,
             "livepeer: {} {} (capacity {} [{}]); segments {} accounted, {} failed; {} encoded pixels{}",
-            g("/orch_addr").as_str().unwrap_or("?"),
-            g("/link/state").as_str().unwrap_or("?"),
+            g("/orch_addr"),
+            g("/link/state"),
             g("/capacity"),
-            g("/capacity_mode").as_str().unwrap_or("?"),
+            g("/capacity_mode"),
             g("/segments/accounted"),
             g("/segments/failed"),
             g("/segments/encoded_pixels"),
-            g("/link/last_fault")
-                .as_str()
+            lp.pointer("/link/last_fault")
+                .and_then(|f| f.as_str())
                 .map(|f| format!("; last fault: {f}"))
                 .unwrap_or_default(),
         );
+    }
+    o
+}
+
+fn text_of(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::Null => "-".into(),
+        serde_json::Value::String(s) => s.clone(),
+        x => x.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_is_human_with_dashes_for_unknowns() {
+        let v = serde_json::json!({
+            "version": "0.1.0", "listen": "127.0.0.1:9470", "uptime_secs": 5,
+            "data_dir": "/var/lib/comine",
+            "queue": {"depth": 3, "max": 32, "running": 1, "capacity": 1,
+                      "resumed_at_start": 3, "drain_secs": null},
+            "jobs": {"done": 4},
+            "pixels_today": {"segments": 4, "encoded_pixels": 100, "earnings_wei": "0"},
+            "scheduler": "sched/host",
+            "devices": [{"index": 0, "name": "host CPU", "source": "host",
+                         "utilization": 0.5, "encoder_utilization": null,
+                         "power_watts": null, "temperature_celsius": null,
+                         "encoder_sessions": null, "proof_active": false}],
+            "proofs": {"sources": [], "safe_profile": "no proof source configured"},
+            "sealing": {"enabled": 4}, "sealing_paused": null,
+            "decisions": [{"seq": 7, "sealing": {"reason": "live demand 0% of capacity, sealing Enabled"},
+                           "devices": [{"index": 0, "reasons": ["PoSt-safe profile (no proof source configured)"]}]}],
+            "store": {"backend": "embedded", "dir": "/var/lib/comine/store", "kubo_api": null, "push_queue": 0},
+            "livepeer": null
+        });
+        let out = render_status(&v);
+        assert!(
+            out.contains("host 0: host CPU util 50% - W - °C (host)"),
+            "{out}"
+        );
+        assert!(!out.contains("0.0 W") && !out.contains("enc 100%"), "{out}");
+        assert!(
+            out.contains("backlog drains in - (3 resumed at start)"),
+            "{out}"
+        );
+        assert!(
+            out.contains("proofs: PoSt-safe profile (no proof source configured)"),
+            "{out}"
+        );
+        assert!(
+            out.contains("sealing: - (scheduler: 4 task types enabled)"),
+            "{out}"
+        );
+        assert!(out.contains("  #7 live demand 0% of capacity"), "{out}");
+        assert!(
+            out.contains("store: embedded at /var/lib/comine/store, 0 waiting"),
+            "{out}"
+        );
+        assert!(!out.contains("{\""), "raw JSON in the human status:\n{out}");
+    }
+
+    #[test]
+    fn config_errors_exit_with_ex_config() {
+        let e = anyhow::Error::new(crate::config::ConfigError::Value {
+            key: "api.queue_depth",
+            value: "0".into(),
+            why: "must be at least 1".into(),
+        })
+        .context("loading the config");
+        assert!(is_config_error(&e));
+        let secret = anyhow::Error::new(crate::livepeer::LivepeerError::InvalidSecret {
+            addr: "o:8935".into(),
+        });
+        assert!(is_config_error(&secret));
+        let io = anyhow::anyhow!("cannot listen on 127.0.0.1:9470");
+        assert!(!is_config_error(&io));
+        assert_eq!(exit_status(&secret), ExitCode::from(EXIT_CONFIG));
     }
 }

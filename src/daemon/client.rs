@@ -30,21 +30,39 @@ pub fn endpoint(
         Some(u) => u.trim_end_matches('/').to_string(),
         None => {
             let file = api_addr_file(data_dir);
-            let addr = std::fs::read_to_string(&file).with_context(|| {
-                format!(
-                    "no running daemon found ({} is missing): start `comine run`, or pass --url and --data-dir",
-                    file.display()
-                )
+            let addr = std::fs::read_to_string(&file).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::PermissionDenied {
+                    anyhow::anyhow!("{}", permission_hint(&file))
+                } else {
+                    anyhow::anyhow!(
+                        "no running daemon found ({} is missing): start `comine run`, or pass --url and --data-dir",
+                        file.display()
+                    )
+                }
             })?;
             format!("http://{}", addr.trim())
         }
     };
     let tf = token_file(data_dir, config);
     let token = std::fs::read_to_string(&tf)
-        .with_context(|| format!("cannot read the API token {}", tf.display()))?
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::PermissionDenied {
+                anyhow::anyhow!("{}", permission_hint(&tf))
+            } else {
+                anyhow::anyhow!("cannot read the API token {}: {e}", tf.display())
+            }
+        })?
         .trim()
         .to_string();
     Ok((base, token))
+}
+
+/// The service's data directory is readable by the `comine` user only (mode 0700).
+fn permission_hint(file: &Path) -> String {
+    format!(
+        "cannot read {}: permission denied. The service's data directory belongs to the comine user: run `sudo -u comine comine …` (or as root), or pass --url and a readable --data-dir",
+        file.display()
+    )
 }
 
 /// GET `path` with the bearer token; the body as text, or an error naming the status.

@@ -20,11 +20,13 @@
 //! shutdown keep answering.
 
 pub mod admission;
+pub mod ai;
 pub mod api;
 pub mod cli;
 pub mod client;
 pub mod livepeer;
 pub mod rendition_store;
+pub mod watchdog;
 mod worker;
 
 use std::collections::HashMap;
@@ -51,6 +53,14 @@ pub fn resolve_data_dir(flag: Option<PathBuf>, config: &Config) -> PathBuf {
         .unwrap_or_else(crate::paths::default_data_dir)
 }
 
+/// For commands that talk to a running daemon (`comine status`, `comine ledger export`):
+/// `--data-dir`, else `data_dir` in the config, else `$COMINE_DATA_DIR`, the user's own
+/// daemon, or the systemd service's `/var/lib/comine` ([`crate::paths::client_data_dir`]).
+pub fn resolve_client_data_dir(flag: Option<PathBuf>, config: &Config) -> PathBuf {
+    flag.or_else(|| config.data_dir.clone())
+        .unwrap_or_else(crate::paths::client_data_dir)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     #[error(transparent)]
@@ -65,6 +75,16 @@ pub enum DaemonError {
     },
     #[error("the daemon is shutting down; retry against the restarted daemon")]
     ShuttingDown,
+}
+
+/// A job a worker runs now: where, what it costs, and how to stop it for a proof.
+pub(crate) struct Running {
+    pub device: u32,
+    pub class: ledger::JobClass,
+    pub pixels_per_sec: f64,
+    pub started: Instant,
+    /// Cancelled to give a proof its GPU back: the job stops and is requeued.
+    pub preempt: CancellationToken,
 }
 
 /// A job on its way to a worker.
@@ -106,9 +126,22 @@ pub struct Daemon {
     started: Instant,
     /// EWMA of segment latency, ms (for Retry-After).
     latency_ewma_ms: AtomicU64,
+    /// EWMA of one job's run time (admitted to done), ms: the backlog's drain estimate.
+    run_ewma_ms: AtomicU64,
+    /// Jobs resumed from the spool at start.
+    pub resumed: AtomicUsize,
+    /// Jobs running now, by job id.
+    running: Mutex<HashMap<String, Running>>,
+    /// When the dispatcher last went round its loop (ms since the epoch): the watchdog's
+    /// proof that queued work is being looked at.
+    pub(crate) dispatch_beat_ms: AtomicU64,
+    /// Telemetry has a GPU (or may have one): only then is libx264 under `auto` a fallback.
+    gpu_present: bool,
     pub listen_addr: OnceLock<SocketAddr>,
     /// Set when `comine run` attached to a Livepeer orchestrator.
     pub livepeer: OnceLock<livepeer::LivepeerState>,
+    /// Set when `comine run` also registered as a Livepeer AI worker.
+    pub ai: OnceLock<ai::AiState>,
 }
 
 impl Daemon {
@@ -139,6 +172,7 @@ impl Daemon {
         let (batch_tx, batch_rx) = mpsc::unbounded_channel();
         let metrics = Metrics::new();
         metrics.capacity.set(*admission.capacity().borrow() as i64);
+        let gpu_present = admission.telemetry_source() != Some(crate::gpu::Source::Host);
         Ok(Arc::new(Daemon {
             queue_slots: Arc::new(Semaphore::new(config.api.queue_depth)),
             config,
@@ -158,8 +192,14 @@ impl Daemon {
             tracker: TaskTracker::new(),
             started: Instant::now(),
             latency_ewma_ms: AtomicU64::new(0),
+            run_ewma_ms: AtomicU64::new(0),
+            resumed: AtomicUsize::new(0),
+            running: Mutex::new(HashMap::new()),
+            dispatch_beat_ms: AtomicU64::new(crate::util::now_ms()),
+            gpu_present,
             listen_addr: OnceLock::new(),
             livepeer: OnceLock::new(),
+            ai: OnceLock::new(),
         }))
     }
 
@@ -179,6 +219,51 @@ impl Daemon {
         self.queued.load(Ordering::Relaxed)
     }
 
+    /// Seconds until the queued jobs are done at the current capacity, from the measured run
+    /// time of a job; `None` until one has finished.
+    pub fn drain_secs(&self) -> Option<f64> {
+        let run_ms = self.run_ewma_ms.load(Ordering::Relaxed);
+        if run_ms == 0 {
+            return (self.queue_len() == 0).then_some(0.0);
+        }
+        let cap = (*self.admission.capacity().borrow()).max(1);
+        let rounds = self.queue_len().div_ceil(cap);
+        Some(rounds as f64 * run_ms as f64 / 1000.0)
+    }
+
+    /// Jobs running now.
+    pub fn running_jobs(&self) -> usize {
+        self.running.lock().map(|r| r.len()).unwrap_or(0)
+    }
+
+    /// Stops batch jobs on `device` (newest first) until `pixels_per_sec` of running load
+    /// is taken off: a proof needs the GPU. Each stops at once and is requeued. Returns the
+    /// jobs stopped. Live jobs finish (they last a segment), while the scheduler offers no
+    /// new session on that GPU.
+    pub fn preempt(&self, device: u32, pixels_per_sec: f64) -> Vec<String> {
+        let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        let mut victims: Vec<(&String, &Running)> = running
+            .iter()
+            .filter(|(_, r)| {
+                r.device == device
+                    && r.class == ledger::JobClass::Batch
+                    && !r.preempt.is_cancelled()
+            })
+            .collect();
+        victims.sort_by_key(|b| std::cmp::Reverse(b.1.started));
+        let mut shed = 0.0;
+        let mut out = Vec::new();
+        for (id, r) in victims {
+            if shed >= pixels_per_sec {
+                break;
+            }
+            r.preempt.cancel();
+            shed += r.pixels_per_sec;
+            out.push(id.clone());
+        }
+        out
+    }
+
     /// Seconds a refused client should wait: the queue ahead divided by capacity, ≥ 1 s.
     pub fn retry_after_secs(&self) -> u64 {
         let cap = (*self.admission.capacity().borrow()).max(1) as u64;
@@ -186,7 +271,7 @@ impl Daemon {
         (self.queue_len() as u64 * ewma / cap / 1000).clamp(1, 300)
     }
 
-    fn enqueue(&self, q: Queued) {
+    pub(crate) fn enqueue(&self, q: Queued) {
         self.queued.fetch_add(1, Ordering::Relaxed);
         self.metrics.queue_depth.set(self.queue_len() as i64);
         // The receiver lives as long as the daemon; a send error only happens after the
@@ -327,6 +412,24 @@ impl Daemon {
                         })
                         .await?;
                 }
+                // An AI job is recorded after it was answered; one caught mid-way was
+                // answered but not counted, and stays that way.
+                _ if job
+                    .manifest_id
+                    .as_deref()
+                    .is_some_and(|m| m.starts_with(ai::MANIFEST_PREFIX)) =>
+                {
+                    let id = job.job_id.clone();
+                    self.ledger
+                        .call(move |l| {
+                            l.fail(
+                                &id,
+                                "interrupted",
+                                "the daemon stopped while recording this AI job",
+                            )
+                        })
+                        .await?;
+                }
                 _ if !self.spool_path(&job.job_id).exists() => {
                     tracing::error!(job = %job.job_id, "spooled segment is missing; failing the job");
                     let id = job.job_id.clone();
@@ -369,16 +472,19 @@ impl Daemon {
                 }
             }
         }
+        self.resumed.store(resumed, Ordering::Relaxed);
         Ok(resumed)
     }
 
-    /// Starts the dispatcher that feeds admitted jobs to workers.
+    /// Starts the dispatcher that feeds admitted jobs to workers, and the task that stops
+    /// batch jobs when a proof needs their GPU.
     pub fn spawn_dispatcher(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let rx = self
             .queue_rx
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take();
+        tokio::spawn(worker::reclaim(self.clone()));
         let me = self.clone();
         tokio::spawn(async move {
             if let Some(rx) = rx {
@@ -418,9 +524,42 @@ impl Daemon {
     }
 
     fn record_latency(&self, ms: u64) {
-        let old = self.latency_ewma_ms.load(Ordering::Relaxed);
-        let new = if old == 0 { ms } else { (old * 7 + ms) / 8 };
-        self.latency_ewma_ms.store(new, Ordering::Relaxed);
+        ewma(&self.latency_ewma_ms, ms);
+    }
+
+    fn record_run_time(&self, ms: u64) {
+        ewma(&self.run_ewma_ms, ms.max(1));
+    }
+}
+
+fn ewma(cell: &AtomicU64, ms: u64) {
+    let old = cell.load(Ordering::Relaxed);
+    let new = if old == 0 { ms } else { (old * 7 + ms) / 8 };
+    cell.store(new, Ordering::Relaxed);
+}
+
+impl Daemon {
+    /// Renditions encoded with libx264 although `encoder = "auto"` wanted NVENC on a host
+    /// with a GPU: the CPU they take is sealing's (PC1). Counted so an alert can say so.
+    pub(crate) fn count_fallbacks<'a>(
+        &self,
+        encoders: impl Iterator<Item = &'a str>,
+        reason: Option<&str>,
+    ) {
+        if !self.gpu_present
+            || !matches!(
+                self.config.transcode.encoder_choice(),
+                Ok(crate::transcode::EncoderChoice::Auto)
+            )
+        {
+            return;
+        }
+        let n = encoders.filter(|e| *e == "libx264").count() as u64;
+        let why = match reason {
+            Some(r) if r.contains("session limit") => "session_cap",
+            _ => "nvenc_unavailable",
+        };
+        self.metrics.encoder_fallback(why, n);
     }
 }
 

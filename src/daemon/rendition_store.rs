@@ -108,10 +108,17 @@ impl EmbeddedStore {
             let opts = crate::store::gc::GcOptions::new(retain_days, false);
             match self.store.db().call(move || store.gc(opts)).await {
                 Ok(Ok(report)) => {
-                    tracing::info!(bytes_freed = report.bytes_freed, unpinned = report.unpinned, blocks = report.blocks_freed, "store garbage collection done");
+                    tracing::info!(
+                        bytes_freed = report.bytes_freed,
+                        unpinned = report.unpinned,
+                        blocks = report.blocks_freed,
+                        "store garbage collection done"
+                    );
                     *self.last_gc.lock().unwrap_or_else(|e| e.into_inner()) = Some(report);
                 }
-                Ok(Err(e)) => tracing::error!(error = %e, "store garbage collection failed; it runs again at the next interval"),
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "store garbage collection failed; it runs again at the next interval")
+                }
                 Err(e) => tracing::error!(error = %e, "store garbage collection did not run"),
             }
         }
@@ -145,22 +152,24 @@ impl RenditionStore for EmbeddedStore {
         Box::pin(async move {
             let (store, opts, push) = (self.store.clone(), self.opts, self.push.is_some());
             let path = path.to_path_buf();
-            self.store.db().call(move || {
-                // add_file_with syncs the blocks and commits the pin before it returns:
-                // durable. A retention pin: garbage collection frees it after retain_days.
-                let added = store
-                    .add_file_with(&path, &opts, crate::store::PinKind::Retain)
-                    .map_err(other)?;
-                if push {
-                    store.enqueue_push(&added.cid, &opts).map_err(other)?;
-                }
-                Ok(StoredRef {
-                    cid: added.cid.to_string(),
-                    bytes: added.size,
+            self.store
+                .db()
+                .call(move || {
+                    // add_file_with syncs the blocks and commits the pin before it returns:
+                    // durable. A retention pin: garbage collection frees it after retain_days.
+                    let added = store
+                        .add_file_with(&path, &opts, crate::store::PinKind::Retain)
+                        .map_err(other)?;
+                    if push {
+                        store.enqueue_push(&added.cid, &opts).map_err(other)?;
+                    }
+                    Ok(StoredRef {
+                        cid: added.cid.to_string(),
+                        bytes: added.size,
+                    })
                 })
-            })
-            .await
-            .map_err(join_err)?
+                .await
+                .map_err(join_err)?
         })
     }
 
@@ -172,16 +181,19 @@ impl RenditionStore for EmbeddedStore {
             let cid = crate::store::parse_cid(cid)
                 .map_err(|_| RenditionStoreError::BadCid(cid.into()))?;
             let store = self.store.clone();
-            let opened = self.store.db().call(move || {
-                let len = store.pin_info(&cid).map_err(other)?.map(|p| p.size);
-                match store.cat(&cid) {
-                    Ok(r) => Ok(Some((len, r))),
-                    Err(crate::store::StoreError::NotFound { .. }) => Ok(None),
-                    Err(e) => Err(other(e)),
-                }
-            })
-            .await
-            .map_err(join_err)??;
+            let opened = self
+                .store
+                .db()
+                .call(move || {
+                    let len = store.pin_info(&cid).map_err(other)?.map(|p| p.size);
+                    match store.cat(&cid) {
+                        Ok(r) => Ok(Some((len, r))),
+                        Err(crate::store::StoreError::NotFound { .. }) => Ok(None),
+                        Err(e) => Err(other(e)),
+                    }
+                })
+                .await
+                .map_err(join_err)??;
             let Some((len, reader)) = opened else {
                 return Ok(None);
             };

@@ -1,5 +1,11 @@
 //! Dispatcher and workers: admitted jobs run the transcode on a blocking thread, store
 //! their renditions and close the job in the ledger.
+//!
+//! Every job, new or resumed from the spool after a restart, goes through the same two
+//! gates: the scheduler's concurrency (its published capacity) and its admission in
+//! pixels/s on a device. A backlog of thousands of spooled jobs therefore drains at the
+//! host's capacity instead of starting all at once. [`reclaim`] stops batch jobs on a GPU a
+//! proof needs back; they are requeued, not failed.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -7,8 +13,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use super::{remove_quiet, Daemon, Queued};
-
+use super::{remove_quiet, Daemon, Queued, Running};
 use crate::ledger::{JobClass, JobRecord, JobState, RenditionRecord};
 use crate::transcode::{self, Input, Options, Profile, TranscodeError};
 
@@ -17,7 +22,26 @@ use crate::transcode::{self, Input, Options, Profile, TranscodeError};
 pub(super) async fn dispatch(d: Arc<Daemon>, rx: [mpsc::UnboundedReceiver<Queued>; 2]) {
     let [mut live, mut batch] = rx;
     let mut capacity = d.admission.capacity();
+    let beat = |d: &Daemon| {
+        d.dispatch_beat_ms
+            .store(crate::util::now_ms(), Ordering::Relaxed)
+    };
     loop {
+        beat(&d);
+        // Gate 1: no more jobs at once than the scheduler's capacity, resumed ones included.
+        loop {
+            let cap = (*capacity.borrow_and_update()).max(1);
+            if d.running_jobs() < cap {
+                break;
+            }
+            beat(&d);
+            tokio::select! {
+                _ = d.intake_stop.cancelled() => break,
+                _ = d.slot_freed.notified() => {}
+                r = capacity.changed() => if r.is_err() { break },
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        }
         let q = tokio::select! {
             biased;
             _ = d.intake_stop.cancelled() => break,
@@ -27,7 +51,9 @@ pub(super) async fn dispatch(d: Arc<Daemon>, rx: [mpsc::UnboundedReceiver<Queued
         };
         let pps = pixels_per_sec(&q.job);
         let mut demanded = false;
-        let permit = loop {
+        // Gate 2: admission in pixels/s on a device.
+        let placement = loop {
+            beat(&d);
             match d.admission.try_admit(q.job.class, pps) {
                 Ok(p) => break Some(p),
                 Err(rejected) => {
@@ -54,24 +80,74 @@ pub(super) async fn dispatch(d: Arc<Daemon>, rx: [mpsc::UnboundedReceiver<Queued
             // Admitted: its load now counts as admitted, not as demand.
             d.admission.set_demand(0.0, 0.0);
         }
-        let Some(permit) = permit else { break };
+        let Some(placement) = placement else { break };
         d.queued.fetch_sub(1, Ordering::Relaxed);
         d.metrics.queue_depth.set(d.queue_len() as i64);
         drop(q.slot);
+        let preempt = d.hard_stop.child_token();
+        let id = q.job.job_id.clone();
+        d.running.lock().unwrap_or_else(|e| e.into_inner()).insert(
+            id.clone(),
+            Running {
+                device: placement.device,
+                class: q.job.class,
+                pixels_per_sec: placement.pixels_per_sec,
+                started: Instant::now(),
+                preempt: preempt.clone(),
+            },
+        );
         let me = d.clone();
         d.metrics.jobs_running.inc();
         d.tracker.spawn(async move {
-            let id = q.job.job_id.clone();
-            if let Err(err) = run(&me, q.job, q.received).await {
-                tracing::error!(job = %id, error = %format!("{err:#}"), "job could not be recorded; it resumes at next start");
-            }
-            drop(permit);
+            let job = q.job.clone();
+            let started = Instant::now();
+            let outcome = run(&me, q.job, q.received, &preempt).await;
+            drop(placement);
+            me.running
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id);
             me.metrics.jobs_running.dec();
+            match outcome {
+                Ok(Outcome::Preempted) => {
+                    // Back in the queue: it runs again once the GPU is free.
+                    me.metrics.jobs_preempted.inc();
+                    me.enqueue(Queued {
+                        job,
+                        slot: None,
+                        received: Instant::now(),
+                    });
+                }
+                Ok(Outcome::Done) => me.record_run_time(started.elapsed().as_millis() as u64),
+                Ok(_) => {}
+                Err(err) => {
+                    tracing::error!(job = %id, error = %format!("{err:#}"), "job could not be recorded; it resumes at next start");
+                }
+            }
             me.slot_freed.notify_one();
             me.notify_final(&id);
         });
     }
     tracing::debug!("dispatcher stopped");
+}
+
+/// Follows the scheduler's shed requests: when a proof needs a GPU back (its floor, or its
+/// memory), batch jobs running there are stopped and requeued.
+pub(super) async fn reclaim(d: Arc<Daemon>) {
+    let mut shed = d.admission.shed();
+    loop {
+        tokio::select! {
+            _ = d.intake_stop.cancelled() => break,
+            r = shed.changed() => if r.is_err() { break },
+        }
+        let wanted = shed.borrow_and_update().clone();
+        for s in wanted {
+            let stopped = d.preempt(s.device, s.pixels_per_sec);
+            if !stopped.is_empty() {
+                tracing::info!(gpu = s.device, shed_mpx_per_sec = s.pixels_per_sec / 1e6, jobs = ?stopped, "a proof needs this GPU: stopping batch jobs (they are requeued)");
+            }
+        }
+    }
 }
 
 /// Σ w × h × fps over the ladder (30 fps when a rung keeps the source's rate).
@@ -88,6 +164,8 @@ enum Outcome {
     Failed(&'static str),
     /// Stopped by shutdown; stays in the ledger to resume.
     Checkpointed,
+    /// Stopped because a proof needs the GPU; the caller requeues it.
+    Preempted,
     /// The disk is full: the job keeps its state and spool file and is tried again later.
     Deferred,
 }
@@ -98,7 +176,8 @@ const DISK_FULL_RETRY: Duration = Duration::from_secs(30);
 /// Whether an error comes from a full disk (the database's `SQLITE_FULL` or the OS's
 /// `ENOSPC`, as it surfaces through the store, FFmpeg or the ledger).
 pub(super) fn is_disk_full(e: &anyhow::Error) -> bool {
-    if let Some(crate::ledger::LedgerError::Db(db)) = e.downcast_ref::<crate::ledger::LedgerError>() {
+    if let Some(crate::ledger::LedgerError::Db(db)) = e.downcast_ref::<crate::ledger::LedgerError>()
+    {
         if db.is_disk_full() {
             return true;
         }
@@ -109,9 +188,14 @@ pub(super) fn is_disk_full(e: &anyhow::Error) -> bool {
         || text.contains("database or disk is full")
 }
 
-async fn run(d: &Arc<Daemon>, job: JobRecord, received: Instant) -> anyhow::Result<()> {
+async fn run(
+    d: &Arc<Daemon>,
+    job: JobRecord,
+    received: Instant,
+    preempt: &tokio_util::sync::CancellationToken,
+) -> anyhow::Result<Outcome> {
     let id = job.job_id.clone();
-    let outcome = match execute(d, job.clone(), received).await {
+    let outcome = match execute(d, job.clone(), received, preempt).await {
         Ok(o) => o,
         Err(e) if is_disk_full(&e) => {
             tracing::error!(job = %id, error = %format!("{e:#}"), "disk full while recording the job");
@@ -119,7 +203,7 @@ async fn run(d: &Arc<Daemon>, job: JobRecord, received: Instant) -> anyhow::Resu
         }
         Err(e) => return Err(e),
     };
-    match outcome {
+    match &outcome {
         Outcome::Done => {
             let ms = received.elapsed().as_millis() as u64;
             d.record_latency(ms);
@@ -147,12 +231,20 @@ async fn run(d: &Arc<Daemon>, job: JobRecord, received: Instant) -> anyhow::Resu
                 }
             });
         }
+        Outcome::Preempted => {
+            tracing::info!(job = %id, "transcode stopped for a proof; requeued");
+        }
     }
     remove_quiet(&d.work_dir(&id));
-    Ok(())
+    Ok(outcome)
 }
 
-async fn execute(d: &Arc<Daemon>, job: JobRecord, received: Instant) -> anyhow::Result<Outcome> {
+async fn execute(
+    d: &Arc<Daemon>,
+    job: JobRecord,
+    received: Instant,
+    preempt: &tokio_util::sync::CancellationToken,
+) -> anyhow::Result<Outcome> {
     let id = job.job_id.clone();
     let key = id.clone();
     let current = d.ledger.call(move |l| l.get(&key)).await?.unwrap_or(job);
@@ -162,7 +254,7 @@ async fn execute(d: &Arc<Daemon>, job: JobRecord, received: Instant) -> anyhow::
     if current.state != JobState::Stored {
         let key = id.clone();
         let job = d.ledger.call(move |l| l.mark_transcoding(&key)).await?;
-        match transcode_and_store(d, &job, received).await? {
+        match transcode_and_store(d, &job, received, preempt).await? {
             Ok(()) => {}
             Err(outcome) => return Ok(outcome),
         }
@@ -181,6 +273,7 @@ async fn transcode_and_store(
     d: &Arc<Daemon>,
     job: &JobRecord,
     received: Instant,
+    preempt: &tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<Result<(), Outcome>> {
     let id = &job.job_id;
     let cfg = &d.config.transcode;
@@ -196,6 +289,7 @@ async fn transcode_and_store(
     std::fs::create_dir_all(&out_dir)?;
     let deadline = match job.class {
         JobClass::Live => Some(received + Duration::from_millis(4 * job.duration_ms.max(1))),
+        // AI jobs never reach the transcode queue; were one resumed, it is batch-like.
         JobClass::Batch if cfg.batch_deadline_secs > 0 => {
             Some(Instant::now() + Duration::from_secs(cfg.batch_deadline_secs))
         }
@@ -212,7 +306,8 @@ async fn transcode_and_store(
             max_input_pixels: cfg.max_input_pixels,
             x264_preset: cfg.x264_preset.clone(),
             deadline,
-            cancel: d.hard_stop.child_token(),
+            // A child of hard_stop: shutdown and a proof's preemption both stop it.
+            cancel: preempt.clone(),
             ..Options::default()
         },
     };
@@ -225,6 +320,9 @@ async fn transcode_and_store(
         Err(e) if e.to_string().contains("No space left on device") => {
             tracing::warn!(job = %id, error = %e, "transcode output hit a full disk");
             return Ok(Err(Outcome::Deferred));
+        }
+        Err(TranscodeError::Cancelled) if preempt.is_cancelled() => {
+            return Ok(Err(Outcome::Preempted));
         }
         Err(e) => {
             // The engine's deadline can cut demuxing short, which then reads as bad
@@ -246,6 +344,10 @@ async fn transcode_and_store(
     if let Some(reason) = &report.fallback_reason {
         tracing::debug!(job = %id, %reason, "hardware path not used");
     }
+    d.count_fallbacks(
+        report.renditions.iter().map(|r| r.encoder.as_str()),
+        report.fallback_reason.as_deref(),
+    );
     let mut renditions = Vec::with_capacity(report.renditions.len());
     for r in &report.renditions {
         let mut attempt = 0;
@@ -295,8 +397,6 @@ async fn transcode_and_store(
 
 async fn fail(d: &Daemon, id: &str, code: &'static str, message: String) -> anyhow::Result<()> {
     let id = id.to_string();
-    d.ledger
-        .call(move |l| l.fail(&id, code, &message))
-        .await?;
+    d.ledger.call(move |l| l.fail(&id, code, &message)).await?;
     Ok(())
 }

@@ -105,6 +105,26 @@ pub fn render(s: &Snapshot) -> String {
         if let Some(e) = &d.error {
             o += &format!("    error: {e}\n");
         }
+        if d.source == super::Source::Host {
+            // A CPU: no encoder engine, no NVENC sessions, no GPU memory.
+            o += &format!(
+                "    cpu {}  memory {} / {} MiB  power {} W (RAPL)\n",
+                pct(d.gpu_util_pct),
+                opt(d.memory_used_bytes.map(|b| b >> 20), ""),
+                opt(d.memory_total_bytes.map(|b| b >> 20), ""),
+                opt(d.power_watts.map(|w| format!("{w:.1}")), ""),
+            );
+            if let Some(l) = d.load_avg {
+                o += &format!(
+                    "    load {:.2} {:.2} {:.2}  cores {}\n",
+                    l[0],
+                    l[1],
+                    l[2],
+                    opt(d.cpu_cores, "")
+                );
+            }
+            continue;
+        }
         o += &format!(
             "    util gpu {} mem {} enc {} dec {}  nvenc sessions {} fps {} latency {}\n",
             pct(d.gpu_util_pct),
@@ -147,4 +167,25 @@ pub fn render(s: &Snapshot) -> String {
         }
     }
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gpu::{DeviceSnapshot, Source};
+
+    #[test]
+    fn a_cpu_host_is_not_shown_as_an_encoder() {
+        let mut d = DeviceSnapshot::new(Source::Host, 0, "host".into(), "Xeon".into());
+        d.gpu_util_pct = Some(100.0);
+        d.encoder_util_pct = Some(100.0);
+        let s = Snapshot {
+            source: Source::Host,
+            taken_at_ms: 0,
+            devices: vec![d],
+        };
+        let out = render(&s);
+        assert!(out.contains("cpu 100%"), "{out}");
+        assert!(!out.contains("enc 100%") && !out.contains("nvenc"), "{out}");
+    }
 }

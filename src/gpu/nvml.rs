@@ -3,10 +3,16 @@
 //! libnvidia-ml is loaded at run time, so a host without the driver builds and runs; `open`
 //! then fails with [`Error::NvmlUnavailable`] and `gpu::open(auto)` falls back to the host.
 //! A device that errors mid-run (GPU lost, Xid) is reported unhealthy; the others go on.
+//!
+//! NVENC session cap: NVIDIA's consumer cards (GeForce, Titan) have a driver-enforced cap on
+//! concurrent encode sessions **per system**, shared by every consumer card in it; qualified
+//! cards (Quadro/RTX professional, data centre) have none. [`consumer_session_cap`] gives the
+//! cap of a driver version, and each consumer device gets its share, so `--capacity auto`
+//! never offers sessions the driver would refuse. `[scheduler.session_limits]` overrides it.
 
 use std::collections::{HashMap, HashSet};
 
-use nvml_wrapper::enum_wrappers::device::{EncoderType, TemperatureSensor};
+use nvml_wrapper::enum_wrappers::device::{Brand, EncoderType, TemperatureSensor};
 use nvml_wrapper::enums::device::UsedGpuMemory;
 use nvml_wrapper::error::NvmlError;
 use nvml_wrapper::Nvml;
@@ -21,6 +27,36 @@ pub struct NvmlBackend {
     last_sample: HashMap<u32, u64>,
     /// Devices that fell off the bus: they stay unhealthy until comine restarts.
     lost: HashSet<u32>,
+    /// Per-device NVENC session cap from the driver (consumer cards share one per system).
+    session_caps: HashMap<u32, u32>,
+}
+
+/// The driver's concurrent NVENC session cap on consumer cards (GeForce, Titan), per system,
+/// by driver major version: 2 before 2020, 3 from the 440 drivers, 5 from the 530 drivers
+/// (March 2023), 8 from the 550 drivers (January 2024). NVIDIA's published limit; a
+/// patched or newer driver may allow more, which `[scheduler.session_limits]` can say.
+pub fn consumer_session_cap(driver: &str) -> u32 {
+    let major: u32 = driver
+        .split('.')
+        .next()
+        .and_then(|m| m.trim().parse().ok())
+        .unwrap_or(0);
+    match major {
+        550.. => 8,
+        530.. => 5,
+        440.. => 3,
+        _ => 2,
+    }
+}
+
+/// True for brands the session cap applies to.
+fn capped(brand: &Brand) -> bool {
+    matches!(brand, Brand::GeForce | Brand::Titan)
+}
+
+/// Each capped device's share of a system-wide `cap` (at least 1).
+pub fn split_cap(cap: u32, capped_devices: u32) -> u32 {
+    (cap / capped_devices.max(1)).max(1)
 }
 
 fn unavailable(e: NvmlError) -> Error {
@@ -38,12 +74,36 @@ impl NvmlBackend {
     pub fn open(attribution: Attribution) -> Result<Self, Error> {
         let nvml = Nvml::init().map_err(unavailable)?;
         let driver = nvml.sys_driver_version().ok();
+        let mut consumer = Vec::new();
+        for i in 0..nvml.device_count().unwrap_or(0) {
+            if let Ok(brand) = nvml.device_by_index(i).and_then(|d| d.brand()) {
+                if capped(&brand) {
+                    consumer.push(i);
+                }
+            }
+        }
+        let mut session_caps = HashMap::new();
+        if !consumer.is_empty() {
+            let cap = consumer_session_cap(driver.as_deref().unwrap_or(""));
+            let share = split_cap(cap, consumer.len() as u32);
+            tracing::info!(
+                driver = driver.as_deref().unwrap_or("?"),
+                system_cap = cap,
+                per_gpu = share,
+                gpus = ?consumer,
+                "consumer GPUs: the driver caps concurrent NVENC sessions per system"
+            );
+            for i in consumer {
+                session_caps.insert(i, share);
+            }
+        }
         Ok(NvmlBackend {
             nvml,
             driver,
             attribution,
             last_sample: HashMap::new(),
             lost: HashSet::new(),
+            session_caps,
         })
     }
 
@@ -65,6 +125,7 @@ impl NvmlBackend {
     fn read_device(&mut self, index: u32) -> DeviceSnapshot {
         let mut d = DeviceSnapshot::new(Source::Nvml, index, format!("gpu-{index}"), String::new());
         d.driver = self.driver.clone();
+        d.session_cap = self.session_caps.get(&index).copied();
         if self.lost.contains(&index) {
             d.healthy = false;
             d.error = Some("GPU lost earlier in this run; restart comine after fixing it".into());
@@ -202,4 +263,22 @@ fn process_name(nvml: &Nvml, pid: u32) -> String {
         .map(|s| s.trim().to_string())
         .or_else(|_| nvml.sys_process_name(pid, 64))
         .unwrap_or_else(|_| format!("pid{pid}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consumer_cap_follows_the_driver_and_is_shared_per_system() {
+        assert_eq!(consumer_session_cap("535.183.01"), 5);
+        assert_eq!(consumer_session_cap("550.54.14"), 8);
+        assert_eq!(consumer_session_cap("470.256.02"), 3);
+        assert_eq!(consumer_session_cap("418.67"), 2);
+        assert_eq!(consumer_session_cap("garbage"), 2);
+        // Two GeForce cards on a 550 driver: 8 sessions for the system, 4 each.
+        assert_eq!(split_cap(8, 2), 4);
+        assert_eq!(split_cap(3, 4), 1);
+        assert!(capped(&Brand::GeForce) && !capped(&Brand::Quadro) && !capped(&Brand::Tesla));
+    }
 }

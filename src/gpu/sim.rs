@@ -67,6 +67,8 @@ pub enum JobLoad {
     Sealing { sm_pct: f64 },
     /// A WindowPoSt/WinningPoSt using this share of the SMs.
     Proof { sm_pct: f64 },
+    /// An AI model loaded by comine: its VRAM lease (device memory, no steady SM load).
+    Model { memory_bytes: u64 },
 }
 
 /// Why a simulated job could not start.
@@ -288,6 +290,9 @@ impl SimGpu {
                     }
                     JobLoad::Proof { sm_pct } => {
                         (Role::Proof, "lotus-worker-post", sm_pct, 0.0, 4 * GIB)
+                    }
+                    JobLoad::Model { memory_bytes } => {
+                        (Role::Comine, "comine-ai", 0.0, 0.0, memory_bytes)
                     }
                 };
                 sm += sm_pct;

@@ -1,8 +1,8 @@
 //! `comine ledger export --since DATE --format csv|json [--out FILE]`
 //!
-//! Reads the ledger from the data directory's database (a running daemon does not stop
-//! that); if the database cannot be opened here, the same statement is fetched from the
-//! daemon's API.
+//! While a daemon runs with the data directory the statement is fetched from its API (the log
+//! says so); otherwise, or when it does not answer, the ledger is read from the data
+//! directory's database directly.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -51,7 +51,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         )
     })?;
     let config = Config::load(args.config.as_deref())?;
-    let data_dir = crate::daemon::resolve_data_dir(args.data_dir.clone(), &config);
+    let data_dir = crate::daemon::resolve_client_data_dir(args.data_dir.clone(), &config);
     let ledger_dir = data_dir.join("ledger");
     if !ledger_dir.exists() && !data_dir.join(crate::db::FILE).exists() {
         anyhow::bail!(
@@ -63,20 +63,44 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         per_unit_wei: config.ledger.price_per_unit_wei,
         pixels_per_unit: config.ledger.pixels_per_unit,
     };
-    let text = match Ledger::open(&ledger_dir, 8 << 20, price) {
-        Ok(ledger) => export::render(&export::statement(&ledger, since)?, args.format),
-        Err(err) => {
-            tracing::info!(%err, "cannot read the ledger here; asking the daemon's API");
-            let fmt = match args.format {
-                Format::Csv => "csv",
-                Format::Json => "json",
-            };
-            crate::daemon::client::get_text(
-                &data_dir,
-                &config,
-                &format!("/v1/ledger/export?since={}&format={fmt}", since / 1000),
-            )
-            .with_context(|| format!("ledger in {} cannot be read ({err})", data_dir.display()))?
+    let fmt = match args.format {
+        Format::Csv => "csv",
+        Format::Json => "json",
+    };
+    let path = format!("/v1/ledger/export?since={}&format={fmt}", since / 1000);
+    let ask_daemon = || crate::daemon::client::get_text(&data_dir, &config, &path);
+    // A running daemon holds the ledger: ask it, and say so (this is the normal case on a
+    // service host, not an error).
+    let addr_file = crate::daemon::client::api_addr_file(&data_dir);
+    let text = if addr_file.exists() {
+        tracing::info!(data_dir = %data_dir.display(), "a comine daemon is running with this data directory; asking it for the statement");
+        match ask_daemon() {
+            Ok(text) => text,
+            // A stale api.addr (the daemon was killed): read the ledger directly.
+            Err(api_err) => match Ledger::open(&ledger_dir, 8 << 20, price) {
+                Ok(ledger) => {
+                    tracing::info!(error = %format!("{api_err:#}"), "the daemon did not answer; reading the ledger directly");
+                    export::render(&export::statement(&ledger, since)?, args.format)
+                }
+                Err(_) => {
+                    return Err(api_err.context("the daemon holds the ledger but did not answer"))
+                }
+            },
+        }
+    } else {
+        match Ledger::open(&ledger_dir, 8 << 20, price) {
+            Ok(ledger) => export::render(&export::statement(&ledger, since)?, args.format),
+            Err(err) => {
+                tracing::info!(
+                    "the ledger is in use (a daemon is starting or running); asking the daemon"
+                );
+                ask_daemon().with_context(|| {
+                    format!(
+                        "the ledger at {} is in use ({err}) and no daemon answered",
+                        ledger_dir.display()
+                    )
+                })?
+            }
         }
     };
     match args.out {

@@ -396,7 +396,14 @@ fn read_counters(row: &rusqlite::Row<'_>) -> rusqlite::Result<Counters> {
 }
 
 /// Adds one finished job to a day or source bucket.
-fn add_to_bucket(c: &Connection, table: &str, key_col: &str, key: &str, rec: &JobRecord, earnings: u128) -> Result<()> {
+fn add_to_bucket(
+    c: &Connection,
+    table: &str,
+    key_col: &str,
+    key: &str,
+    rec: &JobRecord,
+    earnings: u128,
+) -> Result<()> {
     let mut counters: Counters = c
         .prepare_cached(&format!(
             "SELECT {key_col}, segments, decoded_pixels, encoded_pixels, earnings_wei FROM {table} WHERE {key_col} = ?1"
@@ -423,7 +430,12 @@ fn add_to_bucket(c: &Connection, table: &str, key_col: &str, key: &str, rec: &Jo
 }
 
 /// Applies `f` to a job after checking the state edge `→ to`.
-fn transition(c: &Connection, id: &str, to: JobState, f: impl FnOnce(&mut JobRecord)) -> Result<JobRecord> {
+fn transition(
+    c: &Connection,
+    id: &str,
+    to: JobState,
+    f: impl FnOnce(&mut JobRecord),
+) -> Result<JobRecord> {
     let mut rec = get_tx(c, id)?.ok_or_else(|| LedgerError::NotFound(id.to_string()))?;
     if !rec.state.can_go(to) {
         return Err(LedgerError::BadTransition {
@@ -556,7 +568,12 @@ impl Ledger {
         self.db.read(|c| get_tx(c, id))
     }
 
-    fn update(&self, id: &str, to: JobState, f: impl FnOnce(&mut JobRecord) + Send + 'static) -> Result<JobRecord> {
+    fn update(
+        &self,
+        id: &str,
+        to: JobState,
+        f: impl FnOnce(&mut JobRecord) + Send + 'static,
+    ) -> Result<JobRecord> {
         let id = id.to_string();
         self.db.write(move |c| transition(c, &id, to, f))
     }
@@ -679,7 +696,9 @@ impl Ledger {
             let mut stmt = c.prepare_cached(sql)?;
             let pair = |r: &rusqlite::Row<'_>| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?));
             let rows: Vec<(String, String)> = match arg {
-                Some(a) => stmt.query_map([a], pair)?.collect::<rusqlite::Result<_>>()?,
+                Some(a) => stmt
+                    .query_map([a], pair)?
+                    .collect::<rusqlite::Result<_>>()?,
                 None => stmt.query_map([], pair)?.collect::<rusqlite::Result<_>>()?,
             };
             rows.iter().map(|(id, raw)| dec(id, raw)).collect()
@@ -736,7 +755,8 @@ impl Ledger {
     fn buckets(&self, sql: &'static str, arg: &str) -> Result<Vec<(String, Counters)>> {
         self.db.read(|c| {
             let mut stmt = c.prepare_cached(sql)?;
-            let rows = stmt.query_map([arg], |r| Ok((r.get::<_, String>(0)?, read_counters(r)?)))?;
+            let rows =
+                stmt.query_map([arg], |r| Ok((r.get::<_, String>(0)?, read_counters(r)?)))?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
     }
@@ -785,8 +805,10 @@ impl Ledger {
 
     pub fn deals(&self) -> Result<Vec<DealBatch>> {
         self.db.read(|c| {
-            let mut stmt = c.prepare_cached("SELECT batch_id, record FROM ledger_deals ORDER BY batch_id")?;
-            let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+            let mut stmt =
+                c.prepare_cached("SELECT batch_id, record FROM ledger_deals ORDER BY batch_id")?;
+            let rows =
+                stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
             let mut out = Vec::new();
             for row in rows {
                 let (id, raw) = row?;

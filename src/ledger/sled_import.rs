@@ -14,7 +14,10 @@ use std::path::Path;
 
 use rusqlite::{params, OptionalExtension};
 
-use super::{dec, get_tx, insert_job, read_counters, Counters, JobRecord, JobState, Ledger, LedgerError, Result, ID_MASK};
+use super::{
+    dec, get_tx, insert_job, read_counters, Counters, JobRecord, JobState, Ledger, LedgerError,
+    Result, ID_MASK,
+};
 use crate::db;
 
 /// The `db_imports` name of this import.
@@ -64,7 +67,8 @@ pub(super) fn import_if_present(ledger: &Ledger, dir: &Path) -> Result<()> {
     };
     let counts = verify(ledger, &sled_db, dir)?;
     drop(sled_db);
-    let to = db::retire_sled_dir(dir).map_err(|e| err(dir, format!("verified, but renaming it aside failed: {e}")))?;
+    let to = db::retire_sled_dir(dir)
+        .map_err(|e| err(dir, format!("verified, but renaming it aside failed: {e}")))?;
     tracing::warn!(
         from = %dir.display(),
         kept_at = %to.display(),
@@ -85,9 +89,12 @@ fn copy(c: &rusqlite::Connection, sdb: &sled::Db, dir: &Path) -> Result<()> {
         let (k, v) = kv.map_err(|e| err(dir, e))?;
         let id = text(dir, "jobs", &k)?;
         let rec: JobRecord = dec(&id, &String::from_utf8_lossy(&v))?;
-        let n = u64::from_str_radix(&id, 16)
-            .map_err(|_| err(dir, format!("job id {id:?} is not the hex id comine writes")))?
-            ^ ID_MASK;
+        let n = u64::from_str_radix(&id, 16).map_err(|_| {
+            err(
+                dir,
+                format!("job id {id:?} is not the hex id comine writes"),
+            )
+        })? ^ ID_MASK;
         insert_job(c, n, &rec)?;
         n_jobs += 1;
     }

@@ -1,8 +1,11 @@
 //! Flags of the Livepeer remote transcoder ([`LivepeerArgs`], flattened into `comine run` and
 //! the standalone `comine livepeer`), validated into a [`TranscoderConfig`]:
 //!
-//! `--orch-addr HOST:PORT --orch-secret SECRET|@FILE --capacity auto|N
+//! `--orch-addr HOST:PORT[,HOST:PORT…] --orch-secret SECRET|@FILE --capacity auto|N
 //! [--eth-address 0x…] [--orch-cert-sha256 HEX | --orch-ca-file PEM]`
+//!
+//! Several orchestrator addresses are a failover list: the first is used until its
+//! connection fails, then the next (see `client`).
 
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -37,8 +40,10 @@ impl FromStr for CapacityArg {
 /// Flags for attaching to a go-livepeer orchestrator as a remote transcoder.
 #[derive(clap::Args, Clone, Debug)]
 pub struct LivepeerArgs {
-    /// The orchestrator's TLS port (gRPC and HTTPS), e.g. pool.example.com:8935.
-    #[arg(long, value_name = "HOST:PORT")]
+    /// The orchestrator's TLS port (gRPC and HTTPS), e.g. pool.example.com:8935. A
+    /// comma-separated list is a failover list: the next address is tried when a connection
+    /// fails.
+    #[arg(long, value_name = "HOST:PORT[,HOST:PORT…]")]
     pub orch_addr: Option<String>,
     /// The orchestrator's -orchSecret, or @FILE to read it from a file.
     #[arg(
@@ -48,9 +53,10 @@ pub struct LivepeerArgs {
         hide_env_values = true
     )]
     pub orch_secret: Option<String>,
-    /// Concurrent sessions to offer: auto (the scheduler decides) or a fixed number.
-    #[arg(long, default_value = "auto", value_parser = CapacityArg::from_str)]
-    pub capacity: CapacityArg,
+    /// Concurrent sessions to offer: a number, or auto (only under `comine run`, where it is
+    /// the default: the co-mining scheduler decides).
+    #[arg(long, value_name = "N|auto", value_parser = CapacityArg::from_str)]
+    pub capacity: Option<CapacityArg>,
     /// Payout address sent at registration (RegisterRequest field 4) for pools that pay
     /// by address; must be EIP-55 checksummed.
     #[arg(long, value_name = "0x…")]
@@ -79,15 +85,26 @@ impl LivepeerArgs {
         self.orch_addr.is_some()
     }
 
+    /// `--capacity`, `auto` when not given (the default of `comine run`).
+    pub fn capacity(&self) -> CapacityArg {
+        self.capacity.unwrap_or(CapacityArg::Auto)
+    }
+
     /// Validates the flags into a client configuration.
     pub fn to_config(&self) -> Result<TranscoderConfig, LivepeerError> {
-        let addr = self.orch_addr.clone().ok_or_else(|| {
+        let list = self.orch_addr.clone().ok_or_else(|| {
             LivepeerError::Config(
                 "--orch-addr HOST:PORT is required to attach to an orchestrator".into(),
             )
         })?;
+        let mut addrs = parse_addr_list(&list)?;
+        let addr = addrs.remove(0);
+        if let Some(w) = self.orch_secret.as_deref().and_then(secret_warning) {
+            tracing::warn!("{w}");
+        }
         let secret = read_secret(self.orch_secret.as_deref())?;
         let mut cfg = TranscoderConfig::new(addr, secret);
+        cfg.fallback_addrs = addrs;
         cfg.eth_address = self
             .eth_address
             .as_deref()
@@ -123,6 +140,40 @@ impl LivepeerArgs {
         cfg.version = self.livepeer_version.clone();
         Ok(cfg)
     }
+}
+
+/// `HOST:PORT[,HOST:PORT…]`: each entry checked, duplicates and empty entries refused.
+pub fn parse_addr_list(list: &str) -> Result<Vec<String>, LivepeerError> {
+    let mut out: Vec<String> = Vec::new();
+    for a in list.split(',').map(str::trim) {
+        let ok = a.rsplit_once(':').is_some_and(|(h, p)| {
+            !h.trim_matches(['[', ']']).is_empty() && p.parse::<u16>().is_ok()
+        });
+        if !ok {
+            return Err(LivepeerError::Config(format!(
+                "--orch-addr entry {a:?} is not HOST:PORT (e.g. pool.example.com:8935); separate several orchestrators with commas"
+            )));
+        }
+        if out.iter().any(|o| o == a) {
+            return Err(LivepeerError::Config(format!(
+                "--orch-addr lists {a} twice"
+            )));
+        }
+        out.push(a.to_string());
+    }
+    Ok(out)
+}
+
+/// A warning when `--orch-secret` names an existing file without `@`: the file's *name*
+/// would be sent as the secret (go-livepeer's `-orchSecret` reads a file by its path; comine
+/// needs `@FILE`).
+pub fn secret_warning(arg: &str) -> Option<String> {
+    if arg.starts_with('@') || !std::path::Path::new(arg).is_file() {
+        return None;
+    }
+    Some(format!(
+        "--orch-secret {arg:?} names an existing file, but without @ the text itself is the secret; write --orch-secret @{arg} to read the secret from the file"
+    ))
 }
 
 fn valid_semver(v: &str) -> bool {
@@ -203,6 +254,47 @@ mod tests {
     }
 
     #[test]
+    fn orch_addr_list_is_a_failover_list() {
+        assert_eq!(
+            parse_addr_list("a.example:8935, b.example:8936").unwrap(),
+            vec!["a.example:8935", "b.example:8936"]
+        );
+        assert!(parse_addr_list("a.example:8935,").is_err());
+        assert!(parse_addr_list("a.example").is_err());
+        assert!(parse_addr_list("a:1,a:1")
+            .unwrap_err()
+            .to_string()
+            .contains("twice"));
+        let args = LivepeerArgs {
+            orch_addr: Some("a:8935,b:8935".into()),
+            orch_secret: Some("s".into()),
+            capacity: None,
+            eth_address: None,
+            orch_ca_file: None,
+            orch_cert_sha256: None,
+            orch_insecure_skip_verify: true,
+            capacity_dwell: 10.0,
+            livepeer_version: LIVEPEER_COMPAT_VERSION.into(),
+        };
+        let cfg = args.to_config().unwrap();
+        assert_eq!(cfg.orch_addr, "a:8935");
+        assert_eq!(cfg.fallback_addrs, vec!["b:8935"]);
+        assert_eq!(args.capacity(), CapacityArg::Auto);
+    }
+
+    #[test]
+    fn a_secret_that_names_a_file_without_at_is_warned_about() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("orch-secret");
+        std::fs::write(&f, "hunter2\n").unwrap();
+        let path = f.display().to_string();
+        let w = secret_warning(&path).unwrap();
+        assert!(w.contains(&format!("@{path}")), "{w}");
+        assert_eq!(secret_warning(&format!("@{path}")), None);
+        assert_eq!(secret_warning("hunter2"), None);
+    }
+
+    #[test]
     fn eth_address_needs_a_valid_checksum() {
         // EIP-55's own test vector.
         let good = "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed";
@@ -243,7 +335,7 @@ mod tests {
         let base = LivepeerArgs {
             orch_addr: Some("o:8935".into()),
             orch_secret: Some("s".into()),
-            capacity: CapacityArg::Fixed(1),
+            capacity: Some(CapacityArg::Fixed(1)),
             eth_address: None,
             orch_ca_file: None,
             orch_cert_sha256: None,

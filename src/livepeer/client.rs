@@ -1,5 +1,9 @@
 //! The connection loop: register, serve the notification stream, re-register on a lasting
 //! capacity change, reconnect with capped exponential backoff on faults.
+//!
+//! With several orchestrators (`--orch-addr a,b`), a failed connection moves on to the next
+//! address at once; only when every address failed in a row does the backoff apply. The
+//! address in use stays until its connection fails.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -41,26 +45,47 @@ pub(super) async fn run(
         path: cfg.work_dir.display().to_string(),
         source,
     })?;
-    let server_name = server_name(&cfg.orch_addr)?;
+    let addrs: Vec<String> = std::iter::once(cfg.orch_addr.clone())
+        .chain(cfg.fallback_addrs.iter().cloned())
+        .collect();
+    let names = addrs
+        .iter()
+        .map(|a| server_name(a))
+        .collect::<Result<Vec<_>, _>>()?;
     let grpc_tls = tls::client_config(&cfg.tls, &[b"h2"])?;
     let http_tls = tls::client_config(&cfg.tls, &[b"h2", b"http/1.1"])?;
     if cfg.tls == TlsPolicy::AcceptSelfSigned {
-        tracing::warn!(orch = %cfg.orch_addr, "{}", cfg.tls.describe());
+        tracing::warn!(orch = %addrs.join(","), "{}", cfg.tls.describe());
     } else {
-        tracing::info!(orch = %cfg.orch_addr, "{}", cfg.tls.describe());
+        tracing::info!(orch = %addrs.join(","), "{}", cfg.tls.describe());
     }
-    let shared = Arc::new(Shared {
-        in_flight: Arc::new(Semaphore::new(cfg.max_in_flight.max(1))),
-        cfg,
-        pipeline,
-        sink,
-        sessions: Sessions::default(),
-        shutdown: shutdown.clone(),
-    });
+    // One state per orchestrator (its sessions, its upload address); the bound on tasks in
+    // flight is shared.
+    let in_flight = Arc::new(Semaphore::new(cfg.max_in_flight.max(1)));
+    let shareds: Vec<Arc<Shared>> = addrs
+        .iter()
+        .map(|a| {
+            Arc::new(Shared {
+                in_flight: in_flight.clone(),
+                cfg: TranscoderConfig {
+                    orch_addr: a.clone(),
+                    ..cfg.clone()
+                },
+                pipeline: pipeline.clone(),
+                sink: sink.clone(),
+                sessions: Sessions::default(),
+                shutdown: shutdown.clone(),
+            })
+        })
+        .collect();
     let tracker = TaskTracker::new();
-    let mut backoff = shared.cfg.backoff_initial;
-    let link = shared.cfg.link.clone();
+    let mut backoff = cfg.backoff_initial;
+    let link = cfg.link.clone();
+    let mut current = 0usize;
+    // Consecutive failed connections; a full round of them means back off.
+    let mut failed_in_a_row = 0usize;
     let result = loop {
+        let shared = &shareds[current];
         if *capacity.borrow() == 0 {
             link.set_state("waiting_for_capacity");
         }
@@ -71,14 +96,15 @@ pub(super) async fn run(
             s.state = "connecting";
             s.registered_capacity = cap;
             s.registrations += 1;
+            s.orch_addr = shared.cfg.orch_addr.clone();
         });
         let started = Instant::now();
         let ended = connection(
-            &shared,
+            shared,
             cap,
             &mut capacity,
             &tracker,
-            &server_name,
+            &names[current],
             &grpc_tls,
             &http_tls,
         )
@@ -98,23 +124,33 @@ pub(super) async fn run(
                     to = new,
                     "capacity changed for longer than the dwell time; re-registering"
                 );
-                backoff = shared.cfg.backoff_initial;
+                backoff = cfg.backoff_initial;
+                failed_in_a_row = 0;
             }
             Ended::Fault(reason) => {
                 // A connection that served for a while resets the backoff: this is a new fault.
                 if started.elapsed() >= Duration::from_secs(10) {
-                    backoff = shared.cfg.backoff_initial;
+                    backoff = cfg.backoff_initial;
+                    failed_in_a_row = 0;
                 }
-                tracing::warn!(orch = %shared.cfg.orch_addr, %reason, retry_in_ms = backoff.as_millis() as u64, "orchestrator connection lost; reconnecting");
+                failed_in_a_row += 1;
+                let from = shared.cfg.orch_addr.clone();
+                current = (current + 1) % addrs.len();
                 link.update(|s| {
                     s.state = "backoff";
                     s.last_fault = Some(reason.clone());
                 });
+                if failed_in_a_row < addrs.len() {
+                    tracing::warn!(orch = %from, %reason, next = %addrs[current], "orchestrator connection lost; failing over to the next orchestrator");
+                    continue;
+                }
+                failed_in_a_row = 0;
+                tracing::warn!(orch = %from, %reason, retry_in_ms = backoff.as_millis() as u64, "orchestrator connection lost; reconnecting");
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = shutdown.cancelled() => break Ok(()),
                 }
-                backoff = (backoff * 2).min(shared.cfg.backoff_max);
+                backoff = (backoff * 2).min(cfg.backoff_max);
             }
         }
     };
@@ -128,7 +164,7 @@ pub(super) async fn run(
     result
 }
 
-fn server_name(addr: &str) -> Result<ServerName<'static>, LivepeerError> {
+pub(super) fn server_name(addr: &str) -> Result<ServerName<'static>, LivepeerError> {
     let bad = || {
         LivepeerError::Config(format!(
             "--orch-addr {addr:?} is not HOST:PORT (e.g. pool.example.com:8935 or 10.0.0.5:8935)"

@@ -13,6 +13,8 @@
 //!
 //! `test_orchestrator` (feature `test-utils`) is an in-repo test double of the orchestrator side.
 
+pub mod ai_proto;
+pub mod ai_worker;
 pub mod args;
 mod client;
 pub mod multipart;
@@ -23,6 +25,8 @@ mod sessions;
 pub mod sink;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod test_orchestrator;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod test_orchestrator_ai;
 pub mod tls;
 
 use std::path::PathBuf;
@@ -47,6 +51,8 @@ pub use tls::TlsPolicy;
 pub struct TranscoderConfig {
     /// `HOST:PORT` of the orchestrator's TLS port (gRPC and HTTPS).
     pub orch_addr: String,
+    /// Further orchestrators to fail over to, in order, when a connection fails.
+    pub fallback_addrs: Vec<String>,
     pub secret: String,
     /// Sent as `RegisterRequest.ethereum_address` (field 4) for pools that pay by address.
     pub eth_address: Option<Address>,
@@ -85,6 +91,8 @@ pub struct LinkSnapshot {
     pub registrations: u64,
     /// Why the last connection ended, when it was a fault or a refusal.
     pub last_fault: Option<String>,
+    /// The orchestrator of the current (or last) connection (several with failover).
+    pub orch_addr: String,
     /// Wall-clock time of the last state change, ms since the epoch.
     pub since_ms: u64,
 }
@@ -118,6 +126,7 @@ impl TranscoderConfig {
     pub fn new(orch_addr: impl Into<String>, secret: impl Into<String>) -> Self {
         TranscoderConfig {
             orch_addr: orch_addr.into(),
+            fallback_addrs: Vec::new(),
             secret: secret.into(),
             eth_address: None,
             tls: TlsPolicy::AcceptSelfSigned,

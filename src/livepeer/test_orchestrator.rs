@@ -32,11 +32,13 @@ use tokio_util::sync::CancellationToken;
 use tonic::body::Body;
 use tonic::Status;
 
+use super::ai_proto::{NotifyAiJob, RegisterAiWorkerRequest, REGISTER_AI_WORKER_PATH};
 use super::multipart;
 use super::proto::{
     deadline_for, AuthToken, Format, NotifySegment, RegisterRequest, SegData, VideoProfile,
     PROTOCOL_VERSION, REGISTER_TRANSCODER_PATH, TRANSCODING_ERROR_MIME,
 };
+use super::test_orchestrator_ai::{AiJobSpec, AiOutcome, AiSide, RegisterAiSvc};
 
 /// Which `SegData` field carries the profiles.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -153,10 +155,13 @@ struct Inner {
     refusals: Mutex<Vec<String>>,
     kill: Mutex<CancellationToken>,
     freeze: Mutex<CancellationToken>,
+    /// The `AIWorker` service (same port, same secret).
+    ai: Arc<AiSide>,
 }
 
 impl Inner {
     fn new(secret: String) -> Self {
+        let secret_for_ai = secret.clone();
         Inner {
             secret,
             transcoders: Mutex::new(Vec::new()),
@@ -170,6 +175,7 @@ impl Inner {
             refusals: Mutex::new(Vec::new()),
             kill: Mutex::new(CancellationToken::new()),
             freeze: Mutex::new(CancellationToken::new()),
+            ai: Arc::new(AiSide::new(secret_for_ai)),
         }
     }
 
@@ -392,6 +398,12 @@ async fn route(inner: Arc<Inner>, req: Request<Incoming>) -> Response<Body> {
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.starts_with("application/grpc"));
     if grpc && req.version() == http::Version::HTTP_2 {
+        if req.uri().path() == REGISTER_AI_WORKER_PATH {
+            let codec = tonic_prost::ProstCodec::<NotifyAiJob, RegisterAiWorkerRequest>::default();
+            return tonic::server::Grpc::new(codec)
+                .server_streaming(RegisterAiSvc(inner.ai.clone()), req)
+                .await;
+        }
         if req.uri().path() != REGISTER_TRANSCODER_PATH {
             return Status::unimplemented("unknown method").into_http();
         }
@@ -401,6 +413,12 @@ async fn route(inner: Arc<Inner>, req: Request<Incoming>) -> Response<Body> {
             .await;
     }
     let path = req.uri().path().to_string();
+    if let (&Method::GET, Some(name)) = (req.method(), path.strip_prefix("/ai-input/")) {
+        return inner.ai.input(name).await;
+    }
+    if req.method() == Method::POST && path == "/aiResults" {
+        return inner.ai.ai_results(req).await;
+    }
     match (req.method().clone(), path.strip_prefix("/segment/")) {
         (Method::GET, Some(name)) => match lock(&inner.segments).get(name).cloned() {
             Some(data) => {
@@ -527,6 +545,53 @@ impl TestOrchestrator {
             "no transcoder with capacity {capacity} within {timeout:?}; live: {:?}",
             self.capacities()
         ))
+    }
+
+    /// Every `RegisterAIWorker` request received, refused ones included.
+    pub fn ai_registrations(&self) -> Vec<RegisterAiWorkerRequest> {
+        lock(&self.inner.ai.registrations).clone()
+    }
+
+    /// The capacity live AI workers offer for a model (what jobs can be handed out now).
+    pub fn ai_model_capacity(&self, pipeline: &str, model_id: &str) -> u32 {
+        self.inner.ai.model_capacity(pipeline, model_id)
+    }
+
+    /// Waits until the capacity offered for a model satisfies `pred`.
+    pub async fn wait_for_ai_capacity(
+        &self,
+        pipeline: &str,
+        model_id: &str,
+        pred: impl Fn(u32) -> bool,
+        timeout: Duration,
+    ) -> Result<u32, String> {
+        let until = tokio::time::Instant::now() + timeout;
+        loop {
+            let c = self.ai_model_capacity(pipeline, model_id);
+            if pred(c) {
+                return Ok(c);
+            }
+            if tokio::time::Instant::now() >= until {
+                return Err(format!(
+                    "capacity for {pipeline}/{model_id} is {c} after {timeout:?}"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Live AI workers.
+    pub fn live_ai_workers(&self) -> usize {
+        *self.inner.ai.live_workers().borrow()
+    }
+
+    /// Hands one AI job to a worker with capacity for its model and waits for the answer
+    /// (up to `timeout`; go-livepeer waits 15 minutes).
+    pub async fn ai_job(&self, job: AiJobSpec, timeout: Duration) -> AiOutcome {
+        self.inner
+            .ai
+            .run(&self.addr.to_string(), job, timeout)
+            .await
     }
 
     /// Hands one segment to a transcoder and waits for its result.

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod compare;
 pub mod html;
 pub mod markdown;
+pub mod redact;
 pub mod schema;
 
 use std::path::{Path, PathBuf};

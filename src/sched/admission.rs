@@ -358,6 +358,7 @@ mod tests {
             proof_running: false,
             sealing_active: false,
             livepeer_sessions: 0,
+            shed_pps: 0.0,
             reasons: if admit {
                 Vec::new()
             } else {

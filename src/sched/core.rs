@@ -68,6 +68,7 @@ impl Scheduler {
                     healthy: d.healthy,
                     budget_pps: d.budget_pps,
                     livepeer_sessions: d.livepeer_sessions,
+                    shed_pps: d.shed_pps,
                 })
                 .collect(),
         };
@@ -131,6 +132,12 @@ impl Scheduler {
             budget = budget.min(rated * c.unreachable_safe_fraction);
             reasons.push("filecoin node unreachable: safe transcoding limit".into());
         }
+        if let Some(why) = &input.safe_profile {
+            if !proof {
+                budget = budget.min(rated * c.post_safe_fraction);
+                reasons.push(format!("PoSt-safe profile ({why})"));
+            }
+        }
         if proof {
             budget = budget.min(floor);
             reasons.push("proof running: transcoding at the proof floor".into());
@@ -159,12 +166,25 @@ impl Scheduler {
                 ));
             }
         }
+        // GPU memory: a headroom for everything, and on GPUs a reserve a proof can start in.
+        let mut memory_short_for_proof = false;
         if let (Some(u), Some(t)) = (d.memory_used_bytes, d.memory_total_bytes) {
-            if t.saturating_sub(u) < c.memory_headroom_bytes {
+            let free = t.saturating_sub(u);
+            let reserve = if d.source == Source::Host {
+                0
+            } else {
+                c.proof_vram_reserve_bytes
+            };
+            if free < c.memory_headroom_bytes {
+                admit = false;
+                memory_short_for_proof = proof;
+                reasons.push(format!("memory headroom {} MiB left: holding", free >> 20));
+            } else if !proof && free < c.memory_headroom_bytes.saturating_add(reserve) {
                 admit = false;
                 reasons.push(format!(
-                    "memory headroom {} MiB left: holding",
-                    t.saturating_sub(u) >> 20
+                    "{} MiB free, {} MiB kept for a WindowPoSt (proof_vram_reserve_bytes): holding",
+                    free >> 20,
+                    reserve >> 20
                 ));
             }
         }
@@ -203,6 +223,28 @@ impl Scheduler {
             0
         };
         let by_sessions = session_limit.map(|l| l / c.encodes_per_session.max(1));
+        // A GPU that proves offers no new Livepeer session: its floor is for the segments
+        // already streaming, which drain, not for new streams.
+        let livepeer_sessions = if proof {
+            0
+        } else {
+            by_sessions.map_or(by_pixels, |s| s.min(by_pixels))
+        };
+        // While a proof runs, transcoding above the floor is taken back, not only refused;
+        // a proof short of memory gets everything that can go.
+        let shed_pps = if memory_short_for_proof {
+            admitted
+        } else if proof {
+            (admitted - budget).max(0.0)
+        } else {
+            0.0
+        };
+        if shed_pps > 0.0 {
+            reasons.push(format!(
+                "proof needs the GPU: shedding {:.0} Mpx/s of running work",
+                shed_pps / 1e6
+            ));
+        }
         DeviceCapacity {
             index: d.index,
             uuid: d.uuid.clone(),
@@ -218,7 +260,8 @@ impl Scheduler {
             sessions_used,
             proof_running: proof,
             sealing_active,
-            livepeer_sessions: by_sessions.map_or(by_pixels, |s| s.min(by_pixels)),
+            livepeer_sessions,
+            shed_pps,
             reasons,
         }
     }

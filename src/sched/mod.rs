@@ -33,6 +33,12 @@ pub struct Config {
     pub encoder_util_threshold_pct: f64,
     /// Free device memory below which a device takes no new job, bytes.
     pub memory_headroom_bytes: u64,
+    /// GPU memory kept free for a proof on every GPU, bytes, on top of the headroom: a
+    /// WindowPoSt needs about 8.5 GiB of VRAM (lotus docs, "PoSt workers": windowPoSt 8.5 GiB,
+    /// winningPoSt 6 GiB), and a proof that cannot get it silently falls back to the CPU and
+    /// misses its window. A GPU with less free holds; while a proof runs and memory runs short,
+    /// running work on that GPU is shed. 0 on GPUs that never prove.
+    pub proof_vram_reserve_bytes: u64,
     /// Power draw, as a percentage of the power limit, above which a device takes no new job.
     pub power_cap_pct: f64,
     /// Temperature at which a device takes no new job, °C (thermal throttling counts too).
@@ -65,6 +71,9 @@ pub struct Config {
     pub min_dwell_ms: u64,
     /// Share of rated throughput used while the Filecoin node is unreachable.
     pub unreachable_safe_fraction: f64,
+    /// Share of rated throughput used under the PoSt-safe profile: no proof source is
+    /// configured (or no proving schedule is known), so a proof could start unannounced.
+    pub post_safe_fraction: f64,
     /// Pixels/s of one Livepeer session (its whole ladder), for the suggested session count.
     pub session_pixels_per_sec: f64,
     /// NVENC sessions one Livepeer session uses (one per rendition).
@@ -83,6 +92,8 @@ impl Default for Config {
             tick_interval_ms: 500,
             encoder_util_threshold_pct: 90.0,
             memory_headroom_bytes: 1 << 30,
+            // 8.5 GiB: lotus docs' WindowPoSt VRAM requirement.
+            proof_vram_reserve_bytes: 17 << 29,
             power_cap_pct: 95.0,
             temperature_limit_c: 83.0,
             temperature_critical_c: 90.0,
@@ -99,6 +110,7 @@ impl Default for Config {
             seal_sustain_ms: 5_000,
             min_dwell_ms: 60_000,
             unreachable_safe_fraction: 0.5,
+            post_safe_fraction: 0.5,
             // 720p + 480p + 360p + 240p at 30 fps.
             session_pixels_per_sec: (1280.0 * 720.0
                 + 854.0 * 480.0
@@ -181,6 +193,10 @@ pub struct TickInput {
     pub load: Vec<DeviceLoad>,
     pub proof: ProofSignal,
     pub controller: ControllerStatus,
+    /// Why the PoSt-safe profile applies (no proof source configured, no proving schedule),
+    /// or `None` for the normal profile.
+    #[serde(default)]
+    pub safe_profile: Option<String>,
 }
 
 /// One device's capacity as decided this tick.
@@ -204,8 +220,12 @@ pub struct DeviceCapacity {
     pub sessions_used: u32,
     pub proof_running: bool,
     pub sealing_active: bool,
-    /// Suggested Livepeer sessions for this device.
+    /// Suggested Livepeer sessions for this device (0 while a proof runs on it).
     pub livepeer_sessions: u32,
+    /// Admitted load to take off this device now, pixels/s: a proof runs and transcoding is
+    /// above its floor, or the proof is short of GPU memory (then everything that can go).
+    #[serde(default)]
+    pub shed_pps: f64,
     /// Why the device is limited (empty when it is not).
     pub reasons: Vec<String>,
 }
@@ -227,6 +247,9 @@ pub struct DeviceCapacitySummary {
     pub healthy: bool,
     pub budget_pps: f64,
     pub livepeer_sessions: u32,
+    /// See [`DeviceCapacity::shed_pps`].
+    #[serde(default)]
+    pub shed_pps: f64,
 }
 
 /// Whether GPU sealing should run.

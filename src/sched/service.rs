@@ -40,6 +40,7 @@ pub struct ServiceHandle {
     decisions: Arc<Mutex<VecDeque<Decision>>>,
     demand: watch::Sender<Demand>,
     proof: watch::Sender<ProofSignal>,
+    safe_profile: watch::Sender<Option<String>>,
     task: JoinHandle<()>,
 }
 
@@ -66,6 +67,15 @@ impl ServiceHandle {
     /// A proof signal from the Filecoin node or configuration.
     pub fn set_proof(&self, proof: ProofSignal) {
         self.proof.send_replace(proof);
+    }
+    /// Runs the PoSt-safe profile for `reason` (no proof source configured, no proving
+    /// schedule known), or the normal profile with `None`. Every decision records it.
+    pub fn set_safe_profile(&self, reason: Option<String>) {
+        self.safe_profile.send_replace(reason);
+    }
+    /// Why the PoSt-safe profile applies now, if it does.
+    pub fn safe_profile(&self) -> Option<String> {
+        self.safe_profile.borrow().clone()
     }
     /// Waits for the driver to finish (after cancellation it restores sealing first).
     pub async fn join(self) {
@@ -114,6 +124,7 @@ pub async fn start(
     let (cap_tx, cap_rx) = watch::channel(Capacity::default());
     let (demand_tx, demand_rx) = watch::channel(Demand::default());
     let (proof_tx, proof_rx) = watch::channel(ProofSignal::default());
+    let (safe_tx, safe_rx) = watch::channel(None);
     let decisions = Arc::new(Mutex::new(VecDeque::new()));
     let mut driver = Driver {
         sched: Scheduler::new(config.clone()),
@@ -134,7 +145,7 @@ pub async fn start(
     let task = tokio::spawn(async move {
         driver
             .run(
-                config, snapshots, demand_rx, proof_rx, adm, cap_tx, ring, cancel,
+                config, snapshots, demand_rx, proof_rx, safe_rx, adm, cap_tx, ring, cancel,
             )
             .await
     });
@@ -144,6 +155,7 @@ pub async fn start(
         decisions,
         demand: demand_tx,
         proof: proof_tx,
+        safe_profile: safe_tx,
         task,
     })
 }
@@ -156,6 +168,7 @@ impl Driver {
         mut snapshots: watch::Receiver<Snapshot>,
         demand: watch::Receiver<Demand>,
         proof: watch::Receiver<ProofSignal>,
+        safe_profile: watch::Receiver<Option<String>>,
         admitter: Admitter,
         cap_tx: watch::Sender<Capacity>,
         ring: Arc<Mutex<VecDeque<Decision>>>,
@@ -171,7 +184,10 @@ impl Driver {
                 _ = cancel.cancelled() => break,
                 r = snapshots.changed(), if telemetry_open => {
                     if r.is_err() {
-                        tracing::error!("telemetry stopped; devices hold until it returns");
+                        // At shutdown the poller stops first: that is not an outage.
+                        if !cancel.is_cancelled() {
+                            tracing::error!("telemetry stopped; devices hold until it returns");
+                        }
                         telemetry_open = false;
                     }
                 }
@@ -196,6 +212,7 @@ impl Driver {
                     coarse: self.controller.coarse(),
                     sealing_disabled: self.applied.is_some(),
                 },
+                safe_profile: safe_profile.borrow().clone(),
             };
             let decision = self.sched.tick(&input);
             admitter.update(&decision.devices);

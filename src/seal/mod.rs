@@ -11,6 +11,7 @@ pub mod rpc;
 pub mod signals;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod testserver;
+pub mod workers;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -21,6 +22,7 @@ use serde::{Deserialize, Serialize};
 pub use curio::Curio;
 pub use lotus::LotusWorker;
 pub use signals::Signals;
+pub use workers::LotusWorkers;
 
 /// Lotus task type of PC2 (tree building).
 pub const TT_PC2: &str = "seal/v0/precommit/2";
@@ -42,6 +44,64 @@ pub const PROTECTED_TASKS: [&str; 2] = [TT_WINDOW_POST, TT_WINNING_POST];
 pub fn is_protected(task_type: &str) -> bool {
     let t = task_type.trim();
     PROTECTED_TASKS.contains(&t) || t.starts_with("post/")
+}
+
+/// lotus's short task names (`lotus-miner sealing workers`, `sealing jobs` print them), with
+/// the task type each stands for (lotus `storage/sealer/sealtasks/task.go`).
+pub const SHORT_NAMES: [(&str, &str); 19] = [
+    ("DC", "seal/v0/datacid"),
+    ("AP", "seal/v0/addpiece"),
+    ("PC1", "seal/v0/precommit/1"),
+    ("PC2", TT_PC2),
+    ("C1", "seal/v0/commit/1"),
+    ("C2", TT_C2),
+    ("FIN", "seal/v0/finalize"),
+    ("FUS", "seal/v0/finalizeunsealed"),
+    ("GET", "seal/v0/fetch"),
+    ("UNS", "seal/v0/unseal"),
+    ("RU", TT_REPLICA_UPDATE),
+    ("PR1", "seal/v0/provereplicaupdate/1"),
+    ("PR2", TT_PROVE_REPLICA_UPDATE),
+    ("GSK", "seal/v0/regensectorkey"),
+    ("FRU", "seal/v0/finalize/replicaupdate"),
+    ("DL", "seal/v0/download/sector"),
+    ("WDP", TT_WINDOW_POST),
+    ("WNP", TT_WINNING_POST),
+    ("WINPOST", TT_WINNING_POST),
+];
+
+/// A task type as written in the config: lotus's full name (`seal/v0/commit/2`) or its short
+/// name as lotus users type it (`C2`, `PC2`, `RU`, `PR2`; any case). Anything else is an error
+/// that lists the short names.
+pub fn parse_task_type(s: &str) -> Result<String, SealError> {
+    let t = s.trim();
+    if t.contains('/') {
+        return Ok(t.to_string());
+    }
+    SHORT_NAMES
+        .iter()
+        .find(|(short, _)| short.eq_ignore_ascii_case(t))
+        .map(|(_, full)| full.to_string())
+        .ok_or_else(|| {
+            SealError::Config(format!(
+                "unknown task type {t:?} in seal.task_types: use lotus's name (seal/v0/commit/2) or a short name ({})",
+                SHORT_NAMES[..18]
+                    .iter()
+                    .map(|(s, _)| *s)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })
+}
+
+fn task_types_from_config<'de, D>(d: D) -> Result<Vec<String>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let raw = Vec::<String>::deserialize(d)?;
+    raw.iter()
+        .map(|t| parse_task_type(t).map_err(serde::de::Error::custom))
+        .collect()
 }
 
 /// Task types that are safe to disable. The only constructor filters out proofs, so no
@@ -158,6 +218,12 @@ pub trait Controller: Send + Sync {
     fn enable<'a>(&'a self, task_types: &'a [String]) -> BoxFuture<'a, Result<(), SealError>>;
 
     fn state(&self) -> BoxFuture<'_, Result<ControllerState, SealError>>;
+
+    /// Checked once at start: refuses a setup that would endanger proofs (a Curio node that
+    /// runs WindowPoSt must never be cordoned). `Ok` when there is nothing to check.
+    fn preflight(&self) -> BoxFuture<'_, Result<(), SealError>> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// Does nothing: comine only shapes its own transcoding load.
@@ -194,7 +260,12 @@ pub struct Config {
     pub controller: ControllerKind,
     /// `TOKEN:/ip4/127.0.0.1/tcp/3456/http`; falls back to `$WORKER_API_INFO` / `$CURIO_API_INFO`.
     pub api_info: Option<String>,
+    /// `lotus-worker` only: one API info per lotus-worker on this host (one worker per GPU is
+    /// the common layout). Every worker listed is steered together; `api_info` adds one more.
+    pub workers: Vec<String>,
     /// Task types to pause when transcoding demand is high (proofs are always filtered out).
+    /// lotus's names or its short names (`PC2`, `C2`, `RU`, `PR2`).
+    #[serde(deserialize_with = "task_types_from_config")]
     pub task_types: Vec<String>,
     /// PIDs for the `signals` controller.
     pub pids: Vec<i32>,
@@ -207,6 +278,7 @@ impl Default for Config {
         Config {
             controller: ControllerKind::None,
             api_info: None,
+            workers: Vec::new(),
             task_types: GPU_SEALING_TASKS.map(String::from).to_vec(),
             pids: Vec::new(),
             timeout_ms: 5000,
@@ -221,11 +293,22 @@ pub fn build(config: &Config) -> Result<Arc<dyn Controller>, SealError> {
         config
             .api_info
             .clone()
-            .or_else(|| std::env::var(env).ok())
+            .or_else(|| std::env::var(env).ok().filter(|v| !v.trim().is_empty()))
             .ok_or_else(|| SealError::Config(format!("no API info: set {env} or seal.api_info")))
     };
+    if !config.workers.is_empty() && config.controller != ControllerKind::LotusWorker {
+        return Err(SealError::Config(format!(
+            "seal.workers lists lotus-workers but seal.controller = {:?}; set controller = \"lotus-worker\" or remove seal.workers",
+            config.controller
+        )));
+    }
     Ok(match config.controller {
         ControllerKind::None => Arc::new(NoController),
+        ControllerKind::LotusWorker if !config.workers.is_empty() => {
+            let mut infos: Vec<String> = config.api_info.iter().cloned().collect();
+            infos.extend(config.workers.iter().cloned());
+            Arc::new(LotusWorkers::from_api_infos(&infos, timeout)?)
+        }
         ControllerKind::LotusWorker => Arc::new(LotusWorker::from_api_info(
             &info("WORKER_API_INFO")?,
             timeout,
@@ -252,5 +335,40 @@ mod tests {
         ]);
         assert_eq!(s.as_slice(), &[TT_C2.to_string(), TT_PC2.to_string()]);
         assert!(DisableSet::new(PROTECTED_TASKS).is_empty());
+    }
+
+    #[test]
+    fn short_task_names_are_accepted_as_lotus_users_type_them() {
+        assert_eq!(parse_task_type("PC2").unwrap(), TT_PC2);
+        assert_eq!(parse_task_type("c2").unwrap(), TT_C2);
+        assert_eq!(parse_task_type(" RU ").unwrap(), TT_REPLICA_UPDATE);
+        assert_eq!(parse_task_type("PR2").unwrap(), TT_PROVE_REPLICA_UPDATE);
+        assert_eq!(parse_task_type("seal/v0/commit/2").unwrap(), TT_C2);
+        let err = parse_task_type("PC3").unwrap_err().to_string();
+        assert!(err.contains("PC3") && err.contains("PR2"), "{err}");
+        // Through the config, short and full names give the same list.
+        let c: Config = toml::from_str("task_types = [\"PC2\", \"C2\", \"RU\", \"PR2\"]").unwrap();
+        assert_eq!(c.task_types, Config::default().task_types);
+        let err = toml::from_str::<Config>("task_types = [\"C3\"]")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("C3"), "{err}");
+        // A short name for a proof still cannot be disabled.
+        let c: Config = toml::from_str("task_types = [\"WDP\", \"C2\"]").unwrap();
+        assert_eq!(
+            DisableSet::new(&c.task_types).as_slice(),
+            &[TT_C2.to_string()]
+        );
+    }
+
+    #[test]
+    fn workers_need_the_lotus_worker_controller() {
+        let c = Config {
+            controller: ControllerKind::Curio,
+            workers: vec!["t:/ip4/127.0.0.1/tcp/3456/http".into()],
+            ..Config::default()
+        };
+        let err = build(&c).err().unwrap().to_string();
+        assert!(err.contains("seal.workers"), "{err}");
     }
 }

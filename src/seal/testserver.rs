@@ -1,6 +1,6 @@
 //! A test double for lotus-worker and Curio JSON-RPC: it speaks only the method *shapes*
 //! comine uses (`Filecoin.TaskTypes/TaskDisable/TaskEnable/Enabled/SetEnabled`,
-//! `Filecoin.Cordon/Uncordon/Version`), checks the bearer token, keeps task state and records
+//! `Filecoin.Cordon/Uncordon/Version/Info`), checks the bearer token, keeps task state and records
 //! every call. It can go down and come back on the same port to simulate an unreachable node.
 //! It is not a lotus implementation.
 
@@ -30,6 +30,9 @@ pub struct WorkerState {
     pub unauthorized: u32,
     /// Task types someone asked to disable although they are proofs (must stay empty).
     pub proof_disable_attempts: Vec<String>,
+    /// Curio `Filecoin.Info`: harmony task names and config layers, comma-joined.
+    pub curio_tasks: String,
+    pub curio_layers: String,
 }
 
 struct Shared {
@@ -63,6 +66,8 @@ impl TestServer {
             state: Mutex::new(WorkerState {
                 enabled: true,
                 all: DEFAULT_TASKS.iter().map(|s| s.to_string()).collect(),
+                curio_tasks: "SDR,TreeD,TreeRC,PoRep".into(),
+                curio_layers: "base,seal".into(),
                 ..WorkerState::default()
             }),
         });
@@ -204,6 +209,14 @@ async fn handle(State(sh): State<Arc<Shared>>, headers: HeaderMap, body: Json<Va
             Value::Null
         }
         "Filecoin.Version" => json!([1, 28, 0]),
+        // Curio's shape: sql.NullString fields.
+        "Filecoin.Info" => json!({
+            "ID": 1, "CPU": 32, "RAM": 274877906944_i64, "GPU": 1.0,
+            "HostPort": "127.0.0.1:12300", "Unschedulable": st.cordoned,
+            "Tasks": {"String": st.curio_tasks, "Valid": true},
+            "Layers": {"String": st.curio_layers, "Valid": true},
+            "Miners": {"String": "f01000", "Valid": true},
+        }),
         other => return rpc_error(id, -32601, &format!("method {other} not found")),
     };
     Json(json!({"jsonrpc": "2.0", "id": id, "result": result})).into_response()

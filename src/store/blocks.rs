@@ -224,7 +224,11 @@ impl BatchWriter<'_> {
         let dest = self.store.path(mh);
         let tmp = loop {
             let p = self.store.temp_path();
-            match std::fs::OpenOptions::new().write(true).create_new(true).open(&p) {
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&p)
+            {
                 Ok(f) => break (p, f),
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
                 Err(e) => return Err(e),
@@ -336,7 +340,10 @@ mod tests {
     #[test]
     fn next_to_last_shard_is_kubos() {
         // The example in flatfs' README: ...LKRSCA.data lives in SC/.
-        assert_eq!(shard("AFKREIA22FLID5AJ2KU7URG47MDLROZIH6YF2KALU2PWEFPVI37YLKRSCA"), "SC");
+        assert_eq!(
+            shard("AFKREIA22FLID5AJ2KU7URG47MDLROZIH6YF2KALU2PWEFPVI37YLKRSCA"),
+            "SC"
+        );
     }
 
     #[test]
@@ -348,7 +355,10 @@ mod tests {
             w.put(&[0x12, 0x20, i, i], &[i; 100]).unwrap();
         }
         w.commit().unwrap();
-        assert_eq!(bs.read(&[0x12, 0x20, 3, 3]).unwrap().unwrap(), vec![3u8; 100]);
+        assert_eq!(
+            bs.read(&[0x12, 0x20, 3, 3]).unwrap().unwrap(),
+            vec![3u8; 100]
+        );
         assert_eq!(bs.list().unwrap().len(), 20);
         assert_eq!(
             std::fs::read_to_string(dir.path().join("SHARDING")).unwrap(),
@@ -356,7 +366,11 @@ mod tests {
         );
         assert_eq!(bs.remove(&[0x12, 0x20, 3, 3]).unwrap(), 100);
         assert_eq!(bs.read(&[0x12, 0x20, 3, 3]).unwrap(), None);
-        std::fs::write(dir.path().join("SHARDING"), "/repo/flatfs/shard/v1/prefix/2\n").unwrap();
+        std::fs::write(
+            dir.path().join("SHARDING"),
+            "/repo/flatfs/shard/v1/prefix/2\n",
+        )
+        .unwrap();
         assert!(Blockstore::open(dir.path()).is_err());
     }
 }

@@ -14,9 +14,9 @@ use futures_util::StreamExt;
 use serde_json::json;
 
 use super::deals::{self, BatchState, DealConfig};
+use super::gc::GcOptions;
 use super::kubo::{KuboClient, KuboError};
 use super::queue::{self, PushError};
-use super::gc::GcOptions;
 use super::{commp, parse_cid, AddOptions, PinKind, Store};
 
 #[derive(ClapArgs, Debug)]
@@ -39,11 +39,13 @@ pub struct Args {
     pub command: Cmd,
 }
 
+/// The store backends, named as `[store] backend` in the config names them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Backend {
-    /// Embedded blockstore only.
-    Local,
-    /// Embedded blockstore, then pushed to the Kubo node (queued while it is unreachable).
+    /// The embedded blockstore in <DATA_DIR>/store (`local` is accepted too).
+    #[value(alias = "local")]
+    Embedded,
+    /// The Kubo node at --api.
     Kubo,
 }
 
@@ -58,7 +60,9 @@ pub enum Cmd {
         /// Raw leaves (default: on with --cid-version 1, off with 0). `--raw-leaves=false` forces off.
         #[arg(long, num_args = 0..=1, default_missing_value = "true")]
         raw_leaves: Option<bool>,
-        #[arg(long, value_enum, default_value_t = Backend::Local)]
+        /// embedded: store and pin in the embedded blockstore only; kubo: the same, then
+        /// push to the Kubo node (queued while it is unreachable).
+        #[arg(long, value_enum, default_value_t = Backend::Embedded)]
         backend: Backend,
         /// Only compute the CID: store nothing, push nothing (Kubo's `--only-hash`).
         #[arg(short = 'n', long)]
@@ -69,8 +73,9 @@ pub enum Cmd {
     /// Stream a stored file to stdout (every block verified).
     Cat {
         cid: String,
-        /// Read from the embedded store (default) or from the Kubo node.
-        #[arg(long, value_enum, default_value_t = Backend::Local)]
+        /// Where to read from: embedded (the embedded blockstore, every block verified) or
+        /// kubo (the Kubo node's `cat`, for content comine never stored itself).
+        #[arg(long, value_enum, default_value_t = Backend::Embedded)]
         backend: Backend,
     },
     /// Write a CAR v1 of the whole DAG.
@@ -121,10 +126,34 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Where one rendition stands: local pin, push queue, and each IPFS peer's pin state
+    /// (the Kubo node today; exits 1 unless it is pinned everywhere it should be).
+    Status {
+        cid: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// The Kubo node's id and version.
     Node {
         #[arg(long)]
         json: bool,
+    },
+    /// Serve pinned content as an IPFS trustless gateway (raw blocks and CARs) until Ctrl-C.
+    /// `comine run` serves the same gateway itself when `[gateway] listen` is set.
+    Gateway {
+        /// Address to listen on (unauthenticated: keep it on loopback or behind a proxy
+        /// unless the content is meant to be public).
+        #[arg(long, default_value = "127.0.0.1:8081")]
+        listen: String,
+        /// Sustained requests per second per client IP (IPv6: per /64); 0 = unlimited.
+        #[arg(long, default_value_t = 20.0)]
+        rate: f64,
+        /// Requests a client may make at once before the rate applies.
+        #[arg(long, default_value_t = 40)]
+        burst: u32,
+        /// CAR downloads served at the same time.
+        #[arg(long, default_value_t = 16)]
+        max_streams: usize,
     },
     /// Filecoin deal batches (Boost offline deals).
     #[command(subcommand)]
@@ -290,8 +319,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 print_json(&v)?;
             } else {
                 for (cid, kind, info) in pins {
-                    let kind = if kind == PinKind::Keep { "keep" } else { "retain" };
-                    println!("{cid} {kind} {} {}", info.size, info.name.unwrap_or_default());
+                    let kind = if kind == PinKind::Keep {
+                        "keep"
+                    } else {
+                        "retain"
+                    };
+                    println!(
+                        "{cid} {kind} {} {}",
+                        info.size,
+                        info.name.unwrap_or_default()
+                    );
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -321,7 +358,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         } => {
             let days = match retain_days {
                 Some(d) => *d,
-                None => crate::config::Config::load(config.as_deref())?.store.retain_days,
+                None => {
+                    crate::config::Config::load(config.as_deref())?
+                        .store
+                        .retain_days
+                }
             };
             let store = open_store(&args)?;
             let report = store.gc(GcOptions::new(days, *dry_run))?;
@@ -386,6 +427,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
+        Cmd::Status { cid, json } => status(&args, cid, *json),
         Cmd::Node { json } => {
             let client = client(&args)?;
             let (id, version) = runtime()?.block_on(async {
@@ -396,6 +438,52 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             } else {
                 println!("{} {} {}", id.id, version, id.agent_version);
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Gateway {
+            listen,
+            rate,
+            burst,
+            max_streams,
+        } => {
+            let store = open_store(&args)?;
+            let cfg = super::gateway::GatewayConfig {
+                rate_per_sec: *rate,
+                burst: *burst,
+                max_streams: *max_streams,
+                ..Default::default()
+            };
+            runtime()?.block_on(async {
+                let listener = tokio::net::TcpListener::bind(listen.as_str())
+                    .await
+                    .with_context(|| format!("listening on {listen} (is the address free?)"))?;
+                let addr = listener.local_addr()?;
+                // The address on stdout (machine-readable: tests and scripts read it).
+                println!("gateway listening on http://{addr}");
+                io::stdout().flush().ok();
+                tracing::info!(%addr, "trustless gateway up");
+                let stop = tokio_util::sync::CancellationToken::new();
+                let on_signal = stop.clone();
+                tokio::spawn(async move {
+                    let _ = tokio::signal::ctrl_c().await;
+                    on_signal.cancel();
+                });
+                #[cfg(unix)]
+                {
+                    let on_term = stop.clone();
+                    if let Ok(mut term) =
+                        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    {
+                        tokio::spawn(async move {
+                            term.recv().await;
+                            on_term.cancel();
+                        });
+                    }
+                }
+                super::gateway::serve(listener, store, &cfg, stop)
+                    .await
+                    .context("serving the gateway")
+            })?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Deal(cmd) => deal(&args, cmd),
@@ -410,35 +498,99 @@ fn add(
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let store = open_store(args)?;
-    let added = store
-        .add_file(file, opts)
-        .with_context(|| format!("adding {}", file.display()))?;
-    let (mut pushed, mut queued, mut push_error) = (false, false, None::<String>);
-    if backend == Backend::Kubo {
-        // Queue first: if we die mid-push, the next `push` finds it.
-        store.enqueue_push(&added.cid, opts)?;
-        let client = client(args)?;
-        match runtime()?.block_on(queue::push_one(&store, &client, &added.cid, opts)) {
-            Ok(()) => {
-                store.dequeue_push(&added.cid)?;
-                pushed = true;
-            }
-            Err(PushError::Node(e @ KuboError::CidMismatch { .. })) => {
-                store.record_push_failure(&added.cid, &e.to_string())?;
-                return Err(e).context(format!(
-                    "pushing {} to {}",
-                    file.display(),
-                    client.base_url()
-                ));
+    if backend == Backend::Embedded {
+        let added = store
+            .add_file(file, opts)
+            .with_context(|| format!("adding {}", file.display()))?;
+        return print_added(file, opts, &added, backend, (false, false, None), json);
+    }
+    let client = client(args)?;
+    let rt = runtime()?;
+    // The node imports the source file while the local import hashes and stores it: the two
+    // run side by side instead of one after the other, and the node's CID is checked against
+    // ours once both are done. The local copy and the queue entry come first in durability:
+    // a failed or interrupted upload leaves the rendition queued for `comine store push`.
+    let size = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
+    let deadline = client.timeout() + Duration::from_secs(size / queue::MIN_UPLOAD_RATE);
+    let upload = {
+        let f = std::fs::File::open(file)
+            .with_context(|| format!("opening {} (check the path)", file.display()))?;
+        let (client, opts) = (client.clone(), *opts);
+        let name = file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "file".into());
+        rt.spawn(async move {
+            let reader = Box::new(io::BufReader::with_capacity(super::CHUNK_SIZE, f));
+            tokio::time::timeout(deadline, client.add(reader, &name, &opts)).await
+        })
+    };
+    let added = match store.add_file(file, opts) {
+        Ok(a) => a,
+        Err(e) => {
+            upload.abort();
+            return Err(e).with_context(|| format!("adding {}", file.display()));
+        }
+    };
+    store.enqueue_push(&added.cid, opts)?;
+    let outcome: Result<(), PushError> = rt.block_on(async {
+        let remote = match upload.await {
+            Ok(Ok(r)) => r?,
+            Ok(Err(_)) => {
+                return Err(PushError::Node(KuboError::Timeout {
+                    url: client.base_url().to_string(),
+                    endpoint: "add".into(),
+                    timeout: deadline,
+                }))
             }
             Err(e) => {
-                tracing::warn!(cid = %added.cid, error = %e, "IPFS node not reachable; stored locally and queued for `comine store push`");
-                store.record_push_failure(&added.cid, &e.to_string())?;
-                queued = true;
-                push_error = Some(e.to_string());
+                return Err(PushError::Node(KuboError::Source(format!(
+                    "upload task failed: {e}"
+                ))))
             }
+        };
+        if !super::kubo::same_cid(&remote.cid, &added.cid) {
+            return Err(PushError::Node(KuboError::CidMismatch {
+                local: added.cid.to_string(),
+                remote: remote.cid.to_string(),
+            }));
         }
-    }
+        if !client.pin_ls(&added.cid).await? {
+            client.pin_add(&added.cid).await?;
+        }
+        Ok(())
+    });
+    let state = match outcome {
+        Ok(()) => {
+            store.dequeue_push(&added.cid)?;
+            (true, false, None)
+        }
+        Err(PushError::Node(e @ KuboError::CidMismatch { .. })) => {
+            store.record_push_failure(&added.cid, &e.to_string())?;
+            return Err(e).context(format!(
+                "pushing {} to {}",
+                file.display(),
+                client.base_url()
+            ));
+        }
+        Err(e) => {
+            tracing::warn!(cid = %added.cid, error = %e, "IPFS node not reachable; stored locally and queued for `comine store push`");
+            store.record_push_failure(&added.cid, &e.to_string())?;
+            (false, true, Some(e.to_string()))
+        }
+    };
+    print_added(file, opts, &added, backend, state, json)
+}
+
+/// Prints `store add`'s answer; `state` is (pushed, queued, push_error).
+fn print_added(
+    file: &Path,
+    opts: &AddOptions,
+    added: &super::AddResult,
+    backend: Backend,
+    (pushed, queued, push_error): (bool, bool, Option<String>),
+    json: bool,
+) -> anyhow::Result<ExitCode> {
     if json {
         print_json(&json!({
             "cid": added.cid.to_string(),
@@ -447,7 +599,7 @@ fn add(
             "blocks": added.blocks,
             "cid_version": opts.cid_version,
             "raw_leaves": opts.raw_leaves(),
-            "backend": if backend == Backend::Kubo { "kubo" } else { "local" },
+            "backend": if backend == Backend::Kubo { "kubo" } else { "embedded" },
             "pushed": pushed,
             "queued": queued,
             "push_error": push_error,
@@ -480,12 +632,94 @@ fn only_hash_add(file: &Path, opts: &AddOptions, json: bool) -> anyhow::Result<E
     Ok(ExitCode::SUCCESS)
 }
 
+/// One peer's pin state as `store status` reports it.
+#[derive(Debug, serde::Serialize)]
+struct PeerPin {
+    /// The peer's id (`null` when it could not be asked).
+    peer: Option<String>,
+    api: String,
+    /// `pinned`, `unpinned`, or `error`.
+    status: &'static str,
+    error: Option<String>,
+}
+
+fn status(args: &Args, cid: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let cid = parse_cid(cid)?;
+    let store = open_store(args)?;
+    let local = store.pin_info(&cid)?;
+    let queued = store
+        .queued()?
+        .into_iter()
+        .find(|(c, _)| *c == cid)
+        .map(|(_, e)| e);
+    let client = client(args)?;
+    let peer = runtime()?.block_on(async {
+        let peer = client.id().await.map(|id| id.id).ok();
+        match client.pin_ls(&cid).await {
+            Ok(true) => PeerPin {
+                peer,
+                api: client.base_url().to_string(),
+                status: "pinned",
+                error: None,
+            },
+            Ok(false) => PeerPin {
+                peer,
+                api: client.base_url().to_string(),
+                status: "unpinned",
+                error: None,
+            },
+            Err(e) => PeerPin {
+                peer,
+                api: client.base_url().to_string(),
+                status: "error",
+                error: Some(e.to_string()),
+            },
+        }
+    });
+    let everywhere = local.is_some() && peer.status == "pinned";
+    if json {
+        print_json(&json!({
+            "cid": cid.to_string(),
+            "local": local,
+            "queued": queued,
+            "peers": [&peer],
+        }))?;
+    } else {
+        match &local {
+            Some(info) => println!("local   pinned ({} bytes)", info.size),
+            None => println!("local   not pinned"),
+        }
+        if let Some(q) = &queued {
+            println!(
+                "queue   waiting (attempts={} last_error={})",
+                q.attempts,
+                q.last_error.clone().unwrap_or_default()
+            );
+        }
+        println!(
+            "peer    {} {} {}{}",
+            peer.peer.as_deref().unwrap_or("?"),
+            peer.api,
+            peer.status,
+            peer.error
+                .as_deref()
+                .map(|e| format!(" ({e})"))
+                .unwrap_or_default()
+        );
+    }
+    Ok(if everywhere {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
 fn cat(args: &Args, cid: &str, backend: Backend) -> anyhow::Result<ExitCode> {
     let cid = parse_cid(cid)?;
     let stdout = io::stdout();
     let mut out = stdout.lock();
     let result: anyhow::Result<()> = match backend {
-        Backend::Local => {
+        Backend::Embedded => {
             let store = open_store(args)?;
             let mut reader = store.cat(&cid)?;
             io::copy(&mut reader, &mut out).map(|_| ()).map_err(|e| {

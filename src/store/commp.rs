@@ -268,7 +268,10 @@ pub fn piece_cid(mut reader: impl Read) -> io::Result<(Cid, u64, u64)> {
                     .collect();
                 handles
                     .into_iter()
-                    .map(|h| h.join().map_err(|_| io::Error::other("a CommP hashing thread failed")))
+                    .map(|h| {
+                        h.join()
+                            .map_err(|_| io::Error::other("a CommP hashing thread failed"))
+                    })
                     .collect::<io::Result<_>>()
             })?;
             for root in roots {
@@ -331,7 +334,9 @@ mod tests {
     fn parallel_subtrees_agree_with_the_streaming_tree() {
         // Two whole subtrees and a tail, so both paths and their seam are exercised.
         let len = SUBTREE_INPUT * 2 + 5000;
-        let data: Vec<u8> = (0..len as u32).map(|i| (i.wrapping_mul(2654435761) >> 11) as u8).collect();
+        let data: Vec<u8> = (0..len as u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 11) as u8)
+            .collect();
         let mut c = CommP::new();
         for part in data.chunks(1 << 20) {
             c.update(part);

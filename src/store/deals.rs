@@ -179,9 +179,13 @@ pub fn list(store: &Store) -> Result<Vec<Batch>, StoreError> {
 
 pub fn get(store: &Store, id: &str) -> Result<Batch, DealError> {
     let raw: Option<String> = store.db().read(|c| {
-        c.query_row("SELECT record FROM store_batches WHERE id = ?1", [id], |r| r.get(0))
-            .optional()
-            .map_err(StoreError::from)
+        c.query_row(
+            "SELECT record FROM store_batches WHERE id = ?1",
+            [id],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(StoreError::from)
     })?;
     match raw {
         Some(raw) => Ok(decode(id, &raw)?),

@@ -118,7 +118,8 @@ fn plan(c: &Connection, opts: &GcOptions) -> rusqlite::Result<(GcReport, Vec<(Ve
     }
     report.blocks_freed = garbage.len() as u64;
     report.block_bytes_freed = garbage.iter().map(|g| db::from_sql_u64(g.2)).sum();
-    report.live_roots = db::from_sql_u64(c.query_row("SELECT count(*) FROM store_roots", [], |r| r.get(0))?);
+    report.live_roots =
+        db::from_sql_u64(c.query_row("SELECT count(*) FROM store_roots", [], |r| r.get(0))?);
     Ok((
         report,
         garbage
@@ -165,9 +166,9 @@ impl Store {
         };
         let blocks = self.blockstore();
         for (mh, _) in &garbage {
-            blocks
-                .remove(mh)
-                .map_err(|e| StoreError::io(format!("deleting {}", blocks.path(mh).display()), e))?;
+            blocks.remove(mh).map_err(|e| {
+                StoreError::io(format!("deleting {}", blocks.path(mh).display()), e)
+            })?;
         }
         self.sweep_orphans(&opts, &mut report)?;
         self.remove_finished_cars(&opts, &mut report)?;
@@ -220,7 +221,11 @@ impl Store {
 
     /// A batch's CAR is needed until the provider imported it: once the batch is active (or
     /// failed, and its renditions free to be packed again) the file is only a copy.
-    fn remove_finished_cars(&self, opts: &GcOptions, report: &mut GcReport) -> Result<(), StoreError> {
+    fn remove_finished_cars(
+        &self,
+        opts: &GcOptions,
+        report: &mut GcReport,
+    ) -> Result<(), StoreError> {
         for batch in super::deals::list(self)? {
             if !matches!(batch.state, BatchState::Active | BatchState::Failed) {
                 continue;

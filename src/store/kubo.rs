@@ -515,7 +515,7 @@ impl KuboClient {
             }
             Err(e) => return Err(e),
         };
-        // Kubo answers {"Keys": {cid: {"Type": …}}}; js-ipfs (stream=true style) may answer
+        // Kubo answers {"Keys": {cid: {"Type": …}}}; with stream=true (and other nodes) it is
         // NDJSON lines {"Cid": cid, "Type": …}. Accept both.
         let text = resp.text().await.map_err(|e| KuboError::BadResponse {
             endpoint: "pin/ls".into(),

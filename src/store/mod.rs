@@ -16,6 +16,8 @@ pub mod car;
 pub mod cli;
 pub mod commp;
 pub mod deals;
+pub mod free_space;
+pub mod gateway;
 pub mod gc;
 pub mod importer;
 pub mod kubo;
@@ -251,7 +253,11 @@ impl FileLock {
             .write(true)
             .open(path)
             .map_err(|e| StoreError::io(format!("opening {}", path.display()), e))?;
-        let op = if exclusive { libc::LOCK_EX } else { libc::LOCK_SH };
+        let op = if exclusive {
+            libc::LOCK_EX
+        } else {
+            libc::LOCK_SH
+        };
         loop {
             // SAFETY: flock only reads the descriptor, which `f` keeps open.
             if unsafe { libc::flock(f.as_raw_fd(), op) } == 0 {
@@ -301,11 +307,15 @@ pub(crate) fn index_blocks(
     blocks: &[(Vec<u8>, u64)],
 ) -> rusqlite::Result<Option<i64>> {
     let root_id: Option<i64> = match root {
-        Some(cid) => Some(c.prepare_cached(
-            "INSERT INTO store_roots (cid, created_at) VALUES (?1, ?2)
+        Some(cid) => Some(
+            c.prepare_cached(
+                "INSERT INTO store_roots (cid, created_at) VALUES (?1, ?2)
              ON CONFLICT (cid) DO UPDATE SET cid = excluded.cid RETURNING id",
-        )?
-        .query_row(params![cid.to_bytes(), db::to_sql_u64(now_secs())], |r| r.get(0))?),
+            )?
+            .query_row(params![cid.to_bytes(), db::to_sql_u64(now_secs())], |r| {
+                r.get(0)
+            })?,
+        ),
         None => None,
     };
     let mut block_stmt = c.prepare_cached(
@@ -324,8 +334,14 @@ pub(crate) fn index_blocks(
 }
 
 /// Pins `cid`: a keep pin is never turned into a retention pin; re-pinning refreshes the time.
-pub(crate) fn upsert_pin(c: &Connection, cid: &Cid, kind: PinKind, info: &PinInfo) -> Result<(), StoreError> {
-    let json = serde_json::to_string(info).map_err(|e| StoreError::io("encoding a pin", e.into()))?;
+pub(crate) fn upsert_pin(
+    c: &Connection,
+    cid: &Cid,
+    kind: PinKind,
+    info: &PinInfo,
+) -> Result<(), StoreError> {
+    let json =
+        serde_json::to_string(info).map_err(|e| StoreError::io("encoding a pin", e.into()))?;
     c.prepare_cached(
         "INSERT INTO store_pins (cid, kind, pinned_at, info) VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT (cid) DO UPDATE SET
@@ -367,7 +383,13 @@ impl Store {
         let db = Db::open(data_dir)?;
         db.migrate("store", MIGRATIONS)?;
         let blocks = blocks::Blockstore::open(&dir.join("blocks")).map_err(|e| {
-            StoreError::io(format!("opening the block directory {}", dir.join("blocks").display()), e)
+            StoreError::io(
+                format!(
+                    "opening the block directory {}",
+                    dir.join("blocks").display()
+                ),
+                e,
+            )
         })?;
         let store = Store {
             gc_lock: gc_lock_for(&dir),
@@ -395,13 +417,17 @@ impl Store {
     }
 
     /// Shared side of the GC lock: blocks being written or linked cannot be collected.
-    pub(crate) fn hold_off_gc(&self) -> Result<(std::sync::RwLockReadGuard<'_, ()>, FileLock), StoreError> {
+    pub(crate) fn hold_off_gc(
+        &self,
+    ) -> Result<(std::sync::RwLockReadGuard<'_, ()>, FileLock), StoreError> {
         let r = self.gc_lock.rw.read().unwrap_or_else(|e| e.into_inner());
         let f = FileLock::take(&self.gc_lock.path, false)?;
         Ok((r, f))
     }
 
-    pub(crate) fn lock_for_gc(&self) -> Result<(std::sync::RwLockWriteGuard<'_, ()>, FileLock), StoreError> {
+    pub(crate) fn lock_for_gc(
+        &self,
+    ) -> Result<(std::sync::RwLockWriteGuard<'_, ()>, FileLock), StoreError> {
         let w = self.gc_lock.rw.write().unwrap_or_else(|e| e.into_inner());
         let f = FileLock::take(&self.gc_lock.path, true)?;
         Ok((w, f))
@@ -417,12 +443,22 @@ impl Store {
     }
 
     /// [`Store::add_file`] with the kind of pin to take (the daemon's renditions: `Retain`).
-    pub fn add_file_with(&self, path: &Path, opts: &AddOptions, kind: PinKind) -> Result<AddResult, StoreError> {
+    pub fn add_file_with(
+        &self,
+        path: &Path,
+        opts: &AddOptions,
+        kind: PinKind,
+    ) -> Result<AddResult, StoreError> {
         let file = std::fs::File::open(path).map_err(|e| {
             StoreError::io(format!("opening {} (check the path)", path.display()), e)
         })?;
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
-        self.add_reader_with(io::BufReader::with_capacity(CHUNK_SIZE, file), opts, name, kind)
+        self.add_reader_with(
+            io::BufReader::with_capacity(CHUNK_SIZE, file),
+            opts,
+            name,
+            kind,
+        )
     }
 
     /// Imports in-memory bytes, stores its blocks and pins the root.
@@ -547,11 +583,14 @@ impl Store {
     /// All pinned roots with their kind, oldest first.
     pub fn pins_with_kind(&self) -> Result<Vec<(Cid, PinKind, PinInfo)>, StoreError> {
         self.db.read(|c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT cid, kind, info FROM store_pins ORDER BY pinned_at, cid",
-            )?;
+            let mut stmt =
+                c.prepare_cached("SELECT cid, kind, info FROM store_pins ORDER BY pinned_at, cid")?;
             let rows = stmt.query_map([], |r| {
-                Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
+                Ok((
+                    r.get::<_, Vec<u8>>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                ))
             })?;
             let mut out = Vec::new();
             for row in rows {
@@ -604,7 +643,8 @@ impl Store {
         w.commit()
             .map_err(|e| StoreError::io("syncing a block to disk", e))?;
         let index = vec![(mh, block.len() as u64)];
-        self.db.write(move |c| Ok::<_, StoreError>(index_blocks(c, None, &index).map(|_| ())?))
+        self.db
+            .write(move |c| Ok::<_, StoreError>(index_blocks(c, None, &index).map(|_| ())?))
     }
 
     /// Streams the file behind `cid` (blocks verified as they are read).
@@ -835,7 +875,11 @@ mod tests {
             rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
             None,
         )));
-        assert!(e.to_string().contains("disk holding the data directory is full"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("disk holding the data directory is full"),
+            "{e}"
+        );
         let e = StoreError::io("x", io::Error::from_raw_os_error(libc::ENOENT));
         assert!(!e.to_string().contains("disk is full"));
     }

@@ -107,9 +107,14 @@ impl Store {
         let (key, error) = (cid.to_bytes(), error.to_string());
         self.db().write(move |c| {
             let raw: Option<String> = c
-                .query_row("SELECT entry FROM store_push_queue WHERE cid = ?1", [&key], |r| r.get(0))
+                .query_row(
+                    "SELECT entry FROM store_push_queue WHERE cid = ?1",
+                    [&key],
+                    |r| r.get(0),
+                )
                 .optional()?;
-            let Some(mut entry) = raw.and_then(|r| serde_json::from_str::<QueueEntry>(&r).ok()) else {
+            let Some(mut entry) = raw.and_then(|r| serde_json::from_str::<QueueEntry>(&r).ok())
+            else {
                 return Ok(());
             };
             entry.attempts = entry.attempts.saturating_add(1);

@@ -55,7 +55,12 @@ pub(super) fn import_if_present(store: &Store) -> Result<(), StoreError> {
         )
     })?;
     let tree = |name: &str| sdb.open_tree(name).map_err(|e| err(&dir, e));
-    let (blocks, pins, queue, batches) = (tree("blocks")?, tree("pins")?, tree("push_queue")?, tree("batches")?);
+    let (blocks, pins, queue, batches) = (
+        tree("blocks")?,
+        tree("pins")?,
+        tree("push_queue")?,
+        tree("batches")?,
+    );
 
     // 1. Blocks to files.
     let _gc = store.hold_off_gc()?;
@@ -86,7 +91,8 @@ pub(super) fn import_if_present(store: &Store) -> Result<(), StoreError> {
         let mut rows_pins = Vec::new();
         for kv in pins.iter() {
             let (k, v) = kv.map_err(|e| err(&dir, e))?;
-            let cid = Cid::try_from(&k[..]).map_err(|e| err(&dir, format!("a pinned CID is unreadable: {e}")))?;
+            let cid = Cid::try_from(&k[..])
+                .map_err(|e| err(&dir, format!("a pinned CID is unreadable: {e}")))?;
             let info: PinInfo = serde_json::from_slice(&v)
                 .map_err(|e| err(&dir, format!("pin {cid} is unreadable: {e}")))?;
             rows_pins.push((cid, info, reachable(store, &cid)));
@@ -96,7 +102,11 @@ pub(super) fn import_if_present(store: &Store) -> Result<(), StoreError> {
             let (k, v) = kv.map_err(|e| err(&dir, e))?;
             let entry: QueueEntry = serde_json::from_slice(&v)
                 .map_err(|e| err(&dir, format!("a queue entry is unreadable: {e}")))?;
-            rows_queue.push((k.to_vec(), entry.enqueued_at, String::from_utf8_lossy(&v).into_owned()));
+            rows_queue.push((
+                k.to_vec(),
+                entry.enqueued_at,
+                String::from_utf8_lossy(&v).into_owned(),
+            ));
         }
         let mut rows_batches = Vec::new();
         for kv in batches.iter() {
@@ -161,7 +171,10 @@ pub(super) fn import_if_present(store: &Store) -> Result<(), StoreError> {
             db::mark_imported(c, IMPORT, &counts)?;
             Ok(())
         })?;
-        tracing::info!(blocks = n_blocks, "copied the sled store into block files and the database");
+        tracing::info!(
+            blocks = n_blocks,
+            "copied the sled store into block files and the database"
+        );
     }
 
     // 3. Verify.
@@ -179,7 +192,9 @@ pub(super) fn import_if_present(store: &Store) -> Result<(), StoreError> {
     ] {
         let got = count(table)?;
         if got < want as u64 {
-            return Err(mismatch(format!("sled holds {want} entries for {table}, the database {got}")));
+            return Err(mismatch(format!(
+                "sled holds {want} entries for {table}, the database {got}"
+            )));
         }
     }
     let mut verified = 0u64;
@@ -194,7 +209,12 @@ pub(super) fn import_if_present(store: &Store) -> Result<(), StoreError> {
             .map_err(|e| err(&dir, format!("reading back a block file: {e}")))?;
         match file {
             Some(bytes) if hash_matches(&mh, &bytes) => verified += 1,
-            _ => return Err(mismatch(format!("block {} is missing or damaged as a file", hex::encode(&mh)))),
+            _ => {
+                return Err(mismatch(format!(
+                    "block {} is missing or damaged as a file",
+                    hex::encode(&mh)
+                )))
+            }
         }
     }
     if !corrupt.is_empty() {

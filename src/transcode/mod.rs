@@ -16,6 +16,7 @@ pub mod cli;
 mod encoder;
 mod engine;
 mod input;
+pub mod probe;
 pub mod profile;
 
 use std::path::PathBuf;

@@ -1,6 +1,8 @@
-//! Foundations every module may use: the wall clock and durable file writes.
+//! Foundations every module may use: the wall clock, durable file writes and the systemd
+//! notification protocol.
 
 pub mod durable;
+pub mod sd_notify;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

@@ -29,7 +29,15 @@ fn close(a: f64, b: f64) -> bool {
 fn tiny_suite_report_is_valid_and_consistent() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
-    let o = run_bench(&out, &["--suite", "tiny"]);
+    // The pilot kit: the suite as `--print-suite` gives it, and a redacted report.
+    let printed = Command::new(env!("CARGO_BIN_EXE_comine"))
+        .args(["bench", "--print-suite", "tiny"])
+        .output()
+        .unwrap();
+    assert!(printed.status.success());
+    let suite_file = dir.path().join("tiny.toml");
+    std::fs::write(&suite_file, &printed.stdout).unwrap();
+    let o = run_bench(&out, &["--suite", suite_file.to_str().unwrap(), "--redact"]);
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "bench failed: {stderr}");
     let stdout = String::from_utf8_lossy(&o.stdout);
@@ -42,6 +50,23 @@ fn tiny_suite_report_is_valid_and_consistent() {
     let r: BenchReport = schema::load(&out.join("report.json")).expect("valid report.json");
     let raw: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    // A printed suite is the built-in one, figure for figure (same hash).
+    assert_eq!(
+        r.suite_hash,
+        comine::bench::suite::Suite::hash(
+            comine::bench::suite::Suite::builtin_text("tiny").unwrap()
+        )
+    );
+    // --redact: no host name anywhere in the files a pilot posts.
+    assert_eq!(r.fingerprint.hostname, "redacted");
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let host = host.trim();
+    if host.len() >= 3 {
+        for f in ["report.json", "report.md", "report.html"] {
+            let text = std::fs::read_to_string(out.join(f)).unwrap();
+            assert!(!text.contains(host), "{f} names the host {host}");
+        }
+    }
     for key in [
         "schema",
         "schema_version",

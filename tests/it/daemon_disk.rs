@@ -21,7 +21,10 @@ fn run_expecting_failure(data: &Path, cfg: &Path) -> String {
         .arg(data)
         .output()
         .unwrap();
-    assert!(!out.status.success(), "comine run must refuse a damaged database");
+    assert!(
+        !out.status.success(),
+        "comine run must refuse a damaged database"
+    );
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(!err.contains("panicked"), "{err}");
     err
@@ -37,40 +40,76 @@ fn a_damaged_database_is_a_clear_error_and_is_never_written_over() {
     let junk = vec![0x42u8; 64 << 10];
     std::fs::write(data.join("comine.db"), &junk).unwrap();
     let err = run_expecting_failure(&data, &cfg);
-    assert!(err.contains("comine.db") && err.contains("damaged") && err.contains("backup"), "{err}");
-    assert_eq!(std::fs::read(data.join("comine.db")).unwrap(), junk, "left as it was");
+    assert!(
+        err.contains("comine.db") && err.contains("damaged") && err.contains("backup"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(data.join("comine.db")).unwrap(),
+        junk,
+        "left as it was"
+    );
 
     // 2. A real database with a damaged page.
     let data = root.path().join("damaged");
     let file = root.path().join("f.bin");
     std::fs::write(&file, common::data(600 << 10, 5)).unwrap();
-    let (ok, _, err) = common::comine(&["store", "add", "--data-dir", data.to_str().unwrap(), file.to_str().unwrap()], None);
+    let (ok, _, err) = common::comine(
+        &[
+            "store",
+            "add",
+            "--data-dir",
+            data.to_str().unwrap(),
+            file.to_str().unwrap(),
+        ],
+        None,
+    );
     assert!(ok, "{err}");
     let db = data.join("comine.db");
     // Checkpoint the WAL into the main file so the damage hits committed pages.
     // The page damaged is the root of the block index, so the damage hits live data (a
     // page's free middle would go unnoticed, by SQLite and by the user alike).
     let conn = rusqlite::Connection::open(&db).unwrap();
-    conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);").unwrap();
+    conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+        .unwrap();
     let (page_size, root): (i64, i64) = (
-        conn.query_row("PRAGMA page_size", [], |r| r.get(0)).unwrap(),
-        conn.query_row("SELECT rootpage FROM sqlite_master WHERE name = 'store_blocks'", [], |r| r.get(0))
+        conn.query_row("PRAGMA page_size", [], |r| r.get(0))
             .unwrap(),
+        conn.query_row(
+            "SELECT rootpage FROM sqlite_master WHERE name = 'store_blocks'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap(),
     );
     drop(conn);
     let mut bytes = std::fs::read(&db).unwrap();
     let page = ((root - 1) * page_size) as usize..(root * page_size) as usize;
-    assert!(bytes.len() >= page.end, "{} bytes, root page {root}", bytes.len());
+    assert!(
+        bytes.len() >= page.end,
+        "{} bytes, root page {root}",
+        bytes.len()
+    );
     for b in &mut bytes[page] {
         *b = 0xA5;
     }
     std::fs::write(&db, &bytes).unwrap();
     let err = run_expecting_failure(&data, &cfg);
-    assert!(err.contains("damaged") && err.contains("comine.db"), "{err}");
-    let (ok, _, err) = common::comine(&["ledger", "export", "--data-dir", data.to_str().unwrap()], None);
+    assert!(
+        err.contains("damaged") && err.contains("comine.db"),
+        "{err}"
+    );
+    let (ok, _, err) = common::comine(
+        &["ledger", "export", "--data-dir", data.to_str().unwrap()],
+        None,
+    );
     assert!(!ok && !err.contains("panicked"), "{err}");
     assert!(err.contains("damaged"), "{err}");
-    assert_eq!(std::fs::read(&db).unwrap(), bytes, "comine did not write to the damaged file");
+    assert_eq!(
+        std::fs::read(&db).unwrap(),
+        bytes,
+        "comine did not write to the damaged file"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -85,7 +124,8 @@ async fn healthz_answers_503_within_its_bound_while_the_database_is_stalled() {
     let (hold_tx, hold_rx) = std::sync::mpsc::channel::<()>();
     let holder = std::thread::spawn(move || {
         let c = rusqlite::Connection::open(db).unwrap();
-        c.execute_batch("BEGIN IMMEDIATE; CREATE TABLE IF NOT EXISTS test_stall (x);").unwrap();
+        c.execute_batch("BEGIN IMMEDIATE; CREATE TABLE IF NOT EXISTS test_stall (x);")
+            .unwrap();
         let _ = hold_rx.recv_timeout(Duration::from_secs(30));
         c.execute_batch("ROLLBACK;").unwrap();
     });
@@ -112,7 +152,10 @@ async fn healthz_answers_503_within_its_bound_while_the_database_is_stalled() {
         if r.status() == 200 {
             break;
         }
-        assert!(t.elapsed() < Duration::from_secs(15), "healthz recovers once the stall ends");
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "healthz recovers once the stall ends"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -156,21 +199,26 @@ async fn a_full_disk_loses_nothing_already_acknowledged() {
         if std::env::var_os("CI").is_some() {
             panic!("CI is set but mounting a tmpfs failed: this test needs root (CAP_SYS_ADMIN) to make a small disk fill up");
         }
-        eprintln!("\n*** SKIPPED: cannot mount a tmpfs (not root). This test never skips in CI. ***\n");
+        eprintln!(
+            "\n*** SKIPPED: cannot mount a tmpfs (not root). This test never skips in CI. ***\n"
+        );
         return;
     }
     let _unmount = Unmount(mnt.clone());
     let cfg = write_config(&mnt, "[api]\nqueue_depth = 64\nconcurrency = 1\n");
     let seg = segment(root.path(), "d.ts", "testsrc");
     let submit_all = |d: &Daemon, from: u64, to: u64| {
-        let (http, base, token, seg) = (d.http.clone(), d.base.clone(), d.token.clone(), seg.clone());
+        let (http, base, token, seg) =
+            (d.http.clone(), d.base.clone(), d.token.clone(), seg.clone());
         let log = d.data.parent().unwrap().join("daemon.log");
         async move {
             let mut acked = Vec::new();
             let mut refused = Vec::new();
             for seq in from..to {
                 let r = http
-                    .post(format!("{base}/v1/transcode?profiles={PROFILE}&manifest_id=full&seq={seq}&async=1"))
+                    .post(format!(
+                        "{base}/v1/transcode?profiles={PROFILE}&manifest_id=full&seq={seq}&async=1"
+                    ))
                     .bearer_auth(&token)
                     .body(seg.clone())
                     .send()
@@ -203,7 +251,10 @@ async fn a_full_disk_loses_nothing_already_acknowledged() {
     // The disk fills up while those run.
     let filler = fill(&mnt);
     let (third, refused) = submit_all(&d, 12, 20).await;
-    assert!(!refused.is_empty(), "a full disk refuses new work (507), it does not pretend");
+    assert!(
+        !refused.is_empty(),
+        "a full disk refuses new work (507), it does not pretend"
+    );
     // The daemon stays up and answers (healthy or not) within its bound.
     for _ in 0..5 {
         let t = Instant::now();
@@ -222,11 +273,25 @@ async fn a_full_disk_loses_nothing_already_acknowledged() {
         assert_eq!(j["state"], "done", "acknowledged job {id}: {j}");
         pixels += j["encoded_pixels"].as_u64().unwrap();
     }
-    let st: serde_json::Value =
-        serde_json::from_str(&d.get("/v1/ledger/export?format=json").await.text().await.unwrap()).unwrap();
+    let st: serde_json::Value = serde_json::from_str(
+        &d.get("/v1/ledger/export?format=json")
+            .await
+            .text()
+            .await
+            .unwrap(),
+    )
+    .unwrap();
     let jobs = st["jobs"].as_array().unwrap();
     for id in &all {
-        assert_eq!(jobs.iter().filter(|j| j["job_id"] == id.as_str()).count(), 1, "{id} once");
+        assert_eq!(
+            jobs.iter().filter(|j| j["job_id"] == id.as_str()).count(),
+            1,
+            "{id} once"
+        );
     }
-    assert_eq!(st["totals"]["encoded_pixels"].as_u64().unwrap(), pixels, "counters equal the sum");
+    assert_eq!(
+        st["totals"]["encoded_pixels"].as_u64().unwrap(),
+        pixels,
+        "counters equal the sum"
+    );
 }

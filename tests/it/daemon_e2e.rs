@@ -335,3 +335,40 @@ async fn live_segment_past_four_times_its_duration_fails_with_504() {
         "{metrics}"
     );
 }
+
+/// Below `[store] min_free_bytes` a job is refused with 507 before its body is read, and
+/// nothing reaches the store (a floor above any disk's free space stands in for a full one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn below_min_free_bytes_new_jobs_get_507_and_nothing_is_stored() {
+    let root = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        root.path(),
+        "[store]\nmin_free_bytes = 9223372036854775807\n",
+    );
+    let mut d = Daemon::start(root.path(), &cfg);
+    let seg = segment(root.path(), "full.ts", "testsrc");
+    let r = d
+        .submit("profiles=P144p30fps16x9&manifest_id=disk&seq=1", seg)
+        .await;
+    assert_eq!(r.status(), 507);
+    let e: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(e["code"], "insufficient_storage");
+    let msg = e["error"].as_str().unwrap();
+    assert!(
+        msg.contains("min_free_bytes") && msg.contains("bytes are free"),
+        "{msg}"
+    );
+    assert!(d.terminate());
+    let (ok, pins, err) = common::comine(
+        &[
+            "store",
+            "pins",
+            "--json",
+            "--data-dir",
+            d.data.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(ok, "{err}");
+    assert_eq!(pins.trim(), "[]", "nothing was stored");
+}

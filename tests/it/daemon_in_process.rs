@@ -262,3 +262,218 @@ async fn livepeer_jobs_interrupted_by_a_crash_are_failed_or_completed_never_doub
     ));
     d.shutdown(Duration::from_secs(5)).await;
 }
+
+/// A scheduler stand-in that admits every job (as a pixel budget far above the work would)
+/// on device 0, publishes a fixed capacity, counts the jobs holding a placement at once and
+/// lets the test ask for load to be shed.
+struct GreedyScheduler {
+    capacity: watch::Sender<usize>,
+    sessions: watch::Sender<u32>,
+    shed: watch::Sender<Vec<comine::daemon::admission::Shed>>,
+    holding: Arc<AtomicUsize>,
+    peak: Arc<AtomicUsize>,
+}
+
+/// Decrements the holding count when the job's placement is dropped.
+struct Holding(Arc<AtomicUsize>);
+
+impl Drop for Holding {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl GreedyScheduler {
+    fn new(capacity: usize) -> GreedyScheduler {
+        GreedyScheduler {
+            capacity: watch::channel(capacity).0,
+            sessions: watch::channel(0).0,
+            shed: watch::channel(Vec::new()).0,
+            holding: Arc::default(),
+            peak: Arc::default(),
+        }
+    }
+}
+
+impl Admission for GreedyScheduler {
+    fn try_admit(&self, class: JobClass, pps: f64) -> Result<Placement, Rejected> {
+        let now = self.holding.fetch_add(1, Ordering::SeqCst) + 1;
+        self.peak.fetch_max(now, Ordering::SeqCst);
+        Ok(Placement {
+            device: 0,
+            uuid: "GPU-0".into(),
+            class,
+            pixels_per_sec: pps,
+            permit: comine::sched::Permit::from_guard(Holding(self.holding.clone())),
+        })
+    }
+    fn capacity(&self) -> watch::Receiver<usize> {
+        self.capacity.subscribe()
+    }
+    fn livepeer_sessions(&self) -> watch::Receiver<u32> {
+        self.sessions.subscribe()
+    }
+    fn shed(&self) -> watch::Receiver<Vec<comine::daemon::admission::Shed>> {
+        self.shed.subscribe()
+    }
+    fn status(&self) -> SchedulerStatus {
+        SchedulerStatus::default()
+    }
+    fn restore(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+}
+
+fn fast_config() -> Config {
+    let mut config = Config::default();
+    config.transcode.encoder = "x264".into();
+    config.transcode.decoder = "software".into();
+    config.transcode.x264_preset = "ultrafast".into();
+    config
+}
+
+/// Issue 17: after a restart, 24 spooled jobs ran at once on a host whose capacity was 1.
+/// The dispatcher let every job through that admission placed; the pixel budget of a
+/// 2-core host fits two dozen small ladders, so a whole backlog started together. Now every
+/// job, resumed or new, also waits for the scheduler's published capacity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resumed_backlog_drains_at_the_capacity_not_all_at_once() {
+    use comine::ledger::NewJob;
+    let root = tempfile::tempdir().unwrap();
+    let seg = common::segment(root.path(), "s.ts", "testsrc");
+    let data = root.path().join("data");
+    const JOBS: u64 = 6;
+    {
+        // A first run accepts the jobs (spooled, 2xx given) and is killed before any runs.
+        let d = Daemon::open(
+            fast_config(),
+            data.clone(),
+            Arc::new(EmbeddedStore::open(&data, None).unwrap()),
+            Arc::new(SemaphoreAdmission::new(0)),
+            "t".repeat(32),
+        )
+        .unwrap();
+        for seq in 0..JOBS {
+            let slot = d.queue_slots.clone().try_acquire_owned().unwrap();
+            let new = NewJob {
+                class: JobClass::Batch,
+                manifest_id: Some("backlog".into()),
+                seq: Some(seq),
+                profiles: vec!["P144p30fps16x9".into()],
+                duration_ms: 1000,
+                segment_bytes: seg.len() as u64,
+            };
+            d.accept(new, seg.clone().into(), slot, std::time::Instant::now())
+                .await
+                .unwrap();
+        }
+    }
+    let sched = Arc::new(GreedyScheduler::new(1));
+    let d = Daemon::open(
+        fast_config(),
+        data.clone(),
+        Arc::new(EmbeddedStore::open(&data, None).unwrap()),
+        sched.clone(),
+        "t".repeat(32),
+    )
+    .unwrap();
+    assert_eq!(d.resume().await.unwrap(), JOBS as usize);
+    assert_eq!(d.queue_len(), JOBS as usize, "the backlog is visible");
+    assert_eq!(d.drain_secs(), None, "no run time measured yet");
+    d.spawn_dispatcher();
+    let start = std::time::Instant::now();
+    while d
+        .ledger
+        .state_counts()
+        .unwrap()
+        .get("done")
+        .copied()
+        .unwrap_or(0)
+        < JOBS
+    {
+        assert!(start.elapsed() < Duration::from_secs(120), "backlog stuck");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        sched.peak.load(Ordering::SeqCst),
+        1,
+        "resumed jobs ran beyond the capacity of 1"
+    );
+    assert_eq!(d.drain_secs(), Some(0.0));
+    d.shutdown(Duration::from_secs(5)).await;
+}
+
+/// A proof needs its GPU back: running batch work is stopped and requeued, not only new work
+/// refused; it finishes once the GPU is free again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proof_takes_its_gpu_back_from_running_batch_work() {
+    use comine::daemon::admission::Shed;
+    use comine::ledger::{JobState, NewJob};
+    let root = tempfile::tempdir().unwrap();
+    // A long segment, so the job is still transcoding when the shed arrives.
+    let long = common::generate(
+        "long-720p.ts",
+        &common::pattern(1280, 720, "30"),
+        8.0,
+        false,
+        &["-c:v", "libx264", "-preset", "ultrafast", "-g", "30"],
+    );
+    let seg = std::fs::read(long).unwrap();
+    let data = root.path().join("data");
+    let sched = Arc::new(GreedyScheduler::new(2));
+    let d = Daemon::open(
+        fast_config(),
+        data.clone(),
+        Arc::new(EmbeddedStore::open(&data, None).unwrap()),
+        sched.clone(),
+        "t".repeat(32),
+    )
+    .unwrap();
+    d.resume().await.unwrap();
+    d.spawn_dispatcher();
+    let slot = d.queue_slots.clone().try_acquire_owned().unwrap();
+    let new = NewJob {
+        class: JobClass::Batch,
+        manifest_id: Some("batch".into()),
+        seq: Some(1),
+        profiles: vec!["P720p30fps16x9".into(), "P360p30fps16x9".into()],
+        duration_ms: 8000,
+        segment_bytes: seg.len() as u64,
+    };
+    let comine::daemon::Accepted::New(job) = d
+        .accept(new, seg.into(), slot, std::time::Instant::now())
+        .await
+        .unwrap()
+    else {
+        panic!("a new job")
+    };
+    let start = std::time::Instant::now();
+    while d.running_jobs() == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "job never started"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The proof starts on GPU 0 and wants everything back.
+    sched.shed.send_replace(vec![Shed {
+        device: 0,
+        pixels_per_sec: 1.0,
+    }]);
+    while d.metrics.jobs_preempted.get() == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "running batch work was not shed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let rec = d.ledger.get(&job.job_id).unwrap().unwrap();
+    assert!(!rec.state.is_final(), "preempted, not failed: {rec:?}");
+    // The proof ends: the job runs again and finishes, counted once.
+    sched.shed.send_replace(Vec::new());
+    let done = d.wait_final(&job.job_id).await.unwrap().unwrap();
+    assert_eq!(done.state, JobState::Done, "{done:?}");
+    assert!(done.attempts >= 2, "{done:?}");
+    assert_eq!(d.ledger.state_counts().unwrap().get("done"), Some(&1));
+    d.shutdown(Duration::from_secs(5)).await;
+}

@@ -180,6 +180,26 @@ async fn run_attaches_stores_renditions_and_accounts_every_segment_once() {
     assert_eq!(st["pixels_today"]["encoded_pixels"], posted_pixels);
     assert_eq!(st["jobs"]["failed"], 1);
 
+    // /metrics tells the same story: the link is up with 2 sessions offered, 4 segments ok
+    // and 1 failed.
+    let metrics = d.get("/metrics").await.text().await.unwrap();
+    let orch_label = format!("{{orch=\"{}\"}}", orch.addr());
+    for want in [
+        format!("comine_livepeer_link_up{orch_label} 1"),
+        format!("comine_livepeer_capacity_sessions{orch_label} 2"),
+        "comine_livepeer_segments_total{result=\"ok\"} 4".to_string(),
+    ] {
+        assert!(metrics.contains(&want), "no `{want}` in:\n{metrics}");
+    }
+    assert!(
+        metrics.lines().any(
+            |l| l.starts_with("comine_livepeer_segments_total{result=\"")
+                && !l.contains("\"ok\"")
+                && l.ends_with(" 1")
+        ),
+        "the failed segment is not counted:\n{metrics}"
+    );
+
     // SIGTERM: the client unregisters, the daemon exits cleanly.
     assert!(d.terminate(), "daemon did not stop cleanly");
     let start = Instant::now();
@@ -219,6 +239,67 @@ async fn capacity_auto_registers_with_the_schedulers_session_count() {
         Some(granted)
     );
     assert!(d.terminate());
+}
+
+/// Below `[store] min_free_bytes` a Livepeer segment is refused before it is transcoded: the
+/// orchestrator gets an error part naming the floor (so it hands the segment elsewhere),
+/// nothing is accounted and nothing reaches the store. A floor above any disk's free space
+/// stands in for a full one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn below_min_free_bytes_segments_are_refused_and_nothing_is_stored() {
+    let root = tempfile::tempdir().unwrap();
+    let orch = TestOrchestrator::start(TestOrchestratorConfig::default())
+        .await
+        .unwrap();
+    let config = common::write_config(
+        root.path(),
+        "[store]\nmin_free_bytes = 9223372036854775807\n",
+    );
+    let mut d = common::Daemon::start_with(
+        root.path(),
+        &config,
+        &[
+            "--orch-addr",
+            &orch.addr(),
+            "--orch-secret",
+            orch.secret(),
+            "--capacity",
+            "1",
+        ],
+    );
+    orch.wait_for_transcoders(1, WAIT).await.unwrap();
+    let mut job = SegmentJob::new("sess-full", 0, common::lp_segment(), ladder());
+    job.duration_ms = 1000;
+    match orch.transcode(job).await {
+        TaskOutcome::TranscodeError(reason) => assert!(
+            reason.contains("min_free_bytes") && reason.contains("bytes are free"),
+            "{reason}"
+        ),
+        TaskOutcome::Done { parts, .. } => panic!(
+            "a segment below the free-space floor must be refused, but {} renditions came back",
+            parts.len()
+        ),
+        other => panic!("a segment below the free-space floor must be refused, got {other:?}"),
+    }
+    let st = wait_status(&d, "the refusal recorded", |s| {
+        s["livepeer"]["segments"]["failed"] == 1
+    })
+    .await;
+    assert_eq!(st["livepeer"]["segments"]["transcoded"], 0);
+    assert_eq!(st["pixels_today"]["encoded_pixels"], 0);
+    assert!(d.terminate(), "daemon did not stop cleanly");
+    let (ok, pins, err) = common::comine(
+        &[
+            "store",
+            "pins",
+            "--json",
+            "--data-dir",
+            d.data.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(ok, "{err}");
+    assert_eq!(pins.trim(), "[]", "nothing was stored");
 }
 
 #[test]

@@ -37,10 +37,19 @@ async fn kills_and_resubmissions_never_lose_or_double_count_and_healthz_keeps_an
     assert_eq!(out.kills, 6);
     assert!(out.acked > 10, "load reached the daemon: {out:?}");
     assert!(out.resubmissions > 0, "resubmissions were exercised");
-    assert_eq!(out.jobs_done, out.acked, "every acknowledged key is one done job");
+    assert_eq!(
+        out.jobs_done, out.acked,
+        "every acknowledged key is one done job"
+    );
     assert!(out.encoded_pixels > 0);
     let h = &out.health;
     assert!(h.samples > 20, "the watcher ran: {h:?}");
-    assert_eq!(h.over_1s, 0, "/healthz answered within 1 s every time: {h:?}");
-    assert!(h.ok * 10 >= h.samples * 9, "/healthz was healthy almost always: {h:?}");
+    assert_eq!(
+        h.over_1s, 0,
+        "/healthz answered within 1 s every time: {h:?}"
+    );
+    assert!(
+        h.ok * 10 >= h.samples * 9,
+        "/healthz was healthy almost always: {h:?}"
+    );
 }

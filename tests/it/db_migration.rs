@@ -13,7 +13,10 @@ use std::path::{Path, PathBuf};
 use comine::ledger::{Admitted, Counters, JobClass, JobRecord, JobState, Ledger, NewJob, Price};
 use comine::store::Store;
 
-const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/sled-data-dir.tar.xz");
+const FIXTURE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/sled-data-dir.tar.xz"
+);
 
 fn price() -> Price {
     Price {
@@ -55,20 +58,53 @@ fn read_sled(data: &Path) -> Sled {
     let l = sled::open(data.join("ledger")).unwrap();
     let tree = |n: &str| l.open_tree(n).unwrap();
     let text = |v: &[u8]| String::from_utf8(v.to_vec()).unwrap();
-    let jobs = tree("jobs").iter().map(|kv| kv.unwrap()).map(|(k, v)| (text(&k), json(&v))).collect();
-    let idem = tree("idem").iter().map(|kv| kv.unwrap()).map(|(k, v)| (k.to_vec(), text(&v))).collect();
-    let days = tree("pixels_day").iter().map(|kv| kv.unwrap()).map(|(k, v)| (text(&k), json(&v))).collect();
-    let sources = tree("pixels_source").iter().map(|kv| kv.unwrap()).map(|(k, v)| (text(&k), json(&v))).collect();
+    let jobs = tree("jobs")
+        .iter()
+        .map(|kv| kv.unwrap())
+        .map(|(k, v)| (text(&k), json(&v)))
+        .collect();
+    let idem = tree("idem")
+        .iter()
+        .map(|kv| kv.unwrap())
+        .map(|(k, v)| (k.to_vec(), text(&v)))
+        .collect();
+    let days = tree("pixels_day")
+        .iter()
+        .map(|kv| kv.unwrap())
+        .map(|(k, v)| (text(&k), json(&v)))
+        .collect();
+    let sources = tree("pixels_source")
+        .iter()
+        .map(|kv| kv.unwrap())
+        .map(|(k, v)| (text(&k), json(&v)))
+        .collect();
     let (renditions, done) = (tree("renditions").len(), tree("done").len());
     drop(l);
     let s = sled::open(data.join("store").join("db")).unwrap();
-    let blocks = s.open_tree("blocks").unwrap().iter().map(|kv| kv.unwrap()).map(|(k, v)| (k.to_vec(), v.to_vec())).collect();
+    let blocks = s
+        .open_tree("blocks")
+        .unwrap()
+        .iter()
+        .map(|kv| kv.unwrap())
+        .map(|(k, v)| (k.to_vec(), v.to_vec()))
+        .collect();
     let (pins, queue, batches) = (
         s.open_tree("pins").unwrap().len(),
         s.open_tree("push_queue").unwrap().len(),
         s.open_tree("batches").unwrap().len(),
     );
-    Sled { jobs, idem, renditions, days, sources, done, blocks, pins, queue, batches }
+    Sled {
+        jobs,
+        idem,
+        renditions,
+        days,
+        sources,
+        done,
+        blocks,
+        pins,
+        queue,
+        batches,
+    }
 }
 
 fn check_ledger(l: &Ledger, old: &Sled) {
@@ -91,7 +127,11 @@ fn check_ledger(l: &Ledger, old: &Sled) {
             class: JobClass::Batch,
             manifest_id: Some(String::from_utf8(parts[0].to_vec()).unwrap()),
             seq: std::str::from_utf8(parts[1]).unwrap().parse().ok(),
-            profiles: std::str::from_utf8(parts[2]).unwrap().split(',').map(str::to_string).collect(),
+            profiles: std::str::from_utf8(parts[2])
+                .unwrap()
+                .split(',')
+                .map(str::to_string)
+                .collect(),
             duration_ms: 1000,
             segment_bytes: 1,
         };
@@ -107,8 +147,18 @@ fn a_sled_data_directory_migrates_completely_once() {
     let root = tempfile::tempdir().unwrap();
     let data = unpack(root.path());
     let old = read_sled(&data);
-    assert_eq!(old.jobs.len(), 17, "the fixture is the one the script describes");
-    assert!(old.jobs.values().filter(|j| j.state == JobState::Queued).count() >= 6);
+    assert_eq!(
+        old.jobs.len(),
+        17,
+        "the fixture is the one the script describes"
+    );
+    assert!(
+        old.jobs
+            .values()
+            .filter(|j| j.state == JobState::Queued)
+            .count()
+            >= 6
+    );
 
     {
         let l = Ledger::open(&data.join("ledger"), 1 << 20, price()).unwrap();
@@ -129,9 +179,15 @@ fn a_sled_data_directory_migrates_completely_once() {
         let expected: Vec<u8> = (0..26000)
             .flat_map(|i| format!("comine sled fixture line {i:08}\n").into_bytes())
             .collect();
-        for cid in ["QmaTTungJd7KQAeDP4borKodjZZevEDFpu88cgvCa8ERpQ", "bafybeiflyqcsq3ibdbbznypxj7hhe2s5ldkphdqb7vjtddwxs3gjr63t7m"] {
+        for cid in [
+            "QmaTTungJd7KQAeDP4borKodjZZevEDFpu88cgvCa8ERpQ",
+            "bafybeiflyqcsq3ibdbbznypxj7hhe2s5ldkphdqb7vjtddwxs3gjr63t7m",
+        ] {
             let mut back = Vec::new();
-            s.cat(&comine::store::parse_cid(cid).unwrap()).unwrap().read_to_end(&mut back).unwrap();
+            s.cat(&comine::store::parse_cid(cid).unwrap())
+                .unwrap()
+                .read_to_end(&mut back)
+                .unwrap();
             assert!(back == expected, "{cid} differs after migration");
         }
         // New jobs continue after the old ids.
@@ -158,7 +214,11 @@ fn a_sled_data_directory_migrates_completely_once() {
     assert_eq!(n as usize, old.renditions, "every rendition record");
     // The sled copies are kept aside, and opening again imports nothing twice.
     assert!(data.join("ledger.sled-migrated").join("db").is_file());
-    assert!(data.join("store").join("db.sled-migrated").join("db").is_file());
+    assert!(data
+        .join("store")
+        .join("db.sled-migrated")
+        .join("db")
+        .is_file());
     assert!(!data.join("ledger").exists() && !data.join("store").join("db").exists());
     let l = Ledger::open(&data.join("ledger"), 1 << 20, price()).unwrap();
     let sources: BTreeMap<_, _> = l.sources().unwrap().into_iter().collect();
@@ -172,20 +232,31 @@ fn a_failed_import_leaves_nothing_and_the_next_start_completes_it() {
     let old = read_sled(&data);
     {
         let l = sled::open(data.join("ledger")).unwrap();
-        l.open_tree("jobs").unwrap().insert("5a170000000000ff", &b"{not json"[..]).unwrap();
+        l.open_tree("jobs")
+            .unwrap()
+            .insert("5a170000000000ff", &b"{not json"[..])
+            .unwrap();
         l.flush().unwrap();
     }
-    let err = Ledger::open(&data.join("ledger"), 1 << 20, price()).err().expect("a damaged record stops the import");
+    let err = Ledger::open(&data.join("ledger"), 1 << 20, price())
+        .err()
+        .expect("a damaged record stops the import");
     assert!(err.to_string().contains("5a170000000000ff"), "{err}");
     let n: i64 = rusqlite::Connection::open(data.join("comine.db"))
         .unwrap()
         .query_row("SELECT count(*) FROM ledger_jobs", [], |r| r.get(0))
         .unwrap();
     assert_eq!(n, 0, "the import's transaction was rolled back whole");
-    assert!(data.join("ledger").join("db").is_file(), "the sled copy is untouched");
+    assert!(
+        data.join("ledger").join("db").is_file(),
+        "the sled copy is untouched"
+    );
     {
         let l = sled::open(data.join("ledger")).unwrap();
-        l.open_tree("jobs").unwrap().remove("5a170000000000ff").unwrap();
+        l.open_tree("jobs")
+            .unwrap()
+            .remove("5a170000000000ff")
+            .unwrap();
         l.flush().unwrap();
     }
     let l = Ledger::open(&data.join("ledger"), 1 << 20, price()).unwrap();
@@ -207,7 +278,10 @@ fn a_crash_between_import_and_retirement_counts_nothing_twice() {
     let s = Store::open(&data).unwrap();
     assert_eq!(s.pins().unwrap().len(), old.pins);
     assert_eq!(s.queued().unwrap().len(), old.queue);
-    assert!(!data.join("ledger").exists(), "retired again after re-verifying");
+    assert!(
+        !data.join("ledger").exists(),
+        "retired again after re-verifying"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -226,18 +300,37 @@ async fn the_daemon_finishes_what_the_sled_release_acknowledged() {
         assert_eq!(j["state"], "done", "{j}");
         total_pixels += j["encoded_pixels"].as_u64().unwrap();
     }
-    let st: serde_json::Value =
-        serde_json::from_str(&d.get("/v1/ledger/export?format=json").await.text().await.unwrap()).unwrap();
+    let st: serde_json::Value = serde_json::from_str(
+        &d.get("/v1/ledger/export?format=json")
+            .await
+            .text()
+            .await
+            .unwrap(),
+    )
+    .unwrap();
     let jobs = st["jobs"].as_array().unwrap();
     let mut ids: Vec<&str> = jobs.iter().map(|j| j["job_id"].as_str().unwrap()).collect();
     ids.sort();
     let before = ids.len();
     ids.dedup();
     assert_eq!(before, ids.len(), "a job appears once in the statement");
-    assert_eq!(ids.len(), old.done + old.jobs.values().filter(|j| !j.state.is_final()).count());
+    assert_eq!(
+        ids.len(),
+        old.done + old.jobs.values().filter(|j| !j.state.is_final()).count()
+    );
     let old_pixels: u64 = old.sources.values().map(|c| c.encoded_pixels).sum();
-    assert_eq!(st["totals"]["encoded_pixels"].as_u64().unwrap(), old_pixels + total_pixels);
-    let sum: u64 = jobs.iter().map(|j| j["encoded_pixels"].as_u64().unwrap()).sum();
-    assert_eq!(sum, old_pixels + total_pixels, "counters equal the sum over jobs");
+    assert_eq!(
+        st["totals"]["encoded_pixels"].as_u64().unwrap(),
+        old_pixels + total_pixels
+    );
+    let sum: u64 = jobs
+        .iter()
+        .map(|j| j["encoded_pixels"].as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        sum,
+        old_pixels + total_pixels,
+        "counters equal the sum over jobs"
+    );
     assert!(d.log().contains("migrated the sled ledger"), "{}", d.log());
 }

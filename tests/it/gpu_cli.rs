@@ -79,7 +79,11 @@ fn auto_without_a_driver_says_so_and_uses_the_host() {
     assert!(v["devices"][0]["memory_total_bytes"].as_u64().unwrap() > 0);
     // Text mode names the source on its first line.
     let out = comine(&["gpu", "status", "--backend", "host", "--interval-ms", "50"]);
-    assert!(String::from_utf8_lossy(&out.stdout).starts_with("source: host"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("source: host"), "{text}");
+    // A CPU is shown as a CPU: no encoder utilisation or NVENC sessions for it.
+    assert!(text.contains("    cpu "), "{text}");
+    assert!(!text.contains(" enc ") && !text.contains("nvenc"), "{text}");
 }
 
 #[test]
@@ -93,6 +97,11 @@ fn bad_backend_is_a_clear_error() {
     let out = comine(&["gpu", "status", "--backend", "nvml"]);
     if !std::path::Path::new("/proc/driver/nvidia/version").exists() {
         assert!(!out.status.success());
-        assert!(String::from_utf8_lossy(&out.stderr).contains("NVML unavailable"));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("NVML unavailable"), "{stderr}");
+        // One clear error, not a warning followed by a failure.
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        assert!(!stderr.contains("WARN"), "{stderr}");
+        assert!(stderr.contains("--backend host"), "{stderr}");
     }
 }

@@ -675,3 +675,38 @@ async fn ca_file_verifies_the_orchestrator_certificate() {
     );
     wrong.stop().await.unwrap();
 }
+
+/// `--orch-addr a,b`: when the first orchestrator refuses the connection, the client moves
+/// to the next at once (no backoff while addresses remain), and says which one it uses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fails_over_to_the_next_orchestrator_in_the_list() {
+    let o = orchestrator().await;
+    // A port nothing listens on: bound, then released.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let started = std::time::Instant::now();
+    let mut link = None;
+    let client = Client::start(&o, 2, |cfg| {
+        cfg.fallback_addrs = vec![cfg.orch_addr.clone()];
+        cfg.orch_addr = dead.clone();
+        // A long backoff: failing over must not wait for it.
+        cfg.backoff_initial = Duration::from_secs(30);
+        link = Some(cfg.link.clone());
+    });
+    o.wait_for_transcoders(1, WAIT).await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "failover waited for the backoff"
+    );
+    let snap = link.unwrap().get();
+    assert_eq!(snap.orch_addr, o.addr(), "{snap:?}");
+    assert!(snap.registrations >= 2, "{snap:?}");
+    assert!(
+        snap.last_fault.as_deref().unwrap_or("").contains(&dead),
+        "{snap:?}"
+    );
+    assert_eq!(o.registrations()[0].capacity, 2);
+    client.stop().await.unwrap();
+}

@@ -16,6 +16,9 @@ fn cfg() -> Config {
         tick_interval_ms: 20,
         seal_sustain_ms: 0,
         min_dwell_ms: 0,
+        // 20 ms ticks fill the default 512-decision ring in 10 s; on a loaded machine the
+        // decision that explains a pause must still be there when the test looks.
+        decision_history: 100_000,
         ..Config::default()
     }
 }

@@ -42,6 +42,7 @@ impl Rig {
             load: self.admitter.loads(),
             proof: self.proof.clone(),
             controller: self.status,
+            safe_profile: None,
         };
         let d = self.sched.tick(&input);
         self.admitter.update(&d.devices);
@@ -58,6 +59,9 @@ fn fast_config() -> Config {
     Config {
         seal_sustain_ms: 2_000,
         min_dwell_ms: 10_000,
+        // These rigs seal 8 GiB on 16 GiB cards to test other rules; the proof VRAM reserve
+        // (which would hold such a card) has its own tests in `sched_proofs`.
+        proof_vram_reserve_bytes: 0,
         ..Config::default()
     }
 }

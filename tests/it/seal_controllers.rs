@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use comine::seal::testserver::TestServer;
 use comine::seal::{
-    Controller, Curio, DisableSet, LotusWorker, SealError, GPU_SEALING_TASKS, TT_C2, TT_PC2,
-    TT_WINDOW_POST, TT_WINNING_POST,
+    Controller, ControllerKind, Curio, DisableSet, LotusWorker, LotusWorkers, SealError,
+    GPU_SEALING_TASKS, TT_C2, TT_PC2, TT_WINDOW_POST, TT_WINNING_POST,
 };
 
 const TOKEN: &str = "eyJhbGciOiJIUzI1NiJ9.admin.sig";
@@ -120,7 +120,11 @@ async fn curio_cordons_and_uncordons() {
     assert!(srv.state().cordoned);
     c.enable(&marks).await.unwrap();
     assert!(!srv.state().cordoned);
-    assert_eq!(srv.methods(), vec!["Filecoin.Cordon", "Filecoin.Uncordon"]);
+    assert_eq!(
+        srv.methods(),
+        vec!["Filecoin.Info", "Filecoin.Cordon", "Filecoin.Uncordon"],
+        "every cordon first checks that the node does not prove"
+    );
     // Nothing to disable (only proofs asked for) means no cordon at all.
     assert!(c
         .disable(&DisableSet::new([TT_WINDOW_POST]))
@@ -129,4 +133,82 @@ async fn curio_cordons_and_uncordons() {
         .is_empty());
     assert!(!srv.state().cordoned);
     assert!(c.state().await.unwrap().reachable);
+}
+
+#[tokio::test]
+async fn curio_that_runs_window_post_is_never_cordoned() {
+    let srv = TestServer::start(TOKEN).await.unwrap();
+    srv.state().curio_tasks = "SDR,TreeRC,WdPost,WdPostSubmit,WinPost".into();
+    let c = Curio::from_api_info(&srv.api_info(TOKEN), T).unwrap();
+    // Refused at start, as a configuration error that says what to do.
+    let err = c.preflight().await.unwrap_err();
+    assert!(matches!(err, SealError::Config(_)), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("WdPost") && msg.contains("controller = \"none\""),
+        "{msg}"
+    );
+    // And should the node gain the post layer after start, the cordon itself is refused.
+    srv.state().curio_tasks = "SDR".into();
+    c.preflight().await.unwrap();
+    srv.state().curio_layers = "base,post".into();
+    let err = c.disable(&DisableSet::new([TT_C2])).await.unwrap_err();
+    assert!(err.to_string().contains("post layer"), "{err}");
+    assert!(!srv.state().cordoned, "a proving node was cordoned");
+    assert!(!srv.methods().contains(&"Filecoin.Cordon".to_string()));
+}
+
+#[tokio::test]
+async fn curio_down_at_start_is_checked_again_before_a_cordon() {
+    let mut srv = TestServer::start(TOKEN).await.unwrap();
+    let c = Curio::from_api_info(&srv.api_info(TOKEN), T).unwrap();
+    srv.down();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    c.preflight()
+        .await
+        .expect("unreachable at start is not fatal");
+    srv.up().await.unwrap();
+    srv.state().curio_tasks = "WdPost".into();
+    assert!(c.disable(&DisableSet::new([TT_C2])).await.is_err());
+    assert!(!srv.state().cordoned);
+}
+
+#[tokio::test]
+async fn one_controller_steers_several_lotus_workers() {
+    let a = TestServer::start(TOKEN).await.unwrap();
+    let b = TestServer::start(TOKEN).await.unwrap();
+    // Worker b's operator already disabled C2 there: comine must leave it disabled.
+    LotusWorker::from_api_info(&b.api_info(TOKEN), T)
+        .unwrap()
+        .task_disable(TT_C2)
+        .await
+        .unwrap();
+    // As an operator writes it, with lotus's short task names.
+    let config: comine::seal::Config = toml::from_str(&format!(
+        "controller = \"lotus-worker\"\nworkers = [\"{}\", \"{}\"]\ntask_types = [\"PC2\", \"C2\"]\n",
+        a.api_info(TOKEN),
+        b.api_info(TOKEN)
+    ))
+    .unwrap();
+    assert_eq!(config.controller, ControllerKind::LotusWorker);
+    let ctl = comine::seal::build(&config).unwrap();
+    let changed = ctl
+        .disable(&DisableSet::new(&config.task_types))
+        .await
+        .unwrap();
+    assert_eq!(changed.len(), 3, "{changed:?}");
+    assert!(a.state().disabled.contains(TT_PC2) && a.state().disabled.contains(TT_C2));
+    assert!(b.state().disabled.contains(TT_PC2));
+    ctl.enable(&changed).await.unwrap();
+    assert!(a.state().disabled.is_empty());
+    assert_eq!(b.state().disabled.iter().collect::<Vec<_>>(), vec![TT_C2]);
+    // A worker that is down makes the whole disable fail and nothing stays half-disabled.
+    let mut b = b;
+    b.down();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(ctl.disable(&DisableSet::new([TT_PC2])).await.is_err());
+    assert!(a.state().disabled.is_empty(), "worker a left disabled");
+    // Duplicate workers are refused.
+    let dup = LotusWorkers::from_api_infos(&[a.api_info(TOKEN), a.api_info(TOKEN)], T);
+    assert!(dup.err().unwrap().to_string().contains("twice"));
 }

@@ -53,20 +53,34 @@ fn retention_keep_pins_and_shared_blocks() {
 
     // Inside the window nothing goes.
     let r = store.gc(later(10, false)).unwrap();
-    assert_eq!((r.unpinned, r.blocks_freed, r.bytes_freed), (0, 0, 0), "{r:?}");
+    assert_eq!(
+        (r.unpinned, r.blocks_freed, r.bytes_freed),
+        (0, 0, 0),
+        "{r:?}"
+    );
 
     // b is unpinned by hand; a stays retained: the shared chunk must stay for a.
     assert!(store.unpin(&b.cid).unwrap());
     let r = store.gc(later(10, false)).unwrap();
     assert_eq!(r.roots_dropped, 1, "{r:?}");
-    assert_eq!(r.blocks_freed, 2, "b's own leaf and root go, the shared leaf stays: {r:?}");
+    assert_eq!(
+        r.blocks_freed, 2,
+        "b's own leaf and root go, the shared leaf stays: {r:?}"
+    );
     assert_eq!(readable(&store, &a.cid).unwrap(), a_data);
     assert!(readable(&store, &b.cid).is_err());
 
     // Past the window, a goes too; the keep pin never does.
     let dry = store.gc(later(31, true)).unwrap();
-    assert!(dry.dry_run && dry.unpinned == 1 && dry.blocks_freed == 3, "{dry:?}");
-    assert_eq!(readable(&store, &a.cid).unwrap(), a_data, "a dry run deletes nothing");
+    assert!(
+        dry.dry_run && dry.unpinned == 1 && dry.blocks_freed == 3,
+        "{dry:?}"
+    );
+    assert_eq!(
+        readable(&store, &a.cid).unwrap(),
+        a_data,
+        "a dry run deletes nothing"
+    );
     let r = store.gc(later(31, false)).unwrap();
     assert_eq!(
         (r.unpinned, r.blocks_freed, r.bytes_freed),
@@ -104,7 +118,12 @@ fn push_queue_and_pending_deals_protect_renditions() {
         .unwrap();
     store.enqueue_push(&queued.cid, &opts()).unwrap();
     let in_deal = store
-        .add_reader_with(&common::data(6000, 11)[..], &opts(), Some("r.ts".into()), PinKind::Retain)
+        .add_reader_with(
+            &common::data(6000, 11)[..],
+            &opts(),
+            Some("r.ts".into()),
+            PinKind::Retain,
+        )
         .unwrap();
     // Pack only the deal rendition: take the queued one out of the candidates first.
     store.dequeue_push(&queued.cid).unwrap();
@@ -117,17 +136,33 @@ fn push_queue_and_pending_deals_protect_renditions() {
     assert!(batch.car_path.exists());
 
     let r = store.gc(later(400, false)).unwrap();
-    assert_eq!(r.blocks_freed, 0, "queued and in-deal renditions stay: {r:?}");
-    assert_eq!(readable(&store, &queued.cid).unwrap(), common::data(5000, 10));
-    assert_eq!(readable(&store, &in_deal.cid).unwrap(), common::data(6000, 11));
+    assert_eq!(
+        r.blocks_freed, 0,
+        "queued and in-deal renditions stay: {r:?}"
+    );
+    assert_eq!(
+        readable(&store, &queued.cid).unwrap(),
+        common::data(5000, 10)
+    );
+    assert_eq!(
+        readable(&store, &in_deal.cid).unwrap(),
+        common::data(6000, 11)
+    );
 
     // Delivered to the node, and the deal went active: both may go, and the CAR with them.
     store.dequeue_push(&queued.cid).unwrap();
-    for s in [BatchState::Proposed, BatchState::Imported, BatchState::Active] {
+    for s in [
+        BatchState::Proposed,
+        BatchState::Imported,
+        BatchState::Active,
+    ] {
         deals::set_state(&store, &batch.id, s, None, None).unwrap();
     }
     let r = store.gc(later(400, false)).unwrap();
-    assert!(r.blocks_freed >= 3, "both renditions and the batch directory go: {r:?}");
+    assert!(
+        r.blocks_freed >= 3,
+        "both renditions and the batch directory go: {r:?}"
+    );
     assert_eq!(r.car_files, 1, "{r:?}");
     assert!(!batch.car_path.exists());
     assert!(readable(&store, &queued.cid).is_err());
@@ -162,7 +197,9 @@ fn gc_racing_adds_never_deletes_a_block_an_add_needs() {
     let store = Store::open(dir.path()).unwrap();
     // Garbage that shares every block with what the adders write: the old DAG is unpinned,
     // so each collection wants those blocks gone while the adds re-reference them.
-    let contents: Vec<Vec<u8>> = (0..4).map(|i| common::data(CHUNK_SIZE * 2 + 17, 100 + i)).collect();
+    let contents: Vec<Vec<u8>> = (0..4)
+        .map(|i| common::data(CHUNK_SIZE * 2 + 17, 100 + i))
+        .collect();
     for c in &contents {
         let old = store.add_bytes(c, &opts()).unwrap();
         store.unpin(&old.cid).unwrap();
@@ -205,7 +242,10 @@ fn gc_racing_adds_never_deletes_a_block_an_add_needs() {
     }
     stop.store(true, Ordering::Relaxed);
     let (runs, freed) = collector.join().unwrap();
-    assert!(runs > 1 && freed > 0, "the collector ran ({runs}) and freed blocks ({freed})");
+    assert!(
+        runs > 1 && freed > 0,
+        "the collector ran ({runs}) and freed blocks ({freed})"
+    );
     // One more collection after everything settled; every pinned add must still read back.
     store.gc(later(0, false)).unwrap();
     for (cid, data) in pinned {
@@ -228,7 +268,11 @@ fn cli_gc_and_only_hash() {
             .arg(&data)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_default()
     };
     let f = file.to_str().unwrap();
@@ -240,7 +284,10 @@ fn cli_gc_and_only_hash() {
     assert_eq!(hashed["dag_size"], added["dag_size"]);
     let cid = added["cid"].as_str().unwrap();
     let dry = run(&["store", "gc", "--dry-run", "--json"]);
-    assert_eq!(dry["blocks_freed"], 0, "a keep pin is never collected: {dry}");
+    assert_eq!(
+        dry["blocks_freed"], 0,
+        "a keep pin is never collected: {dry}"
+    );
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_comine"))
         .args(["store", "unpin", cid, "--data-dir"])
         .arg(&data)

@@ -134,6 +134,32 @@ fn node_down_is_unreachable_and_add_still_stores_locally() {
     assert_eq!(v["queued"], true);
     assert_eq!(v["pushed"], false);
     let cid = parse_cid(v["cid"].as_str().unwrap()).unwrap();
+
+    // `store status` with the node still down: pinned locally, queued, the peer's state an
+    // error naming the node, and exit 1 (not replicated).
+    let out = std::process::Command::new(bin)
+        .args(["store", "status", v["cid"].as_str().unwrap(), "--json"])
+        .args(["--timeout", "2", "--api", &dead, "--data-dir"])
+        .arg(&data_dir)
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "a peer that cannot answer is not pinned"
+    );
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(st["local"]["size"], 5000, "{st}");
+    assert!(st["queued"].is_object(), "{st}");
+    assert_eq!(st["peers"][0]["status"], "error", "{st}");
+    assert!(
+        st["peers"][0]["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("unreachable"),
+        "{st}"
+    );
+
     let store = Store::open(&data_dir).unwrap();
     assert_eq!(store.queued().unwrap()[0].0, cid);
     assert!(store.pin_info(&cid).unwrap().is_some());

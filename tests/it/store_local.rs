@@ -211,7 +211,11 @@ fn a_second_process_shares_the_store_while_it_is_open() {
         .arg(&file)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let theirs = parse_cid(v["cid"].as_str().unwrap()).unwrap();
     let pins: Vec<_> = store.pins().unwrap().into_iter().map(|(c, _)| c).collect();

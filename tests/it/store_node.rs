@@ -1,22 +1,30 @@
-//! Against a real IPFS node (js-ipfs 0.66.1 via scripts/ipfs-test-node.sh): CIDs identical to
-//! the node's for every size class, the RPC endpoints, the push queue across restarts, and bad
-//! answers. Skips loudly without a node locally; fails in CI (env `CI`).
+//! Against real Kubo (v0.43.1, started by scripts/kubo-test-node.sh): CIDs identical to the
+//! node's for every size class and option set, the RPC endpoints, a missing block within the
+//! timeout, the push queue across a comine restart and across a Kubo crash. Skips loudly without
+//! Kubo locally; fails in CI (env `CI`).
 
 use crate::common;
 
 use std::io::Read;
 use std::time::{Duration, Instant};
 
+use crate::common::kubo::KuboNode;
 use comine::store::kubo::KuboError;
 use comine::store::queue::push_pending;
 use comine::store::{compute_cid, AddOptions, KuboClient, Store, CHUNK_SIZE, MAX_LINKS};
 
-fn opts_all() -> [AddOptions; 3] {
+/// Every option set `comine store add` takes: v0, v1 (raw leaves), v1 with dag-pb leaves, v0
+/// with raw leaves.
+fn opts_all() -> [AddOptions; 4] {
     [
         AddOptions::default(),
         AddOptions {
             cid_version: 1,
             raw_leaves: None,
+        },
+        AddOptions {
+            cid_version: 1,
+            raw_leaves: Some(false),
         },
         AddOptions {
             cid_version: 0,
@@ -43,10 +51,6 @@ fn cids_match_the_node_for_every_size() {
     for (i, &len) in sizes.iter().enumerate() {
         let data = common::data(len, 100 + i as u64);
         for opts in opts_all() {
-            // The big sizes once per CID flavour is enough: skip raw-leaves v0 for them.
-            if len > 8 * CHUNK_SIZE && opts.cid_version == 0 && opts.raw_leaves == Some(true) {
-                continue;
-            }
             let local = compute_cid(&mut &data[..], &opts).unwrap();
             let remote = rt
                 .block_on(node.add(Box::new(std::io::Cursor::new(data.clone())), "f", &opts))
@@ -229,5 +233,121 @@ fn cli_add_kubo_backend_pushes_and_verifies() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["pushed"], true);
     assert_eq!(v["queued"], false);
-    assert!(v["cid"].as_str().unwrap().starts_with("bafybei"));
+    let cid = v["cid"].as_str().unwrap().to_string();
+    assert!(cid.starts_with("bafybei"));
+
+    // `store status`: pinned locally and on the node (exit 0) ...
+    let status = |cid: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_comine"))
+            .args([
+                "store",
+                "status",
+                cid,
+                "--json",
+                "--api",
+                &api,
+                "--data-dir",
+            ])
+            .arg(dir.path().join("data"))
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+        (out.status.success(), v)
+    };
+    let (ok, v) = status(&cid);
+    assert!(ok, "{v}");
+    assert_eq!(v["peers"][0]["status"], "pinned", "{v}");
+    assert!(v["peers"][0]["peer"]
+        .as_str()
+        .unwrap()
+        .starts_with("12D3Koo"));
+    assert!(v["local"]["size"].as_u64().unwrap() > 0);
+    assert!(v["queued"].is_null());
+    // ... and a rendition only stored locally is reported unpinned on the node (exit 1).
+    let local_only = std::process::Command::new(env!("CARGO_BIN_EXE_comine"))
+        .args(["store", "add", "--json", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .arg(dir.path().join("rendition.ts"))
+        .args(["--cid-version", "0"])
+        .output()
+        .unwrap();
+    assert!(local_only.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&local_only.stdout).unwrap();
+    let (ok, v) = status(v["cid"].as_str().unwrap());
+    assert!(!ok);
+    assert_eq!(v["peers"][0]["status"], "unpinned", "{v}");
+}
+
+/// A Kubo node that is SIGKILLed (before and during pushes) and comes back: the push queue
+/// delivers every rendition, each pinned under comine's CID and read back byte for byte.
+#[test]
+fn a_killed_node_comes_back_and_the_queue_delivers_everything() {
+    let Some(kubo) = KuboNode::start("crash") else {
+        return;
+    };
+    let client = kubo.client(Duration::from_secs(5));
+    let rt = common::rt();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let mut expected = Vec::new();
+    let add = |seed: u64, len: usize, opts: AddOptions, expected: &mut Vec<_>| {
+        let data = common::data(len, seed);
+        let added = store.add_bytes(&data, &opts).unwrap();
+        store.enqueue_push(&added.cid, &opts).unwrap();
+        expected.push((added.cid, data));
+    };
+    // Delivered while the node is up.
+    add(9001, CHUNK_SIZE + 7, AddOptions::default(), &mut expected);
+    let report = rt.block_on(push_pending(&store, &client, true)).unwrap();
+    assert_eq!(report.pushed.len(), 1, "{report:?}");
+
+    // Crash: everything added meanwhile stays queued, with the node's error.
+    kubo.kill();
+    for (i, opts) in opts_all().into_iter().enumerate() {
+        add(9100 + i as u64, 3 * CHUNK_SIZE + i, opts, &mut expected);
+    }
+    let report = rt.block_on(push_pending(&store, &client, true)).unwrap();
+    assert!(report.pushed.is_empty(), "{report:?}");
+    assert!(
+        report.failed[0].1.contains("unreachable"),
+        "{:?}",
+        report.failed
+    );
+    assert_eq!(store.queued().unwrap().len(), 4);
+
+    // Back on the same address; then killed again in the middle of a large upload.
+    kubo.restart();
+    add(9200, 48 << 20, AddOptions::default(), &mut expected);
+    let killer = {
+        let run = std::thread::spawn({
+            let client = client.clone();
+            let store = store.clone();
+            move || common::rt().block_on(push_pending(&store, &client, true))
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        kubo.kill();
+        run.join().unwrap().unwrap()
+    };
+    eprintln!(
+        "pass during the second crash: pushed {} failed {}",
+        killer.pushed.len(),
+        killer.failed.len()
+    );
+    kubo.restart();
+    let report = rt.block_on(push_pending(&store, &client, true)).unwrap();
+    assert!(report.failed.is_empty(), "{report:?}");
+    assert!(store.queued().unwrap().is_empty());
+    rt.block_on(async {
+        for (cid, data) in &expected {
+            assert!(
+                client.pin_ls(cid).await.unwrap(),
+                "{cid} is not pinned on the node"
+            );
+            assert!(
+                client.cat_bytes(cid).await.unwrap() == *data,
+                "{cid} differs on the node"
+            );
+        }
+    });
 }

@@ -2,8 +2,9 @@
 //! [`auth`] holds the bearer token.
 //!
 //! Order of checks on `POST /v1/transcode`, cheapest first so a refused request costs
-//! little: token (401) → profiles and headers (400) → declared size (413) → a queue slot
-//! (503 + Retry-After) → body under the limit (413) → persist (the 2xx promise) →
+//! little: token (401) → profiles and headers (400) → declared size (413) → free space
+//! (507) → a queue slot (503 + Retry-After) → body under the limit (413) → persist (the 2xx
+//! promise) →
 //! reply now (`?async=1`, 202) or when the job is final.
 
 use std::sync::Arc;
@@ -375,6 +376,7 @@ async fn transcode(
                 return Err(too_large(max));
             }
         }
+        low_space(&d)?;
         let slot = d.queue_slots.clone().try_acquire_owned().map_err(|_| {
             d.metrics.rejected.inc();
             let mut e = ApiError::new(
@@ -453,6 +455,27 @@ async fn transcode(
             e.retry_after = Some(5);
             e.job_id = Some(job.job_id);
             Err(e)
+        }
+    }
+}
+
+/// 507 when the data directory's filesystem is below `[store] min_free_bytes`: refusing
+/// up front beats a job that fails half-way through writing its renditions.
+fn low_space(d: &Daemon) -> Result<(), ApiError> {
+    match crate::store::free_space::check(&d.data_dir, d.config.store.min_free_bytes) {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(low)) => {
+            d.metrics.rejected.inc();
+            Err(ApiError::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "insufficient_storage",
+                low.to_string(),
+            ))
+        }
+        // An unreadable statvfs says nothing about space: let the job through and say so.
+        Err(e) => {
+            tracing::warn!(error = %e, dir = %d.data_dir.display(), "cannot read free space");
+            Ok(())
         }
     }
 }
@@ -601,6 +624,13 @@ async fn status(State(d): Shared) -> Result<Json<Value>, ApiError> {
             "running": d.metrics.jobs_running.get(),
             "capacity": *d.admission.capacity().borrow(),
             "retry_after_secs": d.retry_after_secs(),
+            // Everything accepted and not started (resumed jobs included; `depth` above
+            // counts the same jobs, `max` bounds only new submissions).
+            "backlog": d.queue_len(),
+            "resumed_at_start": d.resumed.load(std::sync::atomic::Ordering::Relaxed),
+            // Seconds to run the backlog at the current capacity (null until a job has
+            // finished and its run time is known).
+            "drain_secs": d.drain_secs(),
         },
         "jobs": jobs,
         "pixels_today": today,
@@ -612,11 +642,17 @@ async fn status(State(d): Shared) -> Result<Json<Value>, ApiError> {
         "devices": sched.devices,
         "decisions": sched.decisions,
         "sealing": sched.sealing,
+        // What the controller last confirmed; null with controller "none" (unknown).
+        "sealing_paused": sched.sealing_paused,
+        // Proof sources, and the PoSt-safe profile's reason when it applies.
+        "proofs": sched.proofs,
         "deals": deals,
         "store": store,
         "db": d.ledger.db().stats(),
         // null when `comine run` was not given --orch-addr.
         "livepeer": d.livepeer.get().map(|l| l.to_json()),
+        // null unless `comine run` registered as a Livepeer AI worker.
+        "ai": d.ai.get().map(|a| a.to_json()),
     })))
 }
 
@@ -668,6 +704,29 @@ async fn metrics(State(d): Shared) -> Response {
     d.metrics.set_gpus(&sched.devices);
     let sealing: Vec<(String, i64)> = sched.sealing.into_iter().collect();
     d.metrics.set_sealing(&sealing);
+    let controller = serde_json::to_value(d.config.seal.controller)
+        .ok()
+        .and_then(|v| v.as_str().map(String::from))
+        .unwrap_or_default();
+    d.metrics
+        .set_sealing_paused(&controller, sched.sealing_paused);
+    d.metrics
+        .proof_sources
+        .set(sched.proofs.sources.len() as i64);
+    d.metrics
+        .post_safe_profile
+        .set(i64::from(sched.proofs.safe_profile.is_some()));
+    if let Some(secs) = d.drain_secs() {
+        d.metrics.backlog_drain_seconds.set(secs);
+    }
+    if let Some(lp) = d.livepeer.get() {
+        let link = lp.link.get();
+        d.metrics.set_livepeer(
+            &lp.orch_addr,
+            link.state == "registered",
+            *lp.capacity.borrow(),
+        );
+    }
     d.metrics.queue_depth.set(d.queue_len() as i64);
     d.metrics
         .capacity

@@ -121,6 +121,7 @@ impl LedgerSink {
                 // The orchestrator retried a task we already finished (or recorded as
                 // failed): the first outcome stands, nothing is counted twice.
                 c.duplicates.fetch_add(1, Ordering::Relaxed);
+                d.metrics.livepeer_segment("duplicate");
                 tracing::info!(job = %job.job_id, state = job.state.as_str(), seq = r.seq, "Livepeer segment already in the ledger; not counted again");
                 return Ok(());
             }
@@ -146,6 +147,7 @@ impl LedgerSink {
                 })
                 .await?;
             d.metrics.segment("failed");
+            d.metrics.livepeer_segment("not_accepted");
             return Ok(());
         }
         let mut renditions = Vec::with_capacity(r.renditions.len());
@@ -162,6 +164,7 @@ impl LedgerSink {
                         .call(move |l| l.fail(&key, "store_error", &msg))
                         .await?;
                     d.metrics.segment("store_error");
+                    d.metrics.livepeer_segment("store_error");
                     return Err(Box::new(e));
                 }
             };
@@ -178,7 +181,12 @@ impl LedgerSink {
                 job_id: id.clone(),
             });
         }
-        let (key, decoded, media, ms) = (id.clone(), r.decoded_pixels, r.media_seconds, r.transcode_ms);
+        let (key, decoded, media, ms) = (
+            id.clone(),
+            r.decoded_pixels,
+            r.media_seconds,
+            r.transcode_ms,
+        );
         let done = d
             .ledger
             .call(move |l| {
@@ -191,6 +199,8 @@ impl LedgerSink {
             c.encoded_pixels
                 .fetch_add(done.encoded_pixels, Ordering::Relaxed);
             d.metrics.job_done(&done, r.total_ms as f64 / 1000.0);
+            d.metrics.livepeer_segment("ok");
+            d.count_fallbacks(r.renditions.iter().map(|x| x.encoder.as_str()), None);
             tracing::info!(job = %id, seq = r.seq, encoded_pixels = done.encoded_pixels, "Livepeer segment stored and accounted");
         }
         Ok(())
@@ -236,6 +246,7 @@ impl SegmentSink for LedgerSink {
             let id = job.job_id.clone();
             d.ledger.call(move |l| l.fail(&id, code, &message)).await?;
             d.metrics.segment(result);
+            d.metrics.livepeer_segment(result);
             Ok(())
         })
     }

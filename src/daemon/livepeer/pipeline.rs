@@ -3,6 +3,7 @@
 //! renditions returned in the orchestrator's order. Both `comine run` and the standalone
 //! `comine livepeer` use it.
 
+use std::path::PathBuf;
 use std::time::Instant;
 
 use crate::livepeer::proto::VideoProfile;
@@ -19,6 +20,9 @@ pub struct EnginePipeline {
     pub x264_preset: String,
     /// GPU index for NVDEC/NVENC.
     pub gpu: u32,
+    /// `(data directory, min_free_bytes)`: below the floor a segment is refused before it is
+    /// transcoded, so the orchestrator hands it to another transcoder (`comine run` only).
+    pub space_floor: Option<(PathBuf, u64)>,
 }
 
 impl EnginePipeline {
@@ -27,11 +31,27 @@ impl EnginePipeline {
             encoder,
             x264_preset: x264_preset.into(),
             gpu,
+            space_floor: None,
         }
+    }
+
+    /// Refuses segments while the filesystem of `dir` has fewer than `min` free bytes.
+    pub fn with_space_floor(mut self, dir: PathBuf, min: u64) -> Self {
+        self.space_floor = Some((dir, min));
+        self
     }
 
     /// Transcodes on device `gpu` (the one the scheduler granted, or the configured one).
     pub async fn run(&self, task: SegmentTask, gpu: u32) -> Result<Transcoded, SegmentError> {
+        if let Some((dir, min)) = &self.space_floor {
+            match crate::store::free_space::check(dir, *min) {
+                Ok(Ok(())) => {}
+                Ok(Err(low)) => return Err(SegmentError::ours(low.to_string())),
+                Err(e) => {
+                    tracing::warn!(error = %e, dir = %dir.display(), "cannot read free space")
+                }
+            }
+        }
         let lp_profiles = task.profiles;
         let engine_profiles = profiles::to_engine(&lp_profiles).map_err(SegmentError::input)?;
         let deadline = task.deadline;

@@ -34,9 +34,12 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let capacity = match args.livepeer.capacity {
-        CapacityArg::Fixed(n) => n,
-        CapacityArg::Auto => anyhow::bail!(
+        Some(CapacityArg::Fixed(n)) => n,
+        Some(CapacityArg::Auto) => anyhow::bail!(
             "--capacity auto needs the co-mining scheduler (comine run); give comine livepeer a fixed --capacity N"
+        ),
+        None => anyhow::bail!(
+            "comine livepeer needs --capacity N (the sessions to offer); `comine run --orch-addr …` decides it with the scheduler"
         ),
     };
     let mut cfg = args.livepeer.to_config()?;

@@ -135,7 +135,12 @@ fn start(plan: &Plan) -> Running {
 }
 
 /// One HTTP/1.1 GET over a fresh socket; (status, body, elapsed). `None` when not reachable.
-fn raw_get(base: &str, path: &str, token: &str, limit: Duration) -> Option<(u16, String, Duration)> {
+fn raw_get(
+    base: &str,
+    path: &str,
+    token: &str,
+    limit: Duration,
+) -> Option<(u16, String, Duration)> {
     let addr = base.trim_start_matches("http://");
     let t = Instant::now();
     let mut s = TcpStream::connect_timeout(&addr.parse().ok()?, limit).ok()?;
@@ -162,7 +167,10 @@ fn raw_get(base: &str, path: &str, token: &str, limit: Duration) -> Option<(u16,
 }
 
 /// The watcher: /healthz every 100 ms (and /v1/status every 5th time) at the current address.
-fn watch(target: Arc<Mutex<Option<(String, String)>>>, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Health> {
+fn watch(
+    target: Arc<Mutex<Option<(String, String)>>>,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<Health> {
     std::thread::spawn(move || {
         let mut h = Health::default();
         let mut n = 0u64;
@@ -170,7 +178,9 @@ fn watch(target: Arc<Mutex<Option<(String, String)>>>, stop: Arc<AtomicBool>) ->
             n += 1;
             let cur = target.lock().unwrap().clone();
             if let Some((base, token)) = cur {
-                if let Some((status, _, took)) = raw_get(&base, "/healthz", &token, Duration::from_secs(1)) {
+                if let Some((status, _, took)) =
+                    raw_get(&base, "/healthz", &token, Duration::from_secs(1))
+                {
                     // status 0: the connection broke (a kill landed mid-request), not an answer.
                     if status != 0 {
                         h.samples += 1;
@@ -187,7 +197,9 @@ fn watch(target: Arc<Mutex<Option<(String, String)>>>, stop: Arc<AtomicBool>) ->
                     }
                 }
                 if n % 5 == 0 {
-                    if let Some((200, body, _)) = raw_get(&base, "/v1/status", &token, Duration::from_secs(2)) {
+                    if let Some((200, body, _)) =
+                        raw_get(&base, "/v1/status", &token, Duration::from_secs(2))
+                    {
                         if let Ok(v) = serde_json::from_str::<serde_json::Value>(&body) {
                             let running = v["queue"]["running"].as_u64().unwrap_or(0);
                             h.peak_running = h.peak_running.max(running);
@@ -219,12 +231,24 @@ enum Answer {
 }
 
 async fn submit(http: &reqwest::Client, base: &str, token: &str, seq: u64, seg: &[u8]) -> Answer {
-    let url = format!("{base}/v1/transcode?profiles={PROFILE}&manifest_id={MANIFEST}&seq={seq}&async=1");
-    match http.post(url).bearer_auth(token).body(seg.to_vec()).send().await {
-        Ok(r) if r.status() == 200 || r.status() == 202 => match r.json::<serde_json::Value>().await {
-            Ok(v) => v["job_id"].as_str().map(|s| Answer::Job(s.to_string())).unwrap_or(Answer::NotNow),
-            Err(_) => Answer::NotNow,
-        },
+    let url =
+        format!("{base}/v1/transcode?profiles={PROFILE}&manifest_id={MANIFEST}&seq={seq}&async=1");
+    match http
+        .post(url)
+        .bearer_auth(token)
+        .body(seg.to_vec())
+        .send()
+        .await
+    {
+        Ok(r) if r.status() == 200 || r.status() == 202 => {
+            match r.json::<serde_json::Value>().await {
+                Ok(v) => v["job_id"]
+                    .as_str()
+                    .map(|s| Answer::Job(s.to_string()))
+                    .unwrap_or(Answer::NotNow),
+                Err(_) => Answer::NotNow,
+            }
+        }
         _ => Answer::NotNow,
     }
 }
@@ -285,7 +309,12 @@ pub async fn run(plan: &Plan) -> Outcome {
                     // Unanswered keys are retried in turn; a client keeps at most a few keys
                     // unanswered before it sends new ones, as a client with a queue does.
                     let pending = (!b.pending.is_empty())
-                        .then(|| b.pending.iter().nth((r >> 8) as usize % b.pending.len()).copied())
+                        .then(|| {
+                            b.pending
+                                .iter()
+                                .nth((r >> 8) as usize % b.pending.len())
+                                .copied()
+                        })
                         .flatten();
                     let room = b.pending.len() < max_pending;
                     if r % 4 == 0 && (pending.is_some() || !b.acked.is_empty()) {
@@ -407,7 +436,10 @@ pub async fn run(plan: &Plan) -> Outcome {
             }
         }
         if drain_started.elapsed() > plan.drain_limit {
-            out.problems.push(format!("the backlog did not drain within {:?}", plan.drain_limit));
+            out.problems.push(format!(
+                "the backlog did not drain within {:?}",
+                plan.drain_limit
+            ));
             break;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -424,7 +456,8 @@ pub async fn run(plan: &Plan) -> Outcome {
     out.acked = b.acked.len() as u64;
     out.id_mismatches = b.mismatches;
     if !b.pending.is_empty() {
-        out.problems.push(format!("{} keys were never answered", b.pending.len()));
+        out.problems
+            .push(format!("{} keys were never answered", b.pending.len()));
     }
     let text = http
         .get(format!("{base}/v1/ledger/export?format=json"))
@@ -439,33 +472,49 @@ pub async fn run(plan: &Plan) -> Outcome {
     let mut by_id: BTreeMap<String, u64> = BTreeMap::new();
     let mut by_seq: BTreeMap<u64, BTreeSet<String>> = BTreeMap::new();
     let mut pixels = 0u64;
-    for j in st["jobs"].as_array().expect("jobs").iter().filter(|j| j["manifest_id"] == MANIFEST) {
+    for j in st["jobs"]
+        .as_array()
+        .expect("jobs")
+        .iter()
+        .filter(|j| j["manifest_id"] == MANIFEST)
+    {
         let id = j["job_id"].as_str().unwrap_or_default().to_string();
         *by_id.entry(id.clone()).or_default() += 1;
-        by_seq.entry(j["seq"].as_u64().unwrap_or(u64::MAX)).or_default().insert(id);
+        by_seq
+            .entry(j["seq"].as_u64().unwrap_or(u64::MAX))
+            .or_default()
+            .insert(id);
         pixels += j["encoded_pixels"].as_u64().unwrap_or(0);
     }
     out.jobs_done = by_id.len() as u64;
     out.encoded_pixels = pixels;
     for (id, n) in &by_id {
         if *n != 1 {
-            out.problems.push(format!("job {id} is in the statement {n} times"));
+            out.problems
+                .push(format!("job {id} is in the statement {n} times"));
         }
     }
     for (seq, ids) in &by_seq {
         if ids.len() != 1 {
-            out.problems.push(format!("key {seq} became {} done jobs: {ids:?}", ids.len()));
+            out.problems
+                .push(format!("key {seq} became {} done jobs: {ids:?}", ids.len()));
         }
     }
     for (seq, id) in &b.acked {
         if by_id.get(id) != Some(&1) {
-            out.problems.push(format!("acknowledged job {id} (key {seq}) is not done exactly once"));
+            out.problems.push(format!(
+                "acknowledged job {id} (key {seq}) is not done exactly once"
+            ));
         }
     }
     let totals = &st["totals"];
     let all_pixels: u64 = st["jobs"]
         .as_array()
-        .map(|a| a.iter().map(|j| j["encoded_pixels"].as_u64().unwrap_or(0)).sum())
+        .map(|a| {
+            a.iter()
+                .map(|j| j["encoded_pixels"].as_u64().unwrap_or(0))
+                .sum()
+        })
         .unwrap_or(0);
     if totals["encoded_pixels"].as_u64() != Some(all_pixels) {
         out.problems.push(format!(
@@ -475,7 +524,11 @@ pub async fn run(plan: &Plan) -> Outcome {
     }
     let day_pixels: u64 = st["days"]
         .as_array()
-        .map(|a| a.iter().map(|d| d["encoded_pixels"].as_u64().unwrap_or(0)).sum())
+        .map(|a| {
+            a.iter()
+                .map(|d| d["encoded_pixels"].as_u64().unwrap_or(0))
+                .sum()
+        })
         .unwrap_or(0);
     if day_pixels != all_pixels {
         out.problems.push(format!(
@@ -483,7 +536,10 @@ pub async fn run(plan: &Plan) -> Outcome {
         ));
     }
     if out.id_mismatches > 0 {
-        out.problems.push(format!("{} resubmissions got another job id", out.id_mismatches));
+        out.problems.push(format!(
+            "{} resubmissions got another job id",
+            out.id_mismatches
+        ));
     }
     let _ = daemon.child.kill();
     let _ = daemon.child.wait();

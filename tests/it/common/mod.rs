@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use comine::store::KuboClient;
 
+pub mod ai;
 pub mod killer;
+pub mod kubo;
 pub mod media;
 pub use media::{generate, pattern};
 use serde_json::Value;
@@ -191,23 +193,9 @@ pub fn data(len: usize, seed: u64) -> Vec<u8> {
     out
 }
 
-/// The real IPFS node started by `scripts/ipfs-test-node.sh start`. In CI (env `CI` set) a
-/// missing node is a failure, never a skip; locally the test prints a loud skip.
+/// The shared Kubo node (see [`kubo::node`]).
 pub fn node() -> Option<KuboClient> {
-    match std::env::var("COMINE_TEST_IPFS_API").ok().filter(|v| !v.is_empty()) {
-        Some(api) => Some(KuboClient::new(&api, Duration::from_secs(20)).expect("COMINE_TEST_IPFS_API is not a valid API URL")),
-        None if std::env::var_os("CI").is_some() => panic!(
-            "CI is set but COMINE_TEST_IPFS_API is not: start the node with scripts/ipfs-test-node.sh start \
-             and eval \"$(scripts/ipfs-test-node.sh env)\" before cargo test"
-        ),
-        None => {
-            eprintln!(
-                "\n*** SKIPPED: no IPFS node (set COMINE_TEST_IPFS_API; see scripts/ipfs-test-node.sh). \
-                 This test never skips in CI. ***\n"
-            );
-            None
-        }
-    }
+    kubo::node()
 }
 
 pub fn rt() -> tokio::runtime::Runtime {

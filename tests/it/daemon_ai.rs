@@ -1,0 +1,151 @@
+//! `comine run --orch-addr …` with `[ai]` models: the real binary registers as a Livepeer
+//! AI worker beside the transcoder, on a simulated GPU, runs the real model on CPU, and
+//! accounts every job (done and failed) in the ledger as class `ai`, in `/v1/status`,
+//! `/metrics` and `comine ledger export`. SIGTERM answers the job in flight, then
+//! unregisters.
+
+use std::time::{Duration, Instant};
+
+use crate::common::ai::{ai_env, test_picture};
+use bytes::Bytes;
+use comine::ai::image::encode_png;
+use comine::livepeer::test_orchestrator::{TestOrchestrator, TestOrchestratorConfig};
+use comine::livepeer::test_orchestrator_ai::{AiJobSpec, AiOutcome};
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(120);
+const MODEL: &str = comine::ai::TEST_MODEL_ID;
+
+async fn wait_status(
+    d: &crate::common::Daemon,
+    what: &str,
+    pred: impl Fn(&Value) -> bool,
+) -> Value {
+    let start = Instant::now();
+    loop {
+        let s = d.get_json("/v1/status").await;
+        if pred(&s) {
+            return s;
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "timed out waiting for {what}; ai: {}",
+            s["ai"]
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_serves_ai_jobs_accounts_them_and_answers_in_flight_jobs_on_sigterm() {
+    let Some(env) = ai_env() else { return };
+    let root = tempfile::tempdir().unwrap();
+    let orch = TestOrchestrator::start(TestOrchestratorConfig::default())
+        .await
+        .unwrap();
+    let ai = format!(
+        "[gpu]\nbackend = \"sim:rtx3090\"\n\n[ai]\nonnxruntime_lib = \"{}\"\nthreads = 2\nmax_input_pixels = 4096\n\
+         [[ai.models]]\npipeline = \"upscale\"\nmodel_id = \"{MODEL}\"\npath = \"{}\"\nvram_mib = 512\n",
+        env.lib.display(),
+        env.model.display()
+    );
+    let config = crate::common::write_config(root.path(), &ai);
+    let secret = root.path().join("orch-secret");
+    std::fs::write(&secret, orch.secret()).unwrap();
+    let mut d = crate::common::Daemon::start_with(
+        root.path(),
+        &config,
+        &[
+            "--orch-addr",
+            &orch.addr(),
+            "--orch-secret",
+            &format!("@{}", secret.display()),
+            "--capacity",
+            "1",
+        ],
+    );
+    orch.wait_for_ai_capacity("upscale", MODEL, |c| c == 1, WAIT)
+        .await
+        .unwrap();
+    let reg = orch.ai_registrations().pop().unwrap();
+    let gpu = &reg.hardware[0].gpu_info["0"];
+    assert!(gpu.name.contains("(simulated)"), "{}", gpu.name);
+    assert_eq!(gpu.memory_total, 24 << 30, "the sim preset's memory");
+    let m = &reg
+        .capabilities
+        .unwrap()
+        .constraints
+        .unwrap()
+        .per_capability[&30]
+        .models[MODEL];
+    assert!(m.warm && m.capacity == 1);
+
+    // One good job, one that is not an image, one above the pixel limit.
+    let png = |w, h| Bytes::from(encode_png(&test_picture(w, h, 3)).unwrap());
+    assert!(matches!(
+        orch.ai_job(AiJobSpec::upscale(MODEL, png(32, 24)), WAIT)
+            .await,
+        AiOutcome::Done { .. }
+    ));
+    for (bad, text) in [
+        (
+            Bytes::from_static(b"\x00\x01 not an image"),
+            "not a readable PNG",
+        ),
+        (png(80, 60), "above the limit"),
+    ] {
+        match orch.ai_job(AiJobSpec::upscale(MODEL, bad), WAIT).await {
+            AiOutcome::Error(msg) => assert!(msg.contains(text), "{msg}"),
+            other => panic!("expected an error answer, got {other:?}"),
+        }
+    }
+    let st = wait_status(&d, "3 AI jobs accounted", |s| {
+        s["ai"]["jobs"]["done"] == 1 && s["ai"]["jobs"]["failed"] == 2
+    })
+    .await;
+    assert_eq!(
+        st["ai"]["jobs"]["units"],
+        32 * 24,
+        "upscale bills input h x w"
+    );
+    assert_eq!(st["ai"]["link"]["state"], "registered");
+    assert_eq!(st["ai"]["leases"]["models"][0]["held"], true);
+    assert!(
+        st["jobs"]["failed"].as_u64().unwrap_or(0) >= 2,
+        "{}",
+        st["jobs"]
+    );
+
+    let export = d.get_json("/v1/ledger/export?format=json").await;
+    let jobs: Vec<&Value> = export["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|j| j["manifest_id"] == format!("ai:upscale/{MODEL}"))
+        .collect();
+    assert_eq!(jobs.len(), 1, "one done AI job in the statement");
+    assert_eq!(jobs[0]["encoded_pixels"], 32 * 24);
+    let metrics = d.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains("comine_ai_jobs_total{pipeline=\"upscale\"")
+            && metrics.contains("result=\"bad_input\"")
+            && metrics.contains("result=\"too_large\""),
+        "{metrics}"
+    );
+
+    // SIGTERM with a job in flight: it is answered, then the worker unregisters.
+    let big = png(64, 64);
+    let job = {
+        let orch = std::sync::Arc::new(orch);
+        let o = orch.clone();
+        let h = tokio::spawn(async move { o.ai_job(AiJobSpec::upscale(MODEL, big), WAIT).await });
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert!(d.terminate(), "the daemon stops on SIGTERM");
+        (h.await.unwrap(), orch)
+    };
+    match job.0 {
+        AiOutcome::Done { .. } | AiOutcome::Error(_) => {}
+        other => panic!("the job in flight must be answered, got {other:?}"),
+    }
+    assert_eq!(job.1.live_ai_workers(), 0);
+}
