@@ -262,12 +262,12 @@ fn gc_bench(root: &Path) {
         }
     });
     let added = t.elapsed();
-    let before = disk_usage(&store.blocks_dir().to_path_buf());
+    let before = disk_usage(store.blocks_dir());
     let idle = store.gc(GcOptions::new(30, false)).expect("gc");
     let mut later = GcOptions::new(30, false);
     later.now += 31 * 86_400;
     let r = store.gc(later).expect("gc");
-    let after = disk_usage(&store.blocks_dir().to_path_buf());
+    let after = disk_usage(store.blocks_dir());
     assert_eq!(r.unpinned as usize, n, "every rendition's window ended");
     println!(
         "  GC, {n} renditions of 20 KB: stored in {:.1} s; a pass that frees nothing {} ms; collecting all {} ms, {} bytes freed ({} blocks; disk {} -> {} bytes)",

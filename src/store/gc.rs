@@ -80,9 +80,12 @@ const PROTECTED: &str = "
     UNION SELECT payload_cid FROM store_batches
         WHERE payload_cid IS NOT NULL AND state IN ('packing', 'ready', 'proposed', 'imported')";
 
+/// Blocks a collection deletes, as (multihash, size).
+type Doomed = Vec<(Vec<u8>, u64)>;
+
 /// Index changes of one collection, in the caller's transaction. Returns the report and the
-/// blocks to delete as (multihash, size).
-fn plan(c: &Connection, opts: &GcOptions) -> rusqlite::Result<(GcReport, Vec<(Vec<u8>, u64)>)> {
+/// blocks to delete.
+fn plan(c: &Connection, opts: &GcOptions) -> rusqlite::Result<(GcReport, Doomed)> {
     let mut report = GcReport {
         dry_run: opts.dry_run,
         ..GcReport::default()

@@ -550,9 +550,9 @@ impl Store {
     /// Removes a pin; the blocks stay until garbage collection finds nothing else needs them.
     pub fn unpin(&self, cid: &Cid) -> Result<bool, StoreError> {
         let key = cid.to_bytes();
-        Ok(self.db.write(move |c| {
+        self.db.write(move |c| {
             Ok::<_, StoreError>(c.execute("DELETE FROM store_pins WHERE cid = ?1", [key])? > 0)
-        })?)
+        })
     }
 
     pub fn pin_info(&self, cid: &Cid) -> Result<Option<PinInfo>, StoreError> {

@@ -92,7 +92,7 @@ fn retention_keep_pins_and_shared_blocks() {
     assert_eq!(readable(&store, &kept.cid).unwrap(), common::data(1000, 4));
     assert_eq!(store.pins().unwrap().len(), 1);
     // Nothing left on disk but the kept file's block.
-    let files = walk_files(&store.blocks_dir().to_path_buf());
+    let files = walk_files(store.blocks_dir());
     assert_eq!(files, 1, "block files left: {files}");
 }
 

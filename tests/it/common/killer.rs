@@ -196,7 +196,7 @@ fn watch(
                         }
                     }
                 }
-                if n % 5 == 0 {
+                if n.is_multiple_of(5) {
                     if let Some((200, body, _)) =
                         raw_get(&base, "/v1/status", &token, Duration::from_secs(2))
                     {
@@ -317,7 +317,7 @@ pub async fn run(plan: &Plan) -> Outcome {
                         })
                         .flatten();
                     let room = b.pending.len() < max_pending;
-                    if r % 4 == 0 && (pending.is_some() || !b.acked.is_empty()) {
+                    if r.is_multiple_of(4) && (pending.is_some() || !b.acked.is_empty()) {
                         let seq = pending.unwrap_or_else(|| {
                             let keys: Vec<u64> = b.acked.keys().copied().collect();
                             keys[(r / 4) as usize % keys.len()]
@@ -383,7 +383,7 @@ pub async fn run(plan: &Plan) -> Outcome {
         .expect("restart");
         *current.lock().unwrap() = (daemon.base.clone(), daemon.token.clone());
         *target.lock().unwrap() = Some((daemon.base.clone(), daemon.token.clone()));
-        if plan.progress_every > 0 && out.kills % plan.progress_every == 0 {
+        if plan.progress_every > 0 && out.kills.is_multiple_of(plan.progress_every) {
             let b = book.lock().unwrap();
             eprintln!(
                 "  {} kills, {:.0} s: {} keys, {} acknowledged, {} pending",
@@ -449,7 +449,8 @@ pub async fn run(plan: &Plan) -> Outcome {
     out.health = watcher.join().expect("watcher");
 
     // The ledger's view.
-    let b = book.lock().unwrap();
+    // Owned, so no lock is held across the requests below.
+    let b = std::mem::take(&mut *book.lock().unwrap());
     out.keys = b.next_seq;
     out.submissions = b.submissions;
     out.resubmissions = b.resubmissions;
@@ -502,8 +503,19 @@ pub async fn run(plan: &Plan) -> Outcome {
     }
     for (seq, id) in &b.acked {
         if by_id.get(id) != Some(&1) {
+            // Say what became of it: its state and error as the API reports them.
+            let job = http
+                .get(format!("{base}/v1/jobs/{id}"))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .ok();
+            let job = match job {
+                Some(r) => r.text().await.unwrap_or_default(),
+                None => String::from("(no answer)"),
+            };
             out.problems.push(format!(
-                "acknowledged job {id} (key {seq}) is not done exactly once"
+                "acknowledged job {id} (key {seq}) is not done exactly once: {job}"
             ));
         }
     }
