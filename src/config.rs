@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::transcode::{DecoderChoice, EncoderChoice, Profile, DEFAULT_MAX_INPUT_PIXELS};
+use crate::transcode::{
+    DecoderChoice, EncoderChoice, Profile, WallBound, DEFAULT_MAX_INPUT_PIXELS,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -75,7 +77,8 @@ pub struct ApiConfig {
     pub body_timeout_secs: u64,
     /// Accepted jobs waiting for a worker; beyond it intake answers 503 with Retry-After.
     pub queue_depth: usize,
-    /// Concurrent transcodes when no scheduler steers capacity; 0 = half the CPU cores (at least 1).
+    /// Most transcodes at once: the scheduler steers the concurrency below this bound, for new
+    /// and resumed jobs alike; 0 = half the CPU cores (at least 1).
     pub concurrency: usize,
     /// Serve `/metrics` without the bearer token (for scrapers on a trusted network).
     pub metrics_public: bool,
@@ -119,6 +122,11 @@ pub struct TranscodeConfig {
     pub default_segment_ms: u64,
     /// Deadline for batch jobs, in seconds (0: none).
     pub batch_deadline_secs: u64,
+    /// Every job's own wall-time bound: this floor plus its pixel work (decode and every
+    /// rung's output) at `wall_min_mpixels_per_sec`; it grows with the media decoded.
+    pub wall_floor_secs: u64,
+    /// The slowest throughput (megapixels per second) the bound tolerates; 0 disables it.
+    pub wall_min_mpixels_per_sec: f64,
     /// Store attempts per rendition before a job fails with `store_error`.
     pub store_attempts: u32,
 }
@@ -134,6 +142,8 @@ impl Default for TranscodeConfig {
             default_profiles: "P240p30fps16x9,P360p30fps16x9".into(),
             default_segment_ms: 2000,
             batch_deadline_secs: 600,
+            wall_floor_secs: WallBound::DEFAULT.floor.as_secs(),
+            wall_min_mpixels_per_sec: WallBound::DEFAULT.min_pixel_rate / 1e6,
             store_attempts: 3,
         }
     }
@@ -145,6 +155,13 @@ impl TranscodeConfig {
             key: "transcode.encoder",
             value: self.encoder.clone(),
             why,
+        })
+    }
+    /// The engine's wall-time bound, `None` when `wall_min_mpixels_per_sec` is 0.
+    pub fn wall_bound(&self) -> Option<WallBound> {
+        (self.wall_min_mpixels_per_sec > 0.0).then(|| WallBound {
+            floor: std::time::Duration::from_secs(self.wall_floor_secs),
+            min_pixel_rate: self.wall_min_mpixels_per_sec * 1e6,
         })
     }
     pub fn decoder_choice(&self) -> Result<DecoderChoice, ConfigError> {
@@ -298,6 +315,14 @@ impl Config {
             value: self.transcode.default_profiles.clone(),
             why: e.to_string(),
         })?;
+        let rate = self.transcode.wall_min_mpixels_per_sec;
+        if !rate.is_finite() || rate < 0.0 {
+            return Err(ConfigError::Value {
+                key: "transcode.wall_min_mpixels_per_sec",
+                value: rate.to_string(),
+                why: "must be a number ≥ 0 (0 disables the wall-time bound)".into(),
+            });
+        }
         if self.ledger.pixels_per_unit == 0 {
             return Err(ConfigError::Value {
                 key: "ledger.pixels_per_unit",

@@ -63,6 +63,24 @@ pub fn holds_state(dir: &Path) -> bool {
         .any(|f| dir.join(f).exists())
 }
 
+/// Creates `dir` and any missing parents with mode 0700: spooled segments, the ledger,
+/// the store and the API token are the operator's data, not the host's. A directory
+/// that already exists keeps its mode (the operator may have chosen it); when that mode
+/// lets other users in, it is returned so the caller can say so.
+pub fn create_private_dir(dir: &std::path::Path) -> std::io::Result<Option<u32>> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let existed = dir.is_dir();
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    if !existed {
+        return Ok(None);
+    }
+    let mode = std::fs::metadata(dir)?.permissions().mode() & 0o777;
+    Ok((mode & 0o077 != 0).then_some(mode))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,5 +118,22 @@ mod tests {
             choose_client_data_dir(Some("".into()), Some(user.clone()), &service),
             user
         );
+    }
+
+    #[test]
+    fn private_dirs_are_0700_parents_included() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("a/b/data");
+        assert_eq!(create_private_dir(&dir).unwrap(), None);
+        for d in [root.path().join("a"), dir.clone()] {
+            let mode = std::fs::metadata(&d).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o700, "{}", d.display());
+        }
+        // An existing directory keeps the mode its operator gave it.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o750)).unwrap();
+        assert_eq!(create_private_dir(&dir).unwrap(), Some(0o750));
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o750);
     }
 }

@@ -275,6 +275,14 @@ pub fn analyze(inp: &Inputs<'_>) -> Analysis {
         _ => 0,
     };
     let streams_at_realtime = from_steps.max(from_reps);
+    let idle_cpu_pct = get("idle", "cpu_util_pct");
+    let not_comparable = idle_cpu_pct
+        .filter(|&c| c > IDLE_BUSY_PCT)
+        .map(|c| {
+            format!(
+                "the idle baseline was not idle: the host's CPU was {c:.0}% busy with nothing of the benchmark running (above {IDLE_BUSY_PCT:.0}%), so other work shared the machine and these figures are not comparable with other runs; re-run on a quiet machine"
+            )
+        });
     let results = Results {
         idle_power_w: idle_power,
         seal_throughput_per_h: seal_thr,
@@ -285,7 +293,13 @@ pub fn analyze(inp: &Inputs<'_>) -> Analysis {
         transcode_power_w: get("transcode", "power_w"),
         steered: combined("combined_steered"),
         unsteered: combined("combined_unsteered"),
+        idle_cpu_pct,
+        not_comparable: not_comparable.clone(),
     };
+    if let Some(why) = not_comparable {
+        // First, so a reader of the warnings sees it before the figures it qualifies.
+        warnings.insert(0, why);
+    }
     if acct.whole_sectors_only() {
         warnings.push("built-in sealing never completed a whole sector during the seal-only phase, so phase weights are unknown and only whole sectors count: throughput is coarse (raise phases.seal.seconds or use a smaller sector)".into());
     }
@@ -309,6 +323,10 @@ pub fn analyze(inp: &Inputs<'_>) -> Analysis {
         warnings,
     }
 }
+
+/// Host CPU use (% of all cores) above which the idle baseline is not idle: a machine
+/// running other work measures that work along with the benchmark's.
+pub const IDLE_BUSY_PCT: f64 = 20.0;
 
 /// Metrics whose spread triggers a warning.
 const WATCHED: &[&str] = &[
@@ -523,6 +541,58 @@ mod tests {
             ms: Some(ms),
             message: None,
         }
+    }
+
+    fn idle_run(cpu: f64) -> Analysis {
+        let windows: Vec<WindowSpan> = (0..3)
+            .map(|rep| WindowSpan {
+                phase: "idle".into(),
+                rep,
+                start_s: rep as f64 * 10.0,
+                end_s: rep as f64 * 10.0 + 10.0,
+                streams: 0,
+            })
+            .collect();
+        let samples: Vec<Sample> = (0..30)
+            .map(|i| Sample {
+                t_s: i as f64 + 0.5,
+                phase: "idle".into(),
+                rep: i / 10,
+                cpu_util_pct: cpu,
+                bench_cpu_pct: 1.0,
+                seal_cpu_pct: None,
+                cpu_power_w: None,
+                gpu: None,
+                power_w: None,
+                sim_power_w: None,
+                streams: 0,
+                sealing: "off".into(),
+            })
+            .collect();
+        analyze(&Inputs {
+            windows: &windows,
+            samples: &samples,
+            seal_events: &[],
+            segments: &[],
+            steering: &[],
+            target_ratio: 0.8,
+            sealing: false,
+        })
+    }
+
+    #[test]
+    fn a_busy_idle_baseline_makes_the_run_not_comparable() {
+        let busy = idle_run(100.0);
+        assert_eq!(busy.results.idle_cpu_pct, Some(100.0));
+        let why = busy.results.not_comparable.expect("flagged");
+        assert!(
+            why.contains("100%") && why.contains("not comparable"),
+            "{why}"
+        );
+        assert_eq!(busy.warnings.first(), Some(&why), "first warning");
+        let quiet = idle_run(3.0);
+        assert_eq!(quiet.results.not_comparable, None);
+        assert!(quiet.warnings.iter().all(|w| !w.contains("not comparable")));
     }
 
     #[test]

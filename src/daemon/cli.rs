@@ -112,6 +112,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         config.api.listen = listen;
     }
     let data_dir = resolve_data_dir(args.data_dir, &config);
+    if !config.livepeer.is_empty() {
+        // Nothing reads `[livepeer]` yet: say so rather than let a pool setting look applied.
+        let keys: Vec<&str> = config.livepeer.keys().map(String::as_str).collect();
+        tracing::warn!(
+            ?keys,
+            "[livepeer] in the config is not read yet and these keys do nothing; attach with `comine run --orch-addr HOST:PORT --orch-secret @FILE [--capacity auto|N]` (docs/livepeer.md)"
+        );
+    }
     // Flags are checked before anything starts: a bad secret file or address checksum
     // is a start-up error, not a log line an hour later.
     let attach = if args.livepeer.enabled() {
@@ -134,8 +142,16 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
         None
     };
-    std::fs::create_dir_all(&data_dir)
+    let loose = crate::paths::create_private_dir(&data_dir)
         .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
+    if let Some(mode) = loose {
+        tracing::warn!(
+            dir = %data_dir.display(),
+            mode = format_args!("{mode:o}"),
+            "the data directory is open to other users; `chmod 700 {}` keeps spooled segments and the ledger private",
+            data_dir.display()
+        );
+    }
     // One daemon per data directory (the database itself would let two share it).
     let _daemon_lock = lock_data_dir(&data_dir)?;
     let token_path = client::token_file(&data_dir, &config);

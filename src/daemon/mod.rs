@@ -155,7 +155,7 @@ impl Daemon {
         token: String,
     ) -> anyhow::Result<Arc<Daemon>> {
         for sub in ["spool", "work"] {
-            std::fs::create_dir_all(data_dir.join(sub))?;
+            crate::paths::create_private_dir(&data_dir.join(sub))?;
         }
         let price = Price {
             per_unit_wei: config.ledger.price_per_unit_wei,

@@ -308,6 +308,8 @@ async fn transcode_and_store(
             deadline,
             // A child of hard_stop: shutdown and a proof's preemption both stop it.
             cancel: preempt.clone(),
+            media_duration: Some(Duration::from_millis(job.duration_ms)),
+            wall_bound: cfg.wall_bound(),
             ..Options::default()
         },
     };
@@ -328,14 +330,17 @@ async fn transcode_and_store(
             // The engine's deadline can cut demuxing short, which then reads as bad
             // media; past the deadline, the deadline is the reason.
             let past_deadline = deadline.is_some_and(|dl| Instant::now() >= dl);
-            let (code, result) =
-                if matches!(e, TranscodeError::DeadlineExceeded { .. }) || past_deadline {
-                    ("deadline_exceeded", "deadline")
-                } else if e.is_bad_input() {
-                    ("bad_input", "bad_input")
-                } else {
-                    ("transcode_failed", "failed")
-                };
+            let (code, result) = if matches!(
+                e,
+                TranscodeError::DeadlineExceeded { .. } | TranscodeError::WallBound { .. }
+            ) || past_deadline
+            {
+                ("deadline_exceeded", "deadline")
+            } else if e.is_bad_input() {
+                ("bad_input", "bad_input")
+            } else {
+                ("transcode_failed", "failed")
+            };
             tracing::warn!(job = %id, code, error = %e, "transcode failed");
             fail(d, id, code, e.to_string()).await?;
             return Ok(Err(Outcome::Failed(result)));

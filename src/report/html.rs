@@ -26,6 +26,12 @@ pub fn render(r: &BenchReport) -> String {
         "<h1>comine co-mining benchmark: <code>{}</code> suite</h1>",
         esc(&r.suite.name)
     ));
+    if let Some(why) = &r.results.not_comparable {
+        h.push_str(&format!(
+            "<p class=\"warn\" id=\"not-comparable\"><b>These figures are not comparable:</b> {}</p>",
+            esc(why)
+        ));
+    }
     if r.power.simulated {
         h.push_str("<p class=\"warn\" id=\"simulated-notice\">This machine has no GPU telemetry: every figure marked <span class=\"sim\">[simulated]</span> comes from comine's GPU model, not from hardware. Measured and simulated figures are never added together.</p>");
     }

@@ -34,6 +34,11 @@ pub fn render(r: &BenchReport) -> String {
         "combined_unsteered",
     ];
     let mut out = String::new();
+    if let Some(why) = &r.results.not_comparable {
+        out.push_str(&format!(
+            "> **These figures are not comparable:** {why}\n\n"
+        ));
+    }
     out.push_str(&format!(
         "## comine co-mining benchmark: `{}` suite\n\n**CPU** {} ({} cores), **RAM** {:.1} GiB, **GPU** {}{}, **FFmpeg** {}, **comine** {}, suite hash `{}`\n\n",
         r.suite.name,

@@ -228,6 +228,13 @@ pub struct Results {
     pub transcode_power_w: Option<f64>,
     pub steered: Option<CombinedResult>,
     pub unsteered: Option<CombinedResult>,
+    /// Median host CPU use during the idle baseline, in % of all cores.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_cpu_pct: Option<f64>,
+    /// Set when the run's figures cannot be compared with other runs (the idle
+    /// baseline was not idle): why, in words the report shows first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_comparable: Option<String>,
 }
 
 /// What co-mining cost, for one combined variant.

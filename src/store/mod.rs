@@ -377,7 +377,7 @@ impl Store {
     /// copy renamed to `db.sled-migrated`.
     pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
         let dir = data_dir.join("store");
-        std::fs::create_dir_all(&dir).map_err(|e| {
+        crate::paths::create_private_dir(&dir).map_err(|e| {
             StoreError::io(format!("creating the store directory {}", dir.display()), e)
         })?;
         let db = Db::open(data_dir)?;

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use super::{
-    DecoderChoice, EncoderChoice, Input, Options, Profile, Report, Request, DEFAULT_LADDER,
-    DEFAULT_MAX_INPUT_PIXELS,
+    DecoderChoice, EncoderChoice, Input, Options, Profile, Report, Request, WallBound,
+    DEFAULT_LADDER, DEFAULT_MAX_INPUT_PIXELS,
 };
 
 #[derive(clap::Args, Debug)]
@@ -45,6 +45,18 @@ pub struct Args {
     /// Give up after this many seconds (0: no limit).
     #[arg(long, default_value_t = 0.0)]
     pub timeout: f64,
+    /// The job's own wall-time bound: this many seconds, plus its pixel work at
+    /// --wall-min-mpixels.
+    #[arg(long, default_value_t = WallBound::DEFAULT.floor.as_secs_f64())]
+    pub wall_floor: f64,
+    /// The slowest throughput (megapixels per second of decode + output) the wall-time
+    /// bound tolerates; 0 disables the bound.
+    #[arg(long, default_value_t = WallBound::DEFAULT.min_pixel_rate / 1e6)]
+    pub wall_min_mpixels: f64,
+    /// The input's duration in seconds, when known; widens the frame and wall-time
+    /// bounds (without it they follow the frames decoded).
+    #[arg(long)]
+    pub duration: Option<f64>,
     /// Largest input accepted on stdin, in bytes (it is held in memory).
     #[arg(long, default_value_t = 2 << 30)]
     pub max_stdin_bytes: u64,
@@ -69,6 +81,23 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         Input::File(PathBuf::from(&args.input))
     };
+    let secs = |flag: &str, v: f64| {
+        if v.is_finite() && v >= 0.0 {
+            Ok(Duration::from_secs_f64(v))
+        } else {
+            Err(anyhow::anyhow!(
+                "{flag} must be a number of seconds ≥ 0, got {v}"
+            ))
+        }
+    };
+    let wall_floor = secs("--wall-floor", args.wall_floor)?;
+    if !args.wall_min_mpixels.is_finite() || args.wall_min_mpixels < 0.0 {
+        anyhow::bail!(
+            "--wall-min-mpixels must be ≥ 0 (0 disables the wall-time bound), got {}",
+            args.wall_min_mpixels
+        );
+    }
+    let media_duration = args.duration.map(|d| secs("--duration", d)).transpose()?;
     let deadline =
         (args.timeout > 0.0).then(|| Instant::now() + Duration::from_secs_f64(args.timeout));
     let request = Request {
@@ -82,6 +111,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             max_input_pixels: args.max_input_pixels,
             x264_preset: args.x264_preset,
             deadline,
+            media_duration,
+            wall_bound: (args.wall_min_mpixels > 0.0).then_some(WallBound {
+                floor: wall_floor,
+                min_pixel_rate: args.wall_min_mpixels * 1e6,
+            }),
             ..Options::default()
         },
     };
@@ -93,6 +127,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         renditions = report.renditions.len(),
         encoded_pixels = report.encoded_pixels,
         decode_errors = report.decode_errors,
+        timestamp_jumps = report.timestamp_jumps,
         wall_ms = report.wall_ms,
         realtime_factor = format_args!("{:.2}", report.realtime_factor),
         "transcode done"

@@ -20,7 +20,7 @@ pub mod probe;
 pub mod profile;
 
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
@@ -119,6 +119,33 @@ pub struct Options {
     /// Absolute deadline; past it the transcode stops with [`TranscodeError::DeadlineExceeded`].
     pub deadline: Option<Instant>,
     pub cancel: CancellationToken,
+    /// The segment's duration as the caller declares it (Livepeer's segment duration,
+    /// HTTP `duration_ms`). It widens the frame and wall-time bounds; without it they
+    /// follow the frames decoded, never the container's timestamps, which are exactly
+    /// what a poison segment corrupts.
+    pub media_duration: Option<Duration>,
+    /// The job's own wall-time bound, whatever the caller's deadline; `None` disables it.
+    pub wall_bound: Option<WallBound>,
+}
+
+/// A wall-time bound derived from the media and the ladder: `floor` plus the time the
+/// job's pixel work (decode + every rung's output) takes at `min_pixel_rate`. It grows
+/// as frames are decoded, so a long film is not cut short while a job that stops making
+/// progress is.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct WallBound {
+    pub floor: Duration,
+    /// Pixels per second the slowest acceptable host still sustains (decode + encode).
+    pub min_pixel_rate: f64,
+}
+
+impl WallBound {
+    /// 30 s plus 2 Mpx/s: a 2 s 720p30 segment to a 720/360/240 ladder gets about 70 s,
+    /// some 30 times what a loaded 2-core host needs.
+    pub const DEFAULT: WallBound = WallBound {
+        floor: Duration::from_secs(30),
+        min_pixel_rate: 2e6,
+    };
 }
 
 impl Default for Options {
@@ -133,6 +160,8 @@ impl Default for Options {
             encode_cores: 0,
             deadline: None,
             cancel: CancellationToken::new(),
+            media_duration: None,
+            wall_bound: Some(WallBound::DEFAULT),
         }
     }
 }
@@ -184,6 +213,9 @@ pub struct Report {
     pub realtime_factor: f64,
     /// Σ pixels over the renditions.
     pub encoded_pixels: u64,
+    /// Timestamp discontinuities (jumps over 10 s, either way) that were closed instead
+    /// of filled with frames.
+    pub timestamp_jumps: u64,
     /// Why NVENC (or NVDEC) was not used under `auto`, taken from libav's own log.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fallback_reason: Option<String>,
@@ -237,6 +269,15 @@ pub enum TranscodeError {
     Cancelled,
     #[error("deadline exceeded after {elapsed_ms} ms")]
     DeadlineExceeded { elapsed_ms: u64 },
+    #[error("transcode stopped at its wall-time bound ({bound_ms} ms, from the media decoded and the ladder's pixel count) after {elapsed_ms} ms: the host is far slower than the bound allows or the job stopped progressing; lower the load, or raise the bound (transcode.wall_floor_secs, transcode.wall_min_mpixels_per_sec; --wall-floor, --wall-min-mpixels)")]
+    WallBound { elapsed_ms: u64, bound_ms: u64 },
+    #[error("the input's timestamps jump far ahead of its frames: rendition {profile} would need more than {bound} frames for {frames_in} input frames (about {seconds:.1} s of video); re-mux the segment with continuous timestamps")]
+    TimestampGap {
+        profile: String,
+        frames_in: u64,
+        bound: u64,
+        seconds: f64,
+    },
     #[error("cannot write rendition {path}: {reason}")]
     Output { path: String, reason: String },
     #[error("FFmpeg failed while {what}: {reason}")]
@@ -256,6 +297,7 @@ impl TranscodeError {
                 | TranscodeError::TooLarge { .. }
                 | TranscodeError::NoFrames { .. }
                 | TranscodeError::UnsupportedCodec { .. }
+                | TranscodeError::TimestampGap { .. }
         )
     }
 }

@@ -260,6 +260,24 @@ fn tiny_suite_report_is_valid_and_consistent() {
         let md = std::fs::read_to_string(out.join("report.md")).unwrap();
         assert!(md.contains("not measured"));
     }
+    // A busy machine (CI runners often are) is named as such, first, everywhere.
+    let idle_cpu = r.results.idle_cpu_pct.expect("idle CPU measured");
+    assert_eq!(
+        r.results.not_comparable.is_some(),
+        idle_cpu > comine::bench::analyze::IDLE_BUSY_PCT,
+        "idle CPU {idle_cpu}%"
+    );
+    if let Some(why) = &r.results.not_comparable {
+        assert_eq!(r.warnings.first(), Some(why));
+        let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+        let top = html.find("id=\"not-comparable\"").expect("HTML notice");
+        assert!(top < html.find("<h2>").unwrap(), "at the top of the HTML");
+        let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+        assert!(
+            md.starts_with("> **These figures are not comparable:**"),
+            "{md}"
+        );
+    }
 
     // `report compare` reads it back and puts two copies side by side.
     let cmp = dir.path().join("cmp");

@@ -336,6 +336,21 @@ async fn live_segment_past_four_times_its_duration_fails_with_504() {
     );
 }
 
+/// The data directory and what the daemon creates in it are private to the operator.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_directory_is_created_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = tempfile::tempdir().unwrap();
+    let cfg = write_config(root.path(), "");
+    let d = Daemon::start(root.path(), &cfg);
+    for sub in ["", "spool", "work", "store"] {
+        let dir = d.data.join(sub);
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{} is {mode:o}", dir.display());
+    }
+    assert_eq!(d.get("/healthz").await.status(), 200);
+}
+
 /// Below `[store] min_free_bytes` a job is refused with 507 before its body is read, and
 /// nothing reaches the store (a floor above any disk's free space stands in for a full one).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -25,6 +25,7 @@ mod db_migration;
 mod deploy_files;
 mod gpu_cli;
 mod livepeer;
+mod mutate;
 mod safe_defaults;
 mod sched_proofs;
 mod sched_service;

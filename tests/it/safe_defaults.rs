@@ -91,12 +91,19 @@ async fn comine_run_without_a_proof_source_warns_and_runs_the_post_safe_profile(
     let root = tempfile::tempdir().unwrap();
     let cfg = write_config(
         root.path(),
-        "[gpu]\nbackend = \"host\"\n[gpu.attribution]\nproof_process_names = [\"lotus-post\"]\n",
+        "[gpu]\nbackend = \"host\"\n[gpu.attribution]\nproof_process_names = [\"lotus-post\"]\n\
+         [livepeer]\norch_addr = \"pool.example:8935\"\n",
     );
     let d = Daemon::start(root.path(), &cfg);
     let status = d.get_json("/v1/status").await;
     assert!(status["proofs"]["safe_profile"].is_null(), "{status}");
     assert!(!d.log().contains("no proof source configured"));
+    // `[livepeer]` is not read yet: a key there is said to do nothing, not silently ignored.
+    let log = d.log();
+    assert!(
+        log.contains("[livepeer] in the config is not read yet") && log.contains("orch_addr"),
+        "{log}"
+    );
     let metrics = d.get("/metrics").await.text().await.unwrap();
     assert!(metrics.contains("comine_post_safe_profile 0"), "{metrics}");
 }
@@ -116,6 +123,24 @@ fn a_configuration_error_exits_78_which_systemd_does_not_restart() {
     assert_eq!(out.status.code(), Some(78), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("queue_depht"), "{err}");
+    // So is an unknown section, and a typo in the sections the operator guide lists.
+    for (bad_toml, name) in [
+        ("[sheduler]\ntick_interval_ms = 5\n", "sheduler"),
+        ("[gateway]\nlisen = \"127.0.0.1:0\"\n", "lisen"),
+        ("[ai]\nthread = 2\n", "thread"),
+    ] {
+        std::fs::write(&bad, bad_toml).unwrap();
+        let out = Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(&bad)
+            .arg("--data-dir")
+            .arg(root.path().join("data"))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(78), "{bad_toml}: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(name), "{bad_toml}: {err}");
+    }
     // A bad flag combination is a configuration error too.
     let out = Command::new(BIN)
         .args([

@@ -65,6 +65,7 @@ impl EnginePipeline {
                 gpu,
                 deadline: Some(deadline),
                 cancel: task.cancel,
+                media_duration: Some(std::time::Duration::from_millis(task.duration_ms.into())),
                 ..Options::default()
             },
         };

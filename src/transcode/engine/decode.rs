@@ -10,10 +10,64 @@ use std::sync::Arc;
 use ffmpeg_next::{codec, decoder, ffi, format, frame, util::format::Pixel, Packet, Rational};
 
 use super::super::{avlog, DecoderChoice, Options, TranscodeError};
-use super::{AudioIn, Msg, Stop};
+use super::{AudioIn, Budget, Msg, Stop};
 
 /// Give up on a stream that keeps failing to demux (garbage after a valid header).
 const MAX_CONSECUTIVE_READ_ERRORS: u32 = 64;
+
+/// A timestamp step larger than this, either way, is a discontinuity: the stream is
+/// rebased to continue where it was, as the ffmpeg CLI does for MPEG-TS demuxing
+/// (`-dts_delta_threshold`, 10 s). The frame-rate filter would otherwise fill the gap with
+/// frames (a 13-hour jump is 1.4 million of them at 30 fps). Smaller gaps are real freezes
+/// and are filled, within the rendition's frame bound.
+const JUMP_LIMIT_SECS: i64 = 10;
+
+/// Closes the timestamp discontinuities of one stream: past a jump, timestamps continue
+/// one step after the last one instead of at the jumped value.
+pub(super) struct Rebase {
+    /// [`JUMP_LIMIT_SECS`] in the stream's time base.
+    limit: i64,
+    last_raw: Option<i64>,
+    last_out: Option<i64>,
+    offset: i64,
+    pub(super) jumps: u64,
+}
+
+impl Rebase {
+    pub(super) fn new(tb: Rational) -> Rebase {
+        // SAFETY: pure arithmetic on plain rationals.
+        let limit =
+            unsafe { ffi::av_rescale_q(JUMP_LIMIT_SECS, Rational::new(1, 1).into(), tb.into()) };
+        Rebase {
+            limit: limit.max(1),
+            last_raw: None,
+            last_out: None,
+            offset: 0,
+            jumps: 0,
+        }
+    }
+
+    /// The offset to add to a timestamp `raw` of this stream; `step` is the time one
+    /// frame or packet lasts, in the same base. Returns the jump closed, if any.
+    pub(super) fn offset(&mut self, raw: i64, step: i64) -> (i64, Option<i64>) {
+        let mut jumped = None;
+        if let (Some(last_raw), Some(last_out)) = (self.last_raw, self.last_out) {
+            let delta = raw as i128 - last_raw as i128;
+            if delta > self.limit as i128 || delta < -(self.limit as i128) {
+                self.offset = clamp_i64(last_out as i128 + step.max(1) as i128 - raw as i128);
+                self.jumps += 1;
+                jumped = Some(clamp_i64(delta));
+            }
+        }
+        self.last_raw = Some(raw);
+        self.last_out = Some(raw.saturating_add(self.offset));
+        (self.offset, jumped)
+    }
+}
+
+fn clamp_i64(v: i128) -> i64 {
+    v.clamp(i64::MIN as i128 / 4, i64::MAX as i128 / 4) as i64
+}
 
 pub(super) struct Decoder {
     pub(super) decoder: decoder::Video,
@@ -104,6 +158,8 @@ pub(super) struct Decoded {
     pub(super) pixels: u64,
     pub(super) errors: u64,
     pub(super) hw_frames: u64,
+    /// Timestamp discontinuities closed, video and audio.
+    pub(super) jumps: u64,
     first_pts: Option<i64>,
     last_pts: Option<i64>,
 }
@@ -120,19 +176,48 @@ impl Decoded {
     }
 }
 
+/// The decode loop's state: its stop rule, wall-time budget and the per-stream rebasing.
+struct Feed<'a> {
+    senders: &'a [SyncSender<Msg>],
+    stop: &'a Stop,
+    budget: &'a Budget,
+    video: Rebase,
+    /// One source frame, in the video time base.
+    video_step: i64,
+    video_tb: Rational,
+    audio: Rebase,
+}
+
+#[allow(clippy::too_many_arguments)]
 pub(super) fn decode_all(
     ictx: &mut format::context::Input,
     decoder: &mut decoder::Video,
     vidx: usize,
+    vtb: Rational,
+    src_rate: Rational,
     audio: Option<&AudioIn>,
     senders: &[SyncSender<Msg>],
     stop: &Stop,
+    budget: &Budget,
 ) -> Result<Decoded, TranscodeError> {
     let mut stats = Decoded::default();
+    let mut feed = Feed {
+        senders,
+        stop,
+        budget,
+        video: Rebase::new(vtb),
+        // SAFETY: pure arithmetic on plain rationals.
+        video_step: unsafe { ffi::av_rescale_q(1, src_rate.invert().into(), vtb.into()).max(1) },
+        video_tb: vtb,
+        audio: Rebase::new(audio.map_or(Rational::new(1, 90_000), |a| a.time_base)),
+    };
     let mut consecutive_read_errors = 0;
-    let mut packet = Packet::empty();
     loop {
         stop.check()?;
+        // A fresh packet per read: FFmpeg 5.1's av_read_frame re-initialises the packet it
+        // is given without unreferencing it, so reusing one leaked every packet's buffer
+        // (the whole input, per transcode).
+        let mut packet = Packet::empty();
         match packet.read(ictx) {
             Ok(()) => consecutive_read_errors = 0,
             Err(ffmpeg_next::Error::Eof) => break,
@@ -156,8 +241,18 @@ pub(super) fn decode_all(
             if decoder.send_packet(&packet).is_err() {
                 stats.errors += 1;
             }
-            drain_decoder(decoder, senders, &mut stats)?;
+            drain_decoder(decoder, &mut feed, &mut stats)?;
         } else if audio.is_some_and(|a| a.index == index) {
+            if let Some(ts) = packet.dts().or(packet.pts()) {
+                let (offset, jumped) = feed.audio.offset(ts, packet.duration());
+                if jumped.is_some() {
+                    stats.jumps += 1;
+                }
+                if offset != 0 {
+                    packet.set_pts(packet.pts().map(|p| p.saturating_add(offset)));
+                    packet.set_dts(packet.dts().map(|p| p.saturating_add(offset)));
+                }
+            }
             for tx in senders {
                 tx.send(Msg::Audio(packet.clone()))
                     .map_err(|_| worker_gone())?;
@@ -166,7 +261,7 @@ pub(super) fn decode_all(
     }
     // EOF: flush the frames the decoder still holds (B-frame reordering, threads).
     let _ = decoder.send_eof();
-    drain_decoder(decoder, senders, &mut stats)?;
+    drain_decoder(decoder, &mut feed, &mut stats)?;
     Ok(stats)
 }
 
@@ -177,10 +272,11 @@ fn worker_gone() -> TranscodeError {
 
 fn drain_decoder(
     decoder: &mut decoder::Video,
-    senders: &[SyncSender<Msg>],
+    feed: &mut Feed,
     stats: &mut Decoded,
 ) -> Result<(), TranscodeError> {
     loop {
+        feed.stop.check()?;
         let mut frame = frame::Video::empty();
         match decoder.receive_frame(&mut frame) {
             Ok(()) => {}
@@ -208,7 +304,24 @@ fn drain_decoder(
             frame
         };
         // Best-effort timestamps survive reordering and missing PTS in damaged input.
-        let pts = frame.timestamp().or_else(|| stats.last_pts.map(|p| p + 1));
+        let pts = match frame.timestamp() {
+            Some(raw) => {
+                let (offset, jumped) = feed.video.offset(raw, feed.video_step);
+                if let Some(delta) = jumped {
+                    stats.jumps += 1;
+                    let tb = feed.video_tb;
+                    let secs =
+                        delta as f64 * tb.numerator() as f64 / tb.denominator().max(1) as f64;
+                    tracing::warn!(
+                        after_frame = stats.frames,
+                        jump_secs = format_args!("{secs:.1}"),
+                        "video timestamp jump: a discontinuity; the gap is closed, not filled with frames"
+                    );
+                }
+                Some(raw.saturating_add(offset))
+            }
+            None => stats.last_pts.map(|p| p + 1),
+        };
         frame.set_pts(pts);
         if let Some(p) = pts {
             stats.first_pts = Some(stats.first_pts.map_or(p, |f| f.min(p)));
@@ -216,8 +329,9 @@ fn drain_decoder(
         }
         stats.frames += 1;
         stats.pixels += frame.width() as u64 * frame.height() as u64;
+        feed.budget.grow(stats.frames);
         let frame = Arc::new(frame);
-        for tx in senders {
+        for tx in feed.senders {
             tx.send(Msg::Video(Arc::clone(&frame)))
                 .map_err(|_| worker_gone())?;
         }

@@ -7,6 +7,7 @@ mod decode;
 mod output;
 mod rendition;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::sync_channel;
 use std::sync::Arc;
 use std::time::Instant;
@@ -22,13 +23,19 @@ use rendition::Worker;
 /// rarely the bottleneck, so a deep queue only costs memory.
 const QUEUE_DEPTH: usize = 3;
 
-/// Decides when a job must stop: the caller cancelled, the deadline passed, or a
-/// sibling worker failed (`abort`, a child token that never cancels the caller's).
+/// Decides when a job must stop: the caller cancelled, the deadline passed, the job's own
+/// wall-time bound passed, or a sibling worker failed (`abort`, a child token that never
+/// cancels the caller's). Every loop of the pipeline asks it: the demuxer (through libav's
+/// interrupt callback and per packet), the decoder drain, the filter drain and the encoder
+/// drain and flush, so a stopped job ends within one frame's work.
 #[derive(Clone)]
 pub(super) struct Stop {
     pub(super) abort: CancellationToken,
     deadline: Option<Instant>,
     started: Instant,
+    /// The wall-time bound in ms since `started`, grown by the decoder as media arrives
+    /// (see [`super::WallBound`]); `u64::MAX` when the job has none.
+    bound_ms: Arc<AtomicU64>,
 }
 
 impl Stop {
@@ -41,10 +48,37 @@ impl Stop {
                 elapsed_ms: self.started.elapsed().as_millis() as u64,
             });
         }
+        let bound_ms = self.bound_ms.load(Ordering::Relaxed);
+        let elapsed_ms = self.started.elapsed().as_millis() as u64;
+        if elapsed_ms > bound_ms {
+            return Err(TranscodeError::WallBound {
+                elapsed_ms,
+                bound_ms,
+            });
+        }
         Ok(())
     }
     fn should_stop(&self) -> bool {
         self.check().is_err()
+    }
+}
+
+/// How the wall-time bound grows: `floor_ms + max(frames decoded, frames declared) × per_frame_ms`.
+pub(super) struct Budget {
+    bound_ms: Arc<AtomicU64>,
+    floor_ms: f64,
+    per_frame_ms: f64,
+    declared_frames: f64,
+}
+
+impl Budget {
+    pub(super) fn grow(&self, frames: u64) {
+        if self.per_frame_ms <= 0.0 {
+            return;
+        }
+        let ms = self.floor_ms + (frames as f64).max(self.declared_frames) * self.per_frame_ms;
+        self.bound_ms
+            .store(ms.min(u64::MAX as f64 / 2.0) as u64, Ordering::Relaxed);
     }
 }
 
@@ -98,6 +132,11 @@ fn run(req: &Request, started: Instant) -> Result<Report, TranscodeError> {
         abort: req.options.cancel.child_token(),
         deadline: req.options.deadline,
         started,
+        bound_ms: Arc::new(AtomicU64::new(match req.options.wall_bound {
+            // Until the ladder is known, the floor bounds probing and opening.
+            Some(b) => b.floor.as_millis() as u64,
+            None => u64::MAX,
+        })),
     };
     stop.check()?;
 
@@ -187,6 +226,8 @@ fn run(req: &Request, started: Instant) -> Result<Report, TranscodeError> {
     if fallback_reason.is_none() {
         fallback_reason = decoder_fallback;
     }
+    let budget = budget(req, &stop, src_pixels, src_rate, &dims);
+    budget.grow(0);
 
     let (decoded, finished) = std::thread::scope(|scope| {
         let mut senders = Vec::with_capacity(workers.len());
@@ -224,9 +265,12 @@ fn run(req: &Request, started: Instant) -> Result<Report, TranscodeError> {
             &mut ictx,
             &mut decoder,
             vidx,
+            vtb,
+            src_rate,
             audio.as_ref(),
             &senders,
             &stop,
+            &budget,
         );
         if decoded.is_err() {
             stop.abort.cancel();
@@ -246,9 +290,11 @@ fn run(req: &Request, started: Instant) -> Result<Report, TranscodeError> {
         (decoded, finished)
     });
 
-    // A caller's cancel or deadline wins over the secondary errors it caused.
-    stop.check()?;
-    let decoded = decoded?;
+    // A caller's cancel or deadline wins over the secondary errors it caused. Otherwise
+    // the first real error wins over the "cancelled" that `abort` spread to the others.
+    if let Some(e) = caller_stop(req, started) {
+        return Err(e);
+    }
     let mut done = Vec::with_capacity(finished.len());
     let mut first_err = None;
     for f in finished {
@@ -262,6 +308,11 @@ fn run(req: &Request, started: Instant) -> Result<Report, TranscodeError> {
     }
     if let Some(e) = first_err {
         return Err(e); // `done` drops here and removes every temporary file
+    }
+    let decoded = decoded?;
+    if done.len() < req.profiles.len() {
+        // Every worker stopped on `abort` with nothing else to say.
+        return Err(TranscodeError::Cancelled);
     }
     if decoded.frames == 0 {
         return Err(TranscodeError::NoFrames {
@@ -300,6 +351,7 @@ fn run(req: &Request, started: Instant) -> Result<Report, TranscodeError> {
             0.0
         },
         encoded_pixels: renditions.iter().map(|r| r.pixels).sum(),
+        timestamp_jumps: decoded.jumps,
         fallback_reason,
         renditions,
     })
@@ -336,6 +388,49 @@ fn stream_rate(s: &format::stream::Stream) -> Rational {
         .unwrap_or(Rational::new(30, 1))
 }
 
+/// The job's wall-time bound: its floor, then per input frame the pixel work of decoding
+/// it and of every rung's output frames it yields, at the bound's minimum pixel rate.
+fn budget(
+    req: &Request,
+    stop: &Stop,
+    src_pixels: u64,
+    src_rate: Rational,
+    dims: &[(u32, u32)],
+) -> Budget {
+    let src_fps = fps_of(src_rate);
+    let Some(b) = req.options.wall_bound.filter(|b| b.min_pixel_rate > 0.0) else {
+        stop.bound_ms.store(u64::MAX, Ordering::Relaxed);
+        return Budget {
+            bound_ms: Arc::clone(&stop.bound_ms),
+            floor_ms: 0.0,
+            per_frame_ms: 0.0,
+            declared_frames: 0.0,
+        };
+    };
+    let out_pixels: f64 = req
+        .profiles
+        .iter()
+        .zip(dims)
+        .map(|(p, &(w, h))| {
+            let per_input = p.fps().map_or(1.0, |f| (f / src_fps).max(1.0));
+            w as f64 * h as f64 * per_input
+        })
+        .sum();
+    Budget {
+        bound_ms: Arc::clone(&stop.bound_ms),
+        floor_ms: b.floor.as_secs_f64() * 1000.0,
+        per_frame_ms: (src_pixels as f64 + out_pixels) / b.min_pixel_rate * 1000.0,
+        declared_frames: req
+            .options
+            .media_duration
+            .map_or(0.0, |d| d.as_secs_f64() * src_fps),
+    }
+}
+
+fn fps_of(rate: Rational) -> f64 {
+    rate.numerator() as f64 / rate.denominator().max(1) as f64
+}
+
 /// libx264 threads per rendition, proportional to each rung's output pixel rate so the
 /// largest rung (usually half the work) is not the critical path.
 fn encoder_threads(
@@ -349,7 +444,7 @@ fn encoder_threads(
     } else {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     };
-    let src_fps = src_rate.numerator() as f64 / src_rate.denominator().max(1) as f64;
+    let src_fps = fps_of(src_rate);
     let rates: Vec<f64> = profiles
         .iter()
         .zip(dims)

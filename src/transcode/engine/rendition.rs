@@ -34,6 +34,11 @@ pub(super) struct Worker {
     /// Latest input pts and one source frame's duration, both in `in_time_base`.
     last_in_pts: Option<i64>,
     in_frame_duration: i64,
+    /// Frames received from the decoder.
+    received: u64,
+    /// One source frame and the caller's declared duration, in seconds: the frame bound.
+    in_frame_secs: f64,
+    declared_secs: f64,
     /// Frames sent to the encoder.
     sent: u64,
     /// Packets out of the encoder, one per encoded frame: the pixel count's basis.
@@ -166,6 +171,9 @@ impl Worker {
             in_frame_duration: unsafe {
                 ffi::av_rescale_q(1, src_rate.invert().into(), in_time_base.into()).max(1)
             },
+            received: 0,
+            in_frame_secs: src_rate.denominator() as f64 / src_rate.numerator().max(1) as f64,
+            declared_secs: req.options.media_duration.map_or(0.0, |d| d.as_secs_f64()),
             sent: 0,
             frames: 0,
             output,
@@ -180,7 +188,7 @@ impl Worker {
         for msg in rx {
             stop.check()?;
             match msg {
-                Msg::Video(frame) => self.push_video(&frame)?,
+                Msg::Video(frame) => self.push_video(&frame, stop)?,
                 Msg::Audio(packet) => self.push_audio(packet),
             }
         }
@@ -202,12 +210,12 @@ impl Worker {
                     );
                 }
             }
-            self.drain_graph()?;
+            self.drain_graph(stop)?;
         }
         self.encoder
             .send_eof()
             .map_err(|e| self.ffmpeg("flushing the encoder", e))?;
-        self.drain_encoder()?;
+        self.drain_encoder(stop)?;
         self.octx
             .write_trailer()
             .map_err(|e| self.write_err(e.to_string()))?;
@@ -240,7 +248,8 @@ impl Worker {
         })
     }
 
-    fn push_video(&mut self, frame: &frame::Video) -> Result<(), TranscodeError> {
+    fn push_video(&mut self, frame: &frame::Video, stop: &Stop) -> Result<(), TranscodeError> {
+        self.received += 1;
         if let Some(p) = frame.pts() {
             self.last_in_pts = Some(self.last_in_pts.map_or(p, |l| l.max(p)));
         }
@@ -265,7 +274,7 @@ impl Worker {
         if ret < 0 {
             return Err(self.ffmpeg("feeding the scaler", ffmpeg_next::Error::from(ret)));
         }
-        self.drain_graph()
+        self.drain_graph(stop)
     }
 
     fn build_graph(&self, frame: &frame::Video) -> Result<Graph, TranscodeError> {
@@ -317,8 +326,9 @@ impl Worker {
         })
     }
 
-    fn drain_graph(&mut self) -> Result<(), TranscodeError> {
+    fn drain_graph(&mut self, stop: &Stop) -> Result<(), TranscodeError> {
         loop {
+            stop.check()?;
             let Some(g) = self.graph.as_mut() else {
                 return Ok(());
             };
@@ -329,7 +339,7 @@ impl Worker {
                 None => return Ok(()),
             };
             match got {
-                Ok(()) => self.encode(filtered, out_tb)?,
+                Ok(()) => self.encode(filtered, out_tb, stop)?,
                 Err(ffmpeg_next::Error::Eof) => return Ok(()),
                 Err(ffmpeg_next::Error::Other { errno }) if errno == libc::EAGAIN => return Ok(()),
                 Err(e) => return Err(self.ffmpeg("scaling", e)),
@@ -337,7 +347,30 @@ impl Worker {
         }
     }
 
-    fn encode(&mut self, mut frame: frame::Video, tb: Rational) -> Result<(), TranscodeError> {
+    /// Output frames this rendition may hold so far: its frame rate times twice the media
+    /// the input can account for (its frames, or the caller's declared duration) plus 2 s.
+    /// A real freeze fits; a timestamp gap the rebasing let through (under 10 s) in a
+    /// short segment does not, and is refused instead of encoded.
+    fn frame_bound(&self) -> Option<u64> {
+        let fps = self.profile.fps()?;
+        let secs = (self.received as f64 * self.in_frame_secs).max(self.declared_secs);
+        Some((fps * (secs * 2.0 + 2.0)).ceil() as u64)
+    }
+
+    fn encode(
+        &mut self,
+        mut frame: frame::Video,
+        tb: Rational,
+        stop: &Stop,
+    ) -> Result<(), TranscodeError> {
+        if let Some(bound) = self.frame_bound().filter(|&b| self.sent >= b) {
+            return Err(TranscodeError::TimestampGap {
+                profile: self.profile.name.clone(),
+                frames_in: self.received,
+                bound,
+                seconds: self.received as f64 * self.in_frame_secs,
+            });
+        }
         if let Some(pts) = frame.pts() {
             // SAFETY: pure arithmetic on plain rationals.
             let pts = unsafe { ffi::av_rescale_q(pts, tb.into(), self.enc_time_base.into()) };
@@ -354,12 +387,14 @@ impl Worker {
         self.encoder
             .send_frame(&frame)
             .map_err(|e| self.ffmpeg("encoding", e))?;
-        self.drain_encoder()
+        self.drain_encoder(stop)
     }
 
-    fn drain_encoder(&mut self) -> Result<(), TranscodeError> {
+    fn drain_encoder(&mut self, stop: &Stop) -> Result<(), TranscodeError> {
         let mut packet = Packet::empty();
         loop {
+            // At the flush, libx264 encodes its whole lookahead here, one frame per call.
+            stop.check()?;
             match self.encoder.receive_packet(&mut packet) {
                 Ok(()) => {
                     self.frames += 1;

@@ -13,6 +13,7 @@ pub mod ai;
 pub mod killer;
 pub mod kubo;
 pub mod media;
+pub mod mutate;
 pub use media::{generate, pattern};
 use serde_json::Value;
 
