@@ -79,25 +79,43 @@ fn run(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Runs `cmd` to completion; returns (wall time, peak RSS in KiB) from wait4's rusage.
+/// Runs `cmd` to completion; returns (wall time, peak RSS in KiB).
+///
+/// The peak is the child's own `VmHWM` (/proc/PID/status), read every few milliseconds while it
+/// runs: wait4's `ru_maxrss` is not used because on Linux it also counts the forked copy of this
+/// process before `exec`, which holds the 1 GiB file buffers, and so reports our size, not
+/// comine's.
 fn run_measured(cmd: &mut Command) -> (Duration, u64) {
     let t = Instant::now();
-    let child = cmd
+    let mut child = cmd
         .spawn()
         .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
-    let pid = child.id() as libc::pid_t;
-    let mut status = 0;
-    // SAFETY: an all-zero rusage is valid; wait4 fills it for our own child.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: pid is our child, the pointers are to live locals.
-    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    let status_file = format!("/proc/{}/status", child.id());
+    let mut peak_kib = 0u64;
+    let status = loop {
+        if let Ok(text) = std::fs::read_to_string(&status_file) {
+            // Before exec the child is still a copy of us: wait until it runs comine.
+            let exec_done = text
+                .lines()
+                .any(|l| l.starts_with("Name:") && l.contains("comine"));
+            if exec_done {
+                if let Some(kib) = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("VmHWM:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                {
+                    peak_kib = peak_kib.max(kib);
+                }
+            }
+        }
+        match child.try_wait().expect("waiting for the child") {
+            Some(st) => break st,
+            None => std::thread::sleep(Duration::from_millis(5)),
+        }
+    };
     let took = t.elapsed();
-    assert!(
-        r == pid && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        "{cmd:?} failed"
-    );
-    std::mem::forget(child);
-    (took, usage.ru_maxrss as u64)
+    assert!(status.success(), "{cmd:?} failed");
+    (took, peak_kib)
 }
 
 /// Bytes the files under `dir` occupy on disk (allocated blocks, like `du`).

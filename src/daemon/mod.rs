@@ -75,6 +75,10 @@ pub enum DaemonError {
     },
     #[error("the daemon is shutting down; retry against the restarted daemon")]
     ShuttingDown,
+    /// The key's first submission is still being stored: it is not durable yet, so its id
+    /// must not be handed out (a crash now fails it and releases the key).
+    #[error("job {0} with the same idempotency key is still being stored; retry in a moment")]
+    InProgress(String),
 }
 
 /// A job a worker runs now: where, what it costs, and how to stop it for a proof.
@@ -296,6 +300,9 @@ impl Daemon {
             return Err(DaemonError::ShuttingDown);
         }
         let job = match self.ledger.call(move |l| l.admit(new)).await? {
+            Admitted::Duplicate(rec) if rec.state == ledger::JobState::Received => {
+                return Err(DaemonError::InProgress(rec.job_id))
+            }
             Admitted::Duplicate(rec) => return Ok(Accepted::Duplicate(rec)),
             Admitted::New(rec) => rec,
         };

@@ -91,6 +91,11 @@ impl From<DaemonError> for ApiError {
                 err.retry_after = Some(5);
                 err
             }
+            DaemonError::InProgress(_) => {
+                let mut err = ApiError::new(StatusCode::CONFLICT, "in_progress", e.to_string());
+                err.retry_after = Some(1);
+                err
+            }
             DaemonError::Spool { .. } => ApiError::new(
                 StatusCode::INSUFFICIENT_STORAGE,
                 "spool_failed",

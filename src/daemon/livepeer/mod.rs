@@ -217,7 +217,6 @@ impl SegmentSink for LedgerSink {
 
     fn segment_failed<'a>(&'a self, f: &'a SegmentFailure) -> BoxFuture<'a, Result<(), SinkError>> {
         Box::pin(async move {
-            self.counters.failed.fetch_add(1, Ordering::Relaxed);
             let d = &self.daemon;
             // No idempotency key: the orchestrator may retry the task, and a later success
             // for the same (manifest, seq) must still be counted.
@@ -245,6 +244,8 @@ impl SegmentSink for LedgerSink {
             );
             let id = job.job_id.clone();
             d.ledger.call(move |l| l.fail(&id, code, &message)).await?;
+            // Counted once the ledger holds it, so status never shows one without the other.
+            self.counters.failed.fetch_add(1, Ordering::Relaxed);
             d.metrics.segment(result);
             d.metrics.livepeer_segment(result);
             Ok(())
