@@ -63,6 +63,8 @@ pub struct Config {
     pub livepeer: toml::Table,
     /// AI jobs: ONNX Runtime, embedded models, HTTP runners (`ai::Config`).
     pub ai: crate::ai::Config,
+    /// Prices, pool model, pool statements, chain checks and work receipts.
+    pub earnings: crate::earnings::Config,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -337,6 +339,11 @@ impl Config {
                 why: "must be at least 1".into(),
             });
         }
+        self.earnings.validate().map_err(|e| ConfigError::Value {
+            key: e.key,
+            value: e.value,
+            why: e.why,
+        })?;
         if !matches!(self.store.backend.as_str(), "embedded" | "kubo") {
             return Err(ConfigError::Value {
                 key: "store.backend",
@@ -419,6 +426,7 @@ mod tests {
         assert_eq!(c.scheduler, d.scheduler);
         assert_eq!(c.gpu, d.gpu);
         assert_eq!(c.seal, d.seal);
+        assert_eq!(c.earnings, d.earnings);
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod bench;
 pub mod config;
 pub mod daemon;
 pub mod db;
+pub mod earnings;
 pub mod gpu;
 pub mod ledger;
 pub mod livepeer;

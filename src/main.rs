@@ -44,6 +44,8 @@ enum Command {
     Status(comine::daemon::cli::StatusArgs),
     /// The pixel and earnings ledger.
     Ledger(comine::ledger::cli::Args),
+    /// What the work earned, what the pool credited, what reached the wallet; signed receipts.
+    Earnings(comine::earnings::cli::Args),
     /// Attach to a Livepeer orchestrator as a remote transcoder on its own, with a fixed
     /// capacity (`comine run --orch-addr …` does the same under the scheduler, with a ledger).
     Livepeer(comine::daemon::livepeer::standalone::Args),
@@ -51,6 +53,26 @@ enum Command {
     Bench(comine::bench::cli::Args),
     /// Work with benchmark reports (compare several machines).
     Report(comine::report::cli::Args),
+}
+
+/// `[earnings]`, the data directory and `[livepeer] eth_address` from the daemon's config.
+fn earnings_context(
+    config: Option<&std::path::Path>,
+    data_dir: Option<std::path::PathBuf>,
+) -> anyhow::Result<comine::earnings::cli::Context> {
+    let cfg = comine::config::Config::load(config)?;
+    let livepeer_eth = match cfg.livepeer.get("eth_address").and_then(|v| v.as_str()) {
+        Some(a) => Some(comine::earnings::config::parse_address(
+            "livepeer.eth_address",
+            a,
+        )?),
+        None => None,
+    };
+    Ok(comine::earnings::cli::Context {
+        data_dir: comine::daemon::resolve_data_dir(data_dir, &cfg),
+        earnings: cfg.earnings,
+        livepeer_eth,
+    })
 }
 
 fn main() -> ExitCode {
@@ -69,6 +91,7 @@ fn main() -> ExitCode {
         Command::Run(args) => comine::daemon::cli::run(args),
         Command::Status(args) => comine::daemon::cli::status(args),
         Command::Ledger(args) => comine::ledger::cli::run(args),
+        Command::Earnings(args) => comine::earnings::cli::run(args, earnings_context),
         Command::Livepeer(args) => comine::daemon::livepeer::standalone::run(args),
         Command::Bench(args) => comine::bench::cli::run(args),
         Command::Report(args) => comine::report::cli::run(args),

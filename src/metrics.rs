@@ -145,6 +145,9 @@ pub struct Metrics {
     pub livepeer_segments: Family<ResultLabel, Counter>,
     pub ai_jobs: Family<AiLabel, Counter>,
     pub ai_units: Family<AiModelLabel, Counter>,
+    /// Today's (UTC) expected earnings, wei (saturates at 2⁶³ − 1, ≈ 9.2 ETH).
+    pub earnings_gross_today_wei: Gauge,
+    pub earnings_net_today_wei: Gauge,
 }
 
 impl Default for Metrics {
@@ -192,6 +195,8 @@ impl Metrics {
             livepeer_segments: Family::default(),
             ai_jobs: Family::default(),
             ai_units: Family::default(),
+            earnings_gross_today_wei: Gauge::default(),
+            earnings_net_today_wei: Gauge::default(),
             registry: Registry::default(),
         };
         r.register(
@@ -357,6 +362,16 @@ impl Metrics {
             "comine_livepeer_segments",
             "Livepeer segments by result (ok, failed, bad_input, deadline, not_accepted, duplicate, store_error)",
             m.livepeer_segments.clone(),
+        );
+        r.register(
+            "comine_earnings_expected_today_gross_wei",
+            "Expected earnings of today's (UTC) done jobs before the pool's cut, wei",
+            m.earnings_gross_today_wei.clone(),
+        );
+        r.register(
+            "comine_earnings_expected_today_net_wei",
+            "Expected earnings of today's (UTC) done jobs after the pool model, wei",
+            m.earnings_net_today_wei.clone(),
         );
         Metrics { registry: r, ..m }
     }

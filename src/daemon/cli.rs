@@ -382,6 +382,9 @@ pub async fn serve(
             ));
         }
     }
+    // Pool statement polling, chain checks and the daily receipt root, until shutdown.
+    let earnings_stop = tokio_util::sync::CancellationToken::new();
+    let earnings_tasks = d.earnings.spawn(earnings_stop.clone());
     let lp_stop = tokio_util::sync::CancellationToken::new();
     // The AI worker: same orchestrator, TLS, secret and backoff, when [ai] lists models.
     let ai_stop = tokio_util::sync::CancellationToken::new();
@@ -445,6 +448,15 @@ pub async fn serve(
     d.shutdown(grace).await;
     watchdog_stop.cancel();
     let _ = dispatcher.await;
+    earnings_stop.cancel();
+    for t in earnings_tasks {
+        if tokio::time::timeout(Duration::from_secs(5), t)
+            .await
+            .is_err()
+        {
+            tracing::warn!("an earnings task did not stop in time");
+        }
+    }
     match tokio::time::timeout(Duration::from_secs(10), server).await {
         Ok(Ok(Ok(()))) => {}
         Ok(Ok(Err(e))) => tracing::warn!(error = %e, "HTTP server ended with an error"),
@@ -635,8 +647,15 @@ pub fn render_status(v: &serde_json::Value) -> String {
                                 .iter()
                                 .filter_map(|r| r.as_str())
                                 .collect();
-                            (!reasons.is_empty())
-                                .then(|| format!("gpu {}: {}", dev["index"], reasons.join("; ")))
+                            (!reasons.is_empty()).then(|| {
+                                // A CPU standing in for a GPU is named as what it is.
+                                let kind = if dev["source"] == "host" {
+                                    "host"
+                                } else {
+                                    "gpu"
+                                };
+                                format!("{kind} {}: {}", dev["index"], reasons.join("; "))
+                            })
                         })
                         .collect()
                 })

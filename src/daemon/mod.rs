@@ -42,10 +42,36 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::earnings::Earnings;
 use crate::ledger::{self, Admitted, JobRecord, JobState, Ledger, NewJob, Price};
 use crate::metrics::Metrics;
 use admission::Admission;
 use rendition_store::RenditionStore;
+
+/// `[earnings]` over `<data_dir>/comine.db`. Without its own price, `[earnings]` values jobs
+/// at `[ledger] price_per_unit_wei`, so one configured price means one answer everywhere.
+/// A bad key file (mode, content) or address stops the start with the reason.
+fn open_earnings(config: &Config, data_dir: &Path) -> anyhow::Result<Earnings> {
+    let mut cfg = config.earnings.clone();
+    if cfg.price_per_unit.0.is_zero() && config.ledger.price_per_unit_wei > 0 {
+        cfg.price_per_unit.0 = alloy::primitives::U256::from(config.ledger.price_per_unit_wei);
+        cfg.pixels_per_unit.0 = alloy::primitives::U256::from(config.ledger.pixels_per_unit.max(1));
+    }
+    let fallback = match config.livepeer.get("eth_address").and_then(|v| v.as_str()) {
+        Some(a) => Some(crate::earnings::config::parse_address(
+            "livepeer.eth_address",
+            a,
+        )?),
+        None => None,
+    };
+    Earnings::open(&cfg, data_dir, fallback).map_err(|e| {
+        anyhow::anyhow!(
+            "{} (earnings tables in {})",
+            crate::earnings::error_chain(&e),
+            data_dir.join(crate::earnings::DB_FILE).display()
+        )
+    })
+}
 
 /// `--data-dir`, else `data_dir` in the config, else `$COMINE_DATA_DIR` / the platform default.
 pub fn resolve_data_dir(flag: Option<PathBuf>, config: &Config) -> PathBuf {
@@ -146,6 +172,8 @@ pub struct Daemon {
     pub livepeer: OnceLock<livepeer::LivepeerState>,
     /// Set when `comine run` also registered as a Livepeer AI worker.
     pub ai: OnceLock<ai::AiState>,
+    /// Every done job's price snapshot and signed receipt (`[earnings]`).
+    pub earnings: Arc<Earnings>,
 }
 
 impl Daemon {
@@ -172,6 +200,7 @@ impl Daemon {
         )
         .map_err(|e| anyhow::anyhow!("cannot open the ledger in {}: {e}", data_dir.display()))?;
         ledger.db().set_max_group(config.ledger.max_group_commit);
+        let earnings = Arc::new(open_earnings(&config, &data_dir)?);
         let (live_tx, live_rx) = mpsc::unbounded_channel();
         let (batch_tx, batch_rx) = mpsc::unbounded_channel();
         let metrics = Metrics::new();
@@ -204,7 +233,28 @@ impl Daemon {
             listen_addr: OnceLock::new(),
             livepeer: OnceLock::new(),
             ai: OnceLock::new(),
+            earnings,
         }))
+    }
+
+    /// Values a job that reached `done` and signs its receipt (off the async workers: SQLite
+    /// and secp256k1). A failure is logged, never fails the job: the pixels are in the ledger,
+    /// and `comine earnings` recounts from there.
+    /// `receipt_id` names a receipt already signed for this job (a Livepeer segment's, sent
+    /// with its results), which is linked instead of signing another.
+    pub async fn account_earnings(&self, job: &JobRecord, receipt_id: Option<String>) {
+        let e = self.earnings.clone();
+        let job = job.clone();
+        let id = job.job_id.clone();
+        let r = tokio::task::spawn_blocking(move || e.job_done(&job, receipt_id.as_deref(), None))
+            .await;
+        match r {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(job = %id, error = %crate::earnings::error_chain(&e), "cannot record the job's earnings or receipt")
+            }
+            Err(e) => tracing::warn!(job = %id, error = %e, "the earnings task failed"),
+        }
     }
 
     pub fn spool_path(&self, id: &str) -> PathBuf {

@@ -49,6 +49,16 @@ pub trait RenditionStore: Send + Sync + 'static {
     /// Adds the file at `path` (the caller deletes it afterwards) and returns its CID.
     /// Must be durable when it returns: the ledger then records the job as stored.
     fn put<'a>(&'a self, path: &'a Path) -> BoxFuture<'a, Result<StoredRef, RenditionStoreError>>;
+    /// The CID [`RenditionStore::put`] would return for the file at `path`, storing nothing
+    /// (a work receipt names the CIDs before the renditions are stored). `None` when the
+    /// backend cannot tell in advance.
+    fn cid_of<'a>(
+        &'a self,
+        path: &'a Path,
+    ) -> BoxFuture<'a, Result<Option<String>, RenditionStoreError>> {
+        let _ = path;
+        Box::pin(async { Ok(None) })
+    }
     /// Streams stored content; `Ok(None)` when the CID is unknown.
     fn open<'a>(
         &'a self,
@@ -170,6 +180,25 @@ impl RenditionStore for EmbeddedStore {
                 })
                 .await
                 .map_err(join_err)?
+        })
+    }
+
+    fn cid_of<'a>(
+        &'a self,
+        path: &'a Path,
+    ) -> BoxFuture<'a, Result<Option<String>, RenditionStoreError>> {
+        Box::pin(async move {
+            let (opts, path) = (self.opts, path.to_path_buf());
+            tokio::task::spawn_blocking(move || {
+                let f = std::fs::File::open(&path).map_err(|e| {
+                    RenditionStoreError::Other(format!("cannot read {}: {e}", path.display()))
+                })?;
+                let imported = crate::store::compute_cid(&mut std::io::BufReader::new(f), &opts)
+                    .map_err(other)?;
+                Ok(Some(imported.cid.to_string()))
+            })
+            .await
+            .map_err(|e| RenditionStoreError::Other(format!("the CID task failed: {e}")))?
         })
     }
 

@@ -262,6 +262,7 @@ async fn execute(
     let key = id.clone();
     if let Some(done) = d.ledger.call(move |l| l.complete(&key)).await? {
         d.metrics.job_done(&done, received.elapsed().as_secs_f64());
+        d.account_earnings(&done, None).await;
         tracing::info!(job = %id, encoded_pixels = done.encoded_pixels, renditions = done.renditions.len(), "job done");
     }
     Ok(Outcome::Done)

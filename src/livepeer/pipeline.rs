@@ -17,6 +17,9 @@ use super::sink::{BoxFuture, RenditionOutput};
 pub struct SegmentTask {
     pub task_id: i64,
     pub session_id: String,
+    /// The segment's manifest ID (lossy UTF-8) and sequence number.
+    pub manifest_id: String,
+    pub seq: i64,
     /// Media seconds × 1000 as the orchestrator announced them (2000 when it did not).
     pub duration_ms: u32,
     /// The downloaded segment.
@@ -40,6 +43,10 @@ pub struct Transcoded {
     pub renditions: Vec<RenditionOutput>,
     /// Why the hardware path was not used, when it was not.
     pub fallback_reason: Option<String>,
+    /// Extra HTTP headers for the `/transcodeResults` request (a signed work receipt).
+    /// Never sent as multipart parts: go-livepeer reads an `application/octet-stream` part
+    /// as a perceptual hash.
+    pub result_headers: Vec<(String, String)>,
 }
 
 /// Why a segment could not be transcoded; posted to the orchestrator as an error part.

@@ -65,9 +65,12 @@ pub(super) async fn handle(
                 &shared,
                 &http,
                 n.task_id,
-                &format!("multipart/mixed; boundary={boundary}"),
-                done.report.decoded_pixels,
-                body,
+                Upload {
+                    content_type: &format!("multipart/mixed; boundary={boundary}"),
+                    pixels: done.report.decoded_pixels,
+                    extra_headers: &done.report.result_headers,
+                    body,
+                },
                 upload_timeout,
             )
             .await;
@@ -103,9 +106,12 @@ pub(super) async fn handle(
                 &shared,
                 &http,
                 n.task_id,
-                TRANSCODING_ERROR_MIME,
-                0,
-                fail.reason.clone().into_bytes(),
+                Upload {
+                    content_type: TRANSCODING_ERROR_MIME,
+                    pixels: 0,
+                    extra_headers: &[],
+                    body: fail.reason.clone().into_bytes(),
+                },
                 upload_timeout,
             )
             .await;
@@ -188,6 +194,8 @@ async fn work(
     let task = SegmentTask {
         task_id: n.task_id,
         session_id: session_id.to_string(),
+        manifest_id: String::from_utf8_lossy(&seg.manifest_id).into_owned(),
+        seq: seg.seq,
         duration_ms: if seg.duration > 0 {
             seg.duration as u32
         } else {
@@ -299,25 +307,36 @@ fn fetch_failure(url: &str, e: &reqwest::Error) -> Failure {
     }
 }
 
+/// One `/transcodeResults` request: renditions (multipart) or an error part.
+struct Upload<'a> {
+    content_type: &'a str,
+    /// The request's `Pixels` header (decoded pixels; 0 for an error).
+    pixels: u64,
+    /// The pipeline's own headers (a signed work receipt), never parts.
+    extra_headers: &'a [(String, String)],
+    body: Vec<u8>,
+}
+
 async fn post(
     shared: &Shared,
     http: &reqwest::Client,
     task_id: i64,
-    content_type: &str,
-    pixels: u64,
-    body: Vec<u8>,
+    upload: Upload<'_>,
     timeout: Duration,
 ) -> Result<(), String> {
     let cfg = &shared.cfg;
     let url = format!("https://{}/transcodeResults", cfg.orch_addr);
-    let resp = http
-        .post(&url)
+    let mut req = http.post(&url);
+    for (name, value) in upload.extra_headers {
+        req = req.header(name.as_str(), value.as_str());
+    }
+    let resp = req
         .header("Authorization", PROTOCOL_VERSION)
         .header("Credentials", &cfg.secret)
         .header("TaskId", task_id.to_string())
-        .header("Pixels", pixels.to_string())
-        .header(reqwest::header::CONTENT_TYPE, content_type)
-        .body(body)
+        .header("Pixels", upload.pixels.to_string())
+        .header(reqwest::header::CONTENT_TYPE, upload.content_type)
+        .body(upload.body)
         .timeout(timeout)
         .send()
         .await

@@ -96,6 +96,9 @@ pub enum TaskOutcome {
         transcoder: u64,
         decoded_pixels: u64,
         parts: Vec<ResultPart>,
+        /// The request's `Comine-*` headers (lower-case names), such as the signed work
+        /// receipt.
+        extra_headers: Vec<(String, String)>,
     },
     /// A `livepeer/transcoding-error` part with this text.
     TranscodeError(String),
@@ -246,6 +249,13 @@ impl Inner {
             return text(StatusCode::BAD_REQUEST, "Invalid Task ID");
         };
         let pixels = header("Pixels");
+        // go-livepeer ignores headers it does not know; keep comine's own for the tests.
+        let extra: Vec<(String, String)> = req
+            .headers()
+            .iter()
+            .filter(|(n, _)| n.as_str().starts_with("comine-"))
+            .filter_map(|(n, v)| Some((n.as_str().to_string(), v.to_str().ok()?.to_string())))
+            .collect();
         let body = match Limited::new(req.into_body(), 512 << 20).collect().await {
             Ok(b) => b.to_bytes(),
             Err(e) => return text(StatusCode::BAD_REQUEST, &format!("body: {e}")),
@@ -254,7 +264,10 @@ impl Inner {
             // go-livepeer ignores results for unknown (timed-out) tasks and answers OK.
             return text(StatusCode::OK, "OK");
         };
-        let (outcome, status) = check_result(&content_type, pixels.as_deref(), &body, &pending);
+        let (mut outcome, status) = check_result(&content_type, pixels.as_deref(), &body, &pending);
+        if let TaskOutcome::Done { extra_headers, .. } = &mut outcome {
+            *extra_headers = extra;
+        }
         let _ = pending.tx.send(outcome);
         match status {
             Ok(()) => text(StatusCode::OK, "OK"),
@@ -335,6 +348,7 @@ fn check_result(
             transcoder: pending.transcoder,
             decoded_pixels,
             parts: out,
+            extra_headers: Vec::new(),
         },
         Ok(()),
     )

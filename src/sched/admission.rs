@@ -271,7 +271,7 @@ impl Admitter {
         let mut notes = Vec::new();
         for d in g.devices.iter().filter(|d| d.healthy) {
             if !d.admit {
-                notes.push(format!("gpu {}: {}", d.index, d.reasons.join("; ")));
+                notes.push(format!("{}: {}", d.name(), d.reasons.join("; ")));
                 continue;
             }
             let (load, ours) = admitted.get(&d.index).copied().unwrap_or_default();
@@ -280,7 +280,7 @@ impl Admitter {
             if let Some(limit) = d.session_limit {
                 if used + sessions > limit {
                     why = RejectReason::SessionLimit;
-                    notes.push(format!("gpu {}: sessions {used}/{limit}", d.index));
+                    notes.push(format!("{}: sessions {used}/{limit}", d.name()));
                     continue;
                 }
             }
@@ -293,8 +293,8 @@ impl Admitter {
                     why = RejectReason::OverCapacity;
                 }
                 notes.push(format!(
-                    "gpu {}: {:.0} of {:.0} Mpx/s used",
-                    d.index,
+                    "{}: {:.0} of {:.0} Mpx/s used",
+                    d.name(),
                     load / 1e6,
                     cap / 1e6
                 ));

@@ -230,6 +230,16 @@ pub struct DeviceCapacity {
     pub reasons: Vec<String>,
 }
 
+impl DeviceCapacity {
+    /// How messages name the device: `gpu N`, or `host N` for the CPU standing in for one.
+    pub fn name(&self) -> String {
+        match self.source {
+            Source::Host => format!("host {}", self.index),
+            _ => format!("gpu {}", self.index),
+        }
+    }
+}
+
 /// Published capacity, for intake (Livepeer registration) to follow.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Capacity {

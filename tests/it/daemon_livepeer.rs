@@ -67,7 +67,15 @@ async fn run_attaches_stores_renditions_and_accounts_every_segment_once() {
     let orch = TestOrchestrator::start(TestOrchestratorConfig::default())
         .await
         .unwrap();
-    let config = common::write_config(root.path(), "");
+    // An operator key: every result carries a signed work receipt.
+    let key = root.path().join("operator.key");
+    let signer = comine::earnings::receipts::OperatorKey::generate(&key)
+        .unwrap()
+        .address();
+    let config = common::write_config(
+        root.path(),
+        &format!("[earnings]\nkey_file = {:?}\n", key.display().to_string()),
+    );
     let secret = secret_file(root.path(), orch.secret());
     let mut d = common::Daemon::start_with(
         root.path(),
@@ -108,10 +116,30 @@ async fn run_attaches_stores_renditions_and_accounts_every_segment_once() {
     let (a, b) = tokio::join!(run_session("sess-a"), run_session("sess-b"));
     let mut posted_pixels = 0u64;
     let mut posted_parts: Vec<Bytes> = Vec::new();
+    let mut receipts = Vec::new();
     for outcome in a.into_iter().chain(b) {
         match outcome {
-            TaskOutcome::Done { parts, .. } => {
+            TaskOutcome::Done {
+                parts,
+                decoded_pixels,
+                extra_headers,
+                ..
+            } => {
                 assert_eq!(parts.len(), 2);
+                // The receipt is a header, not a part, and names exactly the posted pixels.
+                let (_, value) = extra_headers
+                    .iter()
+                    .find(|(n, _)| n == "comine-work-receipt")
+                    .unwrap_or_else(|| panic!("no work receipt header: {extra_headers:?}"));
+                let r = comine::earnings::receipts::SignedReceipt::from_header(value).unwrap();
+                r.verify().unwrap();
+                assert_eq!(r.signer, signer);
+                assert_eq!(r.receipt.decoded_pixels, decoded_pixels);
+                assert_eq!(
+                    r.receipt.encoded_pixels,
+                    parts.iter().map(|p| p.pixels).sum::<u64>()
+                );
+                receipts.push(r);
                 for p in parts {
                     assert!(p.pixels > 0);
                     posted_pixels += p.pixels;
@@ -159,6 +187,15 @@ async fn run_attaches_stores_renditions_and_accounts_every_segment_once() {
         }
     }
     assert_eq!(served.len(), posted_parts.len());
+    // Each receipt's CIDs (computed before the results were posted) are the ones stored.
+    let stored: Vec<&str> = jobs.iter().map(|j| j["cids"].as_str().unwrap()).collect();
+    for r in &receipts {
+        assert!(
+            stored.contains(&r.cids.join(" ").as_str()),
+            "{:?} not in {stored:?}",
+            r.cids
+        );
+    }
     for p in &posted_parts {
         assert!(
             served.contains(p),
@@ -173,8 +210,9 @@ async fn run_attaches_stores_renditions_and_accounts_every_segment_once() {
         TaskOutcome::TranscodeError(reason) => assert!(!reason.is_empty()),
         other => panic!("corrupt segment must give an error part, got {other:?}"),
     }
+    // The sink counts the failure before the ledger records it: wait for both.
     let st = wait_status(&d, "the failure recorded", |s| {
-        s["livepeer"]["segments"]["failed"] == 1
+        s["livepeer"]["segments"]["failed"] == 1 && s["jobs"]["failed"] == 1
     })
     .await;
     assert_eq!(st["pixels_today"]["encoded_pixels"], posted_pixels);

@@ -23,6 +23,7 @@ mod daemon_load;
 mod daemon_stress;
 mod db_migration;
 mod deploy_files;
+mod earnings;
 mod gpu_cli;
 mod livepeer;
 mod mutate;

@@ -85,6 +85,11 @@ async fn comine_run_without_a_proof_source_warns_and_runs_the_post_safe_profile(
     assert!(out.contains("store: embedded at "), "{out}");
     assert!(!out.contains("{\""), "raw JSON in comine status:\n{out}");
     assert!(out.contains("recent decisions:"), "{out}");
+    // A CPU is not a GPU, in the decisions too.
+    assert!(
+        out.contains("host 0: PoSt-safe profile") && !out.contains("gpu 0:"),
+        "{out}"
+    );
     drop(d);
 
     // A configured prover name is a proof source: no warning, the normal profile.
@@ -229,5 +234,58 @@ async fn ledger_export_next_to_a_running_daemon_says_it_asks_the_daemon() {
     assert!(
         !err.contains("disk space") && !err.contains("IO error"),
         "a normal lock reported as a disk problem: {err}"
+    );
+}
+
+/// `encoder = "auto"` on a host with a GPU: a rendition that cannot open NVENC and runs on
+/// libx264 takes CPU from sealing, so it is counted in `comine_encoder_fallbacks_total`. On a
+/// CPU-only host libx264 is the encoder, not a fallback, and nothing is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_encoder_fallback_to_the_cpu_is_counted_only_where_a_gpu_is() {
+    const LADDER: &str = "P144p30fps16x9,P240p30fps16x9";
+    let auto_config = |root: &std::path::Path, backend: &str| {
+        let path = root.join("comine.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[gpu]\nbackend = \"{backend}\"\n[transcode]\nencoder = \"auto\"\n\
+                 decoder = \"software\"\nx264_preset = \"ultrafast\"\n"
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let root = tempfile::tempdir().unwrap();
+    let seg = common::segment(root.path(), "a.ts", "testsrc");
+    // The labelled simulated RTX 3090 stands for the GPU; this host has no NVENC to open.
+    let cfg = auto_config(root.path(), "sim:rtx3090");
+    let d = Daemon::start(root.path(), &cfg);
+    let r = d.submit(&format!("profiles={LADDER}"), seg.clone()).await;
+    assert_eq!(r.status(), 200, "{}", d.log());
+    let job: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(job["state"], "done", "{job}");
+    let on_cpu = job["renditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["encoder"] == "libx264")
+        .count();
+    assert_eq!(on_cpu, 2, "{job}");
+    let metrics = d.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains("comine_encoder_fallbacks_total{reason=\"nvenc_unavailable\"} 2"),
+        "{metrics}"
+    );
+    drop(d);
+
+    let root = tempfile::tempdir().unwrap();
+    let cfg = auto_config(root.path(), "host");
+    let d = Daemon::start(root.path(), &cfg);
+    let r = d.submit(&format!("profiles={LADDER}"), seg).await;
+    assert_eq!(r.status(), 200, "{}", d.log());
+    let metrics = d.get("/metrics").await.text().await.unwrap();
+    assert!(
+        !metrics.contains("comine_encoder_fallbacks_total{"),
+        "a CPU host's libx264 counted as a fallback:\n{metrics}"
     );
 }

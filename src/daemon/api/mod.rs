@@ -617,6 +617,7 @@ async fn status(State(d): Shared) -> Result<Json<Value>, ApiError> {
         .call(move || store.describe())
         .await
         .map_err(ApiError::internal)?;
+    let earnings = earnings_today(&d).await?;
     Ok(Json(json!({
         "version": env!("CARGO_PKG_VERSION"),
         "pid": std::process::id(),
@@ -642,6 +643,13 @@ async fn status(State(d): Shared) -> Result<Json<Value>, ApiError> {
         "price": {
             "price_per_unit_wei": d.config.ledger.price_per_unit_wei,
             "pixels_per_unit": d.config.ledger.pixels_per_unit,
+        },
+        // Today's (UTC) expected earnings, wei as decimal strings (they outgrow JSON numbers).
+        "earnings": {
+            "today": earnings,
+            "model": d.earnings.model().kind.as_str(),
+            "payout_address": d.earnings.payout_address().map(|a| a.to_checksum(None)),
+            "receipt_signer": d.earnings.key_address().map(|a| a.to_checksum(None)),
         },
         "scheduler": sched.backend,
         "devices": sched.devices,
@@ -704,7 +712,29 @@ async fn ledger_export(State(d): Shared, RawQuery(query): RawQuery) -> Result<Re
         .into_response())
 }
 
+/// Today's expected earnings from the earnings tables (a blocking SQLite read).
+async fn earnings_today(d: &Arc<Daemon>) -> Result<crate::earnings::statement::Today, ApiError> {
+    let e = d.earnings.clone();
+    tokio::task::spawn_blocking(move || e.today())
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)
+}
+
 async fn metrics(State(d): Shared) -> Response {
+    match earnings_today(&d).await {
+        Ok(t) => {
+            d.metrics
+                .earnings_gross_today_wei
+                .set(crate::earnings::wei_i64(&t.gross_wei));
+            d.metrics
+                .earnings_net_today_wei
+                .set(crate::earnings::wei_i64(&t.net_wei));
+        }
+        Err(e) => {
+            tracing::warn!(error = %e.message, "cannot read today's expected earnings for /metrics")
+        }
+    }
     let sched = d.admission.status();
     d.metrics.set_gpus(&sched.devices);
     let sealing: Vec<(String, i64)> = sched.sealing.into_iter().collect();

@@ -26,11 +26,14 @@ pub mod standalone;
 pub use pipeline::EnginePipeline;
 
 use super::Daemon;
+use crate::earnings::receipts::RECEIPT_HEADER;
+use crate::earnings::ReceiptDraft;
 use crate::ledger::{Admitted, JobClass, NewJob, RenditionRecord};
+use crate::livepeer::proto::VideoProfile;
 use crate::livepeer::sink::{BoxFuture, SinkError};
 use crate::livepeer::{
-    CapacityArg, LinkStatus, LivepeerError, SegmentFailure, SegmentRecord, SegmentSink,
-    TranscoderConfig,
+    CapacityArg, LinkStatus, LivepeerError, SegmentError, SegmentFailure, SegmentPipeline,
+    SegmentRecord, SegmentSink, SegmentTask, Transcoded, TranscoderConfig,
 };
 
 /// Prefix of the ledger's manifest IDs for Livepeer segments, so per-source counters
@@ -201,6 +204,8 @@ impl LedgerSink {
             d.metrics.job_done(&done, r.total_ms as f64 / 1000.0);
             d.metrics.livepeer_segment("ok");
             d.count_fallbacks(r.renditions.iter().map(|x| x.encoder.as_str()), None);
+            d.account_earnings(&done, Some(receipt_id(&r.manifest_id, r.seq, r.task_id)))
+                .await;
             tracing::info!(job = %id, seq = r.seq, encoded_pixels = done.encoded_pixels, "Livepeer segment stored and accounted");
         }
         Ok(())
@@ -265,6 +270,83 @@ impl SegmentSink for LedgerSink {
     }
 }
 
+/// The work receipt's job ID for a Livepeer segment, found again by the sink from the
+/// segment's record: manifest, seq and the orchestrator's task ID.
+pub fn receipt_id(manifest_id: &str, seq: i64, task_id: i64) -> String {
+    format!("{MANIFEST_PREFIX}{manifest_id}/{seq}/task-{task_id}")
+}
+
+/// The engine, plus a signed work receipt on every result when `[earnings] key_file` is set:
+/// the renditions' CIDs are computed as the store will compute them (nothing is stored
+/// before the orchestrator has the results), the receipt is signed and kept, and it travels
+/// in the `Comine-Work-Receipt` header of `/transcodeResults`. A receipt that cannot be made
+/// is logged and the results go without it (the ledger signs the job when it is done).
+pub struct ReceiptPipeline {
+    inner: EnginePipeline,
+    daemon: Arc<Daemon>,
+}
+
+impl ReceiptPipeline {
+    pub fn new(inner: EnginePipeline, daemon: Arc<Daemon>) -> Self {
+        ReceiptPipeline { inner, daemon }
+    }
+
+    async fn run(&self, task: SegmentTask) -> Result<Transcoded, SegmentError> {
+        let (manifest, seq, task_id) = (task.manifest_id.clone(), task.seq, task.task_id);
+        let mut t = self.inner.run(task, self.inner.gpu).await?;
+        if self.daemon.earnings.key_address().is_none() {
+            return Ok(t);
+        }
+        match self.receipt_header(&t, &manifest, seq, task_id).await {
+            Ok(Some(h)) => t.result_headers.push((RECEIPT_HEADER.to_string(), h)),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(task_id, error = %e, "cannot sign the segment's work receipt; posting the results without it")
+            }
+        }
+        Ok(t)
+    }
+
+    async fn receipt_header(
+        &self,
+        t: &Transcoded,
+        manifest: &str,
+        seq: i64,
+        task_id: i64,
+    ) -> anyhow::Result<Option<String>> {
+        let mut cids = Vec::with_capacity(t.renditions.len());
+        for r in &t.renditions {
+            match self.daemon.store.cid_of(&r.path).await? {
+                Some(cid) => cids.push(cid),
+                None => return Ok(None),
+            }
+        }
+        let draft = ReceiptDraft {
+            job_id: receipt_id(manifest, seq, task_id),
+            orchestrator: None,
+            manifest_id: manifest.to_string(),
+            seq: Some(seq),
+            decoded_pixels: t.decoded_pixels,
+            encoded_pixels: t.encoded_pixels,
+            cids,
+            completed_at_ms: crate::util::now_ms(),
+        };
+        let e = self.daemon.earnings.clone();
+        let signed = tokio::task::spawn_blocking(move || e.sign_receipt(&draft)).await??;
+        Ok(signed.map(|s| s.to_header()))
+    }
+}
+
+impl SegmentPipeline for ReceiptPipeline {
+    fn check(&self, profiles: &[VideoProfile]) -> Result<(), SegmentError> {
+        self.inner.check(profiles)
+    }
+
+    fn transcode(&self, task: SegmentTask) -> BoxFuture<'_, Result<Transcoded, SegmentError>> {
+        Box::pin(self.run(task))
+    }
+}
+
 /// What `comine run` needs to attach: the validated client config, the capacity mode and
 /// the engine settings segments are transcoded with.
 pub struct Attach {
@@ -303,7 +385,7 @@ pub fn start(
     tokio::spawn(crate::livepeer::run_transcoder(
         attach.config,
         capacity,
-        Arc::new(attach.pipeline),
+        Arc::new(ReceiptPipeline::new(attach.pipeline, daemon.clone())),
         sink,
         shutdown,
     ))

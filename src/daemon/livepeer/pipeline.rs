@@ -110,6 +110,7 @@ impl EnginePipeline {
             media_seconds: report.media_seconds,
             renditions,
             fallback_reason: report.fallback_reason,
+            result_headers: Vec::new(),
         })
     }
 }
