@@ -5,15 +5,65 @@
 //! back to its default is worse than a refusal. Every key is documented in
 //! `deploy/comine.example.toml`; `config::tests` checks that file parses.
 //! `[scheduler]`, `[gpu]` and `[seal]` are the scheduler's, telemetry's and sealing
-//! controller's own config types; `[livepeer]` is kept as an opaque table for its owner.
+//! controller's own config types; `[livepeer]` ([`LivepeerConfig`]) holds the orchestrator
+//! flags of `comine run` / `comine livepeer`, and the command line wins over it.
+//!
+//! [`DataDirArgs`] is the one answer to "where is the data directory" for every subcommand:
+//! `--data-dir`, else `$COMINE_DATA_DIR`, else `data_dir` in the `--config` file, else the
+//! platform default.
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::livepeer::{CapacityArg, LivepeerArgs};
 use crate::transcode::{
     DecoderChoice, EncoderChoice, Profile, WallBound, DEFAULT_MAX_INPUT_PIXELS,
 };
+
+/// Environment variable naming the config file for every subcommand.
+pub const CONFIG_ENV: &str = "COMINE_CONFIG";
+
+/// `--config FILE` and `--data-dir DIR`, flattened into every subcommand that keeps state.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct DataDirArgs {
+    /// TOML config (every key: deploy/comine.example.toml); without it, defaults.
+    #[arg(long, global = true, env = CONFIG_ENV, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Data directory (default: `data_dir` in the config, else the platform data dir).
+    #[arg(long, global = true, env = crate::paths::DATA_DIR_ENV, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+impl DataDirArgs {
+    /// Loads the config (defaults without `--config`) and resolves the data directory.
+    pub fn load(&self) -> Result<(Config, PathBuf), ConfigError> {
+        let config = Config::load(self.config.as_deref())?;
+        let dir = resolve_data_dir(self.data_dir.clone(), &config);
+        Ok((config, dir))
+    }
+
+    /// [`load`](Self::load) for commands that talk to a running daemon (`comine status`,
+    /// `comine ledger export`): the same order, but the last resort is the daemon this host
+    /// runs ([`crate::paths::client_data_dir`]: the user's own, or the service's
+    /// `/var/lib/comine`).
+    pub fn load_for_client(&self) -> Result<(Config, PathBuf), ConfigError> {
+        let config = Config::load(self.config.as_deref())?;
+        let dir = self
+            .data_dir
+            .clone()
+            .or_else(|| config.data_dir.clone())
+            .unwrap_or_else(crate::paths::client_data_dir);
+        Ok((config, dir))
+    }
+}
+
+/// `--data-dir` (or `$COMINE_DATA_DIR`, which clap reads into the flag), else `data_dir` in
+/// the config, else the platform default.
+pub fn resolve_data_dir(flag: Option<PathBuf>, config: &Config) -> PathBuf {
+    flag.or_else(|| config.data_dir.clone())
+        .unwrap_or_else(crate::paths::default_data_dir)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -59,12 +109,80 @@ pub struct Config {
     pub gpu: crate::gpu::Config,
     /// Sealing controller (default `none`: comine only shapes its own load).
     pub seal: crate::seal::Config,
-    /// Typed by the Livepeer client at merge; kept verbatim here.
-    pub livepeer: toml::Table,
+    /// Attaching to a Livepeer orchestrator (`comine run`, `comine livepeer`); flags win.
+    pub livepeer: LivepeerConfig,
     /// AI jobs: ONNX Runtime, embedded models, HTTP runners (`ai::Config`).
     pub ai: crate::ai::Config,
     /// Prices, pool model, pool statements, chain checks and work receipts.
     pub earnings: crate::earnings::Config,
+}
+
+/// `[livepeer]`: the same settings as the `--orch-*` flags; a flag given on the command line
+/// (or through its environment variable) wins over the file.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LivepeerConfig {
+    /// The orchestrator's TLS port, `HOST:PORT`; setting it attaches `comine run`.
+    pub orch_addr: Option<String>,
+    /// The orchestrator's -orchSecret, or `@FILE` to read it from a file (preferred).
+    pub orch_secret: Option<String>,
+    /// Concurrent sessions to offer: `"auto"` (the scheduler decides) or a number.
+    pub capacity: Option<CapacitySetting>,
+    /// EIP-55 checksummed payout address sent at registration.
+    pub eth_address: Option<String>,
+    /// Verify the orchestrator's certificate against this PEM CA file.
+    pub orch_ca_file: Option<PathBuf>,
+    /// Accept only an orchestrator certificate with this SHA-256 (hex).
+    pub orch_cert_sha256: Option<String>,
+    /// Accept the orchestrator's self-signed certificate unverified (go-livepeer's default).
+    pub orch_insecure_skip_verify: Option<bool>,
+    /// Seconds a capacity change must last before re-registering.
+    pub capacity_dwell_secs: Option<f64>,
+    /// Semver announced in Capabilities.version.
+    pub livepeer_version: Option<String>,
+}
+
+/// `capacity = "auto"` or `capacity = 4`.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum CapacitySetting {
+    Sessions(u32),
+    Text(String),
+}
+
+impl CapacitySetting {
+    pub fn parse(&self) -> Result<CapacityArg, ConfigError> {
+        let text = match self {
+            CapacitySetting::Sessions(n) => n.to_string(),
+            CapacitySetting::Text(s) => s.clone(),
+        };
+        text.parse().map_err(|why| ConfigError::Value {
+            key: "livepeer.capacity",
+            value: text,
+            why,
+        })
+    }
+}
+
+impl LivepeerConfig {
+    /// The flags, with every one the command line left out taken from this section.
+    pub fn under(&self, flags: &LivepeerArgs) -> Result<LivepeerArgs, ConfigError> {
+        let mut a = flags.clone();
+        a.orch_addr = a.orch_addr.or_else(|| self.orch_addr.clone());
+        a.orch_secret = a.orch_secret.or_else(|| self.orch_secret.clone());
+        if a.capacity.is_none() {
+            a.capacity = self.capacity.as_ref().map(|c| c.parse()).transpose()?;
+        }
+        a.eth_address = a.eth_address.or_else(|| self.eth_address.clone());
+        a.orch_ca_file = a.orch_ca_file.or_else(|| self.orch_ca_file.clone());
+        a.orch_cert_sha256 = a.orch_cert_sha256.or_else(|| self.orch_cert_sha256.clone());
+        a.orch_insecure_skip_verify = a
+            .orch_insecure_skip_verify
+            .or(self.orch_insecure_skip_verify);
+        a.capacity_dwell = a.capacity_dwell.or(self.capacity_dwell_secs);
+        a.livepeer_version = a.livepeer_version.or_else(|| self.livepeer_version.clone());
+        Ok(a)
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -131,6 +249,9 @@ pub struct TranscodeConfig {
     pub wall_min_mpixels_per_sec: f64,
     /// Store attempts per rendition before a job fails with `store_error`.
     pub store_attempts: u32,
+    /// Measure each device's pixel rate at start (cached in `<data>/calibration.json`), so
+    /// the scheduler and `--capacity auto` use what this host really does.
+    pub calibrate: bool,
 }
 
 impl Default for TranscodeConfig {
@@ -147,6 +268,7 @@ impl Default for TranscodeConfig {
             wall_floor_secs: WallBound::DEFAULT.floor.as_secs(),
             wall_min_mpixels_per_sec: WallBound::DEFAULT.min_pixel_rate / 1e6,
             store_attempts: 3,
+            calibrate: true,
         }
     }
 }
@@ -339,6 +461,9 @@ impl Config {
                 why: "must be at least 1".into(),
             });
         }
+        if let Some(c) = &self.livepeer.capacity {
+            c.parse()?;
+        }
         self.earnings.validate().map_err(|e| ConfigError::Value {
             key: e.key,
             value: e.value,
@@ -435,6 +560,7 @@ mod tests {
             "[scheduler]\nseal_high_watermak = 0.5\n",
             "[gpu]\nbakend = \"host\"\n",
             "[seal]\ncontroler = \"curio\"\n",
+            "[livepeer]\norch_adress = \"pool:8935\"\n",
         ] {
             let err = Config::parse(text, "test").unwrap_err().to_string();
             let key = text

@@ -150,8 +150,15 @@ fn check_blocking_allowed() -> Result<(), DbError> {
     if IN_WRITER.with(Cell::get) {
         return Err(DbError::Reentrant);
     }
+    assert_off_runtime();
+    Ok(())
+}
+
+/// The runtime guard ([`guard_runtime`]) for blocking SQLite work outside [`Db`] (the
+/// earnings tables' connection): a panic in debug builds, one error log in release builds.
+pub fn assert_off_runtime() {
     if ASYNC_WORKER.with(Cell::get) {
-        let msg = "blocking database call on an async worker thread: use Db::call, Db::write_async or Ledger::call";
+        let msg = "blocking database call on an async worker thread: use Db::call, Db::write_async, Ledger::call or Records::call";
         if cfg!(debug_assertions) {
             panic!("{msg}");
         }
@@ -159,7 +166,6 @@ fn check_blocking_allowed() -> Result<(), DbError> {
             tracing::error!("{msg}");
         }
     }
-    Ok(())
 }
 
 /// Where a write's answer goes.

@@ -40,6 +40,9 @@ enum Command {
     Store(Box<comine::store::cli::Args>),
     /// Run the daemon: HTTP API, queue, workers, ledger and metrics.
     Run(comine::daemon::cli::RunArgs),
+    /// Measure each device's transcoding rate again (cached for `comine run` and
+    /// `--capacity auto`, which otherwise measure only when the hardware or FFmpeg changed).
+    Calibrate(comine::daemon::cli::CalibrateArgs),
     /// Human summary of a running daemon (read from its API).
     Status(comine::daemon::cli::StatusArgs),
     /// The pixel and earnings ledger.
@@ -53,6 +56,8 @@ enum Command {
     Bench(comine::bench::cli::Args),
     /// Work with benchmark reports (compare several machines).
     Report(comine::report::cli::Args),
+    /// AI jobs without a daemon: `comine ai upscale INPUT --out DIR` (video segments).
+    Ai(comine::ai::cli::Args),
 }
 
 /// `[earnings]`, the data directory and `[livepeer] eth_address` from the daemon's config.
@@ -61,7 +66,7 @@ fn earnings_context(
     data_dir: Option<std::path::PathBuf>,
 ) -> anyhow::Result<comine::earnings::cli::Context> {
     let cfg = comine::config::Config::load(config)?;
-    let livepeer_eth = match cfg.livepeer.get("eth_address").and_then(|v| v.as_str()) {
+    let livepeer_eth = match cfg.livepeer.eth_address.as_deref() {
         Some(a) => Some(comine::earnings::config::parse_address(
             "livepeer.eth_address",
             a,
@@ -69,7 +74,7 @@ fn earnings_context(
         None => None,
     };
     Ok(comine::earnings::cli::Context {
-        data_dir: comine::daemon::resolve_data_dir(data_dir, &cfg),
+        data_dir: comine::config::resolve_data_dir(data_dir, &cfg),
         earnings: cfg.earnings,
         livepeer_eth,
     })
@@ -90,14 +95,18 @@ fn main() -> ExitCode {
         Command::Store(args) => comine::store::cli::run(*args),
         Command::Run(args) => comine::daemon::cli::run(args),
         Command::Status(args) => comine::daemon::cli::status(args),
+        Command::Calibrate(args) => comine::daemon::cli::calibrate(args),
         Command::Ledger(args) => comine::ledger::cli::run(args),
         Command::Earnings(args) => comine::earnings::cli::run(args, earnings_context),
         Command::Livepeer(args) => comine::daemon::livepeer::standalone::run(args),
         Command::Bench(args) => comine::bench::cli::run(args),
         Command::Report(args) => comine::report::cli::run(args),
+        Command::Ai(args) => comine::ai::cli::run(args),
     };
     match result {
         Ok(code) => code,
+        // `comine ledger export | head`: the reader has what it wanted (as ripgrep does).
+        Err(err) if comine::util::stdout::is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
             // `{:#}` joins the context chain on one line.
             eprintln!("error: {err:#}");

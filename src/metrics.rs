@@ -314,7 +314,7 @@ impl Metrics {
         );
         r.register(
             "comine_sealing_tasks",
-            "Sealing task types by state (enabled, disabled) as the scheduler steers them",
+            "Sealing task types by state (enabled, disabled) as the sealing controller last confirmed them; unknown when nothing can confirm",
             m.sealing_tasks.clone(),
         );
         r.register(
@@ -463,7 +463,18 @@ impl Metrics {
             .inc();
     }
 
+    /// Sealing task types by state as the controller last confirmed them (`unknown` when
+    /// nothing can confirm). A state absent now reads 0, never its last count.
     pub fn set_sealing(&self, states: &[(String, i64)]) {
+        for state in ["enabled", "disabled", "unknown"] {
+            if !states.iter().any(|(s, _)| s == state) {
+                self.sealing_tasks
+                    .get_or_create(&StateLabel {
+                        state: state.to_string(),
+                    })
+                    .set(0);
+            }
+        }
         for (state, n) in states {
             self.sealing_tasks
                 .get_or_create(&StateLabel {
@@ -577,6 +588,24 @@ mod tests {
             "comine_encoder_fallbacks_total{reason=\"session_cap\"} 2",
             "comine_livepeer_segments_total{result=\"ok\"} 1",
             "comine_queue_depth 0",
+        ] {
+            assert!(text.contains(needle), "missing {needle} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn sealing_states_report_what_is_confirmed_now() {
+        let m = Metrics::new();
+        m.set_sealing(&[("unknown".into(), 4)]);
+        assert!(m
+            .encode()
+            .contains("comine_sealing_tasks{state=\"unknown\"} 4"));
+        m.set_sealing(&[("enabled".into(), 3), ("disabled".into(), 1)]);
+        let text = m.encode();
+        for needle in [
+            "comine_sealing_tasks{state=\"unknown\"} 0",
+            "comine_sealing_tasks{state=\"enabled\"} 3",
+            "comine_sealing_tasks{state=\"disabled\"} 1",
         ] {
             assert!(text.contains(needle), "missing {needle} in\n{text}");
         }

@@ -12,6 +12,7 @@
 //! `docs/ai.md` describes the worker as a whole; `scripts/ai-setup.sh` fetches the runtime
 //! and converts the test model into [`cache_dir`].
 
+pub mod cli;
 pub mod config;
 pub mod image;
 pub mod lease;

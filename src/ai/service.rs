@@ -102,6 +102,31 @@ impl AiService {
             .map(|_| ())
     }
 
+    /// The loaded upscale model for a video job: a warm model must be loaded (its VRAM
+    /// lease held), any other is loaded now (blocking: call it off the async runtime).
+    pub fn upscaler(&self, model_id: &str) -> Result<Arc<super::Upscaler>, AiError> {
+        let m = self.model_config(model_id)?;
+        if m.pipeline != "upscale" {
+            return Err(AiError::UnknownModel {
+                model_id: model_id.into(),
+                served: self.served_list(),
+            });
+        }
+        if let Some(u) = self.models.get(model_id, self.provider) {
+            return Ok(u);
+        }
+        if m.warm {
+            return Err(AiError::Unavailable(format!(
+                "model {model_id} is unloaded: sealing or proofs took its VRAM lease back; retry once it returns (see /v1/status ai.leases)"
+            )));
+        }
+        self.models.load(
+            &m.model_id,
+            &m.path(),
+            &self.cfg.load_options(self.provider),
+        )
+    }
+
     /// Unloads an embedded model; jobs already running on it finish first.
     pub fn unload(&self, model_id: &str) -> bool {
         self.models.unload(model_id, self.provider)

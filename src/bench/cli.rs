@@ -37,9 +37,9 @@ pub struct Args {
     /// figures: rtx3060, rtx3090, rtx4090, a4000 or a5000.
     #[arg(long, default_value = super::sampler::SimSampler::DEFAULT_PRESET, value_name = "PRESET")]
     pub sim_gpu: String,
-    /// Data directory (default: $COMINE_DATA_DIR or the platform data dir).
-    #[arg(long)]
-    pub data_dir: Option<PathBuf>,
+    /// The config file and data directory (reports go to DATA_DIR/bench/ without --out).
+    #[command(flatten)]
+    pub dirs: crate::config::DataDirArgs,
     /// Print report.json on stdout instead of the Markdown summary.
     #[arg(long)]
     pub json: bool,
@@ -104,10 +104,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Some(o) => o,
         None => {
             let secs = crate::util::now_ms() / 1000;
-            args.data_dir
-                .unwrap_or_else(crate::paths::default_data_dir)
-                .join("bench")
-                .join(secs.to_string())
+            args.dirs.load()?.1.join("bench").join(secs.to_string())
         }
     };
     let cancel = CancellationToken::new();
@@ -159,9 +156,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         tracing::info!("wrote {}", f.display());
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        crate::util::outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print!("{}", crate::report::markdown::render(&report));
+        crate::util::out!("{}", crate::report::markdown::render(&report));
     }
     Ok(if interrupted {
         ExitCode::from(130)

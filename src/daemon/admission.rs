@@ -264,11 +264,39 @@ impl SchedAdmission {
         let choice: crate::gpu::BackendChoice = config.gpu.backend.parse()?;
         let gpu_config = config.gpu.clone();
         // NVML loading blocks (dlopen, driver calls).
-        let telemetry = tokio::task::spawn_blocking(move || crate::gpu::open(&choice, &gpu_config))
-            .await
-            .map_err(|e| crate::gpu::Error::Nvml(format!("telemetry open failed: {e}")))??;
+        let (telemetry, first) = tokio::task::spawn_blocking(move || {
+            crate::gpu::open(&choice, &gpu_config).map(|mut t| {
+                let first = t.poll();
+                (t, first)
+            })
+        })
+        .await
+        .map_err(|e| crate::gpu::Error::Nvml(format!("telemetry open failed: {e}")))??;
         let source = telemetry.source();
         tracing::info!(%source, "scheduler telemetry");
+        // Rate each device at what it was measured to do (cached; see `calibration`).
+        let mut sched_config = config.scheduler.clone();
+        if config.transcode.calibrate {
+            let settings = super::calibration::ProbeSettings::from_config(&config.transcode)
+                .unwrap_or(super::calibration::ProbeSettings {
+                    encoder: crate::transcode::EncoderChoice::Auto,
+                    x264_preset: config.transcode.x264_preset.clone(),
+                });
+            let dir = data_dir.to_path_buf();
+            let measured = tokio::task::spawn_blocking(move || {
+                super::calibration::load_or_measure(&dir, &first, &settings, false)
+            })
+            .await;
+            match measured {
+                Ok(Ok(c)) => super::calibration::apply(&c, &mut sched_config),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "calibration failed; devices keep their configured rates")
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "calibration task failed; devices keep their configured rates")
+                }
+            }
+        }
         let (snapshots, _poller) =
             crate::gpu::Poller::spawn(telemetry, config.gpu.poll_interval(), cancel.clone());
         let controller = crate::seal::build(&config.seal)?;
@@ -276,7 +304,7 @@ impl SchedAdmission {
         controller.preflight().await?;
         let task_types = config.seal.task_types.clone();
         let handle = crate::sched::start(
-            config.scheduler.clone(),
+            sched_config,
             task_types.clone(),
             snapshots.clone(),
             controller,
@@ -414,34 +442,35 @@ impl Admission for SchedAdmission {
                 power_watts: d.power_watts,
                 temperature_celsius: d.temperature_c,
                 encoder_sessions: d.nvenc_sessions.map(u64::from),
-                proof_active: d.proof_running(),
+                // Set from the scheduler's view below: a listed prover process is not a
+                // proof until it is active (lotus #7845).
+                proof_active: false,
                 memory_total_bytes: d.memory_total_bytes.unwrap_or(0),
                 memory_used_bytes: d.memory_used_bytes.unwrap_or(0),
             })
             .collect();
-        let (decisions, last) = match self.handle.lock() {
+        let (decisions, confirmed, last) = match self.handle.lock() {
             Ok(g) => match g.as_ref() {
                 Some(h) => {
                     let all = h.decisions();
                     let skip = all.len().saturating_sub(self.history);
                     (
                         all.into_iter().skip(skip).collect::<Vec<_>>(),
+                        h.sealing_confirmed(),
                         h.last_decision(),
                     )
                 }
-                None => (Vec::new(), None),
+                None => (Vec::new(), None, None),
             },
-            Err(_) => (Vec::new(), None),
+            Err(_) => (Vec::new(), None, None),
         };
-        let mut sealing = BTreeMap::new();
+        // What the controller last confirmed, never what the scheduler merely wants; with
+        // nothing confirmed (`controller = "none"`, or no answer yet) the state is unknown.
+        let sealing = confirmed
+            .unwrap_or_else(|| BTreeMap::from([("unknown".to_string(), self.task_types as i64)]));
         let mut sealing_paused = None;
         let mut safe_profile = None;
         if let Some(d) = &last {
-            let mode = match d.sealing.desired {
-                crate::sched::SealMode::Enabled => "enabled",
-                crate::sched::SealMode::Disabled => "disabled",
-            };
-            sealing.insert(mode.to_string(), self.task_types as i64);
             // What the controller last confirmed, not what the scheduler wants.
             sealing_paused = self.confirms.then_some(d.input.controller.sealing_disabled);
             safe_profile = d.input.safe_profile.clone();
@@ -512,13 +541,52 @@ mod tests {
         assert_eq!(st.devices.len(), 1);
         assert_eq!(st.devices[0].source, "simulated");
         assert!(!st.decisions.is_empty());
-        assert_eq!(st.sealing.get("enabled"), Some(&4));
+        // `controller = "none"` confirms nothing: the task types' state is unknown, not "enabled".
+        assert_eq!(st.sealing.get("unknown"), Some(&4), "{:?}", st.sealing);
+        assert_eq!(st.sealing.get("enabled"), None);
         // Far beyond the device with one job running: refused, with a reason.
         let err = a.try_admit(JobClass::Live, 1e15).err().unwrap();
         assert!(!err.message.is_empty());
         drop(permit);
         a.restore().await;
         assert!(cancel.is_cancelled());
+    }
+
+    /// With a lotus-worker controller the gauges say what the worker confirmed: the task
+    /// types it accepts are enabled, the ones it refuses (disabled by the operator) are not.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sealing_status_is_what_the_controller_confirmed() {
+        const TOKEN: &str = "eyJhbGciOiJIUzI1NiJ9.admin.sig";
+        let srv = crate::seal::testserver::TestServer::start(TOKEN)
+            .await
+            .unwrap();
+        let worker =
+            crate::seal::LotusWorker::from_api_info(&srv.api_info(TOKEN), Duration::from_secs(2))
+                .unwrap();
+        // The operator disabled C2 by hand before comine started.
+        worker.task_disable(crate::seal::TT_C2).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = crate::config::Config::default();
+        config.gpu.backend = "sim:rtx3090".into();
+        config.gpu.poll_interval_ms = 20;
+        config.scheduler.tick_interval_ms = 20;
+        config.seal.controller = crate::seal::ControllerKind::LotusWorker;
+        config.seal.api_info = Some(srv.api_info(TOKEN));
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let a = SchedAdmission::start(&config, dir.path(), 4, cancel.clone())
+            .await
+            .unwrap();
+        let mut sealing = BTreeMap::new();
+        for _ in 0..500 {
+            sealing = a.status().sealing;
+            if !sealing.is_empty() && !sealing.contains_key("unknown") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(sealing.get("enabled"), Some(&3), "{sealing:?}");
+        assert_eq!(sealing.get("disabled"), Some(&1), "{sealing:?}");
+        a.restore().await;
     }
 
     #[tokio::test]

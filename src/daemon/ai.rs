@@ -170,9 +170,7 @@ fn account(d: &Daemon, c: &AiCounters, rec: &AiJobRecord) -> anyhow::Result<()> 
             rec.model_id.as_str()
         };
         let job = match d.ledger.admit(NewJob {
-            // Recorded as batch: sched owns JobClass (no `ai` class there yet); the `ai:`
-            // manifest keeps AI jobs apart in every statement.
-            class: JobClass::Batch,
+            class: JobClass::Ai,
             manifest_id: Some(format!("{MANIFEST_PREFIX}{}/{model}", rec.pipeline)),
             seq: u64::try_from(rec.task_id).ok(),
             profiles: vec![format!("ai:{}", rec.pipeline)],
@@ -269,13 +267,15 @@ fn gpus_of(d: &Daemon) -> Vec<GpuDescription> {
         .collect()
 }
 
-/// Starts the AI worker: loads the runtime and warm models now (errors stop the start),
-/// then runs the link, the offer refresher and the lease keeper until `stop`.
+/// Starts the AI side: loads the runtime and warm models now (errors stop the start),
+/// then runs the offer refresher and the lease keeper until `stop`, and, with an
+/// orchestrator (`tcfg`), the AI-worker link (whose task is returned). Without one the
+/// models still serve comine's own API (`/v1/ai/upscale`).
 pub async fn start(
     d: &Arc<Daemon>,
-    tcfg: &TranscoderConfig,
+    tcfg: Option<&TranscoderConfig>,
     stop: CancellationToken,
-) -> anyhow::Result<tokio::task::JoinHandle<Result<(), LivepeerError>>> {
+) -> anyhow::Result<Option<tokio::task::JoinHandle<Result<(), LivepeerError>>>> {
     let cfg = d.config.ai.clone();
     let gpu = d.config.transcode.gpu;
     let service = Arc::new(
@@ -304,11 +304,21 @@ pub async fn start(
             l.mark_held(&m.model_id, crate::ledger::time::now_ms());
         }
     }
-    let mut wcfg = AiWorkerConfig::from_transcoder(tcfg);
-    wcfg.input_timeout = Duration::from_secs(d.config.ai.input_timeout_secs.max(1));
-    wcfg.job_timeout = Duration::from_secs(d.config.ai.job_timeout_secs.max(1));
-    wcfg.shutdown_grace = Duration::from_secs(d.config.api.shutdown_grace_secs);
-    let link = wcfg.link.clone();
+    let wcfg = tcfg.map(|t| {
+        let mut w = AiWorkerConfig::from_transcoder(t);
+        w.input_timeout = Duration::from_secs(d.config.ai.input_timeout_secs.max(1));
+        w.job_timeout = Duration::from_secs(d.config.ai.job_timeout_secs.max(1));
+        w.shutdown_grace = Duration::from_secs(d.config.api.shutdown_grace_secs);
+        w
+    });
+    let link = match &wcfg {
+        Some(w) => w.link.clone(),
+        None => {
+            let l = Arc::new(LinkStatus::default());
+            l.set_state("not_attached");
+            l
+        }
+    };
     let served = service.served().await;
     let (offer_tx, offer_rx) = watch::channel(offer_of(&served, &gpus_of(d)));
     let counters = Arc::new(AiCounters::default());
@@ -339,7 +349,7 @@ pub async fn start(
         counters,
         leases,
     });
-    Ok(tokio::spawn(run_ai_worker(wcfg, offer_rx, handler, stop)))
+    Ok(wcfg.map(|w| tokio::spawn(run_ai_worker(w, offer_rx, handler, stop))))
 }
 
 /// One lease round: read the pressure, apply the take-back or return protocol, publish
@@ -359,10 +369,14 @@ async fn keep_leases(
         .and_then(|dec| dec.pointer("/input/proof/running"))
         .and_then(|v| v.as_bool())
         .unwrap_or(false);
+    let c2 = status.decisions.last().and_then(|dec| c2_on(dec, gpu));
+    if let Some(c2) = &c2 {
+        tracing::debug!(gpu, %c2, "C2 seen on the AI device");
+    }
     let input = LeaseInput {
         now_ms: crate::ledger::time::now_ms(),
         post_window: proof_running,
-        c2_running: false,
+        c2_running: c2.is_some(),
         memory_total_bytes: dev.map(|g| g.memory_total_bytes).unwrap_or(0),
         memory_used_bytes: dev.map(|g| g.memory_used_bytes).unwrap_or(0),
     };
@@ -385,6 +399,36 @@ async fn keep_leases(
             false
         }
     });
+}
+
+/// A sealing process counts as a C2 (the SNARK, which needs the models' memory) when NVML
+/// shows it using this much of the device's SM, percent…
+pub const C2_SM_PCT: u32 = 50;
+/// …or this much of its memory (an idle lotus-worker's CUDA context holds a few hundred
+/// MiB; a C2 holds gigabytes).
+pub const C2_MEMORY_BYTES: u64 = 4 << 30;
+
+/// The C2 on device `gpu` in a scheduler decision (its telemetry snapshot's process list,
+/// NVML's or the simulated device's): who, and how much; `None` when there is none.
+pub fn c2_on(decision: &serde_json::Value, gpu: u32) -> Option<String> {
+    let devices = decision.pointer("/input/snapshot/devices")?.as_array()?;
+    let dev = devices
+        .iter()
+        .find(|d| d.get("index").and_then(|i| i.as_u64()) == Some(u64::from(gpu)))?;
+    dev.get("processes")?.as_array()?.iter().find_map(|p| {
+        let p: crate::gpu::ProcessUse = serde_json::from_value(p.clone()).ok()?;
+        let busy = p.sm_pct.is_some_and(|s| s >= C2_SM_PCT)
+            || p.memory_bytes.is_some_and(|m| m >= C2_MEMORY_BYTES);
+        (p.role == crate::gpu::Role::Sealing && busy).then(|| {
+            format!(
+                "sealing process {} (pid {}) uses {} MiB and {}% SM on GPU {gpu}",
+                p.name,
+                p.pid,
+                p.memory_bytes.unwrap_or(0) >> 20,
+                p.sm_pct.unwrap_or(0)
+            )
+        })
+    })
 }
 
 /// Carries out one lease decision (see [`crate::ai::lease`] for the protocol).
@@ -432,4 +476,34 @@ pub async fn apply(
         }
     }
     // 4. The decision itself is kept by `Leases` (shown in /v1/status with its reason).
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gpu::sim::{JobLoad, SimGpu};
+
+    fn decision(sim: &SimGpu) -> serde_json::Value {
+        json!({"input": {"snapshot": serde_json::to_value(sim.poll()).unwrap()}})
+    }
+
+    #[test]
+    fn a_sealing_process_at_work_on_the_device_is_a_c2() {
+        let sim = SimGpu::from_presets(&["rtx3090", "rtx3090"], 2).unwrap();
+        assert_eq!(c2_on(&decision(&sim), 0), None, "an idle device");
+        let _transcode = sim
+            .start_job(
+                0,
+                JobLoad::Model {
+                    memory_bytes: 6 << 30,
+                },
+            )
+            .unwrap();
+        assert_eq!(c2_on(&decision(&sim), 0), None, "our own model is not a C2");
+        let _c2 = sim.start_job(1, JobLoad::Sealing { sm_pct: 90.0 }).unwrap();
+        assert_eq!(c2_on(&decision(&sim), 0), None, "a C2 on another GPU");
+        let why = c2_on(&decision(&sim), 1).expect("the C2 on GPU 1");
+        assert!(why.starts_with("sealing process lotus-worker"), "{why}");
+        assert!(why.ends_with("on GPU 1"), "{why}");
+    }
 }

@@ -1,5 +1,5 @@
-//! `comine run [--config FILE] [--data-dir DIR] [--listen ADDR]` and
-//! `comine status [--json] [--url URL]`.
+//! `comine run [--config FILE] [--data-dir DIR] [--listen ADDR]`,
+//! `comine status [--json] [--url URL]` and `comine calibrate [--json]`.
 // Doc comments on the flags below are clap's `--help` text, written for a terminal
 // (`<DIR>`, `[:gop=2s|intra]`), not rustdoc markup.
 #![allow(rustdoc::invalid_html_tags, rustdoc::broken_intra_doc_links)]
@@ -14,20 +14,18 @@ use anyhow::Context;
 use super::admission::{Admission, SchedAdmission};
 use super::api::auth;
 use super::rendition_store::{EmbeddedStore, RenditionStore};
-use super::{client, resolve_client_data_dir, resolve_data_dir, Daemon};
-use crate::config::Config;
+use super::{client, Daemon};
+use crate::config::{Config, DataDirArgs};
 
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
-    /// TOML config (every key: deploy/comine.example.toml). Without it, defaults.
-    #[arg(long, env = "COMINE_CONFIG")]
-    pub config: Option<PathBuf>,
-    #[arg(long, env = crate::paths::DATA_DIR_ENV)]
-    pub data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub dirs: DataDirArgs,
     /// Override `[api] listen`, e.g. 127.0.0.1:0 for a free port (see <data>/api.addr).
     #[arg(long)]
     pub listen: Option<String>,
-    /// Attach to a go-livepeer orchestrator as a remote transcoder (`--orch-addr` …).
+    /// Attach to a go-livepeer orchestrator as a remote transcoder (`--orch-addr` …); these
+    /// flags win over `[livepeer]` in the config.
     #[command(flatten)]
     pub livepeer: crate::livepeer::LivepeerArgs,
     /// Probe every GPU's encoder at start (one Livepeer session's ladder of NVENC sessions,
@@ -45,10 +43,56 @@ pub struct StatusArgs {
     /// Daemon URL; default: the address in <data>/api.addr.
     #[arg(long)]
     pub url: Option<String>,
-    #[arg(long, env = "COMINE_CONFIG")]
-    pub config: Option<PathBuf>,
-    #[arg(long, env = crate::paths::DATA_DIR_ENV)]
-    pub data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub dirs: DataDirArgs,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct CalibrateArgs {
+    /// Print the calibration as JSON (what <data>/calibration.json holds).
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub dirs: DataDirArgs,
+}
+
+/// `comine calibrate`: measures every device again (whatever the cache says), caches the
+/// result for `comine run`, and prints what `--capacity auto` will offer from it.
+pub fn calibrate(args: CalibrateArgs) -> anyhow::Result<ExitCode> {
+    use super::calibration::{self, ProbeSettings};
+    let (config, data_dir) = args.dirs.load()?;
+    let settings = ProbeSettings::from_config(&config.transcode)?;
+    let choice: crate::gpu::BackendChoice = config.gpu.backend.parse()?;
+    let mut telemetry = crate::gpu::open(&choice, &config.gpu)?;
+    let snapshot = telemetry.poll();
+    let measured = calibration::load_or_measure(&data_dir, &snapshot, &settings, true)?;
+    if args.json {
+        crate::util::outln!("{}", serde_json::to_string_pretty(&measured)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if measured.devices.is_empty() {
+        crate::util::outln!(
+            "nothing to calibrate: no host CPU or NVIDIA GPU in telemetry ({}); devices keep their configured rates",
+            telemetry.source()
+        );
+    }
+    let sched = &config.scheduler;
+    for d in &measured.devices {
+        crate::util::outln!(
+            "device {} {} ({}): {} {:.1} Mpx/s -> {} Livepeer session(s) with --capacity auto",
+            d.index,
+            d.name,
+            d.uuid,
+            d.encoder,
+            d.pixels_per_sec / 1e6,
+            sched.sessions_for(sched.idle_budget(d.pixels_per_sec))
+        );
+    }
+    crate::util::outln!(
+        "cached in {}",
+        data_dir.join(calibration::CACHE_FILE).display()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Exit status of a fatal configuration error (sysexits' `EX_CONFIG`): a bad config file or
@@ -107,28 +151,21 @@ pub fn exit_status(err: &anyhow::Error) -> ExitCode {
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let mut config = Config::load(args.config.as_deref())?;
+    let (mut config, data_dir) = args.dirs.load()?;
     if let Some(listen) = args.listen {
         config.api.listen = listen;
     }
-    let data_dir = resolve_data_dir(args.data_dir, &config);
-    if !config.livepeer.is_empty() {
-        // Nothing reads `[livepeer]` yet: say so rather than let a pool setting look applied.
-        let keys: Vec<&str> = config.livepeer.keys().map(String::as_str).collect();
-        tracing::warn!(
-            ?keys,
-            "[livepeer] in the config is not read yet and these keys do nothing; attach with `comine run --orch-addr HOST:PORT --orch-secret @FILE [--capacity auto|N]` (docs/livepeer.md)"
-        );
-    }
+    // `[livepeer]` in the config, under whatever the command line says.
+    let lp = config.livepeer.under(&args.livepeer)?;
     // Flags are checked before anything starts: a bad secret file or address checksum
     // is a start-up error, not a log line an hour later.
-    let attach = if args.livepeer.enabled() {
-        let mut cfg = args.livepeer.to_config()?;
+    let attach = if lp.enabled() {
+        let mut cfg = lp.to_config()?;
         let t = &config.transcode;
         cfg.work_dir = data_dir.join("livepeer").join("work");
         Some(super::livepeer::Attach {
             config: cfg,
-            capacity: args.livepeer.capacity(),
+            capacity: lp.capacity(),
             pipeline: super::livepeer::EnginePipeline::new(
                 t.encoder_choice()?,
                 t.x264_preset.clone(),
@@ -386,11 +423,13 @@ pub async fn serve(
     let earnings_stop = tokio_util::sync::CancellationToken::new();
     let earnings_tasks = d.earnings.spawn(earnings_stop.clone());
     let lp_stop = tokio_util::sync::CancellationToken::new();
-    // The AI worker: same orchestrator, TLS, secret and backoff, when [ai] lists models.
+    // The AI side when [ai] lists models (`/v1/ai/upscale`), and with an orchestrator the
+    // AI worker: same TLS, secret and backoff as the transcoder link.
     let ai_stop = tokio_util::sync::CancellationToken::new();
-    let ai_task = match attach.as_ref().filter(|_| d.config.ai.enabled()) {
-        Some(a) => Some(super::ai::start(&d, &a.config, ai_stop.clone()).await?),
-        None => None,
+    let mut ai_task = if d.config.ai.enabled() {
+        super::ai::start(&d, attach.as_ref().map(|a| &a.config), ai_stop.clone()).await?
+    } else {
+        None
     };
     let mut lp_task = attach.map(|a| {
         tracing::info!(orch = %a.config.orch_addr, capacity = ?a.capacity, "attaching to the Livepeer orchestrator");
@@ -407,20 +446,26 @@ pub async fn serve(
     // A fatal refusal from the orchestrator (bad secret, zero capacity) stops the daemon
     // with its message, so a supervisor shows the misconfiguration instead of a daemon
     // that runs but never earns.
+    // The AI-worker link's refusals (an invalid secret) are fatal the same way.
     let mut fatal = None;
-    match lp_task.as_mut() {
-        Some(task) => tokio::select! {
-            _ = wait_for_signal() => {}
-            r = task => {
-                lp_task = None;
-                match r {
-                    Ok(Err(e)) => fatal = Some(anyhow::Error::new(e)),
-                    Ok(Ok(())) => {}
-                    Err(e) => fatal = Some(anyhow::anyhow!("the Livepeer client task failed: {e}")),
-                }
+    tokio::select! {
+        _ = wait_for_signal() => {}
+        r = until_done(lp_task.as_mut()) => {
+            lp_task = None;
+            match r {
+                Ok(Err(e)) => fatal = Some(anyhow::Error::new(e)),
+                Ok(Ok(())) => {}
+                Err(e) => fatal = Some(anyhow::anyhow!("the Livepeer client task failed: {e}")),
             }
-        },
-        None => wait_for_signal().await,
+        }
+        r = until_done(ai_task.as_mut()) => {
+            ai_task = None;
+            match r {
+                Ok(Err(e)) => fatal = Some(anyhow::Error::new(e).context("the Livepeer AI-worker link was refused")),
+                Ok(Ok(())) => {}
+                Err(e) => fatal = Some(anyhow::anyhow!("the Livepeer AI-worker task failed: {e}")),
+            }
+        }
     }
     if let Some(n) = &notifier {
         let _ = n.notify("STOPPING=1\nSTATUS=stopping: draining running jobs");
@@ -469,6 +514,16 @@ pub async fn serve(
     }
 }
 
+/// A task's end, or never when there is no task.
+async fn until_done<T>(
+    task: Option<&mut tokio::task::JoinHandle<T>>,
+) -> Result<T, tokio::task::JoinError> {
+    match task {
+        Some(t) => t.await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     match signal(SignalKind::terminate()) {
@@ -485,20 +540,20 @@ async fn wait_for_signal() {
 }
 
 pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
-    let config = Config::load(args.config.as_deref())?;
-    let data_dir = resolve_client_data_dir(args.data_dir, &config);
+    let (config, data_dir) = args.dirs.load_for_client()?;
     let text = client::get_text_at(&data_dir, &config, args.url.as_deref(), "/v1/status")?;
     if args.json {
-        println!("{text}");
+        crate::util::outln!("{text}");
         return Ok(ExitCode::SUCCESS);
     }
     let v: serde_json::Value = serde_json::from_str(&text).context("status is not JSON")?;
-    print_status(&v);
+    print_status(&v)?;
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_status(v: &serde_json::Value) {
-    print!("{}", render_status(v));
+fn print_status(v: &serde_json::Value) -> anyhow::Result<()> {
+    crate::util::out!("{}", render_status(v));
+    Ok(())
 }
 
 /// A reading as text, or `-` when the daemon could not read it (null or absent).
@@ -627,7 +682,11 @@ pub fn render_status(v: &serde_json::Value) -> String {
                 Some(false) => "running",
                 None => "-",
             };
-            let _ = writeln!(o, "sealing: {paused} (scheduler: {})", parts.join(", "));
+            let _ = writeln!(
+                o,
+                "sealing: {paused} (controller confirms: {})",
+                parts.join(", ")
+            );
         }
     }
     // The most recent decisions, oldest first: what the scheduler did and why.
@@ -769,7 +828,7 @@ mod tests {
             "{out}"
         );
         assert!(
-            out.contains("sealing: - (scheduler: 4 task types enabled)"),
+            out.contains("sealing: - (controller confirms: 4 task types enabled)"),
             "{out}"
         );
         assert!(out.contains("  #7 live demand 0% of capacity"), "{out}");

@@ -21,9 +21,12 @@
 
 pub mod admission;
 pub mod ai;
+pub mod ai_video;
 pub mod api;
+pub mod calibration;
 pub mod cli;
 pub mod client;
+pub mod demand;
 pub mod livepeer;
 pub mod rendition_store;
 pub mod watchdog;
@@ -57,7 +60,7 @@ fn open_earnings(config: &Config, data_dir: &Path) -> anyhow::Result<Earnings> {
         cfg.price_per_unit.0 = alloy::primitives::U256::from(config.ledger.price_per_unit_wei);
         cfg.pixels_per_unit.0 = alloy::primitives::U256::from(config.ledger.pixels_per_unit.max(1));
     }
-    let fallback = match config.livepeer.get("eth_address").and_then(|v| v.as_str()) {
+    let fallback = match config.livepeer.eth_address.as_deref() {
         Some(a) => Some(crate::earnings::config::parse_address(
             "livepeer.eth_address",
             a,
@@ -71,20 +74,6 @@ fn open_earnings(config: &Config, data_dir: &Path) -> anyhow::Result<Earnings> {
             data_dir.join(crate::earnings::DB_FILE).display()
         )
     })
-}
-
-/// `--data-dir`, else `data_dir` in the config, else `$COMINE_DATA_DIR` / the platform default.
-pub fn resolve_data_dir(flag: Option<PathBuf>, config: &Config) -> PathBuf {
-    flag.or_else(|| config.data_dir.clone())
-        .unwrap_or_else(crate::paths::default_data_dir)
-}
-
-/// For commands that talk to a running daemon (`comine status`, `comine ledger export`):
-/// `--data-dir`, else `data_dir` in the config, else `$COMINE_DATA_DIR`, the user's own
-/// daemon, or the systemd service's `/var/lib/comine` ([`crate::paths::client_data_dir`]).
-pub fn resolve_client_data_dir(flag: Option<PathBuf>, config: &Config) -> PathBuf {
-    flag.or_else(|| config.data_dir.clone())
-        .unwrap_or_else(crate::paths::client_data_dir)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -146,12 +135,17 @@ pub struct Daemon {
     queue_tx: [mpsc::UnboundedSender<Queued>; 2],
     queue_rx: Mutex<Option<[mpsc::UnboundedReceiver<Queued>; 2]>>,
     queued: AtomicUsize,
+    /// Queued jobs per lane (live, batch), for each class's demand.
+    queued_by_class: [AtomicUsize; 2],
+    /// What waits for admission, per source and class, and live work waiting anywhere.
+    pub demand: demand::DemandBook,
     waiters: Mutex<HashMap<String, Arc<Notify>>>,
     /// SIGTERM: stop intake and dispatch.
     pub intake_stop: CancellationToken,
     /// Grace period over: cancel running transcodes (they resume on restart).
     pub hard_stop: CancellationToken,
-    slot_freed: Notify,
+    /// Capacity came back (a job or segment finished): every admission waiter retries.
+    pub(crate) slot_freed: Notify,
     tracker: TaskTracker,
     started: Instant,
     /// EWMA of segment latency, ms (for Retry-After).
@@ -218,6 +212,8 @@ impl Daemon {
             queue_tx: [live_tx, batch_tx],
             queue_rx: Mutex::new(Some([live_rx, batch_rx])),
             queued: AtomicUsize::new(0),
+            queued_by_class: Default::default(),
+            demand: demand::DemandBook::default(),
             waiters: Mutex::new(HashMap::new()),
             intake_stop: CancellationToken::new(),
             hard_stop: CancellationToken::new(),
@@ -327,14 +323,31 @@ impl Daemon {
 
     pub(crate) fn enqueue(&self, q: Queued) {
         self.queued.fetch_add(1, Ordering::Relaxed);
+        let lane = lane(q.job.class);
+        self.queued_by_class[lane].fetch_add(1, Ordering::Relaxed);
         self.metrics.queue_depth.set(self.queue_len() as i64);
         // The receiver lives as long as the daemon; a send error only happens after the
         // dispatcher stopped, and the job stays queued in the ledger for the next start.
-        let lane = match q.job.class {
-            ledger::JobClass::Live => 0,
-            ledger::JobClass::Batch => 1,
-        };
         let _ = self.queue_tx[lane].send(q);
+    }
+
+    /// A queued job left the queue for a worker.
+    fn dequeued(&self, class: ledger::JobClass) {
+        self.queued.fetch_sub(1, Ordering::Relaxed);
+        self.queued_by_class[lane(class)].fetch_sub(1, Ordering::Relaxed);
+        self.metrics.queue_depth.set(self.queue_len() as i64);
+    }
+
+    /// Jobs of `class` waiting in the queue.
+    fn queued_of(&self, class: ledger::JobClass) -> usize {
+        self.queued_by_class[lane(class)].load(Ordering::Relaxed)
+    }
+
+    /// Reports one source's waiting work of one class; the scheduler hears the totals.
+    pub fn report_demand(&self, source: demand::DemandSource, class: ledger::JobClass, pps: f64) {
+        if let Some((live, batch)) = self.demand.set(source, class, pps) {
+            self.admission.set_demand(live, batch);
+        }
     }
 
     /// Persists a submission (ledger + fsynced spool) and queues it. When this returns
@@ -617,6 +630,14 @@ impl Daemon {
             _ => "nvenc_unavailable",
         };
         self.metrics.encoder_fallback(why, n);
+    }
+}
+
+/// The queue lane of a class: live jobs are dispatched before batch jobs.
+fn lane(class: ledger::JobClass) -> usize {
+    match class {
+        ledger::JobClass::Live => 0,
+        ledger::JobClass::Batch | ledger::JobClass::Ai => 1,
     }
 }
 

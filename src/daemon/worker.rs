@@ -13,122 +13,161 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
+use super::demand::DemandSource;
 use super::{remove_quiet, Daemon, Queued, Running};
-use crate::ledger::{JobClass, JobRecord, JobState, RenditionRecord};
+use crate::ledger::{JobClass, JobDevice, JobRecord, JobState, RenditionRecord};
+use crate::sched::Rejected;
 use crate::transcode::{self, Input, Options, Profile, TranscodeError};
 
-/// Pulls queued jobs in order and starts each one when the scheduler admits it.
-/// Live jobs first: the live lane is polled before the batch lane.
+/// Pulls queued jobs and starts each one when the scheduler admits it, on the device it
+/// placed it on. Each lane (live, batch) has a head waiting for admission; the live head is
+/// tried first, and the batch head only while no live work waits anywhere (this queue or a
+/// Livepeer segment), so a refused batch job never holds back live work behind it. Each
+/// class's waiting work is reported as that class's demand.
 pub(super) async fn dispatch(d: Arc<Daemon>, rx: [mpsc::UnboundedReceiver<Queued>; 2]) {
-    let [mut live, mut batch] = rx;
+    let [mut live_rx, mut batch_rx] = rx;
     let mut capacity = d.admission.capacity();
     let beat = |d: &Daemon| {
         d.dispatch_beat_ms
             .store(crate::util::now_ms(), Ordering::Relaxed)
     };
+    let mut live: Option<Queued> = None;
+    let mut batch: Option<Queued> = None;
     loop {
         beat(&d);
-        // Gate 1: no more jobs at once than the scheduler's capacity, resumed ones included.
-        loop {
-            let cap = (*capacity.borrow_and_update()).max(1);
-            if d.running_jobs() < cap {
-                break;
-            }
-            beat(&d);
+        if d.intake_stop.is_cancelled() {
+            break;
+        }
+        if live.is_none() {
+            live = live_rx.try_recv().ok();
+        }
+        if batch.is_none() {
+            batch = batch_rx.try_recv().ok();
+        }
+        if live.is_none() && batch.is_none() {
             tokio::select! {
+                biased;
                 _ = d.intake_stop.cancelled() => break,
-                _ = d.slot_freed.notified() => {}
-                r = capacity.changed() => if r.is_err() { break },
+                Some(q) = live_rx.recv() => live = Some(q),
+                Some(q) = batch_rx.recv() => batch = Some(q),
+                // The watchdog's beat while idle.
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {}
             }
+            continue;
         }
-        let q = tokio::select! {
-            biased;
+        // Registered before trying, so a permit released in between still wakes us.
+        let freed = d.slot_freed.notified();
+        tokio::pin!(freed);
+        freed.as_mut().enable();
+        let mut retry = Duration::from_millis(500);
+        let mut progress = false;
+        // Gate 1: no more jobs at once than the scheduler's capacity, resumed ones included.
+        let cap = (*capacity.borrow_and_update()).max(1);
+        if d.running_jobs() < cap {
+            // Gate 2: admission in pixels/s on a device; live first.
+            match try_start(&d, &mut live) {
+                Some(Ok(())) => progress = true,
+                Some(Err(rejected)) => retry = retry.min(rejected.retry_after),
+                None => {}
+            }
+            let live_elsewhere = d.demand.live_waiting() > 0;
+            if live.is_none() && !live_elsewhere && d.running_jobs() < cap {
+                match try_start(&d, &mut batch) {
+                    Some(Ok(())) => progress = true,
+                    Some(Err(rejected)) => retry = retry.min(rejected.retry_after),
+                    None => {}
+                }
+            }
+        }
+        // What still waits is this queue's demand: the head and, as an estimate, as many
+        // more like it as are queued behind it.
+        for (head, class) in [(&live, JobClass::Live), (&batch, JobClass::Batch)] {
+            let pps = head
+                .as_ref()
+                .map(|q| pixels_per_sec(&q.job) * d.queued_of(class).max(1) as f64)
+                .unwrap_or(0.0);
+            d.report_demand(DemandSource::Queue, class, pps);
+        }
+        if progress {
+            continue;
+        }
+        tokio::select! {
             _ = d.intake_stop.cancelled() => break,
-            Some(q) = live.recv() => q,
-            Some(q) = batch.recv() => q,
-            else => break,
-        };
-        let pps = pixels_per_sec(&q.job);
-        let mut demanded = false;
-        // Gate 2: admission in pixels/s on a device.
-        let placement = loop {
-            beat(&d);
-            match d.admission.try_admit(q.job.class, pps) {
-                Ok(p) => break Some(p),
-                Err(rejected) => {
-                    // Tell the scheduler what is waiting: this job and, as an estimate,
-                    // as many more like it as are queued behind it.
-                    let waiting = pps * d.queue_len().max(1) as f64;
-                    match q.job.class {
-                        JobClass::Live => d.admission.set_demand(waiting, 0.0),
-                        JobClass::Batch => d.admission.set_demand(0.0, waiting),
-                    }
-                    demanded = true;
-                    tokio::select! {
-                        _ = d.intake_stop.cancelled() => break None,
-                        _ = d.slot_freed.notified() => {}
-                        _ = capacity.changed() => {
-                            d.metrics.capacity.set(*capacity.borrow_and_update() as i64);
-                        }
-                        _ = tokio::time::sleep(rejected.retry_after.min(Duration::from_millis(500))) => {}
-                    }
+            _ = &mut freed => {}
+            r = capacity.changed() => {
+                if r.is_err() {
+                    break;
                 }
+                d.metrics.capacity.set(*capacity.borrow_and_update() as i64);
             }
-        };
-        if demanded {
-            // Admitted: its load now counts as admitted, not as demand.
-            d.admission.set_demand(0.0, 0.0);
+            Some(q) = live_rx.recv(), if live.is_none() => live = Some(q),
+            Some(q) = batch_rx.recv(), if batch.is_none() => batch = Some(q),
+            _ = tokio::time::sleep(retry.clamp(Duration::from_millis(20), Duration::from_millis(500))) => {}
         }
-        let Some(placement) = placement else { break };
-        d.queued.fetch_sub(1, Ordering::Relaxed);
-        d.metrics.queue_depth.set(d.queue_len() as i64);
-        drop(q.slot);
-        let preempt = d.hard_stop.child_token();
-        let id = q.job.job_id.clone();
-        d.running.lock().unwrap_or_else(|e| e.into_inner()).insert(
-            id.clone(),
-            Running {
-                device: placement.device,
-                class: q.job.class,
-                pixels_per_sec: placement.pixels_per_sec,
-                started: Instant::now(),
-                preempt: preempt.clone(),
-            },
-        );
-        let me = d.clone();
-        d.metrics.jobs_running.inc();
-        d.tracker.spawn(async move {
-            let job = q.job.clone();
-            let started = Instant::now();
-            let outcome = run(&me, q.job, q.received, &preempt).await;
-            drop(placement);
-            me.running
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&id);
-            me.metrics.jobs_running.dec();
-            match outcome {
-                Ok(Outcome::Preempted) => {
-                    // Back in the queue: it runs again once the GPU is free.
-                    me.metrics.jobs_preempted.inc();
-                    me.enqueue(Queued {
-                        job,
-                        slot: None,
-                        received: Instant::now(),
-                    });
-                }
-                Ok(Outcome::Done) => me.record_run_time(started.elapsed().as_millis() as u64),
-                Ok(_) => {}
-                Err(err) => {
-                    tracing::error!(job = %id, error = %format!("{err:#}"), "job could not be recorded; it resumes at next start");
-                }
-            }
-            me.slot_freed.notify_one();
-            me.notify_final(&id);
-        });
     }
     tracing::debug!("dispatcher stopped");
+}
+
+/// Asks the scheduler to admit the lane's head; when it does, takes it out of `head` and
+/// starts it on the placed device. `None` when the lane is empty; a refused job stays.
+fn try_start(d: &Arc<Daemon>, head: &mut Option<Queued>) -> Option<Result<(), Rejected>> {
+    let job = &head.as_ref()?.job;
+    let placement = match d.admission.try_admit(job.class, pixels_per_sec(job)) {
+        Ok(p) => p,
+        Err(rejected) => return Some(Err(rejected)),
+    };
+    let q = head.take()?;
+    d.dequeued(q.job.class);
+    drop(q.slot);
+    let preempt = d.hard_stop.child_token();
+    let id = q.job.job_id.clone();
+    d.running.lock().unwrap_or_else(|e| e.into_inner()).insert(
+        id.clone(),
+        Running {
+            device: placement.device,
+            class: q.job.class,
+            pixels_per_sec: placement.pixels_per_sec,
+            started: Instant::now(),
+            preempt: preempt.clone(),
+        },
+    );
+    let me = d.clone();
+    d.metrics.jobs_running.inc();
+    d.tracker.spawn(async move {
+        let job = q.job.clone();
+        let started = Instant::now();
+        let device = JobDevice {
+            index: placement.device,
+            uuid: placement.uuid.clone(),
+        };
+        let outcome = run(&me, q.job, q.received, device, &preempt).await;
+        drop(placement);
+        me.running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+        me.metrics.jobs_running.dec();
+        match outcome {
+            Ok(Outcome::Preempted) => {
+                // Back in the queue: it runs again once the GPU is free.
+                me.metrics.jobs_preempted.inc();
+                me.enqueue(Queued {
+                    job,
+                    slot: None,
+                    received: Instant::now(),
+                });
+            }
+            Ok(Outcome::Done) => me.record_run_time(started.elapsed().as_millis() as u64),
+            Ok(_) => {}
+            Err(err) => {
+                tracing::error!(job = %id, error = %format!("{err:#}"), "job could not be recorded; it resumes at next start");
+            }
+        }
+        // Every admission waiter (the dispatcher, Livepeer segments) retries.
+        me.slot_freed.notify_waiters();
+        me.notify_final(&id);
+    });
+    Some(Ok(()))
 }
 
 /// Follows the scheduler's shed requests: when a proof needs a GPU back (its floor, or its
@@ -150,13 +189,14 @@ pub(super) async fn reclaim(d: Arc<Daemon>) {
     }
 }
 
-/// Σ w × h × fps over the ladder (30 fps when a rung keeps the source's rate).
+/// Σ w × h × fps over the job's ladder (see [`transcode::ladder_pixels_per_sec`]).
 fn pixels_per_sec(job: &JobRecord) -> f64 {
-    job.profiles
+    let ladder: Vec<Profile> = job
+        .profiles
         .iter()
         .filter_map(|p| Profile::parse(p).ok())
-        .map(|p| p.width.max(1) as f64 * p.height.max(1) as f64 * p.fps().unwrap_or(30.0))
-        .sum()
+        .collect();
+    transcode::ladder_pixels_per_sec(&ladder)
 }
 
 enum Outcome {
@@ -192,10 +232,11 @@ async fn run(
     d: &Arc<Daemon>,
     job: JobRecord,
     received: Instant,
+    device: JobDevice,
     preempt: &tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<Outcome> {
     let id = job.job_id.clone();
-    let outcome = match execute(d, job.clone(), received, preempt).await {
+    let outcome = match execute(d, job.clone(), received, device, preempt).await {
         Ok(o) => o,
         Err(e) if is_disk_full(&e) => {
             tracing::error!(job = %id, error = %format!("{e:#}"), "disk full while recording the job");
@@ -243,6 +284,7 @@ async fn execute(
     d: &Arc<Daemon>,
     job: JobRecord,
     received: Instant,
+    device: JobDevice,
     preempt: &tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<Outcome> {
     let id = job.job_id.clone();
@@ -253,7 +295,10 @@ async fn execute(
     }
     if current.state != JobState::Stored {
         let key = id.clone();
-        let job = d.ledger.call(move |l| l.mark_transcoding(&key)).await?;
+        let job = d
+            .ledger
+            .call(move |l| l.mark_transcoding_on(&key, device))
+            .await?;
         match transcode_and_store(d, &job, received, preempt).await? {
             Ok(()) => {}
             Err(outcome) => return Ok(outcome),
@@ -290,11 +335,11 @@ async fn transcode_and_store(
     std::fs::create_dir_all(&out_dir)?;
     let deadline = match job.class {
         JobClass::Live => Some(received + Duration::from_millis(4 * job.duration_ms.max(1))),
-        // AI jobs never reach the transcode queue; were one resumed, it is batch-like.
         JobClass::Batch if cfg.batch_deadline_secs > 0 => {
             Some(Instant::now() + Duration::from_secs(cfg.batch_deadline_secs))
         }
-        JobClass::Batch => None,
+        // AI jobs never reach the transcode queue (see `daemon::ai`).
+        JobClass::Batch | JobClass::Ai => None,
     };
     let request = transcode::Request {
         input: Input::File(d.spool_path(id)),
@@ -303,7 +348,8 @@ async fn transcode_and_store(
         options: Options {
             encoder: cfg.encoder_choice()?,
             decoder: cfg.decoder_choice()?,
-            gpu: cfg.gpu,
+            // The device the scheduler placed the job on (recorded in the ledger with it).
+            gpu: job.device.as_ref().map_or(cfg.gpu, |dev| dev.index),
             max_input_pixels: cfg.max_input_pixels,
             x264_preset: cfg.x264_preset.clone(),
             deadline,

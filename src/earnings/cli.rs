@@ -30,7 +30,7 @@ pub struct Args {
     pub command: Option<Command>,
     #[command(flatten)]
     pub statement: StatementArgs,
-    /// Daemon config file (for [earnings] and the data directory).
+    /// Daemon config file (for `[earnings]` and the data directory).
     #[arg(long, global = true)]
     pub config: Option<PathBuf>,
     #[arg(long, global = true, env = crate::paths::DATA_DIR_ENV)]

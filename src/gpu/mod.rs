@@ -144,8 +144,9 @@ impl DeviceSnapshot {
         self.throttle_reasons.iter().any(|r| r.contains("thermal"))
     }
 
-    /// True when a process with the proof role runs on this device.
-    pub fn proof_running(&self) -> bool {
+    /// True when a process with the proof role is listed on this device. Presence is not
+    /// activity (an idle prover keeps its CUDA context): the scheduler judges activity.
+    pub fn prover_present(&self) -> bool {
         self.processes.iter().any(|p| p.role == Role::Proof)
     }
 }

@@ -67,6 +67,9 @@ pub enum JobLoad {
     Sealing { sm_pct: f64 },
     /// A WindowPoSt/WinningPoSt using this share of the SMs.
     Proof { sm_pct: f64 },
+    /// A prover process (lotus-miner, lotus-worker) that keeps a CUDA context open while
+    /// idle (lotus #7845): listed by NVML with this much memory and no SM use.
+    ProverContext { memory_bytes: u64 },
     /// An AI model loaded by comine: its VRAM lease (device memory, no steady SM load).
     Model { memory_bytes: u64 },
 }
@@ -290,6 +293,9 @@ impl SimGpu {
                     }
                     JobLoad::Proof { sm_pct } => {
                         (Role::Proof, "lotus-worker-post", sm_pct, 0.0, 4 * GIB)
+                    }
+                    JobLoad::ProverContext { memory_bytes } => {
+                        (Role::Proof, "lotus-miner", 0.0, 0.0, memory_bytes)
                     }
                     JobLoad::Model { memory_bytes } => {
                         (Role::Comine, "comine-ai", 0.0, 0.0, memory_bytes)

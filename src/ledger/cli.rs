@@ -11,7 +11,7 @@ use anyhow::Context;
 
 use super::export::{self, Format};
 use super::{time, Ledger, Price};
-use crate::config::Config;
+use crate::config::DataDirArgs;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -35,11 +35,9 @@ pub struct ExportArgs {
     /// Write here instead of stdout.
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Daemon config (for the data directory and price).
-    #[arg(long)]
-    pub config: Option<PathBuf>,
-    #[arg(long, env = crate::paths::DATA_DIR_ENV)]
-    pub data_dir: Option<PathBuf>,
+    /// Daemon config (for the data directory and price) and data directory.
+    #[command(flatten)]
+    pub dirs: DataDirArgs,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -50,8 +48,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             args.since
         )
     })?;
-    let config = Config::load(args.config.as_deref())?;
-    let data_dir = crate::daemon::resolve_client_data_dir(args.data_dir.clone(), &config);
+    let (config, data_dir) = args.dirs.load_for_client()?;
     let ledger_dir = data_dir.join("ledger");
     if !ledger_dir.exists() && !data_dir.join(crate::db::FILE).exists() {
         anyhow::bail!(
@@ -107,7 +104,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Some(path) => {
             std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?
         }
-        None => print!("{text}"),
+        None => crate::util::out!("{text}"),
     }
     Ok(ExitCode::SUCCESS)
 }

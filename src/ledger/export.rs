@@ -42,6 +42,9 @@ pub struct JobLine {
     pub encoded_pixels: u64,
     pub earnings_wei: String,
     pub cids: String,
+    /// Index and UUID of the device that transcoded the job (empty when unknown).
+    pub device: Option<u32>,
+    pub device_uuid: String,
 }
 
 /// Everything finished at or after `since_ms`.
@@ -66,6 +69,8 @@ pub fn statement(ledger: &Ledger, since_ms: u64) -> Result<Statement> {
                 .map(|r| r.cid.as_str())
                 .collect::<Vec<_>>()
                 .join(" "),
+            device: j.device.as_ref().map(|d| d.index),
+            device_uuid: j.device.map(|d| d.uuid).unwrap_or_default(),
         })
         .collect();
     let mut totals = Counters::default();
@@ -104,11 +109,11 @@ fn csv_field(s: &str) -> String {
 /// CSV: a header and one line per job; totals are the column sums.
 pub fn to_csv(s: &Statement) -> String {
     let mut out = String::from(
-        "finished_at,job_id,manifest_id,seq,profiles,renditions,decoded_pixels,encoded_pixels,earnings_wei,cids\n",
+        "finished_at,job_id,manifest_id,seq,profiles,renditions,decoded_pixels,encoded_pixels,earnings_wei,cids,device,device_uuid\n",
     );
     for j in &s.jobs {
         out.push_str(&format!(
-            "{},{},{},{},{},{},{},{},{},{}\n",
+            "{},{},{},{},{},{},{},{},{},{},{},{}\n",
             j.finished_at,
             j.job_id,
             csv_field(&j.manifest_id),
@@ -118,7 +123,9 @@ pub fn to_csv(s: &Statement) -> String {
             j.decoded_pixels,
             j.encoded_pixels,
             j.earnings_wei,
-            j.cids
+            j.cids,
+            j.device.map(|d| d.to_string()).unwrap_or_default(),
+            csv_field(&j.device_uuid)
         ));
     }
     out

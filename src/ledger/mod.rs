@@ -3,7 +3,7 @@
 //!
 //! Tables:
 //! - `ledger_jobs`: one row per job: the whole [`JobRecord`] as JSON plus the columns the
-//!   queries need (state, manifest, finish time, pixels); a state machine
+//!   queries need (state, manifest, finish time, pixels, device and its UUID); a state machine
 //!   received → queued → transcoding → stored → done | failed;
 //! - `ledger_idem`: `manifest_id \0 seq \0 profiles` → job id, so a resubmission is one job;
 //! - `ledger_renditions`: CID → [`RenditionRecord`];
@@ -162,6 +162,18 @@ pub struct JobRecord {
     pub error: Option<JobError>,
     /// encoded_pixels × price, decimal wei (u128 does not fit JSON numbers).
     pub earnings_wei: Option<String>,
+    /// The device the scheduler placed the (last) transcode on.
+    #[serde(default)]
+    pub device: Option<JobDevice>,
+}
+
+/// Which device transcoded a job: the scheduler's placement (`sched::Placement`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobDevice {
+    /// Device index (NVML's, or 0 for the host CPU).
+    pub index: u32,
+    /// NVML UUID (`GPU-…`), `host` for the CPU, or the simulated device's label.
+    pub uuid: String,
 }
 
 /// Per-day or per-source totals.
@@ -240,9 +252,10 @@ impl Price {
 }
 
 /// The ledger's schema in the daemon's database. Append steps; never edit a released one.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    sql: "
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        sql: "
 CREATE TABLE ledger_jobs (
     n INTEGER PRIMARY KEY,
     id TEXT NOT NULL UNIQUE,
@@ -288,7 +301,19 @@ CREATE TABLE ledger_deals (
     record TEXT NOT NULL
 ) WITHOUT ROWID;
 ",
-}];
+    },
+    // 2: the device the scheduler placed the job on (issue 10), as columns for statements;
+    // rows written before it take theirs from the record (absent there: NULL).
+    Migration {
+        version: 2,
+        sql: "
+ALTER TABLE ledger_jobs ADD COLUMN device INTEGER;
+ALTER TABLE ledger_jobs ADD COLUMN device_uuid TEXT;
+UPDATE ledger_jobs SET device = json_extract(record, '$.device.index'),
+    device_uuid = json_extract(record, '$.device.uuid');
+",
+    },
+];
 
 /// Job ids are a counter XOR this constant, printed as 16 hex digits (as sled-era ids were).
 const ID_MASK: u64 = 0x5a17_0000_0000_0000;
@@ -331,6 +356,7 @@ fn class_str(c: JobClass) -> &'static str {
     match c {
         JobClass::Live => "live",
         JobClass::Batch => "batch",
+        JobClass::Ai => "ai",
     }
 }
 
@@ -346,8 +372,9 @@ fn get_tx(c: &Connection, id: &str) -> Result<Option<JobRecord>> {
 fn insert_job(c: &Connection, n: u64, rec: &JobRecord) -> Result<()> {
     c.prepare_cached(
         "INSERT INTO ledger_jobs (n, id, state, class, manifest_id, seq, received_at_ms,
-             updated_at_ms, finished_at_ms, decoded_pixels, encoded_pixels, earnings_wei, record)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+             updated_at_ms, finished_at_ms, decoded_pixels, encoded_pixels, earnings_wei, record,
+             device, device_uuid)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
     )?
     .execute(params![
         db::to_sql_u64(n),
@@ -363,6 +390,8 @@ fn insert_job(c: &Connection, n: u64, rec: &JobRecord) -> Result<()> {
         db::to_sql_u64(rec.encoded_pixels),
         rec.earnings_wei,
         enc(rec),
+        rec.device.as_ref().map(|d| d.index),
+        rec.device.as_ref().map(|d| d.uuid.as_str()),
     ])?;
     Ok(())
 }
@@ -370,7 +399,8 @@ fn insert_job(c: &Connection, n: u64, rec: &JobRecord) -> Result<()> {
 fn update_job(c: &Connection, rec: &JobRecord) -> Result<()> {
     c.prepare_cached(
         "UPDATE ledger_jobs SET state = ?2, updated_at_ms = ?3, finished_at_ms = ?4,
-             decoded_pixels = ?5, encoded_pixels = ?6, earnings_wei = ?7, record = ?8
+             decoded_pixels = ?5, encoded_pixels = ?6, earnings_wei = ?7, record = ?8,
+             device = ?9, device_uuid = ?10
          WHERE id = ?1",
     )?
     .execute(params![
@@ -382,6 +412,8 @@ fn update_job(c: &Connection, rec: &JobRecord) -> Result<()> {
         db::to_sql_u64(rec.encoded_pixels),
         rec.earnings_wei,
         enc(rec),
+        rec.device.as_ref().map(|d| d.index),
+        rec.device.as_ref().map(|d| d.uuid.as_str()),
     ])?;
     Ok(())
 }
@@ -554,6 +586,7 @@ impl Ledger {
                 renditions: Vec::new(),
                 error: None,
                 earnings_wei: None,
+                device: None,
             };
             insert_job(c, n, &record)?;
             if let Some(k) = key {
@@ -585,6 +618,14 @@ impl Ledger {
 
     pub fn mark_transcoding(&self, id: &str) -> Result<JobRecord> {
         self.update(id, JobState::Transcoding, |r| r.attempts += 1)
+    }
+
+    /// queued → transcoding on the device the scheduler placed the job on.
+    pub fn mark_transcoding_on(&self, id: &str, device: JobDevice) -> Result<JobRecord> {
+        self.update(id, JobState::Transcoding, |r| {
+            r.attempts += 1;
+            r.device = Some(device);
+        })
     }
 
     /// transcoding → stored: renditions and their pixel counts, not yet counted.
@@ -919,5 +960,109 @@ mod tests {
         assert_eq!(l.get(&id).unwrap().unwrap().state, JobState::Failed);
         // The key is free again: a retry is a new job.
         assert!(matches!(l.admit(new_job(2)).unwrap(), Admitted::New(_)));
+    }
+
+    #[test]
+    fn the_device_and_the_ai_class_survive_reopen_and_reach_the_export() {
+        let dir = tempfile::tempdir().unwrap();
+        let (gpu_job, ai_job) = {
+            let l = ledger(dir.path());
+            let Admitted::New(job) = l.admit(new_job(3)).unwrap() else {
+                panic!()
+            };
+            l.mark_queued(&job.job_id).unwrap();
+            let device = JobDevice {
+                index: 1,
+                uuid: "GPU-sim-1".into(),
+            };
+            l.mark_transcoding_on(&job.job_id, device).unwrap();
+            l.mark_stored(&job.job_id, 7, 1.0, 10, vec![rendition("bafy3", 11)])
+                .unwrap();
+            l.complete(&job.job_id).unwrap().unwrap();
+            let Admitted::New(ai) = l
+                .admit(NewJob {
+                    class: JobClass::Ai,
+                    manifest_id: Some("ai/upscale/m".into()),
+                    ..new_job(4)
+                })
+                .unwrap()
+            else {
+                panic!()
+            };
+            (job.job_id, ai.job_id)
+        };
+        let l = ledger(dir.path());
+        let job = l.get(&gpu_job).unwrap().unwrap();
+        assert_eq!(
+            job.device,
+            Some(JobDevice {
+                index: 1,
+                uuid: "GPU-sim-1".into()
+            })
+        );
+        assert_eq!(l.get(&ai_job).unwrap().unwrap().class, JobClass::Ai);
+        let (index, uuid, class): (Option<u32>, Option<String>, String) =
+            l.db.read(|c| {
+                c.query_row(
+                    "SELECT j.device, j.device_uuid, a.class FROM ledger_jobs j, ledger_jobs a
+                     WHERE j.id = ?1 AND a.id = ?2",
+                    [&gpu_job, &ai_job],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .map_err(LedgerError::from)
+            })
+            .unwrap();
+        assert_eq!(
+            (index, uuid.as_deref(), class.as_str()),
+            (Some(1), Some("GPU-sim-1"), "ai")
+        );
+        let csv = export::to_csv(&export::statement(&l, 0).unwrap());
+        assert!(
+            csv.lines().next().unwrap().ends_with(",device,device_uuid"),
+            "{csv}"
+        );
+        assert!(
+            csv.lines().nth(1).unwrap().ends_with(",1,GPU-sim-1"),
+            "{csv}"
+        );
+    }
+
+    #[test]
+    fn schema_2_fills_the_device_columns_of_rows_written_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap();
+        let v1: &'static [Migration] = &MIGRATIONS[..1];
+        assert_eq!(db.migrate("ledger", v1).unwrap(), 1);
+        db.write(|c| {
+            c.execute_batch(
+                r#"INSERT INTO ledger_jobs (n, id, state, class, received_at_ms, updated_at_ms,
+                       decoded_pixels, encoded_pixels, record)
+                   VALUES (1, 'a', 'done', 'live', 0, 0, 0, 0, '{"device":{"index":2,"uuid":"GPU-x"}}'),
+                          (2, 'b', 'done', 'batch', 0, 0, 0, 0, '{}');"#,
+            )
+            .map_err(DbError::from)
+        })
+        .unwrap();
+        let l = Ledger::with_db(
+            db,
+            Price {
+                per_unit_wei: 1,
+                pixels_per_unit: 1,
+            },
+        )
+        .unwrap();
+        let rows: Vec<(Option<u32>, Option<String>)> =
+            l.db.read(|c| {
+                let mut st = c.prepare("SELECT device, device_uuid FROM ledger_jobs ORDER BY n")?;
+                let rows = st
+                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                Ok::<_, LedgerError>(rows)
+            })
+            .unwrap();
+        assert_eq!(
+            rows,
+            vec![(Some(2), Some("GPU-x".to_string())), (None, None)]
+        );
     }
 }

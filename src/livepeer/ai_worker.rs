@@ -31,7 +31,6 @@ use serde_json::Value;
 use tokio::sync::{watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tonic::transport::Endpoint;
 use tracing::Instrument;
 
 use super::ai_proto::{
@@ -39,7 +38,7 @@ use super::ai_proto::{
     HardwareInformation, ModelConstraint, NotifyAiJob, RegisterAiWorkerRequest,
 };
 use super::chain;
-use super::client::server_name;
+use super::client::{grpc_channel, https_client, server_name, ChannelError};
 use super::proto::capability_bitstring;
 use super::{multipart, tls, LinkStatus, LivepeerError, TlsPolicy, TranscoderConfig};
 
@@ -474,52 +473,17 @@ async fn connection(
     shutdown: &CancellationToken,
 ) -> Ended {
     let cfg = &shared.cfg;
-    let endpoint = match Endpoint::from_shared(format!("https://{}", cfg.orch_addr)) {
-        Ok(e) => e,
-        Err(e) => {
-            return Ended::Fatal(LivepeerError::Config(format!(
-                "--orch-addr {:?} is not a valid address: {e}",
-                cfg.orch_addr
-            )))
-        }
-    }
-    .connect_timeout(Duration::from_secs(10))
-    .http2_keep_alive_interval(cfg.keepalive_interval)
-    .keep_alive_timeout(cfg.keepalive_timeout)
-    .keep_alive_while_idle(true);
-    let connector = {
-        let (addr, tls, name) = (cfg.orch_addr.clone(), grpc_tls.clone(), name.clone());
-        tower::service_fn(move |_: http::Uri| {
-            let (addr, tls, name) = (addr.clone(), tls.clone(), name.clone());
-            async move {
-                let tcp = tokio::net::TcpStream::connect(addr.as_str()).await?;
-                let _ = tcp.set_nodelay(true);
-                let stream = tokio_rustls::TlsConnector::from(tls)
-                    .connect(name, tcp)
-                    .await?;
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
-            }
-        })
-    };
     let channel = tokio::select! {
-        r = endpoint.connect_with_connector(connector) => match r {
+        r = grpc_channel(&cfg.orch_addr, grpc_tls, name, cfg.keepalive_interval, cfg.keepalive_timeout) => match r {
             Ok(c) => c,
-            Err(e) => return Ended::Fault(format!("cannot connect to {}: {}", cfg.orch_addr, chain(&e))),
+            Err(ChannelError::BadAddress(e)) => return Ended::Fatal(e),
+            Err(ChannelError::Unreachable(why)) => return Ended::Fault(why),
         },
         _ = shutdown.cancelled() => return Ended::Shutdown,
     };
-    let http = match reqwest::Client::builder()
-        .use_preconfigured_tls((**http_tls).clone())
-        .connect_timeout(Duration::from_secs(10))
-        .build()
-    {
+    let http = match https_client(http_tls) {
         Ok(c) => c,
-        Err(e) => {
-            return Ended::Fatal(LivepeerError::Config(format!(
-                "HTTPS client setup failed: {}",
-                chain(&e)
-            )))
-        }
+        Err(e) => return Ended::Fatal(e),
     };
     let request = current.to_request(&cfg.secret, &cfg.version);
     let offered: Vec<String> = current

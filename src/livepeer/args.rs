@@ -68,15 +68,17 @@ pub struct LivepeerArgs {
     #[arg(long, value_name = "HEX")]
     pub orch_cert_sha256: Option<String>,
     /// Accept the orchestrator's self-signed certificate unverified, as go-livepeer does
-    /// (it writes a new one on every start). Ignored when a pin or CA file is given.
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
-    pub orch_insecure_skip_verify: bool,
-    /// Seconds a capacity change must last before re-registering.
-    #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
-    pub capacity_dwell: f64,
-    /// Semver announced in Capabilities.version (compared with go-livepeer releases).
-    #[arg(long, default_value = LIVEPEER_COMPAT_VERSION)]
-    pub livepeer_version: String,
+    /// (it writes a new one on every start; default true). Ignored when a pin or CA file is
+    /// given.
+    #[arg(long, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub orch_insecure_skip_verify: Option<bool>,
+    /// Seconds a capacity change must last before re-registering (default 10).
+    #[arg(long, value_name = "SECONDS")]
+    pub capacity_dwell: Option<f64>,
+    /// Semver announced in Capabilities.version (compared with go-livepeer releases;
+    /// default 0.8.0).
+    #[arg(long)]
+    pub livepeer_version: Option<String>,
 }
 
 impl LivepeerArgs {
@@ -118,26 +120,32 @@ impl LivepeerArgs {
             }
             (Some(pin), None) => TlsPolicy::PinSha256(TlsPolicy::parse_pin(pin)?),
             (None, Some(ca)) => TlsPolicy::CaFile(ca.clone()),
-            (None, None) if self.orch_insecure_skip_verify => TlsPolicy::AcceptSelfSigned,
+            (None, None) if self.orch_insecure_skip_verify.unwrap_or(true) => {
+                TlsPolicy::AcceptSelfSigned
+            }
             (None, None) => {
                 return Err(LivepeerError::Config(
                     "--orch-insecure-skip-verify false needs --orch-cert-sha256 or --orch-ca-file to verify the orchestrator with".into(),
                 ))
             }
         };
-        if !(0.0..=3600.0).contains(&self.capacity_dwell) {
+        let dwell = self.capacity_dwell.unwrap_or(10.0);
+        if !(0.0..=3600.0).contains(&dwell) {
             return Err(LivepeerError::Config(
                 "--capacity-dwell must be between 0 and 3600 seconds".into(),
             ));
         }
-        cfg.capacity_dwell = Duration::from_secs_f64(self.capacity_dwell);
-        if !valid_semver(&self.livepeer_version) {
+        cfg.capacity_dwell = Duration::from_secs_f64(dwell);
+        let version = self
+            .livepeer_version
+            .clone()
+            .unwrap_or_else(|| LIVEPEER_COMPAT_VERSION.into());
+        if !valid_semver(&version) {
             return Err(LivepeerError::Config(format!(
-                "--livepeer-version {:?} is not a semver like 0.8.0",
-                self.livepeer_version
+                "--livepeer-version {version:?} is not a semver like 0.8.0"
             )));
         }
-        cfg.version = self.livepeer_version.clone();
+        cfg.version = version;
         Ok(cfg)
     }
 }
@@ -272,9 +280,9 @@ mod tests {
             eth_address: None,
             orch_ca_file: None,
             orch_cert_sha256: None,
-            orch_insecure_skip_verify: true,
-            capacity_dwell: 10.0,
-            livepeer_version: LIVEPEER_COMPAT_VERSION.into(),
+            orch_insecure_skip_verify: None,
+            capacity_dwell: None,
+            livepeer_version: None,
         };
         let cfg = args.to_config().unwrap();
         assert_eq!(cfg.orch_addr, "a:8935");
@@ -339,9 +347,9 @@ mod tests {
             eth_address: None,
             orch_ca_file: None,
             orch_cert_sha256: None,
-            orch_insecure_skip_verify: true,
-            capacity_dwell: 10.0,
-            livepeer_version: LIVEPEER_COMPAT_VERSION.into(),
+            orch_insecure_skip_verify: None,
+            capacity_dwell: None,
+            livepeer_version: None,
         };
         assert_eq!(base.to_config().unwrap().tls, TlsPolicy::AcceptSelfSigned);
         let mut pinned = base.clone();
@@ -351,10 +359,10 @@ mod tests {
             TlsPolicy::PinSha256([0; 32])
         );
         let mut strict = base.clone();
-        strict.orch_insecure_skip_verify = false;
+        strict.orch_insecure_skip_verify = Some(false);
         assert!(strict.to_config().is_err());
         let mut bad_version = base;
-        bad_version.livepeer_version = "latest".into();
+        bad_version.livepeer_version = Some("latest".into());
         assert!(bad_version.to_config().is_err());
     }
 }

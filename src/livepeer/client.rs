@@ -84,9 +84,46 @@ pub(super) async fn run(
     let mut current = 0usize;
     // Consecutive failed connections; a full round of them means back off.
     let mut failed_in_a_row = 0usize;
+    // Whether the orchestrator has seen our secret yet (a registration, or the check below).
+    let mut secret_checked = false;
     let result = loop {
         let shared = &shareds[current];
         if *capacity.borrow() == 0 {
+            if !secret_checked {
+                // Nothing granted yet, but a typo in the secret must not wait for capacity:
+                // go-livepeer checks the secret before the capacity, so a registration with
+                // capacity 0 answers "invalid secret" or "zero capacity" and keeps nothing.
+                link.set_state("checking_secret");
+                let ended = connection(
+                    shared,
+                    0,
+                    &mut capacity,
+                    &tracker,
+                    &names[current],
+                    &grpc_tls,
+                    &http_tls,
+                )
+                .await;
+                match ended {
+                    Ended::Shutdown => break Ok(()),
+                    Ended::Fatal(e @ LivepeerError::InvalidSecret { .. }) => {
+                        link.update(|s| {
+                            s.state = "fatal";
+                            s.last_fault = Some(e.to_string());
+                        });
+                        break Err(e);
+                    }
+                    Ended::Fatal(LivepeerError::ZeroCapacity { .. }) => {
+                        tracing::info!(orch = %shared.cfg.orch_addr, "the orchestrator accepts our secret; waiting for capacity");
+                    }
+                    Ended::Fatal(e) => break Err(e),
+                    // Not reachable now: the secret is checked at the first registration.
+                    Ended::Fault(reason) => {
+                        tracing::info!(orch = %shared.cfg.orch_addr, %reason, "cannot check the secret yet; waiting for capacity")
+                    }
+                    Ended::Recapacity(_) => {}
+                }
+            }
             link.set_state("waiting_for_capacity");
         }
         let Some(cap) = wait_positive(&mut capacity, &shutdown).await else {
@@ -99,6 +136,7 @@ pub(super) async fn run(
             s.orch_addr = shared.cfg.orch_addr.clone();
         });
         let started = Instant::now();
+        secret_checked = true;
         let ended = connection(
             shared,
             cap,
@@ -259,38 +297,38 @@ fn classify(addr: &str, status: tonic::Status, capacity: u32) -> Ended {
     }
 }
 
-async fn connection(
-    shared: &Arc<Shared>,
-    cap: u32,
-    capacity: &mut watch::Receiver<u32>,
-    tracker: &TaskTracker,
-    server_name: &ServerName<'static>,
-    grpc_tls: &Arc<rustls::ClientConfig>,
-    http_tls: &Arc<rustls::ClientConfig>,
-) -> Ended {
-    let cfg = &shared.cfg;
-    let endpoint = match Endpoint::from_shared(format!("https://{}", cfg.orch_addr)) {
-        Ok(e) => e,
-        Err(e) => {
-            return Ended::Fatal(LivepeerError::Config(format!(
-                "--orch-addr {:?} is not a valid address: {e}",
-                cfg.orch_addr
-            )))
-        }
-    }
-    .connect_timeout(Duration::from_secs(10))
-    .http2_keep_alive_interval(cfg.keepalive_interval)
-    .keep_alive_timeout(cfg.keepalive_timeout)
-    .keep_alive_while_idle(true);
+/// Why [`grpc_channel`] gave no channel.
+pub(super) enum ChannelError {
+    /// `--orch-addr` is not an address: fatal.
+    BadAddress(LivepeerError),
+    /// Connecting failed: a fault to retry.
+    Unreachable(String),
+}
 
+/// The gRPC channel of both links (remote transcoder and AI worker): TCP with
+/// `TCP_NODELAY`, our own TLS config (certificate pinning, h2), the link's HTTP/2
+/// keep-alive.
+pub(super) async fn grpc_channel(
+    addr: &str,
+    tls: &Arc<rustls::ClientConfig>,
+    name: &ServerName<'static>,
+    keepalive_interval: Duration,
+    keepalive_timeout: Duration,
+) -> Result<tonic::transport::Channel, ChannelError> {
+    let endpoint = Endpoint::from_shared(format!("https://{addr}"))
+        .map_err(|e| {
+            ChannelError::BadAddress(LivepeerError::Config(format!(
+                "--orch-addr {addr:?} is not a valid address: {e}"
+            )))
+        })?
+        .connect_timeout(Duration::from_secs(10))
+        .http2_keep_alive_interval(keepalive_interval)
+        .keep_alive_timeout(keepalive_timeout)
+        .keep_alive_while_idle(true);
     let connector = {
-        let addr = cfg.orch_addr.clone();
-        let tls = grpc_tls.clone();
-        let name = server_name.clone();
+        let (addr, tls, name) = (addr.to_string(), tls.clone(), name.clone());
         tower::service_fn(move |_: http::Uri| {
-            let addr = addr.clone();
-            let tls = tls.clone();
-            let name = name.clone();
+            let (addr, tls, name) = (addr.clone(), tls.clone(), name.clone());
             async move {
                 let tcp = tokio::net::TcpStream::connect(addr.as_str()).await?;
                 let _ = tcp.set_nodelay(true);
@@ -301,27 +339,45 @@ async fn connection(
             }
         })
     };
+    endpoint
+        .connect_with_connector(connector)
+        .await
+        .map_err(|e| ChannelError::Unreachable(format!("cannot connect to {addr}: {}", chain(&e))))
+}
+
+/// The HTTPS client for segments, results and inputs, fresh per connection: after an
+/// orchestrator restart (new certificate, dead pooled connections) nothing stale is reused.
+pub(super) fn https_client(
+    tls: &Arc<rustls::ClientConfig>,
+) -> Result<reqwest::Client, LivepeerError> {
+    reqwest::Client::builder()
+        .use_preconfigured_tls((**tls).clone())
+        .connect_timeout(Duration::from_secs(10))
+        .build()
+        .map_err(|e| LivepeerError::Config(format!("HTTPS client setup failed: {}", chain(&e))))
+}
+
+async fn connection(
+    shared: &Arc<Shared>,
+    cap: u32,
+    capacity: &mut watch::Receiver<u32>,
+    tracker: &TaskTracker,
+    server_name: &ServerName<'static>,
+    grpc_tls: &Arc<rustls::ClientConfig>,
+    http_tls: &Arc<rustls::ClientConfig>,
+) -> Ended {
+    let cfg = &shared.cfg;
     let channel = tokio::select! {
-        r = endpoint.connect_with_connector(connector) => match r {
+        r = grpc_channel(&cfg.orch_addr, grpc_tls, server_name, cfg.keepalive_interval, cfg.keepalive_timeout) => match r {
             Ok(c) => c,
-            Err(e) => return Ended::Fault(format!("cannot connect to {}: {}", cfg.orch_addr, chain(&e))),
+            Err(ChannelError::BadAddress(e)) => return Ended::Fatal(e),
+            Err(ChannelError::Unreachable(why)) => return Ended::Fault(why),
         },
         _ = shared.shutdown.cancelled() => return Ended::Shutdown,
     };
-    // A fresh HTTPS client per connection: after an orchestrator restart (new certificate,
-    // dead pooled connections) nothing stale is reused.
-    let http = match reqwest::Client::builder()
-        .use_preconfigured_tls((**http_tls).clone())
-        .connect_timeout(Duration::from_secs(10))
-        .build()
-    {
+    let http = match https_client(http_tls) {
         Ok(c) => c,
-        Err(e) => {
-            return Ended::Fatal(LivepeerError::Config(format!(
-                "HTTPS client setup failed: {}",
-                chain(&e)
-            )))
-        }
+        Err(e) => return Ended::Fatal(e),
     };
 
     let request = RegisterRequest {

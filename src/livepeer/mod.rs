@@ -38,7 +38,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 pub use args::{CapacityArg, LivepeerArgs};
-pub use pipeline::{SegmentError, SegmentPipeline, SegmentTask, Transcoded};
+pub use pipeline::{Device, SegmentError, SegmentPipeline, SegmentTask, Transcoded};
 pub use proto::{CAPABILITIES, LIVEPEER_COMPAT_VERSION};
 #[cfg(any(test, feature = "test-utils"))]
 pub use sink::MemorySink;
@@ -82,7 +82,7 @@ pub struct TranscoderConfig {
 /// The connection's state as the client last reported it.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct LinkSnapshot {
-    /// `starting`, `waiting_for_capacity`, `connecting`, `registered`, `backoff`,
+    /// `starting`, `checking_secret`, `waiting_for_capacity`, `connecting`, `registered`, `backoff`,
     /// `stopped` or `fatal`.
     pub state: &'static str,
     /// The capacity of the current (or last) registration.

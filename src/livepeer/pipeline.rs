@@ -47,6 +47,15 @@ pub struct Transcoded {
     /// Never sent as multipart parts: go-livepeer reads an `application/octet-stream` part
     /// as a perceptual hash.
     pub result_headers: Vec<(String, String)>,
+    /// The device the work ran on, when the pipeline knows (the scheduler placed it).
+    pub device: Option<Device>,
+}
+
+/// A device as the pipeline names it: index and UUID (`GPU-…`, `host`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Device {
+    pub index: u32,
+    pub uuid: String,
 }
 
 /// Why a segment could not be transcoded; posted to the orchestrator as an error part.

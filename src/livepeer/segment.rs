@@ -95,6 +95,7 @@ pub(super) async fn handle(
                 upload_ms,
                 total_ms: received.elapsed().as_millis() as u64,
                 accepted: posted.is_ok(),
+                device: done.report.device.clone(),
             };
             if let Err(e) = shared.sink.segment_transcoded(&record).await {
                 tracing::error!(task_id = n.task_id, error = %e, "segment sink failed");

@@ -55,6 +55,8 @@ pub struct SegmentRecord {
     pub total_ms: u64,
     /// The orchestrator answered the upload with 2xx.
     pub accepted: bool,
+    /// The device that transcoded it, when the pipeline said.
+    pub device: Option<super::pipeline::Device>,
 }
 
 /// A segment that failed; an error part was posted with `reason`.

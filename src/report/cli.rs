@@ -47,7 +47,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 write_file(&dir.join("compare.html"), compare::html(&loaded).as_bytes())?;
                 tracing::info!("wrote {}", dir.join("compare.html").display());
             }
-            print!("{md}");
+            crate::util::out!("{md}");
             Ok(ExitCode::SUCCESS)
         }
     }

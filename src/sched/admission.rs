@@ -24,6 +24,10 @@ pub enum JobClass {
     /// Goes last, after sealing.
     #[default]
     Batch,
+    /// AI jobs (the Livepeer AI worker, `/v1/ai/upscale`). Their model's memory is a VRAM
+    /// lease sealing and proofs take back; what they encode shares the batch budget, and
+    /// their load never counts as live demand (it must not pause sealing).
+    Ai,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -166,7 +170,7 @@ impl Admitter {
             };
             match j.class {
                 JobClass::Live => l.live_pps += j.pps,
-                JobClass::Batch => l.batch_pps += j.pps,
+                JobClass::Batch | JobClass::Ai => l.batch_pps += j.pps,
             }
             l.sessions += j.sessions;
         }
@@ -191,7 +195,7 @@ impl Admitter {
         }
         let budget = |d: &DeviceCapacity| match class {
             JobClass::Live => d.budget_pps,
-            JobClass::Batch => d.batch_budget_pps,
+            JobClass::Batch | JobClass::Ai => d.batch_budget_pps,
         };
         let largest = |host_only: bool| {
             g.devices
@@ -286,7 +290,7 @@ impl Admitter {
             }
             let cap = match class {
                 JobClass::Live => d.budget_pps,
-                JobClass::Batch => d.batch_budget_pps,
+                JobClass::Batch | JobClass::Ai => d.batch_budget_pps,
             };
             if load + pixels_per_sec > cap {
                 if why != RejectReason::SessionLimit {

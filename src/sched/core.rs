@@ -1,6 +1,8 @@
 //! The pure decision core: one [`TickInput`] in, one [`Decision`] out, no I/O and no clock.
 
-use crate::gpu::{DeviceSnapshot, Role, Source};
+use std::collections::HashMap;
+
+use crate::gpu::{DeviceSnapshot, ProcessUse, Role, Source};
 
 use super::{
     Capacity, Config, Decision, DeviceCapacity, DeviceCapacitySummary, DeviceLoad, SealAction,
@@ -14,6 +16,8 @@ pub struct Scheduler {
     last_change_ms: Option<u64>,
     high_since_ms: Option<u64>,
     low_since_ms: Option<u64>,
+    /// Memory of each prover process (device, pid) at the last tick, to see it rise.
+    prover_memory: HashMap<(u32, u32), u64>,
 }
 
 impl Scheduler {
@@ -25,6 +29,7 @@ impl Scheduler {
             last_change_ms: None,
             high_since_ms: None,
             low_since_ms: None,
+            prover_memory: HashMap::new(),
         }
     }
 
@@ -41,11 +46,12 @@ impl Scheduler {
     /// Decides capacity per device and the sealing action for this instant.
     pub fn tick(&mut self, input: &TickInput) -> Decision {
         self.seq += 1;
+        let proving = self.active_provers(&input.snapshot.devices);
         let devices: Vec<DeviceCapacity> = input
             .snapshot
             .devices
             .iter()
-            .map(|d| self.device_capacity(d, input))
+            .map(|d| self.device_capacity(d, input, proving.contains(&d.index)))
             .collect();
         let rated: f64 = devices
             .iter()
@@ -93,7 +99,33 @@ impl Scheduler {
             .copied()
     }
 
-    fn device_capacity(&self, d: &DeviceSnapshot, input: &TickInput) -> DeviceCapacity {
+    /// Devices where a prover process is *active* (lotus #7845: idle lotus-miner and
+    /// lotus-worker processes keep a CUDA context open, so presence alone is not a proof).
+    fn active_provers(&mut self, devices: &[DeviceSnapshot]) -> Vec<u32> {
+        let c = &self.config;
+        let mut seen = HashMap::new();
+        let mut active = Vec::new();
+        for d in devices {
+            for p in d.processes.iter().filter(|p| p.role == Role::Proof) {
+                let before = self.prover_memory.get(&(d.index, p.pid)).copied();
+                if let Some(m) = p.memory_bytes {
+                    seen.insert((d.index, p.pid), m);
+                }
+                if prover_active(p, before, c) && !active.contains(&d.index) {
+                    active.push(d.index);
+                }
+            }
+        }
+        self.prover_memory = seen;
+        active
+    }
+
+    fn device_capacity(
+        &self,
+        d: &DeviceSnapshot,
+        input: &TickInput,
+        prover_active: bool,
+    ) -> DeviceCapacity {
         let c = &self.config;
         let load = input
             .load
@@ -122,7 +154,7 @@ impl Scheduler {
         .min();
         // NVML counts our sessions too; trust whichever is larger (others may encode as well).
         let sessions_used = load.sessions.max(d.nvenc_sessions.unwrap_or(0));
-        let proof = d.proof_running() || input.proof.applies_to(d.index);
+        let proof = prover_active || input.proof.applies_to(d.index);
         let sealing_active = d.processes.iter().any(|p| p.role == Role::Sealing);
         let mut reasons = Vec::new();
         let mut admit = true;
@@ -217,11 +249,7 @@ impl Scheduler {
             batch_budget = batch_budget.min(budget * c.batch_fraction_while_sealing);
         }
         let admitted = load.total_pps();
-        let by_pixels = if c.session_pixels_per_sec > 0.0 {
-            (budget / c.session_pixels_per_sec).floor() as u32
-        } else {
-            0
-        };
+        let by_pixels = c.sessions_for(budget);
         let by_sessions = session_limit.map(|l| l / c.encodes_per_session.max(1));
         // A GPU that proves offers no new Livepeer session: its floor is for the segments
         // already streaming, which drain, not for new streams.
@@ -352,4 +380,23 @@ impl Scheduler {
             self.last_change_ms = Some(now);
         }
     }
+}
+
+/// Whether a prover process is doing proof work: SM or memory use above the thresholds, or
+/// memory rising. A process with no figures at all (host backend) counts by its presence.
+fn prover_active(p: &ProcessUse, memory_before: Option<u64>, c: &Config) -> bool {
+    if p.sm_pct.is_none() && p.memory_bytes.is_none() {
+        return true;
+    }
+    let sm = p
+        .sm_pct
+        .is_some_and(|s| f64::from(s) >= c.proof_active_sm_pct);
+    let memory = p
+        .memory_bytes
+        .is_some_and(|m| m >= c.proof_active_memory_bytes);
+    let rising = match (memory_before, p.memory_bytes) {
+        (Some(before), Some(now)) => now.saturating_sub(before) >= c.proof_memory_rise_bytes,
+        _ => false,
+    };
+    sm || memory || rising
 }

@@ -57,6 +57,15 @@ pub struct Config {
     pub host_pixels_per_sec_per_core: f64,
     /// Share of rated throughput transcoding keeps on a GPU running a proof.
     pub proof_floor_fraction: f64,
+    /// A prover process (configured by name or PID) counts as a running proof only when it
+    /// is active: SM use at or above this, percent…
+    pub proof_active_sm_pct: f64,
+    /// …or device memory at or above this, bytes (an idle CUDA context holds a few hundred
+    /// MiB; a PoSt holds gigabytes)…
+    pub proof_active_memory_bytes: u64,
+    /// …or memory risen by at least this since the last tick, bytes (a proof starting).
+    /// Without any per-process figures (the host backend), presence is all there is to go by.
+    pub proof_memory_rise_bytes: u64,
     /// Share of a device's budget batch jobs may never take (kept for live).
     pub live_reserve_fraction: f64,
     /// Share of budget batch jobs may use while sealing runs on the device.
@@ -78,12 +87,40 @@ pub struct Config {
     pub session_pixels_per_sec: f64,
     /// NVENC sessions one Livepeer session uses (one per rendition).
     pub encodes_per_session: u32,
+    /// The live class's deadline as a multiple of segment duration (go-livepeer's 4 ×).
+    /// Sessions are offered at real time; a device that cannot keep one session real-time
+    /// but still finishes one segment well within this deadline offers one session.
+    pub live_deadline_factor: f64,
     /// Decisions kept in the ring buffer.
     pub decision_history: usize,
     /// What a rejected job is told to wait, ms.
     pub retry_after_ms: u64,
     /// Telemetry older than this makes every device hold, ms.
     pub stale_after_ms: u64,
+}
+
+impl Config {
+    /// Livepeer sessions a device with this live budget (pixels/s) offers: as many as fit
+    /// at real time; when none does, one session whose segments still finish within half
+    /// the live deadline (it earns, just not in real time).
+    pub fn sessions_for(&self, budget_pps: f64) -> u32 {
+        if self.session_pixels_per_sec <= 0.0 || !budget_pps.is_finite() || budget_pps <= 0.0 {
+            return 0;
+        }
+        let realtime = (budget_pps / self.session_pixels_per_sec).floor() as u32;
+        let within_deadline =
+            budget_pps * self.live_deadline_factor / 2.0 >= self.session_pixels_per_sec;
+        if realtime == 0 && within_deadline {
+            1
+        } else {
+            realtime
+        }
+    }
+
+    /// The live budget of a device rated at `rated_pps` with nothing else running.
+    pub fn idle_budget(&self, rated_pps: f64) -> f64 {
+        rated_pps * (self.encoder_util_threshold_pct / 100.0).clamp(0.0, 1.0)
+    }
 }
 
 impl Default for Config {
@@ -103,6 +140,9 @@ impl Default for Config {
             default_gpu_pixels_per_sec: 1.0e9,
             host_pixels_per_sec_per_core: 20.0e6,
             proof_floor_fraction: 0.1,
+            proof_active_sm_pct: 5.0,
+            proof_active_memory_bytes: 2 << 30,
+            proof_memory_rise_bytes: 256 << 20,
             live_reserve_fraction: 0.25,
             batch_fraction_while_sealing: 0.2,
             seal_high_watermark: 0.6,
@@ -118,6 +158,7 @@ impl Default for Config {
                 + 426.0 * 240.0)
                 * 30.0,
             encodes_per_session: 4,
+            live_deadline_factor: 4.0,
             decision_history: 512,
             retry_after_ms: 2_000,
             stale_after_ms: 5_000,

@@ -2,7 +2,7 @@
 //! sealing actions through a controller, persists what it disabled, restores it on shutdown
 //! and after a crash, publishes capacity and keeps a ring buffer of decisions.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -40,9 +40,13 @@ pub struct ServiceHandle {
     decisions: Arc<Mutex<VecDeque<Decision>>>,
     demand: watch::Sender<Demand>,
     proof: watch::Sender<ProofSignal>,
+    confirmed: Confirmed,
     safe_profile: watch::Sender<Option<String>>,
     task: JoinHandle<()>,
 }
+
+/// Sealing task types by state, as the controller last confirmed them.
+type Confirmed = Arc<Mutex<Option<BTreeMap<String, i64>>>>;
 
 impl ServiceHandle {
     /// Admission for intake: `admitter().admit(JobClass::Live, pps)`.
@@ -63,6 +67,11 @@ impl ServiceHandle {
     /// Demand requested by intake (live + batch pixels/s).
     pub fn set_demand(&self, demand: Demand) {
         self.demand.send_replace(demand);
+    }
+    /// Sealing task types by state ("enabled", "disabled") as the controller last confirmed
+    /// them; `None` when nothing was ever confirmed (e.g. `controller = "none"`).
+    pub fn sealing_confirmed(&self) -> Option<BTreeMap<String, i64>> {
+        lock(&self.confirmed).clone()
     }
     /// A proof signal from the Filecoin node or configuration.
     pub fn set_proof(&self, proof: ProofSignal) {
@@ -97,6 +106,7 @@ struct Driver {
     reachable: bool,
     retry_at: Option<Instant>,
     backoff: Duration,
+    confirmed: Confirmed,
 }
 
 /// Starts the driver. Recovers and restores state left by a crash before the first tick.
@@ -126,6 +136,7 @@ pub async fn start(
     let (proof_tx, proof_rx) = watch::channel(ProofSignal::default());
     let (safe_tx, safe_rx) = watch::channel(None);
     let decisions = Arc::new(Mutex::new(VecDeque::new()));
+    let confirmed: Confirmed = Arc::default();
     let mut driver = Driver {
         sched: Scheduler::new(config.clone()),
         controller,
@@ -135,10 +146,13 @@ pub async fn start(
         reachable: true,
         retry_at: None,
         backoff: Duration::from_millis(500),
+        confirmed: confirmed.clone(),
     };
     if driver.applied.is_some() {
         driver.sched.assume_sealing(SealMode::Enabled, 0);
         driver.restore().await;
+    } else {
+        driver.confirm(SealMode::Enabled, false).await;
     }
     let ring = decisions.clone();
     let adm = admitter.clone();
@@ -155,6 +169,7 @@ pub async fn start(
         decisions,
         demand: demand_tx,
         proof: proof_tx,
+        confirmed,
         safe_profile: safe_tx,
         task,
     })
@@ -260,6 +275,43 @@ impl Driver {
         }
     }
 
+    /// Records what the controller confirms about the sealing task types. A controller that
+    /// reports them (lotus-worker's `TaskTypes`) is asked; for the others a successful
+    /// action (`acted`) is the confirmation; `none` confirms nothing.
+    async fn confirm(&mut self, mode: SealMode, acted: bool) {
+        if self.controller.kind() == crate::seal::ControllerKind::None {
+            return;
+        }
+        let total = self.task_types.len() as i64;
+        let counts = match self.controller.state().await {
+            Ok(st) if st.enabled.is_some() => {
+                let enabled = if st.enabled == Some(false) {
+                    0
+                } else {
+                    self.task_types
+                        .iter()
+                        .filter(|t| st.task_types.contains(t))
+                        .count() as i64
+                };
+                Some((enabled, total - enabled))
+            }
+            _ if acted => {
+                let disabled = match (mode, &self.applied) {
+                    (SealMode::Disabled, Some(st)) => st.disabled.len() as i64,
+                    _ => 0,
+                };
+                Some((total - disabled, disabled))
+            }
+            _ => None,
+        };
+        if let Some((enabled, disabled)) = counts {
+            let mut m = BTreeMap::new();
+            m.insert("enabled".to_string(), enabled);
+            m.insert("disabled".to_string(), disabled);
+            *lock(&self.confirmed) = Some(m);
+        }
+    }
+
     fn backing_off(&self) -> bool {
         self.retry_at.is_some_and(|t| Instant::now() < t)
     }
@@ -323,6 +375,7 @@ impl Driver {
                 }
                 tracing::info!(types = ?st.disabled, "GPU sealing paused");
                 self.applied = Some(st);
+                self.confirm(SealMode::Disabled, true).await;
             }
             Err(e) => {
                 self.failed("disable", &e);
@@ -349,6 +402,7 @@ impl Driver {
                 }
                 tracing::info!(types = ?types, "GPU sealing resumed");
                 self.applied = None;
+                self.confirm(SealMode::Enabled, true).await;
             }
             Err(e) => self.failed("re-enable", &e),
         }

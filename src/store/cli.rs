@@ -21,9 +21,9 @@ use super::{commp, parse_cid, AddOptions, PinKind, Store};
 
 #[derive(ClapArgs, Debug)]
 pub struct Args {
-    /// comine's data directory (the store lives in <DIR>/store).
-    #[arg(long, global = true, env = "COMINE_DATA_DIR")]
-    pub data_dir: Option<PathBuf>,
+    /// The config file and data directory (the store lives in <DIR>/store).
+    #[command(flatten)]
+    pub dirs: crate::config::DataDirArgs,
     /// Kubo RPC API address (URL or multiaddr), used with `--backend kubo`, `push` and `node`.
     #[arg(
         long,
@@ -110,9 +110,6 @@ pub enum Cmd {
         /// config, else 30).
         #[arg(long)]
         retain_days: Option<u64>,
-        /// Daemon config, for `[store] retain_days`.
-        #[arg(long, env = "COMINE_CONFIG")]
-        config: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -243,10 +240,7 @@ pub enum DealCmd {
 }
 
 fn open_store(args: &Args) -> anyhow::Result<Store> {
-    let dir = args
-        .data_dir
-        .clone()
-        .unwrap_or_else(crate::paths::default_data_dir);
+    let (_, dir) = args.dirs.load()?;
     Store::open(&dir).with_context(|| format!("opening the store in {}", dir.display()))
 }
 
@@ -304,7 +298,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     &json!({"piece_cid": piece.to_string(), "padded_size": padded, "payload_size": payload}),
                 )?;
             } else {
-                println!("{piece} padded_size={padded} payload_size={payload}");
+                crate::util::outln!("{piece} padded_size={padded} payload_size={payload}");
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -324,7 +318,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     } else {
                         "retain"
                     };
-                    println!(
+                    crate::util::outln!(
                         "{cid} {kind} {} {}",
                         info.size,
                         info.name.unwrap_or_default()
@@ -338,13 +332,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             let info = open_store(&args)?
                 .pin(&cid)
                 .with_context(|| format!("pinning {cid}"))?;
-            println!("pinned {cid} ({} bytes)", info.size);
+            crate::util::outln!("pinned {cid} ({} bytes)", info.size);
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Unpin { cid } => {
             let cid = parse_cid(cid)?;
             if open_store(&args)?.unpin(&cid)? {
-                println!("unpinned {cid}; `comine store gc` frees its blocks");
+                crate::util::outln!("unpinned {cid}; `comine store gc` frees its blocks");
                 Ok(ExitCode::SUCCESS)
             } else {
                 anyhow::bail!("{cid} is not pinned (see `comine store pins`)")
@@ -353,23 +347,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Cmd::Gc {
             dry_run,
             retain_days,
-            config,
             json,
         } => {
             let days = match retain_days {
                 Some(d) => *d,
-                None => {
-                    crate::config::Config::load(config.as_deref())?
-                        .store
-                        .retain_days
-                }
+                None => args.dirs.load()?.0.store.retain_days,
             };
             let store = open_store(&args)?;
             let report = store.gc(GcOptions::new(days, *dry_run))?;
             if *json {
                 print_json(&report)?;
             } else {
-                println!(
+                crate::util::outln!(
                     "{} {} bytes: {} blocks ({} bytes), {} orphan files ({} bytes), {} deal CARs ({} bytes); {} retention pins ended, {} roots dropped, {} live; {} ms",
                     if report.dry_run { "would free" } else { "freed" },
                     report.bytes_freed,
@@ -398,7 +387,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 print_json(&v)?;
             } else {
                 for (cid, e) in queued {
-                    println!(
+                    crate::util::outln!(
                         "{cid} attempts={} last_error={}",
                         e.attempts,
                         e.last_error.unwrap_or_default()
@@ -414,7 +403,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             if *json {
                 print_json(&report)?;
             } else {
-                println!(
+                crate::util::outln!(
                     "pushed {} failed {} remaining {}",
                     report.pushed.len(),
                     report.failed.len(),
@@ -436,7 +425,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             if *json {
                 print_json(&json!({"id": id, "version": version, "api": client.base_url()}))?;
             } else {
-                println!("{} {} {}", id.id, version, id.agent_version);
+                crate::util::outln!("{} {} {}", id.id, version, id.agent_version);
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -605,7 +594,7 @@ fn print_added(
             "push_error": push_error,
         }))?;
     } else {
-        println!("added {} {}", added.cid, file.display());
+        crate::util::outln!("added {} {}", added.cid, file.display());
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -627,7 +616,7 @@ fn only_hash_add(file: &Path, opts: &AddOptions, json: bool) -> anyhow::Result<E
             "only_hash": true,
         }))?;
     } else {
-        println!("{} {}", imported.cid, file.display());
+        crate::util::outln!("{} {}", imported.cid, file.display());
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -686,17 +675,17 @@ fn status(args: &Args, cid: &str, json: bool) -> anyhow::Result<ExitCode> {
         }))?;
     } else {
         match &local {
-            Some(info) => println!("local   pinned ({} bytes)", info.size),
-            None => println!("local   not pinned"),
+            Some(info) => crate::util::outln!("local   pinned ({} bytes)", info.size),
+            None => crate::util::outln!("local   not pinned"),
         }
         if let Some(q) = &queued {
-            println!(
+            crate::util::outln!(
                 "queue   waiting (attempts={} last_error={})",
                 q.attempts,
                 q.last_error.clone().unwrap_or_default()
             );
         }
-        println!(
+        crate::util::outln!(
             "peer    {} {} {}{}",
             peer.peer.as_deref().unwrap_or("?"),
             peer.api,
@@ -829,10 +818,12 @@ fn deal(args: &Args, cmd: &DealCmd) -> anyhow::Result<ExitCode> {
             if *json {
                 print_json(&batches)?;
             } else if batches.is_empty() {
-                println!("nothing to pack: every stored rendition is already in a batch");
+                crate::util::outln!(
+                    "nothing to pack: every stored rendition is already in a batch"
+                );
             } else {
                 for b in &batches {
-                    println!(
+                    crate::util::outln!(
                         "{} {} {} items={} car_size={} padded_size={}",
                         b.id,
                         b.state,
@@ -856,7 +847,7 @@ fn deal(args: &Args, cmd: &DealCmd) -> anyhow::Result<ExitCode> {
                 print_json(&batches)?;
             } else {
                 for b in &batches {
-                    println!(
+                    crate::util::outln!(
                         "{} {} {} payload={} items={} {}",
                         b.id,
                         b.state,
@@ -878,15 +869,15 @@ fn deal(args: &Args, cmd: &DealCmd) -> anyhow::Result<ExitCode> {
             if *json {
                 print_json(&cmds)?;
             } else {
-                println!(
+                crate::util::outln!(
                     "# manifest\n{}",
                     serde_json::to_string_pretty(&cmds.manifest)?
                 );
-                println!(
+                crate::util::outln!(
                     "# client: propose the offline deal\n{}",
                     shell_join(&cmds.boost)
                 );
-                println!(
+                crate::util::outln!(
                     "# provider: after shipping the CAR, import it\n{}",
                     shell_join(&cmds.boostd)
                 );
@@ -898,7 +889,7 @@ fn deal(args: &Args, cmd: &DealCmd) -> anyhow::Result<ExitCode> {
             if *json {
                 print_json(&b)?;
             } else {
-                println!(
+                crate::util::outln!(
                     "{} {} deal_uuid={}",
                     b.id,
                     b.state,
@@ -914,7 +905,7 @@ fn deal(args: &Args, cmd: &DealCmd) -> anyhow::Result<ExitCode> {
             error,
         } => {
             let b = deals::set_state(&store, batch, *state, deal_uuid.clone(), error.clone())?;
-            println!("{} {}", b.id, b.state);
+            crate::util::outln!("{} {}", b.id, b.state);
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -133,15 +133,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         "transcode done"
     );
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        crate::util::outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print_human(&report);
+        print_human(&report)?;
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_human(r: &Report) {
-    println!(
+fn print_human(r: &Report) -> anyhow::Result<()> {
+    crate::util::outln!(
         "decoded {} frames {}x{} ({} px) with {} in {} ms, {:.2}x real time{}",
         r.decoded_frames,
         r.input_width,
@@ -157,7 +157,7 @@ fn print_human(r: &Report) {
         }
     );
     for x in &r.renditions {
-        println!(
+        crate::util::outln!(
             "  {:<18} {:>4}x{:<4} {:>5} frames {:>12} px {:>9} B  {}  {}",
             x.profile,
             x.width,
@@ -169,5 +169,6 @@ fn print_human(r: &Report) {
             x.path.display()
         );
     }
-    println!("encoded pixels: {}", r.encoded_pixels);
+    crate::util::outln!("encoded pixels: {}", r.encoded_pixels);
+    Ok(())
 }

@@ -18,6 +18,7 @@ mod engine;
 mod input;
 pub mod probe;
 pub mod profile;
+pub mod throughput;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -83,6 +84,16 @@ impl DecoderChoice {
     }
 }
 
+/// The pixel rate a ladder asks for: Σ w × h × fps over its rungs (30 fps when a rung keeps
+/// the source's rate, 1 pixel a side when it keeps the source's size). What the scheduler
+/// admits jobs and Livepeer segments by.
+pub fn ladder_pixels_per_sec(profiles: &[Profile]) -> f64 {
+    profiles
+        .iter()
+        .map(|p| p.width.max(1) as f64 * p.height.max(1) as f64 * p.fps().unwrap_or(30.0))
+        .sum()
+}
+
 /// The FFmpeg (libavutil) version this process runs with, e.g. `5.1.6-0+deb12u1`.
 pub fn ffmpeg_version() -> String {
     // SAFETY: av_version_info returns a static NUL-terminated string.
@@ -92,6 +103,27 @@ pub fn ffmpeg_version() -> String {
             return "unknown".into();
         }
         std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned()
+    }
+}
+
+/// A picture transform run on every decoded frame before the renditions encode it (the AI
+/// video upscale): packed RGB24 in, packed RGB24 out at [`FrameTransform::output_size`].
+/// Renditions scale from its output; a profile of 0×0 keeps that size. Input limits
+/// (`max_input_pixels`) apply to the decoded frames, before the transform.
+pub trait FrameTransform: Send + Sync {
+    /// The output size for a `width`×`height` input.
+    fn output_size(&self, width: u32, height: u32) -> (u32, u32);
+    /// `rgb` holds `width × height × 3` bytes, rows packed top to bottom.
+    fn apply(&self, width: u32, height: u32, rgb: Vec<u8>) -> Result<Vec<u8>, String>;
+}
+
+/// A shared [`FrameTransform`] in [`Options`].
+#[derive(Clone)]
+pub struct Transform(pub std::sync::Arc<dyn FrameTransform>);
+
+impl std::fmt::Debug for Transform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Transform")
     }
 }
 
@@ -119,6 +151,8 @@ pub struct Options {
     /// Absolute deadline; past it the transcode stops with [`TranscodeError::DeadlineExceeded`].
     pub deadline: Option<Instant>,
     pub cancel: CancellationToken,
+    /// Run on every decoded frame before encoding (none for transcoding).
+    pub transform: Option<Transform>,
     /// The segment's duration as the caller declares it (Livepeer's segment duration,
     /// HTTP `duration_ms`). It widens the frame and wall-time bounds; without it they
     /// follow the frames decoded, never the container's timestamps, which are exactly
@@ -160,6 +194,7 @@ impl Default for Options {
             encode_cores: 0,
             deadline: None,
             cancel: CancellationToken::new(),
+            transform: None,
             media_duration: None,
             wall_bound: Some(WallBound::DEFAULT),
         }
@@ -280,6 +315,8 @@ pub enum TranscodeError {
     },
     #[error("cannot write rendition {path}: {reason}")]
     Output { path: String, reason: String },
+    #[error("the frame transform failed: {0}")]
+    Transform(String),
     #[error("FFmpeg failed while {what}: {reason}")]
     Ffmpeg { what: &'static str, reason: String },
 }

@@ -3,7 +3,7 @@
 //! sessions at once as one Livepeer session's ladder needs, and encode a few frames through
 //! each. A driver that cannot open NVENC, or a session cap below one ladder, is found at
 //! start instead of on the first paid segment. It uses the engine's own encoder choice and
-//! fallback reporting ([`super::encoder::open`]): under `auto` a rung that fell back to
+//! fallback reporting (`super::encoder::open`): under `auto` a rung that fell back to
 //! libx264 is reported with libav's reason.
 
 use ffmpeg_next::{format::Pixel, frame, Packet, Rational};
@@ -35,7 +35,7 @@ impl ProbeReport {
 const FRAMES: u64 = 8;
 
 /// Opens `sessions` encoders at once on `gpu` with `choice` (144p, so the probe costs little
-/// GPU memory) and encodes [`FRAMES`] frames through each.
+/// GPU memory) and encodes `FRAMES` frames through each.
 pub fn encoder(
     choice: EncoderChoice,
     gpu: u32,

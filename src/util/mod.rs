@@ -1,8 +1,12 @@
-//! Foundations every module may use: the wall clock, durable file writes and the systemd
-//! notification protocol.
+//! Foundations every module may use: the wall clock, durable file writes, stdout that may
+//! be a closed pipe, and the systemd notification protocol.
 
 pub mod durable;
 pub mod sd_notify;
+pub mod stdout;
+
+// `crate::util::out!` / `crate::util::outln!`: stdout that may be a closed pipe.
+pub use crate::{out, outln};
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

@@ -138,6 +138,51 @@ async fn run_serves_ai_jobs_accounts_them_and_answers_in_flight_jobs_on_sigterm(
         "{metrics}"
     );
 
+    // A video segment through comine's own API: upscaled x4, accounted as class `ai`.
+    let seg = std::fs::read(crate::ai_video::tiny_segment()).unwrap();
+    let post = |body: Vec<u8>| {
+        d.http
+            .post(d.url("/v1/ai/upscale"))
+            .bearer_auth(&d.token)
+            .body(body)
+            .send()
+    };
+    let r = post(seg).await.unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    let h = |k: &str| r.headers()[k].to_str().unwrap().to_string();
+    assert_eq!(h("content-type"), "video/mp2t");
+    assert_eq!(h("x-comine-output-size"), "192x128");
+    let frames: u64 = h("x-comine-frames").parse().unwrap();
+    assert_eq!(h("x-comine-units"), (48 * 32 * frames).to_string());
+    let video_job = h("x-comine-job-id");
+    let out = root.path().join("up.ts");
+    std::fs::write(&out, r.bytes().await.unwrap()).unwrap();
+    let p = crate::common::probe(&out);
+    assert_eq!((p.width, p.height, p.frames), (192, 128, frames));
+    assert!(p.has_audio);
+    // Not a video: refused with the reason, recorded failed; the daemon keeps serving.
+    let r = post(b"garbage, not a segment".to_vec()).await.unwrap();
+    let status = r.status();
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(status, 422, "{e}");
+    assert!(
+        e["error"].as_str().unwrap().contains("not a media file"),
+        "{e}"
+    );
+    let job = d.get_json(&format!("/v1/jobs/{video_job}")).await;
+    assert_eq!(job["state"], "done");
+    assert_eq!(job["class"], "ai");
+    let st = wait_status(&d, "the video jobs accounted", |s| {
+        s["ai"]["jobs"]["done"] == 2 && s["ai"]["jobs"]["failed"] == 3
+    })
+    .await;
+    assert_eq!(st["ai"]["jobs"]["units"], 32 * 24 + 48 * 32 * frames);
+    let metrics = d.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains("comine_ai_jobs_total{pipeline=\"video-upscale\""),
+        "{metrics}"
+    );
+
     // SIGTERM with a job in flight: it is answered, then the worker unregisters.
     let big = png(64, 64);
     let job = {

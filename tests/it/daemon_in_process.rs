@@ -382,18 +382,27 @@ async fn resumed_backlog_drains_at_the_capacity_not_all_at_once() {
     assert_eq!(d.drain_secs(), None, "no run time measured yet");
     d.spawn_dispatcher();
     let start = std::time::Instant::now();
-    while d
-        .ledger
-        .state_counts()
-        .unwrap()
-        .get("done")
-        .copied()
-        .unwrap_or(0)
-        < JOBS
-    {
+    // Once a job has run, the expected drain time is the backlog's rounds at capacity 1
+    // times the run time: seen while the backlog drains.
+    let mut drain_seen = false;
+    loop {
+        let done = d
+            .ledger
+            .state_counts()
+            .unwrap()
+            .get("done")
+            .copied()
+            .unwrap_or(0);
+        if done >= JOBS {
+            break;
+        }
+        if done >= 1 && d.queue_len() >= 1 {
+            drain_seen |= d.drain_secs().is_some_and(|s| s > 0.0);
+        }
         assert!(start.elapsed() < Duration::from_secs(120), "backlog stuck");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    assert!(drain_seen, "no drain time shown while the backlog drained");
     assert_eq!(
         sched.peak.load(Ordering::SeqCst),
         1,
@@ -475,5 +484,328 @@ async fn a_proof_takes_its_gpu_back_from_running_batch_work() {
     assert_eq!(done.state, JobState::Done, "{done:?}");
     assert!(done.attempts >= 2, "{done:?}");
     assert_eq!(d.ledger.state_counts().unwrap().get("done"), Some(&1));
+    d.shutdown(Duration::from_secs(5)).await;
+}
+
+// ---- The scheduler's decisions reach the work (issue 10, part 1) ----
+
+/// Admission that can refuse a class, and records what it admitted and the demand it heard.
+struct ClassScheduler {
+    inner: SemaphoreAdmission,
+    refuse_batch: std::sync::atomic::AtomicBool,
+    admitted: std::sync::Mutex<Vec<JobClass>>,
+    demand: std::sync::Mutex<Vec<(f64, f64)>>,
+}
+
+impl ClassScheduler {
+    fn new(capacity: usize) -> Arc<ClassScheduler> {
+        Arc::new(ClassScheduler {
+            inner: SemaphoreAdmission::new(capacity),
+            refuse_batch: Default::default(),
+            admitted: Default::default(),
+            demand: Default::default(),
+        })
+    }
+    fn admitted(&self) -> Vec<JobClass> {
+        self.admitted.lock().unwrap().clone()
+    }
+    fn heard_both_classes(&self) -> bool {
+        self.demand
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|&(live, batch)| live > 0.0 && batch > 0.0)
+    }
+}
+
+impl Admission for ClassScheduler {
+    fn try_admit(&self, class: JobClass, pps: f64) -> Result<Placement, Rejected> {
+        if class == JobClass::Batch && self.refuse_batch.load(Ordering::SeqCst) {
+            return Err(Rejected {
+                reason: comine::sched::RejectReason::OverCapacity,
+                message: "batch refused by the test".into(),
+                retry_after: Duration::from_millis(50),
+            });
+        }
+        let p = self.inner.try_admit(class, pps)?;
+        self.admitted.lock().unwrap().push(class);
+        Ok(p)
+    }
+    fn capacity(&self) -> watch::Receiver<usize> {
+        self.inner.capacity()
+    }
+    fn livepeer_sessions(&self) -> watch::Receiver<u32> {
+        self.inner.livepeer_sessions()
+    }
+    fn status(&self) -> SchedulerStatus {
+        self.inner.status()
+    }
+    fn set_demand(&self, live: f64, batch: f64) {
+        self.demand.lock().unwrap().push((live, batch));
+    }
+    fn restore(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+}
+
+/// A store whose puts wait until the test opens it (jobs hold their permits meanwhile).
+struct GatedStore {
+    inner: EmbeddedStore,
+    open: watch::Sender<bool>,
+    waiting: AtomicUsize,
+}
+
+impl GatedStore {
+    fn new(data: &Path) -> Arc<GatedStore> {
+        Arc::new(GatedStore {
+            inner: EmbeddedStore::open(data, None).unwrap(),
+            open: watch::channel(false).0,
+            waiting: AtomicUsize::new(0),
+        })
+    }
+    async fn wait_for_puts(&self, n: usize) {
+        let start = std::time::Instant::now();
+        while self.waiting.load(Ordering::SeqCst) < n {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "{n} jobs never reached the store together"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl RenditionStore for GatedStore {
+    fn put<'a>(&'a self, path: &'a Path) -> BoxFuture<'a, Result<StoredRef, RenditionStoreError>> {
+        Box::pin(async move {
+            self.waiting.fetch_add(1, Ordering::SeqCst);
+            let mut rx = self.open.subscribe();
+            let _ = rx.wait_for(|open| *open).await;
+            self.inner.put(path).await
+        })
+    }
+    fn open<'a>(
+        &'a self,
+        cid: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Content>, RenditionStoreError>> {
+        self.inner.open(cid)
+    }
+    fn describe(&self) -> serde_json::Value {
+        serde_json::json!({"backend": "gated-test"})
+    }
+}
+
+/// An in-process daemon serving its API on a free port: (daemon, base URL).
+async fn serve(d: &Arc<Daemon>) -> String {
+    d.resume().await.unwrap();
+    d.spawn_dispatcher();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let app = comine::daemon::api::router(d.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    base
+}
+
+async fn submit(base: &str, query: &str, body: Vec<u8>) -> String {
+    let r = reqwest::Client::new()
+        .post(format!(
+            "{base}/v1/transcode?profiles=P144p30fps16x9&async=1&{query}"
+        ))
+        .bearer_auth("t".repeat(32))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let v: serde_json::Value = r.json().await.unwrap();
+    v["job_id"].as_str().unwrap().to_string()
+}
+
+async fn job(base: &str, id: &str) -> serde_json::Value {
+    reqwest::Client::new()
+        .get(format!("{base}/v1/jobs/{id}"))
+        .bearer_auth("t".repeat(32))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+async fn wait_done(base: &str, id: &str, within: Duration) -> serde_json::Value {
+    let start = std::time::Instant::now();
+    loop {
+        let j = job(base, id).await;
+        if j["state"] == "done" || j["state"] == "failed" {
+            return j;
+        }
+        assert!(start.elapsed() < within, "job {id} not finished: {j}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A batch job the scheduler refuses sits at the head of the queue; a live segment
+/// submitted after it must still be admitted and finish first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_batch_job_at_the_head_does_not_hold_back_live_work() {
+    let root = tempfile::tempdir().unwrap();
+    let seg = common::segment(root.path(), "s.ts", "testsrc");
+    let data = root.path().join("data");
+    let sched = ClassScheduler::new(4);
+    sched.refuse_batch.store(true, Ordering::SeqCst);
+    let store = Arc::new(EmbeddedStore::open(&data, None).unwrap());
+    let d = Daemon::open(fast_config(), data, store, sched.clone(), "t".repeat(32)).unwrap();
+    let base = serve(&d).await;
+    let batch = submit(&base, "class=batch&manifest_id=b&seq=0", seg.clone()).await;
+    // Let the dispatcher take the batch job and be refused.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let live = submit(
+        &base,
+        "class=live&manifest_id=l&seq=0&duration_ms=10000",
+        seg,
+    )
+    .await;
+    let done = wait_done(&base, &live, Duration::from_secs(30)).await;
+    assert_eq!(done["state"], "done", "{done}");
+    assert_eq!(job(&base, &batch).await["state"], "queued");
+    assert_eq!(sched.admitted(), vec![JobClass::Live]);
+    // The batch job waits, it is not lost: admitted once the scheduler allows.
+    sched.refuse_batch.store(false, Ordering::SeqCst);
+    let done = wait_done(&base, &batch, Duration::from_secs(60)).await;
+    assert_eq!(done["state"], "done", "{done}");
+    d.shutdown(Duration::from_secs(5)).await;
+}
+
+/// Two simulated GPUs: the second job is placed on the idle one, runs there, and the ledger
+/// (job JSON and `comine ledger export`'s source) records which device did each job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_second_job_lands_on_the_idle_gpu_and_the_ledger_records_the_device() {
+    let root = tempfile::tempdir().unwrap();
+    let seg = common::segment(root.path(), "s.ts", "testsrc");
+    let data = root.path().join("data");
+    let mut config = fast_config();
+    config.gpu.backend = "sim:rtx3090,rtx3090".into();
+    config.gpu.poll_interval_ms = 20;
+    config.scheduler.tick_interval_ms = 20;
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let admission = Arc::new(
+        comine::daemon::admission::SchedAdmission::start(&config, &data, 4, cancel.clone())
+            .await
+            .unwrap(),
+    );
+    let store = GatedStore::new(&data);
+    let d = Daemon::open(config, data, store.clone(), admission, "t".repeat(32)).unwrap();
+    let base = serve(&d).await;
+    let a = submit(&base, "class=batch&manifest_id=p&seq=0", seg.clone()).await;
+    let b = submit(&base, "class=batch&manifest_id=p&seq=1", seg).await;
+    // Both transcoded and holding their placement at the same time.
+    store.wait_for_puts(2).await;
+    store.open.send_replace(true);
+    let ja = wait_done(&base, &a, Duration::from_secs(60)).await;
+    let jb = wait_done(&base, &b, Duration::from_secs(60)).await;
+    assert_eq!(ja["state"], "done", "{ja}");
+    assert_eq!(jb["state"], "done", "{jb}");
+    let mut devices = vec![
+        ja["device"]["index"].as_u64().unwrap_or(99),
+        jb["device"]["index"].as_u64().unwrap_or(99),
+    ];
+    devices.sort();
+    assert_eq!(devices, vec![0, 1], "a: {ja}\nb: {jb}");
+    for j in [&ja, &jb] {
+        let uuid = j["device"]["uuid"].as_str().unwrap_or_default();
+        assert!(uuid.starts_with("GPU-sim-"), "{j}");
+    }
+    // The statement carries the device too.
+    let rec = d.ledger.get(a.as_str()).unwrap().unwrap();
+    let v = serde_json::to_value(&rec).unwrap();
+    assert_eq!(v["device"], ja["device"]);
+    d.shutdown(Duration::from_secs(5)).await;
+    cancel.cancel();
+}
+
+/// With HTTP batch work running and more waiting, a Livepeer segment asks the same
+/// admission as class `live`, the scheduler hears both classes' demand, and the segment is
+/// admitted before the waiting batch job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn livepeer_segments_are_admitted_ahead_of_waiting_batch_work() {
+    use comine::daemon::livepeer::{Attach, EnginePipeline};
+    use comine::livepeer::test_orchestrator::{
+        SegmentJob, TaskOutcome, TestOrchestrator, TestOrchestratorConfig,
+    };
+    use comine::livepeer::{CapacityArg, TranscoderConfig};
+    let root = tempfile::tempdir().unwrap();
+    let seg = common::segment(root.path(), "s.ts", "testsrc");
+    let data = root.path().join("data");
+    let sched = ClassScheduler::new(1);
+    let store = GatedStore::new(&data);
+    let d = Daemon::open(
+        fast_config(),
+        data.clone(),
+        store.clone(),
+        sched.clone(),
+        "t".repeat(32),
+    )
+    .unwrap();
+    let base = serve(&d).await;
+    // Batch job A runs (and holds the only slot in the store); B waits for admission.
+    let a = submit(&base, "class=batch&manifest_id=h&seq=0", seg.clone()).await;
+    store.wait_for_puts(1).await;
+    let b = submit(&base, "class=batch&manifest_id=h&seq=1", seg).await;
+
+    let orch = TestOrchestrator::start(TestOrchestratorConfig::default())
+        .await
+        .unwrap();
+    let mut cfg = TranscoderConfig::new(orch.addr(), orch.secret());
+    cfg.work_dir = data.join("livepeer-work");
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let client = comine::daemon::livepeer::start(
+        &d,
+        Attach {
+            config: cfg,
+            capacity: CapacityArg::Fixed(1),
+            pipeline: EnginePipeline::new(comine::transcode::EncoderChoice::X264, "ultrafast", 0),
+        },
+        d.admission.livepeer_sessions(),
+        shutdown.clone(),
+    );
+    orch.wait_for_transcoders(1, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let mut job = SegmentJob::new("lp", 0, common::lp_segment(), vec![common::lp_p144p()]);
+    job.duration_ms = 5000;
+    let outcome = tokio::spawn({
+        let orch_job = job;
+        let o = std::sync::Arc::new(orch);
+        let o2 = o.clone();
+        async move { (o2.transcode(orch_job).await, o) }
+    });
+    // The scheduler hears the live segment and the waiting batch job together.
+    let start = std::time::Instant::now();
+    while !sched.heard_both_classes() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "demand never showed live and batch together: {:?}",
+            sched.demand.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A finishes; the live segment goes next, then B.
+    store.open.send_replace(true);
+    let (outcome, orch) = outcome.await.unwrap();
+    assert!(matches!(outcome, TaskOutcome::Done { .. }), "{outcome:?}");
+    let done = wait_done(&base, &b, Duration::from_secs(60)).await;
+    assert_eq!(done["state"], "done", "{done}");
+    assert_eq!(
+        wait_done(&base, &a, Duration::from_secs(5)).await["state"],
+        "done"
+    );
+    assert_eq!(
+        sched.admitted(),
+        vec![JobClass::Batch, JobClass::Live, JobClass::Batch]
+    );
+    shutdown.cancel();
+    let _ = client.await;
+    drop(orch);
     d.shutdown(Duration::from_secs(5)).await;
 }

@@ -386,3 +386,169 @@ fn a_refused_secret_stops_the_daemon_with_what_to_fix() {
     assert!(err.contains("EIP-55"), "{err}");
     drop(rt);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_livepeer_section_of_the_config_attaches_and_flags_win() {
+    let root = tempfile::tempdir().unwrap();
+    let orch = TestOrchestrator::start(TestOrchestratorConfig::default())
+        .await
+        .unwrap();
+    let secret = secret_file(root.path(), orch.secret());
+    let config = common::write_config(
+        root.path(),
+        &format!(
+            "[livepeer]\norch_addr = {:?}\norch_secret = {secret:?}\ncapacity = 3\ncapacity_dwell_secs = 0.5\n",
+            orch.addr()
+        ),
+    );
+    // No --orch-addr: the config file alone attaches; --capacity on the command line wins.
+    let mut d = common::Daemon::start_with(root.path(), &config, &["--capacity", "2"]);
+    orch.wait_for_transcoders(1, WAIT).await.unwrap();
+    let st = wait_status(&d, "registration", |s| {
+        s["livepeer"]["link"]["state"] == "registered"
+    })
+    .await;
+    assert_eq!(orch.capacities(), vec![2]);
+    assert_eq!(st["livepeer"]["capacity_mode"], "2");
+    assert!(d.terminate());
+}
+
+#[test]
+fn an_unknown_key_in_the_livepeer_section_is_refused_by_name() {
+    let root = tempfile::tempdir().unwrap();
+    let config = common::write_config(
+        root.path(),
+        "[livepeer]\norch_adress = \"pool.example.com:8935\"\n",
+    );
+    let mut child = Command::new(common::BIN)
+        .arg("run")
+        .arg("--config")
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(root.path().join("data"))
+        .args(["--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break Some(s);
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    use std::io::Read;
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    let status = status.unwrap_or_else(|| panic!("a misspelt key must stop comine run: {err}"));
+    assert!(!status.success());
+    assert!(err.contains("orch_adress"), "{err}");
+}
+
+/// A new user on a CPU-only machine: `comine run --orch-addr … --orch-secret …` with the
+/// default `--capacity auto` must register with what this host can do (at least 1 session).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capacity_auto_on_a_cpu_host_registers_at_least_one_session() {
+    let root = tempfile::tempdir().unwrap();
+    let orch = TestOrchestrator::start(TestOrchestratorConfig::default())
+        .await
+        .unwrap();
+    let config = common::write_config(
+        root.path(),
+        "[gpu]\nbackend = \"host\"\npoll_interval_ms = 100\n[scheduler]\ntick_interval_ms = 100\n",
+    );
+    let mut d = common::Daemon::start_with(
+        root.path(),
+        &config,
+        &["--orch-addr", &orch.addr(), "--orch-secret", orch.secret()],
+    );
+    // Start-up calibration runs a short probe first; allow for a slow shared machine.
+    orch.wait_for_transcoders(1, Duration::from_secs(180))
+        .await
+        .unwrap_or_else(|e| panic!("{e}; daemon log:\n{}", d.log()));
+    let caps = orch.capacities();
+    assert!(caps.iter().all(|&c| c >= 1), "{caps:?}");
+    let st = wait_status(&d, "registration", |s| {
+        s["livepeer"]["link"]["state"] == "registered"
+    })
+    .await;
+    assert_eq!(st["livepeer"]["capacity_mode"], "auto");
+    // The host was rated by what the start-up probe measured, not by a per-core guess.
+    let cal: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(root.path().join("data").join("calibration.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(cal["devices"][0]["uuid"], "host", "{cal}");
+    assert!(
+        cal["devices"][0]["pixels_per_sec"].as_f64().unwrap() > 0.0,
+        "{cal}"
+    );
+    assert!(d.terminate());
+}
+
+/// Whatever capacity the scheduler grants, even none, a wrong secret is reported at start.
+#[test]
+fn a_wrong_secret_is_found_at_once_even_with_no_capacity() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let orch = rt
+        .block_on(TestOrchestrator::start(TestOrchestratorConfig::default()))
+        .unwrap();
+    let root = tempfile::tempdir().unwrap();
+    // One Livepeer session needs more than any device here: auto grants 0 sessions.
+    let config = common::write_config(
+        root.path(),
+        "[gpu]\nbackend = \"host\"\n[scheduler]\nsession_pixels_per_sec = 1e15\n",
+    );
+    let start = Instant::now();
+    let out = Command::new(common::BIN)
+        .arg("run")
+        .arg("--config")
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(root.path().join("data"))
+        .args(["--listen", "127.0.0.1:0"])
+        .args(["--orch-addr", &orch.addr(), "--orch-secret", "wrong"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut child = out;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break Some(s);
+        }
+        if start.elapsed() > Duration::from_secs(120) {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut err = String::new();
+    use std::io::Read;
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    let status = status.unwrap_or_else(|| panic!("a wrong secret was not reported: {err}"));
+    assert!(!status.success());
+    assert!(
+        err.contains("invalid secret") && err.contains("--orch-secret"),
+        "{err}"
+    );
+    assert_eq!(orch.refusals(), vec!["invalid secret".to_string()]);
+    drop(rt);
+}

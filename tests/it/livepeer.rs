@@ -449,6 +449,43 @@ async fn invalid_secret_is_fatal_and_says_what_to_fix() {
     );
 }
 
+/// With no capacity granted yet the client still checks its secret (a registration with
+/// capacity 0 answers "invalid secret" before "zero capacity", as go-livepeer does), so a
+/// typo is fatal at once; with the right secret it waits for capacity instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_secret_is_fatal_at_once_even_at_capacity_zero() {
+    let o = orchestrator().await;
+    let work = tempfile::tempdir().unwrap();
+    let mut cfg = config(&o, &work);
+    cfg.secret = "wrong".into();
+    let (_tx, rx) = watch::channel(0);
+    let result = tokio::time::timeout(
+        WAIT,
+        run_transcoder(
+            cfg,
+            rx,
+            pipeline(),
+            Arc::new(MemorySink::default()),
+            CancellationToken::new(),
+        ),
+    )
+    .await
+    .expect("a wrong secret must be found while waiting for capacity");
+    assert!(
+        matches!(result, Err(LivepeerError::InvalidSecret { .. })),
+        "{result:?}"
+    );
+
+    // The right secret at capacity 0: checked, not fatal, and it registers once granted.
+    let client = Client::start(&o, 0, |_| {});
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!client.task.is_finished(), "capacity 0 is not an error");
+    assert!(o.refusals().contains(&"zero capacity".to_string()));
+    client.capacity.send(1).unwrap();
+    o.wait_for_transcoders(1, WAIT).await.unwrap();
+    assert!(client.stop().await.is_ok());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn segment_url_404_returns_an_error_part() {
     let o = orchestrator().await;

@@ -8,10 +8,12 @@
 mod common;
 
 mod ai;
+mod ai_video;
 mod ai_worker;
 mod bench_bad_input;
 mod bench_report_html;
 mod bench_suite;
+mod cli;
 mod daemon_ai;
 mod daemon_disk;
 mod daemon_durability;

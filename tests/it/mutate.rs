@@ -41,9 +41,17 @@ fn segment_720p() -> Vec<u8> {
 
 /// The poison segment, written once beside the other generated media.
 fn poison_720p() -> std::path::PathBuf {
+    // Tests run on parallel threads of one process and share the `.part` name: one at a time.
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let path = common::media::media_dir().join("poison-13h-720p.ts");
     if !path.exists() {
-        let tmp = path.with_extension(format!("{}.part", std::process::id()));
+        // Unique per thread too: two tests of this binary may write it at once.
+        let tmp = path.with_extension(format!(
+            "{}-{:?}.part",
+            std::process::id(),
+            std::thread::current().id()
+        ));
         std::fs::write(&tmp, mutate::poison_13h(&segment_720p())).unwrap();
         std::fs::rename(&tmp, &path).unwrap();
     }

@@ -96,19 +96,14 @@ async fn comine_run_without_a_proof_source_warns_and_runs_the_post_safe_profile(
     let root = tempfile::tempdir().unwrap();
     let cfg = write_config(
         root.path(),
-        "[gpu]\nbackend = \"host\"\n[gpu.attribution]\nproof_process_names = [\"lotus-post\"]\n\
-         [livepeer]\norch_addr = \"pool.example:8935\"\n",
+        "[gpu]\nbackend = \"host\"\n[gpu.attribution]\nproof_process_names = [\"lotus-post\"]\n",
     );
     let d = Daemon::start(root.path(), &cfg);
     let status = d.get_json("/v1/status").await;
     assert!(status["proofs"]["safe_profile"].is_null(), "{status}");
     assert!(!d.log().contains("no proof source configured"));
-    // `[livepeer]` is not read yet: a key there is said to do nothing, not silently ignored.
-    let log = d.log();
-    assert!(
-        log.contains("[livepeer] in the config is not read yet") && log.contains("orch_addr"),
-        "{log}"
-    );
+    // `[livepeer]` is typed and read now (issue 10): daemon_livepeer's
+    // the_livepeer_section_of_the_config_attaches_and_flags_win covers it.
     let metrics = d.get("/metrics").await.text().await.unwrap();
     assert!(metrics.contains("comine_post_safe_profile 0"), "{metrics}");
 }

@@ -404,3 +404,42 @@ fn decisions_are_serialisable_records() {
     let back: comine::sched::Decision = serde_json::from_value(v).unwrap();
     assert_eq!(back, d);
 }
+
+/// lotus #7845: idle lotus-miner / lotus-worker processes keep a CUDA context open. Their
+/// presence in NVML's process list is not a proof; their activity is.
+#[test]
+fn an_idle_prover_context_does_not_hold_transcoding_down_a_busy_one_does() {
+    let mut rig = Rig::new(&["rtx3090"], fast_config());
+    let _context = rig
+        .sim
+        .start_job(
+            0,
+            JobLoad::ProverContext {
+                memory_bytes: 400 << 20,
+            },
+        )
+        .unwrap();
+    let mut d = rig.step();
+    for _ in 0..4 {
+        d = rig.step();
+    }
+    let dev = &d.devices[0];
+    assert!(
+        !dev.proof_running,
+        "an idle context counted as a proof: {:?}",
+        dev.reasons
+    );
+    assert!(dev.budget_pps > dev.rated_pps * 0.5, "{dev:?}");
+    assert!(rig.admitter.admit(JobClass::Live, P720).is_ok());
+
+    // The same prover starts proving: SM use and memory rise, transcoding drops to the floor.
+    let _proof = rig
+        .sim
+        .start_job(0, JobLoad::Proof { sm_pct: 85.0 })
+        .unwrap();
+    let d = rig.step();
+    let dev = &d.devices[0];
+    assert!(dev.proof_running, "{:?}", dev.reasons);
+    let floor = dev.rated_pps * fast_config().proof_floor_fraction;
+    assert!(dev.budget_pps <= floor + 1.0, "{dev:?}");
+}

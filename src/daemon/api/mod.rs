@@ -119,6 +119,7 @@ pub fn router(d: Arc<Daemon>) -> Router {
         .route("/v1/renditions/{cid}", get(rendition))
         .route("/v1/status", get(status))
         .route("/v1/ledger/export", get(ledger_export))
+        .route("/v1/ai/upscale", post(ai_upscale))
         .route_layer(auth_layer.clone());
     let metrics = Router::new().route("/metrics", get(metrics));
     let metrics = if d.config.api.metrics_public {
@@ -332,6 +333,39 @@ async fn drain(body: Body) {
 
 /// Collects the body up to `max` bytes. Past it, the rest is read and discarded
 /// (bounded) so the client receives the 413 rather than a reset.
+/// Reads a request body within `[api] body_timeout_secs` and `max` bytes, refusing an empty one:
+/// `what` names the upload in the timeout error, `verb` what an empty input leaves nothing to do.
+async fn read_upload(
+    d: &Daemon,
+    body: Body,
+    max: usize,
+    what: &str,
+    verb: &str,
+) -> Result<bytes::Bytes, ApiError> {
+    let upload = std::time::Duration::from_secs(d.config.api.body_timeout_secs.max(1));
+    let bytes = match tokio::time::timeout(upload, read_limited(body, max)).await {
+        Ok(read) => read?,
+        Err(_) => {
+            return Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                format!(
+                    "{what} took longer than {} s ([api] body_timeout_secs)",
+                    upload.as_secs()
+                ),
+            ))
+        }
+    };
+    if bytes.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "bad_input",
+            format!("input is empty (0 bytes): nothing to {verb}"),
+        ));
+    }
+    Ok(bytes)
+}
+
 async fn read_limited(mut body: Body, max: usize) -> Result<bytes::Bytes, ApiError> {
     const DRAIN_CAP: usize = 8 << 20;
     let mut buf = bytes::BytesMut::new();
@@ -364,6 +398,111 @@ fn too_large(max: u64) -> ApiError {
         "body_too_large",
         format!("segment is larger than the limit of {max} bytes ([api] max_body_bytes)"),
     )
+}
+
+/// `POST /v1/ai/upscale[?model_id=ID]`: a video segment in, the segment upscaled by an
+/// embedded model out (`video/mp2t`, audio kept), accounted as class `ai`. Synchronous.
+async fn ai_upscale(
+    State(d): Shared,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    use super::ai_video::{self, VideoError};
+    let max = d.config.api.max_body_bytes;
+    let early = (|| {
+        let pairs: Vec<(String, String)> =
+            serde_urlencoded::from_str(query.as_deref().unwrap_or("")).map_err(|e| {
+                ApiError::bad_request("bad_parameter", format!("malformed query string: {e}"))
+            })?;
+        let mut model_id = None;
+        for (k, v) in pairs {
+            match k.as_str() {
+                "model_id" => model_id = Some(v),
+                other => {
+                    return Err(ApiError::bad_request(
+                        "bad_parameter",
+                        format!("unknown query parameter {other:?}; known: model_id"),
+                    ))
+                }
+            }
+        }
+        if let Some(len) = header_str(&headers, "content-length")? {
+            if parse_u64(len, "Content-Length")? > max {
+                return Err(too_large(max));
+            }
+        }
+        if d.ai.get().is_none() {
+            return Err(ApiError::new(
+                StatusCode::NOT_IMPLEMENTED,
+                "ai_disabled",
+                VideoError::NotConfigured.to_string(),
+            ));
+        }
+        Ok(model_id)
+    })();
+    let model_id = match early {
+        Ok(m) => m,
+        Err(e) => {
+            drain(body).await;
+            return Err(e);
+        }
+    };
+    let bytes = read_upload(&d, body, max as usize, "the upload", "upscale").await?;
+    match ai_video::run(&d, model_id, bytes).await {
+        Ok(up) => {
+            let r = up.report.renditions.first();
+            let mut resp = (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "video/mp2t")],
+                up.data,
+            )
+                .into_response();
+            let h = resp.headers_mut();
+            let mut set = |name: &'static str, v: String| {
+                if let Ok(v) = HeaderValue::from_str(&v) {
+                    h.insert(name, v);
+                }
+            };
+            set("x-comine-job-id", up.job_id);
+            set("x-comine-model-id", up.model_id);
+            set("x-comine-units", up.units.to_string());
+            set("x-comine-frames", up.report.decoded_frames.to_string());
+            set(
+                "x-comine-input-size",
+                format!("{}x{}", up.report.input_width, up.report.input_height),
+            );
+            if let Some(r) = r {
+                set("x-comine-output-size", format!("{}x{}", r.width, r.height));
+                set("x-comine-encoder", r.encoder.clone());
+            }
+            Ok(resp)
+        }
+        Err(e) => {
+            let code = e.reason();
+            let status = match &e {
+                VideoError::NotConfigured => StatusCode::NOT_IMPLEMENTED,
+                VideoError::Ai(crate::ai::AiError::UnknownModel { .. }) => StatusCode::NOT_FOUND,
+                VideoError::Ai(crate::ai::AiError::Unavailable(_))
+                | VideoError::Ai(crate::ai::AiError::OutOfMemory(_)) => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
+                VideoError::Transcode(crate::transcode::TranscodeError::TooLarge { .. }) => {
+                    StatusCode::PAYLOAD_TOO_LARGE
+                }
+                VideoError::Transcode(t) if t.is_bad_input() => StatusCode::UNPROCESSABLE_ENTITY,
+                VideoError::Transcode(crate::transcode::TranscodeError::Cancelled) => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            let mut err = ApiError::new(status, code, e.to_string());
+            if status == StatusCode::SERVICE_UNAVAILABLE {
+                err.retry_after = Some(5);
+            }
+            Err(err)
+        }
+    }
 }
 
 async fn transcode(
@@ -401,27 +540,7 @@ async fn transcode(
             return Err(e);
         }
     };
-    let upload = std::time::Duration::from_secs(d.config.api.body_timeout_secs.max(1));
-    let bytes = match tokio::time::timeout(upload, read_limited(body, max as usize)).await {
-        Ok(read) => read?,
-        Err(_) => {
-            return Err(ApiError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                "body_timeout",
-                format!(
-                    "the segment upload took longer than {} s ([api] body_timeout_secs)",
-                    upload.as_secs()
-                ),
-            ))
-        }
-    };
-    if bytes.is_empty() {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "bad_input",
-            "input is empty (0 bytes): nothing to transcode",
-        ));
-    }
+    let bytes = read_upload(&d, body, max as usize, "the segment upload", "transcode").await?;
     let new = NewJob {
         class: sub.class,
         manifest_id: sub.manifest_id,
@@ -518,6 +637,7 @@ pub fn job_json(r: &JobRecord) -> Value {
         "encoded_pixels": r.encoded_pixels,
         "earnings_wei": r.earnings_wei,
         "attempts": r.attempts,
+        "device": r.device,
         "received_at": time::rfc3339(r.received_at_ms),
         "finished_at": r.finished_at_ms.map(time::rfc3339),
         "error": r.error,

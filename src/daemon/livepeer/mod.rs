@@ -1,7 +1,10 @@
 //! The daemon's side of the Livepeer remote transcoder (`comine run --orch-addr …`).
 //!
-//! [`start`] runs [`crate::livepeer::run_transcoder`] inside the daemon with two things the
+//! [`start`] runs [`crate::livepeer::run_transcoder`] inside the daemon with three things the
 //! standalone `comine livepeer` ([`standalone`]) lacks:
+//! - **admission** ([`AdmittedPipeline`]): each segment asks the scheduler like an HTTP job
+//!   (class `live`, pixels/s), reports itself as demand while it waits, and runs on the
+//!   device it was placed on;
 //! - **capacity from the scheduler** (`--capacity auto`): the scheduler's suggested session
 //!   count, which the client re-registers with once a change has lasted the dwell time;
 //! - **a ledger sink** ([`LedgerSink`]): every segment the orchestrator accepted has its
@@ -19,16 +22,18 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+pub mod admitted;
 pub mod pipeline;
 pub mod profiles;
 pub mod standalone;
 
+pub use admitted::AdmittedPipeline;
 pub use pipeline::EnginePipeline;
 
 use super::Daemon;
 use crate::earnings::receipts::RECEIPT_HEADER;
 use crate::earnings::ReceiptDraft;
-use crate::ledger::{Admitted, JobClass, NewJob, RenditionRecord};
+use crate::ledger::{Admitted, JobClass, JobDevice, NewJob, RenditionRecord};
 use crate::livepeer::proto::VideoProfile;
 use crate::livepeer::sink::{BoxFuture, SinkError};
 use crate::livepeer::{
@@ -131,10 +136,17 @@ impl LedgerSink {
         };
         let id = job.job_id.clone();
         let key = id.clone();
+        let device = r.device.as_ref().map(|dev| JobDevice {
+            index: dev.index,
+            uuid: dev.uuid.clone(),
+        });
         d.ledger
             .call(move |l| {
                 l.mark_queued(&key)?;
-                l.mark_transcoding(&key)
+                match device {
+                    Some(dev) => l.mark_transcoding_on(&key, dev),
+                    None => l.mark_transcoding(&key),
+                }
             })
             .await?;
         if !r.accepted {
@@ -291,9 +303,10 @@ impl ReceiptPipeline {
         ReceiptPipeline { inner, daemon }
     }
 
-    async fn run(&self, task: SegmentTask) -> Result<Transcoded, SegmentError> {
+    /// Transcodes on `gpu` (where the scheduler placed the segment) and signs the receipt.
+    pub async fn run_on(&self, task: SegmentTask, gpu: u32) -> Result<Transcoded, SegmentError> {
         let (manifest, seq, task_id) = (task.manifest_id.clone(), task.seq, task.task_id);
-        let mut t = self.inner.run(task, self.inner.gpu).await?;
+        let mut t = self.inner.run(task, gpu).await?;
         if self.daemon.earnings.key_address().is_none() {
             return Ok(t);
         }
@@ -343,7 +356,7 @@ impl SegmentPipeline for ReceiptPipeline {
     }
 
     fn transcode(&self, task: SegmentTask) -> BoxFuture<'_, Result<Transcoded, SegmentError>> {
-        Box::pin(self.run(task))
+        Box::pin(self.run_on(task, self.inner.gpu))
     }
 }
 
@@ -382,10 +395,15 @@ pub fn start(
     };
     let _ = daemon.livepeer.set(state);
     let sink = Arc::new(LedgerSink::new(daemon.clone(), counters));
+    // Every segment goes through the scheduler's admission, as HTTP jobs do.
+    let pipeline = Arc::new(AdmittedPipeline::new(
+        daemon.clone(),
+        ReceiptPipeline::new(attach.pipeline, daemon.clone()),
+    ));
     tokio::spawn(crate::livepeer::run_transcoder(
         attach.config,
         capacity,
-        Arc::new(ReceiptPipeline::new(attach.pipeline, daemon.clone())),
+        pipeline,
         sink,
         shutdown,
     ))

@@ -110,6 +110,7 @@ impl EnginePipeline {
             media_seconds: report.media_seconds,
             renditions,
             fallback_reason: report.fallback_reason,
+            device: None,
             result_headers: Vec::new(),
         })
     }

@@ -1,7 +1,6 @@
 //! `comine livepeer`: the remote transcoder on its own, with a fixed capacity, no scheduler
 //! and no ledger: segments go through the [`EnginePipeline`] and are only logged.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -27,13 +26,16 @@ pub struct Args {
     /// GPU index for NVDEC/NVENC.
     #[arg(long, default_value_t = 0)]
     pub gpu: u32,
-    /// Data directory (scratch space under DIR/livepeer/work).
-    #[arg(long)]
-    pub data_dir: Option<PathBuf>,
+    /// The config file (its `[livepeer]` section and `data_dir`) and data directory
+    /// (scratch space under DIR/livepeer/work).
+    #[command(flatten)]
+    pub dirs: crate::config::DataDirArgs,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let capacity = match args.livepeer.capacity {
+    let (config, data_dir) = args.dirs.load()?;
+    let lp = config.livepeer.under(&args.livepeer)?;
+    let capacity = match lp.capacity {
         Some(CapacityArg::Fixed(n)) => n,
         Some(CapacityArg::Auto) => anyhow::bail!(
             "--capacity auto needs the co-mining scheduler (comine run); give comine livepeer a fixed --capacity N"
@@ -42,13 +44,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             "comine livepeer needs --capacity N (the sessions to offer); `comine run --orch-addr …` decides it with the scheduler"
         ),
     };
-    let mut cfg = args.livepeer.to_config()?;
+    let mut cfg = lp.to_config()?;
     let pipeline = Arc::new(EnginePipeline::new(
         args.encoder,
         args.x264_preset,
         args.gpu,
     ));
-    let data_dir = args.data_dir.unwrap_or_else(crate::paths::default_data_dir);
     cfg.work_dir = data_dir.join("livepeer").join("work");
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {

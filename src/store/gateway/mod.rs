@@ -482,9 +482,11 @@ async fn car(
                 let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
             }
         });
-        Response::new(Body::from_stream(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-        ))
+        // futures-util's unfold, not tokio-stream: that crate is a test-utils-only dependency.
+        Response::new(Body::from_stream(futures_util::stream::unfold(
+            rx,
+            |mut rx| async move { rx.recv().await.map(|item| (item, rx)) },
+        )))
     };
     common_headers(
         resp.headers_mut(),

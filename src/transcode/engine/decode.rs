@@ -1,15 +1,17 @@
 //! Demux and decode on the caller's thread: the video decoder (NVDEC through a CUDA device
 //! context when asked and available, else frame-threaded software decoding), and the loop
-//! that reads packets, counts damaged ones and sends every frame to each rendition worker.
+//! that reads packets, counts damaged ones and sends every frame to each rendition worker
+//! (through the caller's [`FrameTransform`] first, when there is one).
 
 use std::ffi::CString;
 use std::ptr;
 use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
 
+use ffmpeg_next::software::scaling;
 use ffmpeg_next::{codec, decoder, ffi, format, frame, util::format::Pixel, Packet, Rational};
 
-use super::super::{avlog, DecoderChoice, Options, TranscodeError};
+use super::super::{avlog, DecoderChoice, FrameTransform, Options, TranscodeError};
 use super::{AudioIn, Budget, Msg, Stop};
 
 /// Give up on a stream that keeps failing to demux (garbage after a valid header).
@@ -158,6 +160,8 @@ pub(super) struct Decoded {
     pub(super) pixels: u64,
     pub(super) errors: u64,
     pub(super) hw_frames: u64,
+    /// Time spent blocked handing frames to full worker queues (the stage profile).
+    pub(super) blocked: std::time::Duration,
     /// Timestamp discontinuities closed, video and audio.
     pub(super) jumps: u64,
     first_pts: Option<i64>,
@@ -179,6 +183,7 @@ impl Decoded {
 /// The decode loop's state: its stop rule, wall-time budget and the per-stream rebasing.
 struct Feed<'a> {
     senders: &'a [SyncSender<Msg>],
+    transform: Option<&'a dyn FrameTransform>,
     stop: &'a Stop,
     budget: &'a Budget,
     video: Rebase,
@@ -197,12 +202,14 @@ pub(super) fn decode_all(
     src_rate: Rational,
     audio: Option<&AudioIn>,
     senders: &[SyncSender<Msg>],
+    transform: Option<&dyn FrameTransform>,
     stop: &Stop,
     budget: &Budget,
 ) -> Result<Decoded, TranscodeError> {
     let mut stats = Decoded::default();
     let mut feed = Feed {
         senders,
+        transform,
         stop,
         budget,
         video: Rebase::new(vtb),
@@ -329,13 +336,69 @@ fn drain_decoder(
         }
         stats.frames += 1;
         stats.pixels += frame.width() as u64 * frame.height() as u64;
+        let frame = match feed.transform {
+            Some(t) => transformed(t, &frame)?,
+            None => frame,
+        };
         feed.budget.grow(stats.frames);
         let frame = Arc::new(frame);
+        let t = std::time::Instant::now();
         for tx in feed.senders {
             tx.send(Msg::Video(Arc::clone(&frame)))
                 .map_err(|_| worker_gone())?;
         }
+        stats.blocked += t.elapsed();
     }
+}
+
+/// `frame` through the transform: to packed RGB24 (swscale), the transform, back into an
+/// RGB24 frame with the source's timestamp and aspect ratio.
+fn transformed(
+    t: &dyn FrameTransform,
+    frame: &frame::Video,
+) -> Result<frame::Video, TranscodeError> {
+    let (w, h) = (frame.width(), frame.height());
+    let sws = |e: ffmpeg_next::Error| TranscodeError::Ffmpeg {
+        what: "converting a frame to RGB",
+        reason: e.to_string(),
+    };
+    let mut rgb = frame::Video::empty();
+    scaling::Context::get(
+        frame.format(),
+        w,
+        h,
+        Pixel::RGB24,
+        w,
+        h,
+        scaling::Flags::BICUBIC,
+    )
+    .and_then(|mut c| c.run(frame, &mut rgb))
+    .map_err(sws)?;
+    let row = w as usize * 3;
+    let stride = rgb.stride(0);
+    let mut packed = Vec::with_capacity(row * h as usize);
+    for y in 0..h as usize {
+        packed.extend_from_slice(&rgb.data(0)[y * stride..y * stride + row]);
+    }
+    let (ow, oh) = t.output_size(w, h);
+    let out = t.apply(w, h, packed).map_err(TranscodeError::Transform)?;
+    let out_row = ow as usize * 3;
+    if out.len() != out_row * oh as usize {
+        return Err(TranscodeError::Transform(format!(
+            "gave {} bytes for a {ow}x{oh} RGB frame (expected {})",
+            out.len(),
+            out_row * oh as usize
+        )));
+    }
+    let mut dst = frame::Video::new(Pixel::RGB24, ow, oh);
+    let stride = dst.stride(0);
+    for (y, src) in out.chunks_exact(out_row).enumerate() {
+        dst.data_mut(0)[y * stride..y * stride + out_row].copy_from_slice(src);
+    }
+    dst.set_pts(frame.pts());
+    // SAFETY: both frames are valid; a plain field copy.
+    unsafe { (*dst.as_mut_ptr()).sample_aspect_ratio = (*frame.as_ptr()).sample_aspect_ratio };
+    Ok(dst)
 }
 
 /// Copies an NVDEC frame into system memory for the CPU filter graph.

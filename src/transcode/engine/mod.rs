@@ -185,13 +185,18 @@ fn run(req: &Request, started: Instant) -> Result<Report, TranscodeError> {
         reason: e.to_string(),
     })?;
 
+    // Renditions scale from what the transform makes of each frame.
+    let (fit_w, fit_h) = match &req.options.transform {
+        Some(t) => t.0.output_size(src_w, src_h),
+        None => (src_w, src_h),
+    };
     let dims: Vec<(u32, u32)> = req
         .profiles
         .iter()
         .map(|p| {
             profile::fit_dimensions(
-                src_w,
-                src_h,
+                fit_w,
+                fit_h,
                 (sar.numerator(), sar.denominator()),
                 p.width,
                 p.height,
@@ -269,6 +274,7 @@ fn run(req: &Request, started: Instant) -> Result<Report, TranscodeError> {
             src_rate,
             audio.as_ref(),
             &senders,
+            req.options.transform.as_ref().map(|t| &*t.0),
             &stop,
             &budget,
         );
@@ -310,6 +316,12 @@ fn run(req: &Request, started: Instant) -> Result<Report, TranscodeError> {
         return Err(e); // `done` drops here and removes every temporary file
     }
     let decoded = decoded?;
+    tracing::debug!(
+        target: "comine::transcode::stages",
+        wall_ms = started.elapsed().as_millis() as u64,
+        decoder_blocked_ms = decoded.blocked.as_millis() as u64,
+        "decode stage profile"
+    );
     if done.len() < req.profiles.len() {
         // Every worker stopped on `abort` with nothing else to say.
         return Err(TranscodeError::Cancelled);
@@ -453,6 +465,11 @@ fn encoder_threads(
     let total: f64 = rates.iter().sum::<f64>().max(1.0);
     rates
         .iter()
-        .map(|r| ((cores as f64 * r / total).round() as usize).clamp(1, cores.max(1)))
+        // Rounded up, not to the nearest: on 2 cores a top rung with 73% of the pixels
+        // got 1 thread, became the critical path and left a core idle once the small
+        // rungs were done (the stage profile: 720p encoding 7.6 s of a 9.1 s job, the
+        // other rungs and the decoder waiting on it). Oversubscribing by a thread or two
+        // costs little next to an idle core.
+        .map(|r| ((cores as f64 * r / total).ceil() as usize).clamp(1, cores.max(1)))
         .collect()
 }

@@ -4,6 +4,7 @@
 //! pixel count.
 
 use std::sync::mpsc::Receiver;
+use std::time::{Duration, Instant};
 
 use ffmpeg_next::{
     codec, ffi, filter, format, frame, picture, util::format::Pixel, Packet, Rational,
@@ -36,11 +37,17 @@ pub(super) struct Worker {
     in_frame_duration: i64,
     /// Frames received from the decoder.
     received: u64,
+    /// libx264 threads given to this rung.
+    threads: usize,
     /// One source frame and the caller's declared duration, in seconds: the frame bound.
     in_frame_secs: f64,
     declared_secs: f64,
     /// Frames sent to the encoder.
     sent: u64,
+    /// The stage profile: time waiting for frames, and inside the encoder (send, receive
+    /// and mux); the rest of the worker's time is the filter graph (fps, scale).
+    waiting: Duration,
+    encoding: Duration,
     /// Packets out of the encoder, one per encoded frame: the pixel count's basis.
     frames: u64,
     output: TempOutput,
@@ -172,9 +179,12 @@ impl Worker {
                 ffi::av_rescale_q(1, src_rate.invert().into(), in_time_base.into()).max(1)
             },
             received: 0,
+            threads,
             in_frame_secs: src_rate.denominator() as f64 / src_rate.numerator().max(1) as f64,
             declared_secs: req.options.media_duration.map_or(0.0, |d| d.as_secs_f64()),
             sent: 0,
+            waiting: Duration::ZERO,
+            encoding: Duration::ZERO,
             frames: 0,
             output,
         })
@@ -185,7 +195,11 @@ impl Worker {
         rx: Receiver<Msg>,
         stop: &Stop,
     ) -> Result<Finished, TranscodeError> {
-        for msg in rx {
+        let started = Instant::now();
+        loop {
+            let t = Instant::now();
+            let Ok(msg) = rx.recv() else { break };
+            self.waiting += t.elapsed();
             stop.check()?;
             match msg {
                 Msg::Video(frame) => self.push_video(&frame, stop)?,
@@ -219,6 +233,17 @@ impl Worker {
         self.octx
             .write_trailer()
             .map_err(|e| self.write_err(e.to_string()))?;
+        let total = started.elapsed();
+        tracing::debug!(
+            target: "comine::transcode::stages",
+            profile = %self.profile.name,
+            threads = self.threads,
+            total_ms = total.as_millis() as u64,
+            waiting_ms = self.waiting.as_millis() as u64,
+            encoding_ms = self.encoding.as_millis() as u64,
+            filtering_ms = total.saturating_sub(self.waiting + self.encoding).as_millis() as u64,
+            "rendition stage profile"
+        );
         let Worker {
             profile,
             width,
@@ -384,10 +409,13 @@ impl Worker {
             picture::Type::None
         });
         self.sent += 1;
+        let t = Instant::now();
         self.encoder
             .send_frame(&frame)
             .map_err(|e| self.ffmpeg("encoding", e))?;
-        self.drain_encoder(stop)
+        let r = self.drain_encoder(stop);
+        self.encoding += t.elapsed();
+        r
     }
 
     fn drain_encoder(&mut self, stop: &Stop) -> Result<(), TranscodeError> {
