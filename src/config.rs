@@ -210,6 +210,8 @@ pub struct ApiConfig {
     pub shutdown_grace_secs: u64,
     /// Token file; default `<data>/api-token`.
     pub token_file: Option<PathBuf>,
+    /// `/healthz` answers 503 when the ledger does not answer within this many ms.
+    pub health_timeout_ms: u64,
 }
 
 impl Default for ApiConfig {
@@ -223,6 +225,7 @@ impl Default for ApiConfig {
             metrics_public: false,
             shutdown_grace_secs: 20,
             token_file: None,
+            health_timeout_ms: 750,
         }
     }
 }
@@ -304,8 +307,10 @@ pub struct LedgerConfig {
     /// Price in wei per `pixels_per_unit` encoded pixels (Livepeer's `PriceInfo`).
     pub price_per_unit_wei: u64,
     pub pixels_per_unit: u64,
-    /// sled page cache, MiB.
+    /// SQLite page cache per database connection, MiB.
     pub cache_mib: u64,
+    /// Most ledger writes committed together (one fsync) under load; 1 turns grouping off.
+    pub max_group_commit: usize,
 }
 
 impl Default for LedgerConfig {
@@ -314,6 +319,7 @@ impl Default for LedgerConfig {
             price_per_unit_wei: 0,
             pixels_per_unit: 1,
             cache_mib: 16,
+            max_group_commit: crate::db::DEFAULT_GROUP,
         }
     }
 }
@@ -324,6 +330,11 @@ pub struct StoreConfig {
     /// `embedded` (UnixFS blockstore in the data directory) or `kubo` (embedded, and every
     /// rendition also pushed to a Kubo node through the persistent retry queue).
     pub backend: String,
+    /// Days a stored rendition is kept after it was stored, unless it still waits for the
+    /// Kubo node or sits in a deal that is not active yet; then garbage collection frees it.
+    pub retain_days: u64,
+    /// Hours between the daemon's garbage collections (0: never; `comine store gc` still works).
+    pub gc_interval_hours: u64,
     /// Kubo RPC settings, used with `backend = "kubo"`.
     pub kubo: KuboConfig,
     /// Below this many free bytes on the data directory's filesystem, new jobs are refused
@@ -393,6 +404,8 @@ impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
             backend: "embedded".into(),
+            retain_days: 30,
+            gc_interval_hours: 24,
             kubo: KuboConfig::default(),
             min_free_bytes: 1 << 30,
         }

@@ -8,6 +8,7 @@ pub mod ai;
 pub mod bench;
 pub mod config;
 pub mod daemon;
+pub mod db;
 pub mod earnings;
 pub mod gpu;
 pub mod ledger;
