@@ -4,9 +4,9 @@
 //! name and line (`deny_unknown_fields`), because a misspelt limit that silently falls
 //! back to its default is worse than a refusal. Every key is documented in
 //! `deploy/comine.example.toml`; `config::tests` checks that file parses.
-//! `[scheduler]`, `[gpu]` and `[seal]` are the scheduler's, telemetry's and sealing
-//! controller's own config types; `[livepeer]` ([`LivepeerConfig`]) holds the orchestrator
-//! flags of `comine run` / `comine livepeer`, and the command line wins over it.
+//! `[scheduler]`, `[gpu]`, `[seal]` and `[post]` are the scheduler's, telemetry's, sealing
+//! controller's and proof schedule's own config types; `[livepeer]` ([`LivepeerConfig`]) holds
+//! the orchestrator flags of `comine run` / `comine livepeer`, and the command line wins over it.
 //!
 //! [`DataDirArgs`] is the one answer to "where is the data directory" for every subcommand:
 //! `--data-dir`, else `$COMINE_DATA_DIR`, else `data_dir` in the `--config` file, else the
@@ -81,6 +81,8 @@ pub enum ConfigError {
         value: String,
         why: String,
     },
+    #[error(transparent)]
+    Post(#[from] crate::post::PostError),
 }
 
 /// What to do about an unreadable config (the cause itself follows in the error chain).
@@ -109,6 +111,8 @@ pub struct Config {
     pub gpu: crate::gpu::Config,
     /// Sealing controller (default `none`: comine only shapes its own load).
     pub seal: crate::seal::Config,
+    /// The WindowPoSt schedule from the full node (`[post]`; off without a full node).
+    pub post: crate::post::Config,
     /// Attaching to a Livepeer orchestrator (`comine run`, `comine livepeer`); flags win.
     pub livepeer: LivepeerConfig,
     /// AI jobs: ONNX Runtime, embedded models, HTTP runners (`ai::Config`).
@@ -461,6 +465,7 @@ impl Config {
                 why: "must be at least 1".into(),
             });
         }
+        self.post.validate()?;
         if let Some(c) = &self.livepeer.capacity {
             c.parse()?;
         }
@@ -551,6 +556,7 @@ mod tests {
         assert_eq!(c.scheduler, d.scheduler);
         assert_eq!(c.gpu, d.gpu);
         assert_eq!(c.seal, d.seal);
+        assert_eq!(c.post, d.post);
         assert_eq!(c.earnings, d.earnings);
     }
 
@@ -560,6 +566,7 @@ mod tests {
             "[scheduler]\nseal_high_watermak = 0.5\n",
             "[gpu]\nbakend = \"host\"\n",
             "[seal]\ncontroler = \"curio\"\n",
+            "[post]\nlead_epoch = 20\n",
             "[livepeer]\norch_adress = \"pool:8935\"\n",
         ] {
             let err = Config::parse(text, "test").unwrap_err().to_string();

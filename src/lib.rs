@@ -16,6 +16,7 @@ pub mod livepeer;
 pub mod logging;
 pub mod metrics;
 pub mod paths;
+pub mod post;
 pub mod report;
 pub mod sched;
 pub mod seal;

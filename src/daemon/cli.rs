@@ -755,6 +755,16 @@ pub fn render_status(v: &serde_json::Value) -> String {
             queue
         );
     }
+    if let Some(post) = v.pointer("/post").filter(|p| !p.is_null()) {
+        match serde_json::from_value::<crate::post::Report>(post.clone()) {
+            Ok(r) => {
+                let _ = writeln!(o, "{}", r.summary());
+            }
+            Err(e) => {
+                let _ = writeln!(o, "WindowPoSt: status not understood ({e})");
+            }
+        }
+    }
     if let Some(lp) = v.pointer("/livepeer").filter(|l| !l.is_null()) {
         let g = |p: &str| match lp.pointer(p) {
             Some(serde_json::Value::String(x)) => x.clone(),

@@ -775,6 +775,8 @@ async fn status(State(d): Shared) -> Result<Json<Value>, ApiError> {
         "devices": sched.devices,
         "decisions": sched.decisions,
         "sealing": sched.sealing,
+        // The WindowPoSt schedule and the plan the scheduler follows (`comine post status`).
+        "post": sched.post,
         // What the controller last confirmed; null with controller "none" (unknown).
         "sealing_paused": sched.sealing_paused,
         // Proof sources, and the PoSt-safe profile's reason when it applies.
@@ -859,6 +861,9 @@ async fn metrics(State(d): Shared) -> Response {
     d.metrics.set_gpus(&sched.devices);
     let sealing: Vec<(String, i64)> = sched.sealing.into_iter().collect();
     d.metrics.set_sealing(&sealing);
+    if let Some(post) = &sched.post {
+        d.metrics.set_post(post);
+    }
     let controller = serde_json::to_value(d.config.seal.controller)
         .ok()
         .and_then(|v| v.as_str().map(String::from))
