@@ -251,7 +251,7 @@ fn main() {
         let head = p.get_block_number().await.expect("head");
         let chain = Chain::connect(&anvil.url, 42161, Duration::from_secs(30)).await.expect("connect");
         for chunk in [5000u64, 500] {
-            let records = Records::in_memory().expect("records");
+            let records = std::sync::Arc::new(Records::in_memory().expect("records"));
             let target = ScanTarget {
                 stream: "bench".into(),
                 orchestrator: orch,

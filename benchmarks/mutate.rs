@@ -162,7 +162,7 @@ fn main() {
         let t0 = Instant::now();
         let tally = mutate::run_engine(a.seed, range.clone(), &sources, a.hang, |i, t| {
             rss.sample(self_rss_kib(), t.cases, a.count);
-            if (i - a.from + 1) % every == 0 {
+            if (i - a.from + 1).is_multiple_of(every) {
                 eprintln!("  engine {}/{}: {}", t.cases, a.count, t.summary());
             }
         });
@@ -204,7 +204,7 @@ fn main() {
             a.hang,
             |i, t| {
                 rss.sample(common::rss_kib(pid), t.cases, a.count);
-                if (i - a.from + 1) % every == 0 {
+                if (i - a.from + 1).is_multiple_of(every) {
                     eprintln!("  daemon {}/{}: {}", t.cases, a.count, t.summary());
                 }
             },

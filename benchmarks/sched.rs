@@ -51,6 +51,7 @@ fn main() {
             load: Vec::new(),
             proof: ProofSignal::default(),
             controller: ControllerStatus::default(),
+            post: Default::default(),
             safe_profile: None,
         };
         let mut sched = Scheduler::new(Config::default());

@@ -14,7 +14,8 @@ cd "$(dirname "$0")/.."
 layers=(
   "util paths logging db"   # foundations
   "livepeer"                # intake protocol (segments arrive)
-  "gpu seal post"           # telemetry, sealing controllers, proving schedule
+  "gpu seal"                # telemetry, sealing controllers
+  "post"                    # proving schedule (over seal's JSON-RPC client)
   "sched"                   # admission and sealing decisions
   "transcode ai"            # the work
   "store"                   # renditions kept

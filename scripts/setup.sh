@@ -7,6 +7,7 @@
 #                             checks), Node.js/npm (npm-installed test tools), curl +
 #                             unzip when there is no Go (scripts/kubo-test-node.sh then
 #                             fetches the Go toolchain from the module proxy to build Kubo),
+#                             PostgreSQL (the Curio HarmonyDB test server, scripts/pg-test-node.sh)
 #                             and the AI worker's runtime and test model (scripts/ai-setup.sh)
 #   scripts/setup.sh --ai     the AI worker's ONNX Runtime and test model (scripts/ai-setup.sh)
 set -euo pipefail
@@ -22,6 +23,7 @@ if (( want_test )); then
   command -v node >/dev/null 2>&1 || pkgs+=(nodejs)
   command -v npm >/dev/null 2>&1 || pkgs+=(npm)
   command -v chromium >/dev/null 2>&1 || pkgs+=(chromium)
+  command -v pg_config >/dev/null 2>&1 || ls -d /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || pkgs+=(postgresql)
   if ! command -v go >/dev/null 2>&1; then
     command -v curl >/dev/null 2>&1 || pkgs+=(curl)
     command -v unzip >/dev/null 2>&1 || pkgs+=(unzip)

@@ -4,9 +4,9 @@
 //! name and line (`deny_unknown_fields`), because a misspelt limit that silently falls
 //! back to its default is worse than a refusal. Every key is documented in
 //! `deploy/comine.example.toml`; `config::tests` checks that file parses.
-//! `[scheduler]`, `[gpu]` and `[seal]` are the scheduler's, telemetry's and sealing
-//! controller's own config types; `[livepeer]` ([`LivepeerConfig`]) holds the orchestrator
-//! flags of `comine run` / `comine livepeer`, and the command line wins over it.
+//! `[scheduler]`, `[gpu]`, `[seal]` and `[post]` are the scheduler's, telemetry's, sealing
+//! controller's and proof schedule's own config types; `[livepeer]` ([`LivepeerConfig`]) holds
+//! the orchestrator flags of `comine run` / `comine livepeer`, and the command line wins over it.
 //!
 //! [`DataDirArgs`] is the one answer to "where is the data directory" for every subcommand:
 //! `--data-dir`, else `$COMINE_DATA_DIR`, else `data_dir` in the `--config` file, else the
@@ -81,6 +81,8 @@ pub enum ConfigError {
         value: String,
         why: String,
     },
+    #[error(transparent)]
+    Post(#[from] crate::post::PostError),
 }
 
 /// What to do about an unreadable config (the cause itself follows in the error chain).
@@ -109,6 +111,8 @@ pub struct Config {
     pub gpu: crate::gpu::Config,
     /// Sealing controller (default `none`: comine only shapes its own load).
     pub seal: crate::seal::Config,
+    /// The WindowPoSt schedule from the full node (`[post]`; off without a full node).
+    pub post: crate::post::Config,
     /// Attaching to a Livepeer orchestrator (`comine run`, `comine livepeer`); flags win.
     pub livepeer: LivepeerConfig,
     /// AI jobs: ONNX Runtime, embedded models, HTTP runners (`ai::Config`).
@@ -206,6 +210,8 @@ pub struct ApiConfig {
     pub shutdown_grace_secs: u64,
     /// Token file; default `<data>/api-token`.
     pub token_file: Option<PathBuf>,
+    /// `/healthz` answers 503 when the ledger does not answer within this many ms.
+    pub health_timeout_ms: u64,
 }
 
 impl Default for ApiConfig {
@@ -219,6 +225,7 @@ impl Default for ApiConfig {
             metrics_public: false,
             shutdown_grace_secs: 20,
             token_file: None,
+            health_timeout_ms: 750,
         }
     }
 }
@@ -300,8 +307,10 @@ pub struct LedgerConfig {
     /// Price in wei per `pixels_per_unit` encoded pixels (Livepeer's `PriceInfo`).
     pub price_per_unit_wei: u64,
     pub pixels_per_unit: u64,
-    /// sled page cache, MiB.
+    /// SQLite page cache per database connection, MiB.
     pub cache_mib: u64,
+    /// Most ledger writes committed together (one fsync) under load; 1 turns grouping off.
+    pub max_group_commit: usize,
 }
 
 impl Default for LedgerConfig {
@@ -310,6 +319,7 @@ impl Default for LedgerConfig {
             price_per_unit_wei: 0,
             pixels_per_unit: 1,
             cache_mib: 16,
+            max_group_commit: crate::db::DEFAULT_GROUP,
         }
     }
 }
@@ -320,6 +330,11 @@ pub struct StoreConfig {
     /// `embedded` (UnixFS blockstore in the data directory) or `kubo` (embedded, and every
     /// rendition also pushed to a Kubo node through the persistent retry queue).
     pub backend: String,
+    /// Days a stored rendition is kept after it was stored, unless it still waits for the
+    /// Kubo node or sits in a deal that is not active yet; then garbage collection frees it.
+    pub retain_days: u64,
+    /// Hours between the daemon's garbage collections (0: never; `comine store gc` still works).
+    pub gc_interval_hours: u64,
     /// Kubo RPC settings, used with `backend = "kubo"`.
     pub kubo: KuboConfig,
     /// Below this many free bytes on the data directory's filesystem, new jobs are refused
@@ -389,6 +404,8 @@ impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
             backend: "embedded".into(),
+            retain_days: 30,
+            gc_interval_hours: 24,
             kubo: KuboConfig::default(),
             min_free_bytes: 1 << 30,
         }
@@ -448,6 +465,7 @@ impl Config {
                 why: "must be at least 1".into(),
             });
         }
+        self.post.validate()?;
         if let Some(c) = &self.livepeer.capacity {
             c.parse()?;
         }
@@ -538,6 +556,7 @@ mod tests {
         assert_eq!(c.scheduler, d.scheduler);
         assert_eq!(c.gpu, d.gpu);
         assert_eq!(c.seal, d.seal);
+        assert_eq!(c.post, d.post);
         assert_eq!(c.earnings, d.earnings);
     }
 
@@ -547,6 +566,7 @@ mod tests {
             "[scheduler]\nseal_high_watermak = 0.5\n",
             "[gpu]\nbakend = \"host\"\n",
             "[seal]\ncontroler = \"curio\"\n",
+            "[post]\nlead_epoch = 20\n",
             "[livepeer]\norch_adress = \"pool:8935\"\n",
         ] {
             let err = Config::parse(text, "test").unwrap_err().to_string();

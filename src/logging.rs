@@ -23,7 +23,11 @@ pub fn init(format: LogFormat, default_level: &str) {
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // A log that cannot be written (stderr on a full disk) must not take the daemon down:
+        // reporting that failure uses `eprintln!`, which panics in whichever thread logged,
+        // e.g. the database writer reporting the very full disk.
+        .log_internal_errors(false);
     // try_init: tests and embedders may already have installed a subscriber.
     let _ = match format {
         LogFormat::Text => builder.with_target(false).try_init(),

@@ -52,6 +52,8 @@ enum Command {
     /// Attach to a Livepeer orchestrator as a remote transcoder on its own, with a fixed
     /// capacity (`comine run --orch-addr …` does the same under the scheduler, with a ledger).
     Livepeer(comine::daemon::livepeer::standalone::Args),
+    /// The WindowPoSt schedule from the full node and comine's step-down plan for it.
+    Post(comine::post::cli::Args),
     /// Co-mining benchmark: sealing throughput and power lost to transcoding, streams gained.
     Bench(comine::bench::cli::Args),
     /// Work with benchmark reports (compare several machines).
@@ -99,6 +101,7 @@ fn main() -> ExitCode {
         Command::Ledger(args) => comine::ledger::cli::run(args),
         Command::Earnings(args) => comine::earnings::cli::run(args, earnings_context),
         Command::Livepeer(args) => comine::daemon::livepeer::standalone::run(args),
+        Command::Post(args) => comine::post::cli::run(args),
         Command::Bench(args) => comine::bench::cli::run(args),
         Command::Report(args) => comine::report::cli::run(args),
         Command::Ai(args) => comine::ai::cli::run(args),

@@ -127,6 +127,10 @@ pub struct Metrics {
     pub gpu_proof_active: Family<GpuLabel, Gauge>,
     pub host_cpu_utilization: FGauge,
     pub sealing_tasks: Family<StateLabel, Gauge>,
+    pub post_seconds_to_next_window: FGauge,
+    pub post_step_down_active: Gauge,
+    pub post_source_state: Family<StateLabel, Gauge>,
+    pub post_requests: Counter,
     /// Absent when no controller can confirm the sealing state (`controller = "none"`).
     pub sealing_paused: Family<ControllerLabel, Gauge>,
     /// Transcode time ÷ media time of the last segment (≤ 0.8 healthy).
@@ -180,6 +184,10 @@ impl Metrics {
             gpu_proof_active: Family::default(),
             host_cpu_utilization: FGauge::default(),
             sealing_tasks: Family::default(),
+            post_seconds_to_next_window: FGauge::default(),
+            post_step_down_active: Gauge::default(),
+            post_source_state: Family::default(),
+            post_requests: Counter::default(),
             sealing_paused: Family::default(),
             duration_ratio: FGauge::default(),
             duration_ratio_hist: Histogram::new([
@@ -316,6 +324,27 @@ impl Metrics {
             "comine_sealing_tasks",
             "Sealing task types by state (enabled, disabled) as the sealing controller last confirmed them; unknown when nothing can confirm",
             m.sealing_tasks.clone(),
+        );
+        // Registered without a unit: the name already ends where the unit suffix would go.
+        r.register(
+            "comine_post_seconds_to_next_window",
+            "Seconds until the next WindowPoSt window with live sectors opens (-1: none known)",
+            m.post_seconds_to_next_window.clone(),
+        );
+        r.register(
+            "comine_post_step_down_active",
+            "1 while transcoding on the proving GPUs is stepped down for a WindowPoSt window",
+            m.post_step_down_active.clone(),
+        );
+        r.register(
+            "comine_post_source_state",
+            "The WindowPoSt schedule's source: 1 for the current state (ok, stale, down, off)",
+            m.post_source_state.clone(),
+        );
+        r.register(
+            "comine_post_requests",
+            "Requests sent to the full node and lotus-miner for the WindowPoSt schedule",
+            m.post_requests.clone(),
         );
         r.register(
             "comine_sealing_paused",
@@ -484,6 +513,26 @@ impl Metrics {
         }
     }
 
+    /// The WindowPoSt gauges from the scheduler's report.
+    pub fn set_post(&self, report: &crate::post::Report) {
+        let p = &report.plan;
+        self.post_seconds_to_next_window
+            .set(p.seconds_to_next_window.unwrap_or(-1.0));
+        self.post_step_down_active
+            .set(i64::from(p.step_down_active));
+        let current = report.source.gauge();
+        for state in ["ok", "stale", "down", "off"] {
+            self.post_source_state
+                .get_or_create(&StateLabel {
+                    state: state.into(),
+                })
+                .set(i64::from(state == current));
+        }
+        let seen = self.post_requests.get();
+        self.post_requests
+            .inc_by(report.requests.saturating_sub(seen));
+    }
+
     pub fn segment(&self, result: &str) {
         self.segments
             .get_or_create(&ResultLabel {
@@ -588,6 +637,49 @@ mod tests {
             "comine_encoder_fallbacks_total{reason=\"session_cap\"} 2",
             "comine_livepeer_segments_total{result=\"ok\"} 1",
             "comine_queue_depth 0",
+        ] {
+            assert!(text.contains(needle), "missing {needle} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn windowpost_gauges_follow_the_report() {
+        use crate::post::{Plan, Report, SourceState};
+        let m = Metrics::new();
+        let mut r = Report {
+            configured: true,
+            source: SourceState::Stale,
+            requests: 7,
+            plan: Plan {
+                seconds_to_next_window: Some(90.0),
+                step_down_active: true,
+                ..Plan::default()
+            },
+            ..Report::default()
+        };
+        m.set_post(&r);
+        r.requests = 12;
+        r.source = SourceState::Ok;
+        r.plan.step_down_active = false;
+        r.plan.seconds_to_next_window = None;
+        let first = m.encode();
+        m.set_post(&r);
+        let text = m.encode();
+        assert!(first.contains("comine_post_step_down_active 1"), "{first}");
+        assert!(
+            first.contains("comine_post_seconds_to_next_window 90.0"),
+            "{first}"
+        );
+        assert!(
+            first.contains("comine_post_source_state{state=\"stale\"} 1"),
+            "{first}"
+        );
+        for needle in [
+            "comine_post_step_down_active 0",
+            "comine_post_seconds_to_next_window -1.0",
+            "comine_post_source_state{state=\"ok\"} 1",
+            "comine_post_source_state{state=\"stale\"} 0",
+            "comine_post_requests_total 12",
         ] {
             assert!(text.contains(needle), "missing {needle} in\n{text}");
         }

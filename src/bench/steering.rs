@@ -92,6 +92,7 @@ impl SchedSteering {
             },
             load: Vec::new(),
             proof: ProofSignal::default(),
+            post: Default::default(),
             controller: ControllerStatus {
                 reachable: true,
                 coarse: true,

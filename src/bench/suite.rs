@@ -204,7 +204,7 @@ impl Suite {
         if let Err(e) = crate::transcode::Profile::parse_list(&t.ladder) {
             return Err(bad("transcode.ladder", format!("is not valid: {e}")));
         }
-        if t.source_width < 16 || t.source_width > 7680 || t.source_width % 2 != 0 {
+        if t.source_width < 16 || t.source_width > 7680 || !t.source_width.is_multiple_of(2) {
             return Err(bad(
                 "transcode.source_width",
                 format!(
@@ -213,7 +213,7 @@ impl Suite {
                 ),
             ));
         }
-        if t.source_height < 16 || t.source_height > 4320 || t.source_height % 2 != 0 {
+        if t.source_height < 16 || t.source_height > 4320 || !t.source_height.is_multiple_of(2) {
             return Err(bad(
                 "transcode.source_height",
                 format!(

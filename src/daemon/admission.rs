@@ -10,7 +10,6 @@ use std::collections::BTreeMap;
 #[cfg(any(test, feature = "test-utils"))]
 use std::collections::VecDeque;
 use std::path::Path;
-#[cfg(any(test, feature = "test-utils"))]
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -35,6 +34,8 @@ pub struct SchedulerStatus {
     pub decisions: Vec<serde_json::Value>,
     /// Sealing task types by state (e.g. "enabled": 3, "disabled": 1).
     pub sealing: BTreeMap<String, i64>,
+    /// The WindowPoSt schedule and the plan the scheduler follows (`None`: no scheduler).
+    pub post: Option<crate::post::Report>,
     /// Whether comine has GPU sealing paused on the node now (what the controller last
     /// confirmed); `None` when no controller can confirm anything (`controller = "none"`).
     pub sealing_paused: Option<bool>,
@@ -47,6 +48,8 @@ pub struct SchedulerStatus {
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct ProofStatus {
     pub sources: Vec<String>,
+    /// Configured sources that did not answer their last poll (they protect nothing now).
+    pub unreachable: Vec<String>,
     pub safe_profile: Option<String>,
 }
 
@@ -55,7 +58,10 @@ pub struct ProofStatus {
 pub const NO_PROOF_SOURCE: &str = "no proof source configured: comine cannot see a WindowPoSt coming or running, so it runs the PoSt-safe profile (half of each GPU's throughput, the VRAM reserve kept free). Set MINER_API_INFO (lotus-miner) or FULLNODE_API_INFO (the chain's proving schedule) in /etc/comine/comine.env, or name the prover processes in [gpu.attribution] proof_process_names";
 
 /// Every way this configuration lets comine learn that a proof is due or running:
-/// - `MINER_API_INFO` (or `[seal] api_info`): lotus-miner's `WorkerStats` PoSt task counts;
+/// - `MINER_API_INFO` / `[post] miner_api_info`: lotus-miner's `WorkerStats` PoSt task counts,
+///   polled by `post` (`[seal] api_info` is not one: it names a lotus-worker's or Curio's API,
+///   which has no `WorkerStats`);
+/// - `[post] curio_db`: Curio's running `WdPost`/`WinPost` tasks;
 /// - `FULLNODE_API_INFO`: the chain's proving schedule;
 /// - `[gpu.attribution] proof_process_names` / `proof_pids`: a prover process's GPU activity.
 ///
@@ -66,13 +72,28 @@ pub fn proof_sources(
 ) -> Vec<String> {
     let set = |k: &str| env(k).is_some_and(|v| !v.trim().is_empty());
     let mut out = Vec::new();
-    if set("MINER_API_INFO") {
-        out.push("lotus-miner (MINER_API_INFO)".to_string());
-    } else if config.seal.api_info.is_some() {
-        out.push("lotus node ([seal] api_info)".to_string());
+    if config
+        .post
+        .miner_api_info
+        .as_deref()
+        .is_some_and(|v| !v.trim().is_empty())
+    {
+        out.push(format!("{WORKER_STATS} ([post] miner_api_info)"));
+    } else if set("MINER_API_INFO") {
+        out.push(format!("{WORKER_STATS} (MINER_API_INFO)"));
     }
     if set("FULLNODE_API_INFO") {
         out.push("proving schedule (FULLNODE_API_INFO)".to_string());
+    } else if config
+        .post
+        .fullnode_api_info
+        .as_deref()
+        .is_some_and(|v| !v.trim().is_empty())
+    {
+        out.push("proving schedule ([post] fullnode_api_info)".to_string());
+    }
+    if config.post.curio_db.is_some() {
+        out.push(format!("{CURIO_TASKS} ([post] curio_db)"));
     }
     let a = &config.gpu.attribution;
     if !a.proof_process_names.is_empty() {
@@ -85,6 +106,36 @@ pub fn proof_sources(
         out.push(format!("prover PIDs ({} configured)", a.proof_pids.len()));
     }
     out
+}
+
+const WORKER_STATS: &str = "lotus-miner WorkerStats";
+const CURIO_TASKS: &str = "curio harmony_task";
+
+/// Whether `sources` protect only through what lotus-miner or Curio report running, which
+/// protects nothing while they do not answer.
+fn only_reported_activity(sources: &[String]) -> bool {
+    !sources.is_empty()
+        && sources
+            .iter()
+            .all(|s| s.starts_with(WORKER_STATS) || s.starts_with(CURIO_TASKS))
+}
+
+/// The PoSt-safe profile's reason for what the proof sources say now: none configured, or
+/// every configured one (all of them reports of running proofs) not answering.
+fn safe_reason(sources: &[String], running: &crate::post::RunningProofs) -> Option<String> {
+    if sources.is_empty() {
+        return Some("no proof source configured".into());
+    }
+    let lost = only_reported_activity(sources)
+        && running.sources.is_empty()
+        && !running.unreachable.is_empty();
+    lost.then(|| {
+        format!(
+            "proof source unreachable: {} ({})",
+            running.unreachable.join(", "),
+            running.error.as_deref().unwrap_or("no answer")
+        )
+    })
 }
 
 /// Load to take off one device now (a proof needs its GPU back).
@@ -211,6 +262,7 @@ impl Admission for SemaphoreAdmission {
                 .map(|d| d.iter().cloned().collect())
                 .unwrap_or_default(),
             sealing: BTreeMap::new(),
+            post: None,
             sealing_paused: None,
             proofs: ProofStatus::default(),
         }
@@ -229,6 +281,8 @@ pub enum SchedSetupError {
     Seal(#[from] crate::seal::SealError),
     #[error("scheduler: {0}")]
     Service(#[from] crate::sched::ServiceError),
+    #[error("[post]: {0}")]
+    Post(#[from] crate::post::PostError),
 }
 
 /// The scheduler service (`sched::start`) behind the daemon's [`Admission`] seam.
@@ -244,6 +298,9 @@ pub struct SchedAdmission {
     shed: watch::Receiver<Vec<Shed>>,
     task_types: usize,
     history: usize,
+    /// The WindowPoSt poller (idle without a full node); joined at shutdown so the schedule
+    /// is saved.
+    post: Mutex<Option<crate::post::PostHandle>>,
     /// The controller can confirm what it changed (every kind but `none`).
     confirms: bool,
     proof_sources: Vec<String>,
@@ -313,6 +370,16 @@ impl SchedAdmission {
             cancel.clone(),
         )
         .await?;
+        // Proofs first: the chain's WindowPoSt schedule is an input of every tick. Bad
+        // settings stop the start here; a node that does not answer does not (the cached
+        // schedule, or the PoSt-safe profile, applies).
+        let post = crate::post::start(
+            &config.post,
+            Some(data_dir.to_path_buf()),
+            Arc::new(crate::post::SystemClock),
+            cancel.clone(),
+        )?;
+        handle.follow_post(post.subscribe());
         // With no way to see a proof coming, run the PoSt-safe profile and say so loudly.
         let proof_sources = proof_sources(config, |k| std::env::var(k).ok());
         if proof_sources.is_empty() {
@@ -320,6 +387,31 @@ impl SchedAdmission {
             handle.set_safe_profile(Some("no proof source configured".into()));
         } else {
             tracing::info!(sources = ?proof_sources, "proof sources");
+        }
+        // A source that does not answer is reported, and when it was the only protection
+        // the PoSt-safe profile applies until it answers again.
+        if only_reported_activity(&proof_sources) {
+            let safe = handle.safe_profile_sender();
+            let mut rx = post.subscribe();
+            let (sources, stop) = (proof_sources.clone(), cancel.clone());
+            tokio::spawn(async move {
+                loop {
+                    let reason = safe_reason(&sources, &rx.borrow_and_update().running);
+                    if safe.send_if_modified(|cur| std::mem::replace(cur, reason.clone()) != reason)
+                    {
+                        match &reason {
+                            Some(r) => tracing::warn!("{r}: running the PoSt-safe profile"),
+                            None => tracing::info!(
+                                "proof sources answer again: PoSt-safe profile lifted"
+                            ),
+                        }
+                    }
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        r = rx.changed() => if r.is_err() { break },
+                    }
+                }
+            });
         }
         let max = max_concurrency.max(1);
         let mut sched_cap = handle.capacity();
@@ -367,6 +459,7 @@ impl SchedAdmission {
             shed: shed_rx,
             task_types: task_types.len(),
             history: 32,
+            post: Mutex::new(Some(post)),
             confirms: config.seal.controller != crate::seal::ControllerKind::None,
             proof_sources,
             source,
@@ -450,20 +543,22 @@ impl Admission for SchedAdmission {
                 memory_used_bytes: d.memory_used_bytes.unwrap_or(0),
             })
             .collect();
-        let (decisions, confirmed, last) = match self.handle.lock() {
+        let (decisions, confirmed, last, post) = match self.handle.lock() {
             Ok(g) => match g.as_ref() {
                 Some(h) => {
                     let all = h.decisions();
                     let skip = all.len().saturating_sub(self.history);
+                    let plan = h.post_plan().borrow().clone();
                     (
                         all.into_iter().skip(skip).collect::<Vec<_>>(),
                         h.sealing_confirmed(),
                         h.last_decision(),
+                        Some(crate::post::Report::new(&h.post_status(), plan)),
                     )
                 }
-                None => (Vec::new(), None, None),
+                None => (Vec::new(), None, None, None),
             },
-            Err(_) => (Vec::new(), None, None),
+            Err(_) => (Vec::new(), None, None, None),
         };
         // What the controller last confirmed, never what the scheduler merely wants; with
         // nothing confirmed (`controller = "none"`, or no answer yet) the state is unknown.
@@ -487,6 +582,10 @@ impl Admission for SchedAdmission {
             sealing_paused,
             proofs: ProofStatus {
                 sources: self.proof_sources.clone(),
+                unreachable: post
+                    .as_ref()
+                    .map(|p| p.running.unreachable.clone())
+                    .unwrap_or_default(),
                 safe_profile,
             },
             devices,
@@ -495,6 +594,7 @@ impl Admission for SchedAdmission {
                 .filter_map(|d| serde_json::to_value(d).ok())
                 .collect(),
             sealing,
+            post,
         }
     }
 
@@ -505,6 +605,10 @@ impl Admission for SchedAdmission {
             if let Some(h) = handle {
                 // join() re-enables whatever sealing comine disabled before it returns.
                 h.join().await;
+            }
+            let post = self.post.lock().ok().and_then(|mut g| g.take());
+            if let Some(p) = post {
+                p.join().await;
             }
         })
     }
@@ -619,8 +723,119 @@ mod tests {
             proof_sources(&c, blank).is_empty(),
             "an empty variable is not a source"
         );
+        // A lotus-worker's or Curio's API has no WorkerStats: it protects nothing.
+        c.seal.api_info = Some("t:/ip4/127.0.0.1/tcp/3456/http".into());
+        assert!(proof_sources(&c, none).is_empty(), "[seal] api_info");
+        c.post.miner_api_info = Some("t:/ip4/127.0.0.1/tcp/2345/http".into());
+        assert_eq!(
+            proof_sources(&c, none),
+            vec!["lotus-miner WorkerStats ([post] miner_api_info)".to_string()]
+        );
+        c.post.miner_api_info = None;
         c.gpu.attribution.proof_process_names = vec!["lotus-post".into()];
         assert!(proof_sources(&c, none)[0].contains("lotus-post"));
+    }
+
+    /// Starts the scheduler on a simulated GPU with `post` as the only proof source.
+    async fn with_post(post: crate::post::Config) -> (SchedAdmission, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = crate::config::Config::default();
+        config.gpu.backend = "sim:a5000".into();
+        config.gpu.poll_interval_ms = 20;
+        config.scheduler.tick_interval_ms = 20;
+        config.post = post;
+        let a = SchedAdmission::start(&config, dir.path(), 4, Default::default())
+            .await
+            .unwrap();
+        (a, dir)
+    }
+
+    async fn until(a: &SchedAdmission, what: &str, f: impl Fn(&SchedulerStatus) -> bool) {
+        for _ in 0..500 {
+            if f(&a.status()) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("{what}: {}", serde_json::to_string(&a.status()).unwrap());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn lotus_miner_worker_stats_mark_a_proof_on_the_gpu() {
+        use crate::post::fake_node::{FakeNode, NodeState};
+        let mut state = NodeState::fixture();
+        let host = "prover-host";
+        state.worker_stats = serde_json::json!({
+            "u1": {"Info": {"Hostname": host}, "TaskCounts": {"8:post/v0/windowproof": 1}}
+        });
+        let node = FakeNode::start("admin", Arc::new(crate::post::SystemClock), state)
+            .await
+            .unwrap();
+        let (a, _dir) = with_post(crate::post::Config {
+            miner_api_info: Some(node.api_info("admin")),
+            prover_hostnames: vec![host.into()],
+            activity_interval_ms: 100,
+            ..Default::default()
+        })
+        .await;
+        assert_eq!(
+            a.status().proofs.sources,
+            vec!["lotus-miner WorkerStats ([post] miner_api_info)".to_string()]
+        );
+        // No full node: the running PoSt task alone puts the GPU at the proof floor.
+        until(&a, "a decision with the proof running", |st| {
+            st.decisions.last().is_some_and(|d| {
+                d["devices"][0]["proof_running"] == true
+                    && d["devices"][0]["reasons"]
+                        .to_string()
+                        .contains("proof running")
+            })
+        })
+        .await;
+        let st = a.status();
+        assert!(st.proofs.safe_profile.is_none(), "{:?}", st.proofs);
+        assert!(st.proofs.unreachable.is_empty(), "{:?}", st.proofs);
+        assert!(st.devices[0].proof_active, "{:?}", st.devices[0]);
+        // The task ends: no proof any more.
+        node.state().worker_stats = serde_json::json!({
+            "u1": {"Info": {"Hostname": host}, "TaskCounts": {}}
+        });
+        until(&a, "the proof over", |st| {
+            st.decisions
+                .last()
+                .is_some_and(|d| d["devices"][0]["proof_running"] == false)
+        })
+        .await;
+        a.restore().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_unreachable_lotus_miner_is_reported_and_protects_nothing() {
+        // Nothing listens on port 1: the configured source never answers.
+        let (a, _dir) = with_post(crate::post::Config {
+            miner_api_info: Some("admin:/ip4/127.0.0.1/tcp/1/http".into()),
+            activity_interval_ms: 100,
+            timeout_ms: 500,
+            ..Default::default()
+        })
+        .await;
+        until(&a, "the source reported unreachable", |st| {
+            st.proofs.unreachable == ["lotus-miner WorkerStats"]
+                && st.proofs.safe_profile.as_deref().is_some_and(|r| {
+                    r.starts_with("proof source unreachable: lotus-miner WorkerStats")
+                })
+        })
+        .await;
+        // And every decision runs the PoSt-safe profile, saying why.
+        until(&a, "a decision in the PoSt-safe profile", |st| {
+            st.decisions.last().is_some_and(|d| {
+                d["devices"][0]["reasons"]
+                    .to_string()
+                    .contains("PoSt-safe profile (proof source unreachable")
+            })
+        })
+        .await;
+        a.restore().await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -143,18 +143,27 @@ impl AiJobHandler for Handler {
     }
 
     fn record(&self, rec: AiJobRecord) -> BoxFuture<'_, ()> {
+        // Ledger writes block until durable: they run on the blocking pool, never on a
+        // runtime worker (see `db`).
+        let (daemon, counters) = (self.daemon.clone(), self.counters.clone());
         Box::pin(async move {
-            if let Err(e) = self.account(&rec) {
-                tracing::error!(task_id = rec.task_id, error = %e, "AI job accounting failed");
+            let task_id = rec.task_id;
+            let db = daemon.ledger.db().clone();
+            let r = db.call(move || account(&daemon, &counters, &rec)).await;
+            match r {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::error!(task_id, error = %format!("{e:#}"), "AI job accounting failed")
+                }
+                Err(e) => tracing::error!(task_id, error = %e, "AI job accounting failed"),
             }
         })
     }
 }
 
-impl Handler {
-    fn account(&self, rec: &AiJobRecord) -> anyhow::Result<()> {
-        let d = &self.daemon;
-        let c = &self.counters;
+/// Records one AI job in the ledger (blocking: call it off the runtime's workers).
+fn account(d: &Daemon, c: &AiCounters, rec: &AiJobRecord) -> anyhow::Result<()> {
+    {
         let model = if rec.model_id.is_empty() {
             "-"
         } else {

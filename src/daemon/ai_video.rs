@@ -171,20 +171,23 @@ pub async fn run(
             .map(|m| m.model_id.clone())
             .ok_or(VideoError::NotConfigured)?,
     };
+    let new = NewJob {
+        class: JobClass::Ai,
+        manifest_id: Some(format!(
+            "{}{PIPELINE}/{model_id}",
+            super::ai::MANIFEST_PREFIX
+        )),
+        // No client idempotency key here: each request is its own job.
+        seq: Some(next_seq()),
+        profiles: vec![format!("ai:{PIPELINE}")],
+        duration_ms: 0,
+        segment_bytes: input.len() as u64,
+    };
+    // Every ledger call runs off the runtime's workers (`Ledger::call`).
     let job = match d
         .ledger
-        .admit(NewJob {
-            class: JobClass::Ai,
-            manifest_id: Some(format!(
-                "{}{PIPELINE}/{model_id}",
-                super::ai::MANIFEST_PREFIX
-            )),
-            // No client idempotency key here: each request is its own job.
-            seq: Some(next_seq()),
-            profiles: vec![format!("ai:{PIPELINE}")],
-            duration_ms: 0,
-            segment_bytes: input.len() as u64,
-        })
+        .call(move |l| l.admit(new))
+        .await
         .map_err(internal)?
     {
         Admitted::New(j) => j,
@@ -196,7 +199,11 @@ pub async fn run(
         }
     };
     let id = job.job_id.clone();
-    d.ledger.mark_queued(&id).map_err(internal)?;
+    let key = id.clone();
+    d.ledger
+        .call(move |l| l.mark_queued(&key))
+        .await
+        .map_err(internal)?;
     let started = std::time::Instant::now();
     let result = async {
         let svc = state.service.clone();
@@ -217,7 +224,11 @@ pub async fn run(
                 c.cancel()
             });
         }
-        d.ledger.mark_transcoding(&id).map_err(internal)?;
+        let key = id.clone();
+        d.ledger
+            .call(move |l| l.mark_transcoding(&key))
+            .await
+            .map_err(internal)?;
         let cfg = &d.config.transcode;
         let options = Options {
             encoder: cfg.encoder_choice().map_err(internal)?,
@@ -269,16 +280,26 @@ pub async fn run(
                 mime: r.mime.to_string(),
                 job_id: String::new(),
             });
-            d.ledger
-                .mark_stored(
-                    &id,
-                    units,
-                    report.media_seconds,
-                    started.elapsed().as_millis() as u64,
-                    rendition.into_iter().collect(),
-                )
+            let (key, media_seconds, ms) = (
+                id.clone(),
+                report.media_seconds,
+                started.elapsed().as_millis() as u64,
+            );
+            let done = d
+                .ledger
+                .call(move |l| {
+                    l.mark_stored(
+                        &key,
+                        units,
+                        media_seconds,
+                        ms,
+                        rendition.into_iter().collect(),
+                    )?;
+                    l.complete(&key)
+                })
+                .await
                 .map_err(internal)?;
-            if d.ledger.complete(&id).map_err(internal)?.is_some() {
+            if done.is_some() {
                 c.done.fetch_add(1, Ordering::Relaxed);
                 c.units.fetch_add(units, Ordering::Relaxed);
                 d.metrics.ai_job(PIPELINE, &model_id, "ok", units);
@@ -293,7 +314,8 @@ pub async fn run(
         }
         Err(e) => {
             let _ = std::fs::remove_dir_all(d.work_dir(&id));
-            if let Err(le) = d.ledger.fail(&id, e.reason(), &e.to_string()) {
+            let (key, code, message) = (id.clone(), e.reason(), e.to_string());
+            if let Err(le) = d.ledger.call(move |l| l.fail(&key, code, &message)).await {
                 tracing::error!(job_id = %id, error = %le, "recording a failed video upscale");
             }
             c.failed.fetch_add(1, Ordering::Relaxed);

@@ -189,6 +189,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             data_dir.display()
         );
     }
+    // One daemon per data directory (the database itself would let two share it).
+    let _daemon_lock = lock_data_dir(&data_dir)?;
     let token_path = client::token_file(&data_dir, &config);
     let (token, created) = auth::load_or_create(&token_path)?;
     if created {
@@ -219,8 +221,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     )
     .with_context(|| format!("cannot open the store under {}", data_dir.display()))?;
     let inner = embedded.inner().clone();
-    let store: Arc<dyn RenditionStore> = Arc::new(embedded);
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    let embedded = Arc::new(embedded);
+    let store: Arc<dyn RenditionStore> = embedded.clone();
+    // Worker threads are marked so a blocking database call on one is caught (see crate::db).
+    let rt = crate::db::guard_runtime(&mut tokio::runtime::Builder::new_multi_thread())
         .enable_all()
         .build()?;
     let cancel = tokio_util::sync::CancellationToken::new();
@@ -271,9 +275,22 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             cancel.clone(),
         ))
     });
+    let gc_task = (config.store.gc_interval_hours > 0).then(|| {
+        let every = Duration::from_secs(config.store.gc_interval_hours * 3600);
+        // The first pass soon after start, so a daemon restarted daily still collects.
+        let first = every.min(Duration::from_secs(300));
+        rt.spawn(
+            embedded
+                .clone()
+                .run_gc(config.store.retain_days, first, every, cancel.clone()),
+        )
+    });
     let served = rt.block_on(serve(config, data_dir, store, admission, token, attach));
     cancel.cancel();
     if let Some(task) = push_task {
+        let _ = rt.block_on(task);
+    }
+    if let Some(task) = gc_task {
         let _ = rt.block_on(task);
     }
     if let Some(task) = gateway_task {
@@ -286,6 +303,34 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     served?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Holds `<data>/daemon.pid` locked (flock) for the daemon's lifetime, with our pid in it.
+fn lock_data_dir(data_dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    use std::io::{Read, Seek, Write};
+    use std::os::fd::AsRawFd;
+    let path = data_dir.join("daemon.pid");
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    // SAFETY: flock only reads the descriptor, which `f` keeps open.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let mut pid = String::new();
+        let _ = f.read_to_string(&mut pid);
+        anyhow::bail!(
+            "another `comine run` (pid {}) uses the data directory {}; stop it or use another --data-dir",
+            pid.trim(),
+            data_dir.display()
+        );
+    }
+    f.set_len(0)?;
+    f.rewind()?;
+    write!(f, "{}", std::process::id())?;
+    Ok(f)
 }
 
 /// `--test-transcoder`: probes the configured encoder on every GPU telemetry reports (or
@@ -344,7 +389,7 @@ pub async fn serve(
     let grace = Duration::from_secs(config.api.shutdown_grace_secs);
     let listen = config.api.listen.clone();
     let d = Daemon::open(config, data_dir.clone(), store, admission, token)?;
-    let resumed = d.resume()?;
+    let resumed = d.resume().await?;
     if resumed > 0 {
         tracing::info!(resumed, "resuming accepted jobs from the spool");
     }
@@ -709,6 +754,16 @@ pub fn render_status(v: &serde_json::Value) -> String {
                 .unwrap_or_default(),
             queue
         );
+    }
+    if let Some(post) = v.pointer("/post").filter(|p| !p.is_null()) {
+        match serde_json::from_value::<crate::post::Report>(post.clone()) {
+            Ok(r) => {
+                let _ = writeln!(o, "{}", r.summary());
+            }
+            Err(e) => {
+                let _ = writeln!(o, "WindowPoSt: status not understood ({e})");
+            }
+        }
     }
     if let Some(lp) = v.pointer("/livepeer").filter(|l| !l.is_null()) {
         let g = |p: &str| match lp.pointer(p) {

@@ -76,23 +76,31 @@ pub fn get_text_at(
     url: Option<&str>,
     path: &str,
 ) -> anyhow::Result<String> {
-    let (base, token) = endpoint(data_dir, config, url)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    rt.block_on(async {
-        let resp = reqwest::Client::new()
-            .get(format!("{base}{path}"))
-            .bearer_auth(token)
-            .timeout(std::time::Duration::from_secs(30))
-            .send()
-            .await
-            .with_context(|| format!("cannot reach the daemon at {base}"))?;
-        let status = resp.status();
-        let text = resp.text().await?;
-        if !status.is_success() {
-            anyhow::bail!("daemon answered {status}: {text}");
-        }
-        Ok(text)
-    })
+    rt.block_on(fetch_text(data_dir, config, url, path))
+}
+
+/// [`get_text_at`] for callers already on a runtime (`comine post status --watch`).
+pub async fn fetch_text(
+    data_dir: &Path,
+    config: &Config,
+    url: Option<&str>,
+    path: &str,
+) -> anyhow::Result<String> {
+    let (base, token) = endpoint(data_dir, config, url)?;
+    let resp = reqwest::Client::new()
+        .get(format!("{base}{path}"))
+        .bearer_auth(token)
+        .timeout(std::time::Duration::from_secs(30))
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the daemon at {base}"))?;
+    let status = resp.status();
+    let text = resp.text().await?;
+    if !status.is_success() {
+        anyhow::bail!("daemon answered {status}: {text}");
+    }
+    Ok(text)
 }

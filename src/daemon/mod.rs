@@ -5,14 +5,19 @@
 //!    Retry-After when none is free) and reads the body under the size limit;
 //! 2. [`Daemon::accept`] reserves the job in the ledger (`received`; a duplicate
 //!    `(manifest_id, seq, profiles)` returns the existing job), writes the segment to
-//!    `<data>/spool/<job>.seg` with fsync, marks it `queued` and flushes the ledger —
-//!    only then does the client get its 2xx;
+//!    `<data>/spool/<job>.seg` with fsync and marks it `queued` (durable when the call
+//!    returns: the ledger's writes are group-committed) — only then does the client get
+//!    its 2xx;
 //! 3. the dispatcher (`worker`) hands it to a worker when the scheduler admits it;
 //! 4. the worker transcodes, stores the renditions, and moves the job to `done` with
 //!    its pixel counters in one transaction, then deletes the spool file.
 //!
 //! On start every job not `done`/`failed` is resumed from its spool file; on SIGTERM
 //! intake stops, running jobs get a grace period and are otherwise left to resume.
+//!
+//! Every ledger call from async code goes through [`Ledger::call`] (or the database's async
+//! API), so a stalled disk never blocks the runtime's workers: `/healthz`, the API and
+//! shutdown keep answering.
 
 pub mod admission;
 pub mod ai;
@@ -85,6 +90,10 @@ pub enum DaemonError {
     },
     #[error("the daemon is shutting down; retry against the restarted daemon")]
     ShuttingDown,
+    /// The key's first submission is still being stored: it is not durable yet, so its id
+    /// must not be handed out (a crash now fails it and releases the key).
+    #[error("job {0} with the same idempotency key is still being stored; retry in a moment")]
+    InProgress(String),
 }
 
 /// A job a worker runs now: where, what it costs, and how to stop it for a proof.
@@ -183,12 +192,8 @@ impl Daemon {
             config.ledger.cache_mib << 20,
             price,
         )
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "{e} (ledger at {}: is another `comine run` using this data directory?)",
-                data_dir.join("ledger").display()
-            )
-        })?;
+        .map_err(|e| anyhow::anyhow!("cannot open the ledger in {}: {e}", data_dir.display()))?;
+        ledger.db().set_max_group(config.ledger.max_group_commit);
         let earnings = Arc::new(open_earnings(&config, &data_dir)?);
         let (live_tx, live_rx) = mpsc::unbounded_channel();
         let (batch_tx, batch_rx) = mpsc::unbounded_channel();
@@ -357,7 +362,10 @@ impl Daemon {
         if self.intake_stop.is_cancelled() {
             return Err(DaemonError::ShuttingDown);
         }
-        let job = match self.ledger.admit(new)? {
+        let job = match self.ledger.call(move |l| l.admit(new)).await? {
+            Admitted::Duplicate(rec) if rec.state == ledger::JobState::Received => {
+                return Err(DaemonError::InProgress(rec.job_id))
+            }
             Admitted::Duplicate(rec) => return Ok(Accepted::Duplicate(rec)),
             Admitted::New(rec) => rec,
         };
@@ -369,15 +377,25 @@ impl Daemon {
                 .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
         };
         if let Err(source) = spool {
-            let _ = self.ledger.abandon_received(&job.job_id);
+            let id = job.job_id.clone();
+            let _ = self.ledger.call(move |l| l.abandon_received(&id)).await;
             let _ = std::fs::remove_file(&path);
             return Err(DaemonError::Spool {
                 path: path.display().to_string(),
                 source,
             });
         }
-        let job = self.ledger.mark_queued(&job.job_id)?;
-        self.ledger.flush().await?;
+        let id = job.job_id.clone();
+        let job = match self.ledger.call(move |l| l.mark_queued(&id)).await {
+            Ok(job) => job,
+            Err(e) => {
+                // Not acknowledged: release the key so the client's retry is a fresh job.
+                let id = job.job_id.clone();
+                let _ = self.ledger.call(move |l| l.abandon_received(&id)).await;
+                let _ = std::fs::remove_file(&path);
+                return Err(e.into());
+            }
+        };
         self.enqueue(Queued {
             job: job.clone(),
             slot: Some(slot),
@@ -397,7 +415,8 @@ impl Daemon {
             let notified = notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if let Some(rec) = self.ledger.get(id)? {
+            let key = id.to_string();
+            if let Some(rec) = self.ledger.call(move |l| l.get(&key)).await? {
                 if rec.state.is_final() {
                     return Ok(Some(rec));
                 }
@@ -425,14 +444,15 @@ impl Daemon {
 
     /// Re-queues every job that got its 2xx but did not finish; fails jobs that never
     /// got one; removes spool and work files nobody owns. Returns how many resume.
-    pub fn resume(&self) -> anyhow::Result<usize> {
+    pub async fn resume(&self) -> anyhow::Result<usize> {
         let mut resumed = 0;
         let mut keep = std::collections::HashSet::new();
-        for job in self.ledger.unfinished()? {
+        for job in self.ledger.call(|l| l.unfinished()).await? {
             match job.state {
                 JobState::Received => {
                     tracing::warn!(job = %job.job_id, "segment was not fully accepted before the last stop; marking failed");
-                    self.ledger.abandon_received(&job.job_id)?;
+                    let id = job.job_id.clone();
+                    self.ledger.call(move |l| l.abandon_received(&id)).await?;
                 }
                 JobState::Stored => {
                     keep.insert(job.job_id.clone());
@@ -451,11 +471,16 @@ impl Daemon {
                     .is_some_and(|m| m.starts_with(livepeer::MANIFEST_PREFIX)) =>
                 {
                     tracing::warn!(job = %job.job_id, "Livepeer segment interrupted by the last stop before it was stored; marking failed (not counted)");
-                    self.ledger.fail(
-                        &job.job_id,
-                        "interrupted",
-                        "the daemon stopped before this Livepeer segment's renditions were stored",
-                    )?;
+                    let id = job.job_id.clone();
+                    self.ledger
+                        .call(move |l| {
+                            l.fail(
+                                &id,
+                                "interrupted",
+                                "the daemon stopped before this Livepeer segment's renditions were stored",
+                            )
+                        })
+                        .await?;
                 }
                 // An AI job is recorded after it was answered; one caught mid-way was
                 // answered but not counted, and stays that way.
@@ -464,19 +489,29 @@ impl Daemon {
                     .as_deref()
                     .is_some_and(|m| m.starts_with(ai::MANIFEST_PREFIX)) =>
                 {
-                    self.ledger.fail(
-                        &job.job_id,
-                        "interrupted",
-                        "the daemon stopped while recording this AI job",
-                    )?;
+                    let id = job.job_id.clone();
+                    self.ledger
+                        .call(move |l| {
+                            l.fail(
+                                &id,
+                                "interrupted",
+                                "the daemon stopped while recording this AI job",
+                            )
+                        })
+                        .await?;
                 }
                 _ if !self.spool_path(&job.job_id).exists() => {
                     tracing::error!(job = %job.job_id, "spooled segment is missing; failing the job");
-                    self.ledger.fail(
-                        &job.job_id,
-                        "spool_lost",
-                        "the spooled segment disappeared from the data directory",
-                    )?;
+                    let id = job.job_id.clone();
+                    self.ledger
+                        .call(move |l| {
+                            l.fail(
+                                &id,
+                                "spool_lost",
+                                "the spooled segment disappeared from the data directory",
+                            )
+                        })
+                        .await?;
                 }
                 _ => {
                     keep.insert(job.job_id.clone());
@@ -507,7 +542,6 @@ impl Daemon {
                 }
             }
         }
-        self.ledger.flush_blocking()?;
         self.resumed.store(resumed, Ordering::Relaxed);
         Ok(resumed)
     }
@@ -530,7 +564,8 @@ impl Daemon {
     }
 
     /// Graceful stop: intake closed, running jobs get `grace`, then are cancelled (they
-    /// stay `transcoding` and resume on restart); scheduler restored; ledger flushed.
+    /// stay `transcoding` and resume on restart); scheduler restored. The ledger needs no
+    /// flush: every write was durable when it returned.
     pub async fn shutdown(&self, grace: Duration) {
         self.intake_stop.cancel();
         self.tracker.close();
@@ -552,9 +587,6 @@ impl Daemon {
         }
         self.hard_stop.cancel();
         self.admission.restore().await;
-        if let Err(err) = self.ledger.flush().await {
-            tracing::error!(%err, "ledger flush at shutdown failed");
-        }
         tracing::info!(
             queued = self.queue_len(),
             "stopped; queued jobs resume at next start"

@@ -4,6 +4,8 @@
 
 use std::io::Read;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
@@ -28,6 +30,8 @@ pub enum RenditionStoreError {
     },
     #[error("{0:?} is not a CID this store knows")]
     BadCid(String),
+    #[error("the disk holding the store is full: {0}")]
+    DiskFull(String),
     #[error("store error: {0}")]
     Other(String),
 }
@@ -65,13 +69,17 @@ pub trait RenditionStore: Send + Sync + 'static {
 }
 
 /// The real rendition store: the embedded UnixFS blockstore (`store::Store`, Kubo-identical
-/// CIDv0 with Kubo's default `ipfs add` options), every rendition pinned. With `push`, each
-/// rendition is also queued for the Kubo node; `store::queue::run_pusher` drains the queue
-/// with retries, so a node outage never fails a job.
+/// CIDv0 with Kubo's default `ipfs add` options), every rendition retention-pinned (garbage
+/// collection frees it after `[store] retain_days`, see [`EmbeddedStore::run_gc`]). With
+/// `push`, each rendition is also queued for the Kubo node; `store::queue::run_pusher` drains
+/// the queue with retries, so a node outage never fails a job. Every store call runs on the
+/// blocking pool through the database's bounded `call`.
 pub struct EmbeddedStore {
     store: crate::store::Store,
     opts: crate::store::AddOptions,
     push: Option<String>,
+    /// The last garbage collection's report, for `/v1/status`.
+    last_gc: Mutex<Option<crate::store::gc::GcReport>>,
 }
 
 impl EmbeddedStore {
@@ -85,7 +93,45 @@ impl EmbeddedStore {
             store,
             opts: crate::store::AddOptions::default(),
             push: push_to,
+            last_gc: Mutex::new(None),
         })
+    }
+
+    /// Collects garbage every `every` (the first time after `first`) until `cancel`:
+    /// renditions past `retain_days` that wait for nothing are unpinned and their blocks freed.
+    /// Runs on the blocking pool; adds wait for it (see `store::gc`).
+    pub async fn run_gc(
+        self: Arc<Self>,
+        retain_days: u64,
+        first: Duration,
+        every: Duration,
+        cancel: tokio_util::sync::CancellationToken,
+    ) {
+        let mut wait = first;
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tokio::time::sleep(wait) => {}
+            }
+            wait = every;
+            let store = self.store.clone();
+            let opts = crate::store::gc::GcOptions::new(retain_days, false);
+            match self.store.db().call(move || store.gc(opts)).await {
+                Ok(Ok(report)) => {
+                    tracing::info!(
+                        bytes_freed = report.bytes_freed,
+                        unpinned = report.unpinned,
+                        blocks = report.blocks_freed,
+                        "store garbage collection done"
+                    );
+                    *self.last_gc.lock().unwrap_or_else(|e| e.into_inner()) = Some(report);
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "store garbage collection failed; it runs again at the next interval")
+                }
+                Err(e) => tracing::error!(error = %e, "store garbage collection did not run"),
+            }
+        }
     }
 
     /// The underlying store (for the push queue task).
@@ -95,10 +141,19 @@ impl EmbeddedStore {
 }
 
 fn other(e: crate::store::StoreError) -> RenditionStoreError {
-    RenditionStoreError::Other(e.to_string())
+    let full = match &e {
+        crate::store::StoreError::Io { source, .. } => source.raw_os_error() == Some(libc::ENOSPC),
+        crate::store::StoreError::Db { source } => source.is_disk_full(),
+        _ => false,
+    };
+    if full {
+        RenditionStoreError::DiskFull(e.to_string())
+    } else {
+        RenditionStoreError::Other(e.to_string())
+    }
 }
 
-fn join_err(e: tokio::task::JoinError) -> RenditionStoreError {
+fn join_err(e: crate::db::DbError) -> RenditionStoreError {
     RenditionStoreError::Other(format!("store task failed: {e}"))
 }
 
@@ -107,19 +162,24 @@ impl RenditionStore for EmbeddedStore {
         Box::pin(async move {
             let (store, opts, push) = (self.store.clone(), self.opts, self.push.is_some());
             let path = path.to_path_buf();
-            tokio::task::spawn_blocking(move || {
-                // add_file pins the root and flushes before it returns: durable.
-                let added = store.add_file(&path, &opts).map_err(other)?;
-                if push {
-                    store.enqueue_push(&added.cid, &opts).map_err(other)?;
-                }
-                Ok(StoredRef {
-                    cid: added.cid.to_string(),
-                    bytes: added.size,
+            self.store
+                .db()
+                .call(move || {
+                    // add_file_with syncs the blocks and commits the pin before it returns:
+                    // durable. A retention pin: garbage collection frees it after retain_days.
+                    let added = store
+                        .add_file_with(&path, &opts, crate::store::PinKind::Retain)
+                        .map_err(other)?;
+                    if push {
+                        store.enqueue_push(&added.cid, &opts).map_err(other)?;
+                    }
+                    Ok(StoredRef {
+                        cid: added.cid.to_string(),
+                        bytes: added.size,
+                    })
                 })
-            })
-            .await
-            .map_err(join_err)?
+                .await
+                .map_err(join_err)?
         })
     }
 
@@ -138,7 +198,7 @@ impl RenditionStore for EmbeddedStore {
                 Ok(Some(imported.cid.to_string()))
             })
             .await
-            .map_err(join_err)?
+            .map_err(|e| RenditionStoreError::Other(format!("the CID task failed: {e}")))?
         })
     }
 
@@ -150,20 +210,23 @@ impl RenditionStore for EmbeddedStore {
             let cid = crate::store::parse_cid(cid)
                 .map_err(|_| RenditionStoreError::BadCid(cid.into()))?;
             let store = self.store.clone();
-            let opened = tokio::task::spawn_blocking(move || {
-                let len = store.pin_info(&cid).map_err(other)?.map(|p| p.size);
-                match store.cat(&cid) {
-                    Ok(r) => Ok(Some((len, r))),
-                    Err(crate::store::StoreError::NotFound { .. }) => Ok(None),
-                    Err(e) => Err(other(e)),
-                }
-            })
-            .await
-            .map_err(join_err)??;
+            let opened = self
+                .store
+                .db()
+                .call(move || {
+                    let len = store.pin_info(&cid).map_err(other)?.map(|p| p.size);
+                    match store.cat(&cid) {
+                        Ok(r) => Ok(Some((len, r))),
+                        Err(crate::store::StoreError::NotFound { .. }) => Ok(None),
+                        Err(e) => Err(other(e)),
+                    }
+                })
+                .await
+                .map_err(join_err)??;
             let Some((len, reader)) = opened else {
                 return Ok(None);
             };
-            // CatReader is blocking (sled reads, hash checks): pump it on a blocking
+            // CatReader is blocking (file reads, hash checks): pump it on a blocking
             // thread into a small bounded channel.
             let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
             tokio::task::spawn_blocking(move || {
@@ -190,12 +253,14 @@ impl RenditionStore for EmbeddedStore {
     }
 
     fn describe(&self) -> serde_json::Value {
-        let queued = self.store.queued().map(|q| q.len()).ok();
+        // A database read: the status handler calls this on the blocking pool.
+        let queued = self.store.queue_len().ok();
         serde_json::json!({
             "backend": if self.push.is_some() { "kubo" } else { "embedded" },
             "dir": self.store.dir().display().to_string(),
             "kubo_api": self.push,
             "push_queue": queued,
+            "last_gc": *self.last_gc.lock().unwrap_or_else(|e| e.into_inner()),
         })
     }
 }

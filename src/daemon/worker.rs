@@ -206,6 +206,26 @@ enum Outcome {
     Checkpointed,
     /// Stopped because a proof needs the GPU; the caller requeues it.
     Preempted,
+    /// The disk is full: the job keeps its state and spool file and is tried again later.
+    Deferred,
+}
+
+/// How long a job waits after a full disk before it is tried again.
+const DISK_FULL_RETRY: Duration = Duration::from_secs(30);
+
+/// Whether an error comes from a full disk (the database's `SQLITE_FULL` or the OS's
+/// `ENOSPC`, as it surfaces through the store, FFmpeg or the ledger).
+pub(super) fn is_disk_full(e: &anyhow::Error) -> bool {
+    if let Some(crate::ledger::LedgerError::Db(db)) = e.downcast_ref::<crate::ledger::LedgerError>()
+    {
+        if db.is_disk_full() {
+            return true;
+        }
+    }
+    let text = format!("{e:#}");
+    text.contains("No space left on device")
+        || text.contains("disk is full")
+        || text.contains("database or disk is full")
 }
 
 async fn run(
@@ -216,7 +236,14 @@ async fn run(
     preempt: &tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<Outcome> {
     let id = job.job_id.clone();
-    let outcome = execute(d, job, received, device, preempt).await?;
+    let outcome = match execute(d, job.clone(), received, device, preempt).await {
+        Ok(o) => o,
+        Err(e) if is_disk_full(&e) => {
+            tracing::error!(job = %id, error = %format!("{e:#}"), "disk full while recording the job");
+            Outcome::Deferred
+        }
+        Err(e) => return Err(e),
+    };
     match &outcome {
         Outcome::Done => {
             let ms = received.elapsed().as_millis() as u64;
@@ -229,6 +256,21 @@ async fn run(
         }
         Outcome::Checkpointed => {
             tracing::info!(job = %id, "transcode interrupted by shutdown; resumes at next start");
+        }
+        Outcome::Deferred => {
+            d.metrics.store_errors.inc();
+            tracing::error!(job = %id, retry_secs = DISK_FULL_RETRY.as_secs(), "the disk holding the data directory is full: the job keeps its place and is tried again (free some space)");
+            let me = d.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = me.intake_stop.cancelled() => {}
+                    _ = tokio::time::sleep(DISK_FULL_RETRY) => me.enqueue(Queued {
+                        job,
+                        slot: None,
+                        received: Instant::now(),
+                    }),
+                }
+            });
         }
         Outcome::Preempted => {
             tracing::info!(job = %id, "transcode stopped for a proof; requeued");
@@ -246,19 +288,24 @@ async fn execute(
     preempt: &tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<Outcome> {
     let id = job.job_id.clone();
-    let current = d.ledger.get(&id)?.unwrap_or(job);
+    let key = id.clone();
+    let current = d.ledger.call(move |l| l.get(&key)).await?.unwrap_or(job);
     if current.state.is_final() {
         return Ok(Outcome::Done);
     }
     if current.state != JobState::Stored {
-        let job = d.ledger.mark_transcoding_on(&id, device)?;
+        let key = id.clone();
+        let job = d
+            .ledger
+            .call(move |l| l.mark_transcoding_on(&key, device))
+            .await?;
         match transcode_and_store(d, &job, received, preempt).await? {
             Ok(()) => {}
             Err(outcome) => return Ok(outcome),
         }
     }
-    if let Some(done) = d.ledger.complete(&id)? {
-        d.ledger.flush().await?;
+    let key = id.clone();
+    if let Some(done) = d.ledger.call(move |l| l.complete(&key)).await? {
         d.metrics.job_done(&done, received.elapsed().as_secs_f64());
         d.account_earnings(&done, None).await;
         tracing::info!(job = %id, encoded_pixels = done.encoded_pixels, renditions = done.renditions.len(), "job done");
@@ -279,7 +326,7 @@ async fn transcode_and_store(
     let profiles = match Profile::parse_list(&job.profiles.join(",")) {
         Ok(p) => p,
         Err(e) => {
-            d.ledger.fail(id, "bad_profiles", &e.to_string())?;
+            fail(d, id, "bad_profiles", e.to_string()).await?;
             return Ok(Err(Outcome::Failed("bad_input")));
         }
     };
@@ -319,6 +366,10 @@ async fn transcode_and_store(
         Err(TranscodeError::Cancelled) if d.hard_stop.is_cancelled() => {
             return Ok(Err(Outcome::Checkpointed));
         }
+        Err(e) if e.to_string().contains("No space left on device") => {
+            tracing::warn!(job = %id, error = %e, "transcode output hit a full disk");
+            return Ok(Err(Outcome::Deferred));
+        }
         Err(TranscodeError::Cancelled) if preempt.is_cancelled() => {
             return Ok(Err(Outcome::Preempted));
         }
@@ -338,7 +389,7 @@ async fn transcode_and_store(
                 ("transcode_failed", "failed")
             };
             tracing::warn!(job = %id, code, error = %e, "transcode failed");
-            d.ledger.fail(id, code, &e.to_string())?;
+            fail(d, id, code, e.to_string()).await?;
             return Ok(Err(Outcome::Failed(result)));
         }
     };
@@ -356,11 +407,15 @@ async fn transcode_and_store(
             attempt += 1;
             match d.store.put(&r.path).await {
                 Ok(s) => break s,
+                Err(e @ crate::daemon::rendition_store::RenditionStoreError::DiskFull(_)) => {
+                    tracing::warn!(job = %id, error = %e, "storing rendition hit a full disk");
+                    return Ok(Err(Outcome::Deferred));
+                }
                 Err(e) => {
                     d.metrics.store_errors.inc();
                     tracing::warn!(job = %id, attempt, error = %e, "storing rendition failed");
                     if attempt >= cfg.store_attempts.max(1) {
-                        d.ledger.fail(id, "store_error", &e.to_string())?;
+                        fail(d, id, "store_error", e.to_string()).await?;
                         return Ok(Err(Outcome::Failed("store_error")));
                     }
                     tokio::time::sleep(Duration::from_millis(200 * attempt as u64)).await;
@@ -380,12 +435,20 @@ async fn transcode_and_store(
             job_id: id.clone(),
         });
     }
-    d.ledger.mark_stored(
-        id,
+    let (key, decoded, media, wall) = (
+        id.clone(),
         report.decoded_pixels,
         report.media_seconds,
         report.wall_ms,
-        renditions,
-    )?;
+    );
+    d.ledger
+        .call(move |l| l.mark_stored(&key, decoded, media, wall, renditions))
+        .await?;
     Ok(Ok(()))
+}
+
+async fn fail(d: &Daemon, id: &str, code: &'static str, message: String) -> anyhow::Result<()> {
+    let id = id.to_string();
+    d.ledger.call(move |l| l.fail(&id, code, &message)).await?;
+    Ok(())
 }

@@ -14,6 +14,7 @@
 //!   provider that refuses a block range gets half the range, down to one block.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use alloy::consensus::Transaction as _;
@@ -428,7 +429,7 @@ impl Chain {
     /// blocks this call), undoing a reorg first.
     pub async fn scan(
         &self,
-        records: &Records,
+        records: &Arc<Records>,
         t: &ScanTarget,
         max_blocks: Option<u64>,
         shutdown: &CancellationToken,
@@ -436,7 +437,9 @@ impl Chain {
         let started = Instant::now();
         let mut rep = ScanReport::default();
         let head = self.head().await?.saturating_sub(t.confirmations);
-        let mut from = match records.chain_cursor(&t.stream)? {
+        let stream = t.stream.clone();
+        let cursor = records.call(move |r| r.chain_cursor(&stream)).await?;
+        let mut from = match cursor {
             None => t.start_block,
             Some((block, hash)) => {
                 let on_chain = self.block(block).await?.map(|(h, _)| h);
@@ -446,7 +449,8 @@ impl Chain {
                     rep.reorgs += 1;
                     let fork = self.fork_point(records, &t.stream).await?;
                     let (fb, fh) = fork.unwrap_or((t.start_block.saturating_sub(1), B256::ZERO));
-                    rep.events_removed += records.rewind(&t.stream, fb, fh)?;
+                    let stream = t.stream.clone();
+                    rep.events_removed += records.call(move |r| r.rewind(&stream, fb, fh)).await?;
                     tracing::warn!(stream = %t.stream, cursor = block, fork = fb, removed = rep.events_removed, "chain reorganised: rescanning from the fork point");
                     fb + 1
                 }
@@ -536,8 +540,10 @@ impl Chain {
                 tracing::debug!(from, to, "logs from a replaced block; retrying the chunk");
                 continue;
             }
-            rep.events_added +=
-                records.commit_chunk(&t.stream, &events, to, to_hash, t.keep_checkpoints)?;
+            let (stream, keep) = (t.stream.clone(), t.keep_checkpoints);
+            rep.events_added += records
+                .call(move |r| r.commit_chunk(&stream, &events, to, to_hash, keep))
+                .await?;
             rep.chunks += 1;
             rep.blocks += to - from + 1;
             rep.to_block = to;
@@ -553,10 +559,11 @@ impl Chain {
     /// The newest checkpoint whose hash the chain still has.
     async fn fork_point(
         &self,
-        records: &Records,
+        records: &Arc<Records>,
         stream: &str,
     ) -> Result<Option<(u64, B256)>, ChainError> {
-        for (block, hash) in records.checkpoints(stream)? {
+        let s = stream.to_string();
+        for (block, hash) in records.call(move |r| r.checkpoints(&s)).await? {
             if self.block(block).await?.map(|(h, _)| h) == Some(hash) {
                 return Ok(Some((block, hash)));
             }

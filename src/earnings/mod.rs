@@ -44,7 +44,7 @@ use receipts::{KeyError, OperatorKey, Receipt, ReceiptError, SignedReceipt};
 use records::{JobEarning, Records, RecordsError, StoredReceipt};
 
 /// The database file every module's tables share.
-pub const DB_FILE: &str = "comine.db";
+pub const DB_FILE: &str = crate::db::FILE;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EarningsError {
@@ -423,7 +423,10 @@ impl Earnings {
             Ok(r) => {
                 self.board.set_round(r);
                 let head = chain.head().await.unwrap_or_default();
-                self.records.saw_round(r, crate::util::now_ms(), head)?;
+                let now = crate::util::now_ms();
+                self.records
+                    .call(move |rec| rec.saw_round(r, now, head))
+                    .await?;
                 tick.round = Some(r);
             }
             Err(e) => tracing::debug!(error = %e, "cannot read the current round"),
@@ -446,7 +449,7 @@ impl Earnings {
         let Some(me) = self.payout else {
             return Err(EarningsError::NoPayoutAddress);
         };
-        for p in self.records.pool_payouts()? {
+        for p in self.records.call(|r| r.pool_payouts()).await? {
             let recheck = p
                 .check
                 .as_ref()
@@ -455,8 +458,10 @@ impl Earnings {
                 continue;
             };
             let check = chain.verify_payout(tx, me, p.amount).await?;
+            let (source, ext_id) = (p.source.clone(), p.ext_id.clone());
             self.records
-                .set_payout_check(&p.source, &p.ext_id, &check)?;
+                .call(move |r| r.set_payout_check(&source, &ext_id, &check))
+                .await?;
             tick.payouts_checked += 1;
         }
         let now = crate::util::now_ms();
@@ -466,11 +471,14 @@ impl Earnings {
         };
         if due {
             let s = chain.snapshot(me).await?;
-            self.records.add_snapshot(&s)?;
+            let block = self
+                .records
+                .call(move |r| r.add_snapshot(&s).map(|()| s.block))
+                .await?;
             if let Ok(mut g) = self.last_snapshot_ms.lock() {
                 *g = now;
             }
-            tick.snapshot = Some(s.block);
+            tick.snapshot = Some(block);
         }
         Ok(tick)
     }
@@ -483,9 +491,13 @@ impl Earnings {
         now_ms: u64,
     ) -> Result<reconcile::Reconciliation, EarningsError> {
         let window = self.cfg.match_window_secs * 1000;
+        let (jobs, rounds) = self
+            .records
+            .call(move |r| Ok((r.jobs_between(since_ms, u64::MAX / 2)?, r.rounds()?)))
+            .await?;
         let mut inp = reconcile::Inputs {
-            jobs: self.records.jobs_between(since_ms, u64::MAX / 2)?,
-            rounds: self.records.rounds()?,
+            jobs,
+            rounds,
             chain_checked: !self.cfg.chain.rpc_url.is_empty(),
             ..Default::default()
         };
@@ -499,9 +511,11 @@ impl Earnings {
         let model = self.model();
         if self.cfg.chain.mode == "orchestrator" && !self.cfg.chain.rpc_url.is_empty() {
             let t = self.scan_target()?;
+            let stream = t.stream.clone();
             inp.chain_events = self
                 .records
-                .chain_events(&t.stream, since_ms, u64::MAX / 2)?;
+                .call(move |r| r.chain_events(&stream, since_ms, u64::MAX / 2))
+                .await?;
             if let Ok(Some(chain)) = self.connect_chain().await {
                 let rm = parse_address(
                     "earnings.chain.rounds_manager",
@@ -516,13 +530,20 @@ impl Earnings {
             }
             return Ok(reconcile::reconcile_orchestrator(&model, &inp, &settings)?);
         }
-        inp.pool_jobs = self
+        let payout = self.payout;
+        (inp.pool_jobs, inp.payouts, inp.snapshots) = self
             .records
-            .pool_jobs_between(since_ms.saturating_sub(window), u64::MAX / 2)?;
-        inp.payouts = self.records.pool_payouts()?;
-        if let Some(me) = self.payout {
-            inp.snapshots = self.records.snapshots(me)?;
-        }
+            .call(move |r| {
+                Ok((
+                    r.pool_jobs_between(since_ms.saturating_sub(window), u64::MAX / 2)?,
+                    r.pool_payouts()?,
+                    match payout {
+                        Some(me) => r.snapshots(me)?,
+                        None => Vec::new(),
+                    },
+                ))
+            })
+            .await?;
         Ok(reconcile::reconcile_pool(&model, &inp, &settings)?)
     }
 

@@ -16,6 +16,7 @@
 //! Lines are keyed by (source, id) in `earnings_pool_jobs`/`earnings_pool_payouts`, so
 //! overlapping polls store each line once.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use alloy::primitives::{Address, B256, U256};
@@ -483,9 +484,14 @@ impl PoolClient {
     }
 
     /// Fetches what is new since the stored cursor and stores it.
-    pub async fn poll(&self, records: &Records) -> Result<PollReport, PoolError> {
+    pub async fn poll(&self, records: &Arc<Records>) -> Result<PollReport, PoolError> {
         let now = crate::util::now_ms();
-        let cursor = records.pool_cursor(&self.kind)?.map(|c| c.0).unwrap_or(0);
+        let kind = self.kind.clone();
+        let cursor = records
+            .call(move |r| r.pool_cursor(&kind))
+            .await?
+            .map(|c| c.0)
+            .unwrap_or(0);
         // Re-read an hour before the cursor: a pool may book a job late. Keys make it idempotent.
         let since = cursor.saturating_sub(3_600_000);
         let mut st = match self.kind.as_str() {
@@ -528,22 +534,26 @@ impl PoolClient {
             .chain(st.payouts.iter().map(|p| p.at_ms))
             .max()
             .unwrap_or(cursor);
-        let rep = PollReport {
-            jobs_new: records.insert_pool_jobs(&st.jobs)?,
-            payouts_new: records.insert_pool_payouts(&st.payouts)?,
+        let kind = self.kind.clone();
+        let (jobs_new, payouts_new) = records
+            .call(move |r| {
+                let counts = (
+                    r.insert_pool_jobs(&st.jobs)?,
+                    r.insert_pool_payouts(&st.payouts)?,
+                );
+                r.set_pool_cursor(&kind, newest.max(cursor), now, None)?;
+                Ok(counts)
+            })
+            .await?;
+        Ok(PollReport {
+            jobs_new,
+            payouts_new,
             newest_ms: newest,
-        };
-        records.set_pool_cursor(&self.kind, newest.max(cursor), now, None)?;
-        Ok(rep)
+        })
     }
 
     /// Polls every `interval` until `shutdown`; failures are logged and stored, never fatal.
-    pub async fn run(
-        self,
-        records: std::sync::Arc<Records>,
-        interval: Duration,
-        shutdown: CancellationToken,
-    ) {
+    pub async fn run(self, records: Arc<Records>, interval: Duration, shutdown: CancellationToken) {
         loop {
             match self.poll(&records).await {
                 Ok(r) if r.jobs_new + r.payouts_new > 0 => {
@@ -552,18 +562,18 @@ impl PoolClient {
                 Ok(_) => {}
                 Err(e) => {
                     tracing::warn!(source = %self.kind, error = %e, "pool statement poll failed; will retry");
-                    let cursor = records
-                        .pool_cursor(&self.kind)
-                        .ok()
-                        .flatten()
-                        .map(|c| c.0)
-                        .unwrap_or(0);
-                    let _ = records.set_pool_cursor(
-                        &self.kind,
-                        cursor,
-                        crate::util::now_ms(),
-                        Some(&e.to_string()),
-                    );
+                    let (kind, why) = (self.kind.clone(), e.to_string());
+                    let _ = records
+                        .call(move |r| {
+                            let cursor = r
+                                .pool_cursor(&kind)
+                                .ok()
+                                .flatten()
+                                .map(|c| c.0)
+                                .unwrap_or(0);
+                            r.set_pool_cursor(&kind, cursor, crate::util::now_ms(), Some(&why))
+                        })
+                        .await;
                 }
             }
             tokio::select! {

@@ -10,7 +10,7 @@
 
 use std::path::Path;
 use std::str::FromStr;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use alloy::primitives::{Address, B256, U256};
 use rusqlite::{params, Connection, OptionalExtension};
@@ -31,6 +31,8 @@ pub enum RecordsError {
     Sql(#[from] rusqlite::Error),
     #[error("earnings database row {what} is corrupt: {value:?}")]
     Corrupt { what: &'static str, value: String },
+    #[error("an earnings database task failed: {0}")]
+    Task(String),
 }
 
 pub type Result<T, E = RecordsError> = std::result::Result<T, E>;
@@ -240,8 +242,13 @@ pub struct DailyRoot {
 }
 
 /// The earnings tables over one SQLite connection.
+///
+/// The methods block their thread; async code runs them with [`Records::call`], which keeps
+/// them off the runtime's workers (issue 17: a stalled disk must never stop `/healthz`).
 pub struct Records {
     conn: Mutex<Connection>,
+    /// Bounds [`Records::call`]s in flight, as [`crate::db::Db::call`] does.
+    permits: tokio::sync::Semaphore,
 }
 
 impl std::fmt::Debug for Records {
@@ -296,10 +303,31 @@ impl Records {
         migrate(&mut conn)?;
         Ok(Records {
             conn: Mutex::new(conn),
+            permits: tokio::sync::Semaphore::new(crate::db::ASYNC_CALLS),
         })
     }
 
+    /// Runs `f` (any of the blocking methods) from async code on tokio's blocking pool, at
+    /// most [`crate::db::ASYNC_CALLS`] at once.
+    pub async fn call<T, F>(self: &Arc<Self>, f: F) -> Result<T>
+    where
+        F: FnOnce(&Records) -> Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|e| RecordsError::Task(e.to_string()))?;
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || f(&me))
+            .await
+            .map_err(|e| RecordsError::Task(e.to_string()))?
+    }
+
     fn c(&self) -> MutexGuard<'_, Connection> {
+        // In the daemon, a call on an async worker is a bug (a panic in debug builds).
+        crate::db::assert_off_runtime();
         // A panic while holding the lock leaves SQLite consistent (statements are atomic).
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -1,7 +1,8 @@
 //! `comine ledger export --since DATE --format csv|json [--out FILE]`
 //!
-//! Reads the ledger directly when the daemon is stopped; while it runs (the daemon holds the
-//! ledger) the same statement is fetched from its API, and the log says so.
+//! While a daemon runs with the data directory the statement is fetched from its API (the log
+//! says so); otherwise, or when it does not answer, the ledger is read from the data
+//! directory's database directly.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -49,7 +50,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     })?;
     let (config, data_dir) = args.dirs.load_for_client()?;
     let ledger_dir = data_dir.join("ledger");
-    if !ledger_dir.exists() {
+    if !ledger_dir.exists() && !data_dir.join(crate::db::FILE).exists() {
         anyhow::bail!(
             "no ledger at {}: has `comine run` ever run with this data directory?",
             ledger_dir.display()

@@ -15,6 +15,7 @@ use tokio_util::task::TaskTracker;
 use tonic::transport::Endpoint;
 use tracing::Instrument;
 
+use super::drain::Drain;
 use super::proto::{
     capability_bitstring, Capabilities, NotifySegment, RegisterRequest, TranscoderClient,
     CAPABILITIES,
@@ -36,7 +37,7 @@ enum Ended {
 
 pub(super) async fn run(
     cfg: TranscoderConfig,
-    mut capacity: watch::Receiver<u32>,
+    grant: watch::Receiver<u32>,
     pipeline: Arc<dyn SegmentPipeline>,
     sink: Arc<dyn SegmentSink>,
     shutdown: CancellationToken,
@@ -62,6 +63,7 @@ pub(super) async fn run(
     // One state per orchestrator (its sessions, its upload address); the bound on tasks in
     // flight is shared.
     let in_flight = Arc::new(Semaphore::new(cfg.max_in_flight.max(1)));
+    let drain = Arc::new(Drain::default());
     let shareds: Vec<Arc<Shared>> = addrs
         .iter()
         .map(|a| {
@@ -74,10 +76,13 @@ pub(super) async fn run(
                 pipeline: pipeline.clone(),
                 sink: sink.clone(),
                 sessions: Sessions::default(),
+                drain: drain.clone(),
                 shutdown: shutdown.clone(),
             })
         })
         .collect();
+    // What is registered follows the scheduler's grant, but goes down only as streams end.
+    let mut capacity = follow_grant(grant, shareds.clone(), shutdown.clone());
     let tracker = TaskTracker::new();
     let mut backoff = cfg.backoff_initial;
     let link = cfg.link.clone();
@@ -129,6 +134,7 @@ pub(super) async fn run(
         let Some(cap) = wait_positive(&mut capacity, &shutdown).await else {
             break Ok(());
         };
+        drain.set_registered(cap);
         link.update(|s| {
             s.state = "connecting";
             s.registered_capacity = cap;
@@ -147,6 +153,7 @@ pub(super) async fn run(
             &http_tls,
         )
         .await;
+        drain.set_registered(0);
         match ended {
             Ended::Shutdown => break Ok(()),
             Ended::Fatal(e) => {
@@ -215,6 +222,55 @@ pub(super) fn server_name(addr: &str) -> Result<ServerName<'static>, LivepeerErr
         return Err(bad());
     }
     ServerName::try_from(host.to_string()).map_err(|_| bad())
+}
+
+/// The capacity to register, recomputed when the scheduler's grant changes and as streams
+/// start and end ([`Drain::effective`]); a session whose next segment is overdue (4 × its
+/// duration) has stopped streaming, teardown or not.
+fn follow_grant(
+    mut grant: watch::Receiver<u32>,
+    shareds: Vec<Arc<Shared>>,
+    shutdown: CancellationToken,
+) -> watch::Receiver<u32> {
+    let Some(first) = shareds.first() else {
+        return grant;
+    };
+    let drain = first.drain.clone();
+    let link = first.cfg.link.clone();
+    drain.set_target(*grant.borrow_and_update());
+    let (tx, rx) = watch::channel(drain.effective(0));
+    tokio::spawn(async move {
+        let mut grant_open = true;
+        let mut shown = (false, 0);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                r = grant.changed(), if grant_open => grant_open = r.is_ok(),
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            }
+            drain.set_target(*grant.borrow_and_update());
+            let streaming = shareds.iter().map(|s| s.sessions.streaming()).sum();
+            let v = drain.effective(streaming);
+            tx.send_if_modified(|cur| std::mem::replace(cur, v) != v);
+            let now = (drain.draining(), drain.refused_total());
+            if now != shown {
+                if now.0 != shown.0 {
+                    tracing::info!(
+                        draining = now.0,
+                        streaming,
+                        capacity = v,
+                        "Livepeer capacity drain"
+                    );
+                }
+                shown = now;
+                link.update(|s| {
+                    s.draining = now.0;
+                    s.streams_refused_draining = now.1;
+                });
+            }
+        }
+    });
+    rx
 }
 
 /// Waits until the scheduler grants a non-zero capacity; `None` on shutdown.

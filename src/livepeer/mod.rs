@@ -17,6 +17,7 @@ pub mod ai_proto;
 pub mod ai_worker;
 pub mod args;
 mod client;
+mod drain;
 pub mod multipart;
 pub mod pipeline;
 pub mod proto;
@@ -89,6 +90,12 @@ pub struct LinkSnapshot {
     pub registered_capacity: u32,
     /// Registrations attempted since start (re-registrations and reconnects included).
     pub registrations: u64,
+    /// The scheduler's grant is below the registered capacity: it goes down as streams end,
+    /// and new streams are refused while the running ones fill the grant.
+    pub draining: bool,
+    /// New streams refused while draining (their first segment answered with an error, so
+    /// the orchestrator places them elsewhere).
+    pub streams_refused_draining: u64,
     /// Why the last connection ended, when it was a fault or a refusal.
     pub last_fault: Option<String>,
     /// The orchestrator of the current (or last) connection (several with failover).
@@ -184,6 +191,8 @@ pub(crate) struct Shared {
     pub pipeline: Arc<dyn SegmentPipeline>,
     pub sink: Arc<dyn SegmentSink>,
     pub sessions: sessions::Sessions,
+    /// Lowering the registered capacity without cutting streams (shared by every orchestrator).
+    pub drain: Arc<drain::Drain>,
     pub in_flight: Arc<Semaphore>,
     pub shutdown: CancellationToken,
 }

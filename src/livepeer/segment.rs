@@ -45,7 +45,21 @@ pub(super) async fn handle(
     let nanos = crate::util::subsec_nanos();
     let work_dir = cfg.work_dir.join(format!("task-{}-{nanos:09}", n.task_id));
 
-    let result = if permit.is_none() {
+    // While the capacity drains, a stream that is not running here yet starts only if the
+    // running ones leave room under the grant; it is refused before any work, so the
+    // orchestrator places it elsewhere (a stream already running is never refused here).
+    let live_for = deadline_for(duration_ms, Duration::ZERO);
+    let refused = shared
+        .drain
+        .stream_limit()
+        .and_then(|limit| (!shared.sessions.admit(&session_id, limit, live_for)).then_some(limit));
+    let result = if let Some(limit) = refused {
+        let total = shared.drain.refused();
+        tracing::info!(task_id = n.task_id, session = %session_id, limit, refused = total, "capacity draining (GPU needed for a proof): new stream refused");
+        Err(Failure::ours(format!(
+            "transcoder draining: its GPU is needed for a Filecoin proof and it takes no new stream ({limit} may run); place this stream on another transcoder"
+        )))
+    } else if permit.is_none() {
         Err(Failure::ours(format!(
             "transcoder overloaded: {} tasks already in flight",
             cfg.max_in_flight
@@ -128,7 +142,12 @@ pub(super) async fn handle(
                 reason: fail.reason,
                 bad_input: fail.bad_input,
             };
-            if let Err(e) = shared.sink.segment_failed(&failure).await {
+            // A refused new stream is no failed segment: it never started here.
+            let sunk = match refused {
+                Some(_) => Ok(()),
+                None => shared.sink.segment_failed(&failure).await,
+            };
+            if let Err(e) = sunk {
                 tracing::error!(task_id = n.task_id, error = %e, "segment sink failed");
             }
         }
@@ -170,10 +189,16 @@ async fn work(
     }
     shared.pipeline.check(&profiles)?;
 
+    let duration_ms = if seg.duration > 0 {
+        seg.duration as u32
+    } else {
+        2000
+    };
     let session = shared.sessions.get(
         session_id,
         seg.force_session_reinit,
         cfg.session_idle_timeout,
+        deadline_for(duration_ms, Duration::ZERO),
     );
     let _order = tokio::time::timeout_at(deadline.into(), session.order.lock())
         .await

@@ -20,6 +20,9 @@ struct Entry {
     session: Arc<Session>,
     last_used: Instant,
     segments: u64,
+    /// The stream counts as running this long after its last segment (4 × its duration: a
+    /// live stream's next segment is due well within that).
+    live_for: Duration,
 }
 
 #[derive(Default)]
@@ -30,7 +33,7 @@ pub struct Sessions {
 impl Sessions {
     /// The session's state, created on first use (or afresh when `reinit`), and idle
     /// sessions swept on the way.
-    pub fn get(&self, id: &str, reinit: bool, idle: Duration) -> Arc<Session> {
+    pub fn get(&self, id: &str, reinit: bool, idle: Duration, live_for: Duration) -> Arc<Session> {
         let now = Instant::now();
         let Ok(mut map) = self.map.lock() else {
             return fresh();
@@ -49,10 +52,48 @@ impl Sessions {
             session: fresh(),
             last_used: now,
             segments: 0,
+            live_for,
         });
         entry.last_used = now;
+        entry.live_for = live_for;
         entry.segments += 1;
         entry.session.clone()
+    }
+
+    /// Sessions streaming now: their next segment is still due (teardown ends one at once).
+    pub fn streaming(&self) -> usize {
+        let now = Instant::now();
+        self.map
+            .lock()
+            .map(|m| m.values().filter(|e| e.running(now)).count())
+            .unwrap_or(0)
+    }
+
+    /// Whether a segment of `id` may start here when at most `limit` streams may run: a
+    /// known session always may; a new one only while fewer than `limit` sessions stream,
+    /// and it then counts at once (for `live_for`, until its segment is under way).
+    pub fn admit(&self, id: &str, limit: u32, live_for: Duration) -> bool {
+        let Ok(mut map) = self.map.lock() else {
+            return true;
+        };
+        if map.contains_key(id) {
+            return true;
+        }
+        let now = Instant::now();
+        let streaming = map.values().filter(|e| e.running(now)).count();
+        if streaming >= limit as usize {
+            return false;
+        }
+        map.insert(
+            id.to_string(),
+            Entry {
+                session: fresh(),
+                last_used: now,
+                segments: 0,
+                live_for,
+            },
+        );
+        true
     }
 
     /// Teardown: forget the session. Returns whether it was known.
@@ -63,6 +104,12 @@ impl Sessions {
     #[cfg(test)]
     pub fn len(&self) -> usize {
         self.map.lock().map(|m| m.len()).unwrap_or(0)
+    }
+}
+
+impl Entry {
+    fn running(&self, now: Instant) -> bool {
+        now.duration_since(self.last_used) < self.live_for
     }
 }
 
@@ -79,15 +126,35 @@ mod tests {
     #[test]
     fn sessions_persist_until_teardown_or_idle() {
         let s = Sessions::default();
-        let a = s.get("a", false, Duration::from_secs(60));
-        let a2 = s.get("a", false, Duration::from_secs(60));
+        let l = Duration::from_secs(8);
+        let a = s.get("a", false, Duration::from_secs(60), l);
+        let a2 = s.get("a", false, Duration::from_secs(60), l);
         assert!(Arc::ptr_eq(&a, &a2), "segments of one session share state");
-        let a3 = s.get("a", true, Duration::from_secs(60));
+        let a3 = s.get("a", true, Duration::from_secs(60), l);
         assert!(!Arc::ptr_eq(&a, &a3), "ForceSessionReinit starts afresh");
         assert_eq!(s.end("a"), Some(1));
         assert_eq!(s.end("a"), None);
-        s.get("b", false, Duration::from_secs(60));
-        s.get("c", false, Duration::ZERO);
+        s.get("b", false, Duration::from_secs(60), l);
+        s.get("c", false, Duration::ZERO, l);
         assert_eq!(s.len(), 1, "b was idle past a zero timeout and swept");
+    }
+
+    #[test]
+    fn a_new_stream_waits_for_room_a_running_one_never_does() {
+        let s = Sessions::default();
+        let (idle, w) = (Duration::from_secs(120), Duration::from_secs(60));
+        s.get("a", false, idle, w);
+        s.get("b", false, idle, w);
+        assert_eq!(s.streaming(), 2);
+        assert!(s.admit("a", 1, w), "a running stream keeps going");
+        assert!(!s.admit("c", 2, w), "no room for a new stream");
+        assert_eq!(s.end("b"), Some(1));
+        assert!(s.admit("c", 2, w), "room again once one ended");
+        assert_eq!(s.streaming(), 2, "the new stream counts at once");
+        assert!(!s.admit("d", 2, w));
+        // A stream whose next segment is overdue no longer counts (no teardown came).
+        s.get("a", false, idle, Duration::ZERO);
+        assert_eq!(s.streaming(), 1);
+        assert!(s.admit("d", 2, w));
     }
 }

@@ -5,7 +5,8 @@
 //! (`GET /segment/...`, `POST /transcodeResults`) on one TLS port, routing HTTP/2 requests
 //! with `content-type: application/grpc` to gRPC, under a fresh self-signed ECDSA P-256
 //! certificate per start. It refuses bad secrets with "invalid secret" and capacities below
-//! 1 with "zero capacity", hands tasks to the least-loaded transcoder (sticky per session),
+//! 1 with "zero capacity", hands tasks to the least-loaded transcoder (sticky per session;
+//! the load counts segments in flight, or streams as go-livepeer does with `session_load`),
 //! waits max(8 s, 4 × duration) for the result and evicts a transcoder that misses it, and
 //! checks every header and part of a result as go-livepeer's parser would — more strictly,
 //! since any deviation is reported as [`TaskOutcome::Invalid`]. It can restart with a new
@@ -118,6 +119,11 @@ pub struct TestOrchestratorConfig {
     pub port: u16,
     /// Floor of the per-task deadline (go-livepeer: 8 s).
     pub timeout_floor: Duration,
+    /// go-livepeer's accounting: a transcoder's load counts the streams bound to it (taken at
+    /// a stream's first segment, given back at its teardown or a failed segment), and a
+    /// re-registration orphans the streams of the old one, each of which needs room on a
+    /// live transcoder at its next segment. Off: the load counts segments in flight.
+    pub session_load: bool,
 }
 
 impl Default for TestOrchestratorConfig {
@@ -126,6 +132,7 @@ impl Default for TestOrchestratorConfig {
             secret: "test-secret".into(),
             port: 0,
             timeout_floor: Duration::from_secs(8),
+            session_load: false,
         }
     }
 }
@@ -629,7 +636,9 @@ impl TestOrchestrator {
             let Some(i) = pick else {
                 return TaskOutcome::NoTranscoder;
             };
-            ts[i].load += 1;
+            if !self.cfg.session_load || sticky.is_none() {
+                ts[i].load += 1;
+            }
             sessions.insert(job.session_id.clone(), ts[i].id);
             (ts[i].id, ts[i].tx.clone())
         };
@@ -693,11 +702,22 @@ impl TestOrchestrator {
         };
         lock(&inner.pending).remove(&task_id);
         lock(&inner.segments).remove(&name);
-        if let Some(t) = lock(&inner.transcoders)
-            .iter_mut()
-            .find(|t| t.id == transcoder)
-        {
-            t.load -= 1;
+        // Per segment, or (go-livepeer) per stream: a failed segment ends the stream's binding.
+        let release = if self.cfg.session_load {
+            !matches!(outcome, TaskOutcome::Done { .. })
+                && lock(&inner.sessions)
+                    .remove(&job.session_id)
+                    .is_some_and(|t| t == transcoder)
+        } else {
+            true
+        };
+        if release {
+            if let Some(t) = lock(&inner.transcoders)
+                .iter_mut()
+                .find(|t| t.id == transcoder)
+            {
+                t.load -= 1;
+            }
         }
         outcome
     }
@@ -708,9 +728,14 @@ impl TestOrchestrator {
             return false;
         };
         let tx = lock(&self.inner.transcoders)
-            .iter()
+            .iter_mut()
             .find(|t| t.id == id)
-            .map(|t| t.tx.clone());
+            .map(|t| {
+                if self.cfg.session_load {
+                    t.load -= 1;
+                }
+                t.tx.clone()
+            });
         let Some(tx) = tx else { return false };
         let notify = NotifySegment {
             seg_data: Some(SegData {

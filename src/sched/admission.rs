@@ -269,7 +269,8 @@ impl Admitter {
             e.0 += j.pps;
             e.1 += j.sessions;
         }
-        // Key: (proof running, pixel load). A GPU at its proof floor is the last resort.
+        // Key: (proof running or stepped down for one, pixel load). A GPU at its proof floor
+        // is the last resort.
         let mut best: Option<((bool, f64), &DeviceCapacity)> = None;
         let mut why = RejectReason::Holding;
         let mut notes = Vec::new();
@@ -304,7 +305,10 @@ impl Admitter {
                 ));
                 continue;
             }
-            let key = (d.proof_running, load);
+            let key = (
+                d.proof_running || d.post_phase == crate::post::Phase::StepDown,
+                load,
+            );
             if best.is_none_or(|(k, _)| key < k) {
                 best = Some((key, d));
             }
@@ -360,6 +364,7 @@ mod tests {
             session_limit: None,
             sessions_used: 0,
             proof_running: false,
+            post_phase: crate::post::Phase::None,
             sealing_active: false,
             livepeer_sessions: 0,
             shed_pps: 0.0,

@@ -4,6 +4,8 @@ use std::collections::HashMap;
 
 use crate::gpu::{DeviceSnapshot, ProcessUse, Role, Source};
 
+use crate::post::Phase;
+
 use super::{
     Capacity, Config, Decision, DeviceCapacity, DeviceCapacitySummary, DeviceLoad, SealAction,
     SealMode, SealingDecision, TickInput,
@@ -155,6 +157,12 @@ impl Scheduler {
         // NVML counts our sessions too; trust whichever is larger (others may encode as well).
         let sessions_used = load.sessions.max(d.nvenc_sessions.unwrap_or(0));
         let proof = prover_active || input.proof.applies_to(d.index);
+        let post_phase = if input.post.applies_to(d.index) {
+            input.post.phase
+        } else {
+            Phase::None
+        };
+        let mut post_reserve = 0u64;
         let sealing_active = d.processes.iter().any(|p| p.role == Role::Sealing);
         let mut reasons = Vec::new();
         let mut admit = true;
@@ -173,6 +181,24 @@ impl Scheduler {
         if proof {
             budget = budget.min(floor);
             reasons.push("proof running: transcoding at the proof floor".into());
+        }
+        // The chain's WindowPoSt schedule: proofs first, before they start.
+        match post_phase {
+            Phase::None => {}
+            Phase::Drain => reasons.push(input.post.reason.clone()),
+            Phase::StepDown => {
+                budget = budget.min(floor);
+                post_reserve = input.post.vram_reserve_bytes;
+                reasons.push(format!(
+                    "{}: transcoding at the proof floor",
+                    input.post.reason
+                ));
+            }
+            Phase::Safe => {
+                budget = budget.min(rated * c.post_safe_fraction);
+                post_reserve = input.post.vram_reserve_bytes;
+                reasons.push(input.post.reason.clone());
+            }
         }
         if let Some(t) = d.temperature_c {
             if t >= c.temperature_critical_c {
@@ -202,10 +228,12 @@ impl Scheduler {
         let mut memory_short_for_proof = false;
         if let (Some(u), Some(t)) = (d.memory_used_bytes, d.memory_total_bytes) {
             let free = t.saturating_sub(u);
+            // The chain's schedule may ask for more while a window is near or unknown
+            // ([post] vram_reserve_mib); proof_vram_reserve_bytes is the standing reserve.
             let reserve = if d.source == Source::Host {
                 0
             } else {
-                c.proof_vram_reserve_bytes
+                c.proof_vram_reserve_bytes.max(post_reserve)
             };
             if free < c.memory_headroom_bytes {
                 admit = false;
@@ -213,11 +241,19 @@ impl Scheduler {
                 reasons.push(format!("memory headroom {} MiB left: holding", free >> 20));
             } else if !proof && free < c.memory_headroom_bytes.saturating_add(reserve) {
                 admit = false;
-                reasons.push(format!(
-                    "{} MiB free, {} MiB kept for a WindowPoSt (proof_vram_reserve_bytes): holding",
-                    free >> 20,
-                    reserve >> 20
-                ));
+                reasons.push(if post_reserve > c.proof_vram_reserve_bytes {
+                    format!(
+                        "{} MiB free, below the {} MiB VRAM reserve for WindowPoSt ([post] vram_reserve_mib): holding",
+                        free >> 20,
+                        reserve >> 20
+                    )
+                } else {
+                    format!(
+                        "{} MiB free, {} MiB kept for a WindowPoSt (proof_vram_reserve_bytes): holding",
+                        free >> 20,
+                        reserve >> 20
+                    )
+                });
             }
         }
         if let Some(e) = d.encoder_util_pct {
@@ -240,7 +276,7 @@ impl Scheduler {
                 d.error.as_deref().unwrap_or("device error")
             ));
         }
-        let mut batch_budget = if proof {
+        let mut batch_budget = if proof || post_phase == Phase::StepDown {
             0.0
         } else {
             budget * (1.0 - c.live_reserve_fraction)
@@ -249,7 +285,14 @@ impl Scheduler {
             batch_budget = batch_budget.min(budget * c.batch_fraction_while_sealing);
         }
         let admitted = load.total_pps();
-        let by_pixels = c.sessions_for(budget);
+        // While draining, the orchestrator is already told the floor's capacity, so the
+        // sessions it moves away have finished their segments by the step-down.
+        let session_budget = if post_phase == Phase::Drain {
+            budget.min(floor)
+        } else {
+            budget
+        };
+        let by_pixels = c.sessions_for(session_budget);
         let by_sessions = session_limit.map(|l| l / c.encodes_per_session.max(1));
         // A GPU that proves offers no new Livepeer session: its floor is for the segments
         // already streaming, which drain, not for new streams.
@@ -287,6 +330,7 @@ impl Scheduler {
             session_limit,
             sessions_used,
             proof_running: proof,
+            post_phase,
             sealing_active,
             livepeer_sessions,
             shed_pps,

@@ -21,6 +21,7 @@ pub use core::Scheduler;
 pub use service::{start, ServiceError, ServiceHandle};
 
 use crate::gpu::{Snapshot, Source};
+use crate::post::{Phase, PostWindow};
 
 /// Scheduler thresholds, embeddable in the daemon's TOML config as `[sched]`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -234,6 +235,9 @@ pub struct TickInput {
     pub load: Vec<DeviceLoad>,
     pub proof: ProofSignal,
     pub controller: ControllerStatus,
+    /// The WindowPoSt plan at this instant (`post::evaluate`): drain, step down, PoSt-safe.
+    #[serde(default)]
+    pub post: PostWindow,
     /// Why the PoSt-safe profile applies (no proof source configured, no proving schedule),
     /// or `None` for the normal profile.
     #[serde(default)]
@@ -260,6 +264,9 @@ pub struct DeviceCapacity {
     pub session_limit: Option<u32>,
     pub sessions_used: u32,
     pub proof_running: bool,
+    /// What the WindowPoSt plan does to this device now.
+    #[serde(default)]
+    pub post_phase: Phase,
     pub sealing_active: bool,
     /// Suggested Livepeer sessions for this device (0 while a proof runs on it).
     pub livepeer_sessions: u32,

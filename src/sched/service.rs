@@ -18,6 +18,7 @@ use super::{
     SealAction, SealMode, TickInput,
 };
 use crate::gpu::Snapshot;
+use crate::post::{self, Phase};
 use crate::seal::{Controller, DisableSet};
 use crate::util::now_ms;
 
@@ -40,6 +41,8 @@ pub struct ServiceHandle {
     decisions: Arc<Mutex<VecDeque<Decision>>>,
     demand: watch::Sender<Demand>,
     proof: watch::Sender<ProofSignal>,
+    post: watch::Sender<post::Status>,
+    plan: watch::Receiver<post::Plan>,
     confirmed: Confirmed,
     safe_profile: watch::Sender<Option<String>>,
     task: JoinHandle<()>,
@@ -77,10 +80,37 @@ impl ServiceHandle {
     pub fn set_proof(&self, proof: ProofSignal) {
         self.proof.send_replace(proof);
     }
+    /// The WindowPoSt poller's status; each tick evaluates `post::evaluate` on it.
+    pub fn set_post(&self, status: post::Status) {
+        self.post.send_replace(status);
+    }
+    /// Follows a poller's status until that poller stops.
+    pub fn follow_post(&self, mut rx: watch::Receiver<post::Status>) {
+        let tx = self.post.clone();
+        tx.send_replace(rx.borrow_and_update().clone());
+        tokio::spawn(async move {
+            while rx.changed().await.is_ok() {
+                let s = rx.borrow_and_update().clone();
+                tx.send_replace(s);
+            }
+        });
+    }
+    /// The WindowPoSt plan the last tick followed (for `/v1/status` and the metrics).
+    pub fn post_plan(&self) -> watch::Receiver<post::Plan> {
+        self.plan.clone()
+    }
+    /// The poller status the last tick saw.
+    pub fn post_status(&self) -> post::Status {
+        self.post.borrow().clone()
+    }
     /// Runs the PoSt-safe profile for `reason` (no proof source configured, no proving
     /// schedule known), or the normal profile with `None`. Every decision records it.
     pub fn set_safe_profile(&self, reason: Option<String>) {
         self.safe_profile.send_replace(reason);
+    }
+    /// The PoSt-safe profile's switch, for a task that follows the proof sources.
+    pub fn safe_profile_sender(&self) -> watch::Sender<Option<String>> {
+        self.safe_profile.clone()
     }
     /// Why the PoSt-safe profile applies now, if it does.
     pub fn safe_profile(&self) -> Option<String> {
@@ -106,6 +136,13 @@ struct Driver {
     reachable: bool,
     retry_at: Option<Instant>,
     backoff: Duration,
+    /// Wall-clock ms when a proof was last seen on a device (telemetry, signal, WorkerStats,
+    /// Curio): the plan steps up once it has been quiet after a window's challenge.
+    last_proof_ms: Option<u64>,
+    post_phase: Phase,
+    /// Whether the last tick saw a prover active on any device.
+    prover_active: bool,
+    plan_tx: watch::Sender<post::Plan>,
     confirmed: Confirmed,
 }
 
@@ -134,6 +171,8 @@ pub async fn start(
     let (cap_tx, cap_rx) = watch::channel(Capacity::default());
     let (demand_tx, demand_rx) = watch::channel(Demand::default());
     let (proof_tx, proof_rx) = watch::channel(ProofSignal::default());
+    let (post_tx, post_rx) = watch::channel(post::Status::default());
+    let (plan_tx, plan_rx) = watch::channel(post::Plan::default());
     let (safe_tx, safe_rx) = watch::channel(None);
     let decisions = Arc::new(Mutex::new(VecDeque::new()));
     let confirmed: Confirmed = Arc::default();
@@ -146,6 +185,10 @@ pub async fn start(
         reachable: true,
         retry_at: None,
         backoff: Duration::from_millis(500),
+        last_proof_ms: None,
+        post_phase: Phase::None,
+        prover_active: false,
+        plan_tx,
         confirmed: confirmed.clone(),
     };
     if driver.applied.is_some() {
@@ -159,7 +202,7 @@ pub async fn start(
     let task = tokio::spawn(async move {
         driver
             .run(
-                config, snapshots, demand_rx, proof_rx, safe_rx, adm, cap_tx, ring, cancel,
+                config, snapshots, demand_rx, proof_rx, post_rx, safe_rx, adm, cap_tx, ring, cancel,
             )
             .await
     });
@@ -169,6 +212,8 @@ pub async fn start(
         decisions,
         demand: demand_tx,
         proof: proof_tx,
+        post: post_tx,
+        plan: plan_rx,
         confirmed,
         safe_profile: safe_tx,
         task,
@@ -183,6 +228,7 @@ impl Driver {
         mut snapshots: watch::Receiver<Snapshot>,
         demand: watch::Receiver<Demand>,
         proof: watch::Receiver<ProofSignal>,
+        post_rx: watch::Receiver<post::Status>,
         safe_profile: watch::Receiver<Option<String>>,
         admitter: Admitter,
         cap_tx: watch::Sender<Capacity>,
@@ -216,12 +262,14 @@ impl Driver {
                     d.error = Some(format!("telemetry stale ({age} ms old)"));
                 }
             }
+            let (proof, post) = self.post_inputs(proof.borrow().clone(), &post_rx);
             let input = TickInput {
                 now_ms: origin.elapsed().as_millis() as u64,
                 snapshot,
                 demand: *demand.borrow(),
                 load: admitter.loads(),
-                proof: proof.borrow().clone(),
+                proof,
+                post,
                 controller: ControllerStatus {
                     reachable: self.reachable,
                     coarse: self.controller.coarse(),
@@ -230,6 +278,7 @@ impl Driver {
                 safe_profile: safe_profile.borrow().clone(),
             };
             let decision = self.sched.tick(&input);
+            self.prover_active = decision.devices.iter().any(|d| d.proof_running);
             admitter.update(&decision.devices);
             cap_tx.send_if_modified(|c| {
                 if *c != decision.capacity {
@@ -273,6 +322,45 @@ impl Driver {
                 self.state_path.display()
             );
         }
+    }
+
+    /// The proof signal (with PoSt that lotus-miner or Curio report running) and the
+    /// WindowPoSt plan for this instant.
+    fn post_inputs(
+        &mut self,
+        mut proof: ProofSignal,
+        post_rx: &watch::Receiver<post::Status>,
+    ) -> (ProofSignal, post::PostWindow) {
+        let status = post_rx.borrow().clone();
+        let wall = now_ms();
+        if !proof.running && status.running.any() {
+            proof = ProofSignal {
+                running: true,
+                devices: (!status.plan.devices.is_empty()).then(|| status.plan.devices.clone()),
+                source: status.running.sources.join(" + "),
+            };
+        }
+        // A prover counts by its activity (the last tick's view, lotus #7845), or a signal.
+        if proof.running || self.prover_active {
+            self.last_proof_ms = Some(wall);
+        }
+        let plan = post::evaluate(&status, wall, self.last_proof_ms);
+        if plan.window.phase != self.post_phase {
+            match plan.window.phase {
+                Phase::None => tracing::info!(
+                    source = ?plan.source,
+                    "WindowPoSt: transcoding back to its full budget"
+                ),
+                Phase::Safe => {
+                    tracing::warn!(reason = %plan.window.reason, "WindowPoSt: PoSt-safe profile")
+                }
+                phase => tracing::info!(?phase, reason = %plan.window.reason, "WindowPoSt"),
+            }
+            self.post_phase = plan.window.phase;
+        }
+        let window = plan.window.clone();
+        self.plan_tx.send_replace(plan);
+        (proof, window)
     }
 
     /// Records what the controller confirms about the sealing task types. A controller that

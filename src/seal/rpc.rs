@@ -17,8 +17,15 @@ pub struct ApiInfo {
 
 impl ApiInfo {
     /// Parses `TOKEN:/ip4/127.0.0.1/tcp/3456/http`, `TOKEN:/dns/host/tcp/1234/ws`, a bare
-    /// multiaddr, or `TOKEN:http://host:port[/rpc/v0]`.
+    /// multiaddr, or `TOKEN:http://host:port[/rpc/v0]`, for an API served at `/rpc/v0`
+    /// (lotus-worker, lotus-miner, Curio).
     pub fn parse(s: &str) -> Result<ApiInfo, SealError> {
+        Self::parse_versioned(s, "v0")
+    }
+
+    /// Like [`ApiInfo::parse`] for an API at `/rpc/{version}` (a lotus full node: `v1`). A URL
+    /// that already ends in `/rpc/v0` or `/rpc/v1` is kept as given.
+    pub fn parse_versioned(s: &str, version: &str) -> Result<ApiInfo, SealError> {
         let bad = || SealError::BadApiInfo(redact(s));
         let s = s.trim();
         let (token, addr) = if s.starts_with('/') || s.starts_with("http") {
@@ -38,10 +45,10 @@ impl ApiInfo {
                 return Err(bad());
             }
             let base = addr.trim_end_matches('/');
-            if base.ends_with("/rpc/v0") {
+            if base.ends_with("/rpc/v0") || base.ends_with("/rpc/v1") {
                 base.to_string()
             } else {
-                format!("{base}/rpc/v0")
+                format!("{base}/rpc/{version}")
             }
         } else {
             let parts: Vec<&str> = addr.split('/').collect();
@@ -59,7 +66,7 @@ impl ApiInfo {
                 Some("https") | Some("wss") => "https",
                 _ => "http",
             };
-            format!("{scheme}://{host}:{port}/rpc/v0")
+            format!("{scheme}://{host}:{port}/rpc/{version}")
         };
         Ok(ApiInfo { token, url })
     }
@@ -162,6 +169,10 @@ mod tests {
         let d = ApiInfo::parse("/ip6/::1/tcp/3456/http").unwrap();
         assert_eq!(d.token, None);
         assert_eq!(d.url, "http://[::1]:3456/rpc/v0");
+        let full = ApiInfo::parse_versioned("tok:/ip4/127.0.0.1/tcp/1234/http", "v1").unwrap();
+        assert_eq!(full.url, "http://127.0.0.1:1234/rpc/v1");
+        let kept = ApiInfo::parse_versioned("tok:http://node:1234/rpc/v1/", "v1").unwrap();
+        assert_eq!(kept.url, "http://node:1234/rpc/v1");
     }
 
     #[test]

@@ -14,9 +14,10 @@ use futures_util::StreamExt;
 use serde_json::json;
 
 use super::deals::{self, BatchState, DealConfig};
+use super::gc::GcOptions;
 use super::kubo::{KuboClient, KuboError};
 use super::queue::{self, PushError};
-use super::{commp, parse_cid, AddOptions, Store};
+use super::{commp, parse_cid, AddOptions, PinKind, Store};
 
 #[derive(ClapArgs, Debug)]
 pub struct Args {
@@ -63,6 +64,9 @@ pub enum Cmd {
         /// push to the Kubo node (queued while it is unreachable).
         #[arg(long, value_enum, default_value_t = Backend::Embedded)]
         backend: Backend,
+        /// Only compute the CID: store nothing, push nothing (Kubo's `--only-hash`).
+        #[arg(short = 'n', long)]
+        only_hash: bool,
         #[arg(long)]
         json: bool,
     },
@@ -87,8 +91,25 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Pinned roots in the embedded store.
+    /// Pinned roots in the embedded store, with their kind (keep, or retain: a rendition kept
+    /// for `[store] retain_days`).
     Pins {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Pin a root whose blocks are all in the store (a keep pin: never collected).
+    Pin { cid: String },
+    /// Remove a pin; garbage collection then frees the blocks nothing else needs.
+    Unpin { cid: String },
+    /// Free the blocks no live rendition needs (see docs/storage.md, "Garbage collection").
+    Gc {
+        /// Report what would be freed; delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Retention window for renditions, in days (default: `[store] retain_days` of the
+        /// config, else 30).
+        #[arg(long)]
+        retain_days: Option<u64>,
         #[arg(long)]
         json: bool,
     },
@@ -252,12 +273,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             cid_version,
             raw_leaves,
             backend,
+            only_hash,
             json,
         } => {
             let opts = AddOptions {
                 cid_version: *cid_version,
                 raw_leaves: *raw_leaves,
             };
+            if *only_hash {
+                return only_hash_add(file, &opts, *json);
+            }
             add(&args, file, &opts, *backend, *json)
         }
         Cmd::Cat { cid, backend } => cat(&args, cid, *backend),
@@ -279,17 +304,75 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         Cmd::Pins { json } => {
             let store = open_store(&args)?;
-            let pins = store.pins()?;
+            let pins = store.pins_with_kind()?;
             if *json {
                 let v: Vec<_> = pins
                     .iter()
-                    .map(|(c, i)| json!({"cid": c.to_string(), "info": i}))
+                    .map(|(c, k, i)| json!({"cid": c.to_string(), "kind": k, "info": i}))
                     .collect();
                 print_json(&v)?;
             } else {
-                for (cid, info) in pins {
-                    crate::util::outln!("{cid} {} {}", info.size, info.name.unwrap_or_default());
+                for (cid, kind, info) in pins {
+                    let kind = if kind == PinKind::Keep {
+                        "keep"
+                    } else {
+                        "retain"
+                    };
+                    crate::util::outln!(
+                        "{cid} {kind} {} {}",
+                        info.size,
+                        info.name.unwrap_or_default()
+                    );
                 }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Pin { cid } => {
+            let cid = parse_cid(cid)?;
+            let info = open_store(&args)?
+                .pin(&cid)
+                .with_context(|| format!("pinning {cid}"))?;
+            crate::util::outln!("pinned {cid} ({} bytes)", info.size);
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Unpin { cid } => {
+            let cid = parse_cid(cid)?;
+            if open_store(&args)?.unpin(&cid)? {
+                crate::util::outln!("unpinned {cid}; `comine store gc` frees its blocks");
+                Ok(ExitCode::SUCCESS)
+            } else {
+                anyhow::bail!("{cid} is not pinned (see `comine store pins`)")
+            }
+        }
+        Cmd::Gc {
+            dry_run,
+            retain_days,
+            json,
+        } => {
+            let days = match retain_days {
+                Some(d) => *d,
+                None => args.dirs.load()?.0.store.retain_days,
+            };
+            let store = open_store(&args)?;
+            let report = store.gc(GcOptions::new(days, *dry_run))?;
+            if *json {
+                print_json(&report)?;
+            } else {
+                crate::util::outln!(
+                    "{} {} bytes: {} blocks ({} bytes), {} orphan files ({} bytes), {} deal CARs ({} bytes); {} retention pins ended, {} roots dropped, {} live; {} ms",
+                    if report.dry_run { "would free" } else { "freed" },
+                    report.bytes_freed,
+                    report.blocks_freed,
+                    report.block_bytes_freed,
+                    report.orphan_files,
+                    report.orphan_bytes,
+                    report.car_files,
+                    report.car_bytes,
+                    report.unpinned,
+                    report.roots_dropped,
+                    report.live_roots,
+                    report.millis
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -512,6 +595,28 @@ fn print_added(
         }))?;
     } else {
         crate::util::outln!("added {} {}", added.cid, file.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `add --only-hash`: the CID `add` would give, from the file alone.
+fn only_hash_add(file: &Path, opts: &AddOptions, json: bool) -> anyhow::Result<ExitCode> {
+    let f = std::fs::File::open(file)
+        .with_context(|| format!("opening {} (check the path)", file.display()))?;
+    let imported = super::compute_cid(&mut io::BufReader::with_capacity(1 << 20, f), opts)
+        .with_context(|| format!("hashing {}", file.display()))?;
+    if json {
+        print_json(&json!({
+            "cid": imported.cid.to_string(),
+            "size": imported.size,
+            "dag_size": imported.dag_size,
+            "blocks": imported.blocks,
+            "cid_version": opts.cid_version,
+            "raw_leaves": opts.raw_leaves(),
+            "only_hash": true,
+        }))?;
+    } else {
+        crate::util::outln!("{} {}", imported.cid, file.display());
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -3,8 +3,9 @@
 //! `pack` groups pinned roots not yet in a live batch into batches up to a size, links each
 //! batch's renditions under one UnixFS directory (one payload CID per deal), writes the CAR to
 //! `<data_dir>/store/deals/<id>.car` and computes its piece CID and padded size. Each batch moves
-//! packing → ready → proposed → imported → active, or failed; the record lives in the sled tree
-//! `batches`. comine prints the exact `boost offline-deal` / `boostd import-data` commands, or
+//! packing → ready → proposed → imported → active, or failed; the record lives in the database
+//! table `store_batches` (its renditions in `store_batch_items`, which garbage collection reads:
+//! a rendition in a batch that is not active yet is never collected). comine prints the exact `boost offline-deal` / `boostd import-data` commands, or
 //! runs them when a provider and binaries are configured.
 
 use std::path::{Path, PathBuf};
@@ -12,7 +13,10 @@ use std::process::Command;
 
 use cid::Cid;
 
-use super::{commp, now_secs, Store, StoreError};
+use rusqlite::{params, OptionalExtension};
+
+use super::{commp, now_secs, parse_cid, Store, StoreError};
+use crate::db;
 
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
@@ -124,30 +128,69 @@ pub enum DealError {
 pub const DEFAULT_MAX_SIZE: u64 = 32 * (1 << 30) / 128 * 127 - (1 << 20);
 
 fn save(store: &Store, batch: &Batch) -> Result<(), StoreError> {
-    let v = serde_json::to_vec(batch).map_err(|e| StoreError::io("encoding a batch", e.into()))?;
-    store.batches.insert(batch.id.as_bytes(), v)?;
-    store.flush()
+    let record =
+        serde_json::to_string(batch).map_err(|e| StoreError::io("encoding a batch", e.into()))?;
+    let payload = parse_cid(&batch.payload_cid).ok().map(|c| c.to_bytes());
+    let items: Vec<Vec<u8>> = batch
+        .items
+        .iter()
+        .filter_map(|i| parse_cid(&i.cid).ok().map(|c| c.to_bytes()))
+        .collect();
+    let (id, state, created) = (batch.id.clone(), batch.state.to_string(), batch.created_at);
+    store.db().write(move |c| {
+        c.execute(
+            "INSERT INTO store_batches (id, state, created_at, payload_cid, record)
+             VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (id) DO UPDATE SET state = excluded.state,
+                 payload_cid = excluded.payload_cid, record = excluded.record",
+            params![id, state, db::to_sql_u64(created), payload, record],
+        )?;
+        for cid in items {
+            c.execute(
+                "INSERT OR IGNORE INTO store_batch_items (batch, cid) VALUES (?1, ?2)",
+                params![id, cid],
+            )?;
+        }
+        Ok(())
+    })
+}
+
+fn decode(id: &str, raw: &str) -> Result<Batch, StoreError> {
+    serde_json::from_str(raw).map_err(|e| StoreError::BadRecord {
+        key: format!("deal batch {id}"),
+        reason: e.to_string(),
+    })
 }
 
 /// All batches, oldest first.
 pub fn list(store: &Store) -> Result<Vec<Batch>, StoreError> {
-    let mut out: Vec<Batch> = store
-        .batches
-        .iter()
-        .filter_map(|r| r.ok())
-        .filter_map(|(_, v)| serde_json::from_slice(&v).ok())
-        .collect();
-    out.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
-    Ok(out)
+    store.db().read(|c| {
+        let mut stmt =
+            c.prepare_cached("SELECT id, record FROM store_batches ORDER BY created_at, id")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, raw) = row?;
+            out.push(decode(&id, &raw)?);
+        }
+        Ok(out)
+    })
 }
 
 pub fn get(store: &Store, id: &str) -> Result<Batch, DealError> {
-    let v = store
-        .batches
-        .get(id.as_bytes())
-        .map_err(StoreError::from)?
-        .ok_or_else(|| DealError::NoBatch(id.into()))?;
-    serde_json::from_slice(&v).map_err(|_| DealError::NoBatch(id.into()))
+    let raw: Option<String> = store.db().read(|c| {
+        c.query_row(
+            "SELECT record FROM store_batches WHERE id = ?1",
+            [id],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(StoreError::from)
+    })?;
+    match raw {
+        Some(raw) => Ok(decode(id, &raw)?),
+        None => Err(DealError::NoBatch(id.into())),
+    }
 }
 
 /// Packs every pinned rendition not in a live (non-failed) batch. Renditions are taken oldest

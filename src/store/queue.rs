@@ -1,16 +1,21 @@
 //! Persistent push queue: renditions waiting to reach the Kubo node.
 //!
 //! A rendition is always stored and pinned locally first, then queued, then pushed. The queue is
-//! a sled tree, so a crash or restart at any point loses nothing: the next `push_pending` (the
-//! daemon calls it periodically; `comine store push` calls it once) retries with backoff.
+//! the database table `store_push_queue` (a queued rendition is never garbage collected), so a
+//! crash or restart at any point loses nothing: the next `push_pending` (the daemon calls it
+//! periodically; `comine store push` calls it once) retries with backoff. `push_pending` runs
+//! every database call and block read on tokio's blocking pool.
 
 use std::time::Duration;
 
 use cid::Cid;
 use tokio_util::sync::CancellationToken;
 
+use rusqlite::{params, OptionalExtension};
+
 use super::kubo::{KuboClient, KuboError};
 use super::{now_secs, AddOptions, Store, StoreError};
+use crate::db;
 
 /// Slowest upload we wait for (bytes/s) before queueing the rendition for later.
 pub const MIN_UPLOAD_RATE: u64 = 1 << 20;
@@ -43,10 +48,6 @@ fn backoff_secs(attempts: u32) -> u64 {
 impl Store {
     /// Queues `cid` for pushing (idempotent; keeps an existing entry's history).
     pub fn enqueue_push(&self, cid: &Cid, options: &AddOptions) -> Result<(), StoreError> {
-        let key = cid.to_bytes();
-        if self.queue.contains_key(&key)? {
-            return Ok(());
-        }
         let entry = QueueEntry {
             options: *options,
             attempts: 0,
@@ -54,59 +55,91 @@ impl Store {
             next_attempt_at: 0,
             enqueued_at: now_secs(),
         };
-        self.queue.insert(key, encode(&entry)?)?;
-        self.flush()
+        let (key, json) = (cid.to_bytes(), encode(&entry)?);
+        self.db().write(move |c| {
+            c.execute(
+                "INSERT OR IGNORE INTO store_push_queue (cid, enqueued_at, entry) VALUES (?1, ?2, ?3)",
+                params![key, db::to_sql_u64(entry.enqueued_at), json],
+            )?;
+            Ok(())
+        })
     }
 
     /// Everything queued, oldest first.
     pub fn queued(&self) -> Result<Vec<(Cid, QueueEntry)>, StoreError> {
-        let mut out = Vec::new();
-        for item in self.queue.iter() {
-            let (k, v) = item?;
-            if let (Ok(cid), Ok(entry)) = (
-                Cid::try_from(&k[..]),
-                serde_json::from_slice::<QueueEntry>(&v),
-            ) {
-                out.push((cid, entry));
+        self.db().read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT cid, entry FROM store_push_queue ORDER BY enqueued_at, cid",
+            )?;
+            let rows = stmt.query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, String>(1)?)))?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (k, v) = row?;
+                // An unreadable entry is skipped here and reported, never fatal for the others.
+                match (Cid::try_from(&k[..]), serde_json::from_str::<QueueEntry>(&v)) {
+                    (Ok(cid), Ok(entry)) => out.push((cid, entry)),
+                    (cid, entry) => tracing::error!(key = %hex::encode(&k), cid_ok = cid.is_ok(), entry_ok = entry.is_ok(), "unreadable push-queue entry skipped"),
+                }
             }
-        }
-        out.sort_by_key(|(_, e)| e.enqueued_at);
-        Ok(out)
+            Ok(out)
+        })
+    }
+
+    /// Number of queued renditions.
+    pub fn queue_len(&self) -> Result<u64, StoreError> {
+        self.db().read(|c| {
+            let n: i64 = c.query_row("SELECT count(*) FROM store_push_queue", [], |r| r.get(0))?;
+            Ok(db::from_sql_u64(n))
+        })
     }
 
     /// Removes a pushed entry.
     pub fn dequeue_push(&self, cid: &Cid) -> Result<(), StoreError> {
-        self.queue.remove(cid.to_bytes())?;
-        self.flush()
+        let key = cid.to_bytes();
+        self.db().write(move |c| {
+            c.execute("DELETE FROM store_push_queue WHERE cid = ?1", [key])?;
+            Ok(())
+        })
     }
 
     /// Records a failed push attempt (backoff grows with the attempts).
     pub fn record_push_failure(&self, cid: &Cid, error: &str) -> Result<(), StoreError> {
-        let Some(v) = self.queue.get(cid.to_bytes())? else {
-            return Ok(());
-        };
-        match serde_json::from_slice::<QueueEntry>(&v) {
-            Ok(entry) => self.record_failure(cid, entry, error),
-            Err(_) => Ok(()),
-        }
-    }
-
-    fn record_failure(
-        &self,
-        cid: &Cid,
-        mut entry: QueueEntry,
-        error: &str,
-    ) -> Result<(), StoreError> {
-        entry.attempts = entry.attempts.saturating_add(1);
-        entry.last_error = Some(error.to_string());
-        entry.next_attempt_at = now_secs() + backoff_secs(entry.attempts);
-        self.queue.insert(cid.to_bytes(), encode(&entry)?)?;
-        self.flush()
+        let (key, error) = (cid.to_bytes(), error.to_string());
+        self.db().write(move |c| {
+            let raw: Option<String> = c
+                .query_row(
+                    "SELECT entry FROM store_push_queue WHERE cid = ?1",
+                    [&key],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let Some(mut entry) = raw.and_then(|r| serde_json::from_str::<QueueEntry>(&r).ok())
+            else {
+                return Ok(());
+            };
+            entry.attempts = entry.attempts.saturating_add(1);
+            entry.last_error = Some(error);
+            entry.next_attempt_at = now_secs() + backoff_secs(entry.attempts);
+            c.execute(
+                "UPDATE store_push_queue SET entry = ?2 WHERE cid = ?1",
+                params![key, encode(&entry)?],
+            )?;
+            Ok(())
+        })
     }
 }
 
-fn encode(entry: &QueueEntry) -> Result<Vec<u8>, StoreError> {
-    serde_json::to_vec(entry).map_err(|e| StoreError::io("encoding a queue entry", e.into()))
+fn encode(entry: &QueueEntry) -> Result<String, StoreError> {
+    serde_json::to_string(entry).map_err(|e| StoreError::io("encoding a queue entry", e.into()))
+}
+
+/// Runs blocking store work from async code, off the runtime's workers.
+async fn blocking<T: Send + 'static>(
+    store: &Store,
+    f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    let s = store.clone();
+    store.db().call(move || f(&s)).await?
 }
 
 /// Pushes one locally stored root to the node, verifying the node's CID and pin.
@@ -116,11 +149,15 @@ pub async fn push_one(
     cid: &Cid,
     opts: &AddOptions,
 ) -> Result<(), PushError> {
-    let reader = store.cat(cid)?;
+    let c = *cid;
+    let (reader, size) = blocking(store, move |s| {
+        let reader = s.cat(&c)?;
+        Ok((reader, s.pin_info(&c)?.map_or(0, |p| p.dag_size)))
+    })
+    .await?;
     let name = cid.to_string();
     // A node that accepts the connection but stops reading would block the upload forever:
     // bound it by the read timeout plus the size at MIN_UPLOAD_RATE.
-    let size = store.pin_info(cid)?.map_or(0, |p| p.dag_size);
     let deadline = client.timeout() + Duration::from_secs(size / MIN_UPLOAD_RATE);
     match tokio::time::timeout(
         deadline,
@@ -161,7 +198,7 @@ pub async fn push_pending(
 ) -> Result<PushReport, StoreError> {
     let mut report = PushReport::default();
     let now = now_secs();
-    for (cid, entry) in store.queued()? {
+    for (cid, entry) in blocking(store, |s| s.queued()).await? {
         if !force && entry.next_attempt_at > now {
             report.remaining += 1;
             continue;
@@ -169,18 +206,19 @@ pub async fn push_pending(
         match push_one(store, client, &cid, &entry.options).await {
             Ok(()) => {
                 tracing::info!(%cid, "pushed to the IPFS node");
-                store.dequeue_push(&cid)?;
+                blocking(store, move |s| s.dequeue_push(&cid)).await?;
                 report.pushed.push(cid.to_string());
             }
             Err(e) => {
                 let msg = e.to_string();
                 tracing::warn!(%cid, error = %msg, "push to the IPFS node failed; will retry");
-                store.record_failure(&cid, entry, &msg)?;
+                let m = msg.clone();
+                blocking(store, move |s| s.record_push_failure(&cid, &m)).await?;
                 report.failed.push((cid.to_string(), msg));
                 report.remaining += 1;
                 // A down node fails every entry the same way: stop hammering it this pass.
                 if matches!(e, PushError::Node(KuboError::Unreachable { .. })) {
-                    report.remaining = store.queued()?.len();
+                    report.remaining = blocking(store, |s| s.queue_len()).await? as usize;
                     break;
                 }
             }

@@ -98,7 +98,7 @@ async fn concurrency_follows_capacity_and_shutdown_restores_the_scheduler() {
         calls: AtomicUsize::new(0),
     });
     let d = Daemon::open(config, data, store.clone(), sched.clone(), "t".repeat(32)).unwrap();
-    d.resume().unwrap();
+    d.resume().await.unwrap();
     d.spawn_dispatcher();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
@@ -245,7 +245,7 @@ async fn livepeer_jobs_interrupted_by_a_crash_are_failed_or_completed_never_doub
         // Dropped without shutdown: the crash.
     };
     let d = open();
-    assert_eq!(d.resume().unwrap(), 1, "only the stored one resumes");
+    assert_eq!(d.resume().await.unwrap(), 1, "only the stored one resumes");
     let failed = d.ledger.get(&mid).unwrap().unwrap();
     assert_eq!(failed.state, JobState::Failed);
     assert_eq!(failed.error.unwrap().code, "interrupted");
@@ -377,7 +377,7 @@ async fn resumed_backlog_drains_at_the_capacity_not_all_at_once() {
         "t".repeat(32),
     )
     .unwrap();
-    assert_eq!(d.resume().unwrap(), JOBS as usize);
+    assert_eq!(d.resume().await.unwrap(), JOBS as usize);
     assert_eq!(d.queue_len(), JOBS as usize, "the backlog is visible");
     assert_eq!(d.drain_secs(), None, "no run time measured yet");
     d.spawn_dispatcher();
@@ -438,7 +438,7 @@ async fn a_proof_takes_its_gpu_back_from_running_batch_work() {
         "t".repeat(32),
     )
     .unwrap();
-    d.resume().unwrap();
+    d.resume().await.unwrap();
     d.spawn_dispatcher();
     let slot = d.queue_slots.clone().try_acquire_owned().unwrap();
     let new = NewJob {
@@ -597,7 +597,7 @@ impl RenditionStore for GatedStore {
 
 /// An in-process daemon serving its API on a free port: (daemon, base URL).
 async fn serve(d: &Arc<Daemon>) -> String {
-    d.resume().unwrap();
+    d.resume().await.unwrap();
     d.spawn_dispatcher();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());

@@ -43,6 +43,7 @@ fn exported() -> BTreeSet<String> {
     m.set_sealing(&[("enabled".into(), 4)]);
     m.set_sealing_paused("lotus-worker", Some(false));
     m.set_livepeer("pool:8935", true, 2);
+    m.set_post(&comine::post::Report::default());
     let text = m.encode();
     let mut names = BTreeSet::new();
     for line in text.lines() {

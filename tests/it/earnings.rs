@@ -487,7 +487,7 @@ async fn reorg_on_anvil_does_not_double_count() {
     let p = anvil.provider();
     let d = Double::deploy(&p).await;
     let orch = fresh_address("reorg");
-    let records = Records::in_memory().unwrap();
+    let records = std::sync::Arc::new(Records::in_memory().unwrap());
     let chain = Chain::connect(&anvil.url, 42161, Duration::from_secs(10))
         .await
         .unwrap();
@@ -541,7 +541,7 @@ async fn scan_survives_range_limits_and_resumes_after_an_outage() {
     let proxy = RangeLimitProxy::start(&anvil.url, 7).await.unwrap();
     // The provider dies after a few queries.
     proxy.edit(|s| s.down_after = Some(6));
-    let records = Records::in_memory().unwrap();
+    let records = std::sync::Arc::new(Records::in_memory().unwrap());
     let chain = Chain::connect(&proxy.url, 42161, Duration::from_secs(10))
         .await
         .unwrap();
@@ -981,7 +981,7 @@ async fn daemon_values_done_jobs_and_signs_their_receipts() {
     let sched = Arc::new(SemaphoreAdmission::new(1));
     let token = "t".repeat(32);
     let d = Daemon::open(config, data.clone(), store, sched, token.clone()).unwrap();
-    d.resume().unwrap();
+    d.resume().await.unwrap();
     d.spawn_dispatcher();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
@@ -1052,4 +1052,77 @@ async fn daemon_values_done_jobs_and_signs_their_receipts() {
     assert_eq!(rep.encoded_pixels, u128::from(px));
     assert_eq!(rep.signer, Some(signer));
     d.shutdown(Duration::from_secs(5)).await;
+}
+
+/// Issue 17: the pool poller, the chain watcher and reconcile keep SQLite off the runtime's
+/// workers. They run here on the daemon's runtime (`db::guard_runtime`), where a blocking
+/// database call on a worker thread panics (debug builds), and inside a spawned task, which
+/// runs on a worker.
+#[test]
+fn pool_polling_chain_ticks_and_reconcile_keep_sqlite_off_the_async_workers() {
+    let rt = comine::db::guard_runtime(&mut tokio::runtime::Builder::new_multi_thread())
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        tokio::spawn(async {
+            // A worker is known as one once it has parked: yield to the runtime first.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let Some(anvil) = Anvil::shared().await else {
+                return;
+            };
+            let p = anvil.provider();
+            let double = Double::deploy(&p).await;
+            let pool = TestPool::start().await.unwrap();
+            let me = fresh_address("offworker");
+            let dir = tempfile::tempdir().unwrap();
+            let mut cfg = Config {
+                price_source: "config".into(),
+                model: "openpool".into(),
+                commission: "0.25".into(),
+                payout_address: Some(me.to_checksum(None)),
+                ..Config::default()
+            };
+            cfg.pool.kind = "openpool".into();
+            cfg.pool.url = pool.url.clone();
+            cfg.chain.rpc_url = anvil.url.clone();
+            cfg.chain.snapshot_interval_secs = 0;
+            cfg.chain.rounds_manager = double.address.to_checksum(None);
+            let d = dir.path().to_path_buf();
+            let e = Arc::new(
+                tokio::task::spawn_blocking(move || open(&cfg, &d))
+                    .await
+                    .unwrap(),
+            );
+            let t0 = now_ms() - 3_600_000;
+            pool.edit(|d| {
+                d.openpool_events.push(testkit::openpool_event(
+                    1,
+                    t0,
+                    "job-processed",
+                    json!({"computeUnits": 1000, "pricePerComputeUnit": 1, "fees": 1000, "ethAddress": me.to_checksum(None), "nodeType": "transcode"}),
+                ));
+            });
+            let chain = e.connect_chain().await.unwrap().unwrap();
+            let stop = CancellationToken::new();
+            let tick = e.chain_tick(&chain, None, &stop).await.unwrap();
+            assert!(tick.snapshot.is_some(), "the balance snapshot was stored");
+            let client = PoolClient::new(
+                "openpool",
+                &pool.url,
+                "",
+                me,
+                e.model().commission,
+                Duration::from_secs(10),
+            )
+            .unwrap();
+            let polled = client.poll(e.records()).await.unwrap();
+            assert_eq!(polled.jobs_new, 1);
+            let r = e.reconcile(t0 - 3_600_000, By::Day, now_ms()).await;
+            assert!(r.is_ok(), "{:?}", r.err());
+        })
+        .await
+        .unwrap();
+    });
 }

@@ -25,6 +25,7 @@ fn tick(
         proof: ProofSignal::default(),
         controller: ControllerStatus::default(),
         safe_profile: safe.map(String::from),
+        post: Default::default(),
     };
     let d = sched.tick(&input);
     admitter.update(&d.devices);

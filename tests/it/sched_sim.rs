@@ -1,6 +1,7 @@
 //! Scheduler decisions on the `sim` backend with scripted load traces.
 
 use comine::gpu::{JobLoad, SimGpu, Snapshot};
+use comine::post::{Phase, PostWindow};
 use comine::sched::{
     Admitter, Config, ControllerStatus, Demand, JobClass, ProofSignal, RejectReason, Scheduler,
     SealAction, SealMode, TickInput,
@@ -16,6 +17,7 @@ struct Rig {
     status: ControllerStatus,
     demand: Demand,
     proof: ProofSignal,
+    post: PostWindow,
 }
 
 impl Rig {
@@ -28,6 +30,7 @@ impl Rig {
             status: ControllerStatus::default(),
             demand: Demand::default(),
             proof: ProofSignal::default(),
+            post: PostWindow::default(),
         }
     }
 
@@ -42,6 +45,7 @@ impl Rig {
             load: self.admitter.loads(),
             proof: self.proof.clone(),
             controller: self.status,
+            post: self.post.clone(),
             safe_profile: None,
         };
         let d = self.sched.tick(&input);
@@ -152,6 +156,81 @@ fn post_burst_drops_transcoding_to_the_floor_on_that_gpu_only() {
     let d = rig.step();
     assert!(d.devices[0].proof_running && !d.devices[1].proof_running);
     assert!(d.input.proof.running, "the input is part of the record");
+}
+
+#[test]
+fn windowpost_plan_drains_then_steps_down_the_proving_gpu_with_a_vram_reserve() {
+    let mut rig = Rig::new(&["a5000", "a5000"], fast_config());
+    rig.step();
+    let before = rig.step();
+    let full_sessions = before.devices[1].livepeer_sessions;
+    assert!(full_sessions > 2, "{full_sessions}");
+    // Drain: the published Livepeer capacity of GPU 1 drops to the floor's, admission does not.
+    rig.post = PostWindow {
+        phase: Phase::Drain,
+        deadline: Some(33),
+        devices: Some(vec![1]),
+        vram_reserve_bytes: 0,
+        reason: "WindowPoSt deadline 33 opens in 13m0s: draining Livepeer sessions".into(),
+    };
+    let drain = rig.step();
+    let d1 = &drain.devices[1];
+    assert_eq!(d1.post_phase, Phase::Drain);
+    assert_eq!(d1.budget_pps, before.devices[1].budget_pps);
+    assert!(d1.livepeer_sessions < full_sessions);
+    assert_eq!(drain.devices[0].livepeer_sessions, full_sessions);
+    assert!(d1
+        .reasons
+        .iter()
+        .any(|r| r.contains("deadline 33 opens in 13m0s")));
+    // Step-down: the floor, no batch, and GPU 1 must keep 20 GiB free; a C2 holds 8 of its 24.
+    let _c2 = rig
+        .sim
+        .start_job(1, JobLoad::Sealing { sm_pct: 90.0 })
+        .unwrap();
+    rig.post.phase = Phase::StepDown;
+    rig.post.vram_reserve_bytes = 20 << 30;
+    rig.post.reason = "WindowPoSt deadline 33 opens in 11m40s".into();
+    let down = rig.step();
+    let (d0, d1) = (&down.devices[0], &down.devices[1]);
+    assert!(
+        (d1.budget_pps - 0.1 * 1.1e9).abs() < 1.0,
+        "{}",
+        d1.budget_pps
+    );
+    assert_eq!(d1.batch_budget_pps, 0.0);
+    assert!(
+        !d1.admit,
+        "the VRAM reserve holds the GPU: {:?}",
+        d1.reasons
+    );
+    assert!(d1
+        .reasons
+        .iter()
+        .any(|r| r == "WindowPoSt deadline 33 opens in 11m40s: transcoding at the proof floor"));
+    assert!(d1.reasons.iter().any(|r| r.contains("VRAM reserve")));
+    assert_eq!(d0.budget_pps, before.devices[0].budget_pps);
+    assert_eq!(
+        down.input.post.deadline,
+        Some(33),
+        "the plan is part of the record"
+    );
+    // New work goes to the other GPU.
+    let a = rig.admitter.admit(JobClass::Live, P720).unwrap();
+    assert_eq!(a.device, 0);
+    // No schedule at all: the PoSt-safe profile on every GPU.
+    rig.post = PostWindow {
+        phase: Phase::Safe,
+        deadline: None,
+        devices: None,
+        vram_reserve_bytes: 0,
+        reason: "no WindowPoSt schedule yet: PoSt-safe profile".into(),
+    };
+    let safe = rig.step();
+    for d in &safe.devices {
+        assert!((d.budget_pps - 0.5 * 1.1e9).abs() < 1.0, "{}", d.budget_pps);
+        assert!(d.reasons.iter().any(|r| r.contains("PoSt-safe")));
+    }
 }
 
 #[test]

@@ -197,20 +197,30 @@ fn bad_input_gives_clear_errors() {
 }
 
 #[test]
-fn second_process_gets_a_clear_lock_error() {
+fn a_second_process_shares_the_store_while_it_is_open() {
     let dir = tempfile::tempdir().unwrap();
-    let _store = Store::open(dir.path()).unwrap();
-    // sled locks the database file; a second open in the same process shares nothing.
+    let store = Store::open(dir.path()).unwrap();
+    let mine = store.add_bytes(b"added in process one", &v0()).unwrap().cid;
+    // The database serialises writers across processes; the CLI works next to a daemon.
     let bin = env!("CARGO_BIN_EXE_comine");
+    let file = dir.path().join("two.txt");
+    std::fs::write(&file, b"added in process two").unwrap();
     let out = std::process::Command::new(bin)
-        .args(["store", "pins", "--data-dir"])
+        .args(["store", "add", "--json", "--data-dir"])
         .arg(dir.path())
+        .arg(&file)
         .output()
         .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("error:") && stderr.contains("store"),
-        "{stderr}"
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let theirs = parse_cid(v["cid"].as_str().unwrap()).unwrap();
+    let pins: Vec<_> = store.pins().unwrap().into_iter().map(|(c, _)| c).collect();
+    assert!(pins.contains(&mine) && pins.contains(&theirs), "{pins:?}");
+    let mut back = Vec::new();
+    store.cat(&theirs).unwrap().read_to_end(&mut back).unwrap();
+    assert_eq!(back, b"added in process two");
 }

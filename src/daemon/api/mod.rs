@@ -91,11 +91,19 @@ impl From<DaemonError> for ApiError {
                 err.retry_after = Some(5);
                 err
             }
+            DaemonError::InProgress(_) => {
+                let mut err = ApiError::new(StatusCode::CONFLICT, "in_progress", e.to_string());
+                err.retry_after = Some(1);
+                err
+            }
             DaemonError::Spool { .. } => ApiError::new(
                 StatusCode::INSUFFICIENT_STORAGE,
                 "spool_failed",
                 e.to_string(),
             ),
+            DaemonError::Ledger(ref l) if matches!(l, crate::ledger::LedgerError::Db(db) if db.is_disk_full()) => {
+                ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "disk_full", e.to_string())
+            }
             DaemonError::Ledger(_) => ApiError::internal(e),
         }
     }
@@ -143,8 +151,22 @@ async fn require_token(State(d): Shared, req: Request, next: Next) -> Response {
     next.run(req).await
 }
 
-async fn healthz() -> &'static str {
-    "ok\n"
+/// 200 `ok` when the ledger's database answers (writer and a reader) within
+/// `[api] health_timeout_ms`; 503 otherwise. Never waits longer than that bound.
+async fn healthz(State(d): Shared) -> Response {
+    let bound = std::time::Duration::from_millis(d.config.api.health_timeout_ms.max(1));
+    match d.ledger.db().ping(bound).await {
+        Ok(_) => (StatusCode::OK, "ok\n").into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "health check: the ledger did not answer");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ledger_unavailable",
+                format!("the ledger did not answer in time: {e}"),
+            )
+            .into_response()
+        }
+    }
 }
 
 async fn not_found() -> ApiError {
@@ -635,7 +657,13 @@ pub fn job_json(r: &JobRecord) -> Value {
 }
 
 async fn job(State(d): Shared, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    match d.ledger.get(&id).map_err(ApiError::internal)? {
+    let key = id.clone();
+    match d
+        .ledger
+        .call(move |l| l.get(&key))
+        .await
+        .map_err(ApiError::internal)?
+    {
         Some(rec) => Ok(Json(job_json(&rec))),
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -667,9 +695,11 @@ async fn rendition(State(d): Shared, Path(cid): Path<String>) -> Result<Response
             ));
         }
     };
+    let key = cid.clone();
     let mime = d
         .ledger
-        .rendition(&cid)
+        .call(move |l| l.rendition(&key))
+        .await
         .ok()
         .flatten()
         .map(|r| r.mime)
@@ -687,16 +717,26 @@ async fn rendition(State(d): Shared, Path(cid): Path<String>) -> Result<Response
 
 async fn status(State(d): Shared) -> Result<Json<Value>, ApiError> {
     let sched = d.admission.status();
-    let jobs = d.ledger.state_counts().map_err(ApiError::internal)?;
-    let today = d
+    let (jobs, today, deals) = d
         .ledger
-        .days_since(&time::day_of(time::now_ms()))
-        .map_err(ApiError::internal)?
-        .into_iter()
-        .next()
-        .map(|(_, c)| c)
-        .unwrap_or_default();
-    let deals = d.ledger.deals().map_err(ApiError::internal)?;
+        .call(|l| {
+            let today = l
+                .days_since(&time::day_of(time::now_ms()))?
+                .into_iter()
+                .next()
+                .map(|(_, c)| c)
+                .unwrap_or_default();
+            Ok((l.state_counts()?, today, l.deals()?))
+        })
+        .await
+        .map_err(ApiError::internal)?;
+    let store = d.store.clone();
+    let store = d
+        .ledger
+        .db()
+        .call(move || store.describe())
+        .await
+        .map_err(ApiError::internal)?;
     let earnings = earnings_today(&d).await?;
     Ok(Json(json!({
         "version": env!("CARGO_PKG_VERSION"),
@@ -735,12 +775,15 @@ async fn status(State(d): Shared) -> Result<Json<Value>, ApiError> {
         "devices": sched.devices,
         "decisions": sched.decisions,
         "sealing": sched.sealing,
+        // The WindowPoSt schedule and the plan the scheduler follows (`comine post status`).
+        "post": sched.post,
         // What the controller last confirmed; null with controller "none" (unknown).
         "sealing_paused": sched.sealing_paused,
         // Proof sources, and the PoSt-safe profile's reason when it applies.
         "proofs": sched.proofs,
         "deals": deals,
-        "store": d.store.describe(),
+        "store": store,
+        "db": d.ledger.db().stats(),
         // null when `comine run` was not given --orch-addr.
         "livepeer": d.livepeer.get().map(|l| l.to_json()),
         // null unless `comine run` registered as a Livepeer AI worker.
@@ -775,10 +818,10 @@ async fn ledger_export(State(d): Shared, RawQuery(query): RawQuery) -> Result<Re
             ))
         }
     };
-    let ledger = d.ledger.clone();
-    let statement = tokio::task::spawn_blocking(move || export::statement(&ledger, since))
+    let statement = d
+        .ledger
+        .call(move |l| export::statement(l, since))
         .await
-        .map_err(ApiError::internal)?
         .map_err(ApiError::internal)?;
     let ctype = match format {
         export::Format::Csv => "text/csv; charset=utf-8",
@@ -818,6 +861,9 @@ async fn metrics(State(d): Shared) -> Response {
     d.metrics.set_gpus(&sched.devices);
     let sealing: Vec<(String, i64)> = sched.sealing.into_iter().collect();
     d.metrics.set_sealing(&sealing);
+    if let Some(post) = &sched.post {
+        d.metrics.set_post(post);
+    }
     let controller = serde_json::to_value(d.config.seal.controller)
         .ok()
         .and_then(|v| v.as_str().map(String::from))

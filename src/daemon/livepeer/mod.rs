@@ -123,7 +123,7 @@ impl LedgerSink {
             duration_ms: u64::from(r.duration_ms),
             segment_bytes: r.segment_bytes,
         };
-        let job = match d.ledger.admit(new)? {
+        let job = match d.ledger.call(move |l| l.admit(new)).await? {
             Admitted::New(job) => job,
             Admitted::Duplicate(job) => {
                 // The orchestrator retried a task we already finished (or recorded as
@@ -135,25 +135,32 @@ impl LedgerSink {
             }
         };
         let id = job.job_id.clone();
-        d.ledger.mark_queued(&id)?;
-        match &r.device {
-            Some(dev) => d.ledger.mark_transcoding_on(
-                &id,
-                JobDevice {
-                    index: dev.index,
-                    uuid: dev.uuid.clone(),
-                },
-            )?,
-            None => d.ledger.mark_transcoding(&id)?,
-        };
+        let key = id.clone();
+        let device = r.device.as_ref().map(|dev| JobDevice {
+            index: dev.index,
+            uuid: dev.uuid.clone(),
+        });
+        d.ledger
+            .call(move |l| {
+                l.mark_queued(&key)?;
+                match device {
+                    Some(dev) => l.mark_transcoding_on(&key, dev),
+                    None => l.mark_transcoding(&key),
+                }
+            })
+            .await?;
         if !r.accepted {
             c.not_accepted.fetch_add(1, Ordering::Relaxed);
-            d.ledger.fail(
-                &id,
-                "upload_refused",
-                "the orchestrator did not accept the results upload; nothing is owed for this segment",
-            )?;
-            d.ledger.flush().await?;
+            let key = id.clone();
+            d.ledger
+                .call(move |l| {
+                    l.fail(
+                        &key,
+                        "upload_refused",
+                        "the orchestrator did not accept the results upload; nothing is owed for this segment",
+                    )
+                })
+                .await?;
             d.metrics.segment("failed");
             d.metrics.livepeer_segment("not_accepted");
             return Ok(());
@@ -167,8 +174,10 @@ impl LedgerSink {
                 Ok(s) => s,
                 Err(e) => {
                     d.metrics.store_errors.inc();
-                    d.ledger.fail(&id, "store_error", &e.to_string())?;
-                    d.ledger.flush().await?;
+                    let (key, msg) = (id.clone(), e.to_string());
+                    d.ledger
+                        .call(move |l| l.fail(&key, "store_error", &msg))
+                        .await?;
                     d.metrics.segment("store_error");
                     d.metrics.livepeer_segment("store_error");
                     return Err(Box::new(e));
@@ -187,15 +196,20 @@ impl LedgerSink {
                 job_id: id.clone(),
             });
         }
-        d.ledger.mark_stored(
-            &id,
+        let (key, decoded, media, ms) = (
+            id.clone(),
             r.decoded_pixels,
             r.media_seconds,
             r.transcode_ms,
-            renditions,
-        )?;
-        if let Some(done) = d.ledger.complete(&id)? {
-            d.ledger.flush().await?;
+        );
+        let done = d
+            .ledger
+            .call(move |l| {
+                l.mark_stored(&key, decoded, media, ms, renditions)?;
+                l.complete(&key)
+            })
+            .await?;
+        if let Some(done) = done {
             c.accounted.fetch_add(1, Ordering::Relaxed);
             c.encoded_pixels
                 .fetch_add(done.encoded_pixels, Ordering::Relaxed);
@@ -220,18 +234,18 @@ impl SegmentSink for LedgerSink {
 
     fn segment_failed<'a>(&'a self, f: &'a SegmentFailure) -> BoxFuture<'a, Result<(), SinkError>> {
         Box::pin(async move {
-            self.counters.failed.fetch_add(1, Ordering::Relaxed);
             let d = &self.daemon;
             // No idempotency key: the orchestrator may retry the task, and a later success
             // for the same (manifest, seq) must still be counted.
-            let job = match d.ledger.admit(NewJob {
+            let new = NewJob {
                 class: JobClass::Live,
                 manifest_id: None,
                 seq: u64::try_from(f.seq).ok(),
                 profiles: Vec::new(),
                 duration_ms: 0,
                 segment_bytes: 0,
-            })? {
+            };
+            let job = match d.ledger.call(move |l| l.admit(new)).await? {
                 Admitted::New(j) | Admitted::Duplicate(j) => j,
             };
             let (code, result) = if f.bad_input {
@@ -245,8 +259,10 @@ impl SegmentSink for LedgerSink {
                 "Livepeer task {} ({}{} seq {}): {}",
                 f.task_id, MANIFEST_PREFIX, f.manifest_id, f.seq, f.reason
             );
-            d.ledger.fail(&job.job_id, code, &message)?;
-            d.ledger.flush().await?;
+            let id = job.job_id.clone();
+            d.ledger.call(move |l| l.fail(&id, code, &message)).await?;
+            // Counted once the ledger holds it, so status never shows one without the other.
+            self.counters.failed.fetch_add(1, Ordering::Relaxed);
             d.metrics.segment(result);
             d.metrics.livepeer_segment(result);
             Ok(())

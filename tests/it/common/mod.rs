@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use comine::store::KuboClient;
 
 pub mod ai;
+pub mod killer;
 pub mod kubo;
 pub mod media;
 pub mod mutate;

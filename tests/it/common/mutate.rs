@@ -674,7 +674,7 @@ pub async fn run_daemon(
                 src.name,
                 m.steps.join(", ")
             );
-            let class = if i % 4 == 0 { "live" } else { "batch" };
+            let class = if i.is_multiple_of(4) { "live" } else { "batch" };
             let ms = (src.seconds * 1000.0) as u64;
             let req = d
                 .http
