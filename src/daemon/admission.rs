@@ -355,8 +355,12 @@ impl SchedAdmission {
                 }
             }
         }
-        let (snapshots, _poller) =
-            crate::gpu::Poller::spawn_from(telemetry, first, config.gpu.poll_interval(), cancel.clone());
+        let (snapshots, _poller) = crate::gpu::Poller::spawn_from(
+            telemetry,
+            first,
+            config.gpu.poll_interval(),
+            cancel.clone(),
+        );
         let controller = crate::seal::build(&config.seal)?;
         // A Curio node that proves is refused here, before anything could cordon it.
         controller.preflight().await?;

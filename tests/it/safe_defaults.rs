@@ -307,7 +307,13 @@ fn test_transcoder_fails_fast_on_a_gpu_whose_nvenc_does_not_open() {
     };
     // A passing probe would go on serving, so the run is bounded rather than waited on.
     let mut child = Command::new(BIN)
-        .args(["run", "--test-transcoder", "--listen", "127.0.0.1:0", "--config"])
+        .args([
+            "run",
+            "--test-transcoder",
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+        ])
         .arg(config("auto"))
         .arg("--data-dir")
         .arg(root.path().join("auto"))
@@ -328,7 +334,12 @@ fn test_transcoder_fails_fast_on_a_gpu_whose_nvenc_does_not_open() {
     };
     let mut err = String::new();
     use std::io::Read;
-    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
     assert!(
         status.is_some_and(|s| !s.success()),
         "the probe passed on a GPU whose NVENC does not open: {err}"
@@ -339,7 +350,13 @@ fn test_transcoder_fails_fast_on_a_gpu_whose_nvenc_does_not_open() {
     );
 
     let mut child = Command::new(BIN)
-        .args(["run", "--test-transcoder", "--listen", "127.0.0.1:0", "--config"])
+        .args([
+            "run",
+            "--test-transcoder",
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+        ])
         .arg(config("x264"))
         .arg("--data-dir")
         .arg(root.path().join("x264"))
@@ -351,12 +368,20 @@ fn test_transcoder_fails_fast_on_a_gpu_whose_nvenc_does_not_open() {
     while !addr.exists() && std::time::Instant::now() < deadline {
         if let Some(status) = child.try_wait().unwrap() {
             let mut err = String::new();
-            child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
             panic!("exited {status} before serving: {err}");
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    assert!(addr.exists(), "the daemon never served after a passing probe");
+    assert!(
+        addr.exists(),
+        "the daemon never served after a passing probe"
+    );
     let _ = child.kill();
     let _ = child.wait();
 }
