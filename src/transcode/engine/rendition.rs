@@ -230,9 +230,7 @@ impl Worker {
             .send_eof()
             .map_err(|e| self.ffmpeg("flushing the encoder", e))?;
         self.drain_encoder(stop)?;
-        self.octx
-            .write_trailer()
-            .map_err(|e| self.write_err(e))?;
+        self.octx.write_trailer().map_err(|e| self.write_err(e))?;
         let total = started.elapsed();
         tracing::debug!(
             target: "comine::transcode::stages",
