@@ -8,8 +8,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -273,7 +273,15 @@ pub struct Window<'a> {
     pub clock: Instant,
     pub cancel: &'a CancellationToken,
     pub counters: &'a Arc<PixelCounters>,
+    /// Streams allowed to start another segment (a scripted proof's step-down lowers it):
+    /// a stream at or above it finishes its segment and stops, as a drained Livepeer session.
+    pub allowed: Option<&'a AtomicU32>,
+    /// Streams stopped by `allowed`, with when their last segment ended (`None`: none ran).
+    pub released: Option<&'a Mutex<Vec<Released>>>,
 }
+
+/// A stream a scripted step-down stopped, and when its last segment ended (`None`: none ran).
+pub type Released = (u32, Option<Instant>);
 
 /// Run a window; `on_done` sees every finished segment (steering hooks in there).
 pub fn run_window(w: &Window<'_>, on_done: &(dyn Fn(&SegmentRecord) + Sync)) -> Vec<SegmentRecord> {
@@ -290,14 +298,29 @@ pub fn run_window(w: &Window<'_>, on_done: &(dyn Fn(&SegmentRecord) + Sync)) -> 
                     // Stagger streams so they do not all arrive on the same instant.
                     let offset = seg.mul_f64(stream as f64 / w.streams.max(1) as f64);
                     let mut i = 0u32;
+                    let mut last_end: Option<Instant> = None;
+                    let stopped = |last_end: Option<Instant>| {
+                        let over = w
+                            .allowed
+                            .is_some_and(|a| stream >= a.load(Ordering::Relaxed));
+                        if over {
+                            if let Some(Ok(mut r)) = w.released.map(|r| r.lock()) {
+                                r.push((stream, last_end));
+                            }
+                        }
+                        over
+                    };
                     loop {
                         let due = start + offset + seg * i;
-                        if due >= end || w.cancel.is_cancelled() {
+                        if due >= end || w.cancel.is_cancelled() || stopped(last_end) {
                             break;
                         }
                         let now = Instant::now();
                         if now < due {
                             std::thread::sleep(due - now);
+                        }
+                        if stopped(last_end) {
+                            break;
                         }
                         let data = w.segments.items
                             [(i as usize + stream as usize) % w.segments.items.len()]
@@ -345,6 +368,7 @@ pub fn run_window(w: &Window<'_>, on_done: &(dyn Fn(&SegmentRecord) + Sync)) -> 
                                 Err(e) => record(w, stream, due, started, None, Some(e)),
                             }
                         };
+                        last_end = Some(Instant::now());
                         on_done(&rec);
                         out.push(rec);
                         i += 1;

@@ -6,7 +6,7 @@
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -22,7 +22,7 @@ use super::steering::{Action, SchedSteering, Steering};
 use super::suite::Suite;
 use super::workload::{SealEvent, SealMode, SealRunner};
 use crate::report::schema::{
-    AiPhaseReport, BenchReport, Fingerprint, GpuInfo, PowerSources, RunConfig, Sample,
+    AiPhaseReport, BenchReport, DeadlineRun, Fingerprint, GpuInfo, PowerSources, RunConfig, Sample,
     SteeringEvent, WindowSpan, SCHEMA_ID, SCHEMA_VERSION,
 };
 use crate::transcode::{EncoderChoice, Profile};
@@ -152,6 +152,14 @@ struct Run {
     segs_all: Vec<SegmentRecord>,
     policy_name: String,
     ai: AiPhaseReport,
+    deadlines: Vec<DeadlineRun>,
+}
+
+/// A scripted deadline's hold on one load window: the streams allowed on, and the streams
+/// it stopped with when their last segment ended.
+struct DeadlineGate {
+    allowed: AtomicU32,
+    released: Mutex<Vec<load::Released>>,
 }
 
 impl Run {
@@ -253,6 +261,7 @@ impl Run {
             segs_all: Vec::new(),
             policy_name: String::new(),
             ai: AiPhaseReport::default(),
+            deadlines: Vec::new(),
         })
     }
 
@@ -401,6 +410,7 @@ impl Run {
         streams: u32,
         secs: f64,
         on_done: &(dyn Fn(&SegmentRecord) + Sync),
+        deadline: Option<&DeadlineGate>,
     ) -> (WindowSpan, Vec<SegmentRecord>) {
         self.shared.set(|t| {
             t.phase = phase.to_string();
@@ -421,6 +431,8 @@ impl Run {
             clock: self.clock,
             cancel: &self.cancel,
             counters: &self.counters,
+            allowed: deadline.map(|d| &d.allowed),
+            released: deadline.map(|d| &d.released),
         };
         let recs = load::run_window(&w, on_done);
         let span = WindowSpan {
@@ -447,7 +459,8 @@ impl Run {
                 break;
             }
             self.pb.set_prefix(format!("transcode step {n} streams"));
-            let (span, recs) = self.load_window("transcode_step", n, n, tp.step_seconds, &|_| {});
+            let (span, recs) =
+                self.load_window("transcode_step", n, n, tp.step_seconds, &|_| {}, None);
             let ok: Vec<f64> = recs
                 .iter()
                 .filter(|r| r.error.is_none())
@@ -486,7 +499,7 @@ impl Run {
                 tp.repeats
             ));
             let (span, recs) =
-                self.load_window("transcode", rep, streams, tp.step_seconds, &|_| {});
+                self.load_window("transcode", rep, streams, tp.step_seconds, &|_| {}, None);
             self.windows.push(span);
             self.segs_all.extend(recs);
         }
@@ -580,7 +593,79 @@ impl Run {
                     });
                 }
             };
-            let (span, recs) = self.load_window(phase, rep, streams, cp.seconds, &on_done);
+            let scripted = cp.deadline_open_s.filter(|_| steered);
+            let gate = DeadlineGate {
+                allowed: AtomicU32::new(streams),
+                released: Mutex::new(Vec::new()),
+            };
+            let started = Instant::now();
+            let t0 = self.now_s();
+            let (span, recs, run) = std::thread::scope(|s| {
+                // The scripted deadline: the plan steps the one device down `lead` before
+                // `Open`; the core decides the floor; streams above it drain.
+                let driver = scripted.map(|open| {
+                    let lead = cp.deadline_lead_s.unwrap_or(2.0);
+                    let gate = &gate;
+                    let cancel = self.cancel.clone();
+                    s.spawn(move || {
+                        let at = started + Duration::from_secs_f64((open - lead).max(0.0));
+                        while Instant::now() < at {
+                            if cancel.is_cancelled() {
+                                return None;
+                            }
+                            std::thread::sleep(Duration::from_millis(20));
+                        }
+                        let post = crate::post::PostWindow {
+                            phase: crate::post::Phase::StepDown,
+                            deadline: Some(0),
+                            devices: None,
+                            vram_reserve_bytes: 0,
+                            reason: format!(
+                                "scripted WindowPoSt deadline opens in {}",
+                                crate::post::plan::fmt_duration((lead * 1000.0) as i64)
+                            ),
+                        };
+                        let (floor, reason) = super::steering::streams_under_post(streams, post, 0);
+                        gate.allowed.store(floor, Ordering::Relaxed);
+                        Some((Instant::now(), floor, reason, open))
+                    })
+                });
+                let (span, recs) = self.load_window(
+                    phase,
+                    rep,
+                    streams,
+                    cp.seconds,
+                    &on_done,
+                    scripted.map(|_| &gate),
+                );
+                let run = driver.and_then(|h| h.join().ok().flatten());
+                (span, recs, run)
+            });
+            if let Some((stepped, floor, reason, open)) = run {
+                let rel = |i: Instant| t0 + i.saturating_duration_since(started).as_secs_f64();
+                let step_down_s = rel(stepped);
+                let stopped = gate.released.lock().map(|r| r.clone()).unwrap_or_default();
+                // Every stream above the floor must have stopped for the GPU to be released;
+                // one idle at the step-down released it then.
+                let released_s = (stopped.len() as u32 >= streams - floor).then(|| {
+                    stopped
+                        .iter()
+                        .map(|(_, end)| end.map_or(step_down_s, |e| rel(e).max(step_down_s)))
+                        .fold(step_down_s, f64::max)
+                });
+                let open_s = t0 + open;
+                self.deadlines.push(DeadlineRun {
+                    rep,
+                    streams,
+                    floor_streams: floor,
+                    step_down_s,
+                    open_s,
+                    released_s,
+                    released_before_open_s: released_s.map(|r| open_s - r),
+                    release_took_s: released_s.map(|r| r - step_down_s),
+                    reason,
+                });
+            }
             self.windows.push(span);
             self.segs_all.extend(recs);
         }
@@ -727,6 +812,7 @@ impl Run {
             results: analysis.results,
             warnings,
             ai: self.ai,
+            deadlines: self.deadlines,
         }
     }
 }

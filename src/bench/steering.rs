@@ -116,6 +116,47 @@ impl SchedSteering {
     }
 }
 
+/// What the scheduler core grants the bench's one device while a WindowPoSt plan `post`
+/// holds (a scripted deadline): the streams of `streams` that may go on, and the core's
+/// reason. The same pure `tick` as `comine run`, rated like [`SchedSteering`].
+pub fn streams_under_post(
+    streams: u32,
+    post: crate::post::PostWindow,
+    now_ms: u64,
+) -> (u32, String) {
+    let mut config = sched::Config::default();
+    config
+        .device_pixels_per_sec
+        .insert("0".into(), SchedSteering::RATED_PPS);
+    let mut core = sched::Scheduler::new(config);
+    let input = TickInput {
+        now_ms,
+        snapshot: HostBackend::new(crate::gpu::Attribution::default()).poll(),
+        demand: Demand {
+            live_pps: SchedSteering::RATED_PPS,
+            batch_pps: 0.0,
+        },
+        load: Vec::new(),
+        proof: ProofSignal::default(),
+        post,
+        controller: ControllerStatus {
+            reachable: true,
+            coarse: true,
+            sealing_disabled: false,
+        },
+        safe_profile: None,
+    };
+    let decision = core.tick(&input);
+    match decision.devices.first() {
+        Some(d) if d.rated_pps > 0.0 => {
+            let share = (d.budget_pps / d.rated_pps).clamp(0.0, 1.0);
+            let allowed = (streams as f64 * share + 1e-9).floor() as u32;
+            (allowed.min(streams), d.reasons.join("; "))
+        }
+        _ => (0, "no device in the scheduler's decision".into()),
+    }
+}
+
 impl Steering for SchedSteering {
     fn name(&self) -> &str {
         "sched (the daemon's scheduler core)"

@@ -65,6 +65,8 @@ seconds = 3.0
 repeats = 2
 sustain_ms = 200
 min_dwell_ms = 500
+deadline_open_s = 2.5
+deadline_lead_s = 1.0
 [ai]
 frame_width = 64
 frame_height = 64
@@ -311,6 +313,29 @@ impl Suite {
         check_repeats(p.transcode.repeats).map_err(|why| bad("phases.transcode.repeats", why))?;
         check_seconds(p.combined.seconds).map_err(|why| bad("phases.combined.seconds", why))?;
         check_repeats(p.combined.repeats).map_err(|why| bad("phases.combined.repeats", why))?;
+        if let Some(open) = p.combined.deadline_open_s {
+            if !(open > 0.0 && open <= p.combined.seconds) {
+                return Err(bad(
+                    "phases.combined.deadline_open_s",
+                    format!(
+                        "must be > 0 and at most phases.combined.seconds ({}), got {open}",
+                        p.combined.seconds
+                    ),
+                ));
+            }
+            let lead = p.combined.deadline_lead_s.unwrap_or(2.0);
+            if !(lead > 0.0 && lead <= open) {
+                return Err(bad(
+                    "phases.combined.deadline_lead_s",
+                    format!("must be > 0 and at most deadline_open_s ({open}), got {lead}"),
+                ));
+            }
+        } else if p.combined.deadline_lead_s.is_some() {
+            return Err(bad(
+                "phases.combined.deadline_lead_s",
+                "needs phases.combined.deadline_open_s (when the scripted window opens)".into(),
+            ));
+        }
         if !(p.combined.resume_below > 0.0 && p.combined.resume_below < p.combined.pause_above) {
             return Err(bad(
                 "phases.combined.resume_below",

@@ -167,6 +167,12 @@ pub fn render(r: &BenchReport) -> String {
     if let Some(ai) = super::markdown::ai_summary(r) {
         h.push_str(&format!("<p id=\"ai\">AI upscale: {}</p>", esc(&ai)));
     }
+    if let Some(d) = super::markdown::deadline_summary(r) {
+        h.push_str(&format!(
+            "<p id=\"deadline\">Scripted WindowPoSt deadline: {}</p>",
+            esc(&d)
+        ));
+    }
     if !r.warnings.is_empty() {
         h.push_str("<div class=\"warn\"><b>Warnings</b><ul>");
         for w in &r.warnings {

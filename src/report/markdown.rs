@@ -166,6 +166,9 @@ pub fn render(r: &BenchReport) -> String {
     if let Some(ai) = ai_summary(r) {
         out.push_str(&format!("\n**AI upscale:** {ai}\n"));
     }
+    if let Some(d) = deadline_summary(r) {
+        out.push_str(&format!("\n**Scripted WindowPoSt deadline:** {d}\n"));
+    }
     if r.power.simulated {
         out.push_str(
             "\n*Figures marked simulated come from comine's GPU model, not from hardware.*\n",
@@ -178,6 +181,40 @@ pub fn render(r: &BenchReport) -> String {
         }
     }
     out
+}
+
+/// One line on the scripted deadlines of the steered combined windows: how long before
+/// `Open` transcoding had released the GPU, per repetition; `None` when the suite has none.
+pub fn deadline_summary(r: &BenchReport) -> Option<String> {
+    if r.deadlines.is_empty() {
+        return None;
+    }
+    let runs: Vec<String> = r
+        .deadlines
+        .iter()
+        .map(|d| match (d.released_before_open_s, d.release_took_s) {
+            (Some(before), Some(took)) => format!(
+                "rep {}: {} → {} streams, released {:.2} s after the step-down, {:.2} s {} Open",
+                d.rep + 1,
+                d.streams,
+                d.floor_streams,
+                took,
+                before.abs(),
+                if before >= 0.0 { "before" } else { "after" }
+            ),
+            _ => format!(
+                "rep {}: {} → {} streams, not released before the window closed",
+                d.rep + 1,
+                d.streams,
+                d.floor_streams
+            ),
+        })
+        .collect();
+    Some(format!(
+        "{} ({})",
+        runs.join("; "),
+        r.deadlines.first().map(|d| d.reason.as_str()).unwrap_or("")
+    ))
 }
 
 /// One line on the AI phase: its throughput alone and beside sealing, or why it was

@@ -38,6 +38,32 @@ pub struct BenchReport {
     /// from before it existed).
     #[serde(default)]
     pub ai: AiPhaseReport,
+    /// The scripted WindowPoSt deadlines of the steered combined windows (empty when the
+    /// suite scripts none): how long transcoding took to release the GPU before `Open`.
+    #[serde(default)]
+    pub deadlines: Vec<DeadlineRun>,
+}
+
+/// One scripted deadline: the scheduler core's step-down (from a WindowPoSt plan, as in
+/// `comine run`) and when the streams above the floor had finished their last segment.
+/// Times are seconds since the run started, like every `t_s`.
+#[derive(Clone, Debug, Serialize, Deserialize, Default, PartialEq)]
+pub struct DeadlineRun {
+    pub rep: u32,
+    pub streams: u32,
+    /// Streams the proof floor leaves running.
+    pub floor_streams: u32,
+    pub step_down_s: f64,
+    pub open_s: f64,
+    /// When the last stream above the floor finished its last segment (`None`: not before
+    /// the window closed).
+    pub released_s: Option<f64>,
+    /// `open_s - released_s`: positive means the GPU was released before `Open`.
+    pub released_before_open_s: Option<f64>,
+    /// `released_s - step_down_s`: how long the release took.
+    pub release_took_s: Option<f64>,
+    /// The scheduler's reason for the step-down.
+    pub reason: String,
 }
 
 /// The AI phase: the embedded upscale model alone, then beside the sealing workload.
@@ -560,6 +586,15 @@ pub struct CombinedPhase {
     /// suites use less so short windows see the policy act).
     #[serde(default = "default_dwell")]
     pub min_dwell_ms: u64,
+    /// A scripted WindowPoSt deadline in each steered window: its `Open` comes this many
+    /// seconds after the window starts (absent: no deadline).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_open_s: Option<f64>,
+    /// How long before `Open` the scheduler steps transcoding down to the proof floor,
+    /// seconds (the daemon's default is 24 epochs, 12 minutes; suites scale it down).
+    /// Default 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_lead_s: Option<f64>,
 }
 
 fn default_sustain() -> u64 {

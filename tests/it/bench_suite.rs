@@ -84,9 +84,36 @@ fn tiny_suite_report_is_valid_and_consistent() {
         "transcode_steps",
         "results",
         "warnings",
+        "deadlines",
     ] {
         assert!(raw.get(key).is_some(), "report.json lacks {key}");
     }
+    // The tiny suite scripts a WindowPoSt deadline in each steered combined window (Open at
+    // 2.5 s, the step-down 1 s before): the scheduler core's floor stops the streams above
+    // it, and the report says when the last one finished against Open.
+    let combined = &r.suite.phases.combined;
+    assert_eq!(
+        r.deadlines.len() as u32,
+        combined.repeats,
+        "{:?}",
+        r.deadlines
+    );
+    for d in &r.deadlines {
+        assert!(d.floor_streams < d.streams, "{d:?}");
+        assert!(
+            (d.open_s - d.step_down_s - 1.0).abs() < 0.5,
+            "step-down 1 s before Open: {d:?}"
+        );
+        assert!(d.reason.contains("scripted WindowPoSt deadline"), "{d:?}");
+        let released = d.released_s.expect("streams above the floor stopped");
+        assert!(released >= d.step_down_s, "{d:?}");
+        let before = d
+            .released_before_open_s
+            .expect("released before/after Open");
+        assert!((before - (d.open_s - released)).abs() < 1e-6, "{d:?}");
+    }
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(md.contains("Scripted WindowPoSt deadline"), "{md}");
     for key in [
         "cpu_model",
         "cpu_cores",
