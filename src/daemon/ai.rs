@@ -149,9 +149,11 @@ impl AiJobHandler for Handler {
         Box::pin(async move {
             let task_id = rec.task_id;
             let db = daemon.ledger.db().clone();
-            let r = db.call(move || account(&daemon, &counters, &rec)).await;
+            let d = daemon.clone();
+            let r = db.call(move || account(&d, &counters, &rec)).await;
             match r {
-                Ok(Ok(())) => {}
+                Ok(Ok(Some(done))) => daemon.account_earnings(&done, None).await,
+                Ok(Ok(None)) => {}
                 Ok(Err(e)) => {
                     tracing::error!(task_id, error = %format!("{e:#}"), "AI job accounting failed")
                 }
@@ -161,8 +163,13 @@ impl AiJobHandler for Handler {
     }
 }
 
-/// Records one AI job in the ledger (blocking: call it off the runtime's workers).
-fn account(d: &Daemon, c: &AiCounters, rec: &AiJobRecord) -> anyhow::Result<()> {
+/// Records one AI job in the ledger (blocking: call it off the runtime's workers). Returns
+/// the job when it reached `done` now, for its earnings.
+fn account(
+    d: &Daemon,
+    c: &AiCounters,
+    rec: &AiJobRecord,
+) -> anyhow::Result<Option<crate::ledger::JobRecord>> {
     {
         let model = if rec.model_id.is_empty() {
             "-"
@@ -179,7 +186,7 @@ fn account(d: &Daemon, c: &AiCounters, rec: &AiJobRecord) -> anyhow::Result<()> 
         })? {
             Admitted::Duplicate(_) => {
                 c.duplicates.fetch_add(1, Ordering::Relaxed);
-                return Ok(());
+                return Ok(None);
             }
             Admitted::New(j) => j,
         };
@@ -222,14 +229,15 @@ fn account(d: &Daemon, c: &AiCounters, rec: &AiJobRecord) -> anyhow::Result<()> 
                         job_id: String::new(),
                     }],
                 )?;
-                if d.ledger.complete(&id)?.is_some() {
+                if let Some(done) = d.ledger.complete(&id)? {
                     c.done.fetch_add(1, Ordering::Relaxed);
                     c.units.fetch_add(rec.units, Ordering::Relaxed);
                     d.metrics.ai_job(&rec.pipeline, model, "ok", rec.units);
+                    return Ok(Some(done));
                 }
             }
         }
-        Ok(())
+        Ok(None)
     }
 }
 
