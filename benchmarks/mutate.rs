@@ -1,5 +1,7 @@
 //! The long robustness run: `cargo bench --bench mutate -- --count 10000 [--seed S]
-//! [--target engine|daemon|both] [--from I] [--parallel N] [--hang-secs S]`.
+//! [--target engine|daemon|both] [--from I] [--parallel N] [--hang-secs S]
+//! [--daemon-decoder software|auto|nvdec]` (the engine target decodes with `auto`: NVDEC
+//! where CUDA opens).
 //!
 //! Mutated real segments (bit flips, truncation, TS packet shuffles, zeroed ranges,
 //! random bytes, PTS/DTS jumps including 13 hours and a 33-bit wrap; see
@@ -23,6 +25,7 @@ struct Args {
     target: String,
     parallel: usize,
     hang: Duration,
+    daemon_decoder: String,
 }
 
 fn args() -> Args {
@@ -33,6 +36,7 @@ fn args() -> Args {
         target: "both".into(),
         parallel: 2,
         hang: Duration::from_secs(120),
+        daemon_decoder: "software".into(),
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut it = argv.iter();
@@ -51,6 +55,7 @@ fn args() -> Args {
             "--hang-secs" => {
                 a.hang = Duration::from_secs(val("--hang-secs").parse().expect("--hang-secs N"))
             }
+            "--daemon-decoder" => a.daemon_decoder = val("--daemon-decoder"),
             "--bench" => {}
             other => panic!("unknown argument {other}; see the header of benchmarks/mutate.rs"),
         }
@@ -120,6 +125,9 @@ fn report(name: &str, t: &Tally, rss: &Rss, panics: u64, secs: f64) -> bool {
     {
         println!("  ! {h}");
     }
+    for f in t.failures.iter().take(20) {
+        println!("  failed: {f}");
+    }
     panics == 0 && t.hangs.is_empty() && t.overfilled.is_empty() && t.leaked.is_empty()
 }
 
@@ -175,6 +183,14 @@ fn main() {
             .expect("runtime");
         let root = tempfile::tempdir().expect("tempdir");
         let cfg = common::write_config(root.path(), "");
+        if a.daemon_decoder != "software" {
+            let text = std::fs::read_to_string(&cfg).expect("read the config");
+            let text = text.replace(
+                "decoder = \"software\"",
+                &format!("decoder = \"{}\"", a.daemon_decoder),
+            );
+            std::fs::write(&cfg, text).expect("write the config");
+        }
         let d = common::Daemon::start(root.path(), &cfg);
         let pid = d.pid();
         let mut rss = Rss::default();

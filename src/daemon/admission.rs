@@ -340,8 +340,9 @@ impl SchedAdmission {
                     x264_preset: config.transcode.x264_preset.clone(),
                 });
             let dir = data_dir.to_path_buf();
+            let snap = first.clone();
             let measured = tokio::task::spawn_blocking(move || {
-                super::calibration::load_or_measure(&dir, &first, &settings, false)
+                super::calibration::load_or_measure(&dir, &snap, &settings, false)
             })
             .await;
             match measured {
@@ -354,8 +355,12 @@ impl SchedAdmission {
                 }
             }
         }
-        let (snapshots, _poller) =
-            crate::gpu::Poller::spawn(telemetry, config.gpu.poll_interval(), cancel.clone());
+        let (snapshots, _poller) = crate::gpu::Poller::spawn_from(
+            telemetry,
+            first,
+            config.gpu.poll_interval(),
+            cancel.clone(),
+        );
         let controller = crate::seal::build(&config.seal)?;
         // A Curio node that proves is refused here, before anything could cordon it.
         controller.preflight().await?;

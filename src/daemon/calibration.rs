@@ -33,7 +33,9 @@ pub const PROBE_LADDER: &str =
     "P720p30fps16x9,P480p30fps16x9:854x480@30:1600k,P360p30fps16x9,P240p30fps16x9";
 const PROBE_SOURCE: (u32, u32, u32) = (1280, 720, 30);
 /// Bumped when the probe changes, so older caches are measured again.
-const PROBE_VERSION: u32 = 2;
+// v3: a GPU whose NVENC does not open is rated at the CPU's libx264 rate (v2 left it at
+// the configured placeholder), so caches from v2 are measured again.
+const PROBE_VERSION: u32 = 3;
 
 /// One device's measured rate.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -176,6 +178,7 @@ pub fn load_or_measure(
             device: "the probe ladder".into(),
             source: transcode::TranscodeError::Profile(e),
         });
+        let mut without_nvenc = Vec::new();
         let result = made.and_then(|()| {
             let ladder = ladder?;
             for d in &devices {
@@ -194,21 +197,16 @@ pub fn load_or_measure(
                 )
                 .map_err(probe_err(&d.uuid))?;
                 if d.source == Source::Nvml && m.encoder != "h264_nvenc" {
-                    // NVENC did not open on this GPU: its rate is not the CPU's. Keep the
-                    // configured default for it.
-                    tracing::warn!(gpu = d.index, uuid = %d.uuid, "calibration: NVENC did not run on this GPU; keeping its configured rate");
+                    // NVENC did not open on this GPU (a data-centre card such as the H100
+                    // or H200 has none): its segments are encoded by libx264 on the CPU,
+                    // so it is rated at the CPU's rate, shared with the other such GPUs
+                    // below. A placeholder GPU rate would offer sessions the CPU cannot run.
+                    tracing::warn!(gpu = d.index, uuid = %d.uuid, "calibration: NVENC does not open on this GPU; its segments are encoded with libx264 on the CPU, and it is rated at the CPU's rate");
+                    without_nvenc.push((d, cpu_rate(&m, d)));
                     continue;
                 }
                 let (pixels_per_sec, basis) = match d.source {
-                    Source::Host => {
-                        let cores = d.cpu_cores.map_or_else(
-                            || std::thread::available_parallelism().map_or(1, |n| n.get()),
-                            |c| c.max(1) as usize,
-                        );
-                        // Never below what the wall clock saw (a probe cannot beat reality).
-                        let by_cpu = m.pixels_per_cpu_sec() * cores as f64;
-                        (by_cpu.max(m.pixels_per_sec), "cpu_time")
-                    }
+                    Source::Host => (cpu_rate(&m, d), "cpu_time"),
                     _ => (m.pixels_per_sec, "wall_clock"),
                 };
                 tracing::info!(device = d.index, uuid = %d.uuid, encoder = %m.encoder, basis, mpx_per_sec = pixels_per_sec / 1e6, wall_mpx_per_sec = m.pixels_per_sec / 1e6, "calibrated");
@@ -219,6 +217,21 @@ pub fn load_or_measure(
                     encoder: m.encoder,
                     pixels_per_sec,
                     basis: basis.into(),
+                    measured_at_ms: crate::util::now_ms(),
+                });
+            }
+            // The CPU is one: GPUs without NVENC share its libx264 rate (the mean of
+            // their probes, each of which measured the same CPU).
+            let share = without_nvenc.len().max(1) as f64;
+            let cpu = without_nvenc.iter().map(|(_, r)| r).sum::<f64>() / share;
+            for (d, _) in &without_nvenc {
+                rates.push(DeviceRate {
+                    index: d.index,
+                    uuid: d.uuid.clone(),
+                    name: d.name.clone(),
+                    encoder: "libx264".into(),
+                    pixels_per_sec: cpu / share,
+                    basis: "cpu_time".into(),
                     measured_at_ms: crate::util::now_ms(),
                 });
             }
@@ -240,6 +253,16 @@ pub fn load_or_measure(
             source,
         })?;
     Ok(calibration)
+}
+
+/// What the CPU encodes with libx264, in pixels per second: per CPU-second of the probe
+/// times the cores, never below what the wall clock saw (a probe cannot beat reality).
+fn cpu_rate(m: &throughput::Measured, d: &crate::gpu::DeviceSnapshot) -> f64 {
+    let cores = d.cpu_cores.map_or_else(
+        || std::thread::available_parallelism().map_or(1, |n| n.get()),
+        |c| c.max(1) as usize,
+    );
+    (m.pixels_per_cpu_sec() * cores as f64).max(m.pixels_per_sec)
 }
 
 fn scratch(data_dir: &Path) -> PathBuf {
@@ -279,6 +302,42 @@ mod tests {
                 measured_at_ms: 1,
             }],
         }
+    }
+
+    /// A GPU whose NVENC does not open (an H100/H200; here, GPU indices no driver has) is
+    /// rated at the CPU's libx264 rate, shared between such GPUs, never left at the
+    /// configured placeholder that would offer sessions the CPU cannot run.
+    #[test]
+    fn gpus_without_nvenc_share_the_cpu_rate() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut snap = Snapshot::empty(Source::Nvml);
+        for i in [98, 99] {
+            snap.devices.push(crate::gpu::DeviceSnapshot::new(
+                Source::Nvml,
+                i,
+                format!("GPU-no-nvenc-{i}"),
+                "NVIDIA H200".into(),
+            ));
+        }
+        let settings = ProbeSettings {
+            encoder: EncoderChoice::Auto,
+            x264_preset: "ultrafast".into(),
+        };
+        let c = load_or_measure(dir.path(), &snap, &settings, true).unwrap();
+        assert_eq!(c.devices.len(), 2, "both GPUs rated: {c:?}");
+        for d in &c.devices {
+            assert_eq!(d.encoder, "libx264");
+            assert_eq!(d.basis, "cpu_time");
+            assert!(d.pixels_per_sec > 0.0);
+        }
+        assert_eq!(c.devices[0].pixels_per_sec, c.devices[1].pixels_per_sec);
+        let mut sched = crate::sched::Config::default();
+        apply(&c, &mut sched);
+        let rated = sched.device_pixels_per_sec["GPU-no-nvenc-98"];
+        assert!(
+            rated < sched.default_gpu_pixels_per_sec,
+            "{rated} is the CPU's share, below the GPU placeholder"
+        );
     }
 
     #[test]

@@ -136,7 +136,9 @@ impl Earnings {
         data_dir: &Path,
         fallback_payout: Option<Address>,
     ) -> Result<Earnings, EarningsError> {
-        let records = Records::open(&data_dir.join(DB_FILE))?;
+        // The daemon's one database (shared with the ledger's handle in this process).
+        let db = crate::db::Db::open(data_dir).map_err(RecordsError::from)?;
+        let records = Records::with_db(db)?;
         Earnings::with_records(cfg, Arc::new(records), fallback_payout)
     }
 

@@ -1,9 +1,10 @@
 //! The earnings tables (SQLite, `earnings_*`): price snapshots per job, pool statements and
 //! payouts, the chain scan's cursor and events, balance snapshots, receipts and daily roots.
 //!
-//! The tables live in the shared `<data_dir>/comine.db` next to other modules' tables and are
-//! created by this module's own versioned migrations ([`MIGRATIONS`], recorded in
-//! `earnings_schema`). Amounts are decimal strings (`U256` does not fit an SQLite integer).
+//! The tables live in the daemon's one database ([`crate::db::Db`], `<data_dir>/comine.db`)
+//! next to other modules' tables: writes go through its writer thread, reads through its reader
+//! pool ([`Records::with_db`]). They are created by this module's own versioned migrations
+//! ([`MIGRATIONS`], recorded in `earnings_schema`). Amounts are decimal strings (`U256` does not fit an SQLite integer).
 //! Writes that must not double count are keyed: a job by its id, a pool line by its source
 //! and external id, a chain event by (tx hash, log index), so replays and overlapping polls
 //! are no-ops. WAL mode lets `comine earnings` read while the daemon writes.
@@ -16,6 +17,7 @@ use alloy::primitives::{Address, B256, U256};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::price::{PriceSnapshot, PriceSource};
+use crate::db::Db;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecordsError {
@@ -33,6 +35,8 @@ pub enum RecordsError {
     Corrupt { what: &'static str, value: String },
     #[error("an earnings database task failed: {0}")]
     Task(String),
+    #[error("earnings: {0}")]
+    Db(#[from] crate::db::DbError),
 }
 
 pub type Result<T, E = RecordsError> = std::result::Result<T, E>;
@@ -256,9 +260,18 @@ pub struct DailyRoot {
 /// The methods block their thread; async code runs them with [`Records::call`], which keeps
 /// them off the runtime's workers (issue 17: a stalled disk must never stop `/healthz`).
 pub struct Records {
-    conn: Mutex<Connection>,
+    backend: Backend,
     /// Bounds [`Records::call`]s in flight, as [`crate::db::Db::call`] does.
     permits: tokio::sync::Semaphore,
+}
+
+/// Where the tables live.
+enum Backend {
+    /// The daemon's one database ([`Db`]): writes on its writer thread (group commit), reads
+    /// on its reader pool.
+    Shared(Db),
+    /// A connection of its own (an in-memory database for tests and benchmarks, or a file).
+    Own(Mutex<Connection>),
 }
 
 impl std::fmt::Debug for Records {
@@ -284,7 +297,15 @@ fn u(v: i64) -> u64 {
 }
 
 impl Records {
-    /// Opens (or creates) the database file and brings the earnings tables up to date.
+    /// The earnings tables in the daemon's database (created or upgraded here).
+    pub fn with_db(db: Db) -> Result<Records> {
+        let r = Records::new(Backend::Shared(db));
+        r.write(migrate)?;
+        Ok(r)
+    }
+
+    /// Opens (or creates) a database file of its own and brings the earnings tables up to
+    /// date. The daemon and `comine earnings` use [`Records::with_db`].
     pub fn open(path: &Path) -> Result<Records> {
         if let Some(dir) = path.parent() {
             let _ = std::fs::create_dir_all(dir);
@@ -308,13 +329,18 @@ impl Records {
         Records::from_connection(Connection::open_in_memory()?)
     }
 
-    /// Takes an open connection (the shared database's) and migrates the earnings tables.
-    pub fn from_connection(mut conn: Connection) -> Result<Records> {
-        migrate(&mut conn)?;
-        Ok(Records {
-            conn: Mutex::new(conn),
+    /// Takes an open connection and migrates the earnings tables.
+    pub fn from_connection(conn: Connection) -> Result<Records> {
+        let r = Records::new(Backend::Own(Mutex::new(conn)));
+        r.write(migrate)?;
+        Ok(r)
+    }
+
+    fn new(backend: Backend) -> Records {
+        Records {
+            backend,
             permits: tokio::sync::Semaphore::new(crate::db::ASYNC_CALLS),
-        })
+        }
     }
 
     /// Runs `f` (any of the blocking methods) from async code on tokio's blocking pool, at
@@ -335,28 +361,65 @@ impl Records {
             .map_err(|e| RecordsError::Task(e.to_string()))?
     }
 
-    fn c(&self) -> MutexGuard<'_, Connection> {
+    fn own(m: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
         // In the daemon, a call on an async worker is a bug (a panic in debug builds).
         crate::db::assert_off_runtime();
         // A panic while holding the lock leaves SQLite consistent (statements are atomic).
-        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+        m.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `f` with a connection that sees every committed write (blocking).
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        match &self.backend {
+            Backend::Shared(db) => db.read(f),
+            Backend::Own(m) => f(&Self::own(m)),
+        }
+    }
+
+    /// Runs `f` in one transaction and returns once it is durable (blocking). On the shared
+    /// database it is the writer thread's, grouped with the ledger's writes.
+    fn write<T, F>(&self, f: F) -> Result<T>
+    where
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        match &self.backend {
+            Backend::Shared(db) => db.write(f),
+            Backend::Own(m) => {
+                let c = Self::own(m);
+                let tx = c.unchecked_transaction()?;
+                let out = f(&tx)?;
+                tx.commit()?;
+                Ok(out)
+            }
+        }
     }
 
     /// Folds the write-ahead log into the database file (for size measurements and backups).
     pub fn checkpoint(&self) -> Result<()> {
-        self.c()
-            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        let truncate =
+            |c: &Connection| c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+        match &self.backend {
+            // The shared database's readers are query-only: a connection for this alone.
+            Backend::Shared(db) => {
+                crate::db::assert_off_runtime();
+                truncate(&Connection::open(db.path())?)?
+            }
+            Backend::Own(m) => truncate(&Self::own(m))?,
+        }
         Ok(())
     }
 
     /// The earnings schema version.
     pub fn schema_version(&self) -> Result<u32> {
-        Ok(self
-            .c()
-            .query_row("SELECT MAX(version) FROM earnings_schema", [], |r| {
-                r.get::<_, Option<u32>>(0)
-            })?
-            .unwrap_or(0))
+        self.read(|c| {
+            Ok(
+                c.query_row("SELECT MAX(version) FROM earnings_schema", [], |r| {
+                    r.get::<_, Option<u32>>(0)
+                })?
+                .unwrap_or(0),
+            )
+        })
     }
 
     // ---- jobs -------------------------------------------------------------------------
@@ -364,7 +427,9 @@ impl Records {
     /// Records a completed job's price snapshot; a second call for the same job is ignored
     /// (the first snapshot stands). Returns whether it was new.
     pub fn record_job(&self, j: &JobEarning) -> Result<bool> {
-        let n = self.c().execute(
+        let j = j.clone();
+        self.write(move |c| {
+        let n = c.execute(
             "INSERT OR IGNORE INTO earnings_jobs (job_id, finished_ms, manifest_id, seq, decoded_pixels,
                encoded_pixels, price_per_unit, pixels_per_unit, price_source, price_at_ms, orchestrator, round,
                class)
@@ -386,11 +451,12 @@ impl Records {
             ],
         )?;
         Ok(n == 1)
+        })
     }
 
     /// Jobs finished in `[from_ms, to_ms)`, oldest first.
     pub fn jobs_between(&self, from_ms: u64, to_ms: u64) -> Result<Vec<JobEarning>> {
-        let c = self.c();
+        self.read(|c| {
         let mut st = c.prepare_cached(
             "SELECT job_id, finished_ms, manifest_id, seq, decoded_pixels, encoded_pixels, price_per_unit,
                     pixels_per_unit, price_source, price_at_ms, orchestrator, round, class
@@ -442,14 +508,17 @@ impl Records {
             });
         }
         Ok(out)
+        })
     }
 
     pub fn job_count(&self) -> Result<u64> {
-        Ok(u(self.c().query_row(
-            "SELECT COUNT(*) FROM earnings_jobs",
-            [],
-            |r| r.get(0),
-        )?))
+        self.read(|c| {
+            Ok(u(c.query_row(
+                "SELECT COUNT(*) FROM earnings_jobs",
+                [],
+                |r| r.get(0),
+            )?))
+        })
     }
 
     // ---- pool statements ----------------------------------------------------------------
@@ -457,8 +526,8 @@ impl Records {
     /// Stores statement lines; lines already stored (same source and id) are skipped.
     /// Returns how many were new.
     pub fn insert_pool_jobs(&self, jobs: &[PoolJob]) -> Result<usize> {
-        let mut c = self.c();
-        let tx = c.transaction()?;
+        let jobs = jobs.to_vec();
+        self.write(move |tx| {
         let mut n = 0;
         {
             let mut st = tx.prepare_cached(
@@ -477,12 +546,12 @@ impl Records {
                 ])?;
             }
         }
-        tx.commit()?;
         Ok(n)
+        })
     }
 
     pub fn pool_jobs_between(&self, from_ms: u64, to_ms: u64) -> Result<Vec<PoolJob>> {
-        let c = self.c();
+        self.read(|c| {
         let mut st = c.prepare_cached(
             "SELECT source, ext_id, at_ms, pixels, credited, price_per_pixel, raw FROM earnings_pool_jobs
              WHERE at_ms >= ?1 AND at_ms < ?2 ORDER BY at_ms, ext_id",
@@ -514,11 +583,12 @@ impl Records {
             });
         }
         Ok(out)
+        })
     }
 
     pub fn insert_pool_payouts(&self, payouts: &[PoolPayout]) -> Result<usize> {
-        let mut c = self.c();
-        let tx = c.transaction()?;
+        let payouts = payouts.to_vec();
+        self.write(move |tx| {
         let mut n = 0;
         {
             let mut st = tx.prepare_cached(
@@ -535,12 +605,14 @@ impl Records {
                 ])?;
             }
         }
-        tx.commit()?;
         Ok(n)
+        })
     }
 
     pub fn set_payout_check(&self, source: &str, ext_id: &str, check: &PayoutCheck) -> Result<()> {
-        self.c().execute(
+        let (source, ext_id, check) = (source.to_string(), ext_id.to_string(), check.clone());
+        self.write(move |c| {
+        c.execute(
             "UPDATE earnings_pool_payouts SET check_state = ?3, check_detail = ?4, onchain_value = ?5,
                onchain_block = ?6, gas_fee = ?7 WHERE source = ?1 AND ext_id = ?2",
             params![
@@ -554,11 +626,12 @@ impl Records {
             ],
         )?;
         Ok(())
+        })
     }
 
     /// Every reported payout, oldest first.
     pub fn pool_payouts(&self) -> Result<Vec<PoolPayout>> {
-        let c = self.c();
+        self.read(|c| {
         let mut st = c.prepare_cached(
             "SELECT source, ext_id, at_ms, amount, tx_hash, check_state, check_detail, onchain_value,
                     onchain_block, gas_fee FROM earnings_pool_payouts ORDER BY at_ms, ext_id",
@@ -607,18 +680,19 @@ impl Records {
             });
         }
         Ok(out)
+        })
     }
 
     /// (last statement time seen, last poll) of a source.
     pub fn pool_cursor(&self, source: &str) -> Result<Option<(u64, u64)>> {
-        Ok(self
-            .c()
-            .query_row(
+        self.read(|c| {
+            Ok(c.query_row(
                 "SELECT last_ms, polled_ms FROM earnings_pool_cursor WHERE source = ?1",
                 params![source],
                 |r| Ok((u(r.get(0)?), u(r.get(1)?))),
             )
             .optional()?)
+        })
     }
 
     pub fn set_pool_cursor(
@@ -628,27 +702,30 @@ impl Records {
         polled_ms: u64,
         error: Option<&str>,
     ) -> Result<()> {
-        self.c().execute(
+        let (source, error) = (source.to_string(), error.map(str::to_string));
+        self.write(move |c| {
+        c.execute(
             "INSERT INTO earnings_pool_cursor (source, last_ms, polled_ms, last_error) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT(source) DO UPDATE SET last_ms = MAX(last_ms, excluded.last_ms),
                polled_ms = excluded.polled_ms, last_error = excluded.last_error",
             params![source, i(last_ms), i(polled_ms), error],
         )?;
         Ok(())
+        })
     }
 
     // ---- chain scan -----------------------------------------------------------------------
 
     /// The last block scanned on `stream`, with its hash.
     pub fn chain_cursor(&self, stream: &str) -> Result<Option<(u64, B256)>> {
-        let row: Option<(i64, String)> = self
-            .c()
-            .query_row(
+        let row: Option<(i64, String)> = self.read(|c| {
+            Ok(c.query_row(
                 "SELECT block, hash FROM earnings_chain_cursor WHERE stream = ?1",
                 params![stream],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
-            .optional()?;
+            .optional()?)
+        })?;
         row.map(|(b, h)| Ok((u(b), b256("earnings_chain_cursor.hash", h)?)))
             .transpose()
     }
@@ -663,8 +740,8 @@ impl Records {
         hash: B256,
         keep_checkpoints: u64,
     ) -> Result<usize> {
-        let mut c = self.c();
-        let tx = c.transaction()?;
+        let (stream, events) = (stream.to_string(), events.to_vec());
+        self.write(move |tx| {
         let mut n = 0;
         {
             let mut st = tx.prepare_cached(
@@ -701,13 +778,13 @@ impl Records {
                (SELECT block FROM earnings_chain_checkpoints WHERE stream = ?1 ORDER BY block DESC LIMIT ?2)",
             params![stream, i(keep_checkpoints.max(1))],
         )?;
-        tx.commit()?;
         Ok(n)
+        })
     }
 
     /// Checkpoints of `stream`, newest first.
     pub fn checkpoints(&self, stream: &str) -> Result<Vec<(u64, B256)>> {
-        let c = self.c();
+        self.read(|c| {
         let mut st = c.prepare_cached(
             "SELECT block, hash FROM earnings_chain_checkpoints WHERE stream = ?1 ORDER BY block DESC",
         )?;
@@ -720,13 +797,14 @@ impl Records {
             out.push((u(b), b256("earnings_chain_checkpoints.hash", h)?));
         }
         Ok(out)
+        })
     }
 
     /// Undoes everything scanned after `block` (a reorg's fork point), atomically: events,
     /// checkpoints, and the cursor moves back to (`block`, `hash`). Returns the events removed.
     pub fn rewind(&self, stream: &str, block: u64, hash: B256) -> Result<usize> {
-        let mut c = self.c();
-        let tx = c.transaction()?;
+        let stream = stream.to_string();
+        self.write(move |tx| {
         let n = tx.execute(
             "DELETE FROM earnings_chain_events WHERE stream = ?1 AND block > ?2",
             params![stream, i(block)],
@@ -740,13 +818,13 @@ impl Records {
              ON CONFLICT(stream) DO UPDATE SET block = excluded.block, hash = excluded.hash, updated_ms = excluded.updated_ms",
             params![stream, i(block), hash.to_string(), i(crate::util::now_ms())],
         )?;
-        tx.commit()?;
         Ok(n)
+        })
     }
 
     /// Events of `stream` (all kinds) with `at_ms` in `[from_ms, to_ms)`.
     pub fn chain_events(&self, stream: &str, from_ms: u64, to_ms: u64) -> Result<Vec<ChainEvent>> {
-        let c = self.c();
+        self.read(|c| {
         let mut st = c.prepare_cached(
             "SELECT tx_hash, log_index, stream, block, block_hash, at_ms, kind, counterparty, amount, detail
              FROM earnings_chain_events WHERE stream = ?1 AND at_ms >= ?2 AND at_ms < ?3 ORDER BY block, log_index",
@@ -784,12 +862,15 @@ impl Records {
             });
         }
         Ok(out)
+        })
     }
 
     // ---- balances -----------------------------------------------------------------------
 
     pub fn add_snapshot(&self, s: &BalanceSnapshot) -> Result<()> {
-        self.c().execute(
+        let s = s.clone();
+        self.write(move |c| {
+        c.execute(
             "INSERT INTO earnings_balance_snapshots (address, block, block_hash, balance, nonce, at_ms)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![
@@ -802,11 +883,12 @@ impl Records {
             ],
         )?;
         Ok(())
+        })
     }
 
     /// Snapshots of `address`, oldest first.
     pub fn snapshots(&self, address: Address) -> Result<Vec<BalanceSnapshot>> {
-        let c = self.c();
+        self.read(|c| {
         let mut st = c.prepare_cached(
             "SELECT address, block, block_hash, balance, nonce, at_ms FROM earnings_balance_snapshots
              WHERE address = ?1 ORDER BY block, id",
@@ -834,33 +916,40 @@ impl Records {
             });
         }
         Ok(out)
+        })
     }
 
     // ---- rounds -------------------------------------------------------------------------
 
     /// Records the first time a round was seen; later sightings keep the first.
     pub fn saw_round(&self, round: u64, at_ms: u64, block: u64) -> Result<()> {
-        self.c().execute(
-            "INSERT OR IGNORE INTO earnings_rounds (round, first_seen_ms, block) VALUES (?1, ?2, ?3)",
-            params![i(round), i(at_ms), i(block)],
-        )?;
-        Ok(())
+        self.write(move |c| {
+            c.execute(
+                "INSERT OR IGNORE INTO earnings_rounds (round, first_seen_ms, block) VALUES (?1, ?2, ?3)",
+                params![i(round), i(at_ms), i(block)],
+            )?;
+            Ok(())
+        })
     }
 
     /// (round, first seen ms), oldest first.
     pub fn rounds(&self) -> Result<Vec<(u64, u64)>> {
-        let c = self.c();
-        let mut st =
-            c.prepare_cached("SELECT round, first_seen_ms FROM earnings_rounds ORDER BY round")?;
-        let rows = st.query_map([], |r| Ok((u(r.get(0)?), u(r.get(1)?))))?;
-        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        self.read(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT round, first_seen_ms FROM earnings_rounds ORDER BY round",
+            )?;
+            let rows = st.query_map([], |r| Ok((u(r.get(0)?), u(r.get(1)?))))?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
     }
 
     // ---- receipts -----------------------------------------------------------------------
 
     /// Keeps a signed receipt; the first one for a job stands.
     pub fn insert_receipt(&self, r: &StoredReceipt) -> Result<bool> {
-        let n = self.c().execute(
+        let r = r.clone();
+        self.write(move |c| {
+        let n = c.execute(
             "INSERT OR IGNORE INTO earnings_receipts (job_id, ledger_job_id, day, completed_ms, digest, signer, body)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             params![
@@ -874,20 +963,24 @@ impl Records {
             ],
         )?;
         Ok(n == 1)
+        })
     }
 
     /// Links a receipt signed before the ledger knew the job (Livepeer) to the ledger's id.
     /// Names the ledger job of a receipt signed earlier; `false` when there is no such receipt.
     pub fn link_receipt(&self, job_id: &str, ledger_job_id: &str) -> Result<bool> {
-        let n = self.c().execute(
-            "UPDATE earnings_receipts SET ledger_job_id = ?2 WHERE job_id = ?1",
-            params![job_id, ledger_job_id],
-        )?;
-        Ok(n > 0)
+        let (job_id, ledger_job_id) = (job_id.to_string(), ledger_job_id.to_string());
+        self.write(move |c| {
+            let n = c.execute(
+                "UPDATE earnings_receipts SET ledger_job_id = ?2 WHERE job_id = ?1",
+                params![job_id, ledger_job_id],
+            )?;
+            Ok(n > 0)
+        })
     }
 
     pub fn receipts_of_day(&self, day: &str) -> Result<Vec<StoredReceipt>> {
-        let c = self.c();
+        self.read(|c| {
         let mut st = c.prepare_cached(
             "SELECT job_id, ledger_job_id, day, completed_ms, digest, signer, body FROM earnings_receipts
              WHERE day = ?1 ORDER BY completed_ms, job_id",
@@ -917,21 +1010,25 @@ impl Records {
             });
         }
         Ok(out)
+        })
     }
 
     /// Days that have receipts but no signed root, before `before_day`.
     pub fn days_without_root(&self, before_day: &str) -> Result<Vec<String>> {
-        let c = self.c();
-        let mut st = c.prepare_cached(
-            "SELECT DISTINCT day FROM earnings_receipts WHERE day < ?1
+        self.read(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT DISTINCT day FROM earnings_receipts WHERE day < ?1
                AND day NOT IN (SELECT day FROM earnings_daily_roots) ORDER BY day",
-        )?;
-        let rows = st.query_map(params![before_day], |r| r.get::<_, String>(0))?;
-        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+            )?;
+            let rows = st.query_map(params![before_day], |r| r.get::<_, String>(0))?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
     }
 
     pub fn put_root(&self, r: &DailyRoot) -> Result<()> {
-        self.c().execute(
+        let r = r.clone();
+        self.write(move |c| {
+        c.execute(
             "INSERT OR REPLACE INTO earnings_daily_roots (day, root, count, signer, message, signature, made_ms)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             params![
@@ -945,17 +1042,18 @@ impl Records {
             ],
         )?;
         Ok(())
+        })
     }
 
     pub fn root(&self, day: &str) -> Result<Option<DailyRoot>> {
-        let row: Option<(String, String, i64, String, String, String, i64)> = self
-            .c()
-            .query_row(
+        let row: Option<(String, String, i64, String, String, String, i64)> = self.read(|c| {
+            Ok(c.query_row(
                 "SELECT day, root, count, signer, message, signature, made_ms FROM earnings_daily_roots WHERE day = ?1",
                 params![day],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)),
             )
-            .optional()?;
+            .optional()?)
+        })?;
         row.map(|(day, root, count, signer, message, signature, made)| {
             Ok(DailyRoot {
                 day,
@@ -971,7 +1069,8 @@ impl Records {
     }
 }
 
-fn migrate(conn: &mut Connection) -> Result<()> {
+/// Brings the tables up to date; runs inside one transaction ([`Records::write`]).
+fn migrate(conn: &Connection) -> Result<()> {
     conn.execute_batch(
         "CREATE TABLE IF NOT EXISTS earnings_schema (version INTEGER PRIMARY KEY, applied_ms INTEGER NOT NULL)",
     )?;
@@ -981,13 +1080,11 @@ fn migrate(conn: &mut Connection) -> Result<()> {
         })?
         .unwrap_or(0);
     for (n, sql) in MIGRATIONS.iter().enumerate().skip(have as usize) {
-        let tx = conn.transaction()?;
-        tx.execute_batch(sql)?;
-        tx.execute(
+        conn.execute_batch(sql)?;
+        conn.execute(
             "INSERT INTO earnings_schema (version, applied_ms) VALUES (?1, ?2)",
             params![n as i64 + 1, i(crate::util::now_ms())],
         )?;
-        tx.commit()?;
     }
     Ok(())
 }
@@ -1066,6 +1163,39 @@ mod tests {
             (jobs[0].job_id.as_str(), jobs[0].class.as_str()),
             ("old", CLASS_TRANSCODE)
         );
+    }
+
+    /// Issue 17: one database for the daemon. The earnings tables written through the shared
+    /// [`Db`] go through its writer (its commit count moves) and are in the same file as the
+    /// tables written before by a connection of their own.
+    #[test]
+    fn shared_tables_go_through_the_daemons_writer_and_keep_what_was_there() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let own = Records::open(&dir.path().join(crate::db::FILE)).unwrap();
+            assert!(own.record_job(&job("before", 5, 100)).unwrap());
+        }
+        let db = Db::open(dir.path()).unwrap();
+        let r = Records::with_db(db.clone()).unwrap();
+        assert_eq!(r.schema_version().unwrap(), MIGRATIONS.len() as u32);
+        let before = db.stats().writes;
+        assert!(r.record_job(&job("after", 6, 200)).unwrap());
+        assert!(!r.record_job(&job("after", 7, 999)).unwrap());
+        assert_eq!(
+            db.stats().writes,
+            before + 2,
+            "both writes went through the writer"
+        );
+        let ids: Vec<String> = r
+            .jobs_between(0, 10)
+            .unwrap()
+            .into_iter()
+            .map(|j| j.job_id)
+            .collect();
+        assert_eq!(ids, ["before", "after"]);
+        r.set_pool_cursor("csv", 10, 11, Some("boom")).unwrap();
+        assert_eq!(r.pool_cursor("csv").unwrap(), Some((10, 11)));
+        r.checkpoint().unwrap();
     }
 
     #[test]

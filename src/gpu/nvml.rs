@@ -210,7 +210,13 @@ impl NvmlBackend {
             );
         }
         let since = self.last_sample.get(&index).copied();
-        if let Some(samples) = read!(dev.process_utilization_stats(since)) {
+        // NVML answers NOT_FOUND when no process used the GPU since `since`: no samples,
+        // not an error (seen on an idle H200, where it was reported as the device's error).
+        let samples = match dev.process_utilization_stats(since) {
+            Err(NvmlError::NotFound) => Ok(Vec::new()),
+            other => other,
+        };
+        if let Some(samples) = read!(samples) {
             for s in samples {
                 let entry = procs.entry(s.pid).or_insert_with(|| {
                     let name = process_name(&self.nvml, s.pid);

@@ -23,7 +23,20 @@ impl Poller {
         interval: Duration,
         cancel: CancellationToken,
     ) -> (watch::Receiver<Snapshot>, JoinHandle<()>) {
-        let (tx, rx) = watch::channel(Snapshot::empty(telemetry.source()));
+        let empty = Snapshot::empty(telemetry.source());
+        Self::spawn_from(telemetry, empty, interval, cancel)
+    }
+
+    /// As [`Poller::spawn`], with the receiver starting at `first` (a poll already taken),
+    /// so readers never see an empty device list: start-up checks such as
+    /// `--test-transcoder` read it at once, and an empty list looked like a CPU-only host.
+    pub fn spawn_from(
+        telemetry: Telemetry,
+        first: Snapshot,
+        interval: Duration,
+        cancel: CancellationToken,
+    ) -> (watch::Receiver<Snapshot>, JoinHandle<()>) {
+        let (tx, rx) = watch::channel(first);
         let handle = tokio::spawn(async move {
             let mut ticker = tokio::time::interval(interval);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

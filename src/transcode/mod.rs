@@ -315,6 +315,8 @@ pub enum TranscodeError {
     },
     #[error("cannot write rendition {path}: {reason}")]
     Output { path: String, reason: String },
+    #[error("the muxer refused the input's data for rendition {profile} ({reason}): its audio or timestamps are corrupt; re-mux the segment (or drop its audio) and send it again")]
+    MuxRefused { profile: String, reason: String },
     #[error("the frame transform failed: {0}")]
     Transform(String),
     #[error("FFmpeg failed while {what}: {reason}")]
@@ -335,6 +337,7 @@ impl TranscodeError {
                 | TranscodeError::NoFrames { .. }
                 | TranscodeError::UnsupportedCodec { .. }
                 | TranscodeError::TimestampGap { .. }
+                | TranscodeError::MuxRefused { .. }
         )
     }
 }

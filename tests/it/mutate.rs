@@ -430,3 +430,22 @@ async fn sigterm_stops_a_running_job_promptly() {
         d.log()
     );
 }
+
+/// Found by the 10,000-case run (seed 0xC0FFEE11): a corrupt AAC stream copied into the
+/// MPEG-TS muxer made it refuse the next interleaved write ("Invalid data found when
+/// processing input"), which was answered as an internal error (HTTP 500). It is the
+/// input's data at fault, so it is refused as bad input, with the reason.
+#[test]
+fn the_muxer_refusing_the_inputs_data_is_bad_input() {
+    let sources = mutate::sources();
+    for case in [1319, 2301, 7220] {
+        let tally = mutate::run_engine(0xC0FF_EE11, case..case + 1, &sources, HANG, |_, _| {});
+        assert_eq!(tally.failed, 0, "case {case}: {:?}", tally.failures);
+        assert_eq!(tally.refused, 1, "case {case}: {tally:?}");
+        assert!(
+            tally.reasons.keys().any(|r| r.contains("muxer refused")),
+            "case {case}: {:?}",
+            tally.reasons
+        );
+    }
+}

@@ -284,3 +284,104 @@ async fn an_encoder_fallback_to_the_cpu_is_counted_only_where_a_gpu_is() {
         "a CPU host's libx264 counted as a fallback:\n{metrics}"
     );
 }
+
+/// `--test-transcoder` probes the GPUs telemetry reports as soon as the daemon starts. Found
+/// on an H200 (no NVENC): the probe read the device list before the first telemetry poll,
+/// saw none, probed libx264 as on a CPU-only host and passed. Here the labelled simulated
+/// RTX 3090 stands for the GPU on a host with no NVENC: under `encoder = "auto"` the probe
+/// must fail fast naming NVENC; with `encoder = "x264"` it passes and the daemon serves.
+#[test]
+fn test_transcoder_fails_fast_on_a_gpu_whose_nvenc_does_not_open() {
+    let root = tempfile::tempdir().unwrap();
+    let config = |encoder: &str| {
+        let path = root.path().join(format!("{encoder}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "[gpu]\nbackend = \"sim:rtx3090\"\n[transcode]\nencoder = \"{encoder}\"\n\
+                 x264_preset = \"ultrafast\"\ncalibrate = false\n"
+            ),
+        )
+        .unwrap();
+        path
+    };
+    // A passing probe would go on serving, so the run is bounded rather than waited on.
+    let mut child = Command::new(BIN)
+        .args([
+            "run",
+            "--test-transcoder",
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+        ])
+        .arg(config("auto"))
+        .arg("--data-dir")
+        .arg(root.path().join("auto"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if std::time::Instant::now() > deadline || root.path().join("auto/api.addr").exists() {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let mut err = String::new();
+    use std::io::Read;
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "the probe passed on a GPU whose NVENC does not open: {err}"
+    );
+    assert!(
+        err.contains("--test-transcoder: GPU 0 cannot open") && err.contains("NVENC"),
+        "{err}"
+    );
+
+    let mut child = Command::new(BIN)
+        .args([
+            "run",
+            "--test-transcoder",
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+        ])
+        .arg(config("x264"))
+        .arg("--data-dir")
+        .arg(root.path().join("x264"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let addr = root.path().join("x264").join("api.addr");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !addr.exists() && std::time::Instant::now() < deadline {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
+            panic!("exited {status} before serving: {err}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(
+        addr.exists(),
+        "the daemon never served after a passing probe"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -230,9 +230,7 @@ impl Worker {
             .send_eof()
             .map_err(|e| self.ffmpeg("flushing the encoder", e))?;
         self.drain_encoder(stop)?;
-        self.octx
-            .write_trailer()
-            .map_err(|e| self.write_err(e.to_string()))?;
+        self.octx.write_trailer().map_err(|e| self.write_err(e))?;
         let total = started.elapsed();
         tracing::debug!(
             target: "comine::transcode::stages",
@@ -430,7 +428,7 @@ impl Worker {
                     packet.rescale_ts(self.enc_time_base, self.video_out_time_base);
                     packet
                         .write_interleaved(&mut self.octx)
-                        .map_err(|e| self.write_err(e.to_string()))?;
+                        .map_err(|e| self.write_err(e))?;
                 }
                 Err(ffmpeg_next::Error::Eof) => return Ok(()),
                 Err(ffmpeg_next::Error::Other { errno }) if errno == libc::EAGAIN => return Ok(()),
@@ -459,10 +457,19 @@ impl Worker {
             reason: format!("{e} (rendition {})", self.profile.name),
         }
     }
-    fn write_err(&self, reason: String) -> TranscodeError {
-        TranscodeError::Output {
-            path: self.output.dst.display().to_string(),
-            reason,
+    /// A write the muxer refused. The video packets are our encoder's, so "invalid data"
+    /// comes from what is copied from the input (a corrupt AAC stream surfaces on the next
+    /// interleaved write): bad input, not an output failure. Anything else (a full disk) is.
+    fn write_err(&self, e: ffmpeg_next::Error) -> TranscodeError {
+        match e {
+            ffmpeg_next::Error::InvalidData => TranscodeError::MuxRefused {
+                profile: self.profile.name.clone(),
+                reason: e.to_string(),
+            },
+            e => TranscodeError::Output {
+                path: self.output.dst.display().to_string(),
+                reason: e.to_string(),
+            },
         }
     }
 }

@@ -494,6 +494,10 @@ pub struct Tally {
     pub walls_ms: Vec<u64>,
     /// Failure reasons, counted (first 80 characters).
     pub reasons: std::collections::BTreeMap<String, u64>,
+    /// Cases that failed other than as bad input, with the whole reason (the first 50): an
+    /// internal error on mutated input is a misclassified refusal or a bug, and its
+    /// truncated reason did not say which.
+    pub failures: Vec<String>,
 }
 
 impl Tally {
@@ -513,6 +517,9 @@ impl Tally {
                     self.refused += 1;
                 } else {
                     self.failed += 1;
+                    if self.failures.len() < 50 {
+                        self.failures.push(format!("{label}: {r}"));
+                    }
                 }
                 let key: String = r.chars().take(80).collect();
                 *self.reasons.entry(key).or_default() += 1;
