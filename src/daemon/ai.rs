@@ -11,9 +11,12 @@
 //!   window, a C2 or memory pressure takes it back — offer lowered (re-registration), jobs
 //!   in flight drained within a bound and the rest answered with an error, model unloaded,
 //!   decision recorded — and it comes back after the pressure has been gone for a while;
-//! - **a ledger handler**: every job, done or failed, goes through the ledger's state
-//!   machine as class `ai` under the manifest `ai:<pipeline>/<model>` with the task id as
-//!   sequence (the idempotency key), its units per Livepeer's billing as its pixels.
+//! - **a ledger handler**: every job goes through the ledger's state machine as class `ai`
+//!   under the manifest `ai:<pipeline>/<model>` with the task id as sequence (the
+//!   idempotency key), its units per Livepeer's billing as its pixels: `received` when it
+//!   arrives (before its input is fetched, so a crash leaves a record that the restart
+//!   fails as `interrupted`), `queued` → `transcoding` when it runs, then `stored` →
+//!   `done` or `failed` when it is answered.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -27,10 +30,10 @@ use super::Daemon;
 use crate::ai::lease::{LeaseDecision, LeaseInput, Leases};
 use crate::ai::service::ServedModel;
 use crate::ai::{AiError, AiService};
-use crate::ledger::{Admitted, JobClass, NewJob, RenditionRecord};
+use crate::ledger::{Admitted, JobClass, JobState, NewJob, RenditionRecord};
 use crate::livepeer::ai_worker::{
-    run_ai_worker, AiFailure, AiFile, AiJob, AiJobHandler, AiJobRecord, AiOffer, AiOutput,
-    AiWorkerConfig, BoxFuture, GpuDescription, OfferedModel,
+    run_ai_worker, AiFailure, AiFile, AiJob, AiJobArrival, AiJobHandler, AiJobRecord, AiOffer,
+    AiOutput, AiWorkerConfig, BoxFuture, GpuDescription, OfferedModel,
 };
 use crate::livepeer::{LinkStatus, LivepeerError, TranscoderConfig};
 
@@ -86,15 +89,62 @@ struct Handler {
     service: Arc<AiService>,
     counters: Arc<AiCounters>,
     leases: Arc<Mutex<Leases>>,
+    /// Task id → ledger job id, for the jobs admitted on arrival and not yet recorded.
+    admitted: Arc<Mutex<std::collections::HashMap<i64, String>>>,
+}
+
+impl Handler {
+    fn admitted(&self, task_id: i64) -> Option<String> {
+        self.admitted
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&task_id).cloned())
+    }
 }
 
 impl AiJobHandler for Handler {
+    fn received(&self, a: AiJobArrival) -> BoxFuture<'_, ()> {
+        let (daemon, admitted) = (self.daemon.clone(), self.admitted.clone());
+        Box::pin(async move {
+            let task_id = a.task_id;
+            let db = daemon.ledger.db().clone();
+            let r = db
+                .call(move || {
+                    daemon
+                        .ledger
+                        .admit(new_job(&a.pipeline, &a.model_id, task_id))
+                })
+                .await;
+            match r {
+                Ok(Ok(Admitted::New(j))) => {
+                    if let Ok(mut m) = admitted.lock() {
+                        m.insert(task_id, j.job_id);
+                    }
+                }
+                // Recorded before (a re-sent task): it runs and is answered, but counts once.
+                Ok(Ok(Admitted::Duplicate(j))) => {
+                    tracing::info!(task_id, job = %j.job_id, state = j.state.as_str(), "AI task already in the ledger; not counted again")
+                }
+                Ok(Err(e)) => tracing::error!(task_id, error = %e, "AI job arrival not recorded"),
+                Err(e) => tracing::error!(task_id, error = %e, "AI job arrival not recorded"),
+            }
+        })
+    }
+
     fn run(
         &self,
         job: AiJob,
         cancel: CancellationToken,
     ) -> BoxFuture<'_, Result<AiOutput, AiFailure>> {
         Box::pin(async move {
+            if let Some(id) = self.admitted(job.task_id) {
+                let d = self.daemon.clone();
+                let db = d.ledger.db().clone();
+                let r = db.call(move || to_transcoding(&d, &id)).await;
+                if let Ok(Err(e)) | Err(e) = r.map_err(anyhow::Error::from) {
+                    tracing::error!(task_id = job.task_id, error = %format!("{e:#}"), "AI job state not recorded");
+                }
+            }
             // A job on a model whose lease is being taken back is cancelled with it.
             let lease_cancel = self
                 .leases
@@ -146,11 +196,16 @@ impl AiJobHandler for Handler {
         // Ledger writes block until durable: they run on the blocking pool, never on a
         // runtime worker (see `db`).
         let (daemon, counters) = (self.daemon.clone(), self.counters.clone());
+        let id = self
+            .admitted
+            .lock()
+            .ok()
+            .and_then(|mut m| m.remove(&rec.task_id));
         Box::pin(async move {
             let task_id = rec.task_id;
             let db = daemon.ledger.db().clone();
             let d = daemon.clone();
-            let r = db.call(move || account(&d, &counters, &rec)).await;
+            let r = db.call(move || account(&d, &counters, &rec, id)).await;
             match r {
                 Ok(Ok(Some(done))) => daemon.account_earnings(&done, None).await,
                 Ok(Ok(None)) => {}
@@ -163,12 +218,43 @@ impl AiJobHandler for Handler {
     }
 }
 
-/// Records one AI job in the ledger (blocking: call it off the runtime's workers). Returns
-/// the job when it reached `done` now, for its earnings.
+/// The ledger entry of an AI job: manifest `ai:<pipeline>/<model>`, the task id as
+/// sequence (the idempotency key).
+fn new_job(pipeline: &str, model_id: &str, task_id: i64) -> NewJob {
+    let model = if model_id.is_empty() { "-" } else { model_id };
+    NewJob {
+        class: JobClass::Ai,
+        manifest_id: Some(format!("{MANIFEST_PREFIX}{pipeline}/{model}")),
+        seq: u64::try_from(task_id).ok(),
+        profiles: vec![format!("ai:{pipeline}")],
+        duration_ms: 0,
+        segment_bytes: 0,
+    }
+}
+
+/// Moves a received job to `transcoding` (it runs now), from wherever it is before that.
+fn to_transcoding(d: &Daemon, id: &str) -> anyhow::Result<()> {
+    let Some(job) = d.ledger.get(id)? else {
+        anyhow::bail!("AI job {id} vanished from the ledger");
+    };
+    if job.state == JobState::Received {
+        d.ledger.mark_queued(id)?;
+    }
+    if matches!(job.state, JobState::Received | JobState::Queued) {
+        d.ledger.mark_transcoding(id)?;
+    }
+    Ok(())
+}
+
+/// Records one AI job's outcome in the ledger (blocking: call it off the runtime's
+/// workers). `admitted` is its ledger id when it was admitted on arrival; without one it
+/// is admitted now, and a task already in the ledger is not counted again. Returns the job
+/// when it reached `done` now, for its earnings.
 fn account(
     d: &Daemon,
     c: &AiCounters,
     rec: &AiJobRecord,
+    admitted: Option<String>,
 ) -> anyhow::Result<Option<crate::ledger::JobRecord>> {
     {
         let model = if rec.model_id.is_empty() {
@@ -176,23 +262,19 @@ fn account(
         } else {
             rec.model_id.as_str()
         };
-        let job = match d.ledger.admit(NewJob {
-            class: JobClass::Ai,
-            manifest_id: Some(format!("{MANIFEST_PREFIX}{}/{model}", rec.pipeline)),
-            seq: u64::try_from(rec.task_id).ok(),
-            profiles: vec![format!("ai:{}", rec.pipeline)],
-            duration_ms: rec.elapsed.as_millis() as u64,
-            segment_bytes: 0,
-        })? {
-            Admitted::Duplicate(_) => {
-                c.duplicates.fetch_add(1, Ordering::Relaxed);
-                return Ok(None);
-            }
-            Admitted::New(j) => j,
+        let id = match admitted {
+            Some(id) => id,
+            None => match d
+                .ledger
+                .admit(new_job(&rec.pipeline, &rec.model_id, rec.task_id))?
+            {
+                Admitted::Duplicate(_) => {
+                    c.duplicates.fetch_add(1, Ordering::Relaxed);
+                    return Ok(None);
+                }
+                Admitted::New(j) => j.job_id,
+            },
         };
-        let id = job.job_id;
-        d.ledger.mark_queued(&id)?;
-        d.ledger.mark_transcoding(&id)?;
         let result = match (&rec.outcome, rec.delivered) {
             (Err(f), _) => Err((f.reason.clone(), f.message.clone())),
             (Ok(()), false) => Err((
@@ -203,6 +285,10 @@ fn account(
         };
         match result {
             Err((code, message)) => {
+                // A job already final (a crash's `interrupted`) keeps its state.
+                if d.ledger.get(&id)?.is_some_and(|j| j.state.is_final()) {
+                    return Ok(None);
+                }
                 d.ledger.fail(&id, &code, &message)?;
                 if code == "not_accepted" {
                     c.not_accepted.fetch_add(1, Ordering::Relaxed);
@@ -211,6 +297,7 @@ fn account(
                 d.metrics.ai_job(&rec.pipeline, model, &code, 0);
             }
             Ok(()) => {
+                to_transcoding(d, &id)?;
                 d.ledger.mark_stored(
                     &id,
                     rec.units,
@@ -356,6 +443,7 @@ pub async fn start(
         service,
         counters,
         leases,
+        admitted: Arc::default(),
     });
     Ok(wcfg.map(|w| tokio::spawn(run_ai_worker(w, offer_rx, handler, stop))))
 }

@@ -449,6 +449,31 @@ impl Daemon {
         let mut keep = std::collections::HashSet::new();
         for job in self.ledger.call(|l| l.unfinished()).await? {
             match job.state {
+                // An AI job is in the ledger from its arrival. One that was answered and
+                // stored is counted now; one caught before that was never answered (the
+                // orchestrator's timeout retries it elsewhere): failed, not counted, and its
+                // task id stays taken so the same task never counts twice.
+                _ if job
+                    .manifest_id
+                    .as_deref()
+                    .is_some_and(|m| m.starts_with(ai::MANIFEST_PREFIX)) =>
+                {
+                    let id = job.job_id.clone();
+                    if job.state == JobState::Stored {
+                        self.ledger.call(move |l| l.complete(&id)).await?;
+                    } else {
+                        tracing::warn!(job = %job.job_id, state = job.state.as_str(), "AI job interrupted by the last stop; marking failed (not counted)");
+                        self.ledger
+                            .call(move |l| {
+                                l.fail(
+                                    &id,
+                                    "interrupted",
+                                    "the daemon stopped while this AI job ran; it was not answered and is not counted",
+                                )
+                            })
+                            .await?;
+                    }
+                }
                 JobState::Received => {
                     tracing::warn!(job = %job.job_id, "segment was not fully accepted before the last stop; marking failed");
                     let id = job.job_id.clone();
@@ -478,24 +503,6 @@ impl Daemon {
                                 &id,
                                 "interrupted",
                                 "the daemon stopped before this Livepeer segment's renditions were stored",
-                            )
-                        })
-                        .await?;
-                }
-                // An AI job is recorded after it was answered; one caught mid-way was
-                // answered but not counted, and stays that way.
-                _ if job
-                    .manifest_id
-                    .as_deref()
-                    .is_some_and(|m| m.starts_with(ai::MANIFEST_PREFIX)) =>
-                {
-                    let id = job.job_id.clone();
-                    self.ledger
-                        .call(move |l| {
-                            l.fail(
-                                &id,
-                                "interrupted",
-                                "the daemon stopped while recording this AI job",
                             )
                         })
                         .await?;

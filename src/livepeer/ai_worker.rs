@@ -239,6 +239,16 @@ impl std::fmt::Display for AiFailure {
     }
 }
 
+/// A job as it arrives, before its input is fetched: what the daemon's ledger needs to
+/// record it (the task id is the orchestrator's request id, the idempotency key).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AiJobArrival {
+    pub task_id: i64,
+    pub pipeline: String,
+    /// The request's `model_id` (empty when the request names none or is not JSON).
+    pub model_id: String,
+}
+
 /// The record of one answered job, for the daemon's ledger.
 #[derive(Clone, Debug)]
 pub struct AiJobRecord {
@@ -264,6 +274,12 @@ pub trait AiJobHandler: Send + Sync + 'static {
         job: AiJob,
         cancel: CancellationToken,
     ) -> BoxFuture<'_, Result<AiOutput, AiFailure>>;
+    /// Called once per job when it arrives, before it runs, so a job cut short by a crash
+    /// leaves a record. The default records nothing (the outcome is still recorded).
+    fn received(&self, arrival: AiJobArrival) -> BoxFuture<'_, ()> {
+        let _ = arrival;
+        Box::pin(async {})
+    }
     /// Called once per job after the answer was posted (or could not be).
     fn record(&self, record: AiJobRecord) -> BoxFuture<'_, ()>;
 }
@@ -580,6 +596,19 @@ async fn refuse(shared: &Shared, n: NotifyAiJob, http: &reqwest::Client, why: &s
         .as_ref()
         .map(|d| d.pipeline.clone())
         .unwrap_or_default();
+    let model_id = n
+        .ai_job_data
+        .as_ref()
+        .map(|d| request_model(&d.request_data))
+        .unwrap_or_default();
+    shared
+        .handler
+        .received(AiJobArrival {
+            task_id: n.task_id,
+            pipeline: pipeline.clone(),
+            model_id: model_id.clone(),
+        })
+        .await;
     let failure = AiFailure::new("unavailable", why);
     let delivered = post_result(shared, http, n.task_id, &pipeline, Err(&failure)).await;
     shared
@@ -587,7 +616,7 @@ async fn refuse(shared: &Shared, n: NotifyAiJob, http: &reqwest::Client, why: &s
         .record(AiJobRecord {
             task_id: n.task_id,
             pipeline,
-            model_id: String::new(),
+            model_id,
             units: 0,
             outcome: Err(failure),
             delivered,
@@ -600,7 +629,16 @@ async fn handle(shared: &Shared, n: NotifyAiJob, http: &reqwest::Client) {
     let started = Instant::now();
     let data = n.ai_job_data.clone().unwrap_or_default();
     let pipeline = data.pipeline.clone();
-    let mut model_id = String::new();
+    let model_id = request_model(&data.request_data);
+    // In the ledger before anything can fail or take long: a crash mid-job leaves a record.
+    shared
+        .handler
+        .received(AiJobArrival {
+            task_id: n.task_id,
+            pipeline: pipeline.clone(),
+            model_id: model_id.clone(),
+        })
+        .await;
     let result = async {
         let parsed: Value = serde_json::from_slice(&data.request_data).map_err(|e| {
             AiFailure::new(
@@ -609,11 +647,6 @@ async fn handle(shared: &Shared, n: NotifyAiJob, http: &reqwest::Client) {
             )
         })?;
         let request = parsed.get("request").cloned().unwrap_or(Value::Null);
-        model_id = request
-            .get("model_id")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string();
         let input = match parsed.get("input_url").and_then(Value::as_str) {
             Some(url) if !url.is_empty() => Some(download(shared, http, url).await?),
             _ => None,
@@ -665,6 +698,18 @@ async fn handle(shared: &Shared, n: NotifyAiJob, http: &reqwest::Client) {
             elapsed: started.elapsed(),
         })
         .await;
+}
+
+/// The `request.model_id` of a job's `requestData` (empty when there is none).
+fn request_model(request_data: &[u8]) -> String {
+    serde_json::from_slice::<Value>(request_data)
+        .ok()
+        .and_then(|v| {
+            v.pointer("/request/model_id")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        })
+        .unwrap_or_default()
 }
 
 async fn download(shared: &Shared, http: &reqwest::Client, url: &str) -> Result<Bytes, AiFailure> {

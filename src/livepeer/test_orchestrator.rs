@@ -690,6 +690,12 @@ impl TestOrchestrator {
         }
     }
 
+    /// Makes the AI side expect another secret than the transcoder side (from now on):
+    /// an AI worker with the transcoder's secret is then refused with "invalid secret".
+    pub fn set_ai_secret(&self, secret: &str) {
+        self.inner.ai.set_secret(secret);
+    }
+
     /// Live AI workers.
     pub fn live_ai_workers(&self) -> usize {
         *self.inner.ai.live_workers().borrow()
@@ -700,7 +706,16 @@ impl TestOrchestrator {
     pub async fn ai_job(&self, job: AiJobSpec, timeout: Duration) -> AiOutcome {
         self.inner
             .ai
-            .run(&self.addr.to_string(), job, timeout)
+            .run(&self.addr.to_string(), job, timeout, None)
+            .await
+    }
+
+    /// Like [`Self::ai_job`] under a given task id: go-livepeer's task ids restart with
+    /// the orchestrator, so a worker can see one again.
+    pub async fn ai_job_as(&self, task_id: i64, job: AiJobSpec, timeout: Duration) -> AiOutcome {
+        self.inner
+            .ai
+            .run(&self.addr.to_string(), job, timeout, Some(task_id))
             .await
     }
 

@@ -107,7 +107,8 @@ struct Pending {
 
 /// The AI half of the test orchestrator's state.
 pub(super) struct AiSide {
-    secret: String,
+    /// Apart from the transcoder side's, so a test can refuse only the AI link.
+    secret: Mutex<String>,
     workers: Mutex<Vec<Worker>>,
     live: watch::Sender<usize>,
     next_worker: AtomicU64,
@@ -129,7 +130,7 @@ fn text(status: StatusCode, msg: &str) -> Response<Body> {
 impl AiSide {
     pub(super) fn new(secret: String) -> Self {
         AiSide {
-            secret,
+            secret: Mutex::new(secret),
             workers: Mutex::new(Vec::new()),
             live: watch::channel(0).0,
             next_worker: AtomicU64::new(1),
@@ -150,7 +151,7 @@ impl AiSide {
         req: RegisterAiWorkerRequest,
     ) -> Result<AiWorkerStream, Status> {
         lock(&self.registrations).push(req.clone());
-        if req.secret != self.secret {
+        if req.secret != *lock(&self.secret) {
             return Err(Status::unknown("invalid secret"));
         }
         let mut models = HashMap::new();
@@ -203,7 +204,7 @@ impl AiSide {
         if header("Authorization").as_deref() != Some(AI_PROTOCOL_VERSION) {
             return text(StatusCode::UNAUTHORIZED, "Unauthorized");
         }
-        if header("Credentials").as_deref() != Some(self.secret.as_str()) {
+        if header("Credentials") != Some(lock(&self.secret).clone()) {
             return text(StatusCode::UNAUTHORIZED, "Unauthorized");
         }
         let Some(task_id) = header("TaskId").and_then(|t| t.parse::<i64>().ok()) else {
@@ -231,17 +232,29 @@ impl AiSide {
     }
 
     /// Hands one job to a worker and waits for its answer.
-    pub(super) async fn run(&self, addr: &str, job: AiJobSpec, timeout: Duration) -> AiOutcome {
-        let Some(cap) = ai_capability(&job.pipeline) else {
-            // The pipeline is sent anyway (to test the worker's refusal) under upscale's id.
-            return self.send(addr, 30, job, timeout).await;
-        };
-        self.send(addr, cap, job, timeout).await
+    /// `task_id` reuses a task id (a re-sent task); `None` takes the next one.
+    pub(super) async fn run(
+        &self,
+        addr: &str,
+        job: AiJobSpec,
+        timeout: Duration,
+        task_id: Option<i64>,
+    ) -> AiOutcome {
+        // An unknown pipeline is sent anyway (to test the worker's refusal) under upscale's id.
+        let cap = ai_capability(&job.pipeline).unwrap_or(30);
+        self.send(addr, cap, job, timeout, task_id).await
     }
 
-    async fn send(&self, addr: &str, cap: u32, job: AiJobSpec, timeout: Duration) -> AiOutcome {
+    async fn send(
+        &self,
+        addr: &str,
+        cap: u32,
+        job: AiJobSpec,
+        timeout: Duration,
+        task_id: Option<i64>,
+    ) -> AiOutcome {
         static NEXT_TASK: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(1);
-        let task_id = NEXT_TASK.fetch_add(1, Ordering::Relaxed);
+        let task_id = task_id.unwrap_or_else(|| NEXT_TASK.fetch_add(1, Ordering::Relaxed));
         let key = (cap, job.model_id.clone());
         // The first worker with capacity for the model; any worker for an unknown model
         // (go-livepeer would refuse before, but the worker's own check is under test).
@@ -314,6 +327,10 @@ impl AiSide {
             }
         }
         outcome
+    }
+
+    pub(super) fn set_secret(&self, secret: &str) {
+        *lock(&self.secret) = secret.to_string();
     }
 
     /// The capacity the live workers offer for `model_id` (what the O would hand out).

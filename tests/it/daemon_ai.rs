@@ -2,7 +2,9 @@
 //! AI worker beside the transcoder, on a simulated GPU, runs the real model on CPU, and
 //! accounts every job (done and failed) in the ledger as class `ai`, in `/v1/status`,
 //! `/metrics` and `comine ledger export`. SIGTERM answers the job in flight, then
-//! unregisters.
+//! unregisters. A job is in the ledger from its arrival, so a crash mid-job leaves a
+//! record and the same task never counts twice; an orchestrator refusing the AI link's
+//! secret stops `comine run` with that error.
 
 use std::time::{Duration, Instant};
 
@@ -10,7 +12,7 @@ use crate::common::ai::{ai_env, test_picture};
 use bytes::Bytes;
 use comine::ai::image::encode_png;
 use comine::livepeer::test_orchestrator::{TestOrchestrator, TestOrchestratorConfig};
-use comine::livepeer::test_orchestrator_ai::{AiJobSpec, AiOutcome};
+use comine::livepeer::test_orchestrator_ai::{AiInput, AiJobSpec, AiOutcome};
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(120);
@@ -34,6 +36,154 @@ async fn wait_status(
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// `[ai]` with the test model on a simulated GPU.
+fn ai_config(root: &std::path::Path, env: &crate::common::ai::AiEnv) -> std::path::PathBuf {
+    let ai = format!(
+        "[gpu]\nbackend = \"sim:rtx3090\"\n\n[ai]\nonnxruntime_lib = \"{}\"\nthreads = 2\nmax_input_pixels = 4096\ninput_timeout_secs = 120\n\
+         [[ai.models]]\npipeline = \"upscale\"\nmodel_id = \"{MODEL}\"\npath = \"{}\"\nvram_mib = 512\n",
+        env.lib.display(),
+        env.model.display()
+    );
+    crate::common::write_config(root, &ai)
+}
+
+fn start_linked(
+    root: &std::path::Path,
+    config: &std::path::Path,
+    orch: &TestOrchestrator,
+) -> crate::common::Daemon {
+    let secret = root.join("orch-secret");
+    std::fs::write(&secret, orch.secret()).unwrap();
+    crate::common::Daemon::start_with(
+        root,
+        config,
+        &[
+            "--orch-addr",
+            &orch.addr(),
+            "--orch-secret",
+            &format!("@{}", secret.display()),
+            "--capacity",
+            "1",
+        ],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ai_job_is_in_the_ledger_on_arrival_and_a_crash_never_counts_it_twice() {
+    let Some(env) = ai_env() else { return };
+    let root = tempfile::tempdir().unwrap();
+    let orch = std::sync::Arc::new(
+        TestOrchestrator::start(TestOrchestratorConfig::default())
+            .await
+            .unwrap(),
+    );
+    let config = ai_config(root.path(), &env);
+    let mut d = start_linked(root.path(), &config, &orch);
+    orch.wait_for_ai_capacity("upscale", MODEL, |c| c == 1, WAIT)
+        .await
+        .unwrap();
+    // A job whose input never comes: in the ledger (`received`) while it waits for it.
+    const TASK: i64 = 7_000_001;
+    let stalled = AiJobSpec {
+        input: AiInput::Stall,
+        ..AiJobSpec::upscale(MODEL, Bytes::new())
+    };
+    let o = orch.clone();
+    let first =
+        tokio::spawn(async move { o.ai_job_as(TASK, stalled, Duration::from_secs(15)).await });
+    wait_status(&d, "the arriving job in the ledger", |s| {
+        s["jobs"]["received"] == 1
+    })
+    .await;
+    // Killed mid-job: the restart fails it as interrupted (not counted).
+    d.kill9();
+    let mut d = start_linked(root.path(), &config, &orch);
+    let st = wait_status(&d, "the interrupted job failed", |s| {
+        s["jobs"]["failed"] == 1 && s["jobs"].get("received").is_none()
+    })
+    .await;
+    assert!(st["jobs"].get("done").is_none(), "{}", st["jobs"]);
+    assert!(
+        d.log().contains("AI job interrupted by the last stop"),
+        "{}",
+        d.log()
+    );
+    assert!(
+        !matches!(first.await.unwrap(), AiOutcome::Done { .. }),
+        "a killed worker answered nothing"
+    );
+    orch.wait_for_ai_capacity("upscale", MODEL, |c| c == 1, WAIT)
+        .await
+        .unwrap();
+    // The same task id again (go-livepeer's task ids restart with the orchestrator): it
+    // runs and is answered, but the ledger keeps its one entry.
+    let png = |w, h| Bytes::from(encode_png(&test_picture(w, h, 3)).unwrap());
+    let again = orch
+        .ai_job_as(TASK, AiJobSpec::upscale(MODEL, png(32, 24)), WAIT)
+        .await;
+    assert!(matches!(again, AiOutcome::Done { .. }), "{again:?}");
+    let st = wait_status(&d, "the re-sent task seen as a duplicate", |s| {
+        s["ai"]["jobs"]["duplicates"] == 1
+    })
+    .await;
+    assert_eq!(st["jobs"]["failed"], 1, "{}", st["jobs"]);
+    assert!(st["jobs"].get("done").is_none(), "{}", st["jobs"]);
+    assert_eq!(st["ai"]["jobs"]["done"], 0);
+    // A new task goes received → … → done and is counted once.
+    assert!(matches!(
+        orch.ai_job(AiJobSpec::upscale(MODEL, png(32, 24)), WAIT)
+            .await,
+        AiOutcome::Done { .. }
+    ));
+    let st = wait_status(&d, "the new task done", |s| {
+        s["jobs"]["done"] == 1 && s["ai"]["jobs"]["done"] == 1
+    })
+    .await;
+    assert_eq!(st["ai"]["jobs"]["units"], 32 * 24);
+    assert!(d.terminate());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_orchestrator_refusing_the_ai_link_secret_stops_run_with_the_reason() {
+    let Some(env) = ai_env() else { return };
+    let root = tempfile::tempdir().unwrap();
+    let orch = TestOrchestrator::start(TestOrchestratorConfig::default())
+        .await
+        .unwrap();
+    // The transcoder link is accepted; only the AI side wants another secret.
+    orch.set_ai_secret("not-the-transcoders-secret");
+    let config = ai_config(root.path(), &env);
+    let mut d = start_linked(root.path(), &config, &orch);
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = d.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
+            break s;
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "comine run kept running after the AI link was refused; log:\n{}",
+            d.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // 78: a configuration error, which the systemd unit does not restart.
+    assert_eq!(status.code(), Some(78), "log:\n{}", d.log());
+    let log = d.log();
+    assert!(
+        log.contains("the Livepeer AI-worker link was refused")
+            && log.contains("rejected our secret")
+            && log.contains("--orch-secret"),
+        "the error says what failed and what to do; log:\n{log}"
+    );
+    assert!(
+        orch.ai_registrations()
+            .iter()
+            .any(|r| r.secret == orch.secret()),
+        "the worker did try to register"
+    );
+    assert_eq!(orch.live_ai_workers(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
