@@ -1,8 +1,8 @@
 //! Co-mining benchmark suite (`comine bench`): what transcoding costs Filecoin sealing
 //! in throughput and power, and how many live streams the machine adds.
 //!
-//! [`run::run`] drives four phases (idle, seal only, transcode step-up, combined with
-//! and without steering) while a sampler thread records power, CPU and GPU figures;
+//! [`run::run`] drives five phases (idle, seal only, transcode step-up, AI upscale
+//! ([`ai`]: the model alone and beside sealing), combined with and without steering) while a sampler thread records power, CPU and GPU figures;
 //! [`analyze`] turns the raw data into medians and spreads; [`crate::report`] writes
 //! `report.json`, `report.html` and `report.md`.
 //!
@@ -10,6 +10,7 @@
 //! module's NVML, host and `sim` readers) and [`steering::Steering`] (the `sched` core's
 //! decisions); [`out_dir`] checks where the report goes, [`fingerprint`] records the rig.
 
+pub mod ai;
 pub mod analyze;
 pub mod cli;
 pub mod fingerprint;

@@ -1,4 +1,5 @@
-//! The suite runner: idle → seal only → transcode step-up → combined (steered and
+//! The suite runner: idle → seal only → transcode step-up → AI upscale (alone, then
+//! beside sealing; skipped with its reason when there is no model) → combined (steered and
 //! unsteered), one method per phase, with a sampler thread tagging every sample with the
 //! current phase. The output directory's checks are in [`super::out_dir`], the hardware
 //! fingerprint in [`super::fingerprint`].
@@ -21,8 +22,8 @@ use super::steering::{Action, SchedSteering, Steering};
 use super::suite::Suite;
 use super::workload::{SealEvent, SealMode, SealRunner};
 use crate::report::schema::{
-    BenchReport, Fingerprint, GpuInfo, PowerSources, RunConfig, Sample, SteeringEvent, WindowSpan,
-    SCHEMA_ID, SCHEMA_VERSION,
+    AiPhaseReport, BenchReport, Fingerprint, GpuInfo, PowerSources, RunConfig, Sample,
+    SteeringEvent, WindowSpan, SCHEMA_ID, SCHEMA_VERSION,
 };
 use crate::transcode::{EncoderChoice, Profile};
 
@@ -118,6 +119,9 @@ pub fn run(mut opts: RunOptions) -> Result<BenchReport, BenchError> {
         run.seal_phase(&opts.seal)?;
     }
     let streams = run.transcode_phase();
+    if !run.cancel.is_cancelled() {
+        run.ai = run.ai_phase(&opts.seal, sealing)?;
+    }
     if sealing {
         run.combined_phase(&opts.seal, streams)?;
     }
@@ -147,6 +151,7 @@ struct Run {
     windows: Vec<WindowSpan>,
     segs_all: Vec<SegmentRecord>,
     policy_name: String,
+    ai: AiPhaseReport,
 }
 
 impl Run {
@@ -247,6 +252,7 @@ impl Run {
             windows: Vec::new(),
             segs_all: Vec::new(),
             policy_name: String::new(),
+            ai: AiPhaseReport::default(),
         })
     }
 
@@ -291,6 +297,48 @@ impl Run {
             self.seal_events.clone(),
         )
         .map_err(BenchError::Seal)
+    }
+
+    /// The AI phase: the upscale model alone, then beside sealing (when the suite seals).
+    fn ai_phase(&mut self, seal: &SealMode, sealing: bool) -> Result<AiPhaseReport, BenchError> {
+        self.pb.set_prefix("AI upscale");
+        let bench = match super::ai::AiBench::prepare(self.suite.ai.as_ref()) {
+            Ok(b) => b,
+            Err(why) => {
+                tracing::info!(reason = %why, "AI phase skipped");
+                return Ok(super::ai::skipped(why));
+            }
+        };
+        let secs = self.suite.ai.as_ref().map(|a| a.seconds).unwrap_or(1.0);
+        let mut report = bench.report();
+        self.shared.set(|t| t.phase = "ai".into());
+        let alone = bench.window(secs, &self.cancel);
+        self.shared.set(|t| t.phase = "between".into());
+        let alone = match alone {
+            Ok(f) => f,
+            Err(why) => return Ok(super::ai::skipped(why)),
+        };
+        if sealing && !self.cancel.is_cancelled() {
+            let runner = self.start_sealing(seal)?;
+            self.shared.set(|t| {
+                t.seal_pid = runner.pid();
+                t.sealing = "running";
+                t.phase = "ai_seal".into();
+            });
+            let with = bench.window(secs, &self.cancel);
+            self.shared.set(|t| {
+                t.phase = "between".into();
+                t.sealing = "off";
+                t.seal_pid = None;
+            });
+            runner.stop();
+            if let Ok(w) = with {
+                report.with_seal_ratio = Some(w.frames_per_s / alone.frames_per_s.max(1e-12));
+                report.with_seal = Some(w);
+            }
+        }
+        report.alone = Some(alone);
+        Ok(report)
     }
 
     /// Phase 2: sealing alone, after a warm-up of one whole sector.
@@ -678,6 +726,7 @@ impl Run {
             transcode_steps: analysis.steps,
             results: analysis.results,
             warnings,
+            ai: self.ai,
         }
     }
 }

@@ -11,7 +11,8 @@ use sha2::{Digest, Sha256};
 /// The suite types are part of `report.json`, so `report` owns them; this module parses,
 /// validates and provides the built-in suites.
 pub use crate::report::schema::{
-    CombinedPhase, Phases, SealWorkload, Suite, TimedPhase, TranscodePhase, TranscodeWorkload,
+    AiWorkload, CombinedPhase, Phases, SealWorkload, Suite, TimedPhase, TranscodePhase,
+    TranscodeWorkload,
 };
 
 /// Why a suite could not be loaded.
@@ -64,6 +65,11 @@ seconds = 3.0
 repeats = 2
 sustain_ms = 200
 min_dwell_ms = 500
+[ai]
+frame_width = 64
+frame_height = 64
+seconds = 1.0
+threads = 2
 "#;
 
 const QUICK: &str = r#"
@@ -93,6 +99,10 @@ repeats = 2
 [phases.combined]
 seconds = 25.0
 repeats = 2
+[ai]
+frame_width = 128
+frame_height = 128
+seconds = 10.0
 "#;
 
 const STANDARD: &str = r#"
@@ -122,6 +132,10 @@ repeats = 3
 [phases.combined]
 seconds = 600.0
 repeats = 3
+[ai]
+frame_width = 256
+frame_height = 256
+seconds = 60.0
 "#;
 
 impl Suite {
@@ -277,6 +291,23 @@ impl Suite {
                 format!("must be in (0, 1], got {}", p.transcode.target_ratio),
             ));
         }
+        if let Some(ai) = &self.ai {
+            for (key, v) in [
+                ("ai.frame_width", ai.frame_width),
+                ("ai.frame_height", ai.frame_height),
+            ] {
+                if !(8..=4096).contains(&v) {
+                    return Err(bad(key, format!("must be 8..=4096, got {v}")));
+                }
+            }
+            check_seconds(ai.seconds).map_err(|why| bad("ai.seconds", why))?;
+            if ai.threads > 1024 {
+                return Err(bad(
+                    "ai.threads",
+                    format!("must be 0..=1024, got {}", ai.threads),
+                ));
+            }
+        }
         check_repeats(p.transcode.repeats).map_err(|why| bad("phases.transcode.repeats", why))?;
         check_seconds(p.combined.seconds).map_err(|why| bad("phases.combined.seconds", why))?;
         check_repeats(p.combined.repeats).map_err(|why| bad("phases.combined.repeats", why))?;
@@ -357,5 +388,11 @@ mod tests {
         let text = QUICK.replace("\"8MiB\"", "\"3MiB\"");
         let err = Suite::parse(&text, "t.toml").unwrap_err().to_string();
         assert!(err.contains("seal.sector_size"), "{err}");
+        let text = TINY.replace("frame_width = 64", "frame_width = 4");
+        let err = Suite::parse(&text, "t.toml").unwrap_err().to_string();
+        assert!(err.contains("ai.frame_width must be 8..=4096"), "{err}");
+        let text = TINY.replace("seconds = 1.0\nthreads", "seconds = 0.0\nthreads");
+        let err = Suite::parse(&text, "t.toml").unwrap_err().to_string();
+        assert!(err.contains("ai.seconds"), "{err}");
     }
 }

@@ -164,6 +164,9 @@ pub fn render(r: &BenchReport) -> String {
         r.results.streams_at_realtime,
         esc(&fmt_opt(r.results.idle_power_w, 1, " W"))
     ));
+    if let Some(ai) = super::markdown::ai_summary(r) {
+        h.push_str(&format!("<p id=\"ai\">AI upscale: {}</p>", esc(&ai)));
+    }
     if !r.warnings.is_empty() {
         h.push_str("<div class=\"warn\"><b>Warnings</b><ul>");
         for w in &r.warnings {

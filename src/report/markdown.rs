@@ -163,6 +163,9 @@ pub fn render(r: &BenchReport) -> String {
         fmt_opt(r.results.idle_power_w, 1, " W"),
         stat_cell(phase("idle"), "cpu_util_pct", 0, " %"),
     ));
+    if let Some(ai) = ai_summary(r) {
+        out.push_str(&format!("\n**AI upscale:** {ai}\n"));
+    }
     if r.power.simulated {
         out.push_str(
             "\n*Figures marked simulated come from comine's GPU model, not from hardware.*\n",
@@ -175,4 +178,41 @@ pub fn render(r: &BenchReport) -> String {
         }
     }
     out
+}
+
+/// One line on the AI phase: its throughput alone and beside sealing, or why it was
+/// skipped; `None` for reports from before the phase existed.
+pub fn ai_summary(r: &BenchReport) -> Option<String> {
+    let ai = &r.ai;
+    match ai.status.as_str() {
+        "" => None,
+        "skipped" => Some(format!(
+            "skipped: {}",
+            ai.skip_reason.as_deref().unwrap_or("no reason given")
+        )),
+        _ => {
+            let fig = |f: &crate::report::schema::AiFigures| {
+                format!(
+                    "{:.2} frames/s, {:.0} units/s ({} frames in {:.1} s)",
+                    f.frames_per_s, f.units_per_s, f.frames, f.seconds
+                )
+            };
+            let mut line = format!(
+                "`{}` on {}, {}×{} frames, {} threads: alone {}",
+                ai.model,
+                ai.runtime,
+                ai.frame_width,
+                ai.frame_height,
+                ai.threads,
+                ai.alone.as_ref().map(fig).unwrap_or_else(|| "–".into())
+            );
+            match (&ai.with_seal, ai.with_seal_ratio) {
+                (Some(w), Some(q)) => {
+                    line.push_str(&format!("; beside sealing {} = ×{q:.2} of alone", fig(w)))
+                }
+                _ => line.push_str("; not run beside sealing (no sealing workload)"),
+            }
+            Some(line)
+        }
+    }
 }

@@ -34,6 +34,51 @@ pub struct BenchReport {
     pub transcode_steps: Vec<StepSummary>,
     pub results: Results,
     pub warnings: Vec<String>,
+    /// The AI upscale phase: its throughput, or why it was skipped (absent in reports
+    /// from before it existed).
+    #[serde(default)]
+    pub ai: AiPhaseReport,
+}
+
+/// The AI phase: the embedded upscale model alone, then beside the sealing workload.
+#[derive(Clone, Debug, Serialize, Deserialize, Default, PartialEq)]
+pub struct AiPhaseReport {
+    /// `ran` or `skipped` (empty in reports from before the phase existed).
+    pub status: String,
+    /// Why it was skipped, and what to do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skip_reason: Option<String>,
+    #[serde(default)]
+    pub model: String,
+    /// ONNX Runtime's version and execution provider (`1.22.1 cpu`).
+    #[serde(default)]
+    pub runtime: String,
+    #[serde(default)]
+    pub threads: u32,
+    #[serde(default)]
+    pub frame_width: u32,
+    #[serde(default)]
+    pub frame_height: u32,
+    /// The model alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alone: Option<AiFigures>,
+    /// Beside the sealing workload (absent without sealing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub with_seal: Option<AiFigures>,
+    /// Sealing's effect on AI: `with_seal.frames_per_s / alone.frames_per_s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub with_seal_ratio: Option<f64>,
+}
+
+/// Upscale throughput over one window. Units are Livepeer's billing units for upscale:
+/// input width × height per frame.
+#[derive(Clone, Debug, Serialize, Deserialize, Default, PartialEq)]
+pub struct AiFigures {
+    pub seconds: f64,
+    pub frames: u64,
+    pub frames_per_s: f64,
+    pub units: u64,
+    pub units_per_s: f64,
 }
 
 /// The machine, so reports from different rigs can be told apart and compared.
@@ -389,6 +434,28 @@ pub struct Suite {
     pub seal: SealWorkload,
     pub transcode: TranscodeWorkload,
     pub phases: Phases,
+    /// The AI phase's workload; without it the phase is skipped (and says so).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ai: Option<AiWorkload>,
+}
+
+/// The AI phase: the embedded upscale model on synthetic frames.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AiWorkload {
+    /// The ONNX model (default: the test model `scripts/ai-setup.sh` converts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// `libonnxruntime.so` (default: the one `scripts/ai-setup.sh` unpacks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub onnxruntime_lib: Option<String>,
+    pub frame_width: u32,
+    pub frame_height: u32,
+    /// Length of each window (alone, and beside sealing).
+    pub seconds: f64,
+    /// Intra-op threads (0: one per core).
+    #[serde(default)]
+    pub threads: u32,
 }
 
 fn default_interval() -> u64 {

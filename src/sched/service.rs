@@ -130,7 +130,7 @@ struct Driver {
     sched: Scheduler,
     controller: Arc<dyn Controller>,
     task_types: Vec<String>,
-    state_path: PathBuf,
+    store: state::StateStore,
     /// What comine has disabled (None: nothing).
     applied: Option<SealingState>,
     reachable: bool,
@@ -155,8 +155,12 @@ pub async fn start(
     data_dir: PathBuf,
     cancel: CancellationToken,
 ) -> Result<ServiceHandle, ServiceError> {
-    let state_path = data_dir.join(state::STATE_FILE);
-    let recovered = state::load(&state_path)?;
+    // Opening the database and importing an earlier release's state file block.
+    let dir = data_dir.clone();
+    let store = tokio::task::spawn_blocking(move || state::StateStore::open(&dir))
+        .await
+        .map_err(|e| StateError::Db(crate::db::DbError::Task(e.to_string())))??;
+    let recovered = store.load().await?;
     if let Some(s) = &recovered {
         if s.controller != controller.kind() {
             return Err(ServiceError::ControllerMismatch {
@@ -180,7 +184,7 @@ pub async fn start(
         sched: Scheduler::new(config.clone()),
         controller,
         task_types: seal_task_types,
-        state_path,
+        store,
         applied: recovered,
         reachable: true,
         retry_at: None,
@@ -318,8 +322,7 @@ impl Driver {
         if let Some(s) = &self.applied {
             tracing::error!(
                 types = ?s.to_restore(),
-                "could not re-enable sealing on shutdown; it stays recorded in {} and is restored at the next start",
-                self.state_path.display()
+                "could not re-enable sealing on shutdown; it stays recorded in the database (sched_state) and is restored at the next start"
             );
         }
     }
@@ -449,7 +452,7 @@ impl Driver {
             since_ms: now_ms(),
         };
         // Record the intent first: a crash during the call must still restore.
-        if let Err(e) = state::save(&self.state_path, &st) {
+        if let Err(e) = self.store.save(&st).await {
             tracing::error!("{e}; not disabling sealing without a record to restore from");
             return;
         }
@@ -458,7 +461,7 @@ impl Driver {
                 self.succeeded();
                 st.disabled = changed;
                 st.pending.clear();
-                if let Err(e) = state::save(&self.state_path, &st) {
+                if let Err(e) = self.store.save(&st).await {
                     tracing::error!("{e}");
                 }
                 tracing::info!(types = ?st.disabled, "GPU sealing paused");
@@ -469,7 +472,7 @@ impl Driver {
                 self.failed("disable", &e);
                 // Keep `pending` on disk only if the call may have gone through.
                 if !e.is_unreachable() {
-                    let _ = state::clear(&self.state_path);
+                    let _ = self.store.clear().await;
                 } else {
                     self.applied = Some(st);
                 }
@@ -485,7 +488,7 @@ impl Driver {
         match self.controller.enable(&types).await {
             Ok(()) => {
                 self.succeeded();
-                if let Err(e) = state::clear(&self.state_path) {
+                if let Err(e) = self.store.clear().await {
                     tracing::error!("{e}");
                 }
                 tracing::info!(types = ?types, "GPU sealing resumed");

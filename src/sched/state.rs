@@ -1,8 +1,10 @@
 //! What comine disabled on the sealing side, persisted so a crash never leaves it disabled.
 //!
-//! A small JSON file in the data directory, written atomically (temp file, fsync, rename).
-//! `pending` is written *before* a disable call and `disabled` after it succeeds, so a crash
-//! between the two still restores everything that may have changed.
+//! One row in the daemon's database (`sched_state` in `<data>/comine.db`, committed with
+//! `synchronous = FULL` before the call returns). `pending` is written *before* a disable
+//! call and `disabled` after it succeeds, so a crash between the two still restores
+//! everything that may have changed. Releases before the database kept it in a JSON file,
+//! `sched-state.json`: [`StateStore::open`] imports that file once and removes it.
 
 use std::path::{Path, PathBuf};
 
@@ -10,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::seal::ControllerKind;
 
-/// File name inside the data directory.
+/// The file earlier releases kept the state in, inside the data directory (imported once).
 pub const STATE_FILE: &str = "sched-state.json";
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -51,9 +53,99 @@ pub enum StateError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("scheduler state in the database: {0}")]
+    Db(#[from] crate::db::DbError),
+    #[error("scheduler state in the database is corrupt ({0}); re-enable the sealing task types it lists by hand (`sqlite3 comine.db 'select json from sched_state'`), then delete that row")]
+    CorruptRow(String),
 }
 
-/// Reads the state; `None` when there is none.
+impl From<rusqlite::Error> for StateError {
+    fn from(e: rusqlite::Error) -> Self {
+        StateError::Db(crate::db::DbError::Sql(e))
+    }
+}
+
+const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS sched_state (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    json TEXT NOT NULL
+)";
+
+/// The sealing state in the daemon's one database.
+#[derive(Clone)]
+pub struct StateStore {
+    db: crate::db::Db,
+}
+
+impl StateStore {
+    /// Opens the data directory's database (shared with the ledger in one process), and
+    /// imports a `sched-state.json` an earlier release left: its row is committed before the
+    /// file is removed, so a crash in between imports it again rather than losing it. A
+    /// corrupt file is refused and kept. Blocking: call it off the async workers.
+    pub fn open(data_dir: &Path) -> Result<StateStore, StateError> {
+        let db = crate::db::Db::open(data_dir)?;
+        let legacy = data_dir.join(STATE_FILE);
+        let imported = load(&legacy)?;
+        db.write(move |c| -> Result<(), StateError> {
+            c.execute(SCHEMA, [])?;
+            if let Some(st) = imported {
+                let json = serde_json::to_string(&st)
+                    .map_err(|e| StateError::CorruptRow(e.to_string()))?;
+                c.execute(
+                    "INSERT OR REPLACE INTO sched_state (id, json) VALUES (1, ?1)",
+                    [json],
+                )?;
+            }
+            Ok(())
+        })?;
+        clear(&legacy)?;
+        Ok(StateStore { db })
+    }
+
+    /// The recorded state; `None` when sealing was left as comine found it.
+    pub async fn load(&self) -> Result<Option<SealingState>, StateError> {
+        let json: Option<String> = self
+            .db
+            .read_async(|c| -> Result<Option<String>, StateError> {
+                use rusqlite::OptionalExtension;
+                Ok(
+                    c.query_row("SELECT json FROM sched_state WHERE id = 1", [], |r| {
+                        r.get(0)
+                    })
+                    .optional()?,
+                )
+            })
+            .await?;
+        json.map(|j| serde_json::from_str(&j).map_err(|e| StateError::CorruptRow(e.to_string())))
+            .transpose()
+    }
+
+    /// Records `state`; durable when this returns.
+    pub async fn save(&self, state: &SealingState) -> Result<(), StateError> {
+        let json =
+            serde_json::to_string(state).map_err(|e| StateError::CorruptRow(e.to_string()))?;
+        self.db
+            .write_async(move |c| -> Result<(), StateError> {
+                c.execute(
+                    "INSERT OR REPLACE INTO sched_state (id, json) VALUES (1, ?1)",
+                    [json],
+                )?;
+                Ok(())
+            })
+            .await
+    }
+
+    /// Forgets the state once everything is restored.
+    pub async fn clear(&self) -> Result<(), StateError> {
+        self.db
+            .write_async(|c| -> Result<(), StateError> {
+                c.execute("DELETE FROM sched_state WHERE id = 1", [])?;
+                Ok(())
+            })
+            .await
+    }
+}
+
+/// Reads a state file (an earlier release's); `None` when there is none.
 pub fn load(path: &Path) -> Result<Option<SealingState>, StateError> {
     match std::fs::read(path) {
         Ok(bytes) => serde_json::from_slice(&bytes)
@@ -70,7 +162,7 @@ pub fn load(path: &Path) -> Result<Option<SealingState>, StateError> {
     }
 }
 
-/// Writes atomically: readers see the old file or the new one, never half of one.
+/// Writes a state file atomically, as an earlier release did (tests of the import use it).
 pub fn save(path: &Path, state: &SealingState) -> Result<(), StateError> {
     let werr = |source| StateError::Write {
         path: path.into(),
@@ -83,7 +175,7 @@ pub fn save(path: &Path, state: &SealingState) -> Result<(), StateError> {
     crate::util::durable::write_durable(path, &bytes).map_err(werr)
 }
 
-/// Removes the state once everything is restored.
+/// Removes a state file.
 pub fn clear(path: &Path) -> Result<(), StateError> {
     match std::fs::remove_file(path) {
         Ok(()) => Ok(()),

@@ -123,6 +123,42 @@ fn tiny_suite_report_is_valid_and_consistent() {
     for p in &r.phases {
         assert!(!p.reps.is_empty(), "phase {} has no repetitions", p.name);
     }
+
+    // The AI phase: with ONNX Runtime and the model from scripts/ai-setup.sh (CI always
+    // has them) it ran alone and beside sealing; otherwise it says why it was skipped.
+    assert!(raw.get("ai").is_some(), "report.json lacks ai");
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(md.contains("**AI upscale:**"), "{md}");
+    if crate::common::ai::ai_env().is_some() {
+        assert_eq!(r.ai.status, "ran", "{:?}", r.ai.skip_reason);
+        assert_eq!((r.ai.frame_width, r.ai.frame_height), (64, 64));
+        assert!(
+            r.ai.runtime.starts_with("onnxruntime 1.22"),
+            "{}",
+            r.ai.runtime
+        );
+        let figs = [r.ai.alone.as_ref(), r.ai.with_seal.as_ref()];
+        for f in figs {
+            let f = f.expect("alone and beside sealing (tiny seals)");
+            assert!(f.frames >= 1 && f.seconds > 0.0, "{f:?}");
+            assert_eq!(f.units, f.frames * 64 * 64, "upscale bills input w x h");
+            assert!(close(f.frames_per_s, f.frames as f64 / f.seconds), "{f:?}");
+            assert!(close(f.units_per_s, f.units as f64 / f.seconds), "{f:?}");
+        }
+        let (a, w) = (
+            r.ai.alone.as_ref().unwrap(),
+            r.ai.with_seal.as_ref().unwrap(),
+        );
+        assert!(close(
+            r.ai.with_seal_ratio.unwrap(),
+            w.frames_per_s / a.frames_per_s
+        ));
+        assert!(md.contains("frames/s") && md.contains("units/s"), "{md}");
+    } else {
+        assert_eq!(r.ai.status, "skipped");
+        let why = r.ai.skip_reason.as_deref().unwrap_or_default();
+        assert!(why.contains("scripts/ai-setup.sh"), "{why}");
+    }
     assert!(out.join("report.html").is_file() && out.join("report.md").is_file());
     assert!(!out.join("work").exists(), "scratch space is cleaned up");
 

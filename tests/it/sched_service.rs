@@ -73,13 +73,18 @@ async fn surge_pauses_sealing_and_shutdown_restores_it() {
         wait_for(|| srv.state().disabled.len() == 4).await,
         "sealing not paused"
     );
-    let state_file = dir.path().join("sched-state.json");
-    // The record is finalised right after the last TaskDisable returns.
-    let read = || -> Option<sched::state::SealingState> {
-        serde_json::from_slice(&std::fs::read(&state_file).ok()?).ok()
-    };
-    assert!(wait_for(|| read().is_some_and(|s| !s.disabled.is_empty())).await);
-    let on_disk = read().unwrap();
+    // The record (a row in the daemon's database, shared in this process) is finalised
+    // right after the last TaskDisable returns.
+    let store = sched::state::StateStore::open(dir.path()).unwrap();
+    let mut on_disk = None;
+    for _ in 0..250 {
+        on_disk = store.load().await.unwrap();
+        if on_disk.as_ref().is_some_and(|s| !s.disabled.is_empty()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let on_disk = on_disk.expect("no sealing state recorded");
     assert_eq!(on_disk.controller, ControllerKind::LotusWorker);
     assert!(on_disk.disabled.contains(&TT_C2.to_string()));
     let decisions = h.decisions();
@@ -99,14 +104,20 @@ async fn surge_pauses_sealing_and_shutdown_restores_it() {
         srv.state().disabled.is_empty(),
         "left disabled after shutdown"
     );
-    assert!(!state_file.exists());
+    assert_eq!(
+        store.load().await.unwrap(),
+        None,
+        "state kept after restore"
+    );
+    assert!(dir.path().join("comine.db").metadata().unwrap().len() > 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_leftovers_are_restored_at_start() {
     let srv = TestServer::start(TOKEN).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    // A previous run died after disabling PC2 and while disabling C2.
+    // A previous run (a release that kept the state in sched-state.json) died after
+    // disabling PC2 and while disabling C2: the file is imported into the database.
     let w = LotusWorker::from_api_info(&srv.api_info(TOKEN), Duration::from_secs(2)).unwrap();
     w.task_disable(TT_PC2).await.unwrap();
     w.task_disable(TT_C2).await.unwrap();
@@ -142,6 +153,8 @@ async fn crash_leftovers_are_restored_at_start() {
         "crash leftovers not restored"
     );
     assert!(!dir.path().join("sched-state.json").exists());
+    let store = sched::state::StateStore::open(dir.path()).unwrap();
+    assert_eq!(store.load().await.unwrap(), None, "restored state kept");
     cancel.cancel();
     h.join().await;
 }
@@ -219,4 +232,45 @@ async fn corrupt_state_is_refused_loudly_and_kept() {
     .expect("corrupt state accepted");
     assert!(e.to_string().contains("by hand"), "{e}");
     assert!(path.exists(), "state file must not be lost");
+}
+
+/// A run of this release that died while sealing was paused left its record in the
+/// database (not a file): the next start restores it and clears the row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_left_in_the_database_is_restored_at_start() {
+    let srv = TestServer::start(TOKEN).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let w = LotusWorker::from_api_info(&srv.api_info(TOKEN), Duration::from_secs(2)).unwrap();
+    w.task_disable(TT_C2).await.unwrap();
+    let store = sched::state::StateStore::open(dir.path()).unwrap();
+    store
+        .save(&sched::state::SealingState {
+            controller: ControllerKind::LotusWorker,
+            disabled: vec![TT_C2.into()],
+            pending: vec![],
+            since_ms: 1,
+        })
+        .await
+        .unwrap();
+    let cancel = CancellationToken::new();
+    let sim = SimGpu::from_presets(&["a4000"], 1).unwrap();
+    let (snaps, _p) = Poller::spawn(
+        Telemetry::Sim(sim),
+        Duration::from_millis(20),
+        cancel.clone(),
+    );
+    let h = sched::start(
+        cfg(),
+        tasks(),
+        snaps,
+        Arc::new(w),
+        dir.path().into(),
+        cancel.clone(),
+    )
+    .await
+    .unwrap();
+    assert!(srv.state().disabled.is_empty(), "C2 left disabled");
+    assert_eq!(store.load().await.unwrap(), None, "restored state kept");
+    cancel.cancel();
+    h.join().await;
 }
