@@ -204,9 +204,11 @@ impl AiJobHandler for Handler {
         Box::pin(async move {
             let task_id = rec.task_id;
             let db = daemon.ledger.db().clone();
-            let r = db.call(move || account(&daemon, &counters, &rec, id)).await;
+            let d = daemon.clone();
+            let r = db.call(move || account(&d, &counters, &rec, id)).await;
             match r {
-                Ok(Ok(())) => {}
+                Ok(Ok(Some(done))) => daemon.account_earnings(&done, None).await,
+                Ok(Ok(None)) => {}
                 Ok(Err(e)) => {
                     tracing::error!(task_id, error = %format!("{e:#}"), "AI job accounting failed")
                 }
@@ -246,13 +248,14 @@ fn to_transcoding(d: &Daemon, id: &str) -> anyhow::Result<()> {
 
 /// Records one AI job's outcome in the ledger (blocking: call it off the runtime's
 /// workers). `admitted` is its ledger id when it was admitted on arrival; without one it
-/// is admitted now, and a task already in the ledger is not counted again.
+/// is admitted now, and a task already in the ledger is not counted again. Returns the job
+/// when it reached `done` now, for its earnings.
 fn account(
     d: &Daemon,
     c: &AiCounters,
     rec: &AiJobRecord,
     admitted: Option<String>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Option<crate::ledger::JobRecord>> {
     {
         let model = if rec.model_id.is_empty() {
             "-"
@@ -267,7 +270,7 @@ fn account(
             {
                 Admitted::Duplicate(_) => {
                     c.duplicates.fetch_add(1, Ordering::Relaxed);
-                    return Ok(());
+                    return Ok(None);
                 }
                 Admitted::New(j) => j.job_id,
             },
@@ -284,7 +287,7 @@ fn account(
             Err((code, message)) => {
                 // A job already final (a crash's `interrupted`) keeps its state.
                 if d.ledger.get(&id)?.is_some_and(|j| j.state.is_final()) {
-                    return Ok(());
+                    return Ok(None);
                 }
                 d.ledger.fail(&id, &code, &message)?;
                 if code == "not_accepted" {
@@ -313,14 +316,15 @@ fn account(
                         job_id: String::new(),
                     }],
                 )?;
-                if d.ledger.complete(&id)?.is_some() {
+                if let Some(done) = d.ledger.complete(&id)? {
                     c.done.fetch_add(1, Ordering::Relaxed);
                     c.units.fetch_add(rec.units, Ordering::Relaxed);
                     d.metrics.ai_job(&rec.pipeline, model, "ok", rec.units);
+                    return Ok(Some(done));
                 }
             }
         }
-        Ok(())
+        Ok(None)
     }
 }
 

@@ -299,10 +299,12 @@ pub async fn run(
                 })
                 .await
                 .map_err(internal)?;
-            if done.is_some() {
+            if let Some(done) = &done {
                 c.done.fetch_add(1, Ordering::Relaxed);
                 c.units.fetch_add(units, Ordering::Relaxed);
                 d.metrics.ai_job(PIPELINE, &model_id, "ok", units);
+                // Valued in Livepeer's upscale units: input height × width per frame.
+                d.account_earnings(done, None).await;
             }
             Ok(Upscaled {
                 job_id: id,

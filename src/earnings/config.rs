@@ -108,6 +108,49 @@ pub struct Config {
     pub root_delay_secs: u64,
     pub pool: PoolConfig,
     pub chain: ChainConfig,
+    pub ai: AiPriceConfig,
+}
+
+/// `[earnings.ai]`: the price of AI jobs in Livepeer's AI billing units (upscale and the
+/// image pipelines: input height × width per image or frame; see `docs/earnings.md`), as an
+/// orchestrator's `aiModels.json` sets it: `price_per_unit` wei per `pixels_per_unit` units,
+/// with per-pipeline overrides (`[earnings.ai.pipelines.upscale]`).
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AiPriceConfig {
+    pub price_per_unit: WeiValue,
+    /// Units per `price_per_unit`; 0 (unset) means 1.
+    pub pixels_per_unit: WeiValue,
+    pub pipelines: std::collections::BTreeMap<String, AiPipelinePrice>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AiPipelinePrice {
+    pub price_per_unit: WeiValue,
+    /// 0 (unset) means 1.
+    pub pixels_per_unit: WeiValue,
+}
+
+impl Default for AiPriceConfig {
+    fn default() -> Self {
+        AiPriceConfig {
+            price_per_unit: WeiValue(U256::ZERO),
+            pixels_per_unit: WeiValue(U256::from(1)),
+            pipelines: Default::default(),
+        }
+    }
+}
+
+impl AiPriceConfig {
+    /// `(price_per_unit, pixels_per_unit)` for `pipeline`: its own entry, else the section's.
+    pub fn price_of(&self, pipeline: &str) -> (U256, U256) {
+        let (p, u) = match self.pipelines.get(pipeline) {
+            Some(e) => (e.price_per_unit.0, e.pixels_per_unit.0),
+            None => (self.price_per_unit.0, self.pixels_per_unit.0),
+        };
+        (p, if u.is_zero() { U256::from(1) } else { u })
+    }
 }
 
 impl Default for Config {
@@ -130,6 +173,7 @@ impl Default for Config {
             root_delay_secs: 300,
             pool: PoolConfig::default(),
             chain: ChainConfig::default(),
+            ai: AiPriceConfig::default(),
         }
     }
 }

@@ -242,7 +242,12 @@ impl Earnings {
         orchestrator: Option<Address>,
     ) -> Result<(), EarningsError> {
         let finished = job.finished_at_ms.unwrap_or(job.updated_at_ms);
-        let mut price = self.board.current();
+        let ai = job.class == crate::ledger::JobClass::Ai;
+        let mut price = if ai {
+            self.ai_price(job)
+        } else {
+            self.board.current()
+        };
         if price.orchestrator.is_none() {
             price.orchestrator = orchestrator;
         }
@@ -255,6 +260,12 @@ impl Earnings {
             encoded_pixels: job.encoded_pixels,
             price,
             round: self.board.round(),
+            class: if ai {
+                records::CLASS_AI
+            } else {
+                records::CLASS_TRANSCODE
+            }
+            .into(),
         })?;
         // A receipt signed when the results were posted (Livepeer) is linked; otherwise,
         // or when that signing failed, the job is signed now.
@@ -275,6 +286,28 @@ impl Earnings {
             })?;
         }
         Ok(())
+    }
+
+    /// An AI job's price: `[earnings.ai]` for its pipeline (named by its `ai:PIPELINE`
+    /// profile), source `config`; `none` (worth 0) when no price is set. Its units
+    /// (`encoded_pixels`) are Livepeer's AI billing units.
+    fn ai_price(&self, job: &crate::ledger::JobRecord) -> price::PriceSnapshot {
+        let pipeline = job
+            .profiles
+            .iter()
+            .find_map(|p| p.strip_prefix("ai:"))
+            .unwrap_or_default();
+        let (price_per_unit, pixels_per_unit) = self.cfg.ai.price_of(pipeline);
+        if price_per_unit.is_zero() {
+            return price::PriceSnapshot::none();
+        }
+        price::PriceSnapshot {
+            price_per_unit,
+            pixels_per_unit,
+            source: price::PriceSource::Config,
+            at_ms: crate::util::now_ms(),
+            orchestrator: None,
+        }
     }
 
     /// Today's (UTC) expected earnings.

@@ -125,6 +125,13 @@ impl PriceBoard {
         }
     }
 
+    /// The orchestrator stopped answering `GetOrchestrator`: its quote no longer stands.
+    pub fn clear_orchestrator(&self) {
+        if let Ok(mut g) = self.orchestrator.lock() {
+            *g = None;
+        }
+    }
+
     /// The price per pixel a pool reported (pixelsPerUnit 1).
     pub fn set_pool(&self, price_per_pixel: U256, at_ms: u64) {
         if let Ok(mut g) = self.pool.lock() {

@@ -148,7 +148,14 @@ pub const MIGRATIONS: &[&str] = &[
         first_seen_ms INTEGER NOT NULL,
         block         INTEGER NOT NULL
     );",
+    // 2: AI jobs are valued too, in Livepeer's AI billing units (`encoded_pixels` holds them).
+    "ALTER TABLE earnings_jobs ADD COLUMN class TEXT NOT NULL DEFAULT 'transcode';",
 ];
+
+/// `JobEarning::class` of a transcoding job (Livepeer segments and HTTP API jobs).
+pub const CLASS_TRANSCODE: &str = "transcode";
+/// `JobEarning::class` of an AI job (`/v1/ai/upscale`, Livepeer AI worker jobs).
+pub const CLASS_AI: &str = "ai";
 
 /// One completed job as valued: its pixels and the price snapshot taken at completion.
 #[derive(Clone, Debug, PartialEq)]
@@ -158,9 +165,12 @@ pub struct JobEarning {
     pub manifest_id: Option<String>,
     pub seq: Option<i64>,
     pub decoded_pixels: u64,
+    /// Encoded pixels (what the orchestrator bills); for an AI job, its billing units.
     pub encoded_pixels: u64,
     pub price: PriceSnapshot,
     pub round: Option<u64>,
+    /// [`CLASS_TRANSCODE`] or [`CLASS_AI`].
+    pub class: String,
 }
 
 /// One line of a pool's statement: a job it credited.
@@ -421,8 +431,9 @@ impl Records {
         self.write(move |c| {
         let n = c.execute(
             "INSERT OR IGNORE INTO earnings_jobs (job_id, finished_ms, manifest_id, seq, decoded_pixels,
-               encoded_pixels, price_per_unit, pixels_per_unit, price_source, price_at_ms, orchestrator, round)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+               encoded_pixels, price_per_unit, pixels_per_unit, price_source, price_at_ms, orchestrator, round,
+               class)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
             params![
                 j.job_id,
                 i(j.finished_ms),
@@ -436,6 +447,7 @@ impl Records {
                 i(j.price.at_ms),
                 j.price.orchestrator.map(|a| a.to_checksum(None)),
                 j.round.map(i),
+                j.class,
             ],
         )?;
         Ok(n == 1)
@@ -447,7 +459,7 @@ impl Records {
         self.read(|c| {
         let mut st = c.prepare_cached(
             "SELECT job_id, finished_ms, manifest_id, seq, decoded_pixels, encoded_pixels, price_per_unit,
-                    pixels_per_unit, price_source, price_at_ms, orchestrator, round
+                    pixels_per_unit, price_source, price_at_ms, orchestrator, round, class
              FROM earnings_jobs WHERE finished_ms >= ?1 AND finished_ms < ?2 ORDER BY finished_ms, job_id",
         )?;
         let rows = st.query_map(params![i(from_ms), i(to_ms)], |r| {
@@ -464,11 +476,13 @@ impl Records {
                 r.get::<_, i64>(9)?,
                 r.get::<_, Option<String>>(10)?,
                 r.get::<_, Option<i64>>(11)?,
+                r.get::<_, String>(12)?,
             ))
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (job_id, fin, manifest_id, seq, dec, enc, ppu, pxu, src, at, orch, round) = row?;
+            let (job_id, fin, manifest_id, seq, dec, enc, ppu, pxu, src, at, orch, round, class) =
+                row?;
             let source = PriceSource::parse(&src).ok_or(RecordsError::Corrupt {
                 what: "earnings_jobs.price_source",
                 value: src.clone(),
@@ -490,6 +504,7 @@ impl Records {
                         .transpose()?,
                 },
                 round: round.map(u),
+                class,
             });
         }
         Ok(out)
@@ -1094,6 +1109,7 @@ mod tests {
                 orchestrator: Some(Address::repeat_byte(7)),
             },
             round: Some(3),
+            class: CLASS_TRANSCODE.into(),
         }
     }
 
@@ -1107,12 +1123,46 @@ mod tests {
             assert!(r.record_job(&job("a", 5, 100)).unwrap());
             // A replay keeps the first snapshot.
             assert!(!r.record_job(&job("a", 6, 999)).unwrap());
+            let ai = JobEarning {
+                class: CLASS_AI.into(),
+                ..job("b", 7, 4096)
+            };
+            assert!(r.record_job(&ai).unwrap());
         }
         let r = Records::open(&path).unwrap();
         let jobs = r.jobs_between(0, 10).unwrap();
-        assert_eq!(jobs.len(), 1);
+        assert_eq!(jobs.len(), 2);
         assert_eq!(jobs[0], job("a", 5, 100));
-        assert!(r.jobs_between(6, 10).unwrap().is_empty());
+        assert_eq!(jobs[1].class, CLASS_AI);
+        assert_eq!(r.jobs_between(6, 10).unwrap().len(), 1);
+    }
+
+    /// A database made before AI jobs were valued (schema 1) gains the class column; its
+    /// jobs read back as transcoding.
+    #[test]
+    fn a_schema_1_database_upgrades_and_keeps_its_jobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("comine.db");
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(MIGRATIONS[0]).unwrap();
+            c.execute_batch(
+                "CREATE TABLE earnings_schema (version INTEGER PRIMARY KEY, applied_ms INTEGER NOT NULL);
+                 INSERT INTO earnings_schema VALUES (1, 0);
+                 INSERT INTO earnings_jobs (job_id, finished_ms, decoded_pixels, encoded_pixels,
+                   price_per_unit, pixels_per_unit, price_source, price_at_ms)
+                 VALUES ('old', 5, 1, 100, '1200', '1000', 'config', 5);",
+            )
+            .unwrap();
+        }
+        let r = Records::open(&path).unwrap();
+        assert_eq!(r.schema_version().unwrap(), 2);
+        let jobs = r.jobs_between(0, 10).unwrap();
+        assert_eq!(jobs.len(), 1);
+        assert_eq!(
+            (jobs[0].job_id.as_str(), jobs[0].class.as_str()),
+            ("old", CLASS_TRANSCODE)
+        );
     }
 
     /// Issue 17: one database for the daemon. The earnings tables written through the shared

@@ -41,6 +41,9 @@ pub struct Row {
     pub truncation_wei: String,
     /// `orchestrator`, `config`, `pool`, `none`, or several joined with `+`.
     pub price_source: String,
+    /// `transcode` or `ai` (an AI row's `pixels` are Livepeer's AI billing units); the
+    /// total joins the classes it sums with `+`.
+    pub class: String,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -61,10 +64,12 @@ pub fn round_of(rounds: &[(u64, u64)], at_ms: u64) -> Option<u64> {
         .map(|(r, _)| *r)
 }
 
+#[derive(Default)]
 struct Acc {
     jobs: u64,
     v: Valuation,
     sources: std::collections::BTreeSet<&'static str>,
+    classes: std::collections::BTreeSet<String>,
 }
 
 impl Acc {
@@ -79,6 +84,12 @@ impl Acc {
             net_wei: r.net.to_string(),
             truncation_wei: r.truncation.to_string(),
             price_source: self.sources.iter().copied().collect::<Vec<_>>().join("+"),
+            class: self
+                .classes
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>()
+                .join("+"),
         })
     }
 }
@@ -91,12 +102,9 @@ pub fn build(
     since_ms: u64,
     rounds: &[(u64, u64)],
 ) -> Result<EarningsStatement, MoneyError> {
-    let mut groups: BTreeMap<(u64, String), Acc> = BTreeMap::new();
-    let mut total = Acc {
-        jobs: 0,
-        v: Valuation::default(),
-        sources: Default::default(),
-    };
+    // A period's transcoding and AI work are separate rows (units differ).
+    let mut groups: BTreeMap<(u64, String, String), Acc> = BTreeMap::new();
+    let mut total = Acc::default();
     for j in jobs {
         let v = model.value(j.encoded_pixels, &j.price)?;
         let (order, key) = match by {
@@ -107,20 +115,17 @@ pub fn build(
             },
             By::Job => (j.finished_ms, j.job_id.clone()),
         };
-        let acc = groups.entry((order, key)).or_insert_with(|| Acc {
-            jobs: 0,
-            v: Valuation::default(),
-            sources: Default::default(),
-        });
+        let acc = groups.entry((order, key, j.class.clone())).or_default();
         for a in [&mut *acc, &mut total] {
             a.jobs += 1;
             a.v = a.v.checked_add(&v)?;
             a.sources.insert(j.price.source.as_str());
+            a.classes.insert(j.class.clone());
         }
     }
     let rows = groups
         .into_iter()
-        .map(|((_, k), a)| a.row(k))
+        .map(|((_, k, _), a)| a.row(k))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(EarningsStatement {
         since: time::rfc3339(since_ms),
@@ -140,10 +145,38 @@ pub struct Today {
     pub gross_wei: String,
     pub net_wei: String,
     pub price_source: String,
+    /// The same per class (`transcode`, `ai`; AI `pixels` are billing units); the fields
+    /// above sum every class.
+    pub classes: BTreeMap<String, TodayClass>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct TodayClass {
+    pub jobs: u64,
+    pub pixels: String,
+    pub gross_wei: String,
+    pub net_wei: String,
+    pub price_source: String,
 }
 
 pub fn today(jobs: &[JobEarning], model: &PoolModel, day: &str) -> Result<Today, MoneyError> {
     let s = build(jobs, model, By::Day, 0, &[])?;
+    let classes = s
+        .rows
+        .into_iter()
+        .map(|r| {
+            (
+                r.class,
+                TodayClass {
+                    jobs: r.jobs,
+                    pixels: r.pixels,
+                    gross_wei: r.gross_wei,
+                    net_wei: r.net_wei,
+                    price_source: r.price_source,
+                },
+            )
+        })
+        .collect();
     Ok(Today {
         day: day.into(),
         jobs: s.total.jobs,
@@ -151,6 +184,7 @@ pub fn today(jobs: &[JobEarning], model: &PoolModel, day: &str) -> Result<Today,
         gross_wei: s.total.gross_wei,
         net_wei: s.total.net_wei,
         price_source: s.total.price_source,
+        classes,
     })
 }
 
@@ -172,11 +206,11 @@ pub fn render(s: &EarningsStatement, format: Format) -> String {
         Format::Json => serde_json::to_string_pretty(s).unwrap_or_default() + "\n",
         Format::Csv => {
             let mut out = format!(
-                "{key},jobs,pixels,gross_wei,commission_wei,net_wei,truncation_wei,price_source\n"
+                "{key},jobs,pixels,gross_wei,commission_wei,net_wei,truncation_wei,price_source,class\n"
             );
             for r in s.rows.iter().chain(std::iter::once(&s.total)) {
                 out.push_str(&format!(
-                    "{},{},{},{},{},{},{},{}\n",
+                    "{},{},{},{},{},{},{},{},{}\n",
                     csv_field(&r.key),
                     r.jobs,
                     r.pixels,
@@ -184,7 +218,8 @@ pub fn render(s: &EarningsStatement, format: Format) -> String {
                     r.commission_wei,
                     r.net_wei,
                     r.truncation_wei,
-                    csv_field(&r.price_source)
+                    csv_field(&r.price_source),
+                    csv_field(&r.class)
                 ));
             }
             out
@@ -199,8 +234,9 @@ pub fn render(s: &EarningsStatement, format: Format) -> String {
                 "net (wei)",
                 "net (ETH)",
                 "price source",
+                "class",
             ];
-            let mut lines: Vec<[String; 8]> = vec![head.map(String::from)];
+            let mut lines: Vec<[String; 9]> = vec![head.map(String::from)];
             for r in s.rows.iter().chain(std::iter::once(&s.total)) {
                 let net_eth = r
                     .net_wei
@@ -216,9 +252,10 @@ pub fn render(s: &EarningsStatement, format: Format) -> String {
                     r.net_wei.clone(),
                     net_eth,
                     r.price_source.clone(),
+                    r.class.clone(),
                 ]);
             }
-            let widths: Vec<usize> = (0..8)
+            let widths: Vec<usize> = (0..9)
                 .map(|c| {
                     lines
                         .iter()
@@ -243,7 +280,7 @@ pub fn render(s: &EarningsStatement, format: Format) -> String {
                     .iter()
                     .enumerate()
                     .map(|(c, v)| {
-                        if c == 0 || c == 7 {
+                        if c == 0 || c >= 7 {
                             format!("{v:<w$}", w = widths[c])
                         } else {
                             format!("{v:>w$}", w = widths[c])
@@ -279,7 +316,76 @@ mod tests {
                 orchestrator: None,
             },
             round: None,
+            class: crate::earnings::records::CLASS_TRANSCODE.into(),
         }
+    }
+
+    /// AI jobs are rows of their own, valued in billing units at their own price;
+    /// hand-computed with livepool (250 bps): × 0.9 × 0.975 = × 0.8775.
+    #[test]
+    fn ai_jobs_are_valued_in_their_own_rows() {
+        let m = PoolModel::livepool(250, U256::from(10_000_000u64), None);
+        let ai = |id: &str, units: u64| JobEarning {
+            class: crate::earnings::records::CLASS_AI.into(),
+            price: PriceSnapshot {
+                price_per_unit: U256::from(3),
+                pixels_per_unit: U256::from(2),
+                source: PriceSource::Config,
+                at_ms: 0,
+                orchestrator: None,
+            },
+            ..job(id, 30, units, PriceSource::Config)
+        };
+        // Transcode 1001 px × 1.2 = 1201.2; AI (1001 + 1) units × 1.5 = 1503.
+        let jobs = vec![
+            job("a", 10, 1001, PriceSource::Orchestrator),
+            ai("u1", 1001),
+            ai("u2", 1),
+        ];
+        let s = build(&jobs, &m, By::Day, 0, &[]).unwrap();
+        let cols = |r: &Row| {
+            (
+                r.class.clone(),
+                r.jobs,
+                r.pixels.clone(),
+                r.gross_wei.clone(),
+                r.net_wei.clone(),
+            )
+        };
+        assert_eq!(
+            s.rows.iter().map(cols).collect::<Vec<_>>(),
+            [
+                // 1503 × 0.8775 = 1318.8825
+                ("ai".into(), 2, "1002".into(), "1503".into(), "1318".into()),
+                // 1201.2 × 0.8775 = 1054.053
+                (
+                    "transcode".into(),
+                    1,
+                    "1001".into(),
+                    "1201".into(),
+                    "1054".into()
+                ),
+            ]
+        );
+        // 2704.2 → 2704; × 0.8775 = 2372.9355 → 2372.
+        assert_eq!(
+            cols(&s.total),
+            (
+                "ai+transcode".into(),
+                3,
+                "2003".into(),
+                "2704".into(),
+                "2372".into()
+            )
+        );
+        let csv = render(&s, Format::Csv);
+        assert!(csv.lines().next().unwrap().ends_with(",price_source,class"));
+        assert!(csv.contains("1970-01-01,2,1002,1503,"), "{csv}");
+        let t = today(&jobs, &m, "1970-01-01").unwrap();
+        assert_eq!(t.gross_wei, "2704");
+        assert_eq!(t.classes["ai"].gross_wei, "1503");
+        assert_eq!(t.classes["ai"].net_wei, "1318");
+        assert_eq!(t.classes["transcode"].price_source, "orchestrator");
     }
 
     #[test]

@@ -17,13 +17,13 @@ use tracing::Instrument;
 
 use super::drain::Drain;
 use super::proto::{
-    capability_bitstring, Capabilities, NotifySegment, RegisterRequest, TranscoderClient,
-    CAPABILITIES,
+    capability_bitstring, Capabilities, NotifySegment, OrchestratorClient, RegisterRequest,
+    TranscoderClient, CAPABILITIES,
 };
 use super::sessions::Sessions;
 use super::{
-    chain, segment, tls, LivepeerError, SegmentPipeline, SegmentSink, Shared, TlsPolicy,
-    TranscoderConfig,
+    chain, segment, tls, LivepeerError, PriceQuote, SegmentPipeline, SegmentSink, Shared,
+    TlsPolicy, TranscoderConfig,
 };
 
 /// Why one connection ended.
@@ -435,6 +435,18 @@ async fn connection(
         Ok(c) => c,
         Err(e) => return Ended::Fatal(e),
     };
+    // The price is asked on the same channel for as long as this connection lives.
+    let quotes_stop = shared.shutdown.child_token();
+    let _quotes_guard = quotes_stop.clone().drop_guard();
+    if let Some(q) = cfg.price_quotes.clone() {
+        tokio::spawn(ask_price(
+            channel.clone(),
+            q,
+            cfg.orch_addr.clone(),
+            cfg.price_interval,
+            quotes_stop,
+        ));
+    }
 
     let request = RegisterRequest {
         secret: cfg.secret.clone(),
@@ -472,6 +484,65 @@ async fn connection(
             },
             new = &mut change => return Ended::Recapacity(new),
             _ = shared.shutdown.cancelled() => return Ended::Shutdown,
+        }
+    }
+}
+
+/// Asks `GetOrchestrator` at once and every `interval` until `stop`; each answer (or its
+/// absence) goes to `quotes`. An orchestrator that refuses (no `Orchestrator` service, a
+/// signature it does not accept, no free capacity) leaves the configured price in use.
+async fn ask_price(
+    channel: tonic::transport::Channel,
+    quotes: Arc<dyn super::PriceQuotes>,
+    orch_addr: String,
+    interval: Duration,
+    stop: CancellationToken,
+) {
+    let mut client = OrchestratorClient::new(channel);
+    let mut warned = false;
+    loop {
+        let asked = tokio::time::timeout(
+            Duration::from_secs(10),
+            client.get_orchestrator(quotes.request()),
+        );
+        let answer = tokio::select! {
+            r = asked => r,
+            _ = stop.cancelled() => return,
+        };
+        let quote = match answer {
+            Ok(Ok(info)) => match info.price_info {
+                Some(p) if p.pixels_per_unit > 0 && p.price_per_unit >= 0 => Ok(PriceQuote {
+                    price_per_unit: p.price_per_unit as u64,
+                    pixels_per_unit: p.pixels_per_unit as u64,
+                    orchestrator: (info.address.len() == 20)
+                        .then(|| alloy_primitives::Address::from_slice(&info.address)),
+                }),
+                Some(p) => Err(format!(
+                    "its price_info is unusable (pricePerUnit {}, pixelsPerUnit {})",
+                    p.price_per_unit, p.pixels_per_unit
+                )),
+                None => Err("its reply has no price_info".to_string()),
+            },
+            Ok(Err(status)) => Err(format!("{}: {}", status.code(), status.message())),
+            Err(_) => Err("no answer within 10 s".to_string()),
+        };
+        match quote {
+            Ok(q) => {
+                tracing::info!(orch = %orch_addr, price_per_unit = q.price_per_unit, pixels_per_unit = q.pixels_per_unit, "the orchestrator quoted its price");
+                warned = false;
+                quotes.quoted(&orch_addr, Some(q));
+            }
+            Err(why) => {
+                if !warned {
+                    tracing::info!(orch = %orch_addr, %why, "the orchestrator gives no price over GetOrchestrator; jobs are valued at the configured [earnings] price");
+                    warned = true;
+                }
+                quotes.quoted(&orch_addr, None);
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = stop.cancelled() => return,
         }
     }
 }

@@ -78,6 +78,32 @@ pub struct TranscoderConfig {
     pub max_in_flight: usize,
     /// Where the connection loop reports its state (the daemon shows it in `/v1/status`).
     pub link: Arc<LinkStatus>,
+    /// Asks the orchestrator's `GetOrchestrator` for its price on each connection, at once
+    /// and every `price_interval`; `None` asks nothing.
+    pub price_quotes: Option<Arc<dyn PriceQuotes>>,
+    pub price_interval: Duration,
+}
+
+/// The orchestrator's price, as `GetOrchestrator` answered it (`OrchestratorInfo.price_info`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PriceQuote {
+    /// Wei per `pixels_per_unit` pixels (go-livepeer's `-pricePerUnit`).
+    pub price_per_unit: u64,
+    pub pixels_per_unit: u64,
+    /// `OrchestratorInfo.address`, when it is 20 bytes.
+    pub orchestrator: Option<Address>,
+}
+
+/// Where the price quotes go (the daemon's price board). This module only speaks the
+/// protocol: the request's address and signature come from whoever holds the key.
+pub trait PriceQuotes: Send + Sync + std::fmt::Debug {
+    /// `GetOrchestrator`'s request: a sender address and its signature over the address's
+    /// checksummed hex. go-livepeer checks the signature against the address (any key may
+    /// sign its own address; an off-chain orchestrator checks nothing).
+    fn request(&self) -> proto::OrchestratorRequest;
+    /// The orchestrator at `orch_addr` quoted `quote`, or (`None`) did not answer: its
+    /// earlier quote no longer stands.
+    fn quoted(&self, orch_addr: &str, quote: Option<PriceQuote>);
 }
 
 /// The connection's state as the client last reported it.
@@ -149,6 +175,8 @@ impl TranscoderConfig {
             session_idle_timeout: Duration::from_secs(120),
             max_in_flight: 64,
             link: Arc::default(),
+            price_quotes: None,
+            price_interval: Duration::from_secs(600),
         }
     }
 }

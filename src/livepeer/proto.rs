@@ -9,6 +9,8 @@ use std::time::Duration;
 
 /// gRPC path of the only RPC a transcoder calls.
 pub const REGISTER_TRANSCODER_PATH: &str = "/net.Transcoder/RegisterTranscoder";
+/// go-livepeer's `Orchestrator.GetOrchestrator`, served on the same TLS port.
+pub const GET_ORCHESTRATOR_PATH: &str = "/net.Orchestrator/GetOrchestrator";
 
 /// `Authorization` value go-livepeer's orchestrator expects on `/transcodeResults`.
 pub const PROTOCOL_VERSION: &str = "Livepeer-Transcoder-1.0";
@@ -227,6 +229,37 @@ impl NotifySegment {
     }
 }
 
+/// `GetOrchestrator`'s request: a sender's address and its EIP-191 signature over the
+/// address's checksummed hex (go-livepeer's `genOrchestratorReq`).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct OrchestratorRequest {
+    #[prost(bytes = "vec", tag = "1")]
+    pub address: Vec<u8>,
+    #[prost(bytes = "vec", tag = "2")]
+    pub sig: Vec<u8>,
+}
+
+/// `OrchestratorInfo.price_info`: `pricePerUnit` wei per `pixelsPerUnit` pixels.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PriceInfo {
+    #[prost(int64, tag = "1")]
+    pub price_per_unit: i64,
+    #[prost(int64, tag = "2")]
+    pub pixels_per_unit: i64,
+}
+
+/// The part of `GetOrchestrator`'s reply a transcoder reads (other fields are skipped).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct OrchestratorInfo {
+    #[prost(string, tag = "1")]
+    pub transcoder: String,
+    #[prost(message, optional, tag = "3")]
+    pub price_info: Option<PriceInfo>,
+    /// The orchestrator's ETH address (20 bytes).
+    #[prost(bytes = "vec", tag = "4")]
+    pub address: Vec<u8>,
+}
+
 /// Builds a capability bitstring (bit n of word n/64) from capability numbers.
 pub fn capability_bitstring(caps: &[u32]) -> Vec<u64> {
     let mut words = Vec::new();
@@ -268,6 +301,36 @@ impl TranscoderClient {
         self.inner
             .server_streaming(tonic::Request::new(request), path, codec)
             .await
+    }
+}
+
+/// The `net.Orchestrator` client: the unary `GetOrchestrator`.
+#[derive(Clone, Debug)]
+pub struct OrchestratorClient {
+    inner: tonic::client::Grpc<tonic::transport::Channel>,
+}
+
+impl OrchestratorClient {
+    pub fn new(channel: tonic::transport::Channel) -> Self {
+        OrchestratorClient {
+            inner: tonic::client::Grpc::new(channel),
+        }
+    }
+
+    pub async fn get_orchestrator(
+        &mut self,
+        request: OrchestratorRequest,
+    ) -> Result<OrchestratorInfo, tonic::Status> {
+        self.inner
+            .ready()
+            .await
+            .map_err(|e| tonic::Status::unavailable(format!("connection not ready: {e}")))?;
+        let path = http::uri::PathAndQuery::from_static(GET_ORCHESTRATOR_PATH);
+        let codec = tonic_prost::ProstCodec::<OrchestratorRequest, OrchestratorInfo>::default();
+        self.inner
+            .unary(tonic::Request::new(request), path, codec)
+            .await
+            .map(tonic::Response::into_inner)
     }
 }
 

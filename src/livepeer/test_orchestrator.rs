@@ -36,8 +36,9 @@ use tonic::Status;
 use super::ai_proto::{NotifyAiJob, RegisterAiWorkerRequest, REGISTER_AI_WORKER_PATH};
 use super::multipart;
 use super::proto::{
-    deadline_for, AuthToken, Format, NotifySegment, RegisterRequest, SegData, VideoProfile,
-    PROTOCOL_VERSION, REGISTER_TRANSCODER_PATH, TRANSCODING_ERROR_MIME,
+    deadline_for, AuthToken, Format, NotifySegment, OrchestratorInfo, OrchestratorRequest,
+    PriceInfo, RegisterRequest, SegData, VideoProfile, GET_ORCHESTRATOR_PATH, PROTOCOL_VERSION,
+    REGISTER_TRANSCODER_PATH, TRANSCODING_ERROR_MIME,
 };
 use super::test_orchestrator_ai::{AiJobSpec, AiOutcome, AiSide, RegisterAiSvc};
 
@@ -124,6 +125,11 @@ pub struct TestOrchestratorConfig {
     /// re-registration orphans the streams of the old one, each of which needs room on a
     /// live transcoder at its next segment. Off: the load counts segments in flight.
     pub session_load: bool,
+    /// `GetOrchestrator`'s `price_info` as `(pricePerUnit, pixelsPerUnit)`; `None`: the
+    /// call is refused (an orchestrator that gives no price to this transcoder).
+    pub price_info: Option<(i64, i64)>,
+    /// `OrchestratorInfo.address`.
+    pub eth_address: Option<alloy::primitives::Address>,
 }
 
 impl Default for TestOrchestratorConfig {
@@ -133,6 +139,8 @@ impl Default for TestOrchestratorConfig {
             port: 0,
             timeout_floor: Duration::from_secs(8),
             session_load: false,
+            price_info: None,
+            eth_address: None,
         }
     }
 }
@@ -167,12 +175,20 @@ struct Inner {
     freeze: Mutex<CancellationToken>,
     /// The `AIWorker` service (same port, same secret).
     ai: Arc<AiSide>,
+    price_info: Option<(i64, i64)>,
+    eth_address: Option<alloy::primitives::Address>,
+    /// Every `GetOrchestrator` request, with the answer's error when refused.
+    price_requests: Mutex<Vec<(OrchestratorRequest, Option<String>)>>,
 }
 
 impl Inner {
-    fn new(secret: String) -> Self {
+    fn new(cfg: &TestOrchestratorConfig) -> Self {
+        let secret = cfg.secret.clone();
         let secret_for_ai = secret.clone();
         Inner {
+            price_info: cfg.price_info,
+            eth_address: cfg.eth_address,
+            price_requests: Mutex::new(Vec::new()),
             secret,
             transcoders: Mutex::new(Vec::new()),
             live: watch::channel(0).0,
@@ -199,6 +215,40 @@ impl Inner {
         ts.retain(|t| t.id != id);
         self.publish_live(&ts);
         lock(&self.sessions).retain(|_, t| *t != id);
+    }
+
+    /// `GetOrchestrator` as go-livepeer's `getOrchestrator`: the signature must be the
+    /// sender's over its checksummed hex address (an empty one passes, as on an off-chain
+    /// orchestrator, whose `VerifySig` checks nothing); then the price for that sender.
+    fn get_orchestrator(&self, req: OrchestratorRequest) -> Result<OrchestratorInfo, Status> {
+        let answer = (|| {
+            if !req.sig.is_empty() {
+                if req.address.len() != 20 {
+                    return Err("orchestrator req sig check failed".to_string());
+                }
+                let addr = alloy::primitives::Address::from_slice(&req.address);
+                let msg = alloy::primitives::keccak256(addr.to_checksum(None).as_bytes());
+                let signer = alloy::primitives::Signature::from_raw(&req.sig)
+                    .ok()
+                    .and_then(|s| s.recover_address_from_msg(msg.as_slice()).ok());
+                if signer != Some(addr) {
+                    return Err("orchestrator req sig check failed".to_string());
+                }
+            }
+            let (price, pixels) = self
+                .price_info
+                .ok_or_else(|| "no price for this sender".to_string())?;
+            Ok(OrchestratorInfo {
+                transcoder: "https://127.0.0.1".into(),
+                price_info: Some(PriceInfo {
+                    price_per_unit: price,
+                    pixels_per_unit: pixels,
+                }),
+                address: self.eth_address.map(|a| a.to_vec()).unwrap_or_default(),
+            })
+        })();
+        lock(&self.price_requests).push((req, answer.as_ref().err().cloned()));
+        answer.map_err(|why| Status::unknown(format!("Invalid orchestrator request ({why})")))
     }
 
     fn register(self: &Arc<Self>, req: RegisterRequest) -> Result<TranscoderStream, Status> {
@@ -398,6 +448,21 @@ impl Stream for TranscoderStream {
 
 struct RegisterSvc(Arc<Inner>);
 
+struct GetOrchestratorSvc(Arc<Inner>);
+
+impl tonic::server::UnaryService<OrchestratorRequest> for GetOrchestratorSvc {
+    type Response = OrchestratorInfo;
+    type Future = std::future::Ready<Result<tonic::Response<OrchestratorInfo>, Status>>;
+
+    fn call(&mut self, request: tonic::Request<OrchestratorRequest>) -> Self::Future {
+        std::future::ready(
+            self.0
+                .get_orchestrator(request.into_inner())
+                .map(tonic::Response::new),
+        )
+    }
+}
+
 impl tonic::server::ServerStreamingService<RegisterRequest> for RegisterSvc {
     type Response = NotifySegment;
     type ResponseStream = TranscoderStream;
@@ -423,6 +488,12 @@ async fn route(inner: Arc<Inner>, req: Request<Incoming>) -> Response<Body> {
             let codec = tonic_prost::ProstCodec::<NotifyAiJob, RegisterAiWorkerRequest>::default();
             return tonic::server::Grpc::new(codec)
                 .server_streaming(RegisterAiSvc(inner.ai.clone()), req)
+                .await;
+        }
+        if req.uri().path() == GET_ORCHESTRATOR_PATH {
+            let codec = tonic_prost::ProstCodec::<OrchestratorInfo, OrchestratorRequest>::default();
+            return tonic::server::Grpc::new(codec)
+                .unary(GetOrchestratorSvc(inner), req)
                 .await;
         }
         if req.uri().path() != REGISTER_TRANSCODER_PATH {
@@ -476,7 +547,7 @@ impl TestOrchestrator {
     pub async fn start(cfg: TestOrchestratorConfig) -> std::io::Result<Self> {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", cfg.port)).await?;
         let addr = listener.local_addr()?;
-        let inner = Arc::new(Inner::new(cfg.secret.clone()));
+        let inner = Arc::new(Inner::new(&cfg));
         let server = serve(listener, inner.clone())?;
         Ok(TestOrchestrator {
             addr,
@@ -511,6 +582,24 @@ impl TestOrchestrator {
             .as_ref()
             .map(|s| s.cert_pem.clone())
             .unwrap_or_default()
+    }
+
+    /// Every `GetOrchestrator` request this incarnation received, with the refusal's
+    /// reason when it was refused.
+    pub fn price_requests(&self) -> Vec<(OrchestratorRequest, Option<String>)> {
+        lock(&self.inner.price_requests).clone()
+    }
+
+    /// Waits until `GetOrchestrator` has been asked `n` times.
+    pub async fn wait_for_price_requests(&self, n: usize, timeout: Duration) -> Result<(), String> {
+        let start = tokio::time::Instant::now();
+        while lock(&self.inner.price_requests).len() < n {
+            if start.elapsed() > timeout {
+                return Err(format!("GetOrchestrator asked fewer than {n} times"));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
     }
 
     /// Every `RegisterRequest` this incarnation received, refused ones included.
@@ -802,7 +891,7 @@ impl TestOrchestrator {
         for _ in 0..50 {
             match tokio::net::TcpListener::bind(self.addr).await {
                 Ok(listener) => {
-                    self.inner = Arc::new(Inner::new(self.cfg.secret.clone()));
+                    self.inner = Arc::new(Inner::new(&self.cfg));
                     self.server = Some(serve(listener, self.inner.clone())?);
                     return Ok(());
                 }
@@ -914,5 +1003,53 @@ async fn connection(
                 _ = stop.cancelled() => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloy::signers::{local::PrivateKeySigner, SignerSync};
+
+    /// go-livepeer's check: the signature must be the sender's own over keccak256 of its
+    /// checksummed hex address (EIP-191); an empty one passes (off-chain).
+    #[test]
+    fn get_orchestrator_checks_the_senders_signature_and_quotes_the_price() {
+        let inner = Inner::new(&TestOrchestratorConfig {
+            price_info: Some((1200, 1000)),
+            ..Default::default()
+        });
+        let key = PrivateKeySigner::random();
+        let other = PrivateKeySigner::random();
+        let msg = alloy::primitives::keccak256(key.address().to_checksum(None).as_bytes());
+        let req = |signer: &PrivateKeySigner| OrchestratorRequest {
+            address: key.address().to_vec(),
+            sig: signer
+                .sign_message_sync(msg.as_slice())
+                .unwrap()
+                .as_bytes()
+                .to_vec(),
+        };
+        let info = inner.get_orchestrator(req(&key)).unwrap();
+        assert_eq!(
+            info.price_info,
+            Some(PriceInfo {
+                price_per_unit: 1200,
+                pixels_per_unit: 1000
+            })
+        );
+        let refused = inner.get_orchestrator(req(&other)).unwrap_err();
+        assert!(
+            refused.message().contains("sig check failed"),
+            "{refused:?}"
+        );
+        let unsigned = OrchestratorRequest {
+            address: key.address().to_vec(),
+            sig: Vec::new(),
+        };
+        assert!(inner.get_orchestrator(unsigned).is_ok());
+        // No price configured: refused, as an orchestrator that gives none.
+        let none = Inner::new(&TestOrchestratorConfig::default());
+        assert!(none.get_orchestrator(req(&key)).is_err());
     }
 }

@@ -216,7 +216,8 @@ async fn run_serves_ai_jobs_accounts_them_and_answers_in_flight_jobs_on_sigterm(
         .unwrap();
     let ai = format!(
         "[gpu]\nbackend = \"sim:rtx3090\"\n\n[ai]\nonnxruntime_lib = \"{}\"\nthreads = 2\nmax_input_pixels = 4096\n\
-         [[ai.models]]\npipeline = \"upscale\"\nmodel_id = \"{MODEL}\"\npath = \"{}\"\nvram_mib = 512\n",
+         [[ai.models]]\npipeline = \"upscale\"\nmodel_id = \"{MODEL}\"\npath = \"{}\"\nvram_mib = 512\n\n\
+         [earnings.ai]\nprice_per_unit = 3\npixels_per_unit = 2\n[earnings.ai.pipelines.upscale]\nprice_per_unit = 5\n",
         env.lib.display(),
         env.model.display()
     );
@@ -348,6 +349,23 @@ async fn run_serves_ai_jobs_accounts_them_and_answers_in_flight_jobs_on_sigterm(
     })
     .await;
     assert_eq!(st["ai"]["jobs"]["units"], 32 * 24 + 48 * 32 * frames);
+    // Issue 13: both AI jobs are valued in Livepeer's units at `[earnings.ai]`'s price,
+    // hand-computed: upscale 32 × 24 = 768 units × 5 wei = 3840; video-upscale
+    // 48 × 32 × frames units × 3 wei ÷ 2 = 2304 × frames. Model `custom` keeps it all.
+    let st = wait_status(&d, "the AI jobs valued", |s| {
+        s["earnings"]["today"]["classes"]["ai"]["jobs"] == 2
+    })
+    .await;
+    let ai = &st["earnings"]["today"]["classes"]["ai"];
+    let gross = 3840 + 2304 * frames;
+    assert_eq!(ai["pixels"], (768 + 1536 * frames).to_string(), "{ai}");
+    assert_eq!(ai["gross_wei"], gross.to_string(), "{ai}");
+    assert_eq!(ai["net_wei"], gross.to_string(), "{ai}");
+    assert_eq!(ai["price_source"], "config");
+    assert_eq!(st["earnings"]["today"]["gross_wei"], gross.to_string());
+    assert!(st["earnings"]["today"]["classes"]
+        .get("transcode")
+        .is_none());
     let metrics = d.get("/metrics").await.text().await.unwrap();
     assert!(
         metrics.contains("comine_ai_jobs_total{pipeline=\"video-upscale\""),

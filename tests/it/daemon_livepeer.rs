@@ -552,3 +552,79 @@ fn a_wrong_secret_is_found_at_once_even_with_no_capacity() {
     assert_eq!(orch.refusals(), vec!["invalid secret".to_string()]);
     drop(rt);
 }
+
+/// Issue 13: the orchestrator's `GetOrchestrator` price (`price_info`), asked at attach on
+/// the registration's TLS port with a request signed by the operator key, values the job
+/// (`price_source` = `orchestrator`); an orchestrator that refuses the call leaves the
+/// configured `[earnings]` price in use (`price_source` = `config`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_orchestrators_price_values_the_job_else_the_configured_price() {
+    let o_addr: alloy::primitives::Address = "0x00000000000000000000000000000000000000aa"
+        .parse()
+        .unwrap();
+    for (price_info, source) in [(Some((1200i64, 1000i64)), "orchestrator"), (None, "config")] {
+        let root = tempfile::tempdir().unwrap();
+        let orch = TestOrchestrator::start(TestOrchestratorConfig {
+            price_info,
+            eth_address: Some(o_addr),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let key = root.path().join("operator.key");
+        let signer = comine::earnings::receipts::OperatorKey::generate(&key)
+            .unwrap()
+            .address();
+        let config = common::write_config(
+            root.path(),
+            &format!(
+                "[earnings]\nkey_file = {:?}\nprice_per_unit = 7\npixels_per_unit = 1\n",
+                key.display().to_string()
+            ),
+        );
+        let secret = secret_file(root.path(), orch.secret());
+        let mut d = common::Daemon::start_with(
+            root.path(),
+            &config,
+            &[
+                "--orch-addr",
+                &orch.addr(),
+                "--orch-secret",
+                &secret,
+                "--capacity",
+                "1",
+            ],
+        );
+        orch.wait_for_transcoders(1, WAIT).await.unwrap();
+        orch.wait_for_price_requests(1, WAIT).await.unwrap();
+        // The request names the operator's address and its signature checks out.
+        let (req, refused) = orch.price_requests().remove(0);
+        assert_eq!(req.address, signer.to_vec());
+        assert_eq!(
+            refused.as_deref(),
+            price_info.map_or(Some("no price for this sender"), |_| None),
+            "{source}"
+        );
+        let mut job = SegmentJob::new("sess-p", 0, common::lp_segment(), ladder());
+        job.duration_ms = 1000;
+        let pixels: u64 = match orch.transcode(job).await {
+            TaskOutcome::Done { parts, .. } => parts.iter().map(|p| p.pixels).sum(),
+            other => panic!("segment not transcoded: {other:?}"),
+        };
+        assert!(pixels > 0);
+        let st = wait_status(&d, "the segment valued", |s| {
+            s["earnings"]["today"]["jobs"] == 1
+        })
+        .await;
+        let today = &st["earnings"]["today"];
+        assert_eq!(today["price_source"], source, "{today}");
+        assert_eq!(today["pixels"], pixels.to_string());
+        // Hand-computed: ⌊pixels × 1200 ÷ 1000⌋ from the orchestrator, pixels × 7 configured.
+        let gross = match price_info {
+            Some(_) => pixels * 1200 / 1000,
+            None => pixels * 7,
+        };
+        assert_eq!(today["gross_wei"], gross.to_string(), "{today}");
+        assert!(d.terminate(), "daemon did not stop cleanly");
+    }
+}

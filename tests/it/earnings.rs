@@ -175,6 +175,7 @@ fn earnings_command_prints_the_statement() {
         ("commission_wei", "441"),
         ("net_wei", "3163"),
         ("price_source", "config"),
+        ("class", "transcode"),
     ] {
         assert_eq!(row[k], want, "{k} in {row}");
     }
@@ -188,7 +189,7 @@ fn earnings_command_prints_the_statement() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.starts_with(
-            "job,jobs,pixels,gross_wei,commission_wei,net_wei,truncation_wei,price_source\n"
+            "job,jobs,pixels,gross_wei,commission_wei,net_wei,truncation_wei,price_source,class\n"
         ),
         "{text}"
     );

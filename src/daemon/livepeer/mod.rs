@@ -360,6 +360,46 @@ impl SegmentPipeline for ReceiptPipeline {
     }
 }
 
+/// Puts the orchestrator's `GetOrchestrator` price on the earnings price board, and takes
+/// it off when the orchestrator stops answering (the configured price applies again).
+#[derive(Debug)]
+struct BoardQuotes {
+    earnings: Arc<crate::earnings::Earnings>,
+}
+
+impl crate::livepeer::PriceQuotes for BoardQuotes {
+    fn request(&self) -> crate::livepeer::proto::OrchestratorRequest {
+        // Signed with the operator key when there is one; without, the payout address and
+        // no signature, which only an off-chain orchestrator accepts.
+        match self.earnings.orchestrator_request() {
+            Some((address, sig)) => crate::livepeer::proto::OrchestratorRequest {
+                address: address.to_vec(),
+                sig,
+            },
+            None => crate::livepeer::proto::OrchestratorRequest {
+                address: self
+                    .earnings
+                    .payout_address()
+                    .map(|a| a.to_vec())
+                    .unwrap_or_else(|| vec![0; 20]),
+                sig: Vec::new(),
+            },
+        }
+    }
+
+    fn quoted(&self, _orch_addr: &str, quote: Option<crate::livepeer::PriceQuote>) {
+        let board = self.earnings.board();
+        match quote {
+            Some(q) => board.set_orchestrator(
+                alloy::primitives::U256::from(q.price_per_unit),
+                alloy::primitives::U256::from(q.pixels_per_unit),
+                q.orchestrator,
+            ),
+            None => board.clear_orchestrator(),
+        }
+    }
+}
+
 /// What `comine run` needs to attach: the validated client config, the capacity mode and
 /// the engine settings segments are transcoded with.
 pub struct Attach {
@@ -394,6 +434,12 @@ pub fn start(
         counters: counters.clone(),
     };
     let _ = daemon.livepeer.set(state);
+    let mut attach = attach;
+    if attach.config.price_quotes.is_none() {
+        attach.config.price_quotes = Some(Arc::new(BoardQuotes {
+            earnings: daemon.earnings.clone(),
+        }));
+    }
     let sink = Arc::new(LedgerSink::new(daemon.clone(), counters));
     // Every segment goes through the scheduler's admission, as HTTP jobs do.
     let pipeline = Arc::new(AdmittedPipeline::new(
