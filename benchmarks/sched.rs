@@ -53,6 +53,7 @@ fn main() {
             controller: ControllerStatus::default(),
             post: Default::default(),
             safe_profile: None,
+            models: Vec::new(),
         };
         let mut sched = Scheduler::new(Config::default());
         let iters = 20_000u32;

@@ -99,6 +99,7 @@ impl SchedSteering {
                 sealing_disabled: self.paused,
             },
             safe_profile: None,
+            models: Vec::new(),
         };
         let decision = self.core.tick(&input);
         self.reason = Some(decision.sealing.reason.clone());

@@ -6,6 +6,7 @@ use crate::gpu::{DeviceSnapshot, ProcessUse, Role, Source};
 
 use crate::post::Phase;
 
+use super::lease::{DevicePressure, LeaseBook, LeasePolicy};
 use super::{
     Capacity, Config, Decision, DeviceCapacity, DeviceCapacitySummary, DeviceLoad, SealAction,
     SealMode, SealingDecision, TickInput,
@@ -20,6 +21,7 @@ pub struct Scheduler {
     low_since_ms: Option<u64>,
     /// Memory of each prover process (device, pid) at the last tick, to see it rise.
     prover_memory: HashMap<(u32, u32), u64>,
+    leases: LeaseBook,
 }
 
 impl Scheduler {
@@ -32,6 +34,7 @@ impl Scheduler {
             high_since_ms: None,
             low_since_ms: None,
             prover_memory: HashMap::new(),
+            leases: LeaseBook::default(),
         }
     }
 
@@ -64,6 +67,24 @@ impl Scheduler {
         let live = input.demand.live_pps.max(admitted_live);
         let demand_ratio = if rated > 0.0 { live / rated } else { 0.0 };
         let sealing = self.sealing(input, demand_ratio, devices.iter().any(|d| d.proof_running));
+        let pressures: Vec<DevicePressure> = input
+            .snapshot
+            .devices
+            .iter()
+            .zip(&devices)
+            .map(|(d, cap)| self.pressure(d, cap))
+            .collect();
+        let policy = LeasePolicy {
+            reserve_bytes: self.config.model_reserve_bytes,
+            return_after_ms: self.config.model_return_after_ms,
+        };
+        let leases = self.leases.tick(
+            &policy,
+            input.now_ms,
+            input.snapshot.taken_at_ms,
+            &input.models,
+            &pressures,
+        );
         let capacity = Capacity {
             source: Some(input.snapshot.source),
             total_pps: devices.iter().map(|d| d.budget_pps).sum(),
@@ -79,6 +100,7 @@ impl Scheduler {
                     shed_pps: d.shed_pps,
                 })
                 .collect(),
+            leases: self.leases.granted(),
         };
         Decision {
             seq: self.seq,
@@ -89,6 +111,48 @@ impl Scheduler {
             devices,
             capacity,
             sealing,
+            leases,
+        }
+    }
+
+    /// What a device says about the memory AI models may hold: a proof on it, a sealing
+    /// process doing GPU work (C2: SM or memory above the `c2_*` thresholds, from NVML's
+    /// process list), its health, and the memory everything but comine uses.
+    fn pressure(&self, d: &DeviceSnapshot, cap: &DeviceCapacity) -> DevicePressure {
+        let c = &self.config;
+        let c2 = d
+            .processes
+            .iter()
+            .filter(|p| p.role == Role::Sealing)
+            .find(|p| {
+                p.sm_pct.is_some_and(|s| f64::from(s) >= c.c2_active_sm_pct)
+                    || p.memory_bytes
+                        .is_some_and(|m| m >= c.c2_active_memory_bytes)
+            })
+            .map(|p| {
+                format!(
+                    "sealing process {} (pid {}) uses {} MiB and {}% SM on GPU {}",
+                    p.name,
+                    p.pid,
+                    p.memory_bytes.unwrap_or(0) >> 20,
+                    p.sm_pct.unwrap_or(0),
+                    d.index
+                )
+            });
+        let ours: u64 = d
+            .processes
+            .iter()
+            .filter(|p| p.role == Role::Comine)
+            .filter_map(|p| p.memory_bytes)
+            .sum();
+        DevicePressure {
+            device: d.index,
+            proof: cap.proof_running,
+            c2,
+            unhealthy: (!d.healthy)
+                .then(|| d.error.clone().unwrap_or_else(|| "device error".into())),
+            memory_total_bytes: d.memory_total_bytes.unwrap_or(0),
+            memory_others_bytes: d.memory_used_bytes.unwrap_or(0).saturating_sub(ours),
         }
     }
 

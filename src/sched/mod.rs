@@ -1,7 +1,8 @@
 //! The co-mining scheduler: who gets the GPU, and when sealing steps aside.
 //!
 //! Priority: 1. proofs (never delayed: transcoding on their GPU drops to a floor), 2. live
-//! transcoding (must beat its deadline), 3. sealing (takes the rest), 4. batch transcoding.
+//! transcoding (must beat its deadline), 3. sealing (takes the rest), 4. AI jobs (their
+//! models' VRAM is a [`lease`] sealing and proofs take back) and batch transcoding.
 //! [`Scheduler::tick`] is the pure decision core (no I/O): snapshot + demand in, a [`Decision`]
 //! record out. [`service`] drives it: telemetry in, sealing actions out through a
 //! [`crate::seal::Controller`], what comine disabled persisted so it is always restored.
@@ -9,6 +10,7 @@
 
 pub mod admission;
 pub mod core;
+pub mod lease;
 pub mod service;
 pub mod state;
 
@@ -18,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 pub use admission::{Admitter, JobClass, Permit, Placement, RejectReason, Rejected};
 pub use core::Scheduler;
+pub use lease::{LeaseAction, LeaseDecision, LeaseView, ModelLease};
 pub use service::{start, ServiceError, ServiceHandle};
 
 use crate::gpu::{Snapshot, Source};
@@ -98,6 +101,17 @@ pub struct Config {
     pub retry_after_ms: u64,
     /// Telemetry older than this makes every device hold, ms.
     pub stale_after_ms: u64,
+    /// Free device memory kept for sealing and proofs where AI models are loaded, bytes:
+    /// below it a model's VRAM lease is revoked (see [`lease`]).
+    pub model_reserve_bytes: u64,
+    /// Pressure must be gone this long before a revoked model lease is granted again, ms.
+    pub model_return_after_ms: u64,
+    /// A sealing process counts as a C2 (GPU sealing work that needs the models' memory)
+    /// when its SM use on the device is at least this, percent…
+    pub c2_active_sm_pct: f64,
+    /// …or its device memory at least this, bytes (an idle lotus-worker's CUDA context
+    /// holds a few hundred MiB; a C2 holds gigabytes).
+    pub c2_active_memory_bytes: u64,
 }
 
 impl Config {
@@ -163,6 +177,10 @@ impl Default for Config {
             decision_history: 512,
             retry_after_ms: 2_000,
             stale_after_ms: 5_000,
+            model_reserve_bytes: 2 << 30,
+            model_return_after_ms: 60_000,
+            c2_active_sm_pct: 50.0,
+            c2_active_memory_bytes: 4 << 30,
         }
     }
 }
@@ -242,6 +260,9 @@ pub struct TickInput {
     /// or `None` for the normal profile.
     #[serde(default)]
     pub safe_profile: Option<String>,
+    /// AI models that want a VRAM lease (the warm models intake would load).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<ModelLease>,
 }
 
 /// One device's capacity as decided this tick.
@@ -296,6 +317,9 @@ pub struct Capacity {
     pub devices: Vec<DeviceCapacitySummary>,
     /// Suggested `capacity` for Livepeer's RegisterTranscoder.
     pub livepeer_sessions: u32,
+    /// VRAM leases granted to AI models now.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub leases: Vec<ModelLease>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -347,4 +371,7 @@ pub struct Decision {
     pub devices: Vec<DeviceCapacity>,
     pub capacity: Capacity,
     pub sealing: SealingDecision,
+    /// Model leases granted or revoked this tick, with their reasons.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub leases: Vec<LeaseDecision>,
 }

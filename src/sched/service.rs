@@ -14,8 +14,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::state::{self, SealingState, StateError};
 use super::{
-    Admitter, Capacity, Config, ControllerStatus, Decision, Demand, ProofSignal, Scheduler,
-    SealAction, SealMode, TickInput,
+    Admitter, Capacity, Config, ControllerStatus, Decision, Demand, ModelLease, ProofSignal,
+    Scheduler, SealAction, SealMode, TickInput,
 };
 use crate::gpu::Snapshot;
 use crate::post::{self, Phase};
@@ -45,6 +45,7 @@ pub struct ServiceHandle {
     plan: watch::Receiver<post::Plan>,
     confirmed: Confirmed,
     safe_profile: watch::Sender<Option<String>>,
+    models: watch::Sender<Vec<ModelLease>>,
     task: JoinHandle<()>,
 }
 
@@ -76,6 +77,13 @@ impl ServiceHandle {
     pub fn sealing_confirmed(&self) -> Option<BTreeMap<String, i64>> {
         lock(&self.confirmed).clone()
     }
+    /// The AI models that want a VRAM lease (replaces the previous list). Every tick
+    /// grants or revokes their leases with a reason, in the decision record
+    /// ([`super::Decision::leases`]) and the capacity ([`super::Capacity::leases`]).
+    pub fn set_models(&self, models: Vec<ModelLease>) {
+        self.models.send_replace(models);
+    }
+
     /// A proof signal from the Filecoin node or configuration.
     pub fn set_proof(&self, proof: ProofSignal) {
         self.proof.send_replace(proof);
@@ -144,6 +152,7 @@ struct Driver {
     prover_active: bool,
     plan_tx: watch::Sender<post::Plan>,
     confirmed: Confirmed,
+    models: watch::Receiver<Vec<ModelLease>>,
 }
 
 /// Starts the driver. Recovers and restores state left by a crash before the first tick.
@@ -178,6 +187,7 @@ pub async fn start(
     let (post_tx, post_rx) = watch::channel(post::Status::default());
     let (plan_tx, plan_rx) = watch::channel(post::Plan::default());
     let (safe_tx, safe_rx) = watch::channel(None);
+    let (models_tx, models_rx) = watch::channel(Vec::new());
     let decisions = Arc::new(Mutex::new(VecDeque::new()));
     let confirmed: Confirmed = Arc::default();
     let mut driver = Driver {
@@ -194,6 +204,7 @@ pub async fn start(
         prover_active: false,
         plan_tx,
         confirmed: confirmed.clone(),
+        models: models_rx,
     };
     if driver.applied.is_some() {
         driver.sched.assume_sealing(SealMode::Enabled, 0);
@@ -220,6 +231,7 @@ pub async fn start(
         plan: plan_rx,
         confirmed,
         safe_profile: safe_tx,
+        models: models_tx,
         task,
     })
 }
@@ -280,8 +292,12 @@ impl Driver {
                     sealing_disabled: self.applied.is_some(),
                 },
                 safe_profile: safe_profile.borrow().clone(),
+                models: self.models.borrow().clone(),
             };
             let decision = self.sched.tick(&input);
+            for l in &decision.leases {
+                tracing::info!(seq = decision.seq, device = l.device, model = %l.model_id, action = ?l.action, reason = %l.reason, "VRAM lease decision");
+            }
             self.prover_active = decision.devices.iter().any(|d| d.proof_running);
             admitter.update(&decision.devices);
             cap_tx.send_if_modified(|c| {

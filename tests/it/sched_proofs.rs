@@ -26,6 +26,7 @@ fn tick(
         controller: ControllerStatus::default(),
         safe_profile: safe.map(String::from),
         post: Default::default(),
+        models: Vec::new(),
     };
     let d = sched.tick(&input);
     admitter.update(&d.devices);

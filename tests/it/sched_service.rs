@@ -274,3 +274,61 @@ async fn a_state_left_in_the_database_is_restored_at_start() {
     cancel.cancel();
     h.join().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_driver_grants_a_model_lease_and_a_proof_takes_it_back_with_its_reason() {
+    let srv = TestServer::start(TOKEN).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cancel = CancellationToken::new();
+    let sim = SimGpu::from_presets(&["rtx3090"], 3).unwrap();
+    let (snaps, poller) = Poller::spawn(
+        Telemetry::Sim(sim),
+        Duration::from_millis(20),
+        cancel.clone(),
+    );
+    let ctl: Arc<dyn Controller> =
+        Arc::new(LotusWorker::from_api_info(&srv.api_info(TOKEN), Duration::from_secs(2)).unwrap());
+    let h = sched::start(
+        cfg(),
+        tasks(),
+        snaps,
+        ctl,
+        dir.path().into(),
+        cancel.clone(),
+    )
+    .await
+    .unwrap();
+    let model = vec![sched::ModelLease {
+        device: 0,
+        model_id: "m".into(),
+        bytes: 3 << 30,
+    }];
+    h.set_models(model.clone());
+    let mut cap = h.capacity();
+    assert!(
+        wait_for(|| cap.borrow_and_update().leases == model).await,
+        "the lease was never granted"
+    );
+    h.set_proof(sched::ProofSignal {
+        running: true,
+        devices: None,
+        source: "test".into(),
+    });
+    assert!(
+        wait_for(|| cap.borrow_and_update().leases.is_empty()).await,
+        "the proof did not take the lease back"
+    );
+    let decisions = h.decisions();
+    let leases: Vec<_> = decisions.iter().flat_map(|d| d.leases.iter()).collect();
+    assert_eq!(leases.len(), 2, "{leases:?}");
+    assert_eq!(leases[0].action, sched::LeaseAction::Grant);
+    assert!(leases[0].reason.starts_with("headroom"), "{leases:?}");
+    assert_eq!(leases[1].action, sched::LeaseAction::Revoke);
+    assert!(
+        leases[1].reason.starts_with("PoSt window open"),
+        "{leases:?}"
+    );
+    cancel.cancel();
+    h.join().await;
+    let _ = poller.await;
+}

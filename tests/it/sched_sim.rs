@@ -47,6 +47,7 @@ impl Rig {
             controller: self.status,
             post: self.post.clone(),
             safe_profile: None,
+            models: Vec::new(),
         };
         let d = self.sched.tick(&input);
         self.admitter.update(&d.devices);
