@@ -140,6 +140,7 @@ pub fn streams_under_post(
         load: Vec::new(),
         proof: ProofSignal::default(),
         post,
+        models: Vec::new(),
         controller: ControllerStatus {
             reachable: true,
             coarse: true,
