@@ -306,20 +306,7 @@ fn test_transcoder_fails_fast_on_a_gpu_whose_nvenc_does_not_open() {
         path
     };
     // A passing probe would go on serving, so the run is bounded rather than waited on.
-    let mut child = Command::new(BIN)
-        .args([
-            "run",
-            "--test-transcoder",
-            "--listen",
-            "127.0.0.1:0",
-            "--config",
-        ])
-        .arg(config("auto"))
-        .arg("--data-dir")
-        .arg(root.path().join("auto"))
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_test_transcoder(&config("auto"), &root.path().join("auto"));
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -332,14 +319,7 @@ fn test_transcoder_fails_fast_on_a_gpu_whose_nvenc_does_not_open() {
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     };
-    let mut err = String::new();
-    use std::io::Read;
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+    let err = stderr_of(&mut child);
     assert!(
         status.is_some_and(|s| !s.success()),
         "the probe passed on a GPU whose NVENC does not open: {err}"
@@ -349,32 +329,12 @@ fn test_transcoder_fails_fast_on_a_gpu_whose_nvenc_does_not_open() {
         "{err}"
     );
 
-    let mut child = Command::new(BIN)
-        .args([
-            "run",
-            "--test-transcoder",
-            "--listen",
-            "127.0.0.1:0",
-            "--config",
-        ])
-        .arg(config("x264"))
-        .arg("--data-dir")
-        .arg(root.path().join("x264"))
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_test_transcoder(&config("x264"), &root.path().join("x264"));
     let addr = root.path().join("x264").join("api.addr");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while !addr.exists() && std::time::Instant::now() < deadline {
         if let Some(status) = child.try_wait().unwrap() {
-            let mut err = String::new();
-            child
-                .stderr
-                .take()
-                .unwrap()
-                .read_to_string(&mut err)
-                .unwrap();
-            panic!("exited {status} before serving: {err}");
+            panic!("exited {status} before serving: {}", stderr_of(&mut child));
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
@@ -384,4 +344,27 @@ fn test_transcoder_fails_fast_on_a_gpu_whose_nvenc_does_not_open() {
     );
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// `comine run --test-transcoder` with `config`, its data in `data`, stderr piped.
+fn spawn_test_transcoder(config: &std::path::Path, data: &std::path::Path) -> std::process::Child {
+    Command::new(BIN)
+        .args(["run", "--test-transcoder", "--listen", "127.0.0.1:0"])
+        .arg("--config")
+        .arg(config)
+        .arg("--data-dir")
+        .arg(data)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// What an exited child wrote on its piped stderr.
+fn stderr_of(child: &mut std::process::Child) -> String {
+    use std::io::Read;
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    err
 }

@@ -27,6 +27,34 @@ fn tasks() -> Vec<String> {
     GPU_SEALING_TASKS.map(String::from).to_vec()
 }
 
+/// The sched service on one labelled simulated GPU (`preset`, `seed`), polled every 20 ms,
+/// with `controller` and its state in `dir`: the set-up every test here shares.
+async fn start_on_sim(
+    preset: &str,
+    seed: u64,
+    controller: Arc<dyn Controller>,
+    dir: &std::path::Path,
+    cancel: &CancellationToken,
+) -> (sched::ServiceHandle, tokio::task::JoinHandle<()>) {
+    let sim = SimGpu::from_presets(&[preset], seed).unwrap();
+    let (snaps, poller) = Poller::spawn(
+        Telemetry::Sim(sim),
+        Duration::from_millis(20),
+        cancel.clone(),
+    );
+    let h = sched::start(
+        cfg(),
+        tasks(),
+        snaps,
+        controller,
+        dir.into(),
+        cancel.clone(),
+    )
+    .await
+    .unwrap();
+    (h, poller)
+}
+
 async fn wait_for(mut f: impl FnMut() -> bool) -> bool {
     for _ in 0..250 {
         if f() {
@@ -42,24 +70,9 @@ async fn surge_pauses_sealing_and_shutdown_restores_it() {
     let srv = TestServer::start(TOKEN).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let cancel = CancellationToken::new();
-    let sim = SimGpu::from_presets(&["rtx3090"], 3).unwrap();
-    let (snaps, poller) = Poller::spawn(
-        Telemetry::Sim(sim),
-        Duration::from_millis(20),
-        cancel.clone(),
-    );
     let ctl: Arc<dyn Controller> =
         Arc::new(LotusWorker::from_api_info(&srv.api_info(TOKEN), Duration::from_secs(2)).unwrap());
-    let h = sched::start(
-        cfg(),
-        tasks(),
-        snaps,
-        ctl,
-        dir.path().into(),
-        cancel.clone(),
-    )
-    .await
-    .unwrap();
+    let (h, poller) = start_on_sim("rtx3090", 3, ctl, dir.path(), &cancel).await;
     let mut cap = h.capacity();
     assert!(
         wait_for(|| cap.borrow_and_update().total_pps > 0.0).await,
@@ -132,22 +145,7 @@ async fn crash_leftovers_are_restored_at_start() {
     )
     .unwrap();
     let cancel = CancellationToken::new();
-    let sim = SimGpu::from_presets(&["a4000"], 1).unwrap();
-    let (snaps, _p) = Poller::spawn(
-        Telemetry::Sim(sim),
-        Duration::from_millis(20),
-        cancel.clone(),
-    );
-    let h = sched::start(
-        cfg(),
-        tasks(),
-        snaps,
-        Arc::new(w),
-        dir.path().into(),
-        cancel.clone(),
-    )
-    .await
-    .unwrap();
+    let (h, _p) = start_on_sim("a4000", 1, Arc::new(w), dir.path(), &cancel).await;
     assert!(
         srv.state().disabled.is_empty(),
         "crash leftovers not restored"
@@ -253,22 +251,7 @@ async fn a_state_left_in_the_database_is_restored_at_start() {
         .await
         .unwrap();
     let cancel = CancellationToken::new();
-    let sim = SimGpu::from_presets(&["a4000"], 1).unwrap();
-    let (snaps, _p) = Poller::spawn(
-        Telemetry::Sim(sim),
-        Duration::from_millis(20),
-        cancel.clone(),
-    );
-    let h = sched::start(
-        cfg(),
-        tasks(),
-        snaps,
-        Arc::new(w),
-        dir.path().into(),
-        cancel.clone(),
-    )
-    .await
-    .unwrap();
+    let (h, _p) = start_on_sim("a4000", 1, Arc::new(w), dir.path(), &cancel).await;
     assert!(srv.state().disabled.is_empty(), "C2 left disabled");
     assert_eq!(store.load().await.unwrap(), None, "restored state kept");
     cancel.cancel();
@@ -280,24 +263,9 @@ async fn the_driver_grants_a_model_lease_and_a_proof_takes_it_back_with_its_reas
     let srv = TestServer::start(TOKEN).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let cancel = CancellationToken::new();
-    let sim = SimGpu::from_presets(&["rtx3090"], 3).unwrap();
-    let (snaps, poller) = Poller::spawn(
-        Telemetry::Sim(sim),
-        Duration::from_millis(20),
-        cancel.clone(),
-    );
     let ctl: Arc<dyn Controller> =
         Arc::new(LotusWorker::from_api_info(&srv.api_info(TOKEN), Duration::from_secs(2)).unwrap());
-    let h = sched::start(
-        cfg(),
-        tasks(),
-        snaps,
-        ctl,
-        dir.path().into(),
-        cancel.clone(),
-    )
-    .await
-    .unwrap();
+    let (h, poller) = start_on_sim("rtx3090", 3, ctl, dir.path(), &cancel).await;
     let model = vec![sched::ModelLease {
         device: 0,
         model_id: "m".into(),
