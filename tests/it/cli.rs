@@ -138,14 +138,7 @@ fn livepeer_uses_the_config_files_data_dir() {
     let start = Instant::now();
     while !work.is_dir() && start.elapsed() < Duration::from_secs(20) {
         if let Some(status) = child.try_wait().unwrap() {
-            let mut err = String::new();
-            use std::io::Read;
-            child
-                .stderr
-                .take()
-                .unwrap()
-                .read_to_string(&mut err)
-                .unwrap();
+            let err = common::stderr_of(&mut child);
             panic!("comine livepeer exited with {status}: {err}");
         }
         std::thread::sleep(Duration::from_millis(50));

@@ -431,26 +431,8 @@ fn an_unknown_key_in_the_livepeer_section_is_refused_by_name() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break Some(s);
-        }
-        if start.elapsed() > Duration::from_secs(30) {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let mut err = String::new();
-    use std::io::Read;
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+    let status = common::wait_exit(&mut child, Duration::from_secs(30));
+    let err = common::stderr_of(&mut child);
     let status = status.unwrap_or_else(|| panic!("a misspelt key must stop comine run: {err}"));
     assert!(!status.success());
     assert!(err.contains("orch_adress"), "{err}");
@@ -524,25 +506,11 @@ fn a_wrong_secret_is_found_at_once_even_with_no_capacity() {
         .spawn()
         .unwrap();
     let mut child = out;
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break Some(s);
-        }
-        if start.elapsed() > Duration::from_secs(120) {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let mut err = String::new();
-    use std::io::Read;
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+    let status = common::wait_exit(
+        &mut child,
+        Duration::from_secs(120).saturating_sub(start.elapsed()),
+    );
+    let err = common::stderr_of(&mut child);
     let status = status.unwrap_or_else(|| panic!("a wrong secret was not reported: {err}"));
     assert!(!status.success());
     assert!(

@@ -139,17 +139,9 @@ fn poison_segment_is_answered_within_its_bound() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let started = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if started.elapsed() > HANG {
-            let _ = child.kill();
-            panic!("comine transcode still running on the poison segment after {HANG:?}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status = common::wait_exit(&mut child, HANG).unwrap_or_else(|| {
+        panic!("comine transcode still running on the poison segment after {HANG:?}")
+    });
     let output = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(

@@ -319,7 +319,7 @@ fn test_transcoder_fails_fast_on_a_gpu_whose_nvenc_does_not_open() {
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     };
-    let err = stderr_of(&mut child);
+    let err = common::stderr_of(&mut child);
     assert!(
         status.is_some_and(|s| !s.success()),
         "the probe passed on a GPU whose NVENC does not open: {err}"
@@ -334,7 +334,10 @@ fn test_transcoder_fails_fast_on_a_gpu_whose_nvenc_does_not_open() {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while !addr.exists() && std::time::Instant::now() < deadline {
         if let Some(status) = child.try_wait().unwrap() {
-            panic!("exited {status} before serving: {}", stderr_of(&mut child));
+            panic!(
+                "exited {status} before serving: {}",
+                common::stderr_of(&mut child)
+            );
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
@@ -357,14 +360,4 @@ fn spawn_test_transcoder(config: &std::path::Path, data: &std::path::Path) -> st
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap()
-}
-
-/// What an exited child wrote on its piped stderr.
-fn stderr_of(child: &mut std::process::Child) -> String {
-    use std::io::Read;
-    let mut err = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        let _ = e.read_to_string(&mut err);
-    }
-    err
 }

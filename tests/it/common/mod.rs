@@ -260,6 +260,33 @@ pub struct Daemon {
 }
 
 /// Config for fast tests: libx264 ultrafast, random port, plus `extra` TOML.
+/// Waits up to `limit` for `child` to exit (polling every 50 ms); past it, kills the child
+/// and answers `None`.
+pub fn wait_exit(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// What a child wrote on its piped stderr (empty when stderr was not piped).
+pub fn stderr_of(child: &mut Child) -> String {
+    use std::io::Read;
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    err
+}
+
 pub fn write_config(root: &Path, extra: &str) -> PathBuf {
     let path = root.join("comine.toml");
     let text = format!(
@@ -401,18 +428,7 @@ impl Daemon {
         unsafe {
             libc::kill(c.id() as i32, libc::SIGTERM);
         }
-        let start = Instant::now();
-        loop {
-            if let Some(status) = c.try_wait().unwrap() {
-                return status.success();
-            }
-            if start.elapsed() > Duration::from_secs(60) {
-                let _ = c.kill();
-                let _ = c.wait();
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_exit(&mut c, Duration::from_secs(60)).is_some_and(|s| s.success())
     }
 
     /// `comine <args>` against this daemon's data dir and config; stdout.
