@@ -178,7 +178,9 @@ pub fn load_or_measure(
             device: "the probe ladder".into(),
             source: transcode::TranscodeError::Profile(e),
         });
+        // GPUs whose NVENC does not open, and the CPU's libx264 rate (measured once).
         let mut without_nvenc = Vec::new();
+        let mut cpu: Option<f64> = None;
         let result = made.and_then(|()| {
             let ladder = ladder?;
             for d in &devices {
@@ -187,6 +189,16 @@ pub fn load_or_measure(
                     Source::Host => EncoderChoice::X264,
                     _ => settings.encoder,
                 };
+                // Once the CPU's rate is known, a cheap encoder probe says whether another
+                // GPU has NVENC: measuring the same CPU again per GPU would cost seconds each.
+                if d.source == Source::Nvml && cpu.is_some() {
+                    let opened = transcode::probe::encoder(encoder, d.index, 1, &settings.x264_preset)
+                        .map_err(probe_err(&d.uuid))?;
+                    if !opened.all_nvenc() {
+                        without_nvenc.push(d);
+                        continue;
+                    }
+                }
                 let m = throughput::measure(
                     &clip,
                     &ladder,
@@ -202,7 +214,8 @@ pub fn load_or_measure(
                     // so it is rated at the CPU's rate, shared with the other such GPUs
                     // below. A placeholder GPU rate would offer sessions the CPU cannot run.
                     tracing::warn!(gpu = d.index, uuid = %d.uuid, "calibration: NVENC does not open on this GPU; its segments are encoded with libx264 on the CPU, and it is rated at the CPU's rate");
-                    without_nvenc.push((d, cpu_rate(&m, d)));
+                    cpu.get_or_insert(cpu_rate(&m, d));
+                    without_nvenc.push(d);
                     continue;
                 }
                 let (pixels_per_sec, basis) = match d.source {
@@ -220,11 +233,10 @@ pub fn load_or_measure(
                     measured_at_ms: crate::util::now_ms(),
                 });
             }
-            // The CPU is one: GPUs without NVENC share its libx264 rate (the mean of
-            // their probes, each of which measured the same CPU).
+            // The CPU is one: GPUs without NVENC share its libx264 rate.
             let share = without_nvenc.len().max(1) as f64;
-            let cpu = without_nvenc.iter().map(|(_, r)| r).sum::<f64>() / share;
-            for (d, _) in &without_nvenc {
+            let cpu = cpu.unwrap_or(0.0);
+            for d in &without_nvenc {
                 rates.push(DeviceRate {
                     index: d.index,
                     uuid: d.uuid.clone(),
