@@ -22,6 +22,8 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 use tokio::task::JoinHandle;
 
+use crate::util::test_rpc::rpc_error;
+
 use super::bitfield::Bitfield;
 use super::chain::{DeadlineInfo, EPOCH_SECS, MAINNET_GENESIS_TS, PERIOD_DEADLINES};
 use super::node::Partition;
@@ -205,18 +207,9 @@ impl FakeNode {
         if self.task.is_some() {
             return Ok(());
         }
-        let mut last = None;
-        for _ in 0..50 {
-            match tokio::net::TcpListener::bind(self.addr).await {
-                Ok(l) => {
-                    self.serve(l);
-                    return Ok(());
-                }
-                Err(e) => last = Some(e),
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-        Err(last.unwrap_or_else(|| std::io::Error::other("bind failed")))
+        let l = crate::util::test_rpc::rebind(self.addr).await?;
+        self.serve(l);
+        Ok(())
     }
 }
 
@@ -224,11 +217,6 @@ impl Drop for FakeNode {
     fn drop(&mut self) {
         self.down();
     }
-}
-
-fn rpc_error(id: Value, code: i64, msg: &str) -> Response {
-    Json(json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": msg}}))
-        .into_response()
 }
 
 async fn handle(State(sh): State<Arc<Shared>>, headers: HeaderMap, body: Json<Value>) -> Response {

@@ -4,6 +4,8 @@
 pub mod durable;
 pub mod sd_notify;
 pub mod stdout;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod test_rpc;
 
 // `crate::util::out!` / `crate::util::outln!`: stdout that may be a closed pipe.
 pub use crate::{out, outln};
