@@ -317,12 +317,17 @@ impl Driver {
                 );
             }
             tracing::trace!(decision = %serde_json::to_string(&decision).unwrap_or_default(), "tick");
-            self.apply(decision.sealing.action).await;
-            let mut r = lock(&ring);
-            r.push_back(decision);
-            while r.len() > config.decision_history.max(1) {
-                r.pop_front();
+            let action = decision.sealing.action;
+            // Recorded before it is applied: a controller call can take seconds, and the
+            // reason for what an operator sees happening must already be readable.
+            {
+                let mut r = lock(&ring);
+                r.push_back(decision);
+                while r.len() > config.decision_history.max(1) {
+                    r.pop_front();
+                }
             }
+            self.apply(action).await;
         }
         // What comine changed, it restores.
         for attempt in 1..=3 {
