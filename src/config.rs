@@ -256,6 +256,10 @@ pub struct TranscodeConfig {
     /// Measure each device's pixel rate at start (cached in `<data>/calibration.json`), so
     /// the scheduler and `--capacity auto` use what this host really does.
     pub calibrate: bool,
+    /// Keep a Livepeer session's decoder (and NVENC encoders) open between its segments,
+    /// as go-livepeer does: a fresh NVDEC decoder or NVENC session per segment costs
+    /// hundreds of milliseconds. `false` opens everything per segment.
+    pub warm_sessions: bool,
 }
 
 impl Default for TranscodeConfig {
@@ -273,6 +277,7 @@ impl Default for TranscodeConfig {
             wall_min_mpixels_per_sec: WallBound::DEFAULT.min_pixel_rate / 1e6,
             store_attempts: 3,
             calibrate: true,
+            warm_sessions: true,
         }
     }
 }

@@ -171,6 +171,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 t.x264_preset.clone(),
                 t.gpu,
             )
+            .with_decoder(t.decoder_choice()?, t.wall_bound())
+            .warm(t.warm_sessions)
             .with_space_floor(data_dir.clone(), config.store.min_free_bytes),
         })
     } else {

@@ -12,6 +12,11 @@ use tokio_util::sync::CancellationToken;
 use super::proto::VideoProfile;
 use super::sink::{BoxFuture, RenditionOutput};
 
+/// What the pipeline keeps between the segments of one session (the engine's open
+/// decoder and encoders), opaque to the protocol side. It lives as long as the session:
+/// released on teardown, `ForceSessionReinit` or idle timeout, which closes the contexts.
+pub type WarmState = std::sync::Arc<std::sync::Mutex<Option<Box<dyn std::any::Any + Send>>>>;
+
 /// One segment to transcode, as the orchestrator asked for it.
 #[derive(Clone, Debug)]
 pub struct SegmentTask {
@@ -32,6 +37,8 @@ pub struct SegmentTask {
     pub deadline: Instant,
     /// Fires on shutdown.
     pub cancel: CancellationToken,
+    /// The session's warm state; segments of a session reach the pipeline one at a time.
+    pub warm: WarmState,
 }
 
 /// The renditions of a [`SegmentTask`]: `renditions[i]` is `profiles[i]`.
@@ -49,6 +56,10 @@ pub struct Transcoded {
     pub result_headers: Vec<(String, String)>,
     /// The device the work ran on, when the pipeline knows (the scheduler placed it).
     pub device: Option<Device>,
+    /// The session's warm decoder took this segment (no decoder was opened for it).
+    pub decoder_reused: bool,
+    /// Renditions whose encoder came warm from the session's previous segment.
+    pub encoders_reused: u32,
 }
 
 /// A device as the pipeline names it: index and UUID (`GPU-…`, `host`).

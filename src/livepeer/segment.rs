@@ -110,6 +110,8 @@ pub(super) async fn handle(
                 total_ms: received.elapsed().as_millis() as u64,
                 accepted: posted.is_ok(),
                 device: done.report.device.clone(),
+                decoder_reused: done.report.decoder_reused,
+                encoders_reused: done.report.encoders_reused,
             };
             if let Err(e) = shared.sink.segment_transcoded(&record).await {
                 tracing::error!(task_id = n.task_id, error = %e, "segment sink failed");
@@ -232,6 +234,7 @@ async fn work(
         work_dir: work_dir.to_path_buf(),
         deadline,
         cancel: shared.shutdown.child_token(),
+        warm: session.warm.clone(),
     };
     let report = shared.pipeline.transcode(task).await.map_err(|e| {
         // Past the deadline the engine stops early, and what it stopped with (often

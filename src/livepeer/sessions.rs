@@ -2,9 +2,8 @@
 //! teardown notification or after an idle timeout.
 //!
 //! A session's segments are transcoded one at a time, in arrival order, as go-livepeer's
-//! load-balancing transcoder does. The transcoding engine opens its encoders per call, so
-//! the state here is the ordering lock and bookkeeping; it is the place where persistent
-//! encoder sessions attach once the engine offers them.
+//! load-balancing transcoder does, and the pipeline keeps its warm state here (the engine's
+//! open decoder and encoders: [`Session::warm`]), dropped with the session.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -14,6 +13,8 @@ use std::time::{Duration, Instant};
 pub struct Session {
     /// Serialises the session's segments.
     pub order: tokio::sync::Mutex<()>,
+    /// What the pipeline keeps between this session's segments.
+    pub warm: super::pipeline::WarmState,
 }
 
 struct Entry {
@@ -116,6 +117,7 @@ impl Entry {
 fn fresh() -> Arc<Session> {
     Arc::new(Session {
         order: tokio::sync::Mutex::new(()),
+        warm: Default::default(),
     })
 }
 

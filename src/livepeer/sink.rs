@@ -57,6 +57,9 @@ pub struct SegmentRecord {
     pub accepted: bool,
     /// The device that transcoded it, when the pipeline said.
     pub device: Option<super::pipeline::Device>,
+    /// The session's warm decoder took it; `encoders_reused` rungs had warm encoders.
+    pub decoder_reused: bool,
+    pub encoders_reused: u32,
 }
 
 /// A segment that failed; an error part was posted with `reason`.

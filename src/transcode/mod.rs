@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-pub use engine::transcode;
+pub use engine::{transcode, transcode_warm, WarmSession, WarmUse};
 pub use profile::{
     fit_dimensions, preset_names, Container, Gop, H264Profile, Profile, ProfileError, VideoCodec,
     DEFAULT_LADDER,
@@ -255,6 +255,9 @@ pub struct Report {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fallback_reason: Option<String>,
     pub renditions: Vec<RenditionReport>,
+    /// What this segment reused of its stream's open decoder and encoders (all false
+    /// for a one-off transcode).
+    pub warm: WarmUse,
 }
 
 /// Every way a transcode can fail. [`TranscodeError::is_bad_input`] separates the

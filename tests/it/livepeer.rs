@@ -230,6 +230,9 @@ async fn transcodes_a_stream_of_segments_with_exact_pixels() {
     .await;
     let records = client.sink.transcoded.lock().unwrap().clone();
     assert!(records.iter().all(|r| r.accepted && r.session_id == "s1"));
+    // The session's decoder stays open: only its first segment opened one.
+    let reused: Vec<bool> = records.iter().map(|r| r.decoder_reused).collect();
+    assert_eq!(reused, [false, true, true]);
     assert_eq!(records[0].renditions[0].profile, "P144p30fps16x9");
     assert_eq!(
         records[0].encoded_pixels,
@@ -745,5 +748,58 @@ async fn fails_over_to_the_next_orchestrator_in_the_list() {
         "{snap:?}"
     );
     assert_eq!(o.registrations()[0].capacity, 2);
+    client.stop().await.unwrap();
+}
+
+/// A session's warm decoder is the session's own: `ForceSessionReinit`, a teardown or a gap
+/// in the sequence starts the next segment cold; another session never shares it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_keeps_its_decoder_warm_until_reinit_teardown_or_a_gap() {
+    let o = orchestrator().await;
+    let client = Client::start(&o, 2, |_| {});
+    o.wait_for_transcoders(1, WAIT).await.unwrap();
+    let job = |session: &str, seq: i64| {
+        SegmentJob::new(session, seq, common::lp_segment(), ladder()[..1].to_vec())
+    };
+    let mut reinit = job("w", 2);
+    reinit.force_session_reinit = true;
+    let jobs = vec![
+        job("w", 0),
+        job("w", 1),
+        job("other", 0),
+        reinit,
+        job("w", 3),
+        job("w", 5),
+    ];
+    for j in jobs {
+        expect_done(o.transcode(j).await);
+    }
+    assert!(o.end_session("w").await, "teardown sent");
+    eventually("the teardown", || {
+        !client.sink.ended.lock().unwrap().is_empty()
+    })
+    .await;
+    expect_done(o.transcode(job("w", 6)).await);
+    eventually("7 segments in the sink", || {
+        client.sink.transcoded.lock().unwrap().len() == 7
+    })
+    .await;
+    let records = client.sink.transcoded.lock().unwrap().clone();
+    let seen: Vec<(&str, i64, bool)> = records
+        .iter()
+        .map(|r| (r.session_id.as_str(), r.seq, r.decoder_reused))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("w", 0, false),
+            ("w", 1, true),
+            ("other", 0, false),
+            ("w", 2, false),
+            ("w", 3, true),
+            ("w", 5, false),
+            ("w", 6, false),
+        ]
+    );
     client.stop().await.unwrap();
 }

@@ -533,3 +533,115 @@ fn json_logs() {
         );
     }
 }
+
+/// One segment of a stream through `session` (or cold with `None`), into `out`.
+fn run_in(session: Option<&mut comine::transcode::WarmSession>, seg: &Path, out: &Path) -> Report {
+    let req = Request {
+        input: Input::File(seg.to_path_buf()),
+        profiles: Profile::parse_list("P240p30fps16x9,P144p30fps16x9").unwrap(),
+        out_dir: out.to_path_buf(),
+        options: Options {
+            // Fixed threading: the warm and cold runs must make byte-identical renditions.
+            decoder_threads: 2,
+            encode_cores: 2,
+            ..opts()
+        },
+    };
+    match session {
+        Some(s) => comine::transcode::transcode_warm(&req, s),
+        None => transcode(&req),
+    }
+    .unwrap_or_else(|e| panic!("{}: {e}", seg.display()))
+}
+
+/// A stream's segments through one warm session: the decoder is opened once and reused,
+/// and every rendition is byte for byte what a cold transcode of the segment makes.
+#[test]
+fn warm_session_reuses_the_decoder_and_changes_no_output() {
+    let segs = common::media::stream_segments("warm360", &pattern(640, 360, "30"), 1, 4, true);
+    let mut session = comine::transcode::WarmSession::new();
+    for (i, seg) in segs.iter().enumerate() {
+        let (cold_dir, warm_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let cold = run_in(None, seg, cold_dir.path());
+        session.follow(i as i64);
+        let warm = run_in(Some(&mut session), seg, warm_dir.path());
+        assert_eq!(
+            warm.warm.decoder_reused,
+            i > 0,
+            "segment {i}: {:?}",
+            warm.warm
+        );
+        assert!(!cold.warm.decoder_reused, "a one-off transcode is cold");
+        // libx264 in FFmpeg 5.1 cannot be reset after draining: opened per segment.
+        assert_eq!(warm.warm.encoders_reused, 0);
+        assert_eq!(warm.decoded_frames, cold.decoded_frames, "segment {i}");
+        assert_eq!(warm.decoded_frames, 30, "segment {i} holds 1 s at 30 fps");
+        assert_eq!(warm.decode_errors, 0);
+        for (w, c) in warm.renditions.iter().zip(&cold.renditions) {
+            assert_eq!(
+                (w.frames, w.pixels),
+                (c.frames, c.pixels),
+                "segment {i} {}",
+                w.profile
+            );
+            assert_eq!(
+                std::fs::read(&w.path).unwrap(),
+                std::fs::read(&c.path).unwrap(),
+                "segment {i} {}: warm and cold renditions differ",
+                w.profile
+            );
+        }
+    }
+    assert_eq!(session.segments(), 4);
+    assert_eq!(session.decoder_opens(), 1, "{session:?}");
+    assert_eq!(session.encoder_opens(), 8, "two rungs x four segments");
+}
+
+/// A resolution change, a gap in the sequence and a failed segment each close the warm
+/// decoder, and the next segment says why.
+#[test]
+fn warm_session_resets_on_change_discontinuity_and_failure() {
+    let segs = common::media::stream_segments("warm360", &pattern(640, 360, "30"), 1, 4, true);
+    let other = common::media::stream_segments("warm180", &pattern(320, 180, "30"), 1, 2, false);
+    let mut s = comine::transcode::WarmSession::new();
+    let out = tempfile::tempdir().unwrap();
+    let step = |s: &mut comine::transcode::WarmSession, seq: i64, seg: &Path| {
+        s.follow(seq);
+        run_in(Some(s), seg, out.path()).warm
+    };
+    assert!(!step(&mut s, 0, &segs[0]).decoder_reused);
+    assert!(step(&mut s, 1, &segs[1]).decoder_reused);
+    let changed = step(&mut s, 2, &other[0]);
+    assert!(!changed.decoder_reused);
+    let why = changed.reset.unwrap_or_default();
+    assert!(
+        why.contains("resolution changed from 640x360 to 320x180"),
+        "{why}"
+    );
+    assert!(step(&mut s, 3, &other[1]).decoder_reused);
+    let gap = step(&mut s, 7, &segs[2]);
+    assert!(!gap.decoder_reused);
+    assert!(gap
+        .reset
+        .unwrap_or_default()
+        .contains("does not follow segment 3"));
+    // A garbage segment fails; the one after it starts cold and is transcoded correctly.
+    s.follow(8);
+    let bad = comine::transcode::transcode_warm(
+        &Request {
+            input: Input::Memory(bytes::Bytes::from(vec![0x47u8; 188 * 40])),
+            profiles: Profile::parse_list("P144p30fps16x9").unwrap(),
+            out_dir: out.path().to_path_buf(),
+            options: opts(),
+        },
+        &mut s,
+    );
+    assert!(bad.is_err());
+    let after = step(&mut s, 9, &segs[3]);
+    assert!(!after.decoder_reused);
+    assert_eq!(after.reset.as_deref(), Some("the previous segment failed"));
+    assert!(
+        step(&mut s, 10, &segs[0]).decoder_reused,
+        "warm again after the failure"
+    );
+}

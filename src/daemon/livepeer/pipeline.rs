@@ -9,7 +9,9 @@ use std::time::Instant;
 use crate::livepeer::proto::VideoProfile;
 use crate::livepeer::sink::BoxFuture;
 use crate::livepeer::{RenditionOutput, SegmentError, SegmentPipeline, SegmentTask, Transcoded};
-use crate::transcode::{self, EncoderChoice, Input, Options, Request};
+use crate::transcode::{
+    self, DecoderChoice, EncoderChoice, Input, Options, Request, WallBound, WarmSession,
+};
 
 use super::profiles;
 
@@ -23,6 +25,11 @@ pub struct EnginePipeline {
     /// `(data directory, min_free_bytes)`: below the floor a segment is refused before it is
     /// transcoded, so the orchestrator hands it to another transcoder (`comine run` only).
     pub space_floor: Option<(PathBuf, u64)>,
+    /// Keep each session's decoder and encoders open between its segments
+    /// (`[transcode] warm_sessions`, on by default).
+    pub warm: bool,
+    pub decoder: DecoderChoice,
+    pub wall_bound: Option<WallBound>,
 }
 
 impl EnginePipeline {
@@ -32,7 +39,23 @@ impl EnginePipeline {
             x264_preset: x264_preset.into(),
             gpu,
             space_floor: None,
+            warm: true,
+            decoder: DecoderChoice::Auto,
+            wall_bound: Some(WallBound::DEFAULT),
         }
+    }
+
+    /// `false` opens a fresh decoder and encoders for every segment (`warm_sessions`).
+    pub fn warm(mut self, warm: bool) -> Self {
+        self.warm = warm;
+        self
+    }
+
+    /// The decoder choice and wall-time bound of `[transcode]`.
+    pub fn with_decoder(mut self, decoder: DecoderChoice, wall_bound: Option<WallBound>) -> Self {
+        self.decoder = decoder;
+        self.wall_bound = wall_bound;
+        self
     }
 
     /// Refuses segments while the filesystem of `dir` has fewer than `min` free bytes.
@@ -61,6 +84,8 @@ impl EnginePipeline {
             out_dir: task.work_dir,
             options: Options {
                 encoder: self.encoder,
+                decoder: self.decoder,
+                wall_bound: self.wall_bound,
                 x264_preset: self.x264_preset.clone(),
                 gpu,
                 deadline: Some(deadline),
@@ -69,20 +94,45 @@ impl EnginePipeline {
                 ..Options::default()
             },
         };
-        let report = tokio::task::spawn_blocking(move || transcode::transcode(&request))
-            .await
-            .map_err(|e| SegmentError::ours(format!("transcode thread failed: {e}")))?
-            .map_err(|e| {
-                if Instant::now() >= deadline {
-                    // The segment handler names the deadline; keep the engine's words too.
-                    SegmentError::ours(e.to_string())
-                } else {
-                    SegmentError {
-                        bad_input: e.is_bad_input(),
-                        reason: e.to_string(),
-                    }
+        // The session's open decoder and encoders follow the segment to its thread and
+        // come back with it (segments of one session arrive one at a time).
+        let mut warm = self
+            .warm
+            .then(|| {
+                task.warm
+                    .lock()
+                    .ok()
+                    .and_then(|mut s| s.take())
+                    .and_then(|b| b.downcast::<WarmSession>().ok())
+                    .map(|b| *b)
+            })
+            .flatten()
+            .unwrap_or_default();
+        warm.follow(task.seq);
+        let slot = task.warm.clone();
+        let keep = self.warm;
+        let report = tokio::task::spawn_blocking(move || {
+            let r = transcode::transcode_warm(&request, &mut warm);
+            if keep {
+                if let Ok(mut s) = slot.lock() {
+                    *s = Some(Box::new(warm));
                 }
-            })?;
+            }
+            r
+        })
+        .await
+        .map_err(|e| SegmentError::ours(format!("transcode thread failed: {e}")))?
+        .map_err(|e| {
+            if Instant::now() >= deadline {
+                // The segment handler names the deadline; keep the engine's words too.
+                SegmentError::ours(e.to_string())
+            } else {
+                SegmentError {
+                    bad_input: e.is_bad_input(),
+                    reason: e.to_string(),
+                }
+            }
+        })?;
         let mut renditions = Vec::with_capacity(lp_profiles.len());
         for (i, lp) in lp_profiles.iter().enumerate() {
             // Rendition `i` is named `r{i}` on disk (see `profiles::to_engine`).
@@ -112,6 +162,8 @@ impl EnginePipeline {
             fallback_reason: report.fallback_reason,
             device: None,
             result_headers: Vec::new(),
+            decoder_reused: report.warm.decoder_reused,
+            encoders_reused: report.warm.encoders_reused,
         })
     }
 }

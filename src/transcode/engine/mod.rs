@@ -6,6 +6,7 @@
 mod decode;
 mod output;
 mod rendition;
+mod session;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::sync_channel;
@@ -18,6 +19,8 @@ use tokio_util::sync::CancellationToken;
 use super::{avlog, input, profile, Profile, Report, Request, TranscodeError};
 use decode::{decode_all, open_decoder, Decoder};
 use rendition::Worker;
+use session::DecoderKey;
+pub use session::{WarmSession, WarmUse};
 
 /// Frames queued per rendition worker. Small: frames are large and the decoder is
 /// rarely the bottleneck, so a deep queue only costs memory.
@@ -109,11 +112,26 @@ pub(super) enum Msg {
 /// Blocking; run it on a dedicated thread. See the module docs of
 /// [`crate::transcode`] for the pipeline and the guarantees on failure.
 pub fn transcode(req: &Request) -> Result<Report, TranscodeError> {
-    let started = Instant::now();
-    run(req, started).map_err(|e| caller_stop(req, started).unwrap_or(e))
+    transcode_warm(req, &mut WarmSession::new())
 }
 
-fn run(req: &Request, started: Instant) -> Result<Report, TranscodeError> {
+/// [`transcode`] as one segment of a stream: the decoder and encoders the stream's previous
+/// segment left open in `session` are reused where they fit, and this segment's are left
+/// there for the next one (see [`WarmSession`]). A failed segment leaves nothing open.
+pub fn transcode_warm(req: &Request, session: &mut WarmSession) -> Result<Report, TranscodeError> {
+    let started = Instant::now();
+    let result = run(req, started, session).map_err(|e| caller_stop(req, started).unwrap_or(e));
+    if result.is_err() {
+        session.failed();
+    }
+    result
+}
+
+fn run(
+    req: &Request,
+    started: Instant,
+    session: &mut WarmSession,
+) -> Result<Report, TranscodeError> {
     avlog::install();
     ffmpeg_next::init().map_err(|e| TranscodeError::Ffmpeg {
         what: "initialising libav",
@@ -159,11 +177,17 @@ fn run(req: &Request, started: Instant) -> Result<Report, TranscodeError> {
         params: s.parameters(),
     });
 
+    let mut warm = WarmUse::default();
+    let decoder_key = DecoderKey::new(&vparams, &req.options);
+    let (warm_decoder, decoder_opened) = match session.take_decoder(&decoder_key, &mut warm) {
+        Some(d) => (d, false),
+        None => (open_decoder(vparams, &req.options)?, true),
+    };
     let Decoder {
         mut decoder,
         name: decoder_name,
         fallback_reason: decoder_fallback,
-    } = open_decoder(vparams, &req.options)?;
+    } = warm_decoder;
     let (src_w, src_h) = (decoder.width(), decoder.height());
     if src_w == 0 || src_h == 0 {
         // The prober saw a video stream but never a decodable picture header.
@@ -217,7 +241,11 @@ fn run(req: &Request, started: Instant) -> Result<Report, TranscodeError> {
             vtb,
             audio.as_ref(),
             threads,
+            session,
         )?;
+        if w.reused {
+            warm.encoders_reused += 1;
+        }
         if fallback_reason.is_none() {
             fallback_reason = w.fallback_reason.clone();
         }
@@ -229,7 +257,7 @@ fn run(req: &Request, started: Instant) -> Result<Report, TranscodeError> {
         workers.push(w);
     }
     if fallback_reason.is_none() {
-        fallback_reason = decoder_fallback;
+        fallback_reason = decoder_fallback.clone();
     }
     let budget = budget(req, &stop, src_pixels, src_rate, &dims);
     budget.grow(0);
@@ -332,9 +360,28 @@ fn run(req: &Request, started: Instant) -> Result<Report, TranscodeError> {
         });
     }
     let mut renditions = Vec::with_capacity(done.len());
-    for d in done {
+    let mut warm_encoders = Vec::new();
+    for mut d in done {
+        warm_encoders.extend(d.warm.take());
         renditions.push(d.commit()?);
     }
+    // Drained to EOF above; reset, the decoder takes the stream's next segment.
+    decoder.flush();
+    session.opened(
+        decoder_opened,
+        req.profiles.len() as u64 - u64::from(warm.encoders_reused),
+    );
+    session.keep(
+        (
+            decoder_key,
+            Decoder {
+                decoder,
+                name: decoder_name.clone(),
+                fallback_reason: decoder_fallback.clone(),
+            },
+        ),
+        warm_encoders,
+    );
     let wall = started.elapsed();
     let media_seconds = decoded.media_seconds(vtb, src_rate);
     if decoded.errors > 0 {
@@ -366,6 +413,7 @@ fn run(req: &Request, started: Instant) -> Result<Report, TranscodeError> {
         timestamp_jumps: decoded.jumps,
         fallback_reason,
         renditions,
+        warm,
     })
 }
 

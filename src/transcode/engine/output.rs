@@ -24,6 +24,8 @@ impl Drop for TempOutput {
 pub(super) struct Finished {
     pub(super) report: RenditionReport,
     pub(super) output: TempOutput,
+    /// The encoder, reset for the stream's next segment, where it can be.
+    pub(super) warm: Option<super::session::WarmEncoder>,
 }
 
 impl Finished {

@@ -13,6 +13,7 @@ use ffmpeg_next::{
 use super::super::encoder::{self, Setup};
 use super::super::{avlog, EncoderChoice, Profile, RenditionReport, Request, TranscodeError};
 use super::output::{temp_name, Finished, TempOutput};
+use super::session::{can_flush, EncoderKey, WarmEncoder};
 use super::{AudioIn, Msg, Stop};
 
 /// One rendition's filter graph, encoder and muxer, run on its own thread.
@@ -23,6 +24,10 @@ pub(super) struct Worker {
     in_time_base: Rational,
     encoder: ffmpeg_next::encoder::video::Encoder,
     encoder_name: &'static str,
+    /// What a later segment of the stream must match to take this encoder.
+    encoder_key: EncoderKey,
+    /// The encoder came warm from the stream's previous segment.
+    pub(super) reused: bool,
     pub(super) fallback_reason: Option<String>,
     /// `auto` found NVENC absent on this host (not merely out of sessions).
     pub(super) nvenc_unavailable: bool,
@@ -78,6 +83,7 @@ impl Worker {
         in_time_base: Rational,
         audio: Option<&AudioIn>,
         threads: usize,
+        warm: &mut super::session::WarmSession,
     ) -> Result<Worker, TranscodeError> {
         let dst = req.out_dir.join(profile.file_name());
         let tmp = temp_name(&dst);
@@ -103,20 +109,48 @@ impl Worker {
             ),
             None => (in_time_base, src_rate),
         };
-        let opened = encoder::open(
-            encoder_choice,
-            &Setup {
-                profile,
-                width,
-                height,
-                time_base: enc_time_base,
-                frame_rate,
-                global_header,
-                gpu: req.options.gpu,
-                x264_preset: &req.options.x264_preset,
-                threads,
-            },
-        )?;
+        let encoder_key = EncoderKey::new(
+            profile,
+            (width, height),
+            enc_time_base,
+            global_header,
+            req.options.gpu,
+            threads,
+        );
+        // Only an encoder of the choice asked for is reused: `x264` never takes a warm NVENC.
+        let reusable = |w: &WarmEncoder| match encoder_choice {
+            EncoderChoice::X264 => w.name == encoder::X264,
+            EncoderChoice::Nvenc => w.name == encoder::NVENC,
+            EncoderChoice::Auto => true,
+        };
+        let (opened, reused) = match warm.take_encoder(&encoder_key).filter(reusable) {
+            Some(w) => (
+                encoder::Opened {
+                    encoder: w.encoder,
+                    name: w.name,
+                    fallback_reason: None,
+                    nvenc_unavailable: false,
+                },
+                true,
+            ),
+            None => (
+                encoder::open(
+                    encoder_choice,
+                    &Setup {
+                        profile,
+                        width,
+                        height,
+                        time_base: enc_time_base,
+                        frame_rate,
+                        global_header,
+                        gpu: req.options.gpu,
+                        x264_preset: &req.options.x264_preset,
+                        threads,
+                    },
+                )?,
+                false,
+            ),
+        };
         let video_out = {
             let mut st = octx
                 .add_stream(ffmpeg_next::encoder::find_by_name(opened.name))
@@ -165,6 +199,8 @@ impl Worker {
             in_time_base,
             encoder: opened.encoder,
             encoder_name: opened.name,
+            encoder_key,
+            reused,
             fallback_reason: opened.fallback_reason,
             nvenc_unavailable: opened.nvenc_unavailable,
             enc_time_base,
@@ -231,6 +267,14 @@ impl Worker {
             .map_err(|e| self.ffmpeg("flushing the encoder", e))?;
         self.drain_encoder(stop)?;
         self.octx.write_trailer().map_err(|e| self.write_err(e))?;
+        // Drained to its end; an encoder that can be reset takes the stream's next segment.
+        let warm = if can_flush(&self.encoder) {
+            // SAFETY: a valid, opened, fully drained encoder context.
+            unsafe { ffi::avcodec_flush_buffers(self.encoder.as_mut_ptr()) };
+            true
+        } else {
+            false
+        };
         let total = started.elapsed();
         tracing::debug!(
             target: "comine::transcode::stages",
@@ -247,11 +291,18 @@ impl Worker {
             width,
             height,
             frames,
+            encoder,
             encoder_name,
+            encoder_key,
             octx,
             output,
             ..
         } = self;
+        let warm = warm.then_some(WarmEncoder {
+            key: encoder_key,
+            encoder,
+            name: encoder_name,
+        });
         drop(octx); // closes the file so its size is final
         let bytes = std::fs::metadata(&output.tmp).map(|m| m.len()).unwrap_or(0);
         Ok(Finished {
@@ -268,6 +319,7 @@ impl Worker {
                 mime: profile.format.mime(),
             },
             output,
+            warm,
         })
     }
 

@@ -80,3 +80,69 @@ pub fn generate(name: &str, video: &str, seconds: f64, audio: bool, extra: &[&st
 pub fn pattern(w: u32, h: u32, rate: &str) -> String {
     format!("testsrc2=size={w}x{h}:rate={rate},noise=alls=20:allf=t+u")
 }
+
+/// `count` consecutive MPEG-TS segments of one 30 fps stream, `seconds` each, cut at key
+/// frames by the ffmpeg CLI's segment muxer: timestamps continue from one segment to the
+/// next, as in a live stream's (Livepeer's) segments. Generated once per name.
+pub fn stream_segments(
+    name: &str,
+    video: &str,
+    seconds: u32,
+    count: usize,
+    audio: bool,
+) -> Vec<PathBuf> {
+    let gop = (30 * seconds).to_string();
+    let whole = generate(
+        &format!("{name}-whole.ts"),
+        video,
+        f64::from(seconds) * count as f64,
+        audio,
+        &[
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-g",
+            &gop,
+            "-keyint_min",
+            &gop,
+            "-sc_threshold",
+            "0",
+        ],
+    );
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let paths: Vec<PathBuf> = (0..count)
+        .map(|i| media_dir().join(format!("{name}-{i:03}.ts")))
+        .collect();
+    if paths.iter().all(|p| p.exists()) {
+        return paths;
+    }
+    let parts = media_dir().join(format!("{name}.{}.parts", std::process::id()));
+    std::fs::create_dir_all(&parts).expect("segment dir");
+    let out = Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-y", "-i"])
+        .arg(&whole)
+        .args([
+            "-c",
+            "copy",
+            "-f",
+            "segment",
+            "-segment_time",
+            &seconds.to_string(),
+        ])
+        .args(["-segment_format", "mpegts"])
+        .arg(parts.join("%03d.ts"))
+        .output()
+        .expect("run ffmpeg (is the ffmpeg CLI installed?)");
+    assert!(
+        out.status.success(),
+        "ffmpeg segmenting failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (i, p) in paths.iter().enumerate() {
+        std::fs::rename(parts.join(format!("{i:03}.ts")), p).expect("segment cut");
+    }
+    let _ = std::fs::remove_dir_all(&parts);
+    paths
+}
