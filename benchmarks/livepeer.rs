@@ -8,8 +8,13 @@
 //!    back; the largest k whose every segment finished within 0.8 × its duration
 //!    (Livepeer's sizing rule) is reported.
 //!
+//! 3. The per-segment fixed cost a warm session saves: consecutive segments of one stream
+//!    through the engine cold (every codec opened per segment) and through one
+//!    `WarmSession` (the decoder, and NVENC encoders, kept open), in the same run.
+//!
 //! Env: `COMINE_BENCH_ENCODER` = auto (default) | nvenc | x264; `COMINE_BENCH_SEGMENTS`
-//! (segments for part 1, default 8); `COMINE_BENCH_MAX_SESSIONS` (default 16).
+//! (segments for parts 1 and 3, default 8); `COMINE_BENCH_MAX_SESSIONS` (default 16);
+//! `COMINE_BENCH_WARM=0` runs parts 1 and 2 with `warm_sessions = false` (the before).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,7 +26,7 @@ use comine::livepeer::test_orchestrator::{
     SegmentJob, TaskOutcome, TestOrchestrator, TestOrchestratorConfig,
 };
 use comine::livepeer::{run_transcoder, MemorySink, TranscoderConfig};
-use comine::transcode::{self, EncoderChoice, Input, Options, Profile, Request};
+use comine::transcode::{self, EncoderChoice, Input, Options, Profile, Request, WarmSession};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -115,6 +120,70 @@ fn direct_ms(seg: &Bytes, runs: usize) -> (f64, String) {
     (median(times), encoder_name)
 }
 
+/// Part 3: `segments` consecutive segments of one stream, cold then warm, alternating per
+/// segment so both see the same machine load. Medians exclude the warm session's first
+/// segment (it opens everything, like a cold one).
+struct WarmVsCold {
+    cold_ms: f64,
+    warm_ms: f64,
+    cold_setup_ms: f64,
+    warm_setup_ms: f64,
+    decoder_opens: u64,
+    encoder_opens: u64,
+    decoder: String,
+}
+
+fn warm_vs_cold(segments: usize) -> WarmVsCold {
+    let segs = media::stream_segments(
+        "livepeer-bench-stream",
+        &media::pattern(640, 360, "30"),
+        SEGMENT_SECONDS as u32,
+        segments.max(2),
+        false,
+    );
+    let profiles: Vec<Profile> =
+        comine::daemon::livepeer::profiles::to_engine(&ladder()).expect("ladder maps");
+    let request = |seg: &std::path::Path, dir: &std::path::Path| Request {
+        input: Input::File(seg.to_path_buf()),
+        profiles: profiles.clone(),
+        out_dir: dir.to_path_buf(),
+        options: Options {
+            encoder: encoder(),
+            ..Options::default()
+        },
+    };
+    let mut session = WarmSession::new();
+    let (mut cold, mut warm) = (Vec::new(), Vec::new());
+    let (mut cold_setup, mut warm_setup) = (Vec::new(), Vec::new());
+    let mut decoder = String::new();
+    for (i, seg) in segs.iter().enumerate() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let t = Instant::now();
+        let r = transcode::transcode(&request(seg, dir.path())).expect("cold segment");
+        let cold_ms = t.elapsed().as_secs_f64() * 1e3;
+        decoder = r.decoder;
+        session.follow(i as i64);
+        let t = Instant::now();
+        let w = transcode::transcode_warm(&request(seg, dir.path()), &mut session)
+            .expect("warm segment");
+        if i > 0 {
+            cold.push(cold_ms);
+            cold_setup.push(r.setup_us as f64 / 1e3);
+            warm.push(t.elapsed().as_secs_f64() * 1e3);
+            warm_setup.push(w.setup_us as f64 / 1e3);
+        }
+    }
+    WarmVsCold {
+        cold_ms: median(cold),
+        warm_ms: median(warm),
+        cold_setup_ms: median(cold_setup),
+        warm_setup_ms: median(warm_setup),
+        decoder_opens: session.decoder_opens(),
+        encoder_opens: session.encoder_opens(),
+        decoder,
+    }
+}
+
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -148,7 +217,8 @@ async fn bench() {
     let (cap_tx, cap_rx) = watch::channel(1u32);
     let sink = Arc::new(MemorySink::default());
     let shutdown = CancellationToken::new();
-    let pipeline = Arc::new(EnginePipeline::new(encoder(), "veryfast", 0));
+    let warm = std::env::var("COMINE_BENCH_WARM").as_deref() != Ok("0");
+    let pipeline = Arc::new(EnginePipeline::new(encoder(), "veryfast", 0).warm(warm));
     let client = tokio::spawn(run_transcoder(
         cfg,
         cap_rx,
@@ -161,8 +231,9 @@ async fn bench() {
         .expect("registration");
 
     println!(
-        "livepeer bench: {SEGMENT_SECONDS} s 640x360@30 segment ({} KiB), ladder P240p+P360p, encoder {encoder_name}, {cores} cores",
-        seg.len() / 1024
+        "livepeer bench: {SEGMENT_SECONDS} s 640x360@30 segment ({} KiB), ladder P240p+P360p, encoder {encoder_name}, {cores} cores, warm sessions {}",
+        seg.len() / 1024,
+        if warm { "on" } else { "off (COMINE_BENCH_WARM=0)" }
     );
 
     // 1. Sequential segments: overhead beyond transcoding.
@@ -242,4 +313,21 @@ async fn bench() {
 
     shutdown.cancel();
     let _ = client.await;
+
+    // 3. The fixed cost a warm session saves, on the engine alone.
+    let w = tokio::task::spawn_blocking(move || warm_vs_cold(segments))
+        .await
+        .expect("warm vs cold");
+    println!(
+        "warm session (medians of {} consecutive segments after the first, decoder {}): fixed cost (probe + open decoder, encoders, muxers) cold {:.2} ms, warm {:.2} ms (saved {:.2} ms); whole segment cold {:.1} ms, warm {:.1} ms; the session opened {} decoder(s) and {} encoder(s) for {segments} segments",
+        segments.max(2) - 1,
+        w.decoder,
+        w.cold_setup_ms,
+        w.warm_setup_ms,
+        w.cold_setup_ms - w.warm_setup_ms,
+        w.cold_ms,
+        w.warm_ms,
+        w.decoder_opens,
+        w.encoder_opens,
+    );
 }

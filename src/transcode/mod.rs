@@ -244,6 +244,9 @@ pub struct Report {
     /// Seconds of video decoded.
     pub media_seconds: f64,
     pub wall_ms: u64,
+    /// Microseconds from the start to the first packet decoded: probing the input and opening
+    /// the decoder, the encoders and the muxers (the fixed cost a warm session cuts).
+    pub setup_us: u64,
     /// Media seconds per wall second (> 1 is faster than real time).
     pub realtime_factor: f64,
     /// Σ pixels over the renditions.

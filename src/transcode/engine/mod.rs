@@ -261,6 +261,9 @@ fn run(
     }
     let budget = budget(req, &stop, src_pixels, src_rate, &dims);
     budget.grow(0);
+    // The segment's fixed cost: probing, the decoder, every encoder and muxer (what a warm
+    // session saves in part).
+    let setup = started.elapsed();
 
     let (decoded, finished) = std::thread::scope(|scope| {
         let mut senders = Vec::with_capacity(workers.len());
@@ -404,6 +407,7 @@ fn run(
         input_height: src_h,
         media_seconds,
         wall_ms: wall.as_millis() as u64,
+        setup_us: setup.as_micros() as u64,
         realtime_factor: if wall.as_secs_f64() > 0.0 {
             media_seconds / wall.as_secs_f64()
         } else {

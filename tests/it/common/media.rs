@@ -91,6 +91,8 @@ pub fn stream_segments(
     count: usize,
     audio: bool,
 ) -> Vec<PathBuf> {
+    // The name carries the shape, so asking for more segments never finds a shorter cache.
+    let name = &format!("{name}-{seconds}sx{count}");
     let gop = (30 * seconds).to_string();
     let whole = generate(
         &format!("{name}-whole.ts"),
