@@ -137,7 +137,7 @@ pub struct LeaseKeeper {
     models: Mutex<Vec<Held>>,
     view: watch::Receiver<LeaseView>,
     /// Without a scheduler: the standing view that grants every model.
-    _fixed: Option<watch::Sender<LeaseView>>,
+    fixed: Option<watch::Sender<LeaseView>>,
     /// The jobs in flight on each model (drained and cancelled on a take-back).
     pub jobs: InFlightJobs,
     drain_bound: Duration,
@@ -204,7 +204,7 @@ impl LeaseKeeper {
             device,
             models: Mutex::new(models),
             view,
-            _fixed: fixed,
+            fixed,
             jobs: InFlightJobs::default(),
             drain_bound,
             sim,
@@ -274,7 +274,7 @@ impl LeaseKeeper {
             })
             .collect();
         json!({
-            "policy": if self._fixed.is_some() { "none: no scheduler" } else { "scheduler" },
+            "policy": if self.fixed.is_some() { "none: no scheduler" } else { "scheduler" },
             "drain_bound_ms": self.drain_bound.as_millis() as u64,
             "models": models,
             "decisions": decisions,

@@ -65,14 +65,22 @@ fn sim_models(sim: &SimGpu) -> (usize, u64) {
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_c2_and_a_post_each_take_the_lease_back_jobs_are_answered_and_it_returns() {
-    let Some(env) = ai_env() else { return };
+/// The daemon in-process on `sim:rtx3060` (12 GiB) with the real scheduler and the test
+/// model declared at `vram_mib`, its AI worker linked to a test orchestrator.
+struct Rig {
+    d: Arc<Daemon>,
+    sim: SimGpu,
+    orch: Arc<TestOrchestrator>,
+    stop: CancellationToken,
+    link: tokio::task::JoinHandle<Result<(), comine::livepeer::LivepeerError>>,
+    cancel: CancellationToken,
+    _root: tempfile::TempDir,
+}
+
+async fn rig(env: &crate::common::ai::AiEnv, vram_mib: u64) -> Rig {
     let root = tempfile::tempdir().unwrap();
     let data = root.path().join("data");
     let mut config = Config::default();
-    // 12 GiB; the model declares 6 GiB, so counting it twice would leave less than the
-    // 2 GiB reserve.
     config.gpu.backend = "sim:rtx3060".into();
     config.gpu.poll_interval_ms = 50;
     config.scheduler.tick_interval_ms = 50;
@@ -89,7 +97,7 @@ async fn a_c2_and_a_post_each_take_the_lease_back_jobs_are_answered_and_it_retur
             model_id: MODEL.into(),
             path: Some(env.model.clone()),
             warm: true,
-            vram_mib: MODEL_MIB,
+            vram_mib,
         }],
         ..comine::ai::Config::default()
     };
@@ -118,10 +126,37 @@ async fn a_c2_and_a_post_each_take_the_lease_back_jobs_are_answered_and_it_retur
         .await
         .unwrap()
         .expect("linked to the orchestrator");
+    Rig {
+        d,
+        sim,
+        orch,
+        stop,
+        link,
+        cancel,
+        _root: root,
+    }
+}
+
+impl Rig {
+    async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.link.await;
+        self.d.shutdown(Duration::from_secs(5)).await;
+        self.cancel.cancel();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_c2_and_a_post_each_take_the_lease_back_jobs_are_answered_and_it_returns() {
+    let Some(env) = ai_env() else { return };
+    // The model declares 6 GiB of the 12: counted twice, it would leave less than the
+    // 2 GiB reserve and the scheduler would take it back for its own memory.
+    let r = rig(&env, MODEL_MIB).await;
+    let (d, sim, orch) = (&r.d, &r.sim, &r.orch);
     orch.wait_for_ai_capacity("upscale", MODEL, |c| c == 1, WAIT)
         .await
         .expect("the granted model is offered");
-    let l = leases(&d);
+    let l = leases(d);
     assert_eq!(l["policy"], "scheduler", "{l:#}");
     assert_eq!(l["models"][0]["held"], true, "{l:#}");
     assert_eq!(l["decisions"][0]["action"], "grant", "{l:#}");
@@ -133,7 +168,7 @@ async fn a_c2_and_a_post_each_take_the_lease_back_jobs_are_answered_and_it_retur
         "{l:#}"
     );
     assert_eq!(
-        sim_models(&sim),
+        sim_models(sim),
         (1, MODEL_MIB << 20),
         "the loaded model is on the simulated GPU once"
     );
@@ -243,8 +278,38 @@ async fn a_c2_and_a_post_each_take_the_lease_back_jobs_are_answered_and_it_retur
         orch.ai_job(AiJobSpec::upscale(MODEL, small), WAIT).await,
         AiOutcome::Done { .. }
     ));
-    stop.cancel();
-    let _ = link.await;
-    d.shutdown(Duration::from_secs(5)).await;
-    cancel.cancel();
+    r.stop().await;
+}
+
+/// Loaded at start to validate it, a model the scheduler does not grant (it does not fit
+/// above the reserve) is unloaded with the scheduler's reason and never offered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_that_does_not_fit_is_denied_at_start_and_unloaded_with_the_reason() {
+    let Some(env) = ai_env() else { return };
+    // 11 GiB + the 2 GiB reserve on a 12 GiB GPU.
+    let r = rig(&env, 11 << 10).await;
+    let l = wait_leases(&r.d, "the model unloaded", |l| {
+        l["models"][0]["loaded"] == false
+    })
+    .await;
+    assert_eq!(l["decisions"][0]["action"], "deny", "{l:#}");
+    assert!(
+        l["decisions"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("no headroom"),
+        "{l:#}"
+    );
+    assert_eq!(l["carried_out"][0]["action"], "unloaded", "{l:#}");
+    assert_eq!(l["carried_out"][0]["reason"], l["decisions"][0]["reason"]);
+    assert_eq!(
+        sim_models(&r.sim),
+        (0, 0),
+        "its memory left the simulated GPU"
+    );
+    assert!(
+        r.d.ai.get().unwrap().offer.borrow().models.is_empty(),
+        "never offered"
+    );
+    r.stop().await;
 }
