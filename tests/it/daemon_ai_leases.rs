@@ -180,17 +180,14 @@ async fn a_c2_and_a_post_each_take_the_lease_back_jobs_are_answered_and_it_retur
             let (o, png) = (orch.clone(), png.clone());
             tokio::spawn(async move { o.ai_job(AiJobSpec::upscale(MODEL, png), WAIT).await })
         };
-        wait_leases(&d, "the job in flight", |l| {
-            l["models"][0]["in_flight"] == 1
-        })
-        .await;
+        wait_leases(d, "the job in flight", |l| l["models"][0]["in_flight"] == 1).await;
         let load = match pressure {
             "c2" => JobLoad::Sealing { sm_pct: 90.0 },
             _ => JobLoad::Proof { sm_pct: 90.0 },
         };
         let scripted = sim.start_job(0, load).unwrap();
         let taken = i + 1;
-        let l = wait_leases(&d, "the take-back carried out", |l| {
+        let l = wait_leases(d, "the take-back carried out", |l| {
             l["carried_out"]
                 .as_array()
                 .is_some_and(|c| c.iter().filter(|c| c["action"] == "unloaded").count() == taken)
@@ -232,18 +229,18 @@ async fn a_c2_and_a_post_each_take_the_lease_back_jobs_are_answered_and_it_retur
             ),
         }
         assert_eq!(
-            sim_models(&sim),
+            sim_models(sim),
             (0, 0),
             "unloaded: the memory is free again"
         );
         // While the pressure lasts, nothing comes back.
         tokio::time::sleep(Duration::from_millis(2_000)).await;
-        assert_eq!(leases(&d)["models"][0]["held"], false);
+        assert_eq!(leases(d)["models"][0]["held"], false);
         // It ends: the lease returns (after model_return_after_ms), the model is loaded and
         // offered again.
         drop(scripted);
         let ended = Instant::now();
-        let l = wait_leases(&d, "the lease back", |l| l["models"][0]["held"] == true).await;
+        let l = wait_leases(d, "the lease back", |l| l["models"][0]["held"] == true).await;
         assert!(
             ended.elapsed() >= Duration::from_millis(1_400),
             "returned after {:?}, before the calm period",
@@ -261,10 +258,10 @@ async fn a_c2_and_a_post_each_take_the_lease_back_jobs_are_answered_and_it_retur
         orch.wait_for_ai_capacity("upscale", MODEL, |c| c == 1, WAIT)
             .await
             .expect("offered again");
-        assert_eq!(sim_models(&sim), (1, MODEL_MIB << 20));
+        assert_eq!(sim_models(sim), (1, MODEL_MIB << 20));
     }
     // Its own memory never took the lease back: the only revocations were the two above.
-    let l = leases(&d);
+    let l = leases(d);
     let revokes: Vec<&Value> = l["decisions"]
         .as_array()
         .unwrap()
