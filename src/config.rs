@@ -119,6 +119,9 @@ pub struct Config {
     pub ai: crate::ai::Config,
     /// Prices, pool model, pool statements, chain checks and work receipts.
     pub earnings: crate::earnings::Config,
+    /// What `comine run` warns about at start (keys that moved, read from where they were).
+    #[serde(skip)]
+    pub warnings: Vec<String>,
 }
 
 /// `[livepeer]`: the same settings as the `--orch-*` flags; a flag given on the command line
@@ -431,12 +434,48 @@ impl Config {
     }
 
     pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: origin.to_string(),
             message: e.to_string().trim().replace('\n', " "),
         })?;
+        config.move_ai_lease_keys()?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// `[ai] vram_reserve_mib` and `lease_return_secs` moved to the scheduler, which holds
+    /// the VRAM leases (`[scheduler] model_reserve_bytes`, `model_return_after_ms`): the old
+    /// keys still work, feed the scheduler, and are warned about; set in both places with
+    /// different values they are refused.
+    fn move_ai_lease_keys(&mut self) -> Result<(), ConfigError> {
+        let d = crate::sched::Config::default();
+        if let Some(mib) = self.ai.vram_reserve_mib.take() {
+            let bytes = mib.saturating_mul(1 << 20);
+            let s = &mut self.scheduler.model_reserve_bytes;
+            if *s != d.model_reserve_bytes && *s != bytes {
+                return Err(ConfigError::Value {
+                    key: "ai.vram_reserve_mib",
+                    value: mib.to_string(),
+                    why: format!("conflicts with [scheduler] model_reserve_bytes = {s}; the scheduler holds the VRAM leases now: keep only model_reserve_bytes"),
+                });
+            }
+            *s = bytes;
+            self.warnings.push(format!("[ai] vram_reserve_mib moved to [scheduler] model_reserve_bytes (the scheduler holds the VRAM leases); using {bytes} bytes from it: write model_reserve_bytes = {bytes} under [scheduler] instead"));
+        }
+        if let Some(secs) = self.ai.lease_return_secs.take() {
+            let ms = secs.saturating_mul(1000);
+            let s = &mut self.scheduler.model_return_after_ms;
+            if *s != d.model_return_after_ms && *s != ms {
+                return Err(ConfigError::Value {
+                    key: "ai.lease_return_secs",
+                    value: secs.to_string(),
+                    why: format!("conflicts with [scheduler] model_return_after_ms = {s}; the scheduler holds the VRAM leases now: keep only model_return_after_ms"),
+                });
+            }
+            *s = ms;
+            self.warnings.push(format!("[ai] lease_return_secs moved to [scheduler] model_return_after_ms (the scheduler holds the VRAM leases); using {ms} ms from it: write model_return_after_ms = {ms} under [scheduler] instead"));
+        }
+        Ok(())
     }
 
     /// Checks values serde cannot (enums kept as strings, ladders, limits).
@@ -563,6 +602,40 @@ mod tests {
         assert_eq!(c.seal, d.seal);
         assert_eq!(c.post, d.post);
         assert_eq!(c.earnings, d.earnings);
+    }
+
+    #[test]
+    fn the_old_ai_lease_keys_feed_the_scheduler_with_a_warning_and_conflicts_are_refused() {
+        let c = Config::parse(
+            "[ai]\nvram_reserve_mib = 1024\nlease_return_secs = 5\n",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(c.scheduler.model_reserve_bytes, 1 << 30);
+        assert_eq!(c.scheduler.model_return_after_ms, 5_000);
+        assert_eq!(c.warnings.len(), 2, "{:?}", c.warnings);
+        assert!(c.warnings[0].contains("[scheduler] model_reserve_bytes"));
+        assert!(c.warnings[1].contains("[scheduler] model_return_after_ms"));
+        let c = Config::parse(
+            "[scheduler]\nmodel_return_after_ms = 5000\n[ai]\nlease_return_secs = 5\n",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(c.scheduler.model_return_after_ms, 5_000);
+        let err = Config::parse(
+            "[scheduler]\nmodel_reserve_bytes = 1\n[ai]\nvram_reserve_mib = 1024\n",
+            "t",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("ai.vram_reserve_mib") && err.contains("model_reserve_bytes"),
+            "{err}"
+        );
+        assert!(Config::parse("[ai]\nlease_drain_secs = 3\n", "t")
+            .unwrap()
+            .warnings
+            .is_empty());
     }
 
     #[test]

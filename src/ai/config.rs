@@ -28,12 +28,16 @@ pub struct Config {
     pub input_timeout_secs: u64,
     /// Seconds a job may run before it is answered with an error.
     pub job_timeout_secs: u64,
-    /// Free GPU memory kept for sealing and proofs, MiB: below it the VRAM leases of
-    /// loaded models are taken back.
-    pub vram_reserve_mib: u64,
-    /// Seconds without pressure before a taken-back model is loaded again.
-    pub lease_return_secs: u64,
-    /// Seconds jobs in flight get when their model's lease is taken back.
+    /// Moved to `[scheduler] model_reserve_bytes` (the scheduler holds the VRAM leases);
+    /// still read, in MiB, and fed to the scheduler with a start-up warning.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vram_reserve_mib: Option<u64>,
+    /// Moved to `[scheduler] model_return_after_ms`; still read, in seconds, and fed to the
+    /// scheduler with a start-up warning.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease_return_secs: Option<u64>,
+    /// Seconds jobs in flight get when their model's lease is taken back (the daemon
+    /// carries the take-back out); the rest are answered with an error.
     pub lease_drain_secs: u64,
     pub models: Vec<ModelConfig>,
     pub runners: Vec<RunnerConfig>,
@@ -49,8 +53,8 @@ impl Default for Config {
             max_input_pixels: 2048 * 2048,
             input_timeout_secs: 30,
             job_timeout_secs: 300,
-            vram_reserve_mib: 2048,
-            lease_return_secs: 60,
+            vram_reserve_mib: None,
+            lease_return_secs: None,
             lease_drain_secs: 10,
             models: Vec::new(),
             runners: Vec::new(),
@@ -128,12 +132,9 @@ impl Config {
         }
     }
 
-    pub fn lease_policy(&self) -> super::lease::LeasePolicy {
-        super::lease::LeasePolicy {
-            reserve_bytes: self.vram_reserve_mib << 20,
-            return_after: std::time::Duration::from_secs(self.lease_return_secs),
-            drain_bound: std::time::Duration::from_secs(self.lease_drain_secs),
-        }
+    /// How long jobs in flight get when their model's lease is taken back.
+    pub fn drain_bound(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.lease_drain_secs)
     }
 
     /// Checks what can be checked without loading anything.

@@ -7,6 +7,8 @@
 //! - [`models`]: the loaded models, at most one copy of a model per device.
 //! - [`image`]: PNG in and out, the pixel limit, the planar float layout.
 //! - [`runner`]: the client for ai-runner-compatible HTTP runners (BYO models).
+//! - [`in_flight`]: the jobs running on each model, drained when the scheduler takes the
+//!   model's VRAM lease back (`sched::lease` decides; `daemon::ai` carries it out).
 //! - [`config`]: the `[ai]` config section.
 //!
 //! `docs/ai.md` describes the worker as a whole; `scripts/ai-setup.sh` fetches the runtime
@@ -15,7 +17,7 @@
 pub mod cli;
 pub mod config;
 pub mod image;
-pub mod lease;
+pub mod in_flight;
 pub mod models;
 pub mod runner;
 pub mod runtime;

@@ -173,6 +173,21 @@ pub trait Admission: Send + Sync + 'static {
     fn shed(&self) -> watch::Receiver<Vec<Shed>> {
         watch::channel(Vec::new()).1
     }
+    /// The AI models that want a VRAM lease (replaces the previous list); the scheduler
+    /// grants and revokes them with reasons in [`Admission::leases`].
+    fn set_models(&self, models: Vec<crate::sched::ModelLease>) {
+        let _ = models;
+    }
+    /// The scheduler's VRAM leases: those granted now and the recent decisions with their
+    /// reasons. `None` without a scheduler (a test double): nothing takes a lease back.
+    fn leases(&self) -> Option<watch::Receiver<crate::sched::LeaseView>> {
+        None
+    }
+    /// The simulated GPUs behind telemetry (`[gpu] backend = "sim:…"`), so that what comine
+    /// itself loads on a device (an AI model) is part of the simulated device's memory.
+    fn sim(&self) -> Option<crate::gpu::SimGpu> {
+        None
+    }
     /// On shutdown: re-enable anything the scheduler disabled (sealing tasks).
     fn restore(&self) -> BoxFuture<'_, ()>;
 }
@@ -305,6 +320,9 @@ pub struct SchedAdmission {
     confirms: bool,
     proof_sources: Vec<String>,
     source: crate::gpu::Source,
+    /// The simulated GPUs when telemetry is `sim` (clones share the devices).
+    sim: Option<crate::gpu::SimGpu>,
+    leases: watch::Receiver<crate::sched::LeaseView>,
     cancel: tokio_util::sync::CancellationToken,
 }
 
@@ -330,6 +348,10 @@ impl SchedAdmission {
         .await
         .map_err(|e| crate::gpu::Error::Nvml(format!("telemetry open failed: {e}")))??;
         let source = telemetry.source();
+        let sim = match &telemetry {
+            crate::gpu::Telemetry::Sim(s) => Some(s.clone()),
+            _ => None,
+        };
         tracing::info!(%source, "scheduler telemetry");
         // Rate each device at what it was measured to do (cached; see `calibration`).
         let mut sched_config = config.scheduler.clone();
@@ -456,6 +478,8 @@ impl SchedAdmission {
         });
         Ok(SchedAdmission {
             admitter: handle.admitter(),
+            leases: handle.leases(),
+            sim,
             handle: Mutex::new(Some(handle)),
             snapshots,
             capacity: cap_rx,
@@ -510,6 +534,22 @@ impl Admission for SchedAdmission {
 
     fn telemetry_source(&self) -> Option<crate::gpu::Source> {
         Some(self.source)
+    }
+
+    fn set_models(&self, models: Vec<crate::sched::ModelLease>) {
+        if let Ok(g) = self.handle.lock() {
+            if let Some(h) = g.as_ref() {
+                h.set_models(models);
+            }
+        }
+    }
+
+    fn leases(&self) -> Option<watch::Receiver<crate::sched::LeaseView>> {
+        Some(self.leases.clone())
+    }
+
+    fn sim(&self) -> Option<crate::gpu::SimGpu> {
+        self.sim.clone()
     }
 
     fn set_demand(&self, live_pps: f64, batch_pps: f64) {

@@ -4,13 +4,21 @@
 //! [`start`] builds the [`AiService`] (loading ONNX Runtime, so a bad library stops the
 //! start with its reason), loads the warm models, and runs
 //! `livepeer::ai_worker::run_ai_worker` with:
-//! - **the offer**: every ready model (embedded and loaded, or a runner whose `/health` is
-//!   `OK`/`IDLE`) with capacity 1 (a model serves one job at a time), and the GPUs from the
-//!   scheduler's telemetry; refreshed every few seconds and whenever a VRAM lease changes;
-//! - **the VRAM leases** ([`crate::ai::lease`]): a loaded model holds device memory; a PoSt
-//!   window, a C2 or memory pressure takes it back — offer lowered (re-registration), jobs
-//!   in flight drained within a bound and the rest answered with an error, model unloaded,
-//!   decision recorded — and it comes back after the pressure has been gone for a while;
+//! - **the offer**: every ready model (an embedded model whose VRAM lease the scheduler
+//!   granted and that is loaded, or a runner whose `/health` is `OK`/`IDLE`) with capacity 1
+//!   (a model serves one job at a time), and the GPUs from the scheduler's telemetry;
+//!   refreshed every few seconds and whenever a VRAM lease changes;
+//! - **the VRAM leases**, decided by the scheduler alone (`sched::lease`: a PoSt window, a
+//!   C2, an unhealthy GPU or memory pressure takes a lease back, calm gives it back with
+//!   hysteresis). The warm models are requested from it at start ([`Admission::set_models`]
+//!   on the AI GPU, `[transcode] gpu`, with their `vram_mib`) and the [`LeaseKeeper`] carries
+//!   its decisions out: a grant loads the model and offers it; a revocation is the take-back
+//!   protocol ([`take_back`]): offer lowered (re-registration), jobs in flight drained within
+//!   `[ai] lease_drain_secs` and the rest answered with an error, model unloaded, and the
+//!   scheduler's decision and reason shown in `/v1/status` `ai.leases`.
+//!   Warm models are loaded at start *before* any grant, so a broken model file is a
+//!   start-up error; the model is offered only once granted, and a first decision that does
+//!   not grant it (no headroom, pressure) unloads it with the scheduler's reason;
 //! - **a ledger handler**: every job goes through the ledger's state machine as class `ai`
 //!   under the manifest `ai:<pipeline>/<model>` with the task id as sequence (the
 //!   idempotency key), its units per Livepeer's billing as its pixels: `received` when it
@@ -18,24 +26,29 @@
 //!   fails as `interrupted`), `queued` → `transcoding` when it runs, then `stored` →
 //!   `done` or `failed` when it is answered.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use serde::Serialize;
 use serde_json::json;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::admission::Admission;
 use super::Daemon;
-use crate::ai::lease::{LeaseDecision, LeaseInput, Leases};
+use crate::ai::in_flight::InFlightJobs;
 use crate::ai::service::ServedModel;
 use crate::ai::{AiError, AiService};
+use crate::gpu::{JobLoad, SimGpu, SimJob};
 use crate::ledger::{Admitted, JobClass, JobState, NewJob, RenditionRecord};
 use crate::livepeer::ai_worker::{
     run_ai_worker, AiFailure, AiFile, AiJob, AiJobArrival, AiJobHandler, AiJobRecord, AiOffer,
     AiOutput, AiWorkerConfig, BoxFuture, GpuDescription, OfferedModel,
 };
 use crate::livepeer::{LinkStatus, LivepeerError, TranscoderConfig};
+use crate::sched::{LeaseAction, LeaseDecision, LeaseView, ModelLease};
 
 /// Prefix of the ledger's manifest IDs for AI jobs.
 pub const MANIFEST_PREFIX: &str = "ai:";
@@ -56,7 +69,7 @@ pub struct AiState {
     pub offer: watch::Receiver<AiOffer>,
     pub link: Arc<LinkStatus>,
     pub counters: Arc<AiCounters>,
-    pub leases: Arc<Mutex<Leases>>,
+    pub leases: Arc<LeaseKeeper>,
 }
 
 impl AiState {
@@ -64,7 +77,6 @@ impl AiState {
         let c = &self.counters;
         let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let offer = self.offer.borrow().clone();
-        let leases = self.leases.lock().map(|l| l.to_json()).unwrap_or_default();
         json!({
             "link": self.link.get(),
             "runtime": crate::ai::runtime::loaded(),
@@ -79,8 +91,306 @@ impl AiState {
                 "not_accepted": n(&c.not_accepted),
                 "units": n(&c.units),
             },
-            "leases": leases,
+            "leases": self.leases.to_json(),
         })
+    }
+}
+
+/// One warm model as the daemon holds it.
+struct Held {
+    model_id: String,
+    bytes: u64,
+    /// In memory (loaded at start to validate it, or after a grant).
+    loaded: bool,
+    /// The scheduler grants its lease now.
+    granted: bool,
+    /// Its memory on a simulated GPU, while loaded.
+    sim_job: Option<SimJob>,
+}
+
+/// What the daemon did about one lease decision, for `/v1/status`.
+#[derive(Clone, Debug, Serialize)]
+pub struct CarriedOut {
+    pub at_ms: u64,
+    pub model_id: String,
+    /// `loaded` or `unloaded`.
+    pub action: &'static str,
+    /// The scheduler's reason.
+    pub reason: String,
+    /// Jobs that finished within the drain bound / were cancelled and answered with an
+    /// error (take-backs only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drained: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cancelled: Option<usize>,
+    /// Why loading failed, if it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+const KEEP_CARRIED_OUT: usize = 32;
+
+/// Carries out the scheduler's VRAM lease decisions for the warm models on the AI GPU; no
+/// policy of its own.
+pub struct LeaseKeeper {
+    device: u32,
+    models: Mutex<Vec<Held>>,
+    view: watch::Receiver<LeaseView>,
+    /// Without a scheduler: the standing view that grants every model.
+    fixed: Option<watch::Sender<LeaseView>>,
+    /// The jobs in flight on each model (drained and cancelled on a take-back).
+    pub jobs: InFlightJobs,
+    drain_bound: Duration,
+    sim: Option<SimGpu>,
+    carried_out: Mutex<VecDeque<CarriedOut>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl LeaseKeeper {
+    /// Asks `admission`'s scheduler for a lease on `device` for each `(model id, bytes)`
+    /// (loaded already: see the module doc) and follows its decisions. Without a scheduler
+    /// every lease is granted for good.
+    pub fn new(
+        admission: &dyn Admission,
+        device: u32,
+        loaded: Vec<(String, u64)>,
+        drain_bound: Duration,
+    ) -> LeaseKeeper {
+        let requests: Vec<ModelLease> = loaded
+            .iter()
+            .map(|(model_id, bytes)| ModelLease {
+                device,
+                model_id: model_id.clone(),
+                bytes: *bytes,
+            })
+            .collect();
+        let (view, fixed) = match admission.leases() {
+            Some(v) => (v, None),
+            None => {
+                let at_ms = crate::util::now_ms();
+                let (tx, rx) = watch::channel(LeaseView {
+                    granted: requests.clone(),
+                    decisions: requests
+                        .iter()
+                        .map(|r| LeaseDecision {
+                            at_ms,
+                            device,
+                            model_id: r.model_id.clone(),
+                            action: LeaseAction::Grant,
+                            reason: "no scheduler steers this daemon: nothing takes the lease back"
+                                .into(),
+                        })
+                        .collect(),
+                });
+                (rx, Some(tx))
+            }
+        };
+        let sim = admission.sim();
+        let models = loaded
+            .into_iter()
+            .map(|(model_id, bytes)| Held {
+                sim_job: sim_load(sim.as_ref(), device, &model_id, bytes),
+                model_id,
+                bytes,
+                loaded: true,
+                granted: false,
+            })
+            .collect();
+        admission.set_models(requests);
+        LeaseKeeper {
+            device,
+            models: Mutex::new(models),
+            view,
+            fixed,
+            jobs: InFlightJobs::default(),
+            drain_bound,
+            sim,
+            carried_out: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    /// Waits until the scheduler has decided about every model, at most `bound`.
+    async fn settle(&self, bound: Duration) {
+        let ids: Vec<String> = lock(&self.models)
+            .iter()
+            .map(|m| m.model_id.clone())
+            .collect();
+        let mut view = self.view.clone();
+        let decided = |v: &LeaseView| ids.iter().all(|id| v.last_for(id).is_some());
+        let _ = tokio::time::timeout(bound, view.wait_for(decided)).await;
+    }
+
+    /// Whether `model_id` is a leased (warm, embedded) model that may not be offered now:
+    /// not granted, or not loaded.
+    fn withheld(&self, model_id: &str) -> bool {
+        lock(&self.models)
+            .iter()
+            .any(|m| m.model_id == model_id && !(m.granted && m.loaded))
+    }
+
+    fn record(&self, c: CarriedOut) {
+        let mut r = lock(&self.carried_out);
+        r.push_back(c);
+        while r.len() > KEEP_CARRIED_OUT {
+            r.pop_front();
+        }
+    }
+
+    /// `/v1/status` `ai.leases`: every warm model (`held`: granted and loaded), the
+    /// scheduler's lease decisions with their reasons (newest last), and what the daemon
+    /// carried out.
+    pub fn to_json(&self) -> serde_json::Value {
+        let view = self.view.borrow().clone();
+        let models: Vec<serde_json::Value> = lock(&self.models)
+            .iter()
+            .map(|m| {
+                json!({
+                    "model_id": m.model_id,
+                    "device": self.device,
+                    "vram_bytes": m.bytes,
+                    "held": m.granted && m.loaded,
+                    "granted": m.granted,
+                    "loaded": m.loaded,
+                    "in_flight": self.jobs.count(&m.model_id),
+                    "reason": view.last_for(&m.model_id).map(|d| d.reason.clone()),
+                })
+            })
+            .collect();
+        let decisions: Vec<serde_json::Value> = view
+            .decisions
+            .iter()
+            .map(|d| {
+                json!({
+                    "at_ms": d.at_ms,
+                    "device": d.device,
+                    "model_id": d.model_id,
+                    "action": d.action,
+                    "release": d.action != LeaseAction::Grant,
+                    "reason": d.reason,
+                })
+            })
+            .collect();
+        json!({
+            "policy": if self.fixed.is_some() { "none: no scheduler" } else { "scheduler" },
+            "drain_bound_ms": self.drain_bound.as_millis() as u64,
+            "models": models,
+            "decisions": decisions,
+            "carried_out": lock(&self.carried_out).iter().cloned().collect::<Vec<_>>(),
+        })
+    }
+
+    /// Carries out what the scheduler decided since the last call: loads and offers the
+    /// models granted now, takes back the ones no longer granted.
+    async fn follow(
+        &self,
+        service: &Arc<AiService>,
+        offer_tx: &watch::Sender<AiOffer>,
+        gpus: impl Fn() -> Vec<GpuDescription>,
+    ) {
+        let view = self.view.borrow().clone();
+        let ids: Vec<String> = lock(&self.models)
+            .iter()
+            .map(|m| m.model_id.clone())
+            .collect();
+        for id in ids {
+            let granted = view
+                .granted
+                .iter()
+                .any(|l| l.device == self.device && l.model_id == id);
+            let last = view.last_for(&id).cloned();
+            let (loaded, bytes) = match lock(&self.models).iter().find(|m| m.model_id == id) {
+                Some(m) => (m.loaded, m.bytes),
+                None => continue,
+            };
+            let reason = last.as_ref().map(|d| d.reason.clone()).unwrap_or_default();
+            if granted && !loaded {
+                let (svc, m) = (service.clone(), id.clone());
+                let r = tokio::task::spawn_blocking(move || svc.load(&m))
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r.map_err(|e| e.to_string()));
+                let error = r.err();
+                match &error {
+                    None => {
+                        tracing::info!(model = %id, reason = %reason, "VRAM lease granted: model loaded and offered")
+                    }
+                    Some(e) => {
+                        tracing::error!(model = %id, error = %e, "VRAM lease granted but loading the model failed; it is not offered")
+                    }
+                }
+                if let Some(m) = lock(&self.models).iter_mut().find(|m| m.model_id == id) {
+                    m.granted = true;
+                    if error.is_none() {
+                        m.loaded = true;
+                        m.sim_job = sim_load(self.sim.as_ref(), self.device, &id, bytes);
+                    }
+                }
+                self.record(CarriedOut {
+                    at_ms: crate::util::now_ms(),
+                    model_id: id.clone(),
+                    action: "loaded",
+                    reason,
+                    drained: None,
+                    cancelled: None,
+                    error,
+                });
+            } else if granted {
+                if let Some(m) = lock(&self.models).iter_mut().find(|m| m.model_id == id) {
+                    m.granted = true;
+                }
+            } else if loaded && last.is_some() {
+                // Revoked (or denied at start): no longer offered from here on.
+                if let Some(m) = lock(&self.models).iter_mut().find(|m| m.model_id == id) {
+                    m.granted = false;
+                }
+                let t = take_back(
+                    service,
+                    &self.jobs,
+                    offer_tx,
+                    &id,
+                    &reason,
+                    self.drain_bound,
+                    gpus(),
+                )
+                .await;
+                if let Some(m) = lock(&self.models).iter_mut().find(|m| m.model_id == id) {
+                    m.loaded = false;
+                    m.sim_job = None; // the simulated device frees its memory
+                }
+                self.record(CarriedOut {
+                    at_ms: crate::util::now_ms(),
+                    model_id: id.clone(),
+                    action: "unloaded",
+                    reason,
+                    drained: Some(t.drained),
+                    cancelled: Some(t.cancelled),
+                    error: None,
+                });
+            } else if let Some(m) = lock(&self.models).iter_mut().find(|m| m.model_id == id) {
+                m.granted = false;
+            }
+        }
+    }
+}
+
+/// A model's memory on the simulated GPU while it is loaded (none on real devices, whose
+/// telemetry sees the real allocation).
+fn sim_load(sim: Option<&SimGpu>, device: u32, model_id: &str, bytes: u64) -> Option<SimJob> {
+    let sim = sim?;
+    match sim.start_job(
+        device,
+        JobLoad::Model {
+            memory_bytes: bytes,
+        },
+    ) {
+        Ok(j) => Some(j),
+        Err(e) => {
+            tracing::warn!(model = %model_id, device, error = %e, "the simulated GPU cannot hold the model's memory");
+            None
+        }
     }
 }
 
@@ -88,7 +398,7 @@ struct Handler {
     daemon: Arc<Daemon>,
     service: Arc<AiService>,
     counters: Arc<AiCounters>,
-    leases: Arc<Mutex<Leases>>,
+    leases: Arc<LeaseKeeper>,
     /// Task id → ledger job id, for the jobs admitted on arrival and not yet recorded.
     admitted: Arc<Mutex<std::collections::HashMap<i64, String>>>,
 }
@@ -146,24 +456,20 @@ impl AiJobHandler for Handler {
                 }
             }
             // A job on a model whose lease is being taken back is cancelled with it.
-            let lease_cancel = self
-                .leases
-                .lock()
-                .ok()
-                .and_then(|l| l.job_token(&job.model_id));
-            let _in_flight = self.leases.lock().ok().map(|l| l.enter(&job.model_id));
-            let cancel = match lease_cancel {
-                Some(t) => {
-                    let both = cancel.child_token();
-                    let (a, b) = (t, both.clone());
-                    tokio::spawn(async move {
-                        a.cancelled().await;
-                        b.cancel();
-                    });
-                    both
-                }
-                None => cancel,
+            let (_in_flight, lease_cancel) = self.leases.jobs.enter(&job.model_id);
+            let cancel = {
+                let both = cancel.child_token();
+                let b = both.clone();
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = lease_cancel.cancelled() => b.cancel(),
+                        _ = b.cancelled() => {}
+                    }
+                });
+                both
             };
+            // Ends the watcher above when the job ends.
+            let _end = cancel.clone().drop_guard();
             let prefix = job.task_id.to_string();
             self.service
                 .run(
@@ -328,12 +634,16 @@ fn account(
     }
 }
 
-/// The offer from what is ready now.
-fn offer_of(served: &[ServedModel], gpus: &[GpuDescription]) -> AiOffer {
+/// The offer from what is ready now, less the leased models that may not be offered.
+fn offer_of(
+    served: &[ServedModel],
+    gpus: &[GpuDescription],
+    withheld: impl Fn(&str) -> bool,
+) -> AiOffer {
     AiOffer {
         models: served
             .iter()
-            .filter(|m| m.ready)
+            .filter(|m| m.ready && !withheld(&m.model_id))
             .map(|m| OfferedModel {
                 pipeline: m.pipeline.clone(),
                 model_id: m.model_id.clone(),
@@ -363,9 +673,9 @@ fn gpus_of(d: &Daemon) -> Vec<GpuDescription> {
 }
 
 /// Starts the AI side: loads the runtime and warm models now (errors stop the start),
-/// then runs the offer refresher and the lease keeper until `stop`, and, with an
-/// orchestrator (`tcfg`), the AI-worker link (whose task is returned). Without one the
-/// models still serve comine's own API (`/v1/ai/upscale`).
+/// asks the scheduler for their VRAM leases, then runs the offer refresher and the lease
+/// keeper until `stop`, and, with an orchestrator (`tcfg`), the AI-worker link (whose task
+/// is returned). Without one the models still serve comine's own API (`/v1/ai/upscale`).
 pub async fn start(
     d: &Arc<Daemon>,
     tcfg: Option<&TranscoderConfig>,
@@ -379,26 +689,23 @@ pub async fn start(
             .map_err(|e| anyhow::anyhow!("AI service start: {e}"))?
             .map_err(|e| anyhow::anyhow!("[ai]: {e}"))?,
     );
-    let leases = Arc::new(Mutex::new(Leases::new(
-        service
-            .embedded()
-            .iter()
-            .filter(|m| m.warm)
-            .map(|m| (m.model_id.clone(), m.vram_mib << 20))
-            .collect(),
-        d.config.ai.lease_policy(),
-    )));
-    // Warm models load now, so a broken model file is a start-up error.
+    // Warm models load now, so a broken model file is a start-up error; they are offered
+    // once the scheduler grants their leases.
+    let mut warm = Vec::new();
     for m in service.embedded().iter().filter(|m| m.warm) {
         let (svc, id) = (service.clone(), m.model_id.clone());
         tokio::task::spawn_blocking(move || svc.load(&id))
             .await
             .map_err(|e| anyhow::anyhow!("loading {}: {e}", m.model_id))?
             .map_err(|e| anyhow::anyhow!("[[ai.models]] {}: {e}", m.model_id))?;
-        if let Ok(mut l) = leases.lock() {
-            l.mark_held(&m.model_id, crate::ledger::time::now_ms());
-        }
+        warm.push((m.model_id.clone(), m.vram_mib << 20));
     }
+    let leases = Arc::new(LeaseKeeper::new(
+        d.admission.as_ref(),
+        gpu,
+        warm,
+        d.config.ai.drain_bound(),
+    ));
     let wcfg = tcfg.map(|t| {
         let mut w = AiWorkerConfig::from_transcoder(t);
         w.input_timeout = Duration::from_secs(d.config.ai.input_timeout_secs.max(1));
@@ -414,8 +721,13 @@ pub async fn start(
             l
         }
     };
+    // The scheduler's first decision comes within a tick or two: wait for it (bounded),
+    // so the first registration already offers what it granted.
+    leases.settle(Duration::from_secs(5)).await;
+    let (offer_tx, offer_rx) = watch::channel(AiOffer::default());
+    leases.follow(&service, &offer_tx, || gpus_of(d)).await;
     let served = service.served().await;
-    let (offer_tx, offer_rx) = watch::channel(offer_of(&served, &gpus_of(d)));
+    offer_tx.send_replace(offer_of(&served, &gpus_of(d), |m| leases.withheld(m)));
     let counters = Arc::new(AiCounters::default());
     let _ = d.ai.set(AiState {
         service: service.clone(),
@@ -424,17 +736,34 @@ pub async fn start(
         counters: counters.clone(),
         leases: leases.clone(),
     });
-    // Offer refresher + lease keeper: every 2 s, telemetry in, leases ticked, offer out.
+    // Lease keeper + offer refresher: at every lease change, and every 2 s for the runners'
+    // health and the GPUs.
     {
         let (d, service, leases, stop) = (d.clone(), service.clone(), leases.clone(), stop.clone());
         tokio::spawn(async move {
+            let mut view = leases.view.clone();
+            let mut view_open = true;
             let mut tick = tokio::time::interval(Duration::from_secs(2));
             loop {
                 tokio::select! {
                     _ = tick.tick() => {}
+                    r = view.changed(), if view_open => view_open = r.is_ok(),
                     _ = stop.cancelled() => return,
                 }
-                keep_leases(&d, &service, &leases, &offer_tx).await;
+                view.borrow_and_update();
+                leases.follow(&service, &offer_tx, || gpus_of(&d)).await;
+                let served = service.served().await;
+                let gpus = gpus_of(&d);
+                offer_tx.send_if_modified(|o| {
+                    let new = offer_of(&served, &gpus, |m| leases.withheld(m));
+                    // GPU free memory moves all the time; only model changes re-register.
+                    if new.models != o.models {
+                        *o = new;
+                        true
+                    } else {
+                        false
+                    }
+                });
             }
         });
     }
@@ -448,158 +777,46 @@ pub async fn start(
     Ok(wcfg.map(|w| tokio::spawn(run_ai_worker(w, offer_rx, handler, stop))))
 }
 
-/// One lease round: read the pressure, apply the take-back or return protocol, publish
-/// the offer.
-async fn keep_leases(
-    d: &Arc<Daemon>,
-    service: &Arc<AiService>,
-    leases: &Arc<Mutex<Leases>>,
-    offer_tx: &watch::Sender<AiOffer>,
-) {
-    let status = d.admission.status();
-    let gpu = d.config.transcode.gpu;
-    let dev = status.devices.iter().find(|g| g.index == gpu);
-    let proof_running = status
-        .decisions
-        .last()
-        .and_then(|dec| dec.pointer("/input/proof/running"))
-        .and_then(|v| v.as_bool())
-        .unwrap_or(false);
-    let c2 = status.decisions.last().and_then(|dec| c2_on(dec, gpu));
-    if let Some(c2) = &c2 {
-        tracing::debug!(gpu, %c2, "C2 seen on the AI device");
-    }
-    let input = LeaseInput {
-        now_ms: crate::ledger::time::now_ms(),
-        post_window: proof_running,
-        c2_running: c2.is_some(),
-        memory_total_bytes: dev.map(|g| g.memory_total_bytes).unwrap_or(0),
-        memory_used_bytes: dev.map(|g| g.memory_used_bytes).unwrap_or(0),
-    };
-    let decisions = match leases.lock() {
-        Ok(mut l) => l.tick(&input),
-        Err(_) => return,
-    };
-    for dec in decisions {
-        apply(service, leases, offer_tx, &dec, gpus_of(d)).await;
-    }
-    let served = service.served().await;
-    let gpus = gpus_of(d);
-    offer_tx.send_if_modified(|o| {
-        let new = offer_of(&served, &gpus);
-        // GPU free memory moves all the time; only model changes re-register.
-        if new.models != o.models {
-            *o = new;
-            true
-        } else {
-            false
-        }
-    });
+/// What a take-back did to the jobs in flight.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TakeBack {
+    /// Jobs that finished within the drain bound.
+    pub drained: usize,
+    /// Jobs still running at the bound: cancelled, so they answer with an error.
+    pub cancelled: usize,
 }
 
-/// A sealing process counts as a C2 (the SNARK, which needs the models' memory) when NVML
-/// shows it using this much of the device's SM, percent…
-pub const C2_SM_PCT: u32 = 50;
-/// …or this much of its memory (an idle lotus-worker's CUDA context holds a few hundred
-/// MiB; a C2 holds gigabytes).
-pub const C2_MEMORY_BYTES: u64 = 4 << 30;
-
-/// The C2 on device `gpu` in a scheduler decision (its telemetry snapshot's process list,
-/// NVML's or the simulated device's): who, and how much; `None` when there is none.
-pub fn c2_on(decision: &serde_json::Value, gpu: u32) -> Option<String> {
-    let devices = decision.pointer("/input/snapshot/devices")?.as_array()?;
-    let dev = devices
-        .iter()
-        .find(|d| d.get("index").and_then(|i| i.as_u64()) == Some(u64::from(gpu)))?;
-    dev.get("processes")?.as_array()?.iter().find_map(|p| {
-        let p: crate::gpu::ProcessUse = serde_json::from_value(p.clone()).ok()?;
-        let busy = p.sm_pct.is_some_and(|s| s >= C2_SM_PCT)
-            || p.memory_bytes.is_some_and(|m| m >= C2_MEMORY_BYTES);
-        (p.role == crate::gpu::Role::Sealing && busy).then(|| {
-            format!(
-                "sealing process {} (pid {}) uses {} MiB and {}% SM on GPU {gpu}",
-                p.name,
-                p.pid,
-                p.memory_bytes.unwrap_or(0) >> 20,
-                p.sm_pct.unwrap_or(0)
-            )
-        })
-    })
-}
-
-/// Carries out one lease decision (see [`crate::ai::lease`] for the protocol).
-pub async fn apply(
-    service: &Arc<AiService>,
-    leases: &Arc<Mutex<Leases>>,
+/// Takes a model's VRAM lease back, as a protocol (the scheduler decided it, for `reason`):
+/// 1. re-register without the model (the link does it at once on a lower offer);
+/// 2. drain: jobs in flight (counted in `jobs`) get `drain_bound`, then are cancelled and
+///    answer with an error (`livepeer/ai-worker-error`), never dropped;
+/// 3. unload.
+///
+/// The decision itself (4.) is the scheduler's record, shown with its reason.
+pub async fn take_back(
+    service: &AiService,
+    jobs: &InFlightJobs,
     offer_tx: &watch::Sender<AiOffer>,
-    dec: &LeaseDecision,
+    model: &str,
+    reason: &str,
+    drain_bound: Duration,
     gpus: Vec<GpuDescription>,
-) {
-    let model = dec.model_id.clone();
-    if dec.release {
-        // 1. Re-register without the model (the link does it at once on a lower offer).
-        offer_tx.send_modify(|o| {
-            o.models.retain(|m| m.model_id != model);
-            o.gpus = gpus;
-        });
-        // 2. Drain: jobs in flight get the bound, then are cancelled (they answer an error).
-        let drain = leases.lock().ok().map(|l| l.drain_bound());
-        let bound = drain.unwrap_or(Duration::from_secs(5));
-        let until = tokio::time::Instant::now() + bound;
-        loop {
-            let busy = leases.lock().map(|l| l.in_flight(&model)).unwrap_or(0);
-            if busy == 0 || tokio::time::Instant::now() >= until {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        if let Ok(mut l) = leases.lock() {
-            l.cancel_jobs(&model);
-        }
-        // 3. Unload.
-        service.unload(&model);
-        tracing::warn!(model = %model, reason = %dec.reason, "VRAM lease taken back: model unloaded");
-    } else {
-        let (svc, id) = (service.clone(), model.clone());
-        match tokio::task::spawn_blocking(move || svc.load(&id)).await {
-            Ok(Ok(())) => {
-                tracing::info!(model = %model, reason = %dec.reason, "VRAM lease re-acquired: model loaded")
-            }
-            Ok(Err(e)) => {
-                tracing::error!(model = %model, error = %e, "re-loading the model failed")
-            }
-            Err(e) => tracing::error!(model = %model, error = %e, "re-loading the model failed"),
-        }
+) -> TakeBack {
+    offer_tx.send_modify(|o| {
+        o.models.retain(|m| m.model_id != model);
+        o.gpus = gpus;
+    });
+    let at_start = jobs.count(model);
+    let until = tokio::time::Instant::now() + drain_bound;
+    while jobs.count(model) > 0 && tokio::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // 4. The decision itself is kept by `Leases` (shown in /v1/status with its reason).
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::gpu::sim::{JobLoad, SimGpu};
-
-    fn decision(sim: &SimGpu) -> serde_json::Value {
-        json!({"input": {"snapshot": serde_json::to_value(sim.poll()).unwrap()}})
-    }
-
-    #[test]
-    fn a_sealing_process_at_work_on_the_device_is_a_c2() {
-        let sim = SimGpu::from_presets(&["rtx3090", "rtx3090"], 2).unwrap();
-        assert_eq!(c2_on(&decision(&sim), 0), None, "an idle device");
-        let _transcode = sim
-            .start_job(
-                0,
-                JobLoad::Model {
-                    memory_bytes: 6 << 30,
-                },
-            )
-            .unwrap();
-        assert_eq!(c2_on(&decision(&sim), 0), None, "our own model is not a C2");
-        let _c2 = sim.start_job(1, JobLoad::Sealing { sm_pct: 90.0 }).unwrap();
-        assert_eq!(c2_on(&decision(&sim), 0), None, "a C2 on another GPU");
-        let why = c2_on(&decision(&sim), 1).expect("the C2 on GPU 1");
-        assert!(why.starts_with("sealing process lotus-worker"), "{why}");
-        assert!(why.ends_with("on GPU 1"), "{why}");
+    let cancelled = jobs.count(model);
+    jobs.cancel(model);
+    service.unload(model);
+    tracing::warn!(model = %model, reason = %reason, drained = at_start.saturating_sub(cancelled), cancelled, "VRAM lease taken back: model unloaded");
+    TakeBack {
+        drained: at_start.saturating_sub(cancelled),
+        cancelled,
     }
 }

@@ -212,16 +212,15 @@ pub async fn run(
             .await
             .map_err(|e| VideoError::Internal(e.to_string()))??;
         // Counted in flight on the model's lease; a take-back cancels the job.
-        let (lease_cancel, _in_flight) = match state.leases.lock() {
-            Ok(l) => (l.job_token(&model_id), l.enter(&model_id)),
-            Err(_) => (None, None),
-        };
+        let (_in_flight, lease_cancel) = state.leases.jobs.enter(&model_id);
         let cancel = d.hard_stop.child_token();
-        if let Some(t) = lease_cancel {
+        {
             let c = cancel.clone();
             tokio::spawn(async move {
-                t.cancelled().await;
-                c.cancel()
+                tokio::select! {
+                    _ = lease_cancel.cancelled() => c.cancel(),
+                    _ = c.cancelled() => {}
+                }
             });
         }
         let key = id.clone();

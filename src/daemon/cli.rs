@@ -152,6 +152,9 @@ pub fn exit_status(err: &anyhow::Error) -> ExitCode {
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let (mut config, data_dir) = args.dirs.load()?;
+    for w in &config.warnings {
+        tracing::warn!("{w}");
+    }
     if let Some(listen) = args.listen {
         config.api.listen = listen;
     }

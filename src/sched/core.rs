@@ -72,7 +72,7 @@ impl Scheduler {
             .devices
             .iter()
             .zip(&devices)
-            .map(|(d, cap)| self.pressure(d, cap))
+            .map(|(d, cap)| self.pressure(d, cap, &input.post))
             .collect();
         let policy = LeasePolicy {
             reserve_bytes: self.config.model_reserve_bytes,
@@ -118,7 +118,12 @@ impl Scheduler {
     /// What a device says about the memory AI models may hold: a proof on it, a sealing
     /// process doing GPU work (C2: SM or memory above the `c2_*` thresholds, from NVML's
     /// process list), its health, and the memory everything but comine uses.
-    fn pressure(&self, d: &DeviceSnapshot, cap: &DeviceCapacity) -> DevicePressure {
+    fn pressure(
+        &self,
+        d: &DeviceSnapshot,
+        cap: &DeviceCapacity,
+        post: &crate::post::PostWindow,
+    ) -> DevicePressure {
         let c = &self.config;
         let c2 = d
             .processes
@@ -148,6 +153,8 @@ impl Scheduler {
         DevicePressure {
             device: d.index,
             proof: cap.proof_running,
+            // The chain's schedule: the window is about to open and its VRAM reserve is kept.
+            post_window: (cap.post_phase == Phase::StepDown).then(|| post.reason.clone()),
             c2,
             unhealthy: (!d.healthy)
                 .then(|| d.error.clone().unwrap_or_else(|| "device error".into())),

@@ -33,6 +33,9 @@ pub struct ModelLease {
 pub enum LeaseAction {
     Grant,
     Revoke,
+    /// A new request not granted on its first tick (no headroom, pressure, or its device is
+    /// not in telemetry): whoever loaded the model to validate it unloads it.
+    Deny,
 }
 
 /// One lease granted or revoked, and why.
@@ -70,6 +73,8 @@ pub struct DevicePressure {
     pub device: u32,
     /// A WindowPoSt/WinningPoSt runs (or is due) on the device.
     pub proof: bool,
+    /// The WindowPoSt plan steps this device down for a window about to open: why.
+    pub post_window: Option<String>,
     /// A sealing process does GPU work (C2) on the device: who, and how much.
     pub c2: Option<String>,
     /// The device is unhealthy (lost, or its telemetry is stale): why.
@@ -94,6 +99,8 @@ struct Slot {
     lease: ModelLease,
     held: bool,
     ever_revoked: bool,
+    /// Some decision (grant or deny) was made about it.
+    decided: bool,
     /// Monotonic ms since which the device has been calm (while not held).
     calm_since_ms: Option<u64>,
 }
@@ -143,6 +150,7 @@ impl LeaseBook {
                     lease: r.clone(),
                     held: false,
                     ever_revoked: false,
+                    decided: false,
                     calm_since_ms: None,
                 });
             }
@@ -167,6 +175,8 @@ impl LeaseBook {
                     "PoSt window open: a proof needs GPU {}",
                     dev.device
                 ))
+            } else if let Some(w) = &dev.post_window {
+                Some(format!("PoSt window: {w}"))
             } else if let Some(c) = &dev.c2 {
                 Some(format!("C2 starting: {c}"))
             } else {
@@ -206,8 +216,21 @@ impl LeaseBook {
                 out.push(decide(s, LeaseAction::Revoke, reason));
             }
             if pressured {
+                let why = signal.clone().unwrap_or_else(|| {
+                    format!(
+                        "memory pressure: {} MiB free on GPU {}, below the {} MiB reserve",
+                        mib(free(self)),
+                        dev.device,
+                        mib(policy.reserve_bytes)
+                    )
+                });
                 for &i in &on_device {
-                    self.slots[i].calm_since_ms = None;
+                    let s = &mut self.slots[i];
+                    s.calm_since_ms = None;
+                    if !s.held && !s.decided {
+                        s.decided = true;
+                        out.push(decide(s, LeaseAction::Deny, why.clone()));
+                    }
                 }
                 continue;
             }
@@ -219,7 +242,19 @@ impl LeaseBook {
                 let bytes = self.slots[i].lease.bytes;
                 let free_now = free(self);
                 if known && free_now < bytes.saturating_add(policy.reserve_bytes) {
-                    self.slots[i].calm_since_ms = None;
+                    let s = &mut self.slots[i];
+                    s.calm_since_ms = None;
+                    if !s.decided {
+                        s.decided = true;
+                        let why = format!(
+                            "no headroom: {} MiB free on GPU {}; the model ({} MiB) does not fit above the {} MiB reserve",
+                            mib(free_now),
+                            dev.device,
+                            mib(bytes),
+                            mib(policy.reserve_bytes)
+                        );
+                        out.push(decide(s, LeaseAction::Deny, why));
+                    }
                     continue;
                 }
                 let s = &mut self.slots[i];
@@ -229,6 +264,7 @@ impl LeaseBook {
                     continue;
                 }
                 s.held = true;
+                s.decided = true;
                 s.calm_since_ms = None;
                 let room = if known {
                     format!(
@@ -247,6 +283,17 @@ impl LeaseBook {
                     format!("headroom: {room}")
                 };
                 out.push(decide(s, LeaseAction::Grant, reason));
+            }
+        }
+        // A request for a device telemetry does not show can never be granted: say so once.
+        for s in &mut self.slots {
+            if !s.decided && !devices.iter().any(|d| d.device == s.lease.device) {
+                s.decided = true;
+                let why = format!(
+                    "GPU {} is not in telemetry: no lease can be granted on it",
+                    s.lease.device
+                );
+                out.push(decide(s, LeaseAction::Deny, why));
             }
         }
         out
@@ -271,6 +318,7 @@ mod tests {
             device: 0,
             proof,
             c2: c2.then(|| "lotus-worker (pid 7) uses 11 GiB".into()),
+            post_window: None,
             unhealthy: None,
             memory_total_bytes: 24 * GIB,
             memory_others_bytes: others,
@@ -318,13 +366,51 @@ mod tests {
         let mut b = LeaseBook::default();
         // 24 GiB - 20 used by others = 4 free; 3 + 2 reserve does not fit.
         let m = model(3 * GIB);
+        let d = b.tick(&policy(), 0, 0, &m, &[dev(false, false, 20 * GIB)]);
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert_eq!(d[0].action, LeaseAction::Deny);
+        assert!(d[0].reason.starts_with("no headroom"), "{}", d[0].reason);
+        // Said once, not every tick.
         assert!(b
             .tick(&policy(), 0, 0, &m, &[dev(false, false, 20 * GIB)])
             .is_empty());
-        assert!(b.tick(&policy(), 0, 0, &m, &[dev(false, false, GIB)]).len() == 1);
+        let d = b.tick(&policy(), 0, 0, &m, &[dev(false, false, GIB)]);
+        assert_eq!(d.len(), 1);
+        assert_eq!(
+            d[0].action,
+            LeaseAction::Grant,
+            "room again: granted at once"
+        );
         assert!(b
             .tick(&policy(), 0, 0, &[], &[dev(false, false, GIB)])
             .is_empty());
+        assert!(b.granted().is_empty());
+    }
+
+    #[test]
+    fn a_request_under_pressure_or_on_an_unseen_gpu_is_denied_once_with_the_reason() {
+        let mut b = LeaseBook::default();
+        let m = model(GIB);
+        let d = b.tick(&policy(), 0, 0, &m, &[dev(false, true, GIB)]);
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert_eq!(d[0].action, LeaseAction::Deny);
+        assert!(d[0].reason.starts_with("C2 starting"), "{}", d[0].reason);
+        assert!(b
+            .tick(&policy(), 1, 0, &m, &[dev(false, true, GIB)])
+            .is_empty());
+        let elsewhere = vec![ModelLease {
+            device: 3,
+            model_id: "far".into(),
+            bytes: GIB,
+        }];
+        let d = b.tick(&policy(), 2, 0, &elsewhere, &[dev(false, false, GIB)]);
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert_eq!(d[0].action, LeaseAction::Deny);
+        assert!(
+            d[0].reason.contains("GPU 3 is not in telemetry"),
+            "{}",
+            d[0].reason
+        );
         assert!(b.granted().is_empty());
     }
 
@@ -375,6 +461,7 @@ mod tests {
             sched: Scheduler,
             now: u64,
             proof: bool,
+            post: crate::post::PostWindow,
         }
 
         impl Rig {
@@ -384,6 +471,7 @@ mod tests {
                     sched: Scheduler::new(config),
                     now: 0,
                     proof: false,
+                    post: Default::default(),
                 }
             }
             fn tick(&mut self, ms: u64) -> Decision {
@@ -399,7 +487,7 @@ mod tests {
                         source: "test".into(),
                     },
                     controller: ControllerStatus::default(),
-                    post: Default::default(),
+                    post: self.post.clone(),
                     safe_profile: None,
                     models: model(3 * GIB),
                 })
@@ -467,6 +555,35 @@ mod tests {
                 );
                 assert_eq!(back.capacity.leases, model(3 * GIB));
             }
+        }
+
+        #[test]
+        fn the_chains_schedule_stepping_down_for_a_window_takes_the_lease_back() {
+            let mut r = Rig::new("rtx3090", config());
+            assert_eq!(r.tick(500).leases[0].action, LeaseAction::Grant);
+            r.post = crate::post::PostWindow {
+                phase: crate::post::Phase::StepDown,
+                reason: "WindowPoSt deadline 12 opens in 4m0s".into(),
+                ..Default::default()
+            };
+            let d = r.tick(500);
+            assert_eq!(d.leases.len(), 1, "{:?}", d.leases);
+            assert_eq!(d.leases[0].action, LeaseAction::Revoke);
+            assert_eq!(
+                d.leases[0].reason,
+                "PoSt window: WindowPoSt deadline 12 opens in 4m0s"
+            );
+            // Draining only (the window is further away) leaves models alone.
+            r.post.phase = crate::post::Phase::Drain;
+            let mut back = false;
+            for _ in 0..70 {
+                back |= r
+                    .tick(500)
+                    .leases
+                    .iter()
+                    .any(|l| l.action == LeaseAction::Grant);
+            }
+            assert!(back, "the lease returns once the step-down is over");
         }
 
         #[test]

@@ -14,8 +14,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::state::{self, SealingState, StateError};
 use super::{
-    Admitter, Capacity, Config, ControllerStatus, Decision, Demand, ModelLease, ProofSignal,
-    Scheduler, SealAction, SealMode, TickInput,
+    Admitter, Capacity, Config, ControllerStatus, Decision, Demand, LeaseView, ModelLease,
+    ProofSignal, Scheduler, SealAction, SealMode, TickInput,
 };
 use crate::gpu::Snapshot;
 use crate::post::{self, Phase};
@@ -46,6 +46,7 @@ pub struct ServiceHandle {
     confirmed: Confirmed,
     safe_profile: watch::Sender<Option<String>>,
     models: watch::Sender<Vec<ModelLease>>,
+    leases: watch::Receiver<LeaseView>,
     task: JoinHandle<()>,
 }
 
@@ -82,6 +83,11 @@ impl ServiceHandle {
     /// ([`super::Decision::leases`]) and the capacity ([`super::Capacity::leases`]).
     pub fn set_models(&self, models: Vec<ModelLease>) {
         self.models.send_replace(models);
+    }
+    /// The leases granted now and the recent lease decisions with their reasons (published
+    /// when a tick decides something): what the daemon's lease keeper carries out.
+    pub fn leases(&self) -> watch::Receiver<LeaseView> {
+        self.leases.clone()
     }
 
     /// A proof signal from the Filecoin node or configuration.
@@ -153,6 +159,7 @@ struct Driver {
     plan_tx: watch::Sender<post::Plan>,
     confirmed: Confirmed,
     models: watch::Receiver<Vec<ModelLease>>,
+    leases: watch::Sender<LeaseView>,
 }
 
 /// Starts the driver. Recovers and restores state left by a crash before the first tick.
@@ -188,6 +195,7 @@ pub async fn start(
     let (plan_tx, plan_rx) = watch::channel(post::Plan::default());
     let (safe_tx, safe_rx) = watch::channel(None);
     let (models_tx, models_rx) = watch::channel(Vec::new());
+    let (leases_tx, leases_rx) = watch::channel(LeaseView::default());
     let decisions = Arc::new(Mutex::new(VecDeque::new()));
     let confirmed: Confirmed = Arc::default();
     let mut driver = Driver {
@@ -205,6 +213,7 @@ pub async fn start(
         plan_tx,
         confirmed: confirmed.clone(),
         models: models_rx,
+        leases: leases_tx,
     };
     if driver.applied.is_some() {
         driver.sched.assume_sealing(SealMode::Enabled, 0);
@@ -232,6 +241,7 @@ pub async fn start(
         confirmed,
         safe_profile: safe_tx,
         models: models_tx,
+        leases: leases_rx,
         task,
     })
 }
@@ -298,6 +308,16 @@ impl Driver {
             for l in &decision.leases {
                 tracing::info!(seq = decision.seq, device = l.device, model = %l.model_id, action = ?l.action, reason = %l.reason, "VRAM lease decision");
             }
+            self.leases.send_if_modified(|v| {
+                let granted_changed = v.granted != decision.capacity.leases;
+                if granted_changed {
+                    v.granted = decision.capacity.leases.clone();
+                }
+                v.decisions.extend(decision.leases.iter().cloned());
+                let over = v.decisions.len().saturating_sub(LeaseView::KEEP);
+                v.decisions.drain(..over);
+                granted_changed || !decision.leases.is_empty()
+            });
             self.prover_active = decision.devices.iter().any(|d| d.proof_running);
             admitter.update(&decision.devices);
             cap_tx.send_if_modified(|c| {

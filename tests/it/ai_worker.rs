@@ -391,12 +391,14 @@ async fn shutdown_answers_jobs_in_flight_before_unregistering() {
     r.task.await.unwrap().unwrap();
 }
 
-/// The lease protocol against the orchestrator: a take-back re-registers without the
-/// model (the orchestrator sees capacity 0), a job in flight is answered (not dropped),
-/// the model is unloaded; the return loads and offers it again.
+/// The take-back protocol against the orchestrator: it re-registers without the model
+/// (the orchestrator sees capacity 0), a job in flight past the drain bound is cancelled
+/// and answered (not dropped), the model is unloaded; loaded and offered again, it is back.
+/// (`daemon_ai_leases` runs the same protocol driven by the scheduler's decisions.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lease_take_back_reregisters_answers_in_flight_jobs_and_returns() {
-    use comine::ai::lease::{LeaseDecision, LeasePolicy, Leases};
+    use comine::ai::in_flight::InFlightJobs;
+    use comine::daemon::ai::{take_back, TakeBack};
     let Some(env) = ai_env() else { return };
     // Jobs take 3 s; the drain bound is 0.5 s, so the one in flight is cancelled and answered.
     let r = rig(
@@ -406,14 +408,7 @@ async fn lease_take_back_reregisters_answers_in_flight_jobs_and_returns() {
         Duration::from_secs(20),
     )
     .await;
-    let leases = Arc::new(Mutex::new(Leases::new(
-        vec![(MODEL.to_string(), 512 << 20)],
-        LeasePolicy {
-            drain_bound: Duration::from_millis(500),
-            ..LeasePolicy::default()
-        },
-    )));
-    leases.lock().unwrap().mark_held(MODEL, 0);
+    let jobs = InFlightJobs::default();
     let orch = Arc::new(r.orch);
     let job = {
         let orch = orch.clone();
@@ -423,39 +418,43 @@ async fn lease_take_back_reregisters_answers_in_flight_jobs_and_returns() {
         })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
-    // The in-flight job is counted and cancellable through the lease (as daemon::ai does).
-    let token = leases.lock().unwrap().job_token(MODEL).unwrap();
-    let guard = leases.lock().unwrap().enter(MODEL);
+    // The in-flight job is counted and cancellable through the tracker (as daemon::ai does).
+    let (guard, token) = jobs.enter(MODEL);
     let canceller = tokio::spawn(async move {
         token.cancelled().await;
         drop(guard);
     });
-    let take_back = LeaseDecision {
-        at_ms: 1,
-        model_id: MODEL.into(),
-        release: true,
-        reason: "PoSt window open: proofs need the GPU".into(),
-    };
-    comine::daemon::ai::apply(&r.handler.svc, &leases, &r.offer, &take_back, vec![]).await;
+    let t = take_back(
+        &r.handler.svc,
+        &jobs,
+        &r.offer,
+        MODEL,
+        "PoSt window open: a proof needs GPU 0",
+        Duration::from_millis(500),
+        vec![],
+    )
+    .await;
+    assert_eq!(
+        t,
+        TakeBack {
+            drained: 0,
+            cancelled: 1
+        },
+        "the job past the bound is cancelled"
+    );
     orch.wait_for_ai_capacity("upscale", MODEL, |c| c == 0, Duration::from_secs(10))
         .await
         .expect("re-registered without the model");
     assert!(!r.handler.svc.is_loaded(MODEL), "unloaded");
     canceller.await.unwrap();
-    // The job in flight ran on the handler's own (un-leased) path here; it is answered
+    // The job in flight ran on the handler's own (un-tracked) path here; it is answered
     // either way — never left to the orchestrator's timeout.
     match job.await.unwrap() {
         AiOutcome::Done { .. } | AiOutcome::Error(_) => {}
         other => panic!("the job in flight must be answered, got {other:?}"),
     }
-    // A job arriving now gets an error at once (the model is not loaded).
     // Return: load and offer again.
-    let give_back = LeaseDecision {
-        release: false,
-        reason: "no pressure".into(),
-        ..take_back
-    };
-    comine::daemon::ai::apply(&r.handler.svc, &leases, &r.offer, &give_back, vec![]).await;
+    r.handler.svc.load(MODEL).unwrap();
     assert!(r.handler.svc.is_loaded(MODEL), "loaded again");
     r.offer.send_replace(offer(2));
     orch.wait_for_ai_capacity("upscale", MODEL, |c| c == 2, Duration::from_secs(10))

@@ -15,6 +15,7 @@ mod bench_report_html;
 mod bench_suite;
 mod cli;
 mod daemon_ai;
+mod daemon_ai_leases;
 mod daemon_disk;
 mod daemon_durability;
 mod daemon_e2e;

@@ -296,6 +296,17 @@ async fn the_driver_grants_a_model_lease_and_a_proof_takes_it_back_with_its_reas
         leases[1].reason.starts_with("PoSt window open"),
         "{leases:?}"
     );
+    // The published view the daemon follows: nothing granted, the same decisions in order.
+    let view = h.leases().borrow().clone();
+    assert!(view.granted.is_empty(), "{view:?}");
+    assert_eq!(
+        view.decisions,
+        leases.into_iter().cloned().collect::<Vec<_>>()
+    );
+    assert_eq!(
+        view.last_for("m").map(|d| d.action),
+        Some(sched::LeaseAction::Revoke)
+    );
     cancel.cancel();
     h.join().await;
     let _ = poller.await;
