@@ -35,7 +35,9 @@ const PROBE_SOURCE: (u32, u32, u32) = (1280, 720, 30);
 /// Bumped when the probe changes, so older caches are measured again.
 // v3: a GPU whose NVENC does not open is rated at the CPU's libx264 rate (v2 left it at
 // the configured placeholder), so caches from v2 are measured again.
-const PROBE_VERSION: u32 = 3;
+// v4: the ladder's libx264 encoders share 1.5 threads per core (was 1), which changes the
+// rate a CPU sustains.
+const PROBE_VERSION: u32 = 4;
 
 /// One device's measured rate.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

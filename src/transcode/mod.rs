@@ -143,10 +143,10 @@ pub struct Options {
     pub x264_preset: String,
     /// Decoder threads; 0 lets libavcodec pick one per core.
     pub decoder_threads: usize,
-    /// Cores shared by the ladder's libx264 encoders; 0 uses every core. Each encoder
-    /// gets threads in proportion to its share of the output pixels: the ladder already
-    /// runs its rungs in parallel, and libx264's default of 1.5 threads per core *per
-    /// encoder* oversubscribes the CPU and multiplies the frames held in memory.
+    /// Cores shared by the ladder's libx264 encoders; 0 uses every core. The encoders
+    /// share 1.5 threads per core, each in proportion to its share of the output pixels:
+    /// the ladder already runs its rungs in parallel, and libx264's default of 1.5 threads
+    /// per core *per encoder* oversubscribes the CPU and multiplies the frames held in memory.
     pub encode_cores: usize,
     /// Absolute deadline; past it the transcode stops with [`TranscodeError::DeadlineExceeded`].
     pub deadline: Option<Instant>,

@@ -495,6 +495,15 @@ fn fps_of(rate: Rational) -> f64 {
     rate.numerator() as f64 / rate.denominator().max(1) as f64
 }
 
+/// Threads the ladder's encoders share per core. One per core left a quarter of a 2-core
+/// host idle (cores kept busy 1.64 on the balanced ladder, 1.78 on the top-heavy one: the
+/// top rung's frame threads wait on each other and the small rungs finish early); 1.5 per
+/// core keeps 1.81 and 1.82 busy and cut the wall time 5% and 3% against the ffmpeg CLI in
+/// the same run (`cargo bench --bench ladder`, 7 rounds, quiet host). 2 per core measured
+/// the same as 1.5 and holds more frames in memory. (x264's own default is 1.5 per core
+/// *per encoder*, which a ladder multiplies by its rungs.)
+const THREADS_PER_CORE: f64 = 1.5;
+
 /// libx264 threads per rendition, proportional to each rung's output pixel rate so the
 /// largest rung (usually half the work) is not the critical path.
 fn encoder_threads(
@@ -515,6 +524,7 @@ fn encoder_threads(
         .map(|(p, &(w, h))| w as f64 * h as f64 * p.fps().unwrap_or(src_fps).min(src_fps.max(1.0)))
         .collect();
     let total: f64 = rates.iter().sum::<f64>().max(1.0);
+    let budget = cores as f64 * THREADS_PER_CORE;
     rates
         .iter()
         // Rounded up, not to the nearest: on 2 cores a top rung with 73% of the pixels
@@ -522,6 +532,6 @@ fn encoder_threads(
         // rungs were done (the stage profile: 720p encoding 7.6 s of a 9.1 s job, the
         // other rungs and the decoder waiting on it). Oversubscribing by a thread or two
         // costs little next to an idle core.
-        .map(|r| ((cores as f64 * r / total).ceil() as usize).clamp(1, cores.max(1)))
+        .map(|r| ((budget * r / total).ceil() as usize).clamp(1, budget.ceil() as usize))
         .collect()
 }
