@@ -106,6 +106,15 @@ struct Held {
     granted: bool,
     /// Its memory on a simulated GPU, while loaded.
     sim_job: Option<SimJob>,
+    /// Loads that failed in a row after a grant, and when the next may be tried: a model
+    /// that will not load is retried at 2 s, 4 s, … up to 5 min, not every round.
+    load_failures: u32,
+    retry_at: Option<std::time::Instant>,
+}
+
+/// The wait before the next load attempt after `failures` failed ones.
+fn load_backoff(failures: u32) -> Duration {
+    Duration::from_secs(2u64.saturating_pow(failures.min(9))).min(Duration::from_secs(300))
 }
 
 /// What the daemon did about one lease decision, for `/v1/status`.
@@ -197,6 +206,8 @@ impl LeaseKeeper {
                 bytes,
                 loaded: true,
                 granted: false,
+                load_failures: 0,
+                retry_at: None,
             })
             .collect();
         admission.set_models(requests);
@@ -301,11 +312,16 @@ impl LeaseKeeper {
                 .iter()
                 .any(|l| l.device == self.device && l.model_id == id);
             let last = view.last_for(&id).cloned();
-            let (loaded, bytes) = match lock(&self.models).iter().find(|m| m.model_id == id) {
-                Some(m) => (m.loaded, m.bytes),
-                None => continue,
-            };
+            let (loaded, bytes, retry_at) =
+                match lock(&self.models).iter().find(|m| m.model_id == id) {
+                    Some(m) => (m.loaded, m.bytes, m.retry_at),
+                    None => continue,
+                };
             let reason = last.as_ref().map(|d| d.reason.clone()).unwrap_or_default();
+            let backing_off = retry_at.is_some_and(|t| std::time::Instant::now() < t);
+            if granted && !loaded && backing_off {
+                continue;
+            }
             if granted && !loaded {
                 let (svc, m) = (service.clone(), id.clone());
                 let r = tokio::task::spawn_blocking(move || svc.load(&m))
@@ -326,6 +342,12 @@ impl LeaseKeeper {
                     if error.is_none() {
                         m.loaded = true;
                         m.sim_job = sim_load(self.sim.as_ref(), self.device, &id, bytes);
+                        m.load_failures = 0;
+                        m.retry_at = None;
+                    } else {
+                        m.load_failures += 1;
+                        m.retry_at =
+                            Some(std::time::Instant::now() + load_backoff(m.load_failures));
                     }
                 }
                 self.record(CarriedOut {
@@ -818,5 +840,16 @@ pub async fn take_back(
     TakeBack {
         drained: at_start.saturating_sub(cancelled),
         cancelled,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_model_that_will_not_load_is_retried_ever_less_often() {
+        let waits: Vec<u64> = (1..=12).map(|f| load_backoff(f).as_secs()).collect();
+        assert_eq!(waits, [2, 4, 8, 16, 32, 64, 128, 256, 300, 300, 300, 300]);
     }
 }
