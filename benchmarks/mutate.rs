@@ -1,5 +1,5 @@
 //! The long robustness run: `cargo bench --bench mutate -- --count 10000 [--seed S]
-//! [--target engine|daemon|both] [--from I] [--parallel N] [--hang-secs S]
+//! [--target engine|daemon|both|warm] [--from I] [--parallel N] [--hang-secs S]
 //! [--daemon-decoder software|auto|nvdec]` (the engine target decodes with `auto`: NVDEC
 //! where CUDA opens).
 //!
@@ -9,6 +9,9 @@
 //! `comine run` over `/v1/transcode`. Prints panics, hangs (cases not answered within
 //! `--hang-secs`), frame-ceiling breaches, leaked spool/work files and the RSS of both
 //! processes over the run; exits non-zero if any of the first four is not zero.
+//! `--target warm` runs the engine cases as segments of warm sessions (one per source),
+//! each followed by the clean source through the same session, which must come out exactly
+//! as it does cold (a decoder left bad by a damaged segment would show there).
 //! Case `i` of seed `s` replays with `--seed s --from i --count 1`.
 
 use std::time::{Duration, Instant};
@@ -61,8 +64,8 @@ fn args() -> Args {
         }
     }
     assert!(
-        matches!(a.target.as_str(), "engine" | "daemon" | "both"),
-        "--target engine|daemon|both"
+        matches!(a.target.as_str(), "engine" | "daemon" | "both" | "warm"),
+        "--target engine|daemon|both|warm"
     );
     a
 }
@@ -155,6 +158,38 @@ fn main() {
     );
     let every = (a.count / 20).max(1);
     let mut ok = true;
+
+    if a.target == "warm" {
+        let before = mutate::panics();
+        let mut rss = Rss::default();
+        let t0 = Instant::now();
+        let tally = mutate::run_engine_warm(a.seed, range.clone(), &sources, a.hang, |i, t| {
+            rss.sample(self_rss_kib(), t.cases, a.count);
+            if (i - a.from + 1).is_multiple_of(every) {
+                eprintln!("  warm {}/{}: {}", t.cases, a.count, t.summary());
+            }
+        });
+        println!(
+            "warm sessions: {} clean segments reused the warm decoder; {} came out unlike cold{}",
+            tally.warm_reused,
+            tally.warm_mismatches.len(),
+            tally
+                .warm_mismatches
+                .iter()
+                .take(10)
+                .map(|m| format!("\n    {m}"))
+                .collect::<String>()
+        );
+        ok &= tally.warm_mismatches.is_empty();
+        ok &= report(
+            "warm",
+            &tally,
+            &rss,
+            mutate::panics() - before,
+            t0.elapsed().as_secs_f64(),
+        );
+        std::process::exit(if ok { 0 } else { 1 });
+    }
 
     if a.target != "daemon" {
         let before = mutate::panics();

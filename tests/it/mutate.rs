@@ -202,6 +202,38 @@ async fn daemon_answers_the_poison_and_keeps_serving() {
     assert_eq!(r.status(), 200, "{}", d.log());
 }
 
+/// Mutated segments through warm sessions: besides the engine run's guarantees, a clean
+/// segment after each damaged one through the same session comes out exactly as it does
+/// cold, and the warm decoder is reused where the damaged segment succeeded.
+#[test]
+fn bounded_mutation_run_through_warm_sessions() {
+    let before = mutate::panics();
+    let sources = mutate::sources();
+    let tally = mutate::run_engine_warm(SEED, 0..48, &sources, HANG, |_, _| {});
+    println!(
+        "warm: {} ({} clean segments reused the warm decoder)",
+        tally.summary(),
+        tally.warm_reused
+    );
+    assert_eq!(mutate::panics(), before, "no panic anywhere: {tally:?}");
+    assert!(tally.hangs.is_empty(), "{:?}", tally.hangs);
+    assert!(tally.overfilled.is_empty(), "{:?}", tally.overfilled);
+    assert!(tally.leaked.is_empty(), "{:?}", tally.leaked);
+    assert!(
+        tally.warm_mismatches.is_empty(),
+        "{:?}",
+        tally.warm_mismatches
+    );
+    assert!(
+        tally.warm_reused > 0,
+        "the warm decoder was never reused: {tally:?}"
+    );
+    assert!(
+        tally.done > 0 && tally.refused + tally.failed > 0,
+        "the mutations bite: {tally:?}"
+    );
+}
+
 #[test]
 fn bounded_mutation_run_through_the_engine() {
     let before = mutate::panics();

@@ -498,6 +498,10 @@ pub struct Tally {
     /// internal error on mutated input is a misclassified refusal or a bug, and its
     /// truncated reason did not say which.
     pub failures: Vec<String>,
+    /// Warm runs: clean segments that did not come out as they do cold after a mutated
+    /// one through the same session, and clean segments that reused the warm decoder.
+    pub warm_mismatches: Vec<String>,
+    pub warm_reused: u64,
 }
 
 impl Tally {
@@ -572,6 +576,18 @@ fn files_under(dir: &Path) -> Vec<String> {
 /// the engine's own bounds must end it. Past `hang_after` the case is a hang; the
 /// harness then cancels it and waits up to 5 s more before giving up on the thread.
 pub fn engine_case(bytes: Vec<u8>, out_dir: &Path, hang_after: Duration) -> (Verdict, Duration) {
+    let (verdict, wall, _) = engine_case_in(bytes, out_dir, hang_after, None);
+    (verdict, wall)
+}
+
+/// [`engine_case`] as the next segment of a stream whose warm `session` it uses (and gives
+/// back, unless the case hung: a hung thread keeps it).
+pub fn engine_case_in(
+    bytes: Vec<u8>,
+    out_dir: &Path,
+    hang_after: Duration,
+    session: Option<transcode::WarmSession>,
+) -> (Verdict, Duration, Option<transcode::WarmSession>) {
     let cancel = CancellationToken::new();
     let request = Request {
         input: Input::Memory(bytes.into()),
@@ -587,14 +603,21 @@ pub fn engine_case(bytes: Vec<u8>, out_dir: &Path, hang_after: Duration) -> (Ver
     let started = Instant::now();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let _ = tx.send(transcode::transcode(&request));
+        let r = match session {
+            Some(mut s) => {
+                let r = transcode::transcode_warm(&request, &mut s);
+                (r, Some(s))
+            }
+            None => (transcode::transcode(&request), None),
+        };
+        let _ = tx.send(r);
     });
-    let result = match rx.recv_timeout(hang_after) {
+    let (result, session) = match rx.recv_timeout(hang_after) {
         Ok(r) => r,
         Err(_) => {
             cancel.cancel();
             let _ = rx.recv_timeout(Duration::from_secs(5));
-            return (Verdict::Hung, started.elapsed());
+            return (Verdict::Hung, started.elapsed(), None);
         }
     };
     let wall = started.elapsed();
@@ -610,7 +633,75 @@ pub fn engine_case(bytes: Vec<u8>, out_dir: &Path, hang_after: Duration) -> (Ver
         Err(e) if e.is_bad_input() => Verdict::Refused(e.to_string()),
         Err(e) => Verdict::Failed(e.to_string()),
     };
-    (verdict, wall)
+    (verdict, wall, session)
+}
+
+/// Runs cases `range` of `seed` through warm sessions, one per source (a stream keeps its
+/// format): each mutated case is a segment of its source's stream, and the clean source
+/// follows it through the same session. The clean segment must come out exactly as it does
+/// cold: a decoder left in a bad state by a damaged segment would show there.
+pub fn run_engine_warm(
+    seed: u64,
+    range: std::ops::Range<u64>,
+    sources: &[Source],
+    hang_after: Duration,
+    mut progress: impl FnMut(u64, &Tally),
+) -> Tally {
+    let mut tally = Tally::default();
+    let root = tempfile::tempdir().expect("tempdir");
+    let cold: Vec<Verdict> = sources
+        .iter()
+        .map(|src| engine_case(src.bytes.clone(), &root.path().join("cold"), hang_after).0)
+        .collect();
+    let mut sessions: Vec<(i64, Option<transcode::WarmSession>)> =
+        sources.iter().map(|_| (0, None)).collect();
+    for i in range {
+        let k = (i % sources.len() as u64) as usize;
+        let src = &sources[k];
+        let m = case(&src.bytes, seed, i);
+        let label = format!(
+            "warm case {i} of seed {seed} on {}: {}",
+            src.name,
+            m.steps.join(", ")
+        );
+        let out = root.path().join(format!("c{i}"));
+        let (seq, session) = &mut sessions[k];
+        let mut s = session.take().unwrap_or_default();
+        s.follow(*seq);
+        *seq += 1;
+        let (verdict, wall, back) = engine_case_in(m.bytes, &out, hang_after, Some(s));
+        let leaked: Vec<_> = match verdict {
+            Verdict::Done { .. } => files_under(&out)
+                .into_iter()
+                .filter(|f| f.ends_with(".tmp"))
+                .collect(),
+            _ => files_under(&out),
+        };
+        if !leaked.is_empty() {
+            tally.leaked.push(format!("{label}: {leaked:?}"));
+        }
+        let _ = std::fs::remove_dir_all(&out);
+        tally.add(&label, &verdict, wall, frame_ceiling(src.seconds));
+        // The clean segment next, through whatever the case left warm.
+        let mut s = back.unwrap_or_default();
+        s.follow(*seq);
+        *seq += 1;
+        let opens = s.decoder_opens();
+        let (clean, _, back) = engine_case_in(src.bytes.clone(), &out, hang_after, Some(s));
+        let _ = std::fs::remove_dir_all(&out);
+        if back.as_ref().is_some_and(|s| s.decoder_opens() == opens) {
+            tally.warm_reused += 1;
+        }
+        if clean != cold[k] {
+            tally.warm_mismatches.push(format!(
+                "{label}: the clean segment after it gave {clean:?}, cold {:?}",
+                cold[k]
+            ));
+        }
+        *session = back;
+        progress(i, &tally);
+    }
+    tally
 }
 
 /// Runs cases `range` of `seed` through the engine, cycling over `sources`.
