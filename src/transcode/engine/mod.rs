@@ -17,7 +17,7 @@ use ffmpeg_next::{codec, format, frame, media, Packet, Rational};
 use tokio_util::sync::CancellationToken;
 
 use super::{avlog, input, profile, Profile, Report, Request, TranscodeError};
-use decode::{decode_all, open_decoder, Decoder};
+use decode::{decode_all, open_decoder};
 use rendition::Worker;
 use session::DecoderKey;
 pub use session::{WarmSession, WarmUse};
@@ -179,15 +179,11 @@ fn run(
 
     let mut warm = WarmUse::default();
     let decoder_key = DecoderKey::new(&vparams, &req.options);
-    let (warm_decoder, decoder_opened) = match session.take_decoder(&decoder_key, &mut warm) {
+    let (mut dec, decoder_opened) = match session.take_decoder(&decoder_key, &mut warm) {
         Some(d) => (d, false),
         None => (open_decoder(vparams, &req.options)?, true),
     };
-    let Decoder {
-        mut decoder,
-        name: decoder_name,
-        fallback_reason: decoder_fallback,
-    } = warm_decoder;
+    let decoder = &mut dec.decoder;
     let (src_w, src_h) = (decoder.width(), decoder.height());
     if src_w == 0 || src_h == 0 {
         // The prober saw a video stream but never a decodable picture header.
@@ -257,7 +253,7 @@ fn run(
         workers.push(w);
     }
     if fallback_reason.is_none() {
-        fallback_reason = decoder_fallback.clone();
+        fallback_reason = dec.fallback_reason.clone();
     }
     let budget = budget(req, &stop, src_pixels, src_rate, &dims);
     budget.grow(0);
@@ -299,7 +295,7 @@ fn run(
         }
         let decoded = decode_all(
             &mut ictx,
-            &mut decoder,
+            decoder,
             vidx,
             vtb,
             src_rate,
@@ -369,22 +365,13 @@ fn run(
         renditions.push(d.commit()?);
     }
     // Drained to EOF above; reset, the decoder takes the stream's next segment.
-    decoder.flush();
+    dec.decoder.flush();
+    let decoder_name = dec.name.clone();
     session.opened(
         decoder_opened,
         req.profiles.len() as u64 - u64::from(warm.encoders_reused),
     );
-    session.keep(
-        (
-            decoder_key,
-            Decoder {
-                decoder,
-                name: decoder_name.clone(),
-                fallback_reason: decoder_fallback.clone(),
-            },
-        ),
-        warm_encoders,
-    );
+    session.keep((decoder_key, dec), warm_encoders);
     let wall = started.elapsed();
     let media_seconds = decoded.media_seconds(vtb, src_rate);
     if decoded.errors > 0 {

@@ -88,8 +88,7 @@ impl DecoderKey {
 /// What identifies an encoder that can take the next segment's frames.
 #[derive(Clone, Debug, PartialEq)]
 pub(super) struct EncoderKey {
-    /// The profile as the engine sees it (name, size, rate, bitrate, GOP, codec profile).
-    pub(super) profile: String,
+    pub(super) profile: crate::transcode::Profile,
     pub(super) width: u32,
     pub(super) height: u32,
     pub(super) time_base: (i32, i32),
@@ -108,7 +107,7 @@ impl EncoderKey {
         threads: usize,
     ) -> EncoderKey {
         EncoderKey {
-            profile: format!("{profile:?}"),
+            profile: profile.clone(),
             width,
             height,
             time_base: (time_base.numerator(), time_base.denominator()),
