@@ -159,50 +159,39 @@ fn main() {
     let every = (a.count / 20).max(1);
     let mut ok = true;
 
-    if a.target == "warm" {
-        let before = mutate::panics();
-        let mut rss = Rss::default();
-        let t0 = Instant::now();
-        let tally = mutate::run_engine_warm(a.seed, range.clone(), &sources, a.hang, |i, t| {
-            rss.sample(self_rss_kib(), t.cases, a.count);
-            if (i - a.from + 1).is_multiple_of(every) {
-                eprintln!("  warm {}/{}: {}", t.cases, a.count, t.summary());
-            }
-        });
-        println!(
-            "warm sessions: {} clean segments reused the warm decoder; {} came out unlike cold{}",
-            tally.warm_reused,
-            tally.warm_mismatches.len(),
-            tally
-                .warm_mismatches
-                .iter()
-                .take(10)
-                .map(|m| format!("\n    {m}"))
-                .collect::<String>()
-        );
-        ok &= tally.warm_mismatches.is_empty();
-        ok &= report(
-            "warm",
-            &tally,
-            &rss,
-            mutate::panics() - before,
-            t0.elapsed().as_secs_f64(),
-        );
-        std::process::exit(if ok { 0 } else { 1 });
-    }
-
     if a.target != "daemon" {
+        let warm = a.target == "warm";
+        let name = if warm { "warm" } else { "engine" };
         let before = mutate::panics();
         let mut rss = Rss::default();
         let t0 = Instant::now();
-        let tally = mutate::run_engine(a.seed, range.clone(), &sources, a.hang, |i, t| {
+        let progress = |i: u64, t: &Tally| {
             rss.sample(self_rss_kib(), t.cases, a.count);
             if (i - a.from + 1).is_multiple_of(every) {
-                eprintln!("  engine {}/{}: {}", t.cases, a.count, t.summary());
+                eprintln!("  {name} {}/{}: {}", t.cases, a.count, t.summary());
             }
-        });
+        };
+        let tally = if warm {
+            mutate::run_engine_warm(a.seed, range.clone(), &sources, a.hang, progress)
+        } else {
+            mutate::run_engine(a.seed, range.clone(), &sources, a.hang, progress)
+        };
+        if warm {
+            println!(
+                "warm sessions: {} clean segments reused the warm decoder; {} came out unlike cold{}",
+                tally.warm_reused,
+                tally.warm_mismatches.len(),
+                tally
+                    .warm_mismatches
+                    .iter()
+                    .take(10)
+                    .map(|m| format!("\n    {m}"))
+                    .collect::<String>()
+            );
+            ok &= tally.warm_mismatches.is_empty();
+        }
         ok &= report(
-            "engine",
+            name,
             &tally,
             &rss,
             mutate::panics() - before,
@@ -210,7 +199,7 @@ fn main() {
         );
     }
 
-    if a.target != "engine" {
+    if a.target != "engine" && a.target != "warm" {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()

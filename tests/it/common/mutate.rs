@@ -532,6 +532,28 @@ impl Tally {
         }
     }
 
+    /// [`Tally::add`] for an engine case that wrote into `out`, which is checked for leaks
+    /// (a failed case leaves nothing; a done one exactly its renditions) and removed.
+    fn add_case(
+        &mut self,
+        label: &str,
+        verdict: &Verdict,
+        wall: Duration,
+        ceiling: u64,
+        out: &Path,
+    ) {
+        let left = files_under(out);
+        let leaked: Vec<_> = match verdict {
+            Verdict::Done { .. } => left.into_iter().filter(|f| f.ends_with(".tmp")).collect(),
+            _ => left,
+        };
+        if !leaked.is_empty() {
+            self.leaked.push(format!("{label}: {leaked:?}"));
+        }
+        let _ = std::fs::remove_dir_all(out);
+        self.add(label, verdict, wall, ceiling);
+    }
+
     pub fn wall_percentile(&self, p: f64) -> u64 {
         let mut v = self.walls_ms.clone();
         v.sort_unstable();
@@ -670,18 +692,7 @@ pub fn run_engine_warm(
         s.follow(*seq);
         *seq += 1;
         let (verdict, wall, back) = engine_case_in(m.bytes, &out, hang_after, Some(s));
-        let leaked: Vec<_> = match verdict {
-            Verdict::Done { .. } => files_under(&out)
-                .into_iter()
-                .filter(|f| f.ends_with(".tmp"))
-                .collect(),
-            _ => files_under(&out),
-        };
-        if !leaked.is_empty() {
-            tally.leaked.push(format!("{label}: {leaked:?}"));
-        }
-        let _ = std::fs::remove_dir_all(&out);
-        tally.add(&label, &verdict, wall, frame_ceiling(src.seconds));
+        tally.add_case(&label, &verdict, wall, frame_ceiling(src.seconds), &out);
         // The clean segment next, through whatever the case left warm.
         let mut s = back.unwrap_or_default();
         s.follow(*seq);
@@ -724,17 +735,7 @@ pub fn run_engine(
         );
         let out = root.path().join(format!("c{i}"));
         let (verdict, wall) = engine_case(m.bytes, &out, hang_after);
-        // A failed case leaves nothing; a done one leaves exactly its renditions.
-        let left = files_under(&out);
-        let leaked: Vec<_> = match verdict {
-            Verdict::Done { .. } => left.into_iter().filter(|f| f.ends_with(".tmp")).collect(),
-            _ => left,
-        };
-        if !leaked.is_empty() {
-            tally.leaked.push(format!("{label}: {leaked:?}"));
-        }
-        let _ = std::fs::remove_dir_all(&out);
-        tally.add(&label, &verdict, wall, frame_ceiling(src.seconds));
+        tally.add_case(&label, &verdict, wall, frame_ceiling(src.seconds), &out);
         progress(i, &tally);
     }
     tally
