@@ -449,33 +449,30 @@ impl Config {
     /// different values they are refused.
     fn move_ai_lease_keys(&mut self) -> Result<(), ConfigError> {
         let d = crate::sched::Config::default();
-        if let Some(mib) = self.ai.vram_reserve_mib.take() {
-            let bytes = mib.saturating_mul(1 << 20);
-            let s = &mut self.scheduler.model_reserve_bytes;
-            if *s != d.model_reserve_bytes && *s != bytes {
-                return Err(ConfigError::Value {
-                    key: "ai.vram_reserve_mib",
-                    value: mib.to_string(),
-                    why: format!("conflicts with [scheduler] model_reserve_bytes = {s}; the scheduler holds the VRAM leases now: keep only model_reserve_bytes"),
-                });
-            }
-            *s = bytes;
-            self.warnings.push(format!("[ai] vram_reserve_mib moved to [scheduler] model_reserve_bytes (the scheduler holds the VRAM leases); using {bytes} bytes from it: write model_reserve_bytes = {bytes} under [scheduler] instead"));
-        }
-        if let Some(secs) = self.ai.lease_return_secs.take() {
-            let ms = secs.saturating_mul(1000);
-            let s = &mut self.scheduler.model_return_after_ms;
-            if *s != d.model_return_after_ms && *s != ms {
-                return Err(ConfigError::Value {
-                    key: "ai.lease_return_secs",
-                    value: secs.to_string(),
-                    why: format!("conflicts with [scheduler] model_return_after_ms = {s}; the scheduler holds the VRAM leases now: keep only model_return_after_ms"),
-                });
-            }
-            *s = ms;
-            self.warnings.push(format!("[ai] lease_return_secs moved to [scheduler] model_return_after_ms (the scheduler holds the VRAM leases); using {ms} ms from it: write model_return_after_ms = {ms} under [scheduler] instead"));
-        }
-        Ok(())
+        let reserve = MovedKey {
+            key: "ai.vram_reserve_mib",
+            new: "model_reserve_bytes",
+            scale: 1 << 20,
+            unit: "bytes",
+        };
+        reserve.apply(
+            self.ai.vram_reserve_mib.take(),
+            &mut self.scheduler.model_reserve_bytes,
+            d.model_reserve_bytes,
+            &mut self.warnings,
+        )?;
+        let return_after = MovedKey {
+            key: "ai.lease_return_secs",
+            new: "model_return_after_ms",
+            scale: 1000,
+            unit: "ms",
+        };
+        return_after.apply(
+            self.ai.lease_return_secs.take(),
+            &mut self.scheduler.model_return_after_ms,
+            d.model_return_after_ms,
+            &mut self.warnings,
+        )
     }
 
     /// Checks values serde cannot (enums kept as strings, ladders, limits).
@@ -554,6 +551,51 @@ impl Config {
             .map(|n| n.get())
             .unwrap_or(2);
         (cores / 2).max(1)
+    }
+}
+
+/// An `[ai]` key that moved to `[scheduler]` with the VRAM leases (see
+/// `Config::move_ai_lease_keys`): `key` × `scale` is `new`, in `unit`.
+struct MovedKey {
+    key: &'static str,
+    new: &'static str,
+    scale: u64,
+    unit: &'static str,
+}
+
+impl MovedKey {
+    /// Feeds `value` of the old key into `target` (whose default is `default`) with a
+    /// warning; a `target` set to something else as well is a conflict.
+    fn apply(
+        &self,
+        value: Option<u64>,
+        target: &mut u64,
+        default: u64,
+        warnings: &mut Vec<String>,
+    ) -> Result<(), ConfigError> {
+        let Some(v) = value else {
+            return Ok(());
+        };
+        let scaled = v.saturating_mul(self.scale);
+        if *target != default && *target != scaled {
+            return Err(ConfigError::Value {
+                key: self.key,
+                value: v.to_string(),
+                why: format!(
+                    "conflicts with [scheduler] {} = {target}; the scheduler holds the VRAM leases now: keep only {}",
+                    self.new, self.new
+                ),
+            });
+        }
+        *target = scaled;
+        warnings.push(format!(
+            "[ai] {} moved to [scheduler] {} (the scheduler holds the VRAM leases); using {scaled} {} from it: write {} = {scaled} under [scheduler] instead",
+            self.key.strip_prefix("ai.").unwrap_or(self.key),
+            self.new,
+            self.unit,
+            self.new
+        ));
+        Ok(())
     }
 }
 
