@@ -373,14 +373,21 @@ use std::time::{Duration, Instant};
 use comine::transcode::{self, EncoderChoice, Input, Options, Profile, Request};
 use tokio_util::sync::CancellationToken;
 
-/// Panics anywhere in this process (engine threads included) since the harness started:
-/// the engine turns a worker's panic into an error, so an outcome alone would hide it.
+/// Panics on the harness's case threads and the engine's threads (all named `comine-…`)
+/// since the harness started: the engine turns a worker's panic into an error, so an
+/// outcome alone would hide it. Other tests' threads, which run beside it in the one test
+/// binary and whose failures are their own, are not counted.
 pub fn panics() -> u64 {
     static HOOK: Once = Once::new();
     HOOK.call_once(|| {
         let default = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            PANICS.fetch_add(1, Ordering::SeqCst);
+            if std::thread::current()
+                .name()
+                .is_some_and(|n| n.starts_with("comine-"))
+            {
+                PANICS.fetch_add(1, Ordering::SeqCst);
+            }
             default(info);
         }));
     });
@@ -624,16 +631,19 @@ pub fn engine_case_in(
     };
     let started = Instant::now();
     let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let r = match session {
-            Some(mut s) => {
-                let r = transcode::transcode_warm(&request, &mut s);
-                (r, Some(s))
-            }
-            None => (transcode::transcode(&request), None),
-        };
-        let _ = tx.send(r);
-    });
+    let spawned = std::thread::Builder::new()
+        .name("comine-mutate-case".into())
+        .spawn(move || {
+            let r = match session {
+                Some(mut s) => {
+                    let r = transcode::transcode_warm(&request, &mut s);
+                    (r, Some(s))
+                }
+                None => (transcode::transcode(&request), None),
+            };
+            let _ = tx.send(r);
+        });
+    spawned.expect("spawn a case thread");
     let (result, session) = match rx.recv_timeout(hang_after) {
         Ok(r) => r,
         Err(_) => {
