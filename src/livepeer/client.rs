@@ -15,7 +15,10 @@ use tokio_util::task::TaskTracker;
 use tonic::transport::Endpoint;
 use tracing::Instrument;
 
+use futures_util::FutureExt;
+
 use super::drain::Drain;
+use super::handover;
 use super::proto::{
     capability_bitstring, Capabilities, NotifySegment, OrchestratorClient, RegisterRequest,
     TranscoderClient, CAPABILITIES,
@@ -299,7 +302,7 @@ async fn wait_positive(rx: &mut watch::Receiver<u32>, shutdown: &CancellationTok
 
 /// Resolves with the new capacity once it has differed from `registered` for `dwell`.
 async fn wait_capacity_change(
-    rx: &mut watch::Receiver<u32>,
+    mut rx: watch::Receiver<u32>,
     registered: u32,
     dwell: Duration,
 ) -> u32 {
@@ -448,43 +451,199 @@ async fn connection(
         ));
     }
 
-    let request = RegisterRequest {
-        secret: cfg.secret.clone(),
-        capacity: i64::from(cap),
-        capabilities: Some(Capabilities {
-            bitstring: capability_bitstring(CAPABILITIES),
-            version: cfg.version.clone(),
-            ..Default::default()
-        }),
-        ethereum_address: cfg.eth_address.map(|a| a.to_vec()).unwrap_or_default(),
+    let register = |cap: u32| -> PendingRegistration {
+        let request = RegisterRequest {
+            secret: cfg.secret.clone(),
+            capacity: i64::from(cap),
+            capabilities: Some(Capabilities {
+                bitstring: capability_bitstring(CAPABILITIES),
+                version: cfg.version.clone(),
+                ..Default::default()
+            }),
+            ethereum_address: cfg.eth_address.map(|a| a.to_vec()).unwrap_or_default(),
+        };
+        let mut client = TranscoderClient::new(channel.clone());
+        Box::pin(async move { client.register_transcoder(request).await })
     };
     tracing::info!(orch = %cfg.orch_addr, capacity = cap, version = %cfg.version, eth_address = ?cfg.eth_address, "registering as a remote transcoder; go-livepeer answers with the first segment");
-    let mut client = TranscoderClient::new(channel);
-    let change = wait_capacity_change(capacity, cap, cfg.capacity_dwell);
-    tokio::pin!(change);
-
-    // go-livepeer answers the call only with its first segment (or a refusal), so being
-    // here without an error is being registered.
-    let mut stream = tokio::select! {
-        r = client.register_transcoder(request) => match r {
-            Ok(resp) => resp.into_inner(),
-            Err(status) => return classify(&cfg.orch_addr, status, cap),
-        },
-        new = &mut change => return Ended::Recapacity(new),
-        _ = shared.shutdown.cancelled() => return Ended::Shutdown,
-    };
-    tracing::info!(orch = %cfg.orch_addr, capacity = cap, "notification stream open");
-    cfg.link.set_state("registered");
+    let mut active = Registration::new(cap, register(cap));
+    // The registration being replaced, still serving its streams, and when it closes.
+    let mut retiring: Option<(Registration, tokio::time::Instant)> = None;
+    let mut change = Box::pin(wait_capacity_change(
+        capacity.clone(),
+        cap,
+        cfg.capacity_dwell,
+    ));
     loop {
+        let close_old_at = retiring.as_ref().map(|(_, at)| *at);
         tokio::select! {
-            msg = stream.message() => match msg {
-                Ok(Some(n)) => dispatch(shared, n, &http, tracker),
-                Ok(None) => return Ended::Fault("the orchestrator ended the stream".into()),
-                Err(status) => return classify(&cfg.orch_addr, status, cap),
+            ev = active.next() => match ev {
+                // go-livepeer answers the call only with its first segment (or a refusal),
+                // so being here without an error is being registered.
+                Event::Opened => {
+                    tracing::info!(orch = %cfg.orch_addr, capacity = active.cap, "notification stream open");
+                    cfg.link.set_state("registered");
+                }
+                Event::Segment(n) => {
+                    active.seen(&n);
+                    dispatch(shared, *n, &http, tracker);
+                    // The new registration carried a segment: it is live, and the old one
+                    // may close as soon as its streams are quiet.
+                    if let Some((old, at)) = retiring.as_mut() {
+                        *at = old.close_at(&active);
+                    }
+                }
+                Event::Closed => return Ended::Fault("the orchestrator ended the stream".into()),
+                Event::Failed(status) => return classify(&cfg.orch_addr, status, active.cap),
             },
-            new = &mut change => return Ended::Recapacity(new),
+            ev = next_of(&mut retiring) => match ev {
+                Event::Opened => {}
+                Event::Segment(n) => {
+                    if let Some((old, at)) = retiring.as_mut() {
+                        old.seen(&n);
+                        *at = old.close_at(&active);
+                    }
+                    dispatch(shared, *n, &http, tracker);
+                }
+                // The orchestrator dropped the old registration itself: its streams rebind.
+                Event::Closed | Event::Failed(_) => retiring = None,
+            },
+            _ = sleep_until_some(close_old_at) => {
+                if let Some((old, _)) = retiring.take() {
+                    old.close(|n| dispatch(shared, n, &http, tracker), &cfg.orch_addr);
+                }
+            }
+            // One handover at a time: a change waits until the old registration is closed.
+            new = &mut change, if retiring.is_none() => {
+                if new == 0 {
+                    return Ended::Recapacity(0);
+                }
+                tracing::info!(
+                    orch = %cfg.orch_addr,
+                    from = active.cap,
+                    to = new,
+                    "capacity changed for longer than the dwell time; registering the new capacity before closing the old registration"
+                );
+                shared.drain.set_registered(new);
+                cfg.link.update(|s| {
+                    s.registered_capacity = new;
+                    s.registrations += 1;
+                });
+                let mut old = std::mem::replace(&mut active, Registration::new(new, register(new)));
+                let at = old.close_at(&active);
+                retiring = Some((old, at));
+                change = Box::pin(wait_capacity_change(capacity.clone(), new, cfg.capacity_dwell));
+            }
             _ = shared.shutdown.cancelled() => return Ended::Shutdown,
         }
+    }
+}
+
+type PendingRegistration = std::pin::Pin<
+    Box<
+        dyn std::future::Future<
+                Output = Result<tonic::Response<tonic::Streaming<NotifySegment>>, tonic::Status>,
+            > + Send,
+    >,
+>;
+
+/// One `RegisterTranscoder` call: pending until go-livepeer answers, then its stream.
+struct Registration {
+    cap: u32,
+    pending: Option<PendingRegistration>,
+    stream: Option<tonic::Streaming<NotifySegment>>,
+    started: tokio::time::Instant,
+    /// It has carried a segment, so the orchestrator surely holds it.
+    carried: bool,
+    bound: handover::Bound,
+}
+
+enum Event {
+    Opened,
+    Segment(Box<NotifySegment>),
+    Closed,
+    Failed(tonic::Status),
+}
+
+impl Registration {
+    fn new(cap: u32, pending: PendingRegistration) -> Self {
+        Registration {
+            cap,
+            pending: Some(pending),
+            stream: None,
+            started: tokio::time::Instant::now(),
+            carried: false,
+            bound: handover::Bound::default(),
+        }
+    }
+
+    /// The next event; cancel-safe (the pending call and the stream keep their state).
+    async fn next(&mut self) -> Event {
+        if let Some(pending) = self.pending.as_mut() {
+            let answered = pending.await;
+            self.pending = None;
+            return match answered {
+                Ok(resp) => {
+                    self.stream = Some(resp.into_inner());
+                    Event::Opened
+                }
+                Err(status) => Event::Failed(status),
+            };
+        }
+        let Some(stream) = self.stream.as_mut() else {
+            return Event::Closed;
+        };
+        match stream.message().await {
+            Ok(Some(n)) => Event::Segment(Box::new(n)),
+            Ok(None) => Event::Closed,
+            Err(status) => Event::Failed(status),
+        }
+    }
+
+    fn seen(&mut self, n: &NotifySegment) {
+        self.carried = true;
+        self.bound.seen(n, tokio::time::Instant::now());
+    }
+
+    /// When this (retiring) registration may close, given its successor `next`: once
+    /// `next` is surely live, at the quietest moment of the streams still bound here, and
+    /// never later than [`handover::MAX_WAIT`] past the overlap.
+    fn close_at(&mut self, next: &Registration) -> tokio::time::Instant {
+        let now = tokio::time::Instant::now();
+        let overlap_end = next.started + handover::OVERLAP;
+        let earliest = if next.carried {
+            now
+        } else {
+            overlap_end.max(now)
+        };
+        self.bound
+            .quiet_moment(earliest)
+            .min(overlap_end + handover::MAX_WAIT)
+    }
+
+    /// Closes it, first serving every notification already received on it.
+    fn close(mut self, mut serve: impl FnMut(NotifySegment), orch: &str) {
+        let orphaned = self.bound.live(tokio::time::Instant::now());
+        if let Some(stream) = self.stream.as_mut() {
+            while let Some(Ok(Some(n))) = stream.message().now_or_never() {
+                serve(n);
+            }
+        }
+        tracing::info!(%orch, capacity = self.cap, streams_moving = orphaned, "previous registration closed; its streams continue on the new one");
+    }
+}
+
+async fn next_of(r: &mut Option<(Registration, tokio::time::Instant)>) -> Event {
+    match r {
+        Some((reg, _)) => reg.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -610,9 +769,9 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn capacity_change_must_hold_for_the_dwell_time() {
-        let (tx, mut rx) = watch::channel(4u32);
+        let (tx, rx) = watch::channel(4u32);
         let dwell = Duration::from_secs(10);
-        let waiter = tokio::spawn(async move { wait_capacity_change(&mut rx, 4, dwell).await });
+        let waiter = tokio::spawn(async move { wait_capacity_change(rx, 4, dwell).await });
         // A blip shorter than the dwell time is ignored.
         tx.send(2).unwrap();
         tokio::time::sleep(Duration::from_secs(5)).await;

@@ -18,6 +18,7 @@ pub mod ai_worker;
 pub mod args;
 mod client;
 mod drain;
+mod handover;
 pub mod multipart;
 pub mod pipeline;
 pub mod proto;

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -125,6 +125,9 @@ pub struct TestOrchestratorConfig {
     /// re-registration orphans the streams of the old one, each of which needs room on a
     /// live transcoder at its next segment. Off: the load counts segments in flight.
     pub session_load: bool,
+    /// How long a registration takes to reach the transcoder table (a busy orchestrator or
+    /// a long link); until then segments cannot be routed to it.
+    pub register_delay: Duration,
     /// `GetOrchestrator`'s `price_info` as `(pricePerUnit, pixelsPerUnit)`; `None`: the
     /// call is refused (an orchestrator that gives no price to this transcoder).
     pub price_info: Option<(i64, i64)>,
@@ -139,6 +142,7 @@ impl Default for TestOrchestratorConfig {
             port: 0,
             timeout_floor: Duration::from_secs(8),
             session_load: false,
+            register_delay: Duration::ZERO,
             price_info: None,
             eth_address: None,
         }
@@ -177,6 +181,7 @@ struct Inner {
     ai: Arc<AiSide>,
     price_info: Option<(i64, i64)>,
     eth_address: Option<alloy::primitives::Address>,
+    register_delay: Duration,
     /// Every `GetOrchestrator` request, with the answer's error when refused.
     price_requests: Mutex<Vec<(OrchestratorRequest, Option<String>)>>,
 }
@@ -188,6 +193,7 @@ impl Inner {
         Inner {
             price_info: cfg.price_info,
             eth_address: cfg.eth_address,
+            register_delay: cfg.register_delay,
             price_requests: Mutex::new(Vec::new()),
             secret,
             transcoders: Mutex::new(Vec::new()),
@@ -267,20 +273,35 @@ impl Inner {
         }
         let id = self.next_transcoder.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(64);
-        let mut ts = lock(&self.transcoders);
-        ts.push(Transcoder {
+        let transcoder = Transcoder {
             id,
             capacity: req.capacity,
             load: 0,
             frozen: false,
             tx,
-        });
-        self.publish_live(&ts);
+        };
+        let closed = Arc::new(AtomicBool::new(false));
+        if self.register_delay.is_zero() {
+            let mut ts = lock(&self.transcoders);
+            ts.push(transcoder);
+            self.publish_live(&ts);
+        } else {
+            let (inner, closed, delay) = (self.clone(), closed.clone(), self.register_delay);
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                let mut ts = lock(&inner.transcoders);
+                if !closed.load(Ordering::SeqCst) {
+                    ts.push(transcoder);
+                    inner.publish_live(&ts);
+                }
+            });
+        }
         Ok(TranscoderStream {
             rx: ReceiverStream::new(rx),
             _guard: Unregister {
                 inner: self.clone(),
                 id,
+                closed,
             },
         })
     }
@@ -431,10 +452,13 @@ pub struct TranscoderStream {
 struct Unregister {
     inner: Arc<Inner>,
     id: u64,
+    /// Set before the removal, so a delayed registration is not added after it.
+    closed: Arc<AtomicBool>,
 }
 
 impl Drop for Unregister {
     fn drop(&mut self) {
+        self.closed.store(true, Ordering::SeqCst);
         self.inner.remove_transcoder(self.id);
     }
 }

@@ -148,8 +148,9 @@ async fn livepeer_capacity_reaches_the_floor_before_open_and_no_live_segment_mis
             let at = now_ms();
             let plan = &st["post"]["plan"];
             let phase = plan["window"]["phase"].as_str().unwrap_or("").to_string();
+            // The newest registration: a capacity change opens it before the old one closes.
             let caps = orch.capacities();
-            let cap = caps.first().copied().unwrap_or(-1);
+            let cap = caps.last().copied().unwrap_or(-1);
             if phase == "none" && st["post"]["source"] == "ok" {
                 seen.full_capacity = seen.full_capacity.max(cap);
             }
@@ -260,7 +261,12 @@ async fn livepeer_capacity_reaches_the_floor_before_open_and_no_live_segment_mis
             segments += 1;
             assert!(
                 matches!(outcome, TaskOutcome::Done { .. }),
-                "{id} segment {seq} missed: {outcome:?}"
+                "{id} segment {seq} missed: {outcome:?}; registrations {:?}; daemon log:\n{}",
+                orch.registrations()
+                    .iter()
+                    .map(|r| r.capacity)
+                    .collect::<Vec<_>>(),
+                d.log()
             );
         }
     }

@@ -577,7 +577,8 @@ async fn capacity_changes_re_register_after_the_dwell_time() {
     o.wait_for_capacity(2, WAIT).await.unwrap();
     client.capacity.send(1).unwrap();
     o.wait_for_capacity(1, WAIT).await.unwrap();
-    assert_eq!(o.capacities(), vec![1], "the old registration is gone");
+    // The new registration is made before the old one closes (a handover).
+    eventually("the old registration is gone", || o.capacities() == vec![1]).await;
     // Capacity 0: the scheduler wants the GPU back; unregister instead of sending 0.
     client.capacity.send(0).unwrap();
     let until = tokio::time::Instant::now() + WAIT;
@@ -594,6 +595,67 @@ async fn capacity_changes_re_register_after_the_dwell_time() {
         o.registrations().iter().all(|r| r.capacity > 0),
         "never registered with 0"
     );
+    client.stop().await.unwrap();
+}
+
+/// A capacity change is a new registration (go-livepeer fixes capacity at registration), and
+/// closing the old one orphans its streams. Against an orchestrator that takes 400 ms to
+/// add a registration, closing first lost a segment of a running stream at nearly every
+/// change (no transcoder for it in the gap); the handover opens the new registration first
+/// and closes the old one between the streams' segments.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn capacity_changes_hand_over_without_losing_a_running_stream() {
+    let o = TestOrchestrator::start(TestOrchestratorConfig {
+        session_load: true,
+        register_delay: Duration::from_millis(400),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let client = Client::start(&o, 3, |_| {});
+    o.wait_for_transcoders(1, WAIT).await.unwrap();
+    let stream = |id: &'static str| {
+        let o = &o;
+        async move {
+            let mut outcomes = Vec::new();
+            for seq in 0..16 {
+                let sent = tokio::time::Instant::now();
+                let mut job =
+                    SegmentJob::new(id, seq, common::lp_segment(), ladder()[..1].to_vec());
+                job.duration_ms = 500;
+                outcomes.push((seq, o.transcode(job).await));
+                tokio::time::sleep_until(sent + Duration::from_millis(500)).await;
+            }
+            o.end_session(id).await;
+            outcomes
+        }
+    };
+    // Never below the two streams running; each change lasts past the 200 ms dwell.
+    let changes = async {
+        for cap in [4, 2, 3, 2] {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            client.capacity.send(cap).unwrap();
+        }
+    };
+    let (a, b, ()) = tokio::join!(stream("a"), stream("b"), changes);
+    for (id, outcomes) in [("a", a), ("b", b)] {
+        for (seq, outcome) in outcomes {
+            assert!(
+                matches!(outcome, TaskOutcome::Done { .. }),
+                "stream {id} segment {seq} was lost at a capacity change: {outcome:?}; registrations {:?}",
+                o.registrations().iter().map(|r| r.capacity).collect::<Vec<_>>()
+            );
+        }
+    }
+    let registered: Vec<i64> = o.registrations().iter().map(|r| r.capacity).collect();
+    assert!(
+        registered.len() >= 4 && registered[0] == 3,
+        "every lasting change re-registers: {registered:?}"
+    );
+    eventually("one registration left, at the last capacity", || {
+        o.capacities() == vec![2]
+    })
+    .await;
     client.stop().await.unwrap();
 }
 
