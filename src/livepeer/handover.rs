@@ -134,19 +134,6 @@ mod tests {
         }
     }
 
-    fn teardown(session: &str) -> NotifySegment {
-        NotifySegment {
-            seg_data: Some(SegData {
-                auth_token: Some(AuthToken {
-                    session_id: session.into(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
-    }
-
     #[test]
     fn with_no_stream_bound_it_closes_at_once() {
         let t0 = Instant::now();
@@ -188,7 +175,7 @@ mod tests {
         let mut b = Bound::default();
         b.seen(&segment("a", 1000), t0);
         b.seen(&segment("b", 2000), t0);
-        b.seen(&teardown("a"), t0);
+        b.seen(&NotifySegment::teardown("a"), t0);
         assert_eq!(b.live(t0), 1);
         // b's last segment is 4 periods old: it has stopped.
         assert_eq!(b.live(t0 + Duration::from_secs(8)), 0);

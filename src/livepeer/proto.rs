@@ -205,6 +205,21 @@ impl SegData {
 }
 
 impl NotifySegment {
+    /// The teardown notification go-livepeer sends when `session_id` ends: no URL, only the
+    /// session ID.
+    pub fn teardown(session_id: &str) -> Self {
+        NotifySegment {
+            seg_data: Some(SegData {
+                auth_token: Some(AuthToken {
+                    session_id: session_id.to_string(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
     /// The session ID of a teardown notification (empty URL, session ID set), if this is one.
     pub fn teardown_session(&self) -> Option<&str> {
         if !self.url.is_empty() {

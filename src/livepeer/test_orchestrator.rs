@@ -865,17 +865,9 @@ impl TestOrchestrator {
                 t.tx.clone()
             });
         let Some(tx) = tx else { return false };
-        let notify = NotifySegment {
-            seg_data: Some(SegData {
-                auth_token: Some(AuthToken {
-                    session_id: session_id.to_string(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        tx.send(Ok(notify)).await.is_ok()
+        tx.send(Ok(NotifySegment::teardown(session_id)))
+            .await
+            .is_ok()
     }
 
     /// Closes every TCP connection abruptly (a network fault).
