@@ -33,7 +33,8 @@ use super::{
 enum Ended {
     Shutdown,
     Fatal(LivepeerError),
-    /// The scheduler's capacity changed for longer than the dwell time.
+    /// The scheduler's capacity went to 0 for longer than the dwell time (other changes are
+    /// handovers within the connection).
     Recapacity(u32),
     Fault(String),
 }
@@ -167,10 +168,11 @@ pub(super) async fn run(
                 break Err(e);
             }
             Ended::Recapacity(new) => {
+                // Only a change to 0 ends a connection; other changes are handovers.
                 tracing::info!(
                     from = cap,
                     to = new,
-                    "capacity changed for longer than the dwell time; re-registering"
+                    "capacity granted is 0 for longer than the dwell time; unregistered"
                 );
                 backoff = cfg.backoff_initial;
                 failed_in_a_row = 0;
@@ -485,8 +487,9 @@ async fn connection(
                     cfg.link.set_state("registered");
                 }
                 Event::Segment(n) => {
-                    active.seen(&n);
-                    dispatch(shared, *n, &http, tracker);
+                    let refused = segment::refuse_new_stream(shared, &n);
+                    active.seen(&n, refused.is_none());
+                    dispatch(shared, *n, refused, &http, tracker);
                     // The new registration carried a segment: it is live, and the old one
                     // may close as soon as its streams are quiet.
                     if let Some((old, at)) = retiring.as_mut() {
@@ -499,18 +502,25 @@ async fn connection(
             ev = next_of(&mut retiring) => match ev {
                 Event::Opened => {}
                 Event::Segment(n) => {
+                    let refused = segment::refuse_new_stream(shared, &n);
                     if let Some((old, at)) = retiring.as_mut() {
-                        old.seen(&n);
+                        old.seen(&n, refused.is_none());
                         *at = old.close_at(&active);
                     }
-                    dispatch(shared, *n, &http, tracker);
+                    dispatch(shared, *n, refused, &http, tracker);
                 }
                 // The orchestrator dropped the old registration itself: its streams rebind.
                 Event::Closed | Event::Failed(_) => retiring = None,
             },
             _ = sleep_until_some(close_old_at) => {
                 if let Some((old, _)) = retiring.take() {
-                    old.close(|n| dispatch(shared, n, &http, tracker), &cfg.orch_addr);
+                    old.close(
+                        |n| {
+                            let refused = segment::refuse_new_stream(shared, &n);
+                            dispatch(shared, n, refused, &http, tracker)
+                        },
+                        &cfg.orch_addr,
+                    );
                 }
             }
             // One handover at a time: a change waits until the old registration is closed.
@@ -553,8 +563,8 @@ struct Registration {
     pending: Option<PendingRegistration>,
     stream: Option<tonic::Streaming<NotifySegment>>,
     started: tokio::time::Instant,
-    /// It has carried a segment, so the orchestrator surely holds it.
-    carried: bool,
+    /// When it first carried a segment, so the orchestrator surely holds it.
+    carried: Option<tokio::time::Instant>,
     bound: handover::Bound,
 }
 
@@ -572,7 +582,7 @@ impl Registration {
             pending: Some(pending),
             stream: None,
             started: tokio::time::Instant::now(),
-            carried: false,
+            carried: None,
             bound: handover::Bound::default(),
         }
     }
@@ -600,24 +610,25 @@ impl Registration {
         }
     }
 
-    fn seen(&mut self, n: &NotifySegment) {
-        self.carried = true;
-        self.bound.seen(n, tokio::time::Instant::now());
+    /// Notes a notification it carried; `binds`: it is a teardown or a segment of a stream
+    /// that runs here (a new stream refused while draining does not hold the registration
+    /// open).
+    fn seen(&mut self, n: &NotifySegment, binds: bool) {
+        let now = tokio::time::Instant::now();
+        self.carried.get_or_insert(now);
+        if binds {
+            self.bound.seen(n, now);
+        }
     }
 
     /// When this (retiring) registration may close, given its successor `next`: once
     /// `next` is surely live, at the quietest moment of the streams still bound here, and
     /// never later than [`handover::MAX_WAIT`] past the overlap.
     fn close_at(&mut self, next: &Registration) -> tokio::time::Instant {
-        let now = tokio::time::Instant::now();
         let overlap_end = next.started + handover::OVERLAP;
-        let earliest = if next.carried {
-            now
-        } else {
-            overlap_end.max(now)
-        };
+        let earliest = next.carried.map_or(overlap_end, |t| t.min(overlap_end));
         self.bound
-            .quiet_moment(earliest)
+            .quiet_moment(earliest, tokio::time::Instant::now())
             .min(overlap_end + handover::MAX_WAIT)
     }
 
@@ -706,7 +717,15 @@ async fn ask_price(
     }
 }
 
-fn dispatch(shared: &Arc<Shared>, n: NotifySegment, http: &reqwest::Client, tracker: &TaskTracker) {
+/// Serves one notification; `refused`: a new stream refused while draining
+/// ([`segment::refuse_new_stream`]), answered with an error part and no work.
+fn dispatch(
+    shared: &Arc<Shared>,
+    n: NotifySegment,
+    refused: Option<u32>,
+    http: &reqwest::Client,
+    tracker: &TaskTracker,
+) {
     if let Some(session) = n.teardown_session() {
         let segments = shared.sessions.end(session);
         match segments {
@@ -728,8 +747,10 @@ fn dispatch(shared: &Arc<Shared>, n: NotifySegment, http: &reqwest::Client, trac
     let received = Instant::now();
     let permit = shared.in_flight.clone().try_acquire_owned().ok();
     let span = tracing::info_span!("task", task_id = n.task_id, session = %n.session_key());
-    tracker
-        .spawn(segment::handle(shared.clone(), n, http.clone(), received, permit).instrument(span));
+    tracker.spawn(
+        segment::handle(shared.clone(), n, http.clone(), received, permit, refused)
+            .instrument(span),
+    );
 }
 
 #[cfg(test)]
@@ -784,5 +805,73 @@ mod tests {
         tx.send(1).unwrap();
         tokio::time::sleep(Duration::from_secs(11)).await;
         assert_eq!(waiter.await.unwrap(), 1);
+    }
+
+    fn never_answered() -> PendingRegistration {
+        Box::pin(std::future::pending())
+    }
+
+    fn segment(session: &str) -> NotifySegment {
+        NotifySegment {
+            url: format!("https://o/segment/{session}.ts"),
+            seg_data: Some(super::super::proto::SegData {
+                duration: 1000,
+                auth_token: Some(super::super::proto::AuthToken {
+                    session_id: session.into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refused_new_streams_do_not_hold_the_old_registration_open() {
+        let mut old = Registration::new(3, never_answered());
+        // 24 new streams refused while draining, one segment each, at every phase.
+        for k in 0..24u64 {
+            old.seen(&segment(&format!("new-{k}")), false);
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let next = Registration::new(1, never_answered());
+        // Nothing runs here: it closes as soon as the new registration is surely live.
+        assert_eq!(old.close_at(&next), next.started + handover::OVERLAP);
+        // A running stream does hold it, until the quiet point of its cadence.
+        old.seen(&segment("running"), true);
+        let at = old.close_at(&next);
+        assert!(
+            at > next.started + handover::OVERLAP,
+            "{:?}",
+            at - next.started
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_close_is_fixed_once_the_new_registration_carried_a_segment() {
+        let mut old = Registration::new(13, never_answered());
+        let mut next = Registration::new(3, never_answered());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        next.seen(&segment("moved"), true);
+        let live = tokio::time::Instant::now();
+        // Five streams keep sending on the old registration every 200 ms for 5 s: the close
+        // stays within one period (1 s) of the new one going live.
+        let mut closes = Vec::new();
+        for k in 0..25u64 {
+            old.seen(&segment(&format!("s{}", k % 5)), true);
+            let at = old.close_at(&next);
+            closes.push(at);
+            if tokio::time::Instant::now() >= at {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let last = *closes.last().unwrap();
+        assert!(
+            last - live <= Duration::from_millis(1200),
+            "the close slid to {:?} after the new registration went live",
+            last - live
+        );
     }
 }

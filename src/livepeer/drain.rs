@@ -55,13 +55,28 @@ impl Drain {
     }
 
     /// The capacity to register now, given the streams running here: the grant, or while
-    /// draining no less than the running streams (and never above where the drain began).
+    /// draining and above it the running streams and one more (never above what is
+    /// registered, nor where the drain began).
+    ///
+    /// The one more is for the moment after a handover: the orchestrator counts a new stream
+    /// against the new registration until comine's refusal reaches it, and the orphaned
+    /// streams rebind to that registration at their next segment; sized exactly to them, a
+    /// refusal in flight would leave one finding no room and being cut mid-stream.
     pub fn effective(&self, streaming: usize) -> u32 {
         self.with(|s| match s.ceiling {
-            Some(c) => s
-                .target
-                .max(u32::try_from(streaming).unwrap_or(u32::MAX))
-                .min(c),
+            Some(c) => {
+                // Never up while draining: at most what is registered now.
+                let top = match s.registered {
+                    0 => c,
+                    r => c.min(r),
+                };
+                let streaming = u32::try_from(streaming).unwrap_or(u32::MAX);
+                if streaming > s.target {
+                    streaming.saturating_add(1).min(top)
+                } else {
+                    s.target.min(top)
+                }
+            }
             None => s.target,
         })
     }
@@ -98,14 +113,17 @@ mod tests {
         assert_eq!(d.effective(3), 13);
         assert!(!d.draining());
         assert_eq!(d.stream_limit(), None);
-        // The step-down's grant: 1 stream; 3 still run, so 3 is registered, not 1.
+        // The step-down's grant: 1 stream; 3 still run, so 3 (and one for a refusal in
+        // flight) is registered, not 1.
         d.set_target(1);
         assert!(d.draining());
-        assert_eq!(d.effective(3), 3);
+        assert_eq!(d.effective(3), 4);
         assert_eq!(d.stream_limit(), Some(1));
-        d.set_registered(3);
-        assert_eq!(d.effective(2), 2, "one stream ended: one step down");
+        d.set_registered(4);
+        assert_eq!(d.effective(2), 3, "one stream ended: one step down");
+        assert_eq!(d.effective(1), 1, "at the grant: the grant, no more");
         assert_eq!(d.effective(0), 1, "never below the grant");
+        assert_eq!(d.effective(20), 4, "never above what is registered");
         d.set_registered(1);
         // Still draining at the floor: an orphaned stream keeps its place.
         assert_eq!(d.stream_limit(), Some(1));

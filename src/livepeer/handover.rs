@@ -72,25 +72,29 @@ impl Bound {
         self.streams.len()
     }
 
-    /// When to close this registration: at or after `earliest`, and no later than one
-    /// period of its slowest stream (at most [`MAX_WAIT`]) after it, the instant farthest
-    /// from the next expected segment of every stream still bound to it.
-    pub fn quiet_moment(&mut self, earliest: Instant) -> Instant {
-        self.live(earliest);
-        quiet_moment(earliest, self.streams.values().copied())
+    /// When to close this registration: in the window that opens at `earliest` (when its
+    /// successor is surely live) and lasts one period of its slowest stream (at most
+    /// [`MAX_WAIT`]), not before `now`, the instant farthest from the next expected segment
+    /// of every stream still bound to it. The window does not move with `now`, so a
+    /// registration whose streams keep sending still closes within it.
+    pub fn quiet_moment(&mut self, earliest: Instant, now: Instant) -> Instant {
+        let from = earliest.max(now);
+        self.live(from);
+        quiet_moment(earliest, from, self.streams.values().copied())
     }
 }
 
 fn quiet_moment(
     earliest: Instant,
+    from: Instant,
     streams: impl Iterator<Item = (Instant, Duration)> + Clone,
 ) -> Instant {
     let Some(horizon) = streams.clone().map(|(_, p)| p).max() else {
-        return earliest;
+        return from;
     };
     let end = earliest + horizon.min(MAX_WAIT);
-    let mut best = (Duration::ZERO, earliest);
-    let mut t = earliest;
+    let mut best = (Duration::ZERO, from);
+    let mut t = from;
     while t <= end {
         let margin = streams
             .clone()
@@ -137,7 +141,7 @@ mod tests {
     #[test]
     fn with_no_stream_bound_it_closes_at_once() {
         let t0 = Instant::now();
-        assert_eq!(Bound::default().quiet_moment(t0), t0);
+        assert_eq!(Bound::default().quiet_moment(t0, t0), t0);
     }
 
     #[test]
@@ -145,7 +149,7 @@ mod tests {
         let t0 = Instant::now();
         let mut b = Bound::default();
         b.seen(&segment("a", 2000), t0);
-        let at = b.quiet_moment(t0);
+        let at = b.quiet_moment(t0, t0);
         assert_eq!(at - t0, Duration::from_secs(1));
     }
 
@@ -159,7 +163,7 @@ mod tests {
         b.seen(&segment("b", 1000), t0 + Duration::from_millis(100));
         b.seen(&segment("c", 1000), t0 + Duration::from_millis(200));
         let now = t0 + Duration::from_millis(250);
-        let at = b.quiet_moment(now);
+        let at = b.quiet_moment(now, now);
         assert_eq!(at - t0, Duration::from_millis(600), "{:?}", at - t0);
         let margin = [0u64, 100, 200]
             .iter()
@@ -180,7 +184,7 @@ mod tests {
         // b's last segment is 4 periods old: it has stopped.
         assert_eq!(b.live(t0 + Duration::from_secs(8)), 0);
         let late = t0 + Duration::from_secs(8);
-        assert_eq!(b.quiet_moment(late), late);
+        assert_eq!(b.quiet_moment(late, late), late);
     }
 
     #[test]
@@ -188,9 +192,32 @@ mod tests {
         let t0 = Instant::now();
         let mut b = Bound::default();
         b.seen(&segment("a", 0), t0);
-        assert_eq!(b.quiet_moment(t0) - t0, Duration::from_secs(1));
+        assert_eq!(b.quiet_moment(t0, t0) - t0, Duration::from_secs(1));
         let mut slow = Bound::default();
         slow.seen(&segment("vod", 60_000), t0);
-        assert!(slow.quiet_moment(t0) - t0 <= MAX_WAIT);
+        assert!(slow.quiet_moment(t0, t0) - t0 <= MAX_WAIT);
+    }
+
+    #[test]
+    fn the_window_does_not_move_while_streams_keep_sending() {
+        // Streams that keep sending on the old registration used to push its close later at
+        // every segment, up to the cap; the window is fixed by when the successor went live.
+        let t0 = Instant::now();
+        let mut b = Bound::default();
+        for k in 0..20u64 {
+            let at = t0 + Duration::from_millis(k * 50);
+            b.seen(&segment(&format!("s{}", k % 5), 1000), at);
+            let close = b.quiet_moment(t0, at);
+            assert!(close >= at, "never in the past");
+            assert!(
+                close - t0 <= Duration::from_secs(1),
+                "after {k} segments the close moved to {:?}",
+                close - t0
+            );
+        }
+        // Past the window: close now.
+        let late = t0 + Duration::from_secs(3);
+        b.seen(&segment("s0", 1000), late);
+        assert_eq!(b.quiet_moment(t0, late), late);
     }
 }

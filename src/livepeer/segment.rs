@@ -23,12 +23,33 @@ struct Done {
     transcode_ms: u64,
 }
 
+/// Whether a new stream is refused here while the capacity drains, and the limit it met: a
+/// stream not running here yet starts only if the running ones leave room under the grant.
+/// It is decided when the notification arrives, before any work, so the orchestrator places
+/// the stream elsewhere at once and the handover does not count it as bound here; a stream
+/// already running is never refused.
+pub(super) fn refuse_new_stream(shared: &Shared, n: &NotifySegment) -> Option<u32> {
+    if n.teardown_session().is_some() {
+        return None;
+    }
+    let limit = shared.drain.stream_limit()?;
+    let duration_ms = n
+        .seg_data
+        .as_ref()
+        .and_then(|d| u32::try_from(d.duration).ok())
+        .filter(|ms| *ms > 0)
+        .unwrap_or(2000);
+    let live_for = deadline_for(duration_ms, Duration::ZERO);
+    (!shared.sessions.admit(&n.session_key(), limit, live_for)).then_some(limit)
+}
+
 pub(super) async fn handle(
     shared: Arc<Shared>,
     n: NotifySegment,
     http: reqwest::Client,
     received: Instant,
     permit: Option<OwnedSemaphorePermit>,
+    refused: Option<u32>,
 ) {
     let cfg = &shared.cfg;
     let seg = n.seg_data.clone().unwrap_or_default();
@@ -45,14 +66,6 @@ pub(super) async fn handle(
     let nanos = crate::util::subsec_nanos();
     let work_dir = cfg.work_dir.join(format!("task-{}-{nanos:09}", n.task_id));
 
-    // While the capacity drains, a stream that is not running here yet starts only if the
-    // running ones leave room under the grant; it is refused before any work, so the
-    // orchestrator places it elsewhere (a stream already running is never refused here).
-    let live_for = deadline_for(duration_ms, Duration::ZERO);
-    let refused = shared
-        .drain
-        .stream_limit()
-        .and_then(|limit| (!shared.sessions.admit(&session_id, limit, live_for)).then_some(limit));
     let result = if let Some(limit) = refused {
         let total = shared.drain.refused();
         tracing::info!(task_id = n.task_id, session = %session_id, limit, refused = total, "capacity draining (GPU needed for a proof): new stream refused");

@@ -128,6 +128,10 @@ pub struct TestOrchestratorConfig {
     /// How long a registration takes to reach the transcoder table (a busy orchestrator or
     /// a long link); until then segments cannot be routed to it.
     pub register_delay: Duration,
+    /// How long the orchestrator takes to act on a failed segment's answer (a busy
+    /// orchestrator or a long link): the stream's slot on the transcoder stays taken until
+    /// then, as a refused new stream's does in go-livepeer until the error comes back.
+    pub failure_release_delay: Duration,
     /// `GetOrchestrator`'s `price_info` as `(pricePerUnit, pixelsPerUnit)`; `None`: the
     /// call is refused (an orchestrator that gives no price to this transcoder).
     pub price_info: Option<(i64, i64)>,
@@ -143,6 +147,7 @@ impl Default for TestOrchestratorConfig {
             timeout_floor: Duration::from_secs(8),
             session_load: false,
             register_delay: Duration::ZERO,
+            failure_release_delay: Duration::ZERO,
             price_info: None,
             eth_address: None,
         }
@@ -830,6 +835,10 @@ impl TestOrchestrator {
         };
         lock(&inner.pending).remove(&task_id);
         lock(&inner.segments).remove(&name);
+        if !matches!(outcome, TaskOutcome::Done { .. }) && !self.cfg.failure_release_delay.is_zero()
+        {
+            tokio::time::sleep(self.cfg.failure_release_delay).await;
+        }
         // Per segment, or (go-livepeer) per stream: a failed segment ends the stream's binding.
         let release = if self.cfg.session_load {
             !matches!(outcome, TaskOutcome::Done { .. })

@@ -659,6 +659,105 @@ async fn capacity_changes_hand_over_without_losing_a_running_stream() {
     client.stop().await.unwrap();
 }
 
+/// A drain's handover leaves room for a refused new stream. After the handover the
+/// orchestrator counts each new stream against the new registration until comine's refusal
+/// comes back, while the running streams, orphaned by the old registration's close, rebind
+/// there at their next segment. Registered at exactly the running streams, a refusal in
+/// flight left one of them no room (NoTranscoder mid-stream); the drain registers one more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_drain_leaves_room_for_a_refused_new_stream_while_running_streams_move() {
+    let o = TestOrchestrator::start(TestOrchestratorConfig {
+        session_load: true,
+        register_delay: Duration::from_millis(200),
+        failure_release_delay: Duration::from_millis(400),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let client = Client::start(&o, 4, |_| {});
+    o.wait_for_transcoders(1, WAIT).await.unwrap();
+    let stream = |id: &'static str| {
+        let o = &o;
+        async move {
+            let mut outcomes = Vec::new();
+            for seq in 0..12 {
+                let sent = tokio::time::Instant::now();
+                let mut job =
+                    SegmentJob::new(id, seq, common::lp_segment(), ladder()[..1].to_vec());
+                job.duration_ms = 500;
+                outcomes.push((seq, o.transcode(job).await));
+                tokio::time::sleep_until(sent + Duration::from_millis(500)).await;
+            }
+            o.end_session(id).await;
+            outcomes
+        }
+    };
+    let draining = std::sync::atomic::AtomicBool::new(false);
+    let done = std::sync::atomic::AtomicBool::new(false);
+    // The grant falls to 1 (a proof coming) with two streams running: a drain.
+    let drain = async {
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        client.capacity.send(1).unwrap();
+        // The client follows the grant within 250 ms; from then on a new stream is refused.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        draining.store(true, std::sync::atomic::Ordering::Relaxed);
+    };
+    // New streams keep arriving one after another while draining; each is refused.
+    let newcomers = async {
+        let mut k = 0;
+        let mut refused = 0;
+        while !done.load(std::sync::atomic::Ordering::Relaxed) {
+            if !draining.load(std::sync::atomic::Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+            k += 1;
+            let id = format!("new-{k}");
+            let mut job = SegmentJob::new(&id, 0, common::lp_segment(), ladder()[..1].to_vec());
+            job.duration_ms = 500;
+            match o.transcode(job).await {
+                TaskOutcome::TranscodeError(e) if e.contains("transcoder draining") => refused += 1,
+                TaskOutcome::NoTranscoder => tokio::time::sleep(Duration::from_millis(20)).await,
+                other => panic!("a new stream while draining must be refused: {other:?}"),
+            }
+            o.end_session(&id).await;
+        }
+        refused
+    };
+    let streams = async {
+        let out = tokio::join!(stream("a"), stream("b"));
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        out
+    };
+    let ((a, b), (), refused) = tokio::join!(streams, drain, newcomers);
+    let registered: Vec<i64> = o.registrations().iter().map(|r| r.capacity).collect();
+    let cut: Vec<String> = [("a", a), ("b", b)]
+        .into_iter()
+        .flat_map(|(id, outcomes)| {
+            outcomes
+                .into_iter()
+                .filter(|(_, o)| !matches!(o, TaskOutcome::Done { .. }))
+                .map(move |(seq, o)| format!("{id} segment {seq}: {o:?}"))
+        })
+        .collect();
+    assert!(
+        cut.is_empty(),
+        "running streams were cut while draining: {cut:?}; registrations {registered:?}; {refused} new streams refused"
+    );
+    assert!(refused >= 3, "new streams kept arriving: {refused} refused");
+    assert_eq!(
+        registered.get(..2),
+        Some(&[4, 3][..]),
+        "the drain registers the two running streams and one more: {registered:?}"
+    );
+    eventually(
+        "the capacity reaches the grant once the streams end",
+        || o.capacities() == vec![1],
+    )
+    .await;
+    client.stop().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificate_pin_accepts_the_right_certificate_only() {
     let o = orchestrator().await;
