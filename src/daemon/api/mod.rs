@@ -716,6 +716,11 @@ async fn rendition(State(d): Shared, Path(cid): Path<String>) -> Result<Response
 }
 
 async fn status(State(d): Shared) -> Result<Json<Value>, ApiError> {
+    // The link counters first: each is bumped after its ledger commit, so the ledger's
+    // figures read below include at least what they say (a script waiting for `accounted`
+    // then reads totals that hold those segments).
+    let livepeer = d.livepeer.get().map(|l| l.to_json());
+    let ai = d.ai.get().map(|a| a.to_json());
     let sched = d.admission.status();
     let (jobs, today, deals) = d
         .ledger
@@ -785,9 +790,9 @@ async fn status(State(d): Shared) -> Result<Json<Value>, ApiError> {
         "store": store,
         "db": d.ledger.db().stats(),
         // null when `comine run` was not given --orch-addr.
-        "livepeer": d.livepeer.get().map(|l| l.to_json()),
+        "livepeer": livepeer,
         // null unless `comine run` registered as a Livepeer AI worker.
-        "ai": d.ai.get().map(|a| a.to_json()),
+        "ai": ai,
     })))
 }
 
