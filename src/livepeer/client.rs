@@ -106,7 +106,7 @@ pub(super) async fn run(
                 let ended = connection(
                     shared,
                     0,
-                    &mut capacity,
+                    &capacity,
                     &tracker,
                     &names[current],
                     &grpc_tls,
@@ -150,7 +150,7 @@ pub(super) async fn run(
         let ended = connection(
             shared,
             cap,
-            &mut capacity,
+            &capacity,
             &tracker,
             &names[current],
             &grpc_tls,
@@ -421,7 +421,7 @@ pub(super) fn https_client(
 async fn connection(
     shared: &Arc<Shared>,
     cap: u32,
-    capacity: &mut watch::Receiver<u32>,
+    capacity: &watch::Receiver<u32>,
     tracker: &TaskTracker,
     server_name: &ServerName<'static>,
     grpc_tls: &Arc<rustls::ClientConfig>,
