@@ -791,6 +791,32 @@ pub fn render_status(v: &serde_json::Value) -> String {
                 .map(|f| format!("; last fault: {f}"))
                 .unwrap_or_default(),
         );
+        if lp.pointer("/link/draining") == Some(&serde_json::Value::Bool(true)) {
+            let _ = writeln!(
+                o,
+                "livepeer: draining for a proof: capacity registered {}, {} new streams refused",
+                g("/link/registered_capacity"),
+                g("/link/streams_refused_draining"),
+            );
+        }
+    }
+    // The AI models' VRAM leases: which the scheduler lets comine hold, and why not.
+    if let Some(models) = v.pointer("/ai/leases/models").and_then(|m| m.as_array()) {
+        for m in models {
+            let held = m.pointer("/held") == Some(&serde_json::Value::Bool(true));
+            let _ = writeln!(
+                o,
+                "ai model {} on GPU {}: {} ({} in flight){}",
+                text_of(m.pointer("/model_id").unwrap_or(&serde_json::Value::Null)),
+                text_of(m.pointer("/device").unwrap_or(&serde_json::Value::Null)),
+                if held { "VRAM held" } else { "VRAM released" },
+                text_of(m.pointer("/in_flight").unwrap_or(&serde_json::Value::Null)),
+                m.pointer("/reason")
+                    .and_then(|r| r.as_str())
+                    .map(|r| format!("; {r}"))
+                    .unwrap_or_default(),
+            );
+        }
     }
     o
 }
@@ -852,6 +878,43 @@ mod tests {
             "{out}"
         );
         assert!(!out.contains("{\""), "raw JSON in the human status:\n{out}");
+    }
+
+    #[test]
+    fn status_shows_a_livepeer_drain_and_the_ai_leases() {
+        let v = serde_json::json!({
+            "livepeer": {"orch_addr": "o:8935", "capacity": 1, "capacity_mode": "auto",
+                         "segments": {"accounted": 9, "failed": 0, "encoded_pixels": 5},
+                         "link": {"state": "registered", "registered_capacity": 2,
+                                  "draining": true, "streams_refused_draining": 31,
+                                  "last_fault": null}},
+            "ai": {"leases": {"models": [
+                {"model_id": "sd-turbo", "device": 0, "held": false, "in_flight": 0,
+                 "reason": "WindowPoSt deadline 33 opens in 11m40s"},
+                {"model_id": "esrgan", "device": 0, "held": true, "in_flight": 2, "reason": null}
+            ]}}
+        });
+        let out = render_status(&v);
+        assert!(
+            out.contains(
+                "livepeer: draining for a proof: capacity registered 2, 31 new streams refused"
+            ),
+            "{out}"
+        );
+        assert!(
+            out.contains("ai model sd-turbo on GPU 0: VRAM released (0 in flight); WindowPoSt deadline 33 opens in 11m40s"),
+            "{out}"
+        );
+        assert!(
+            out.contains("ai model esrgan on GPU 0: VRAM held (2 in flight)\n"),
+            "{out}"
+        );
+        let calm = serde_json::json!({"livepeer": {"link": {"draining": false}}, "ai": null});
+        let out = render_status(&calm);
+        assert!(
+            !out.contains("draining") && !out.contains("ai model"),
+            "{out}"
+        );
     }
 
     #[test]
