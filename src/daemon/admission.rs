@@ -387,12 +387,15 @@ impl SchedAdmission {
         // A Curio node that proves is refused here, before anything could cordon it.
         controller.preflight().await?;
         let task_types = config.seal.task_types.clone();
+        // With no way to see a proof coming, the PoSt-safe profile holds from the first tick.
+        let proof_sources = proof_sources(config, |k| std::env::var(k).ok());
         let handle = crate::sched::start(
             sched_config,
             task_types.clone(),
             snapshots.clone(),
             controller,
             data_dir.to_path_buf(),
+            safe_reason(&proof_sources, &crate::post::RunningProofs::default()),
             cancel.clone(),
         )
         .await?;
@@ -406,11 +409,10 @@ impl SchedAdmission {
             cancel.clone(),
         )?;
         handle.follow_post(post.subscribe());
-        // With no way to see a proof coming, run the PoSt-safe profile and say so loudly.
-        let proof_sources = proof_sources(config, |k| std::env::var(k).ok());
+        // With no way to see a proof coming, the PoSt-safe profile runs (set above); say so
+        // loudly.
         if proof_sources.is_empty() {
             tracing::warn!("{NO_PROOF_SOURCE}");
-            handle.set_safe_profile(Some("no proof source configured".into()));
         } else {
             tracing::info!(sources = ?proof_sources, "proof sources");
         }
@@ -923,6 +925,13 @@ mod tests {
         assert!(
             dev["reasons"].to_string().contains("PoSt-safe profile"),
             "{dev}"
+        );
+        // From the very first tick: the profile is an input of the service's start, not
+        // something set after it already ticked.
+        let first = &st.decisions[0]["devices"][0];
+        assert!(
+            first["reasons"].to_string().contains("PoSt-safe profile"),
+            "the first decision ran without the PoSt-safe profile: {first}"
         );
         // controller none confirms nothing: sealing state unknown, not "not paused".
         assert_eq!(st.sealing_paused, None);

@@ -163,12 +163,16 @@ struct Driver {
 }
 
 /// Starts the driver. Recovers and restores state left by a crash before the first tick.
+/// `safe_profile`: the PoSt-safe profile's reason from the first tick on (`None`: not in
+/// force), so a rig with no proof source is never scheduled without it, not even for the
+/// moment before its caller could say so.
 pub async fn start(
     config: Config,
     seal_task_types: Vec<String>,
     snapshots: watch::Receiver<Snapshot>,
     controller: Arc<dyn Controller>,
     data_dir: PathBuf,
+    safe_profile: Option<String>,
     cancel: CancellationToken,
 ) -> Result<ServiceHandle, ServiceError> {
     // Opening the database and importing an earlier release's state file block.
@@ -193,7 +197,7 @@ pub async fn start(
     let (proof_tx, proof_rx) = watch::channel(ProofSignal::default());
     let (post_tx, post_rx) = watch::channel(post::Status::default());
     let (plan_tx, plan_rx) = watch::channel(post::Plan::default());
-    let (safe_tx, safe_rx) = watch::channel(None);
+    let (safe_tx, safe_rx) = watch::channel(safe_profile);
     let (models_tx, models_rx) = watch::channel(Vec::new());
     let (leases_tx, leases_rx) = watch::channel(LeaseView::default());
     let decisions = Arc::new(Mutex::new(VecDeque::new()));

@@ -48,6 +48,7 @@ async fn start_on_sim(
         snaps,
         controller,
         dir.into(),
+        None,
         cancel.clone(),
     )
     .await
@@ -177,6 +178,7 @@ async fn lost_contact_never_leaves_sealing_disabled() {
         snaps,
         ctl,
         dir.path().into(),
+        None,
         cancel.clone(),
     )
     .await
@@ -223,6 +225,7 @@ async fn corrupt_state_is_refused_loudly_and_kept() {
         rx,
         Arc::new(comine::seal::NoController),
         dir.path().into(),
+        None,
         CancellationToken::new(),
     )
     .await
