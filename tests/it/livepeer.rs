@@ -598,6 +598,21 @@ async fn capacity_changes_re_register_after_the_dwell_time() {
     client.stop().await.unwrap();
 }
 
+/// A live stream of `segments` half-second segments at real-time cadence, then its teardown:
+/// each segment's outcome.
+async fn live_stream(o: &TestOrchestrator, id: &str, segments: i64) -> Vec<(i64, TaskOutcome)> {
+    let mut outcomes = Vec::new();
+    for seq in 0..segments {
+        let sent = tokio::time::Instant::now();
+        let mut job = SegmentJob::new(id, seq, common::lp_segment(), ladder()[..1].to_vec());
+        job.duration_ms = 500;
+        outcomes.push((seq, o.transcode(job).await));
+        tokio::time::sleep_until(sent + Duration::from_millis(500)).await;
+    }
+    o.end_session(id).await;
+    outcomes
+}
+
 /// A capacity change is a new registration (go-livepeer fixes capacity at registration), and
 /// closing the old one orphans its streams. Against an orchestrator that takes 400 ms to
 /// add a registration, closing first lost a segment of a running stream at nearly every
@@ -614,22 +629,7 @@ async fn capacity_changes_hand_over_without_losing_a_running_stream() {
     .unwrap();
     let client = Client::start(&o, 3, |_| {});
     o.wait_for_transcoders(1, WAIT).await.unwrap();
-    let stream = |id: &'static str| {
-        let o = &o;
-        async move {
-            let mut outcomes = Vec::new();
-            for seq in 0..16 {
-                let sent = tokio::time::Instant::now();
-                let mut job =
-                    SegmentJob::new(id, seq, common::lp_segment(), ladder()[..1].to_vec());
-                job.duration_ms = 500;
-                outcomes.push((seq, o.transcode(job).await));
-                tokio::time::sleep_until(sent + Duration::from_millis(500)).await;
-            }
-            o.end_session(id).await;
-            outcomes
-        }
-    };
+    let stream = |id| live_stream(&o, id, 16);
     // Never below the two streams running; each change lasts past the 200 ms dwell.
     let changes = async {
         for cap in [4, 2, 3, 2] {
@@ -676,22 +676,7 @@ async fn a_drain_leaves_room_for_a_refused_new_stream_while_running_streams_move
     .unwrap();
     let client = Client::start(&o, 4, |_| {});
     o.wait_for_transcoders(1, WAIT).await.unwrap();
-    let stream = |id: &'static str| {
-        let o = &o;
-        async move {
-            let mut outcomes = Vec::new();
-            for seq in 0..12 {
-                let sent = tokio::time::Instant::now();
-                let mut job =
-                    SegmentJob::new(id, seq, common::lp_segment(), ladder()[..1].to_vec());
-                job.duration_ms = 500;
-                outcomes.push((seq, o.transcode(job).await));
-                tokio::time::sleep_until(sent + Duration::from_millis(500)).await;
-            }
-            o.end_session(id).await;
-            outcomes
-        }
-    };
+    let stream = |id| live_stream(&o, id, 12);
     let draining = std::sync::atomic::AtomicBool::new(false);
     let done = std::sync::atomic::AtomicBool::new(false);
     // The grant falls to 1 (a proof coming) with two streams running: a drain.
