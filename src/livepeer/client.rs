@@ -467,6 +467,15 @@ async fn connection(
         let mut client = TranscoderClient::new(channel.clone());
         Box::pin(async move { client.register_transcoder(request).await })
     };
+    // Serves a notification carried by `on`, which notes whether it binds a stream there (a
+    // new stream refused while draining does not).
+    let serve = |on: Option<&mut Registration>, n: NotifySegment| {
+        let refused = segment::refuse_new_stream(shared, &n);
+        if let Some(reg) = on {
+            reg.seen(&n, refused.is_none());
+        }
+        dispatch(shared, n, refused, &http, tracker);
+    };
     tracing::info!(orch = %cfg.orch_addr, capacity = cap, version = %cfg.version, eth_address = ?cfg.eth_address, "registering as a remote transcoder; go-livepeer answers with the first segment");
     let mut active = Registration::new(cap, register(cap));
     // The registration being replaced, still serving its streams, and when it closes.
@@ -487,9 +496,7 @@ async fn connection(
                     cfg.link.set_state("registered");
                 }
                 Event::Segment(n) => {
-                    let refused = segment::refuse_new_stream(shared, &n);
-                    active.seen(&n, refused.is_none());
-                    dispatch(shared, *n, refused, &http, tracker);
+                    serve(Some(&mut active), *n);
                     // The new registration carried a segment: it is live, and the old one
                     // may close as soon as its streams are quiet.
                     if let Some((old, at)) = retiring.as_mut() {
@@ -502,25 +509,17 @@ async fn connection(
             ev = next_of(&mut retiring) => match ev {
                 Event::Opened => {}
                 Event::Segment(n) => {
-                    let refused = segment::refuse_new_stream(shared, &n);
                     if let Some((old, at)) = retiring.as_mut() {
-                        old.seen(&n, refused.is_none());
+                        serve(Some(old), *n);
                         *at = old.close_at(&active);
                     }
-                    dispatch(shared, *n, refused, &http, tracker);
                 }
                 // The orchestrator dropped the old registration itself: its streams rebind.
                 Event::Closed | Event::Failed(_) => retiring = None,
             },
             _ = sleep_until_some(close_old_at) => {
                 if let Some((old, _)) = retiring.take() {
-                    old.close(
-                        |n| {
-                            let refused = segment::refuse_new_stream(shared, &n);
-                            dispatch(shared, n, refused, &http, tracker)
-                        },
-                        &cfg.orch_addr,
-                    );
+                    old.close(|n| serve(None, n), &cfg.orch_addr);
                 }
             }
             // One handover at a time: a change waits until the old registration is closed.

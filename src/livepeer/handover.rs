@@ -27,10 +27,6 @@ use super::proto::NotifySegment;
 /// orchestrator adds a registration within a round trip of receiving it.
 pub(super) const OVERLAP: Duration = Duration::from_secs(1);
 
-/// A segment period assumed when a notification carries no duration (Livepeer's default
-/// segment length).
-const DEFAULT_PERIOD: Duration = Duration::from_secs(2);
-
 /// A stream silent for this many periods has stopped, teardown or not (go-livepeer's own
 /// deadline for a segment is 4 × its duration).
 const SILENT_PERIODS: u32 = 4;
@@ -55,12 +51,7 @@ impl Bound {
             self.streams.remove(session);
             return;
         }
-        let period = n
-            .seg_data
-            .as_ref()
-            .and_then(|d| u64::try_from(d.duration).ok())
-            .filter(|ms| *ms > 0)
-            .map_or(DEFAULT_PERIOD, Duration::from_millis);
+        let period = Duration::from_millis(u64::from(n.duration_ms()));
         self.streams.insert(n.session_key(), (at, period));
     }
 

@@ -192,6 +192,18 @@ pub struct NotifySegment {
 }
 
 impl SegData {
+    /// Livepeer's segment length, assumed when a notification carries no duration.
+    pub const DEFAULT_DURATION_MS: u32 = 2000;
+
+    /// The segment's duration in ms, or [`Self::DEFAULT_DURATION_MS`] when it carries none
+    /// (a negative one is refused as bad input where the segment is transcoded).
+    pub fn duration_ms(&self) -> u32 {
+        u32::try_from(self.duration)
+            .ok()
+            .filter(|ms| *ms > 0)
+            .unwrap_or(Self::DEFAULT_DURATION_MS)
+    }
+
     /// The profiles to use: `fullProfiles3`, falling back to `fullProfiles2`, then `fullProfiles`.
     pub fn profiles(&self) -> &[VideoProfile] {
         if !self.full_profiles3.is_empty() {
@@ -218,6 +230,13 @@ impl NotifySegment {
             }),
             ..Default::default()
         }
+    }
+
+    /// The segment's duration in ms ([`SegData::duration_ms`]).
+    pub fn duration_ms(&self) -> u32 {
+        self.seg_data
+            .as_ref()
+            .map_or(SegData::DEFAULT_DURATION_MS, SegData::duration_ms)
     }
 
     /// The session ID of a teardown notification (empty URL, session ID set), if this is one.

@@ -33,13 +33,7 @@ pub(super) fn refuse_new_stream(shared: &Shared, n: &NotifySegment) -> Option<u3
         return None;
     }
     let limit = shared.drain.stream_limit()?;
-    let duration_ms = n
-        .seg_data
-        .as_ref()
-        .and_then(|d| u32::try_from(d.duration).ok())
-        .filter(|ms| *ms > 0)
-        .unwrap_or(2000);
-    let live_for = deadline_for(duration_ms, Duration::ZERO);
+    let live_for = deadline_for(n.duration_ms(), Duration::ZERO);
     (!shared.sessions.admit(&n.session_key(), limit, live_for)).then_some(limit)
 }
 
@@ -54,11 +48,7 @@ pub(super) async fn handle(
     let cfg = &shared.cfg;
     let seg = n.seg_data.clone().unwrap_or_default();
     let session_id = n.session_key();
-    let duration_ms = if seg.duration > 0 {
-        seg.duration as u32
-    } else {
-        2000
-    };
+    let duration_ms = seg.duration_ms();
     let budget = deadline_for(duration_ms, cfg.deadline_floor);
     let o_deadline = received + budget;
     // Stop a little early so the error part reaches the O before it gives up on us.
@@ -204,11 +194,7 @@ async fn work(
     }
     shared.pipeline.check(&profiles)?;
 
-    let duration_ms = if seg.duration > 0 {
-        seg.duration as u32
-    } else {
-        2000
-    };
+    let duration_ms = seg.duration_ms();
     let session = shared.sessions.get(
         session_id,
         seg.force_session_reinit,
@@ -237,11 +223,7 @@ async fn work(
         session_id: session_id.to_string(),
         manifest_id: String::from_utf8_lossy(&seg.manifest_id).into_owned(),
         seq: seg.seq,
-        duration_ms: if seg.duration > 0 {
-            seg.duration as u32
-        } else {
-            2000
-        },
+        duration_ms,
         data,
         profiles: profiles.clone(),
         work_dir: work_dir.to_path_buf(),
