@@ -803,14 +803,15 @@ pub fn render_status(v: &serde_json::Value) -> String {
     // The AI models' VRAM leases: which the scheduler lets comine hold, and why not.
     if let Some(models) = v.pointer("/ai/leases/models").and_then(|m| m.as_array()) {
         for m in models {
+            let field = |p: &str| text_of(m.pointer(p).unwrap_or(&serde_json::Value::Null));
             let held = m.pointer("/held") == Some(&serde_json::Value::Bool(true));
             let _ = writeln!(
                 o,
                 "ai model {} on GPU {}: {} ({} in flight){}",
-                text_of(m.pointer("/model_id").unwrap_or(&serde_json::Value::Null)),
-                text_of(m.pointer("/device").unwrap_or(&serde_json::Value::Null)),
+                field("/model_id"),
+                field("/device"),
                 if held { "VRAM held" } else { "VRAM released" },
-                text_of(m.pointer("/in_flight").unwrap_or(&serde_json::Value::Null)),
+                field("/in_flight"),
                 m.pointer("/reason")
                     .and_then(|r| r.as_str())
                     .map(|r| format!("; {r}"))

@@ -286,19 +286,24 @@ impl Inner {
             tx,
         };
         let closed = Arc::new(AtomicBool::new(false));
-        if self.register_delay.is_zero() {
-            let mut ts = lock(&self.transcoders);
-            ts.push(transcoder);
-            self.publish_live(&ts);
-        } else {
-            let (inner, closed, delay) = (self.clone(), closed.clone(), self.register_delay);
-            tokio::spawn(async move {
-                tokio::time::sleep(delay).await;
+        // Added to the table unless its stream closed first (a delayed registration).
+        let add = {
+            let (inner, closed) = (self.clone(), closed.clone());
+            move || {
                 let mut ts = lock(&inner.transcoders);
                 if !closed.load(Ordering::SeqCst) {
                     ts.push(transcoder);
                     inner.publish_live(&ts);
                 }
+            }
+        };
+        if self.register_delay.is_zero() {
+            add();
+        } else {
+            let delay = self.register_delay;
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                add();
             });
         }
         Ok(TranscoderStream {
@@ -646,6 +651,11 @@ impl TestOrchestrator {
         *self.inner.live.borrow()
     }
 
+    /// The capacity of every registration received, in order (refused ones included).
+    pub fn registered_capacities(&self) -> Vec<i64> {
+        self.registrations().iter().map(|r| r.capacity).collect()
+    }
+
     /// Capacities of the live transcoders.
     pub fn capacities(&self) -> Vec<i64> {
         lock(&self.inner.transcoders)
@@ -835,13 +845,13 @@ impl TestOrchestrator {
         };
         lock(&inner.pending).remove(&task_id);
         lock(&inner.segments).remove(&name);
-        if !matches!(outcome, TaskOutcome::Done { .. }) && !self.cfg.failure_release_delay.is_zero()
-        {
+        let failed = !matches!(outcome, TaskOutcome::Done { .. });
+        if failed && !self.cfg.failure_release_delay.is_zero() {
             tokio::time::sleep(self.cfg.failure_release_delay).await;
         }
         // Per segment, or (go-livepeer) per stream: a failed segment ends the stream's binding.
         let release = if self.cfg.session_load {
-            !matches!(outcome, TaskOutcome::Done { .. })
+            failed
                 && lock(&inner.sessions)
                     .remove(&job.session_id)
                     .is_some_and(|t| t == transcoder)

@@ -271,6 +271,13 @@ async fn livepeer_capacity_reaches_the_floor_before_open_and_no_live_segment_mis
     );
     assert!(load_at < open_ms, "load at the floor only after Open");
 
+    let diagnosis = || {
+        format!(
+            "registrations {:?}; daemon log:\n{}",
+            orch.registered_capacities(),
+            d.log()
+        )
+    };
     // Every segment of every stream that started was transcoded in time.
     let streams: Vec<_> = a.into_iter().chain(b).chain(c).collect();
     let mut segments = 0;
@@ -279,24 +286,16 @@ async fn livepeer_capacity_reaches_the_floor_before_open_and_no_live_segment_mis
             segments += 1;
             assert!(
                 matches!(outcome, TaskOutcome::Done { .. }),
-                "{id} segment {seq} missed: {outcome:?}; registrations {:?}; daemon log:\n{}",
-                orch.registrations()
-                    .iter()
-                    .map(|r| r.capacity)
-                    .collect::<Vec<_>>(),
-                d.log()
+                "{id} segment {seq} missed: {outcome:?}; {}",
+                diagnosis()
             );
         }
     }
     let lost_first = lost_first.load(Ordering::Relaxed);
     assert!(
         lost_first <= 1,
-        "{lost_first} new streams lost their first segment in flight at a registration close; registrations {:?}; daemon log:\n{}",
-        orch.registrations()
-            .iter()
-            .map(|r| r.capacity)
-            .collect::<Vec<_>>(),
-        d.log()
+        "{lost_first} new streams lost their first segment in flight at a registration close; {}",
+        diagnosis()
     );
     assert!(
         streams.len() >= 3,
@@ -309,7 +308,7 @@ async fn livepeer_capacity_reaches_the_floor_before_open_and_no_live_segment_mis
         last_status["livepeer"]
     );
     // The capacity went down in steps, never up while draining, and the link says it drains.
-    let registered: Vec<i64> = orch.registrations().iter().map(|r| r.capacity).collect();
+    let registered = orch.registered_capacities();
     let full_at = registered
         .iter()
         .rposition(|c| *c == s.full_capacity)

@@ -3,6 +3,7 @@
 
 use crate::common;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -643,11 +644,11 @@ async fn capacity_changes_hand_over_without_losing_a_running_stream() {
             assert!(
                 matches!(outcome, TaskOutcome::Done { .. }),
                 "stream {id} segment {seq} was lost at a capacity change: {outcome:?}; registrations {:?}",
-                o.registrations().iter().map(|r| r.capacity).collect::<Vec<_>>()
+                o.registered_capacities()
             );
         }
     }
-    let registered: Vec<i64> = o.registrations().iter().map(|r| r.capacity).collect();
+    let registered = o.registered_capacities();
     assert!(
         registered.len() >= 4 && registered[0] == 3,
         "every lasting change re-registers: {registered:?}"
@@ -677,22 +678,22 @@ async fn a_drain_leaves_room_for_a_refused_new_stream_while_running_streams_move
     let client = Client::start(&o, 4, |_| {});
     o.wait_for_transcoders(1, WAIT).await.unwrap();
     let stream = |id| live_stream(&o, id, 12);
-    let draining = std::sync::atomic::AtomicBool::new(false);
-    let done = std::sync::atomic::AtomicBool::new(false);
+    let draining = AtomicBool::new(false);
+    let done = AtomicBool::new(false);
     // The grant falls to 1 (a proof coming) with two streams running: a drain.
     let drain = async {
         tokio::time::sleep(Duration::from_millis(1200)).await;
         client.capacity.send(1).unwrap();
         // The client follows the grant within 250 ms; from then on a new stream is refused.
         tokio::time::sleep(Duration::from_millis(400)).await;
-        draining.store(true, std::sync::atomic::Ordering::Relaxed);
+        draining.store(true, Ordering::Relaxed);
     };
     // New streams keep arriving one after another while draining; each is refused.
     let newcomers = async {
         let mut k = 0;
         let mut refused = 0;
-        while !done.load(std::sync::atomic::Ordering::Relaxed) {
-            if !draining.load(std::sync::atomic::Ordering::Relaxed) {
+        while !done.load(Ordering::Relaxed) {
+            if !draining.load(Ordering::Relaxed) {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
@@ -711,11 +712,11 @@ async fn a_drain_leaves_room_for_a_refused_new_stream_while_running_streams_move
     };
     let streams = async {
         let out = tokio::join!(stream("a"), stream("b"));
-        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        done.store(true, Ordering::Relaxed);
         out
     };
     let ((a, b), (), refused) = tokio::join!(streams, drain, newcomers);
-    let registered: Vec<i64> = o.registrations().iter().map(|r| r.capacity).collect();
+    let registered = o.registered_capacities();
     let cut: Vec<String> = [("a", a), ("b", b)]
         .into_iter()
         .flat_map(|(id, outcomes)| {
