@@ -117,12 +117,9 @@ impl ServiceHandle {
     pub fn post_status(&self) -> post::Status {
         self.post.borrow().clone()
     }
-    /// Runs the PoSt-safe profile for `reason` (no proof source configured, no proving
-    /// schedule known), or the normal profile with `None`. Every decision records it.
-    pub fn set_safe_profile(&self, reason: Option<String>) {
-        self.safe_profile.send_replace(reason);
-    }
-    /// The PoSt-safe profile's switch, for a task that follows the proof sources.
+    /// The PoSt-safe profile's switch (a reason, or `None` for the normal profile; every
+    /// decision records it), for a task that follows the proof sources. The profile at
+    /// start is an argument of [`start`].
     pub fn safe_profile_sender(&self) -> watch::Sender<Option<String>> {
         self.safe_profile.clone()
     }
